@@ -1,0 +1,24 @@
+"""epsweep: how RMSProp's epsilon (with decay and learning rate) changes training.
+
+Library API::
+
+    import epsweep
+    result = epsweep.sweep("mlp", epsweep.Grid(eps=(1e-8, 1.0)), epsweep.RunConfig(epochs=5))
+    for record in result.records:
+        print(record["eps"], record["val_accuracy"])
+
+``epsweep.rmsprop(lr, decay, eps, convention=...)`` is the optimizer on its own.
+"""
+
+from epsweep.errors import UserError
+from epsweep.grid import Grid, parse_values
+from epsweep.optim import CONVENTIONS, rmsprop
+from epsweep.sweep import RunConfig, SweepResult, sweep
+from epsweep.tasks import Task, build_task
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CONVENTIONS", "Grid", "RunConfig", "SweepResult", "Task", "UserError",
+    "build_task", "parse_values", "rmsprop", "sweep",
+]

@@ -1,0 +1,125 @@
+"""Hyperparameter grids: parsing value lists and expanding them into runs.
+
+Value syntax (each token of ``--eps``, ``--decay``, ``--lr``, ``--momentum``):
+
+- a number: ``1e-8``
+- a comma list: ``1e-8,1e-4,1``
+- a log-spaced range, ends included: ``log:START:STOP:COUNT`` (``log:1e-10:1:11``)
+- a linear range, ends included: ``lin:START:STOP:COUNT`` (``lin:0.8:0.99:5``)
+- ``-``: whitespace- or comma-separated values read from standard input
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+import math
+from collections.abc import Callable, Iterable, Sequence
+
+import numpy as np
+
+from epsweep.errors import UserError
+
+MAX_RANGE_COUNT = 100_000
+MAX_GRID_SIZE = 1_000_000
+
+
+def _parse_number(text: str, name: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise UserError(f"--{name}: {text!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"--{name}: {text!r} is not a finite number")
+    return value
+
+
+def _parse_range(token: str, name: str) -> list[float]:
+    kind, _, rest = token.partition(":")
+    parts = rest.split(":")
+    if len(parts) != 3:
+        raise UserError(f"--{name}: {token!r} must look like {kind}:START:STOP:COUNT")
+    start, stop = (_parse_number(p, name) for p in parts[:2])
+    try:
+        count = int(parts[2])
+    except ValueError:
+        raise UserError(f"--{name}: count {parts[2]!r} in {token!r} is not an integer") from None
+    if not 1 <= count <= MAX_RANGE_COUNT:
+        raise UserError(f"--{name}: count in {token!r} must be between 1 and {MAX_RANGE_COUNT}")
+    if kind == "log":
+        if start <= 0 or stop <= 0:
+            raise UserError(f"--{name}: log range {token!r} needs positive ends")
+        values = np.geomspace(start, stop, count)
+    else:
+        values = np.linspace(start, stop, count)
+    return [float(v) for v in values]
+
+
+def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str] | None = None) -> list[float]:
+    """Expand value tokens (numbers, comma lists, ``log:``/``lin:`` ranges, ``-``) into floats.
+
+    Duplicates are dropped, first occurrence kept, so the grid never trains one setting twice.
+    """
+    values: list[float] = []
+    for token in tokens:
+        token = token.strip()
+        if token == "-":
+            if read_stdin is None:
+                raise UserError(f"--{name}: '-' (read from stdin) is not available here")
+            text = read_stdin().replace(",", " ").split()
+            if not text:
+                raise UserError(f"--{name}: no values on standard input")
+            values.extend(parse_values(text, name))
+            continue
+        for piece in token.split(","):
+            piece = piece.strip()
+            if not piece:
+                raise UserError(f"--{name}: empty value in {token!r}")
+            if piece.startswith(("log:", "lin:")):
+                values.extend(_parse_range(piece, name))
+            else:
+                values.append(_parse_number(piece, name))
+    unique = list(dict.fromkeys(values))
+    if not unique:
+        raise UserError(f"--{name}: no values given")
+    return unique
+
+
+def _check(name: str, values: Sequence[float], ok: Callable[[float], bool], rule: str) -> None:
+    for value in values:
+        if not ok(value):
+            raise UserError(f"--{name}: {value:g} is out of range ({rule})")
+
+
+@dataclasses.dataclass(frozen=True)
+class Grid:
+    """The hyperparameter axes of a sweep; every combination is one setting."""
+
+    eps: tuple[float, ...] = (1e-8, 1.0)
+    decay: tuple[float, ...] = (0.9,)
+    lr: tuple[float, ...] = (1e-3,)
+    momentum: tuple[float, ...] = (0.0,)
+
+    def __post_init__(self) -> None:
+        for axis in ("eps", "decay", "lr", "momentum"):
+            values = tuple(float(v) for v in getattr(self, axis))
+            if not values:
+                raise UserError(f"--{axis}: the grid is empty")
+            object.__setattr__(self, axis, values)
+        _check("eps", self.eps, lambda v: v >= 0, "eps >= 0")
+        _check("decay", self.decay, lambda v: 0 <= v < 1, "0 <= decay < 1")
+        _check("lr", self.lr, lambda v: v > 0, "lr > 0")
+        _check("momentum", self.momentum, lambda v: 0 <= v < 1, "0 <= momentum < 1")
+        if len(self) > MAX_GRID_SIZE:
+            raise UserError(f"the grid has {len(self):,} settings; the limit is {MAX_GRID_SIZE:,}")
+
+    def __len__(self) -> int:
+        return len(self.eps) * len(self.decay) * len(self.lr) * len(self.momentum)
+
+    def settings(self) -> list[dict[str, float]]:
+        """Every combination in table order: eps varies fastest, so rows that differ only in
+        eps sit together."""
+        return [
+            {"eps": e, "decay": d, "lr": lr, "momentum": m}
+            for lr, d, m, e in itertools.product(self.lr, self.decay, self.momentum, self.eps)
+        ]

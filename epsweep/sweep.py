@@ -1,0 +1,177 @@
+"""The library entry point: ``sweep(task, grid, config)`` -> records, one per setting."""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import importlib.metadata
+import time
+from collections.abc import Callable, Sequence
+
+import jax
+import numpy as np
+
+from epsweep import engine
+from epsweep.errors import UserError
+from epsweep.grid import Grid
+from epsweep.optim import check_convention
+from epsweep.results import METRICS, fold_seeds
+from epsweep.tasks import Task, build_task
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How every setting of a sweep is trained.
+
+    Give ``steps`` or ``epochs`` (not both); with neither, the task's default applies. Seeds
+    are ``first_seed, first_seed + 1, ...``; every setting is trained once per seed.
+    """
+
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seeds: int = 1
+    first_seed: int = 0
+    conventions: Sequence[str] = ("optax",)
+    centered: bool = False
+    curve_points: int = 50
+    chunk_size: int | None = None
+    clip_norm: float | None = None
+    lr_decay_rate: float | None = None
+    lr_decay_epochs: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.steps is not None and self.epochs is not None:
+            raise UserError("give --steps or --epochs, not both")
+        for name in ("steps", "epochs", "batch_size", "seeds", "curve_points", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and value < 1:
+                raise UserError(f"--{name.replace('_', '-')}: {value} must be a positive integer")
+        if self.first_seed < 0 or self.first_seed + self.seeds > 2**32:
+            raise UserError("--seed: seeds must lie in [0, 2^32)")
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise UserError(f"--clip-norm: {self.clip_norm:g} must be > 0")
+        if self.lr_decay_rate is not None and not 0 < self.lr_decay_rate <= 1:
+            raise UserError(f"--lr-decay-rate: {self.lr_decay_rate:g} must lie in (0, 1]")
+        if self.lr_decay_epochs is not None and not self.lr_decay_epochs > 0:
+            raise UserError(f"--lr-decay-epochs: {self.lr_decay_epochs:g} must be > 0")
+        if not self.conventions:
+            raise UserError("--convention: no convention given")
+        for convention in self.conventions:
+            check_convention(convention)
+
+    def train_settings(self, task: Task, convention: str) -> engine.TrainSettings:
+        """Resolve defaults against the task's data into the engine's static settings."""
+        batch_size = self.batch_size or task.default_batch_size
+        n_train = len(task.data.x_train) if task.data is not None else None
+        if n_train is not None:
+            batch_size = min(batch_size, n_train)
+        steps_per_epoch = n_train // batch_size if n_train is not None else 1
+        if self.steps is not None:
+            steps = self.steps
+        elif self.epochs is not None:
+            if task.data is None:
+                raise UserError(f"task {task.name} has no data, so no epochs; use --steps")
+            steps = self.epochs * steps_per_epoch
+        else:
+            steps = task.default_steps or (task.default_epochs or 1) * steps_per_epoch
+        decay_steps = None
+        if self.lr_decay_rate is not None:
+            epochs = self.lr_decay_epochs if self.lr_decay_epochs is not None else 1.0
+            decay_steps = max(1, round(epochs * steps_per_epoch))
+        return engine.TrainSettings(
+            steps=steps, batch_size=batch_size, convention=convention, centered=self.centered,
+            curve_points=self.curve_points, clip_norm=self.clip_norm, lr_decay_rate=self.lr_decay_rate,
+            lr_decay_steps=decay_steps,
+        )
+
+
+@dataclasses.dataclass
+class SweepResult:
+    """``records``: one dict per setting (means over seeds); ``runs``: one per (setting, seed)."""
+
+    meta: dict
+    records: list[dict]
+    runs: list[dict]
+
+
+def versions() -> dict[str, str]:
+    out = {}
+    for package in ("epsweep", "jax", "jaxlib", "optax", "flax", "numpy"):
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+ProgressFn = Callable[[str, int, int], None]
+
+
+def sweep(
+    task: Task | str = "mlp",
+    grid: Grid | None = None,
+    config: RunConfig | None = None,
+    *,
+    progress: ProgressFn | None = None,
+    on_records: Callable[[list[dict]], None] | None = None,
+) -> SweepResult:
+    """Train every setting of ``grid`` (times every seed) and return one record per setting.
+
+    All settings of one convention are trained by a single compiled, vmapped program.
+    ``progress(label, done_steps, total_steps)`` is called while it runs;
+    ``on_records(records)`` receives each chunk's finished records as soon as they exist.
+    """
+    task = build_task(task) if isinstance(task, str) else task
+    grid = grid or Grid()
+    config = config or RunConfig()
+    seeds = np.arange(config.first_seed, config.first_seed + config.seeds, dtype=np.uint32)
+    started = time.perf_counter()
+    compiles_before = engine.compile_count()
+    settings_list = grid.settings()
+    records: list[dict] = []
+    runs: list[dict] = []
+    steps_used = None
+    for convention in config.conventions:
+        settings = config.train_settings(task, convention)
+        steps_used = settings.steps
+        if progress is not None:
+            settings = dataclasses.replace(settings, progress_every=max(1, settings.steps // 100))
+        hparams = {name: np.array([s[name] for s in settings_list]) for name in engine.HPARAMS}
+        chunk_records: list[dict] = []
+
+        def finish_chunk(start: int, stop: int, out: engine.RunOutputs) -> None:
+            chunk = []
+            for j, setting in enumerate(settings_list[start:stop]):
+                setting = {**setting, "convention": convention}
+                metrics = {name: getattr(out, name)[:, j] for name in METRICS}
+                chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j]))
+                for k, seed in enumerate(seeds):
+                    runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in METRICS},
+                                 "diverged_step": int(out.diverged_step[k, j])})
+            chunk_records.extend(chunk)
+            if on_records is not None:
+                on_records(chunk)
+
+        total = settings.steps
+        label = f"{convention}: {len(settings_list)} settings x {len(seeds)} seeds"
+        hook = (lambda step: progress(label, step, total)) if progress is not None else None
+        with engine.progress_hook(hook):
+            engine.train_runs(task, settings, hparams, seeds, chunk_size=config.chunk_size, on_chunk=finish_chunk)
+        records.extend(chunk_records)
+    meta = {
+        **task.describe(),
+        "steps": steps_used,
+        "batch_size": settings.batch_size if task.data is not None else None,
+        "seeds": [int(s) for s in seeds],
+        "conventions": list(config.conventions),
+        "centered": config.centered,
+        "settings": len(settings_list) * len(config.conventions),
+        "devices": [str(d) for d in jax.devices()],
+        "backend": jax.default_backend(),
+        "versions": versions(),
+        "compilations": engine.compile_count() - compiles_before,
+        "wall_time_s": round(time.perf_counter() - started, 3),
+        "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+    }
+    return SweepResult(meta, records, runs)

@@ -1,0 +1,21 @@
+"""Shared fixtures. Compiled programs are cached per (task, settings) inside epsweep, so tests
+that build the same task with the same settings share one compilation."""
+
+import os
+
+os.environ.setdefault("KERAS_BACKEND", "jax")
+os.environ.setdefault("JAX_PLATFORMS", "cpu")
+
+import pytest  # noqa: E402
+
+from epsweep.tasks import build_task  # noqa: E402
+
+
+@pytest.fixture(scope="session")
+def mlp_task():
+    return build_task("mlp", "digits", 0.2)
+
+
+@pytest.fixture(scope="session")
+def quadratic_task():
+    return build_task("quadratic")

@@ -1,0 +1,111 @@
+"""The CLI end to end, through the installed ``epsweep`` executable and in-process."""
+
+import csv
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from epsweep.cli import main
+
+EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
+FAST = ["--steps", "20", "--batch-size", "16"]
+NUMERIC = ("eps", "decay", "lr", "momentum", "final_loss", "val_loss", "val_accuracy")
+
+
+def run(*args, stdin=None):
+    assert EXE, "the epsweep executable is not installed"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    return subprocess.run([EXE, *args], input=stdin, capture_output=True, text=True, env=env, timeout=300)
+
+
+@pytest.fixture(scope="module")
+def csv_run():
+    return run("grid", "--eps", "1e-8", "1", "--lr", "1e-2", *FAST, "--format", "csv")
+
+
+def test_literal_multi_value_flags_and_csv_parse_back(csv_run):
+    assert csv_run.returncode == 0, csv_run.stderr
+    rows = list(csv.DictReader(io.StringIO(csv_run.stdout)))
+    assert [float(r["eps"]) for r in rows] == [1e-8, 1.0]
+    for row in rows:
+        assert row["convention"] == "optax" and row["diverged"] == "False" and row["seeds"] == "1"
+        assert 0 <= float(row["val_accuracy"]) <= 1 and float(row["final_loss"]) > 0
+    assert "Traceback" not in csv_run.stderr
+
+
+def test_jsonl_with_ranges_stdin_and_several_conventions():
+    out = run("grid", "--eps", "-", "--decay", "0.9,0.99", "--convention", "optax", "pytorch", *FAST,
+              "-f", "jsonl", "--quiet", stdin="1e-8\n1e-2 1\n")
+    assert out.returncode == 0, out.stderr
+    records = [json.loads(line) for line in out.stdout.splitlines()]
+    assert len(records) == 3 * 2 * 2
+    assert {r["convention"] for r in records} == {"optax", "pytorch"}
+    assert {r["eps"] for r in records} == {1e-8, 1e-2, 1.0}
+    assert all(len(r["loss_curve"]) == 20 for r in records)
+    assert out.stderr == ""  # --quiet: nothing on stderr
+
+
+def test_json_meta_and_output_file(tmp_path):
+    target = tmp_path / "sweep.json"
+    out = run("grid", "--eps", "log:1e-8:1:3", *FAST, "--seeds", "2", "--output", str(target))
+    assert out.returncode == 0, out.stderr
+    document = json.loads(target.read_text())
+    meta = document["meta"]
+    assert meta["task"] == "mlp" and meta["steps"] == 20 and meta["seeds"] == [0, 1]
+    assert meta["data"]["name"] == "digits" and meta["devices"] and meta["versions"]["jax"]
+    assert len(document["results"]) == 3 and all(r["final_loss_std"] is not None for r in document["results"])
+    assert "val acc" in out.stdout  # the table still goes to stdout
+
+
+def test_python_dash_m_and_quadratic_task():
+    out = subprocess.run([sys.executable, "-m", "epsweep", "grid", "--task", "quadratic", "--steps", "30",
+                          "--lr", "0.1", "--eps", "1e-8", "1", "-f", "json"], capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
+    results = json.loads(out.stdout)["results"]
+    assert all(r["val_accuracy"] is None and r["val_loss"] is None for r in results)
+    assert results[0]["final_loss"] < 4.5**2  # it moved downhill
+
+
+@pytest.mark.parametrize("args, message", [
+    (["--eps", "-1"], "--eps: -1 is out of range"),
+    (["--decay", "1"], "--decay: 1 is out of range"),
+    (["--lr", "0"], "--lr: 0 is out of range"),
+    (["--eps", "1e-8,abc"], "'abc' is not a number"),
+    (["--steps", "0"], "--steps: 0 must be a positive integer"),
+    (["--task", "resnet"], "unknown task 'resnet'"),
+    (["--dataset", "/no/such/file.npz"], "no such file or directory"),
+    (["--convention", "jax"], "unknown convention 'jax'"),
+    (["--steps", "5", "--epochs", "1"], "not both"),
+    (["--format", "xml"], "unknown format 'xml'"),
+    (["--output", "/no/such/dir/out.csv"], "does not exist"),
+    (["--bogus"], "No such option"),
+    (["--eps"], "requires an argument"),
+])
+def test_bad_input_exits_2_with_one_line(args, message, capsys):
+    code = main(["grid", *args])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert message in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_bad_input_through_the_executable():
+    out = run("grid", "--eps", "nan")
+    assert out.returncode == 2 and out.stderr.strip() == "epsweep: error: --eps: 'nan' is not a finite number"
+    assert out.stdout == ""
+
+
+def test_help_is_an_example_of_itself(capsys):
+    assert main(["grid", "--help"]) == 0
+    assert "Example: epsweep grid --eps 1e-8 1" in capsys.readouterr().out
+
+
+def test_in_process_table(capsys):
+    assert main(["grid", "--eps", "1e-8", "1", "--lr", "1e-2", *FAST, "--quiet"]) == 0
+    out = capsys.readouterr().out
+    assert "★" in out and "val acc" in out and "1e-08" in out

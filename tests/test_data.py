@@ -1,0 +1,116 @@
+"""Dataset loaders on small files the tests write: IDX (plain and gzip), MNIST directories,
+Keras-style and plain .npz, and the malformed versions of each."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from epsweep.data import digits, load_arrays, load_dataset, read_idx, synthetic
+from epsweep.errors import UserError
+
+
+def write_idx(path, array, compress=False):
+    codes = {np.uint8: 0x08, np.int32: 0x0C, np.float32: 0x0D}
+    header = bytes([0, 0, codes[array.dtype.type], array.ndim]) + struct.pack(f">{array.ndim}I", *array.shape)
+    body = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    (gzip.open if compress else open)(path, "wb").write(body)
+
+
+@pytest.fixture
+def mnist_like():
+    rng = np.random.default_rng(0)
+    return rng.integers(0, 256, size=(20, 28, 28), dtype=np.uint8), rng.integers(0, 10, size=20).astype(np.uint8)
+
+
+def test_embedded_digits():
+    x, y = digits()
+    assert x.shape == (1797, 8, 8, 1) and x.dtype == np.float32 and 0 <= x.min() and x.max() == 1.0
+    assert np.bincount(y).tolist()[:3] == [178, 182, 177]
+
+
+def test_split_is_deterministic_and_disjoint():
+    a, b = load_dataset("digits", 0.2), load_dataset("digits", 0.2)
+    assert len(a.x_train) == 1438 and len(a.x_val) == 359 and a.num_classes == 10
+    np.testing.assert_array_equal(a.x_val, b.x_val)
+    assert not {t.tobytes() for t in a.x_train[:200]} & {v.tobytes() for v in a.x_val}
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_mnist_idx_directory(tmp_path, mnist_like, compress):
+    x, y = mnist_like
+    suffix = ".gz" if compress else ""
+    write_idx(tmp_path / f"train-images-idx3-ubyte{suffix}", x, compress)
+    write_idx(tmp_path / f"train-labels-idx1-ubyte{suffix}", y, compress)
+    name, xs, ys = load_arrays(str(tmp_path))
+    assert xs.shape == (20, 28, 28, 1) and xs.dtype == np.float32
+    np.testing.assert_allclose(xs[..., 0], x / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(ys, y)
+    # the images file itself finds its labels beside it
+    _, xs2, _ = load_arrays(str(tmp_path / f"train-images-idx3-ubyte{suffix}"))
+    np.testing.assert_array_equal(xs, xs2)
+
+
+def test_idx_round_trips_other_dtypes(tmp_path):
+    array = np.arange(24, dtype=np.float32).reshape(2, 3, 4) / 7
+    write_idx(tmp_path / "a.idx", array)
+    np.testing.assert_array_equal(read_idx(tmp_path / "a.idx"), array)
+
+
+@pytest.mark.parametrize("damage, message", [
+    (lambda b: b[:-5], "bytes, header says"),
+    (lambda b: b"\x01\x02" + b[2:], "bad magic"),
+    (lambda b: b[:6], "truncated IDX header"),
+])
+def test_malformed_idx(tmp_path, mnist_like, damage, message):
+    x, y = mnist_like
+    write_idx(tmp_path / "train-images-idx3-ubyte", x)
+    write_idx(tmp_path / "train-labels-idx1-ubyte", y)
+    path = tmp_path / "train-images-idx3-ubyte"
+    path.write_bytes(damage(path.read_bytes()))
+    with pytest.raises(UserError, match=message):
+        load_arrays(str(tmp_path))
+
+
+def test_keras_and_plain_npz(tmp_path):
+    x, y = synthetic(n=50)
+    np.savez(tmp_path / "keras.npz", x_train=(x[..., 0] * 255).astype(np.uint8), y_train=y, x_test=x[:5], y_test=y[:5])
+    np.savez(tmp_path / "plain.npz", x=x.reshape(50, -1), y=np.eye(10)[y])  # features, one-hot labels
+    _, xk, yk = load_arrays(str(tmp_path / "keras.npz"))
+    _, xp, yp = load_arrays(str(tmp_path / "plain.npz"))
+    assert xk.shape == (50, 8, 8, 1) and xp.shape == (50, 64)
+    np.testing.assert_array_equal(yk, y)
+    np.testing.assert_array_equal(yp, y)
+
+
+@pytest.mark.parametrize("arrays, message", [
+    (dict(a=np.zeros(3)), "needs arrays x_train/y_train or x/y"),
+    (dict(x=np.zeros((4, 2)), y=np.zeros(3)), "4 inputs but 3 labels"),
+    (dict(x=np.full((4, 2), np.nan), y=np.zeros(4)), "NaN"),
+    (dict(x=np.zeros((4, 2)), y=-np.ones(4)), "labels must be >= 0"),
+    (dict(x=np.zeros((4, 2)), y=np.full(4, 0.5)), "whole numbers"),
+    (dict(x=np.zeros((0, 2)), y=np.zeros(0)), "empty"),
+    (dict(x=np.zeros((4, 2, 2, 2, 2)), y=np.zeros(4)), "inputs must have shape"),
+])
+def test_malformed_npz(tmp_path, arrays, message):
+    np.savez(tmp_path / "bad.npz", **arrays)
+    with pytest.raises(UserError, match=message):
+        load_arrays(str(tmp_path / "bad.npz"))
+
+
+def test_npz_with_objects_is_refused_not_unpickled(tmp_path):
+    np.savez(tmp_path / "evil.npz", x=np.array([{"a": 1}], dtype=object), y=np.zeros(1))
+    with pytest.raises(UserError, match="unpickling"):
+        load_arrays(str(tmp_path / "evil.npz"))
+
+
+def test_missing_and_unknown_files(tmp_path):
+    with pytest.raises(UserError, match="no such file"):
+        load_arrays(str(tmp_path / "nope.npz"))
+    (tmp_path / "data.txt").write_text("1,2,3")
+    with pytest.raises(UserError, match="unknown dataset format"):
+        load_arrays(str(tmp_path / "data.txt"))
+    (tmp_path / "trunc.npz").write_bytes(b"PK\x03\x04garbage")
+    with pytest.raises(UserError, match="not a readable .npz"):
+        load_arrays(str(tmp_path / "trunc.npz"))

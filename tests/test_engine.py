@@ -1,0 +1,88 @@
+"""The vmapped engine against independent paths: one-by-one runs, divergence isolation,
+one compile per sweep, shared initial weights per seed."""
+
+import numpy as np
+import pytest
+
+from epsweep import engine
+from epsweep.engine import TrainSettings, train_runs
+from epsweep.grid import Grid
+from epsweep.sweep import RunConfig, sweep
+
+SETTINGS = TrainSettings(steps=30, batch_size=16, curve_points=10)
+
+
+def hparams(eps, lr=1e-2, decay=0.9, momentum=0.0):
+    n = len(eps)
+    return {"eps": np.array(eps, float), "lr": np.broadcast_to(lr, n).astype(float),
+            "decay": np.full(n, decay), "momentum": np.full(n, momentum)}
+
+
+@pytest.fixture(scope="module")
+def batched(mlp_task):
+    h = hparams([1e-8, 1e-3, 1.0], lr=[1e-2, 3e-3, 1e-2], momentum=0.5)
+    return h, train_runs(mlp_task, SETTINGS, h, np.array([0, 7]))
+
+
+def test_vmapped_equals_one_by_one(mlp_task, batched):
+    h, together = batched
+    for j in range(3):
+        alone = train_runs(mlp_task, SETTINGS, {k: v[j:j + 1] for k, v in h.items()}, np.array([0, 7]))
+        for name in ("final_loss", "val_loss", "val_accuracy"):
+            np.testing.assert_allclose(getattr(alone, name)[:, 0], getattr(together, name)[:, j], rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(alone.curve[:, 0], together.curve[:, j], rtol=2e-5, atol=1e-6)
+
+
+def test_chunked_equals_unchunked(mlp_task, batched):
+    h, together = batched
+    chunked = train_runs(mlp_task, SETTINGS, h, np.array([0, 7]), chunk_size=2)
+    np.testing.assert_allclose(chunked.final_loss, together.final_loss, rtol=2e-5, atol=1e-6)
+
+
+def test_outputs_have_run_block_shape_and_learn(batched):
+    h, out = batched
+    assert out.final_loss.shape == (2, 3) and out.curve.shape == (2, 3, 10)
+    assert (out.diverged_step == -1).all()
+    assert (out.curve[:, :, -1] < out.curve[:, :, 0]).all()  # every run learned something
+    assert np.all((out.val_accuracy >= 0) & (out.val_accuracy <= 1))
+
+
+def test_same_seed_same_start_different_seed_different_start(mlp_task):
+    out = train_runs(mlp_task, SETTINGS, hparams([1e-3, 1e-3]), np.array([0, 1]))
+    np.testing.assert_array_equal(out.curve[:, 0], out.curve[:, 1])  # identical config, identical run
+    assert not np.allclose(out.curve[0, 0], out.curve[1, 0])  # seeds differ
+
+
+def test_divergence_is_isolated_and_reported(quadratic_task):
+    settings = TrainSettings(steps=40, batch_size=1, curve_points=8)
+    h = hparams([1e-8, 1e-8], lr=[0.1, 1e30])
+    out = train_runs(quadratic_task, settings, h, np.array([0]))
+    alone = train_runs(quadratic_task, settings, hparams([1e-8], lr=[0.1]), np.array([0]))
+    assert out.diverged_step[0, 0] == -1 and np.isfinite(out.final_loss[0, 0])
+    assert out.diverged_step[0, 1] >= 0 and np.isnan(out.final_loss[0, 1])
+    np.testing.assert_allclose(out.curve[0, 0], alone.curve[0, 0], rtol=1e-6)
+
+
+def test_one_compile_per_sweep_whatever_the_values(mlp_task):
+    grid_a = Grid(eps=(1e-8, 1.0), lr=(1e-3,))
+    grid_b = Grid(eps=(1e-6, 0.5), lr=(3e-2,), decay=(0.99,))
+    config = RunConfig(steps=12, batch_size=8, seeds=1)
+    sweep(mlp_task, grid_a, config)
+    before = engine.compile_count()
+    result = sweep(mlp_task, grid_b, config)
+    assert engine.compile_count() == before
+    assert result.meta["compilations"] == 0
+    assert [r["eps"] for r in result.records] == [1e-6, 0.5]
+
+
+def test_sweep_records_fold_seeds(mlp_task):
+    result = sweep(mlp_task, Grid(eps=(1e-8, 1.0), lr=(1e-2,)), RunConfig(steps=30, batch_size=16, seeds=2,
+                                                                           curve_points=10))
+    assert len(result.records) == 2 and len(result.runs) == 4
+    for record in result.records:
+        runs = [r for r in result.runs if r["eps"] == record["eps"]]
+        assert record["final_loss"] == pytest.approx(np.mean([r["final_loss"] for r in runs]), rel=1e-6)
+        assert record["val_accuracy_std"] == pytest.approx(np.std([r["val_accuracy"] for r in runs], ddof=1), abs=1e-7)
+        assert record["seeds"] == 2 and record["diverged"] is False and len(record["loss_curve"]) == 10
+    # eps = 1 with a small learning rate damps the steps: it must train slower than eps = 1e-8
+    assert result.records[0]["final_loss"] < result.records[1]["final_loss"]

@@ -1,0 +1,103 @@
+"""Grid value parsing and argv normalisation (property tests), and grid validation."""
+
+import math
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from epsweep.cli import normalize_argv
+from epsweep.errors import UserError
+from epsweep.grid import Grid, parse_values
+
+finite = st.floats(min_value=-1e30, max_value=1e30, allow_nan=False, allow_infinity=False)
+positive = st.floats(min_value=1e-30, max_value=1e30, allow_nan=False)
+
+
+@given(st.lists(finite, min_size=1, max_size=20))
+def test_numbers_round_trip_through_every_spelling(values):
+    expected = list(dict.fromkeys(values))
+    tokens = [repr(v) for v in values]
+    assert parse_values(tokens, "eps") == expected
+    assert parse_values([",".join(tokens)], "eps") == expected
+    assert parse_values(["-"], "eps", read_stdin=lambda: "\n".join(tokens)) == expected
+
+
+@given(positive, positive, st.integers(min_value=1, max_value=50))
+def test_log_range_has_count_points_with_exact_ends(start, stop, count):
+    values = parse_values([f"log:{start!r}:{stop!r}:{count}"], "eps")
+    assert len(values) == len(set(np.geomspace(start, stop, count).tolist()))
+    assert math.isclose(values[0], start, rel_tol=1e-12)
+    if count > 1 and start != stop:
+        assert math.isclose(values[-1], stop, rel_tol=1e-12)
+        ratios = np.diff(np.log(values))
+        assert np.allclose(ratios, ratios[0], rtol=1e-6, atol=1e-9)
+
+
+@given(finite, finite, st.integers(min_value=2, max_value=50))
+def test_linear_range_is_evenly_spaced(start, stop, count):
+    values = parse_values([f"lin:{start!r}:{stop!r}:{count}"], "decay")
+    assert values[0] == start
+    if start != stop:
+        assert math.isclose(values[-1], stop, rel_tol=1e-9, abs_tol=1e-9)
+
+
+def test_documented_examples():
+    assert parse_values(["log:1e-10:1:11"], "eps") == pytest.approx([10.0**k for k in range(-10, 1)])
+    assert parse_values(["1e-8", "1"], "eps") == [1e-8, 1.0]
+    assert parse_values(["1e-8,1e-4", "1"], "eps") == [1e-8, 1e-4, 1.0]
+    assert parse_values(["lin:0.8:0.9:3"], "decay") == pytest.approx([0.8, 0.85, 0.9])
+
+
+@pytest.mark.parametrize("token, message", [
+    ("abc", "is not a number"), ("nan", "not a finite"), ("inf", "not a finite"), ("1,,2", "empty value"),
+    ("log:0:1:3", "positive ends"), ("log:1:2", "log:START:STOP:COUNT"), ("lin:0:1:x", "not an integer"),
+    ("lin:0:1:0", "between 1 and"), ("log:1e-3:1:10000000", "between 1 and"),
+])
+def test_malformed_values_are_user_errors(token, message):
+    with pytest.raises(UserError, match=message):
+        parse_values([token], "eps")
+
+
+def test_stdin_without_input_is_an_error():
+    with pytest.raises(UserError, match="no values"):
+        parse_values(["-"], "eps", read_stdin=lambda: "  \n")
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    (dict(eps=(-1.0,)), "eps >= 0"), (dict(decay=(1.0,)), "0 <= decay < 1"), (dict(decay=(-0.1,)), "decay"),
+    (dict(lr=(0.0,)), "lr > 0"), (dict(momentum=(1.0,)), "momentum"), (dict(eps=()), "empty"),
+])
+def test_grid_rejects_out_of_range_values(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        Grid(**kwargs)
+
+
+def test_grid_settings_are_the_full_product_with_eps_fastest():
+    grid = Grid(eps=(1e-8, 1.0), lr=(1e-3, 1e-2), decay=(0.9, 0.99))
+    settings = grid.settings()
+    assert len(settings) == len(grid) == 8
+    assert [s["eps"] for s in settings[:2]] == [1e-8, 1.0]
+    assert {(s["eps"], s["lr"], s["decay"]) for s in settings} == {
+        (e, lr, d) for e in (1e-8, 1.0) for lr in (1e-3, 1e-2) for d in (0.9, 0.99)
+    }
+
+
+value_tokens = st.lists(st.sampled_from(["1e-8", "1", "0.5", "-", "-1", "-.5", "log:1e-3:1:4", "2,3"]), min_size=1)
+other_args = st.lists(st.sampled_from(["--steps", "10", "--quiet", "--task", "mlp", "-f", "csv"]), max_size=6)
+
+
+@settings(max_examples=200)
+@given(st.sampled_from(["--eps", "--decay", "--lr", "--momentum", "--convention"]), value_tokens, other_args)
+def test_normalize_argv_spreads_values_over_repeated_flags(flag, values, rest):
+    rest = [t for t in rest if t.startswith("-") and t != "-"]  # options only, no stray values
+    argv = ["grid", flag, *values, *rest]
+    out = normalize_argv(argv)
+    expected = ["grid"] + [x for v in values for x in (flag, v)] + normalize_argv(rest)
+    assert out == expected
+
+
+def test_normalize_argv_leaves_single_values_and_equals_forms_alone():
+    argv = ["grid", "--eps=1e-8", "--lr", "0.1", "--steps", "5", "--", "--eps", "1", "2"]
+    assert normalize_argv(argv) == argv

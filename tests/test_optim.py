@@ -1,0 +1,176 @@
+"""Each RMSProp convention against independent references over 120 steps of fixed gradients:
+a NumPy transcription of the framework's formula, and the framework itself where installed."""
+
+import importlib.util
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from epsweep.optim import CONVENTIONS, rmsprop
+from reference import import_timm
+
+STEPS = 120
+LR = 0.01
+CASES = [
+    dict(convention=c, eps=eps, decay=decay, momentum=mom, centered=cen)
+    for c, eps, (decay, mom), cen in itertools.product(
+        CONVENTIONS, (1e-8, 1.0), ((0.9, 0.0), (0.99, 0.9)), (False, True)
+    )
+]
+
+
+def case_id(case):
+    return "{convention}-eps{eps:g}-rho{decay}-mu{momentum}-{c}".format(**case, c="centered" if case["centered"] else "plain")
+
+
+def fixed_gradients(shape=(7,), steps=STEPS, seed=0):
+    rng = np.random.default_rng(seed)
+    scales = np.logspace(-4, 1, shape[0])  # tiny to large, so eps matters for some coordinates
+    return [rng.normal(size=shape) * scales for _ in range(steps)]
+
+
+def numpy_reference(convention, eps, decay, momentum, centered, grads, p0):
+    """The update rules of ../shared/rmsprop-conventions.md, written out in float64."""
+    p = p0.astype(np.float64).copy()
+    v = np.ones_like(p) if convention == "tf1" else np.zeros_like(p)
+    gbar = np.zeros_like(p)
+    m = np.zeros_like(p)
+    trajectory = []
+    for g in grads:
+        v = decay * v + (1 - decay) * g**2
+        gbar = decay * gbar + (1 - decay) * g
+        var = v - gbar**2 if centered else v
+        if convention == "pytorch":
+            m = momentum * m + g / (np.sqrt(var) + eps)
+            p = p - LR * m
+        else:  # optax, keras, tf1: eps inside the root, lr inside the momentum buffer
+            m = momentum * m + LR * g / np.sqrt(var + eps)
+            p = p - m
+        trajectory.append(p.copy())
+    return np.array(trajectory)
+
+
+def run_epsweep(case, grads, p0):
+    opt = rmsprop(LR, case["decay"], case["eps"], convention=case["convention"],
+                  momentum=case["momentum"], centered=case["centered"])
+    params = jnp.asarray(p0, jnp.float32)
+    state = opt.init(params)
+
+    def step(carry, g):
+        params, state = carry
+        updates, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, state), params
+
+    _, trajectory = jax.lax.scan(step, (params, state), jnp.asarray(np.array(grads), jnp.float32))
+    return np.asarray(trajectory)
+
+
+@pytest.mark.parametrize("case", CASES, ids=case_id)
+def test_matches_numpy_formula(case):
+    grads = fixed_gradients()
+    p0 = np.linspace(-1, 1, 7)
+    ours = run_epsweep(case, grads, p0)
+    ref = numpy_reference(grads=grads, p0=p0, **case)
+    np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=2e-6)
+
+
+def test_hyperparameters_are_traced_and_compile_once():
+    """One jitted step serves every hyperparameter value: the second call does not recompile."""
+    grads = jnp.ones(3)
+
+    @jax.jit
+    def one_step(lr, decay, eps, momentum):
+        opt = rmsprop(lr, decay, eps, convention="tf1", momentum=momentum)
+        params = jnp.zeros(3)
+        updates, state = opt.update(grads, opt.init(params), params)
+        return updates, state.hyperparams
+
+    first, hp1 = one_step(0.1, 0.9, 1.0, 0.0)
+    second, hp2 = one_step(0.2, 0.5, 1e-8, 0.9)
+    assert one_step._cache_size() == 1
+    assert float(hp2["eps"]) == pytest.approx(1e-8) and float(hp2["learning_rate"]) == pytest.approx(0.2)
+    assert not np.allclose(first, second)
+
+
+def test_eps_placement_differs_between_conventions():
+    """At v = 0 a PyTorch eps of sqrt(e) matches an optax eps of e (first step, no momentum)."""
+    g = {"w": jnp.array([0.2])}
+    p = {"w": jnp.array([0.5])}
+    inside = rmsprop(0.01, 0.9, 1e-4, convention="optax")
+    outside = rmsprop(0.01, 0.9, 1e-2, convention="pytorch")
+    u_in, _ = inside.update(g, inside.init(p), p)
+    u_out, _ = outside.update(g, outside.init(p), p)
+    # sqrt(v + 1e-4) vs sqrt(v) + 1e-2 with v = 0.004: close but not equal
+    assert float(u_in["w"][0]) == pytest.approx(-0.01 * 0.2 / np.sqrt(0.004 + 1e-4), rel=1e-5)
+    assert float(u_out["w"][0]) == pytest.approx(-0.01 * 0.2 / (np.sqrt(0.004) + 1e-2), rel=1e-5)
+
+
+# --- the frameworks themselves ---------------------------------------------------------
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+needs_timm = pytest.mark.skipif(import_timm() is None, reason="timm not installed")
+needs_keras = pytest.mark.skipif(importlib.util.find_spec("keras") is None, reason="keras not installed")
+FRAMEWORK_CASES = [c for c in CASES if c["convention"] == "optax"]  # hyperparameter combinations
+
+
+def torch_trajectory(optimizer_factory, grads, p0):
+    import torch
+
+    param = torch.nn.Parameter(torch.tensor(p0, dtype=torch.float64))
+    optimizer = optimizer_factory([param])
+    out = []
+    for g in grads:
+        param.grad = torch.tensor(g, dtype=torch.float64)
+        optimizer.step()
+        out.append(param.detach().numpy().copy())
+    return np.array(out)
+
+
+@needs_torch
+@pytest.mark.parametrize("case", FRAMEWORK_CASES, ids=case_id)
+def test_pytorch_convention_matches_torch_optim_rmsprop(case):
+    import torch
+
+    grads, p0 = fixed_gradients(), np.linspace(-1, 1, 7)
+    ref = torch_trajectory(lambda ps: torch.optim.RMSprop(
+        ps, lr=LR, alpha=case["decay"], eps=case["eps"], momentum=case["momentum"], centered=case["centered"]
+    ), grads, p0)
+    ours = run_epsweep({**case, "convention": "pytorch"}, grads, p0)
+    np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=2e-6)
+
+
+@needs_timm
+@pytest.mark.parametrize("case", FRAMEWORK_CASES, ids=case_id)
+def test_tf1_convention_matches_timm_rmsproptf(case):
+    import_timm()
+    from timm.optim import RMSpropTF
+
+    grads, p0 = fixed_gradients(), np.linspace(-1, 1, 7)
+    ref = torch_trajectory(lambda ps: RMSpropTF(
+        ps, lr=LR, alpha=case["decay"], eps=case["eps"], momentum=case["momentum"], centered=case["centered"]
+    ), grads, p0)
+    ours = run_epsweep({**case, "convention": "tf1"}, grads, p0)
+    np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=2e-6)
+
+
+@needs_keras
+@pytest.mark.parametrize("case", FRAMEWORK_CASES, ids=case_id)
+def test_keras_convention_matches_keras3_rmsprop(case):
+    import keras
+
+    grads, p0 = fixed_gradients(), np.linspace(-1, 1, 7)
+    variable = keras.Variable(p0.astype(np.float32))
+    optimizer = keras.optimizers.RMSprop(
+        learning_rate=LR, rho=case["decay"], epsilon=case["eps"], momentum=case["momentum"], centered=case["centered"]
+    )
+    ref = []
+    for g in grads:
+        optimizer.apply_gradients([(keras.ops.convert_to_tensor(g.astype(np.float32)), variable)])
+        ref.append(np.asarray(variable.numpy()).copy())
+    ours = run_epsweep({**case, "convention": "keras"}, grads, p0)
+    np.testing.assert_allclose(ours, np.array(ref), rtol=5e-4, atol=5e-6)
