@@ -242,7 +242,7 @@ def grid(
 
     Example: epsweep grid --eps 1e-8 1 --lr 1e-3 1e-2 --seeds 3
     """
-    from epsweep.sweep import RunConfig, sweep
+    from epsweep.sweep import RunConfig
     from epsweep.tasks import build_task
 
     out_fmt, file_fmt = _output_format(fmt, output)
@@ -252,8 +252,15 @@ def grid(
         conventions=_conventions(convention), centered=centered, chunk_size=chunk_size,
     )
     the_task = build_task(task, dataset, val_split)
+    run_sweep(the_task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet)
+
+
+def run_sweep(task, grid, config, *, out_fmt: str, output: Path | None, file_fmt: str | None, quiet: bool) -> None:
+    """The part every training command shares: sweep with progress, log, present."""
+    from epsweep.sweep import sweep
+
     with _Progress(enabled=not quiet and stderr.is_terminal) as progress:
-        result = sweep(the_task, the_grid, config, progress=progress.callback)
+        result = sweep(task, grid, config, progress=progress.callback)
     _log_summary(result, quiet)
     present(result, out_fmt, output, file_fmt, quiet)
 
