@@ -18,38 +18,71 @@ import contextlib
 import dataclasses
 import math
 import threading
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
 
-from epsweep.optim import check_convention, rmsprop
+from epsweep import memory, parallel
+from epsweep.optim import (
+    check_convention, check_optimizer, denominator_terms, eps_dominated_share, effective_lr_median, make_optimizer,
+    moving_parameters,
+)
 from epsweep.tasks import Task
 
 HPARAMS = ("eps", "decay", "lr", "momentum")
+CONFIG_AXIS = "config"  # the mesh axis the configurations are split across
+DIAGNOSTIC_POINTS = 50  # steps at which the eps-dominated share is measured (evenly spaced, last included)
 
 # --- compile counting ---------------------------------------------------------------
 
 _compile_count = 0
+_compile_seconds = 0.0
+_cache_loads = 0
 _compile_lock = threading.Lock()
+_cache_hit = threading.local()  # set between a persistent-cache hit and the end of its "compile"
+
+
+def _note_cache_hit(event: str, **kwargs: Any) -> None:
+    if event == "/jax/compilation_cache/cache_hits":
+        _cache_hit.pending = True
 
 
 def _count_compile(event: str, duration: float, **kwargs: Any) -> None:
-    global _compile_count
-    if event == "/jax/core/compile/backend_compile_duration":
+    global _compile_count, _compile_seconds, _cache_loads
+    if event == "/jax/core/compile/backend_compile_duration":  # also sent when the cache had the program
         with _compile_lock:
-            _compile_count += 1
+            if getattr(_cache_hit, "pending", False):
+                _cache_hit.pending = False
+                _cache_loads += 1
+            else:
+                _compile_count += 1
+                _compile_seconds += duration
 
 
+jax.monitoring.register_event_listener(_note_cache_hit)
 jax.monitoring.register_event_duration_secs_listener(_count_compile)
 
 
 def compile_count() -> int:
-    """How many XLA programs this process has compiled so far (all of JAX, not just ours)."""
+    """How many XLA programs this process has compiled so far (all of JAX, not just ours);
+    programs loaded from the persistent compilation cache are not counted."""
     return _compile_count
+
+
+def compile_seconds() -> float:
+    """Seconds this process has spent compiling XLA programs so far."""
+    return _compile_seconds
+
+
+def cache_loads() -> int:
+    """How many programs this process has loaded from the persistent compilation cache."""
+    return _cache_loads
 
 
 # --- progress -------------------------------------------------------------------------
@@ -95,9 +128,11 @@ class TrainSettings:
     lr_decay_rate: float | None = None
     lr_decay_steps: int | None = None
     progress_every: int = 0
+    optimizer: str = "rmsprop"  # rmsprop, adam, adagrad or sgd; convention and centered: rmsprop only
 
     def __post_init__(self) -> None:
         check_convention(self.convention)
+        check_optimizer(self.optimizer)
         if self.steps < 1 or self.batch_size < 1:
             raise ValueError("steps and batch_size must be positive")
 
@@ -114,6 +149,10 @@ class RunOutputs(NamedTuple):
     val_accuracy: np.ndarray  # NaN when the task has no accuracy
     diverged_step: np.ndarray  # int, -1 when the run never diverged
     curve: np.ndarray  # (S, G, points): mean training loss per segment of steps
+    # what eps did (docs/conventions.md), over the parameters the gradient moves (g != 0); NaN for sgd:
+    eps_dominated: np.ndarray  # share with eps term > gradient-statistics term after the last step
+    eps_dominated_mean: np.ndarray  # that share averaged over the steps trained (before any divergence)
+    effective_lr: np.ndarray  # median of lr / denominator after the last step
 
 
 class _Carry(NamedTuple):
@@ -122,6 +161,10 @@ class _Carry(NamedTuple):
     opt_state: Any
     diverged_step: jax.Array
     curve_sum: jax.Array
+    eps_dom_sum: jax.Array  # sum over kept steps of the eps-dominated share
+    eps_dom_steps: jax.Array  # how many steps that sum holds
+    eps_dom_last: jax.Array  # the share at the last kept step
+    effective_lr: jax.Array  # median lr / denominator after the last step
 
 
 # --- the program ----------------------------------------------------------------------
@@ -141,18 +184,24 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
     points = settings.points
     bucket_of_step = jnp.asarray(np.arange(settings.steps) * points // settings.steps, jnp.int32)
     steps_per_bucket = np.bincount(np.arange(settings.steps) * points // settings.steps, minlength=points)
-    update_rule = rmsprop(0.0, 0.0, 0.0, convention=settings.convention, centered=settings.centered)
+    update_rule = make_optimizer(settings.optimizer, 0.0, 0.0, 0.0, convention=settings.convention,
+                                 centered=settings.centered)
+    has_denominator = settings.optimizer != "sgd"
+    diagnostic_every = max(1, settings.steps // DIAGNOSTIC_POINTS)
     has_data = task.data is not None
+    trainable = task.trainable_mask()
 
-    def init_run(seed, h):
-        params, model_state = task.init(jax.random.fold_in(jax.random.key(seed), 0))
+    def init_run(seed, h, constants):
+        init_key = jax.random.fold_in(jax.random.key(seed), 0)
+        params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
 
         def init_config(hc):
-            optimizer = rmsprop(
-                hc["lr"], hc["decay"], hc["eps"], momentum=hc["momentum"],
+            optimizer = make_optimizer(
+                settings.optimizer, hc["lr"], hc["decay"], hc["eps"], momentum=hc["momentum"],
                 convention=settings.convention, centered=settings.centered,
             )
-            return _Carry(params, model_state, optimizer.init(params), jnp.int32(-1), jnp.zeros(points))
+            return _Carry(params, model_state, optimizer.init(params), jnp.int32(-1), jnp.zeros(points),
+                          jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), jnp.float32(jnp.nan))
 
         return jax.vmap(init_config)(h)
 
@@ -172,6 +221,8 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
         opt_state = carry.opt_state
         opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": learning_rate(hc, t)})
         updates, opt_state = update_rule.update(grads, opt_state, carry.params)
+        if trainable is not None:  # frozen parameters never move
+            updates = jax.tree.map(lambda u, train: u if train else jnp.zeros_like(u), updates, trainable)
         params = optax.apply_updates(carry.params, updates)
         alive = carry.diverged_step < 0
         finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(updates))
@@ -180,7 +231,24 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
                            (carry.params, carry.model_state, carry.opt_state))
         diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
         curve_sum = carry.curve_sum.at[bucket_of_step[t]].add(jnp.where(keep, loss, jnp.nan))
-        return _Carry(*new, diverged_step, curve_sum)
+        eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
+        if has_denominator:
+            def measure(_):
+                moving = moving_parameters(grads, trainable)
+                terms = denominator_terms(opt_state, settings.optimizer, settings.convention)
+                share = eps_dominated_share(terms, moving)
+                counted = keep & jnp.isfinite(share)  # NaN when no parameter moved
+                effective_lr = jax.lax.cond(  # a sort: only at the last step
+                    t == settings.steps - 1,
+                    lambda _: effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving),
+                    lambda _: carry.effective_lr, None)
+                return (carry.eps_dom_sum + jnp.where(counted, share, 0.0), carry.eps_dom_steps + counted,
+                        jnp.where(keep, share, carry.eps_dom_last), jnp.where(keep, effective_lr, carry.effective_lr))
+
+            # t is shared by every run, so under vmap this stays a branch: the cost is paid on
+            # about DIAGNOSTIC_POINTS steps only, the last one always among them
+            eps_dom = jax.lax.cond((settings.steps - 1 - t) % diagnostic_every == 0, measure, lambda _: eps_dom, None)
+        return _Carry(*new, diverged_step, curve_sum, *eps_dom)
 
     def evaluate_run(params, model_state, x_val, y_val, val_mask):
         def batch_sums(batch):
@@ -192,8 +260,8 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
         count = jnp.sum(val_mask)
         return jnp.sum(loss_sum) / count, jnp.sum(correct_sum) / count
 
-    def program(h, seeds, x_train, y_train, x_val, y_val, val_mask):
-        carry = jax.vmap(init_run, in_axes=(0, None))(seeds, h)
+    def program(h, seeds, x_train, y_train, x_val, y_val, val_mask, constants=None):
+        carry = jax.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
         steps = jnp.arange(settings.steps)
         if has_data:
             n_train = x_train.shape[0]
@@ -231,7 +299,14 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
                 val_accuracy = jnp.full_like(val_loss, jnp.nan)
         else:
             val_loss = val_accuracy = jnp.full(final_loss.shape, jnp.nan)
-        return RunOutputs(final_loss, val_loss, val_accuracy, carry.diverged_step, curve)
+        if has_denominator:
+            effective_lr = carry.effective_lr
+            eps_dominated = carry.eps_dom_last
+            eps_dominated_mean = carry.eps_dom_sum / carry.eps_dom_steps
+        else:
+            eps_dominated = eps_dominated_mean = effective_lr = jnp.full(final_loss.shape, jnp.nan)
+        return RunOutputs(final_loss, val_loss, val_accuracy, carry.diverged_step, curve,
+                          eps_dominated, eps_dominated_mean, effective_lr)
 
     return program
 
@@ -239,11 +314,23 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
 _programs: dict[tuple, Callable] = {}
 
 
-def compiled_program(task: Task, settings: TrainSettings) -> Callable:
-    """The jitted program for (task, settings), shared by every sweep that matches."""
-    key = (task.key, settings)
+def compiled_program(task: Task, settings: TrainSettings, devices: Sequence[jax.Device] | None = None) -> Callable:
+    """The jitted program for (task, settings) on ``devices`` (default: the first device),
+    shared by every sweep that matches.
+
+    The configuration axis is split across the devices with ``shard_map`` over a one-axis
+    mesh (``config``): each device trains its share of the chunk with the single-device
+    program, with the data and seeds replicated, and nothing is communicated.
+    """
+    devices = tuple(devices) if devices is not None else (jax.devices()[0],)
+    key = (task.key, settings, tuple(d.id for d in devices))
     if key not in _programs:
-        _programs[key] = jax.jit(build_program(task, settings))
+        mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
+        in_specs = (P(CONFIG_AXIS),) + (P(),) * 7  # h; seeds, data, constants
+        out_specs = RunOutputs(*[P(None, CONFIG_AXIS)] * len(RunOutputs._fields))  # (S, G, ...)
+        sharded = jax.shard_map(build_program(task, settings), mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                                check_vma=False)
+        _programs[key] = jax.jit(sharded)
     return _programs[key]
 
 
@@ -272,31 +359,63 @@ def train_runs(
     *,
     chunk_size: int | None = None,
     on_chunk: Callable[[int, int, RunOutputs], None] | None = None,
+    devices: Sequence[jax.Device] | None = None,
 ) -> RunOutputs:
     """Train every (seed, configuration) pair; returns arrays with a leading (S, G) block.
 
-    Configurations go through the compiled program ``chunk_size`` at a time (all of them by
-    default); the last chunk is padded by repeating its final configuration so that every
-    call has the same shapes and the program compiles once. ``on_chunk(start, stop, outputs)``
-    is called as each chunk finishes.
+    Configurations go through the compiled program a chunk at a time, split across
+    ``devices`` (default: every device, in every process; no more than there are settings in
+    a single process). The chunk size is ``chunk_size`` rounded up to a multiple of the device
+    count, or else chosen from the memory one configuration needs (:mod:`epsweep.memory`).
+    The last chunk is padded by repeating the final configuration so that every call has the
+    same shapes and the program compiles once. Each chunk is dispatched before the previous
+    one is collected, so the devices never wait for the host. ``on_chunk(start, stop,
+    outputs)`` is called as each chunk finishes (in every process).
     """
     total = len(hparams["eps"])
-    chunk = min(chunk_size or total, total)
-    program = compiled_program(task, settings)
+    devices = parallel.config_devices(total, devices)
+    chunk = memory.plan_chunk(total, len(seeds), devices, _estimate(task, settings), chunk_size)
+    program = compiled_program(task, settings, devices)
+    mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
+    by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
     if task.data is not None:
-        x_train, y_train = jnp.asarray(task.data.x_train), jnp.asarray(task.data.y_train)
+        x_train, y_train = task.data.x_train, task.data.y_train
     else:
-        x_train, y_train = jnp.zeros((1, 1)), jnp.zeros((1,), jnp.int32)
-    x_val, y_val, val_mask = (jnp.asarray(a) for a in _validation_batches(task, settings.eval_batch_size))
-    seeds_array = jnp.asarray(np.asarray(seeds, np.uint32))
+        x_train, y_train = np.zeros((1, 1), np.float32), np.zeros((1,), np.int32)
+    data = (np.asarray(seeds, np.uint32), x_train, y_train, *_validation_batches(task, settings.eval_batch_size))
+    data = tuple(_global_array(a, replicated) for a in data)
+    constants = jax.tree.map(lambda a: _global_array(a, replicated), task.constants)
     pieces: list[RunOutputs] = []
-    for start in range(0, total, chunk):
-        stop = min(start + chunk, total)
-        index = np.minimum(np.arange(start, start + chunk), total - 1)
-        h = {name: jnp.asarray(np.asarray(hparams[name], np.float32)[index]) for name in HPARAMS}
-        out = program(h, seeds_array, x_train, y_train, x_val, y_val, val_mask)
-        out = RunOutputs(*(np.asarray(a)[:, : stop - start] for a in out))
+
+    def collect(start: int, stop: int, out: RunOutputs) -> None:
+        out = RunOutputs(*(a[:, : stop - start] for a in parallel.gather(out)))
         pieces.append(out)
         if on_chunk is not None:
             on_chunk(start, stop, out)
-    return RunOutputs(*(np.concatenate(parts, axis=1) for parts in zip(*pieces)))
+
+    pending = None
+    for start in range(0, total, chunk):
+        index = np.minimum(np.arange(start, start + chunk), total - 1)
+        h = {name: _global_array(np.asarray(hparams[name], np.float32)[index], by_config) for name in HPARAMS}
+        out = program(h, *data, constants)
+        if pending is not None:
+            collect(*pending)
+        pending = (start, min(start + chunk, total), out)
+    collect(*pending)
+    return RunOutputs(*(np.concatenate(parts, axis=1) for parts in zip(*pieces, strict=True)))
+
+
+def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:
+    """A host array placed on the mesh; every process holds the whole value and gives its part."""
+    value = np.asarray(value)
+    return jax.make_array_from_callback(value.shape, sharding, lambda index: value[index])
+
+
+_estimates: dict[tuple, memory.Estimate] = {}
+
+
+def _estimate(task: Task, settings: TrainSettings) -> memory.Estimate:
+    key = (task.key, settings)
+    if key not in _estimates:
+        _estimates[key] = memory.estimate(task, settings)
+    return _estimates[key]

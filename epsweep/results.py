@@ -14,10 +14,16 @@ from collections.abc import Iterable, Sequence
 
 import numpy as np
 
-METRICS = ("final_loss", "val_loss", "val_accuracy")
+# eps_dominated: share of parameters whose eps term exceeds the gradient-statistics term at
+# the end of training (eps_dominated_mean: averaged over the steps); effective_lr: median over
+# parameters of lr / denominator at the end. None for sgd (no denominator). docs/conventions.md.
+DIAGNOSTICS = ("eps_dominated", "eps_dominated_mean", "effective_lr")
+METRICS = ("final_loss", "val_loss", "val_accuracy", *DIAGNOSTICS)
 FIELDS = (
-    "eps", "decay", "lr", "momentum", "convention",
+    "eps", "decay", "lr", "momentum", "optimizer", "convention",
     "final_loss", "final_loss_std", "val_loss", "val_loss_std", "val_accuracy", "val_accuracy_std",
+    "eps_dominated", "eps_dominated_std", "eps_dominated_mean", "eps_dominated_mean_std",
+    "effective_lr", "effective_lr_std",
     "diverged", "diverged_seeds", "diverged_step", "seeds",
 )
 CSV_FIELDS = FIELDS

@@ -11,10 +11,10 @@ from collections.abc import Callable, Sequence
 import jax
 import numpy as np
 
-from epsweep import engine
+from epsweep import engine, parallel
 from epsweep.errors import UserError
 from epsweep.grid import Grid
-from epsweep.optim import check_convention
+from epsweep.optim import check_convention, check_optimizer
 from epsweep.results import METRICS, fold_seeds
 from epsweep.tasks import Task, build_task
 
@@ -39,6 +39,7 @@ class RunConfig:
     clip_norm: float | None = None
     lr_decay_rate: float | None = None
     lr_decay_epochs: float | None = None
+    optimizers: Sequence[str] = ("rmsprop",)  # rmsprop, adam, adagrad, sgd
 
     def __post_init__(self) -> None:
         if self.steps is not None and self.epochs is not None:
@@ -59,8 +60,20 @@ class RunConfig:
             raise UserError("--convention: no convention given")
         for convention in self.conventions:
             check_convention(convention)
+        if not self.optimizers:
+            raise UserError("--optimizer: no optimizer given")
+        for optimizer in self.optimizers:
+            check_optimizer(optimizer)
 
-    def train_settings(self, task: Task, convention: str) -> engine.TrainSettings:
+    def programs(self) -> list[tuple[str, str]]:
+        """(optimizer, convention) per compiled program: rmsprop once per convention, every
+        other optimizer once (conventions are RMSProp's; the baselines follow optax's rules)."""
+        pairs = []
+        for optimizer in dict.fromkeys(self.optimizers):
+            pairs.extend((optimizer, c) for c in (self.conventions if optimizer == "rmsprop" else ("optax",)))
+        return pairs
+
+    def train_settings(self, task: Task, convention: str, optimizer: str = "rmsprop") -> engine.TrainSettings:
         """Resolve defaults against the task's data into the engine's static settings."""
         batch_size = self.batch_size or task.default_batch_size
         n_train = len(task.data.x_train) if task.data is not None else None
@@ -80,8 +93,10 @@ class RunConfig:
             epochs = self.lr_decay_epochs if self.lr_decay_epochs is not None else 1.0
             decay_steps = max(1, round(epochs * steps_per_epoch))
         return engine.TrainSettings(
-            steps=steps, batch_size=batch_size, convention=convention, centered=self.centered,
+            steps=steps, batch_size=batch_size, convention=convention,
+            centered=self.centered and optimizer == "rmsprop", optimizer=optimizer,
             curve_points=self.curve_points, clip_norm=self.clip_norm, lr_decay_rate=self.lr_decay_rate,
+            eval_batch_size=task.eval_batch_size,
             lr_decay_steps=decay_steps,
         )
 
@@ -115,46 +130,58 @@ def sweep(
     *,
     progress: ProgressFn | None = None,
     on_records: Callable[[list[dict]], None] | None = None,
+    select: Callable[[dict], bool] | None = None,
 ) -> SweepResult:
     """Train every setting of ``grid`` (times every seed) and return one record per setting.
 
-    All settings of one convention are trained by a single compiled, vmapped program.
+    All settings of one (optimizer, convention) pair are trained by a single compiled, vmapped
+    program.
     ``progress(label, done_steps, total_steps)`` is called while it runs;
-    ``on_records(records)`` receives each chunk's finished records as soon as they exist.
+    ``on_records(records)`` receives each chunk's finished records as soon as they exist (in
+    process 0 only, when several processes share the sweep).
+    ``select(setting)``, when given, picks the settings to train (the setting's axes plus
+    ``optimizer`` and ``convention``); the others are skipped (``epsweep.store`` resumes so).
     """
+    parallel.ensure_setup()
     task = build_task(task) if isinstance(task, str) else task
     grid = grid or Grid()
     config = config or RunConfig()
     seeds = np.arange(config.first_seed, config.first_seed + config.seeds, dtype=np.uint32)
     started = time.perf_counter()
-    compiles_before = engine.compile_count()
-    settings_list = grid.settings()
+    compiles_before, compile_seconds_before = engine.compile_count(), engine.compile_seconds()
+    cache_loads_before = engine.cache_loads()
+    all_settings = grid.settings()
     records: list[dict] = []
     runs: list[dict] = []
     steps_used = None
-    for convention in config.conventions:
-        settings = config.train_settings(task, convention)
+    for optimizer, convention in config.programs():
+        settings = config.train_settings(task, convention, optimizer)
         steps_used = settings.steps
         if progress is not None:
             settings = dataclasses.replace(settings, progress_every=max(1, settings.steps // 100))
+        settings_list = [s for s in all_settings
+                         if select is None or select({**s, "optimizer": optimizer, "convention": convention})]
+        if not settings_list:
+            continue
         hparams = {name: np.array([s[name] for s in settings_list]) for name in engine.HPARAMS}
         chunk_records: list[dict] = []
 
         def finish_chunk(start: int, stop: int, out: engine.RunOutputs) -> None:
             chunk = []
             for j, setting in enumerate(settings_list[start:stop]):
-                setting = {**setting, "convention": convention}
+                setting = {**setting, "optimizer": optimizer, "convention": convention}
                 metrics = {name: getattr(out, name)[:, j] for name in METRICS}
                 chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j]))
                 for k, seed in enumerate(seeds):
                     runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in METRICS},
                                  "diverged_step": int(out.diverged_step[k, j])})
             chunk_records.extend(chunk)
-            if on_records is not None:
+            if on_records is not None and parallel.is_primary():  # of several processes, one writes
                 on_records(chunk)
 
         total = settings.steps
-        label = f"{convention}: {len(settings_list)} settings x {len(seeds)} seeds"
+        what = convention if optimizer == "rmsprop" else optimizer
+        label = f"{what}: {len(settings_list)} settings x {len(seeds)} seeds"
         hook = (lambda step: progress(label, step, total)) if progress is not None else None
         with engine.progress_hook(hook):
             engine.train_runs(task, settings, hparams, seeds, chunk_size=config.chunk_size, on_chunk=finish_chunk)
@@ -165,12 +192,17 @@ def sweep(
         "batch_size": settings.batch_size if task.data is not None else None,
         "seeds": [int(s) for s in seeds],
         "conventions": list(config.conventions),
+        "optimizers": list(dict.fromkeys(config.optimizers)),
         "centered": config.centered,
-        "settings": len(settings_list) * len(config.conventions),
+        "settings": len(all_settings) * len(config.programs()),
         "devices": [str(d) for d in jax.devices()],
         "backend": jax.default_backend(),
         "versions": versions(),
+        "processes": jax.process_count(),
         "compilations": engine.compile_count() - compiles_before,
+        "compile_time_s": round(engine.compile_seconds() - compile_seconds_before, 3),
+        "compile_cache_loads": engine.cache_loads() - cache_loads_before,
+        "peak_memory_mib": parallel.peak_memory(),
         "wall_time_s": round(time.perf_counter() - started, 3),
         "finished_at": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
     }

@@ -2,7 +2,8 @@
 
 A task's functions are what the engine vmaps:
 
-- ``init(key) -> (params, model_state)``
+- ``init(key) -> (params, model_state)``, or ``init(key, constants)`` when the task has
+  ``constants`` (e.g. pretrained weights, passed to the program as arguments, not baked in)
 - ``loss(params, model_state, x, y, key) -> (loss, new_model_state)`` on one minibatch
 - ``evaluate(params, model_state, x, y) -> (per_example_loss, per_example_correct)``
 
@@ -42,7 +43,17 @@ class Task:
     default_epochs: int | None = 10
     default_steps: int | None = None
     default_batch_size: int = 32
+    eval_batch_size: int = 512
     describe_extra: dict = dataclasses.field(default_factory=dict)
+    constants: Any = None
+    trainable: Callable[[Any], Any] | None = None  # params -> pytree of bools; None: all trained
+
+    def trainable_mask(self) -> Any:
+        """Which parameters the optimizer may move (a pytree of Python bools), or None for all."""
+        if self.trainable is None:
+            return None
+        shapes = jax.eval_shape(self.init, jax.random.key(0), *(() if self.constants is None else (self.constants,)))
+        return self.trainable(shapes[0])
 
     def describe(self) -> dict:
         out = {"task": self.name, **self.describe_extra}

@@ -1,10 +1,18 @@
 """Shared fixtures. Compiled programs are cached per (task, settings) inside epsweep, so tests
 that build the same task with the same settings share one compilation."""
 
+import atexit
 import os
+import shutil
+import tempfile
 
 os.environ.setdefault("KERAS_BACKEND", "jax")
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
+# the persistent compilation cache of this test session only (never the user's), shared with
+# the CLI subprocesses the tests start
+_CACHE = tempfile.mkdtemp(prefix="epsweep-test-cache-")
+os.environ["EPSWEEP_COMPILE_CACHE"] = _CACHE
+atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 

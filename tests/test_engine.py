@@ -28,7 +28,7 @@ def test_vmapped_equals_one_by_one(mlp_task, batched):
     h, together = batched
     for j in range(3):
         alone = train_runs(mlp_task, SETTINGS, {k: v[j:j + 1] for k, v in h.items()}, np.array([0, 7]))
-        for name in ("final_loss", "val_loss", "val_accuracy"):
+        for name in ("final_loss", "val_loss", "val_accuracy", "eps_dominated", "eps_dominated_mean", "effective_lr"):
             np.testing.assert_allclose(getattr(alone, name)[:, 0], getattr(together, name)[:, j], rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(alone.curve[:, 0], together.curve[:, j], rtol=2e-5, atol=1e-6)
 

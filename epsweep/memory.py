@@ -1,0 +1,154 @@
+"""How many settings one compiled call trains: the memory one configuration needs, what a
+device can hold, and the chunk size that follows.
+
+The estimate is made from shapes alone (nothing is compiled): the training state of one
+configuration (parameters, model state, optimizer state) counted three times (the carried
+state, the new state, and the copy kept for runs that diverge), plus every intermediate value
+of one training step (the gradient and activations) or of one evaluation batch, whichever is
+larger. XLA frees and fuses most intermediates, so this is an upper bound in practice.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from epsweep.optim import make_optimizer
+from epsweep.parallel import available_cores
+
+STATE_COPIES = 3
+CACHE_STATE_COPIES = 4  # state, gradient, new state, kept copy: what one step streams through
+MEMORY_SHARE = 0.5  # of what a device has free, the share a sweep plans to use
+CPU_MIN_PER_DEVICE = 4  # below this, per-call overheads dominate on CPU
+_DEFAULT_L2 = 1024**2
+
+
+def tree_bytes(tree: Any) -> int:
+    """Bytes held by the arrays (or shape structs) of a pytree."""
+    return int(sum(np.prod(x.shape, dtype=np.int64) * x.dtype.itemsize  # PRNG keys included
+                   for x in jax.tree.leaves(tree) if hasattr(x, "shape")))
+
+
+def _jaxpr_bytes(jaxpr: Any) -> int:
+    """Bytes of every value a jaxpr computes, sub-jaxprs included (a bound on its temporaries)."""
+    from jax.extend.core import ClosedJaxpr, Jaxpr
+
+    total = 0
+    for eqn in jaxpr.eqns:
+        total += sum(tree_bytes(v.aval) for v in eqn.outvars if hasattr(v.aval, "shape"))
+        for param in eqn.params.values():
+            for sub in param if isinstance(param, (tuple, list)) else (param,):
+                if isinstance(sub, ClosedJaxpr):
+                    total += _jaxpr_bytes(sub.jaxpr)
+                elif isinstance(sub, Jaxpr):
+                    total += _jaxpr_bytes(sub)
+    return total
+
+
+@dataclasses.dataclass(frozen=True)
+class Estimate:
+    """Bytes one configuration of one seed needs (``per_config``), of which ``state`` is its
+    training state; ``fixed``: what every call holds whatever its size (the data)."""
+
+    per_config: int
+    state: int
+    fixed: int
+
+
+def estimate(task: Any, settings: Any) -> Estimate:
+    """The memory the engine's program needs for ``task`` trained with ``settings``."""
+    key = jax.eval_shape(lambda: jax.random.key(0))  # a shape only: nothing runs
+    init_args = (key,) if task.constants is None else (key, task.constants)
+    params, model_state = jax.eval_shape(task.init, *init_args)
+    optimizer = make_optimizer(settings.optimizer, 1e-3, 0.9, 1e-8, momentum=0.0,
+                               convention=settings.convention, centered=settings.centered)
+    opt_state = jax.eval_shape(optimizer.init, params)
+    state = tree_bytes((params, model_state, opt_state))
+    work = 0
+    fixed = tree_bytes(task.constants) if task.constants is not None else 0
+    if task.data is not None:
+        data = task.data
+        fixed += sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
+        xb = jax.ShapeDtypeStruct((settings.batch_size, *data.input_shape), jnp.float32)
+        yb = jax.ShapeDtypeStruct((settings.batch_size,), data.y_train.dtype)
+        step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, xb, yb, key)
+        work = _jaxpr_bytes(step.jaxpr)
+        if task.evaluate is not None and len(data.x_val):
+            n = min(settings.eval_batch_size, len(data.x_val))
+            xe = jax.ShapeDtypeStruct((n, *data.input_shape), jnp.float32)
+            ye = jax.ShapeDtypeStruct((n,), data.y_val.dtype)
+            work = max(work, _jaxpr_bytes(jax.make_jaxpr(task.evaluate)(params, model_state, xe, ye).jaxpr))
+    else:
+        step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, None, None, key)
+        work = _jaxpr_bytes(step.jaxpr)
+    return Estimate(per_config=STATE_COPIES * state + work, state=state, fixed=fixed)
+
+
+def _available_host_bytes() -> int:
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:  # pragma: no cover - not Linux
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+
+
+def device_budget(device: jax.Device) -> int:
+    """Bytes a sweep plans to use on ``device``: a share of what it has free (on CPU, of the
+    host's available memory divided among the local CPU devices)."""
+    stats = device.memory_stats() if device.platform != "cpu" else None
+    if stats and "bytes_limit" in stats:
+        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+    else:
+        free = _available_host_bytes() // max(1, len(jax.local_devices(backend=device.platform)))
+    return int(free * MEMORY_SHARE)
+
+
+def l2_cache_bytes() -> int:
+    """The CPU's per-core L2 cache size (1 MiB when it cannot be read)."""
+    try:
+        base = "/sys/devices/system/cpu/cpu0/cache"
+        for index in sorted(os.listdir(base)):
+            with open(f"{base}/{index}/level") as f:
+                if f.read().strip() != "2":
+                    continue
+            with open(f"{base}/{index}/size") as f:
+                text = f.read().strip().upper()
+            scale = {"K": 1024, "M": 1024**2}.get(text[-1], 1)
+            return int(text.rstrip("KM")) * scale
+    except (OSError, ValueError):
+        pass
+    return _DEFAULT_L2
+
+
+def plan_chunk(
+    total: int, seeds: int, devices: Sequence[jax.Device], est: Estimate, chunk_size: int | None = None
+) -> int:
+    """Settings per compiled call: a multiple of the device count.
+
+    ``chunk_size`` is rounded up to that multiple. Otherwise each device gets as many settings
+    as fit its memory budget and, when the CPU has a device per core, no more than keep
+    CACHE_STATE_COPIES copies of their training state within a core's L2 cache (but at least
+    CPU_MIN_PER_DEVICE): on the default task 4 settings per core train about 1.5x faster per
+    setting than 128 (docs/performance.md). The calls are then balanced so that padding stays
+    small.
+    """
+    n = len(devices)
+    if chunk_size is not None:
+        return math.ceil(chunk_size / n) * n
+    per_seed = max(1, seeds) * est.per_config
+    fit = max(1, (min(device_budget(d) for d in devices) - est.fixed) // per_seed)
+    if devices[0].platform == "cpu" and len(jax.local_devices(backend="cpu")) >= available_cores():
+        per_core = l2_cache_bytes() // (CACHE_STATE_COPIES * max(1, seeds) * max(1, est.state))
+        fit = min(fit, max(CPU_MIN_PER_DEVICE, per_core))
+    calls = math.ceil(total / (fit * n))
+    return math.ceil(total / (calls * n)) * n

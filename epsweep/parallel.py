@@ -1,0 +1,238 @@
+"""Where epsweep's programs run: devices, the persistent compilation cache, several processes.
+
+:func:`setup` configures JAX for this process. Parts of it only take effect before JAX starts
+its backends, so call it first (the CLI does; :func:`epsweep.sweep` calls it with the defaults, in
+one process, when nobody has, which still turns the cache on but may be too late for the
+devices):
+
+- the persistent compilation cache, on by default in ``$EPSWEEP_COMPILE_CACHE`` or else
+  ``$XDG_CACHE_HOME/epsweep/jax`` (``~/.cache/epsweep/jax``), so a rerun with other values of
+  the same shapes loads its program instead of compiling it (``EPSWEEP_COMPILE_CACHE=off``
+  turns it off);
+- on CPU, one JAX device per core, so that the configuration axis is split across cores
+  (many small independent programs beat one program split into threads);
+- several processes (``jax.distributed``): given a coordinator, a process count and an id, or
+  detected from a launcher that started more than one process (Slurm ``srun``, Open MPI,
+  PMI). Every process runs the same program over the global device mesh; results are
+  gathered to every process and :func:`is_primary` (process 0) writes them.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import logging
+import os
+import re
+import resource
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+
+from epsweep.errors import UserError
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "EPSWEEP_COMPILE_CACHE"
+CACHE_MAX_BYTES = 2 * 1024**3  # least recently used entries go beyond this
+_OFF = ("0", "off", "false", "no", "")
+_ADDRESS = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")
+
+
+@dataclasses.dataclass(frozen=True)
+class Runtime:
+    """How this process runs JAX.
+
+    ``compile_cache``: True for the default directory, False for none, or a directory.
+    ``cpu_devices``: JAX devices to make of the CPU (default: one per available core).
+    ``coordinator`` ("host:port" of process 0), ``num_processes`` and ``process_id``: run as
+    one of several processes; what is left out is taken from the cluster environment.
+    """
+
+    compile_cache: bool | str | Path = True
+    cpu_devices: int | None = None
+    coordinator: str | None = None
+    num_processes: int | None = None
+    process_id: int | None = None
+
+    def __post_init__(self) -> None:
+        if self.cpu_devices is not None and self.cpu_devices < 1:
+            raise UserError(f"cpu_devices: {self.cpu_devices} must be a positive integer")
+        if self.num_processes is not None and self.num_processes < 1:
+            raise UserError(f"--num-processes: {self.num_processes} must be a positive integer")
+        if self.process_id is not None and self.process_id < 0:
+            raise UserError(f"--process-id: {self.process_id} must be >= 0")
+        if self.num_processes is not None and self.process_id is not None and self.process_id >= self.num_processes:
+            raise UserError(f"--process-id: {self.process_id} must be below --num-processes {self.num_processes}")
+        if self.coordinator is not None and not _ADDRESS.match(self.coordinator):
+            raise UserError(f"--coordinator: {self.coordinator!r} is not host:port")
+
+    @property
+    def distributed(self) -> bool:
+        """Whether this process is one of several (flags given, or a launcher started several)."""
+        given = (self.coordinator, self.num_processes, self.process_id)
+        if any(v is not None for v in given):
+            return self.num_processes != 1
+        return launcher_process_count() > 1
+
+
+_applied: Runtime | None = None
+
+
+def launcher_process_count() -> int:
+    """How many processes a cluster launcher started for this job step (1 when none did)."""
+    env = os.environ
+    candidates = [env.get("OMPI_COMM_WORLD_SIZE"), env.get("PMI_SIZE")]
+    if "SLURM_STEP_ID" in env:  # inside srun, not merely inside an allocation
+        candidates += [env.get("SLURM_STEP_NUM_TASKS"), env.get("SLURM_NTASKS")]
+    for value in candidates:
+        if value and value.isdigit():
+            return int(value)
+    return 1
+
+
+def default_cache_dir() -> Path | None:
+    """The compilation cache directory the environment asks for, or None when it is turned off."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in _OFF else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "epsweep" / "jax"
+
+
+def available_cores() -> int:
+    """CPU cores this process may run on."""
+    try:
+        return len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):  # pragma: no cover - not Linux
+        return os.cpu_count() or 1
+
+
+def _backends_started() -> bool:
+    from jax._src import xla_bridge  # no public way to ask; used only to choose what to skip
+
+    return xla_bridge.backends_are_initialized()
+
+
+def _set_compile_cache(setting: bool | str | Path) -> Path | None:
+    from jax.experimental.compilation_cache import compilation_cache
+
+    path = default_cache_dir() if setting is True else (Path(setting).expanduser() if setting else None)
+    if path is not None:
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            log.warning("compilation cache off: cannot create %s (%s)", path, e.strerror)
+            path = None
+    compilation_cache.reset_cache()  # let a new directory (or none) take effect
+    jax.config.update("jax_enable_compilation_cache", path is not None)
+    jax.config.update("jax_compilation_cache_dir", str(path) if path is not None else None)
+    if path is not None:
+        # every program is worth keeping: ours take seconds to compile on CPU, under one on a GPU
+        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
+        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
+        if jax.config.jax_compilation_cache_max_size == -1:
+            jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
+    return path
+
+
+def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
+    """Configure JAX for this process (see the module docstring); ``kwargs`` are Runtime fields.
+
+    Safe to call again: the cache setting always applies; devices and processes are set the
+    first time only, and only while JAX has not started (a later request for several
+    processes is an error, a device count is left as it is).
+    """
+    global _applied
+    runtime = runtime or Runtime(**kwargs)
+    _set_compile_cache(runtime.compile_cache)
+    first = _applied is None
+    _applied = runtime
+    if not first:
+        if runtime.distributed and jax.process_count() == 1:
+            raise UserError("several processes were asked for after JAX had started; call setup() first")
+        return runtime
+    started = _backends_started()
+    device_flag = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
+    if not started and not device_flag and jax.config.jax_num_cpu_devices < 0:
+        jax.config.update("jax_num_cpu_devices", runtime.cpu_devices or available_cores())
+    if runtime.distributed:
+        if started:
+            raise UserError("several processes were asked for after JAX had started; call setup() first")
+        jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        try:
+            jax.distributed.initialize(
+                coordinator_address=runtime.coordinator, num_processes=runtime.num_processes,
+                process_id=runtime.process_id,
+            )
+        except (RuntimeError, ValueError) as e:
+            raise UserError(f"cannot join the other processes: {' '.join(str(e).split())}") from None
+    return runtime
+
+
+def ensure_setup() -> None:
+    """Apply the defaults unless :func:`setup` has already run: the cache and the CPU devices,
+    but never joining other processes (that takes an explicit :func:`setup` or the CLI)."""
+    if _applied is None:
+        setup(num_processes=1)
+
+
+def process_count() -> int:
+    """How many processes share the sweep (1 unless ``jax.distributed`` joined several)."""
+    return jax.process_count()
+
+
+def is_primary() -> bool:
+    """Whether this process writes results: always, unless it is one of several and not process 0."""
+    return jax.process_index() == 0
+
+
+def config_devices(total: int, devices: Sequence[jax.Device] | None = None) -> list[jax.Device]:
+    """The devices a grid of ``total`` settings is split across: all of them, or (one process)
+    no more than there are settings."""
+    devices = list(devices) if devices is not None else jax.devices()
+    if jax.process_count() == 1:
+        devices = devices[: max(1, min(len(devices), total))]
+    return devices
+
+
+@contextlib.contextmanager
+def _stdout_to_stderr() -> Iterator[None]:
+    """Send file descriptor 1 to 2 for a while (gloo announces its connections on stdout)."""
+    sys.stdout.flush()
+    saved = os.dup(1)
+    try:
+        os.dup2(2, 1)
+        yield
+    finally:
+        sys.stdout.flush()
+        os.dup2(saved, 1)
+        os.close(saved)
+
+
+def gather(tree: Any) -> Any:
+    """Every leaf as a NumPy array holding the global value, on every process."""
+    if jax.process_count() == 1:
+        return jax.tree.map(np.asarray, tree)
+    from jax.experimental import multihost_utils
+
+    with _stdout_to_stderr():
+        return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
+
+
+def peak_memory() -> dict[str, float | None]:
+    """Peak memory so far, in MiB: this process's resident set, and the most any local
+    accelerator held (None on CPU, where it is part of the resident set)."""
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_mib = rss / 1024**2 if sys.platform == "darwin" else rss / 1024  # bytes on macOS, KiB on Linux
+    device_peak = None
+    for device in jax.local_devices():
+        stats = device.memory_stats() if device.platform != "cpu" else None
+        if stats and "peak_bytes_in_use" in stats:
+            device_peak = max(device_peak or 0.0, stats["peak_bytes_in_use"] / 1024**2)
+    device_peak = None if device_peak is None else round(device_peak, 1)
+    return {"host_peak_mib": round(rss_mib, 1), "device_peak_mib": device_peak}

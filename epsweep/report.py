@@ -1,0 +1,300 @@
+"""Looking at saved results: filter, sort, the best setting per axis value, and how much the
+metric moves across the eps range at each other setting (sensitivity).
+
+``build_report(loaded, where=..., sort=..., top=...)`` works on records read by
+:func:`epsweep.store.read_results`; :mod:`epsweep.render` draws the result.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from collections.abc import Sequence
+from typing import Any
+
+from epsweep.errors import UserError
+from epsweep.store import Loaded
+
+AXES = ("eps", "decay", "lr", "momentum", "optimizer", "convention")
+OTHER_AXES = tuple(a for a in AXES if a != "eps")
+HIGHER_IS_BETTER = frozenset({"val_accuracy"})
+SORT_ALIASES = {
+    "acc": "val_accuracy", "val_acc": "val_accuracy", "accuracy": "val_accuracy",
+    "loss": "final_loss", "val": "val_loss", "step": "diverged_step",
+}
+_WHERE = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*$")
+_LABELS = {"val_accuracy": "val acc", "val_loss": "val loss", "final_loss": "final loss"}
+
+
+def label(field: str) -> str:
+    return _LABELS.get(field, field.replace("_", " "))
+
+
+def metric_of(records: Sequence[dict]) -> str:
+    """What "best" means here: validation accuracy, else validation loss, else final loss."""
+    for name in ("val_accuracy", "val_loss"):
+        if any(r.get(name) is not None for r in records):
+            return name
+    return "final_loss"
+
+
+def rank_key(record: dict) -> tuple:
+    """Best first: not diverged, highest val accuracy, lowest val loss, lowest final loss."""
+    def low(v):
+        return v if v is not None else math.inf
+
+    acc = record.get("val_accuracy")
+    usable = not record.get("diverged") and record.get("final_loss") is not None
+    return (not usable, -acc if acc is not None else math.inf, low(record.get("val_loss")),
+            low(record.get("final_loss")))
+
+
+# --- filtering ------------------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Condition:
+    """``field op value``; for ``=`` and ``!=`` the value may be a comma list (any of)."""
+
+    field: str
+    op: str
+    values: tuple
+
+    def test(self, record: dict) -> bool:
+        have = record.get(self.field)
+        if have is None:
+            return self.op == "!="
+        if self.op in ("=", "=="):
+            return any(_equal(have, v) for v in self.values)
+        if self.op == "!=":
+            return not any(_equal(have, v) for v in self.values)
+        value = self.values[0]
+        if isinstance(have, (str, bool)) or isinstance(value, (str, bool)):
+            return False
+        return {"<": have < value, "<=": have <= value or _equal(have, value),
+                ">": have > value, ">=": have >= value or _equal(have, value)}[self.op]
+
+
+def _equal(have: Any, want: Any) -> bool:
+    if isinstance(have, bool) or isinstance(want, bool):
+        return have is want or have == want
+    if isinstance(have, (int, float)) and isinstance(want, (int, float)):
+        return math.isclose(have, want, rel_tol=1e-9, abs_tol=0.0) or have == want
+    return have == want
+
+
+def _parse_value(text: str, field: str, where: str) -> Any:
+    lowered = text.lower()
+    if lowered in ("true", "yes"):
+        return True
+    if lowered in ("false", "no"):
+        return False
+    try:
+        value = float(text)
+    except ValueError:
+        if field in ("optimizer", "convention"):
+            return text
+        raise UserError(f"--where: {text!r} in {where!r} is not a number") from None
+    if not math.isfinite(value):
+        raise UserError(f"--where: {text!r} in {where!r} is not a finite number")
+    return value
+
+
+def parse_where(text: str, fields: Sequence[str]) -> Condition:
+    """``lr=0.01``, ``eps<=1e-4``, ``convention=tf1,keras``, ``diverged=false``."""
+    match = _WHERE.match(text)
+    if not match or not match.group(3):
+        raise UserError(f"--where: {text!r} must look like FIELD=VALUE, FIELD<VALUE, ... (e.g. lr=0.01)")
+    field, op, raw = match.group(1).replace("-", "_"), match.group(2), match.group(3)
+    field = SORT_ALIASES.get(field, field)
+    if field not in fields:
+        raise UserError(f"--where: unknown field {field!r}; fields: {', '.join(fields)}")
+    pieces = [p.strip() for p in raw.split(",")] if op in ("=", "==", "!=") else [raw]
+    if any(not p for p in pieces):
+        raise UserError(f"--where: empty value in {text!r}")
+    return Condition(field, op, tuple(_parse_value(p, field, text) for p in pieces))
+
+
+def record_fields(records: Sequence[dict]) -> list[str]:
+    """Fields one may filter or sort on: every scalar field the records have."""
+    fields: dict[str, None] = {}
+    for record in records:
+        for key, value in record.items():
+            if key != "loss_curve" and not isinstance(value, (list, dict)):
+                fields[key] = None
+    return list(fields)
+
+
+# --- analysis -------------------------------------------------------------------------------
+
+
+def _values(records: Sequence[dict], axis: str) -> list:
+    return list(dict.fromkeys(r.get(axis) for r in records))
+
+
+def _sortable(value: Any) -> tuple:
+    return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
+
+
+def best_per_axis(records: Sequence[dict], metric: str) -> list[dict]:
+    """For every axis with more than one value: for each value, the best setting having it
+    (ranked as the starred row; ``best`` is None when all of them diverged)."""
+    rows = []
+    for axis in AXES:
+        values = _values(records, axis)
+        if len(values) < 2:
+            continue
+        for value in sorted(values, key=_sortable):
+            group = [r for r in records if r.get(axis) == value]
+            best = min(group, key=rank_key)
+            usable = rank_key(best)[0] is False
+            rows.append({"axis": axis, "value": value, "metric": metric,
+                         "score": best.get(metric) if usable else None,
+                         "best": {a: best.get(a) for a in AXES} if usable else None,
+                         "settings": len(group), "diverged": sum(bool(r.get("diverged")) for r in group)})
+    return rows
+
+
+def sensitivity(records: Sequence[dict], metric: str) -> list[dict]:
+    """How much ``metric`` moves across eps with every other axis held: one row per
+    (decay, lr, momentum, optimizer, convention) that has at least two eps values."""
+    groups: dict[tuple, list[dict]] = {}
+    for record in records:
+        groups.setdefault(tuple(record.get(a) for a in OTHER_AXES), []).append(record)
+    higher = metric in HIGHER_IS_BETTER
+    rows = []
+    for key in sorted(groups, key=lambda k: tuple(_sortable(v) for v in k)):
+        group = groups[key]
+        if len({r["eps"] for r in group}) < 2:
+            continue
+        scored = [r for r in group if not r.get("diverged") and r.get(metric) is not None]
+        row = {**dict(zip(OTHER_AXES, key, strict=True)), "metric": metric,
+               "eps_min": min(r["eps"] for r in group), "eps_max": max(r["eps"] for r in group),
+               "settings": len(group), "diverged": sum(bool(r.get("diverged")) for r in group),
+               "low": None, "high": None, "spread": None, "best_eps": None, "worst_eps": None}
+        if scored:
+            best = max(scored, key=lambda r: r[metric]) if higher else min(scored, key=lambda r: r[metric])
+            worst = min(scored, key=lambda r: r[metric]) if higher else max(scored, key=lambda r: r[metric])
+            low, high = min(r[metric] for r in scored), max(r[metric] for r in scored)
+            row.update(low=low, high=high, spread=high - low, best_eps=best["eps"], worst_eps=worst["eps"])
+        rows.append(row)
+    return rows
+
+
+def _where_text(row: dict, axes: Sequence[str]) -> str:
+    return ", ".join(f"{a} {row[a]:g}" if isinstance(row[a], float) else f"{a} {row[a]}" for a in axes)
+
+
+def sensitivity_summary(rows: Sequence[dict], varying: Sequence[str]) -> str:
+    """One sentence: where eps matters most and least."""
+    scored = [r for r in rows if r["spread"] is not None]
+    if not scored:
+        return ""
+    name = label(rows[0]["metric"])
+    most = max(scored, key=lambda r: r["spread"])
+    least = min(scored, key=lambda r: r["spread"])
+    axes = [a for a in OTHER_AXES if a in varying] or ["lr"]
+    text = (f"Across eps {most['eps_min']:g}..{most['eps_max']:g}, {name} moves by up to {most['spread']:.4g} "
+            f"({_where_text(most, axes)})")
+    if least is not most:
+        text += f" and by as little as {least['spread']:.4g} ({_where_text(least, axes)})"
+    diverged = sum(r["diverged"] for r in rows)
+    return text + (f"; {diverged} setting{'s' if diverged > 1 else ''} diverged." if diverged else ".")
+
+
+# --- the report ----------------------------------------------------------------------------
+
+
+@dataclasses.dataclass
+class Report:
+    """What ``epsweep report`` shows: the selected records (filtered, sorted, cut), the best
+    setting per axis value and the eps sensitivity (both over the filtered records)."""
+
+    meta: dict
+    records: list[dict]
+    metric: str
+    best_per_axis: list[dict]
+    sensitivity: list[dict]
+    summary: str
+    shown_of: tuple[int, int]  # (rows shown, records in the file)
+    notes: list[str]
+
+    def to_json(self) -> str:
+        document = {"meta": self.meta, "results": self.records, "metric": self.metric,
+                    "best_per_axis": self.best_per_axis, "sensitivity": self.sensitivity,
+                    "summary": self.summary}
+        return json.dumps(document, indent=2, allow_nan=False) + "\n"
+
+    def title(self) -> str | None:
+        shown, total = self.shown_of
+        expected = self.meta.get("settings")
+        parts = []
+        if isinstance(expected, int) and expected > total:
+            parts.append(f"partial: {total} of {expected} settings")
+        if shown != total:
+            parts.append(f"showing {shown} of {total}")
+        return "; ".join(parts) or None
+
+
+def sort_field(name: str, fields: Sequence[str]) -> str:
+    field = SORT_ALIASES.get(name.replace("-", "_"), name.replace("-", "_"))
+    if field != "rank" and field not in fields:
+        raise UserError(f"--sort: unknown field {name!r}; choose from rank, {', '.join(fields)}")
+    return field
+
+
+def sort_records(records: Sequence[dict], field: str, reverse: bool = False) -> list[dict]:
+    """Best first for ``rank`` and metrics (accuracy high, losses low), ascending otherwise;
+    missing values always last. ``reverse`` flips the order of the present values."""
+    if field == "rank":
+        ordered = sorted(records, key=rank_key)
+        return ordered[::-1] if reverse else ordered
+    present = [r for r in records if r.get(field) is not None]
+    missing = [r for r in records if r.get(field) is None]
+    descending = (field in HIGHER_IS_BETTER) != reverse
+    return sorted(present, key=lambda r: _sortable(r[field]), reverse=descending) + missing
+
+
+def build_report(
+    loaded: Loaded,
+    *,
+    where: Sequence[str] = (),
+    sort: str | None = None,
+    reverse: bool = False,
+    top: int | None = None,
+) -> Report:
+    """Filter (every ``where`` condition must hold), sort, keep the ``top`` rows (ranked best
+    first when no ``sort`` is given), and summarise."""
+    records = loaded.records
+    if not records:
+        raise UserError(f"{loaded.path}: no results in the file yet")
+    fields = record_fields(records)
+    conditions = [parse_where(w, fields) for w in where]
+    if top is not None and top < 1:
+        raise UserError(f"--top: {top} must be a positive integer")
+    field = sort_field(sort, fields) if sort is not None else None
+    if reverse and field is None and top is None:
+        raise UserError("--reverse needs --sort (or --top)")
+    selected = [r for r in records if all(c.test(r) for c in conditions)]
+    if not selected:
+        hints = "; ".join(f"{c.field} in the file: {_listing(records, c.field)}" for c in conditions)
+        raise UserError(f"--where: no settings match ({hints})")
+    metric = metric_of(selected)
+    varying = [a for a in AXES if len(_values(selected, a)) > 1]
+    per_axis = best_per_axis(selected, metric)
+    sens = sensitivity(selected, metric)
+    if field is None and top is not None:
+        field = "rank"
+    shown = sort_records(selected, field, reverse) if field is not None else list(selected)
+    if top is not None:
+        shown = shown[:top]
+    return Report(loaded.meta, shown, metric, per_axis, sens, sensitivity_summary(sens, varying),
+                  (len(shown), len(records)), list(loaded.notes))
+
+
+def _listing(records: Sequence[dict], field: str, limit: int = 8) -> str:
+    values = sorted(_values(records, field), key=_sortable)
+    text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:limit])
+    return text + (", ..." if len(values) > limit else "")

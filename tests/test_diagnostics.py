@@ -1,0 +1,361 @@
+"""What epsilon did (eps-dominated share, effective step size) and the baseline optimizers
+(adam, adagrad, sgd), each against independent references: NumPy transcriptions of the
+formulas in docs/conventions.md, torch.optim where installed, and the engine against a NumPy
+run of the quadratic task."""
+
+import csv
+import importlib.util
+import io
+import itertools
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from epsweep.cli import main
+from epsweep.engine import DIAGNOSTIC_POINTS
+from epsweep.grid import Grid
+from epsweep.optim import (
+    CONVENTIONS, denominator_terms, eps_diagnostics, make_optimizer, moving_parameters,
+)
+from epsweep.sweep import RunConfig, sweep
+
+LR = 0.01
+STEPS = 120
+
+
+def fixed_gradients(steps=STEPS, seed=0):
+    """A dict of two arrays, 7 + 6 parameters spanning 1e-4 to 10 in gradient scale, so that
+    eps matters for some of them; the last step's gradient has exact zeros (parameters that
+    do not move)."""
+    rng = np.random.default_rng(seed)
+    scales = {"w": np.logspace(-4, 1, 7), "b": np.logspace(-3, 0.5, 6).reshape(2, 3)}
+    grads = [{k: rng.normal(size=s.shape) * s for k, s in scales.items()} for _ in range(steps)]
+    grads[-1]["w"][[0, 3]] = 0.0
+    grads[-1]["b"][1, 2] = 0.0
+    return grads
+
+
+def stack(grads):
+    return {k: jnp.asarray(np.stack([g[k] for g in grads]), jnp.float32) for k in grads[0]}
+
+
+P0 = {"w": np.linspace(-1, 1, 7), "b": np.linspace(0.5, -0.5, 6).reshape(2, 3)}
+
+
+def run_optimizer(optimizer, grads, *, lr=LR, decay=0.9, eps=1e-8, momentum=0.0, convention="optax", centered=False):
+    """(trajectory of params, final optimizer state, last updates) over ``grads``."""
+    opt = make_optimizer(optimizer, lr, decay, eps, momentum=momentum, convention=convention, centered=centered)
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), P0)
+
+    @jax.jit
+    def run(params, gs):
+        def step(carry, g):
+            params, state, _ = carry
+            updates, state = opt.update(g, state, params)
+            return (optax.apply_updates(params, updates), state, updates), optax.apply_updates(params, updates)
+
+        zeros = jax.tree.map(jnp.zeros_like, params)
+        return jax.lax.scan(step, (params, opt.init(params), zeros), gs)
+
+    (_, state, last_updates), trajectory = run(params, stack(grads))
+    return jax.tree.map(np.asarray, trajectory), state, jax.tree.map(np.asarray, last_updates)
+
+
+# --- NumPy references -----------------------------------------------------------------------
+
+
+def numpy_second_moment(optimizer, convention, decay, centered, grads):
+    """Per parameter array: (stat, denominator) of docs/conventions.md after all ``grads``."""
+    out = {}
+    for k in grads[0]:
+        v = np.ones_like(P0[k]) if (optimizer, convention) == ("rmsprop", "tf1") else np.zeros_like(P0[k])
+        gbar = np.zeros_like(P0[k])
+        s = np.full_like(P0[k], 0.1)
+        for g in grads:
+            v = decay * v + (1 - decay) * g[k] ** 2
+            gbar = decay * gbar + (1 - decay) * g[k]
+            s = s + g[k] ** 2
+        out[k] = {"v": v - gbar**2 if centered else v, "s": s}
+    return out
+
+
+def numpy_terms(optimizer, convention, decay, eps, centered, grads):
+    moments = numpy_second_moment(optimizer, convention, decay, centered, grads)
+    terms = {}
+    for k, m in moments.items():
+        if optimizer == "adagrad":
+            stat = m["s"]
+            terms[k] = (stat, np.sqrt(stat + eps))
+        elif optimizer == "adam":
+            stat = np.sqrt(m["v"] / (1 - decay ** len(grads)))
+            terms[k] = (stat, stat + eps)
+        elif convention == "pytorch":
+            stat = np.sqrt(m["v"])
+            terms[k] = (stat, stat + eps)
+        else:
+            terms[k] = (m["v"], np.sqrt(m["v"] + eps))
+    return terms
+
+
+def numpy_trajectory(optimizer, grads, *, lr=LR, decay=0.9, eps=1e-8, momentum=0.0):
+    """adam (b1 0.9, b2 = decay), adagrad (s0 0.1, eps inside the root), sgd, in float64."""
+    p = {k: v.astype(np.float64).copy() for k, v in P0.items()}
+    m = {k: np.zeros_like(v) for k, v in p.items()}
+    v = {k: np.zeros_like(x) for k, x in p.items()}
+    s = {k: np.full_like(x, 0.1) for k, x in p.items()}
+    out = []
+    for t, g in enumerate(grads, start=1):
+        for k in p:
+            if optimizer == "adam":
+                m[k] = 0.9 * m[k] + 0.1 * g[k]
+                v[k] = decay * v[k] + (1 - decay) * g[k] ** 2
+                p[k] = p[k] - lr * (m[k] / (1 - 0.9**t)) / (np.sqrt(v[k] / (1 - decay**t)) + eps)
+            elif optimizer == "adagrad":
+                s[k] = s[k] + g[k] ** 2
+                p[k] = p[k] - lr * g[k] / np.sqrt(s[k] + eps)
+            else:
+                m[k] = momentum * m[k] + g[k]
+                p[k] = p[k] - lr * m[k]
+        out.append({k: x.copy() for k, x in p.items()})
+    return {k: np.array([o[k] for o in out]) for k in p}
+
+
+# --- the denominator's terms and the diagnostics ----------------------------------------------
+
+# eps chosen per placement so that it dominates some parameters and not others
+TERM_CASES = [
+    dict(optimizer="rmsprop", convention=c, centered=cen, eps={"pytorch": 1e-2, "tf1": 0.1}.get(c, 1e-4), decay=0.9)
+    for c, cen in itertools.product(CONVENTIONS, (False, True))
+] + [
+    dict(optimizer="adam", convention="optax", centered=False, eps=1e-2, decay=0.99),
+    dict(optimizer="adagrad", convention="optax", centered=False, eps=0.5, decay=0.9),
+]
+
+
+def term_id(case):
+    return "{optimizer}-{convention}-{c}".format(**case, c="centered" if case["centered"] else "plain")
+
+
+@pytest.mark.parametrize("case", TERM_CASES, ids=term_id)
+def test_denominator_terms_and_diagnostics_match_numpy(case):
+    grads = fixed_gradients(steps=30)
+    _, state, last_updates = run_optimizer(case["optimizer"], grads, eps=case["eps"], decay=case["decay"],
+                                           convention=case["convention"], centered=case["centered"])
+    terms = denominator_terms(state, case["optimizer"], case["convention"])
+    ref = numpy_terms(grads=grads, **case)
+    for k, (stat, denominator) in ref.items():
+        np.testing.assert_allclose(terms.stat[k], stat, rtol=1e-4, atol=1e-9)
+        np.testing.assert_allclose(terms.denominator[k], denominator, rtol=1e-4)
+    assert float(terms.eps) == pytest.approx(case["eps"])
+
+    # the denominator is what the last update divided by (no momentum here)
+    if case["optimizer"] != "adam":
+        for k in ref:
+            np.testing.assert_allclose(last_updates[k], -LR * grads[-1][k] / ref[k][1], rtol=2e-4, atol=1e-10)
+
+    # the diagnostics over the parameters the last gradient moved
+    moving = {k: grads[-1][k] != 0 for k in ref}
+    stats = np.concatenate([ref[k][0][moving[k]] for k in ref])
+    effective = np.concatenate([(LR / ref[k][1])[moving[k]] for k in ref])
+    expected_share = np.mean(case["eps"] > stats)
+    assert 0 < expected_share < 1, "the case should have parameters on both sides"
+    got = eps_diagnostics(state, case["optimizer"], case["convention"],
+                          moving_parameters(jax.tree.map(jnp.asarray, grads[-1])))
+    assert float(got["eps_dominated"]) == pytest.approx(expected_share, abs=1e-6)
+    assert float(got["effective_lr"]) == pytest.approx(np.median(effective), rel=1e-4)
+    # over every parameter when no selection is given
+    every = eps_diagnostics(state, case["optimizer"], case["convention"])
+    all_stats = np.concatenate([ref[k][0].ravel() for k in ref])
+    assert float(every["eps_dominated"]) == pytest.approx(np.mean(case["eps"] > all_stats), abs=1e-6)
+
+
+def test_frozen_arrays_and_zero_gradients_are_not_counted():
+    grads = fixed_gradients(steps=30)
+    _, state, _ = run_optimizer("rmsprop", grads, eps=1e-4)
+    last = jax.tree.map(jnp.asarray, grads[-1])
+    where = moving_parameters(last, {"w": True, "b": False})
+    assert not np.asarray(where["b"]).any() and np.asarray(where["w"]).sum() == 5  # 7 minus 2 zeros
+    v = numpy_second_moment("rmsprop", "optax", 0.9, False, grads)["w"]["v"][grads[-1]["w"] != 0]
+    got = eps_diagnostics(state, "rmsprop", "optax", where)
+    assert float(got["eps_dominated"]) == pytest.approx(np.mean(1e-4 > v))
+    assert float(got["effective_lr"]) == pytest.approx(np.median(LR / np.sqrt(v + 1e-4)), rel=1e-4)
+
+
+def test_sgd_has_no_denominator():
+    _, state, _ = run_optimizer("sgd", fixed_gradients(steps=3), momentum=0.9)
+    assert denominator_terms(state, "sgd") is None and eps_diagnostics(state, "sgd") is None
+
+
+# --- the baselines against NumPy and torch.optim ------------------------------------------------
+
+BASELINE_CASES = (
+    [dict(optimizer="adam", decay=b2, eps=eps) for b2, eps in itertools.product((0.9, 0.999), (1e-8, 1.0))]
+    + [dict(optimizer="adagrad", eps=eps) for eps in (0.0, 1e-8, 1.0)]
+    + [dict(optimizer="sgd", momentum=mu) for mu in (0.0, 0.9)]
+)
+
+
+def baseline_id(case):
+    return "-".join(f"{k}{v}" if k != "optimizer" else v for k, v in case.items())
+
+
+@pytest.mark.parametrize("case", BASELINE_CASES, ids=baseline_id)
+def test_baselines_match_numpy_formula(case):
+    grads = fixed_gradients()
+    ours, _, _ = run_optimizer(grads=grads, **case)
+    ref = numpy_trajectory(grads=grads, **case)
+    for k in ref:
+        np.testing.assert_allclose(ours[k], ref[k], rtol=2e-4, atol=2e-6)
+
+
+@pytest.mark.parametrize("eps", (1e-8, 1.0))
+def test_adagrad_is_optax_adagrad(eps):
+    grads = fixed_gradients()
+    ours, _, _ = run_optimizer("adagrad", grads, eps=eps)
+    opt = optax.adagrad(LR, eps=eps)
+    params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), P0)
+    state = opt.init(params)
+    for t, g in enumerate(grads):
+        updates, state = opt.update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, params)
+        params = optax.apply_updates(params, updates)
+    for k in params:
+        np.testing.assert_allclose(ours[k][-1], params[k], rtol=1e-5, atol=1e-7)
+
+
+needs_torch = pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch not installed")
+
+
+def torch_trajectory(factory, grads):
+    import torch
+
+    params = {k: torch.nn.Parameter(torch.tensor(v, dtype=torch.float64)) for k, v in P0.items()}
+    optimizer = factory(list(params.values()))
+    out = []
+    for g in grads:
+        for k, p in params.items():
+            p.grad = torch.tensor(g[k], dtype=torch.float64)
+        optimizer.step()
+        out.append({k: p.detach().numpy().copy() for k, p in params.items()})
+    return {k: np.array([o[k] for o in out]) for k in params}
+
+
+# torch.optim.Adagrad adds eps outside the root (optax inside): the two agree at eps = 0 only
+TORCH_CASES = [c for c in BASELINE_CASES if c["optimizer"] != "adagrad" or c["eps"] == 0]
+
+
+@needs_torch
+@pytest.mark.parametrize("case", TORCH_CASES, ids=baseline_id)
+def test_baselines_match_torch_optim(case):
+    import torch
+
+    if case["optimizer"] == "adam":
+        factory = lambda ps: torch.optim.Adam(ps, lr=LR, betas=(0.9, case["decay"]), eps=case["eps"])  # noqa: E731
+    elif case["optimizer"] == "adagrad":
+        factory = lambda ps: torch.optim.Adagrad(ps, lr=LR, initial_accumulator_value=0.1, eps=0.0)  # noqa: E731
+    else:
+        factory = lambda ps: torch.optim.SGD(ps, lr=LR, momentum=case["momentum"])  # noqa: E731
+    grads = fixed_gradients()
+    ref = torch_trajectory(factory, grads)
+    ours, _, _ = run_optimizer(grads=grads, **case)
+    assert len(grads) >= 100
+    for k in ref:
+        np.testing.assert_allclose(ours[k], ref[k], rtol=2e-4, atol=2e-6)
+
+
+def test_baseline_hyperparameters_are_traced():
+    grads = {"w": jnp.ones(3)}
+
+    @jax.jit
+    def one_step(lr, decay, eps):
+        opt = make_optimizer("adam", lr, decay, eps)
+        params = {"w": jnp.zeros(3)}
+        return opt.update(grads, opt.init(params), params)[0]
+
+    first = one_step(0.1, 0.9, 1e-8)
+    second = one_step(0.3, 0.999, 1.0)
+    assert one_step._cache_size() == 1 and not np.allclose(first["w"], second["w"])
+
+
+# --- through the engine -------------------------------------------------------------------------
+
+
+def numpy_quadratic_diagnostics(optimizer, lr, eps, decay, steps):
+    """The quadratic task (f = x^2 + 0.5 y^2 from (-4.5, 4.5)) in float64, with the share
+    measured where the engine measures it: every ``steps // DIAGNOSTIC_POINTS``-th step
+    counted back from the last."""
+    p = np.array([-4.5, 4.5])
+    m, v = np.zeros(2), np.zeros(2)
+    every = max(1, steps // DIAGNOSTIC_POINTS)
+    shares = []
+    for t in range(1, steps + 1):
+        g = np.array([2 * p[0], p[1]])
+        v = decay * v + (1 - decay) * g**2
+        if optimizer == "adam":
+            m = 0.9 * m + 0.1 * g
+            stat = np.sqrt(v / (1 - decay**t))
+            denominator = stat + eps
+            p = p - lr * (m / (1 - 0.9**t)) / denominator
+        else:  # rmsprop, optax convention
+            stat, denominator = v, np.sqrt(v + eps)
+            p = p - lr * g / denominator
+        if (steps - t) % every == 0:
+            shares.append(np.mean(eps > stat))
+    return shares[-1], np.mean(shares), np.median(lr / denominator), len(shares)
+
+
+@pytest.mark.parametrize("optimizer, eps, lr", [("rmsprop", 1.0, 0.05), ("adam", 1.0, 0.1)])
+def test_engine_diagnostics_match_a_numpy_run(quadratic_task, optimizer, eps, lr):
+    steps = 120
+    result = sweep(quadratic_task, Grid(eps=(eps,), lr=(lr, 1e30)),
+                   RunConfig(steps=steps, optimizers=(optimizer,), curve_points=4))
+    share, mean_share, effective_lr, samples = numpy_quadratic_diagnostics(optimizer, lr, eps, 0.9, steps)
+    assert samples == 60 and 0.1 < mean_share < 0.9  # the sampling is exercised, eps matters halfway
+    record = result.records[0]
+    assert record["optimizer"] == optimizer and record["eps_dominated"] == pytest.approx(share)
+    # eps stays >= 0.3% away from the statistic at every step here, so float32 agrees exactly;
+    # measuring at other steps (e.g. every step) would move the mean by 0.004 or more
+    assert record["eps_dominated_mean"] == pytest.approx(mean_share, abs=1e-6)
+    assert record["effective_lr"] == pytest.approx(effective_lr, rel=1e-3)
+    diverged = result.records[1]  # lr 1e30 diverges; its diagnostics are left out like its losses
+    assert diverged["diverged"] and diverged["eps_dominated"] is None and diverged["effective_lr"] is None
+
+
+def test_eps_one_dominates_and_tiny_eps_does_not_on_digits(mlp_task):
+    """The folklore in numbers: at lr 1e-3 an eps of 1 is (almost) the whole denominator of every
+    parameter, so the step is lr / sqrt(v + 1) ~ lr; an eps of 1e-8 is almost nowhere."""
+    result = sweep(mlp_task, Grid(eps=(1e-8, 1.0), lr=(1e-3,)), RunConfig(steps=30, batch_size=16, curve_points=10))
+    tiny, one = result.records
+    assert one["eps_dominated"] > 0.99 and one["eps_dominated_mean"] > 0.99
+    assert one["effective_lr"] == pytest.approx(1e-3, rel=0.01)
+    assert tiny["eps_dominated"] < 0.1 and tiny["eps_dominated_mean"] < 0.1
+    assert tiny["effective_lr"] > 10 * 1e-3
+    assert {r["optimizer"] for r in result.records} == {"rmsprop"}
+    assert all(0 <= run["eps_dominated"] <= 1 for run in result.runs)
+
+
+def test_optimizer_flag_through_the_cli_and_csv(capsys):
+    code = main(["grid", "--task", "quadratic", "--steps", "20", "--lr", "0.1", "--eps", "1e-8", "1",
+                 "--optimizer", "rmsprop", "adagrad,sgd", "--convention", "optax", "pytorch", "-f", "csv", "-q"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    rows = list(csv.DictReader(io.StringIO(out.out)))
+    pairs = [(r["optimizer"], r["convention"]) for r in rows]
+    assert pairs == [("rmsprop", "optax")] * 2 + [("rmsprop", "pytorch")] * 2 + [("adagrad", "optax")] * 2 + [
+        ("sgd", "optax")] * 2  # conventions are RMSProp's; each other optimizer is trained once
+    for row in rows:
+        if row["optimizer"] == "sgd":
+            assert row["eps_dominated"] == row["eps_dominated_mean"] == row["effective_lr"] == ""
+        else:
+            assert 0 <= float(row["eps_dominated"]) <= 1 and 0 <= float(row["eps_dominated_mean"]) <= 1
+            assert float(row["effective_lr"]) > 0
+    rms_eps1 = next(r for r in rows if r["optimizer"] == "rmsprop" and float(r["eps"]) == 1.0)
+    assert float(rms_eps1["eps_dominated"]) == 0.0  # on the quadratic v >> 1 after 20 steps from (-4.5, 4.5)
+
+
+def test_unknown_optimizer_is_a_one_line_error(capsys):
+    assert main(["grid", "--optimizer", "lion"]) == 2
+    err = capsys.readouterr().err
+    assert "unknown optimizer 'lion'" in err and err.count("\n") == 1

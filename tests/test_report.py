@@ -1,0 +1,176 @@
+"""Looking at results: epsweep report (sort, top, filter, best per axis, sensitivity, formats),
+epsweep plot, and the sparkline column."""
+
+import csv
+import io
+import json
+import sys
+
+import pytest
+
+from epsweep.cli import main
+from epsweep.errors import UserError
+from epsweep.render import SPARK_BLOCKS, curve_scale, sparkline
+from epsweep.report import build_report
+from epsweep.store import read_results
+
+EPS = (1e-8, 1e-4, 1.0)
+LRS = (1e-3, 1e-2, 0.1)
+# val accuracy by (lr, eps): eps matters a lot at lr 1e-3, little at lr 0.1; (0.1, 1e-8) diverged
+ACC = {
+    (1e-3, 1e-8): 0.90, (1e-3, 1e-4): 0.80, (1e-3, 1.0): 0.10,
+    (1e-2, 1e-8): 0.93, (1e-2, 1e-4): 0.95, (1e-2, 1.0): 0.50,
+    (0.1, 1e-8): None, (0.1, 1e-4): 0.85, (0.1, 1.0): 0.88,
+}
+
+
+def record(lr, eps):
+    acc = ACC[(lr, eps)]
+    diverged = acc is None
+    start = 2.3
+    end = 3.0 if diverged else 2.3 * (1 - acc) + 0.05
+    curve = [start + (end - start) * i / 9 for i in range(10)]
+    if diverged:
+        curve[6:] = [None] * 4
+    return {"eps": eps, "decay": 0.9, "lr": lr, "momentum": 0.0, "optimizer": "rmsprop", "convention": "optax",
+            "final_loss": None if diverged else end, "final_loss_std": None,
+            "val_loss": None if diverged else end + 0.02, "val_loss_std": None,
+            "val_accuracy": acc, "val_accuracy_std": None, "diverged": diverged,
+            "diverged_seeds": int(diverged), "diverged_step": 61 if diverged else None, "seeds": 1,
+            "loss_curve": curve}
+
+
+RECORDS = [record(lr, eps) for lr in LRS for eps in EPS]
+META = {"format": "epsweep-stream/1", "task": "mlp", "steps": 100, "batch_size": 16, "seeds": [0],
+        "data": {"name": "digits", "train": 1438, "val": 359, "input_shape": [8, 8, 1], "classes": 10},
+        "settings": 12}
+
+
+@pytest.fixture
+def saved(tmp_path):
+    """A partial stream (9 of 12 settings) whose last line was cut mid-write."""
+    path = tmp_path / "sweep.jsonl"
+    lines = [json.dumps({"meta": META})] + [json.dumps(r) for r in RECORDS]
+    path.write_text("\n".join(lines) + "\n" + json.dumps(RECORDS[0])[:25])
+    return path
+
+
+def test_best_per_axis_and_sensitivity(saved):
+    report = build_report(read_results(saved))
+    assert report.metric == "val_accuracy" and len(report.records) == 9
+    best = {(row["axis"], row["value"]): (row["score"], row["best"]) for row in report.best_per_axis}
+    assert best[("eps", 1e-8)][0] == 0.93 and best[("eps", 1e-8)][1]["lr"] == 1e-2
+    assert best[("eps", 1.0)][0] == 0.88 and best[("lr", 0.1)][0] == 0.88
+    assert best[("lr", 1e-3)][1]["eps"] == 1e-8
+    assert {row["axis"] for row in report.best_per_axis} == {"eps", "lr"}  # decay has one value
+    by_lr = {row["lr"]: row for row in report.sensitivity}
+    assert by_lr[1e-3]["spread"] == pytest.approx(0.80) and by_lr[1e-3]["best_eps"] == 1e-8
+    assert by_lr[0.1]["spread"] == pytest.approx(0.03) and by_lr[0.1]["diverged"] == 1
+    assert by_lr[1e-2]["best_eps"] == 1e-4
+    assert "up to 0.8 (lr 0.001)" in report.summary and "as little as 0.03 (lr 0.1)" in report.summary
+    assert report.title() == "partial: 9 of 12 settings" and report.notes  # the cut line was noted
+
+
+def test_sort_top_and_where(saved):
+    loaded = read_results(saved)
+    top = build_report(loaded, top=3).records
+    assert [r["val_accuracy"] for r in top] == [0.95, 0.93, 0.90]
+    by_loss = build_report(loaded, sort="val_loss").records
+    assert [r["val_accuracy"] for r in by_loss[:2]] == [0.95, 0.93] and by_loss[-1]["diverged"]
+    ascending_acc = build_report(loaded, sort="acc", reverse=True, top=2).records
+    assert [r["val_accuracy"] for r in ascending_acc] == [0.10, 0.50]
+    by_eps = build_report(loaded, sort="eps").records
+    assert [r["eps"] for r in by_eps] == sorted(r["eps"] for r in RECORDS)
+    small = build_report(loaded, where=["eps<=1e-4", "lr=0.001,0.01"]).records
+    assert {(r["lr"], r["eps"]) for r in small} == {(1e-3, 1e-8), (1e-3, 1e-4), (1e-2, 1e-8), (1e-2, 1e-4)}
+    assert len(build_report(loaded, where=["diverged=false"]).records) == 8
+    assert len(build_report(loaded, where=["convention=optax,tf1", "val_accuracy>0.9"]).records) == 2
+    with pytest.raises(UserError, match="no settings match"):
+        build_report(loaded, where=["lr=0.5"])
+
+
+def test_report_table_csv_and_json(saved, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "120")  # as on a wide terminal; at 80 the curve column is left out
+    assert main(["report", str(saved)]) == 0
+    out = capsys.readouterr().out
+    assert "partial: 9 of 12 settings" in out and "loss curve" in out and "★" in out
+    assert "Best setting for each axis value" in out and "Eps sensitivity of val acc (eps 1e-08..1)" in out
+    assert any(ch in out for ch in SPARK_BLOCKS)
+
+    assert main(["report", str(saved), "--top", "2", "-f", "csv"]) == 0
+    rows = list(csv.DictReader(io.StringIO(capsys.readouterr().out)))
+    assert [float(r["val_accuracy"]) for r in rows] == [0.95, 0.93]
+
+    assert main(["report", str(saved), "--where", "lr=0.01", "-f", "json"]) == 0
+    document = json.loads(capsys.readouterr().out)
+    assert len(document["results"]) == 3 and document["metric"] == "val_accuracy"
+    assert document["sensitivity"][0]["spread"] == pytest.approx(0.45)
+    assert document["meta"]["task"] == "mlp"
+
+    assert main(["report", str(saved), "--sort", "eps", "-f", "jsonl"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert len(lines) == 9 and all("meta" not in json.loads(line) for line in lines)
+
+
+def test_report_reads_back_what_grid_wrote(tmp_path, capsys, monkeypatch):
+    """`report FILE` shows the same table `grid` printed (json, csv and jsonl files)."""
+    monkeypatch.setenv("COLUMNS", "120")
+    args = ["grid", "--task", "quadratic", "--steps", "30", "--eps", "1e-8", "1e-2", "1", "--lr", "0.01", "0.1"]
+    assert main([*args, "-o", str(tmp_path / "q.json"), "-q"]) == 0
+    grid_table = capsys.readouterr().out
+    assert "loss curve" in grid_table
+    for name in ("q.json", "q.jsonl"):
+        if name == "q.jsonl":
+            assert main([*args, "-o", str(tmp_path / name), "-q"]) == 0
+            capsys.readouterr()
+        assert main(["report", str(tmp_path / name)]) == 0
+        assert capsys.readouterr().out.startswith(grid_table), name
+    assert main([*args, "-f", "csv", "-o", str(tmp_path / "q.csv"), "-q"]) == 0
+    assert main(["report", str(tmp_path / "q.csv"), "--sort", "final_loss", "--top", "1", "-f", "csv"]) == 0
+    out = capsys.readouterr().out
+    assert len(list(csv.DictReader(io.StringIO(out)))) == 1
+
+
+def test_sparkline():
+    scale = curve_scale([[4.0, 3.0, 2.0, 1.0], [4.0, 4.0, 4.0, 4.0]])
+    assert sparkline([4.0, 3.0, 2.0, 1.0], scale, width=4) == "█▆▃▁"
+    assert sparkline([4.0, 4.0, 4.0, 4.0], scale, width=4) == "████"
+    assert sparkline([4.0, None, float("nan"), 1.0], scale, width=4) == "█  ▁"
+    assert len(sparkline([float(i) for i in range(50, 0, -1)], curve_scale([[50.0, 1.0]]))) == 10
+    assert sparkline(None, scale) == "" and curve_scale([[None, None]]) is None
+    log_scale = curve_scale([[1e2, 1e0, 1e-2]])
+    assert log_scale[2] is True and sparkline([1e2, 1e0, 1e-2], log_scale, width=3) == "█▅▁"
+
+
+def test_plot_draws_panels_and_heatmap(saved, tmp_path, capsys):
+    pytest.importorskip("matplotlib")
+    from epsweep.plot import make_figure
+
+    loaded = read_results(saved)
+    fig = make_figure(loaded.meta, loaded.records)
+    titles = [ax.get_title() for ax in fig.axes]
+    assert "lr 0.001" in titles and "lr 0.1" in titles  # one panel per lr (decay is the same: in the title)
+    assert fig._suptitle.get_text().endswith("\ndecay 0.9")
+    assert "val acc over eps × lr" in titles
+    assert sum(ax.get_ylabel() == "training loss" for ax in fig.axes) == 3
+    heat = next(ax for ax in fig.axes if ax.get_title().startswith("val acc"))
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["1e-08", "0.0001", "1"]
+    cells = {t.get_text() for t in heat.texts}
+    assert {"0.95", "0.10", "×"} <= cells  # the diverged setting is a grey x
+
+    target = tmp_path / "sweep.png"
+    assert main(["plot", str(saved), "-o", str(target)]) == 0
+    assert target.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and target.stat().st_size > 10_000
+    assert "3 loss-curve panels and a heatmap" in capsys.readouterr().err
+    assert main(["plot", str(saved), "-o", str(tmp_path / "one.svg"), "--where", "lr=0.01", "-q"]) == 0
+    assert (tmp_path / "one.svg").read_text().lstrip().startswith("<?xml")
+
+
+def test_plot_without_matplotlib_says_how_to_get_it(saved, tmp_path, monkeypatch, capsys):
+    for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
+        monkeypatch.delitem(sys.modules, name)
+    monkeypatch.setitem(sys.modules, "matplotlib", None)  # import matplotlib -> ImportError
+    assert main(["plot", str(saved), "-o", str(tmp_path / "x.png")]) == 2
+    err = capsys.readouterr().err
+    assert err == "epsweep: error: plotting needs matplotlib, an optional extra: pip install 'epsweep[plot]'\n"
+    assert not (tmp_path / "x.png").exists()

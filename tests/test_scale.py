@@ -1,0 +1,208 @@
+"""Scale: the configuration axis split across devices and processes gives the single-device
+results; chunks follow the memory estimate; the persistent compilation cache is used."""
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from epsweep import engine, memory, parallel
+from epsweep.engine import TrainSettings, train_runs
+from epsweep.errors import UserError
+from epsweep.grid import Grid
+from epsweep.sweep import RunConfig, sweep
+
+EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
+SETTINGS = TrainSettings(steps=20, batch_size=16, curve_points=5)
+
+
+def hparams(n):
+    return {"eps": np.logspace(-8, 0, n), "decay": np.linspace(0.8, 0.99, n), "lr": np.full(n, 1e-2),
+            "momentum": np.linspace(0.0, 0.5, n)}
+
+
+def _env(**extra):
+    """The environment for a subprocess: CPU, no inherited XLA_FLAGS, plus ``extra``."""
+    env = {k: v for k, v in os.environ.items() if k != "XLA_FLAGS"}
+    return {**env, "JAX_PLATFORMS": "cpu", **extra}
+
+
+def test_four_devices_equal_one_device():
+    """Sharded over 4 forced host devices (a fresh process: XLA_FLAGS must precede JAX)."""
+    script = textwrap.dedent("""
+        import json, jax, numpy as np
+        from epsweep.engine import TrainSettings, train_runs
+        from epsweep.tasks import build_task
+        task = build_task("mlp")
+        s = TrainSettings(steps=20, batch_size=16, curve_points=5)
+        n = 6
+        h = {"eps": np.logspace(-8, 0, n), "decay": np.linspace(0.8, 0.99, n), "lr": np.full(n, 1e-2),
+             "momentum": np.linspace(0.0, 0.5, n)}
+        seeds = np.array([0, 3])
+        # the same two settings per device either way; 6 settings over 4 devices pads to 8
+        one = train_runs(task, s, h, seeds, devices=jax.devices()[:1], chunk_size=2)
+        four = train_runs(task, s, h, seeds, chunk_size=8)
+        print(json.dumps({"devices": len(jax.devices()), "one": [a.tolist() for a in one],
+                          "four": [a.tolist() for a in four]}))
+    """)
+    r = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=300,
+                       env=_env(XLA_FLAGS="--xla_force_host_platform_device_count=4"))
+    assert r.returncode == 0, r.stderr
+    out = json.loads(r.stdout.strip().splitlines()[-1])
+    assert out["devices"] == 4
+    for name, one, four in zip(engine.RunOutputs._fields, out["one"], out["four"], strict=True):
+        one, four = np.array(one, float), np.array(four, float)
+        assert one.shape[:2] == (2, 6), name
+        np.testing.assert_allclose(four, one, rtol=1e-6, atol=1e-7, err_msg=name)
+
+
+def _free_port():
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_equal_one(mlp_task):
+    """Two localhost processes, one CPU device each: process 0 prints what one process trains."""
+    assert EXE, "the epsweep executable is not installed"
+    port = _free_port()
+    args = ["grid", "--eps", "1e-8", "1e-3", "1", "--lr", "1e-2", "--steps", "20", "--batch-size", "16", "-f", "csv",
+            "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2", "--no-compile-cache"]
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    procs = [subprocess.Popen([EXE, *args, "--process-id", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                              text=True, env=env) for i in range(2)]
+    outs = [p.communicate(timeout=300) for p in procs]
+    for p, (_, err) in zip(procs, outs, strict=True):
+        assert p.returncode == 0, err
+    (stdout0, stderr0), (stdout1, _) = outs
+    assert stdout1 == ""  # only process 0 writes
+    assert "[Gloo]" not in stdout0 and "trained 3 settings" in stderr0
+    lines = stdout0.strip().splitlines()
+    header = lines[0].split(",")
+    rows = [dict(zip(header, line.split(","), strict=True)) for line in lines[1:]]
+    reference = sweep(mlp_task, Grid(eps=(1e-8, 1e-3, 1.0), lr=(1e-2,)), RunConfig(steps=20, batch_size=16))
+    assert [float(r["eps"]) for r in rows] == [r["eps"] for r in reference.records]
+    for row, ref in zip(rows, reference.records, strict=True):
+        for name in ("final_loss", "val_loss", "val_accuracy"):
+            assert float(row[name]) == pytest.approx(ref[name], rel=1e-5, abs=1e-6), name
+
+
+def test_memory_estimate_bounds_what_xla_allocates(mlp_task):
+    """The per-configuration estimate covers XLA's own buffer assignment, without wild excess."""
+    settings = TrainSettings(steps=5, batch_size=32)
+    est = memory.estimate(mlp_task, settings)
+    program = engine.compiled_program(mlp_task, settings)
+    x_val, y_val, mask = engine._validation_batches(mlp_task, settings.eval_batch_size)
+    used = {}
+    for g in (2, 10):
+        h = {k: jnp.zeros((g,), jnp.float32) for k in engine.HPARAMS}
+        compiled = program.lower(h, jnp.zeros((1,), jnp.uint32), mlp_task.data.x_train, mlp_task.data.y_train,
+                                 x_val, y_val, mask, None).compile()
+        m = compiled.memory_analysis()
+        used[g] = m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+    per_config = (used[10] - used[2]) / 8
+    assert per_config <= est.per_config <= 8 * per_config
+    assert est.fixed >= mlp_task.data.x_train.nbytes
+
+
+def test_plan_chunk_follows_the_budget(monkeypatch):
+    devices = jax.devices()[:1] * 2  # two (aliased) devices: only the count matters here
+    est = memory.Estimate(per_config=1000, state=10, fixed=500)
+    monkeypatch.setattr(memory, "device_budget", lambda d: 500 + 3 * 1000)  # room for 3 per device
+    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: 10**9)
+    monkeypatch.setattr(memory, "available_cores", lambda: 1)  # a CPU device per core
+    assert memory.plan_chunk(100, 1, devices, est) == 6  # 3 per device
+    assert memory.plan_chunk(8, 1, devices, est) == 4  # 2 calls of 4 pad nothing; 6 would pad 4
+    assert memory.plan_chunk(100, 3, devices, est) == 2  # 3 seeds: one configuration per device
+    assert memory.plan_chunk(100, 1, devices, est, chunk_size=5) == 6  # rounded up to the devices
+    small = memory.Estimate(per_config=1, state=10, fixed=0)  # the budget allows any number
+    copies = memory.CACHE_STATE_COPIES
+    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: copies * 10 * 5)  # the cache holds 5 settings
+    assert memory.plan_chunk(100, 1, devices, small) == 2 * 5
+    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: copies * 10 * 2)  # 2: the CPU minimum wins
+    assert memory.plan_chunk(100, 1, devices, small) == 2 * memory.CPU_MIN_PER_DEVICE
+    monkeypatch.setattr(memory, "available_cores", lambda: 64)  # one device on many cores: no cache cap
+    assert memory.plan_chunk(100, 1, devices, small) == 100
+
+
+def test_auto_chunks_equal_one_chunk(mlp_task, monkeypatch):
+    """A grid larger than the budget allows is trained in several calls, with the same results."""
+    h = hparams(5)
+    one = jax.devices()[:1]
+    whole = train_runs(mlp_task, SETTINGS, h, np.array([0]), chunk_size=5, devices=one)
+    est = engine._estimate(mlp_task, SETTINGS)
+    monkeypatch.setattr(memory, "device_budget", lambda d: est.fixed + 2 * est.per_config)
+    calls = []
+    split = train_runs(mlp_task, SETTINGS, h, np.array([0]), on_chunk=lambda a, b, out: calls.append((a, b)),
+                       devices=one)
+    assert calls == [(0, 2), (2, 4), (4, 5)]
+    for name in engine.RunOutputs._fields:
+        np.testing.assert_allclose(getattr(split, name), getattr(whole, name), rtol=2e-5, atol=1e-6, err_msg=name)
+
+
+def test_compile_cache_serves_a_rerun_with_new_values(tmp_path):
+    assert EXE, "the epsweep executable is not installed"
+    cache = tmp_path / "cache"
+    base = ["grid", "--task", "toy", "--steps", "5", "-f", "json", "-q"]
+
+    def run(*extra, **env):
+        r = subprocess.run([EXE, *base, *extra], capture_output=True, text=True, timeout=300,
+                           env=_env(EPSWEEP_COMPILE_CACHE=str(cache), **env))
+        assert r.returncode == 0, r.stderr
+        return json.loads(r.stdout)["meta"]
+
+    first = run("--eps", "1e-8", "1")
+    assert first["compilations"] > 0 and any(cache.iterdir())
+    entries = sorted(p.name for p in cache.iterdir())
+    second = run("--eps", "1e-3", "0.5")
+    assert second["compilations"] == 0 and second["compile_cache_loads"] > 0
+    off = run("--eps", "1e-4", "0.25", "--no-compile-cache")
+    assert off["compilations"] > 0 and off["compile_cache_loads"] == 0
+    assert sorted(p.name for p in cache.iterdir()) == entries  # --no-compile-cache wrote nothing
+
+
+def test_cache_directory_follows_the_environment(monkeypatch, tmp_path):
+    monkeypatch.delenv("EPSWEEP_COMPILE_CACHE", raising=False)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    assert parallel.default_cache_dir() == tmp_path / "epsweep" / "jax"
+    monkeypatch.delenv("XDG_CACHE_HOME")
+    assert parallel.default_cache_dir() == Path.home() / ".cache" / "epsweep" / "jax"
+    monkeypatch.setenv("EPSWEEP_COMPILE_CACHE", "off")
+    assert parallel.default_cache_dir() is None
+
+
+def test_launcher_detection(monkeypatch):
+    for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
+        monkeypatch.delenv(name, raising=False)
+    monkeypatch.setenv("SLURM_NTASKS", "4")
+    assert parallel.launcher_process_count() == 1  # an allocation, but not inside srun
+    assert not parallel.Runtime().distributed
+    monkeypatch.setenv("SLURM_STEP_ID", "0")
+    assert parallel.launcher_process_count() == 4 and parallel.Runtime().distributed
+    assert not parallel.Runtime(num_processes=1).distributed  # flags win over the environment
+
+
+@pytest.mark.parametrize("kwargs, message", [
+    ({"num_processes": 2, "process_id": 2}, "--process-id"),
+    ({"num_processes": 0}, "--num-processes"),
+    ({"coordinator": "no port"}, "--coordinator"),
+])
+def test_bad_process_flags_are_user_errors(kwargs, message):
+    with pytest.raises(UserError, match=message):
+        parallel.Runtime(**kwargs)
+
+
+def test_cli_refuses_bad_process_flags():
+    r = subprocess.run([EXE, "grid", "--num-processes", "2", "--process-id", "5"], capture_output=True, text=True,
+                       timeout=120, env=_env())
+    assert r.returncode == 2 and r.stdout == ""
+    assert r.stderr.strip().splitlines() == ["epsweep: error: --process-id: 5 must be below --num-processes 2"]

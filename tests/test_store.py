@@ -1,0 +1,226 @@
+"""Nothing lost: streamed .jsonl sweeps, atomic files, resume, and Ctrl-C on a real sweep."""
+
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from epsweep import engine
+from epsweep.cli import main
+from epsweep.errors import UserError
+from epsweep.grid import Grid
+from epsweep.store import (
+    default_stream_chunk,
+    read_results,
+    read_stream,
+    save_results,
+    stream_sweep,
+    write_atomic,
+)
+from epsweep.sweep import RunConfig
+
+EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
+QUAD_GRID = Grid(eps=(1e-8, 1e-4, 1e-2, 0.1, 1.0), lr=(0.01, 0.1))
+QUAD_CONFIG = RunConfig(steps=30, conventions=("optax", "tf1"), chunk_size=3)
+
+
+def lines_of(path):
+    return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+# --- atomic files -----------------------------------------------------------------------------
+
+
+def test_atomic_write_replaces_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out.json"
+    target.write_text("old contents\n")
+    os.chmod(target, 0o640)
+
+    def half_then_fail(tmp):
+        Path(tmp).write_text("half of the new")
+        raise OSError(28, "No space left on device")
+
+    with pytest.raises(OSError):
+        write_atomic(target, half_then_fail)
+    assert target.read_text() == "old contents\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out.json"]  # no temporary left behind
+    write_atomic(target, "new\n")
+    assert target.read_text() == "new\n" and (target.stat().st_mode & 0o777) == 0o640
+
+
+def test_save_results_falls_back_when_the_target_is_gone(tmp_path):
+    gone = tmp_path / "gone"
+    gone.mkdir()
+    target = gone / "results.json"
+    gone.rmdir()  # the directory vanished while the sweep ran
+    records = [{"eps": 1.0, "decay": 0.9, "lr": 0.1, "final_loss": 0.5, "diverged": False}]
+    with pytest.raises(UserError, match="the results were saved to") as caught:
+        save_results(target, "json", {"task": "x"}, records)
+    fallback = Path(str(caught.value).rsplit("saved to ", 1)[1])
+    try:
+        assert json.loads(fallback.read_text())["results"] == records
+    finally:
+        fallback.unlink()
+
+
+# --- streaming and resume (in-process, quadratic task: compiles in a second) --------------------
+
+
+@pytest.fixture(scope="module")
+def uninterrupted(tmp_path_factory, quadratic_task):
+    path = tmp_path_factory.mktemp("full") / "full.jsonl"
+    saved = []
+    result = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, path, on_saved=lambda n, total: saved.append(n))
+    return path, result, saved
+
+
+def test_records_stream_chunk_by_chunk_with_a_meta_line(uninterrupted):
+    path, result, saved = uninterrupted
+    lines = lines_of(path)
+    meta = lines[0]["meta"]
+    assert meta["format"] == "epsweep-stream/1" and meta["chunk_size"] == 3 and meta["settings"] == 20
+    assert meta["run"]["train"]["steps"] == 30 and meta["run"]["seeds"] == [0]
+    assert lines[1:] == result.records and len(result.records) == 20
+    # records arrive chunk by chunk (3 settings, rounded up to a multiple of the device count),
+    # in at least two pieces for each convention's 10 settings
+    steps = np.diff(saved)
+    assert saved[0] == 0 and saved[-1] == 20 and len(saved) >= 5 and (steps > 0).all() and steps.max() < 10
+    assert all(set(r) >= {"eps", "lr", "convention", "loss_curve"} for r in lines[1:])
+
+
+def test_resume_after_a_cut_equals_the_uninterrupted_run(uninterrupted, quadratic_task, tmp_path):
+    full_path, full, _ = uninterrupted
+    text = full_path.read_text().splitlines(keepends=True)
+    cut = tmp_path / "cut.jsonl"
+    # header, 7 whole records (two chunks and part of a third), and a line cut mid-write
+    cut.write_text("".join(text[:8]) + text[8][:40])
+    assert read_stream(cut).notes and len(read_stream(cut).records) == 7
+    resumed = stream_sweep(quadratic_task, QUAD_GRID, RunConfig(steps=30, conventions=("optax", "tf1")), cut,
+                           resume=True)
+    assert resumed.meta["resumed"] == 7 and resumed.meta["trained"] == 13 and resumed.meta["chunk_size"] == 3
+    assert resumed.records == full.records  # bitwise: same chunk shapes as the first run
+    assert lines_of(cut)[1:] == lines_of(full_path)[1:]  # the file is rewritten in grid order
+    again = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, cut, resume=True)  # nothing left to do
+    assert again.meta["trained"] == 0 and again.records == full.records
+
+
+def test_resume_of_a_few_missing_settings_is_exact(mlp_task, tmp_path, chunk=4, dropped=(0, 9)):
+    """Fewer settings missing than a chunk holds: resume tops the call up with finished ones,
+    so the numbers still match the uninterrupted run bit for bit (a call of another shape
+    rounds differently: this MLP at lr 0.1 then differs in the last digits)."""
+    grid = Grid(eps=(1e-8, 1e-6, 1e-4, 1e-2, 1.0), lr=(0.03, 0.1))
+    config = RunConfig(steps=20, batch_size=16, chunk_size=chunk)
+    full_path = tmp_path / "full.jsonl"
+    full = stream_sweep(mlp_task, grid, config, full_path)
+    lines = full_path.read_text().splitlines(keepends=True)
+    holey = tmp_path / "holey.jsonl"
+    holey.write_text("".join(line for i, line in enumerate(lines) if i - 1 not in dropped))
+    resumed = stream_sweep(mlp_task, grid, RunConfig(steps=20, batch_size=16), holey, resume=True)
+    assert resumed.meta["trained"] == len(dropped) and resumed.records == full.records
+    assert holey.read_text().splitlines()[1:] == full_path.read_text().splitlines()[1:]
+
+
+def test_resume_refuses_another_run_and_fresh_runs_keep_partial_files(uninterrupted, quadratic_task, tmp_path):
+    full_path, _, _ = uninterrupted
+    partial = tmp_path / "partial.jsonl"
+    partial.write_text("".join(full_path.read_text().splitlines(keepends=True)[:5]))
+    with pytest.raises(UserError, match=r"different run \(steps 30 in the file, 40 now\)"):
+        stream_sweep(quadratic_task, QUAD_GRID, RunConfig(steps=40, conventions=("optax", "tf1")), partial,
+                     resume=True)
+    with pytest.raises(UserError, match="holds 4 of 20 settings of this run; add --resume"):
+        stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, partial)
+    assert len(partial.read_text().splitlines()) == 5  # untouched
+
+
+def test_default_stream_chunking():
+    assert [default_stream_chunk(n) for n in (1, 2, 8, 9, 40, 1000)] == [1, 1, 1, 2, 5, 125]
+
+
+def test_results_do_not_depend_on_chunk_neighbours(mlp_task):
+    """For a fixed chunk size, a setting's numbers are bitwise the same whichever settings share
+    its chunk (what makes resume exact). Different chunk sizes may differ in float rounding."""
+    settings = RunConfig(steps=20, batch_size=16).train_settings(mlp_task, "optax")
+    grid = Grid(eps=(1e-8, 1e-4, 1.0), lr=(1e-3, 0.1)).settings()
+    seeds = np.array([0, 1], np.uint32)
+
+    def run(order):
+        h = {n: np.array([grid[i][n] for i in order]) for n in engine.HPARAMS}
+        out = engine.train_runs(mlp_task, settings, h, seeds, chunk_size=2)
+        return {i: (out.curve[:, k], out.val_loss[:, k]) for k, i in enumerate(order)}
+
+    everything, subset = run(range(6)), run([5, 2, 3])
+    for i in (5, 2, 3):
+        np.testing.assert_array_equal(subset[i][0], everything[i][0])
+        np.testing.assert_array_equal(subset[i][1], everything[i][1])
+
+
+def test_json_and_csv_outputs_are_written_whole(quadratic_task, tmp_path, capsys):
+    for name in ("r.json", "r.csv"):
+        target = tmp_path / name
+        target.write_text("previous\n")
+        assert main(["grid", "--task", "quadratic", "--steps", "30", "--eps", "1e-8", "1", "-o", str(target),
+                     "-q"]) == 0
+        assert target.read_text() != "previous\n"
+    assert len(read_results(tmp_path / "r.json").records) == 2
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]
+    capsys.readouterr()
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a disk that is always full)")
+def test_a_full_disk_never_costs_the_results(capsys):
+    args = ["grid", "--task", "quadratic", "--steps", "5", "-q"]
+    assert main([*args, "-f", "jsonl", "-o", "/dev/full"]) == 2  # streaming: refused before training
+    assert capsys.readouterr().err == "epsweep: error: --output: cannot write /dev/full: No space left on device\n"
+    assert main([*args, "-f", "json", "-o", "/dev/full"]) == 2  # written at the end: saved elsewhere
+    err = capsys.readouterr().err
+    assert err.startswith("epsweep: error: --output: cannot write /dev/full: No space left on device; the results "
+                          "were saved to ") and err.count("\n") == 1
+    fallback = Path(err.strip().rsplit(" ", 1)[1])
+    try:
+        assert len(read_results(fallback).records) == 2
+    finally:
+        fallback.unlink()
+    assert Path("/dev/full").is_char_device()
+
+
+# --- Ctrl-C on a real sweep ------------------------------------------------------------------------
+
+SWEEP = ["grid", "--eps", "log:1e-8:1:6", "--lr", "1e-3", "1e-2", "--steps", "1500", "--batch-size", "16",
+         "--chunk-size", "1"]
+
+
+def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
+    assert EXE, "the epsweep executable is not installed"
+    out = tmp_path / "f.jsonl"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([EXE, *SWEEP, "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (out.exists() and out.read_text().count("\n") >= 2):  # the meta line and a first record
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130, stderr
+    match = re.fullmatch(r"epsweep: interrupted; (\d+) of 12 settings saved to (.+) \(resume with --resume\)\n",
+                         stderr)
+    assert match, stderr
+    saved = int(match.group(1))
+    assert 1 <= saved < 12 and match.group(2) == str(out) and stdout == ""
+    lines = lines_of(out)  # every line whole
+    assert "meta" in lines[0] and len(lines) == 1 + saved
+
+    assert main([*SWEEP, "--output", str(out), "--resume", "-q"]) == 0
+    reference = tmp_path / "reference.jsonl"
+    assert main([*SWEEP, "--output", str(reference), "-q"]) == 0
+    capsys.readouterr()
+    assert lines_of(out)[1:] == lines_of(reference)[1:]
+    assert len(lines_of(out)) == 13
