@@ -1,12 +1,22 @@
 """The vmapped training engine: a whole grid of runs trained by one compiled program.
 
-Layout of one program call: hyperparameters ``h`` are arrays of shape (G,) (a chunk of the
-grid), seeds an array of shape (S,). Runs form an (S, G) block: the outer ``vmap`` is over
-seeds, the inner over configurations, ``lax.scan`` over steps. Everything that depends only
-on the seed (initial weights, minibatch order, dropout keys) is computed once per seed and
-shared by that seed's configurations, so differences between them come from the
-hyperparameters alone; sharing the minibatch also turns the first layer of every
-configuration into one wide matrix product.
+Layout: hyperparameters ``h`` are arrays of shape (G,) (a chunk of the grid), seeds an array
+of shape (S,). Runs form an (S, G) block: the outer ``vmap`` is over seeds, the inner over
+configurations, a ``lax.fori_loop`` over steps. Everything that depends only on the seed
+(initial weights, minibatch order, dropout keys) is computed once per seed and shared by that
+seed's configurations, so differences between them come from the hyperparameters alone;
+sharing the minibatch also turns the first layer of every configuration into one wide matrix
+product.
+
+A chunk goes through three compiled programs, each compiled once per sweep and cached:
+
+- ``init``: initial weights per seed, optimizer states per configuration, the first epoch's
+  minibatch order;
+- ``train``: steps ``t0 .. t1 - 1`` of every run at once (its state donated and returned). A
+  sweep calls it once for all steps; with a progress display, for a few segments of steps,
+  so that progress is read between calls and not by a host callback inside the program (JAX
+  never caches programs with host callbacks on disk);
+- ``finish``: validation loss and accuracy, the loss curve and the diagnostics.
 
 A run whose loss or update becomes non-finite is frozen at that step and reported with
 ``diverged_step``; the other runs are untouched (``vmap`` keeps them independent).
@@ -14,11 +24,11 @@ A run whose loss or update becomes non-finite is frozen at that step and reporte
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
+import functools
 import math
 import threading
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple
 
 import jax
@@ -85,28 +95,11 @@ def cache_loads() -> int:
     return _cache_loads
 
 
-# --- progress -------------------------------------------------------------------------
-
-_progress_hook: Callable[[int], None] | None = None
-
-
-def _report_progress(step: jax.Array) -> None:
-    if _progress_hook is not None:
-        _progress_hook(int(step))
-
-
-@contextlib.contextmanager
-def progress_hook(hook: Callable[[int], None] | None) -> Iterator[None]:
-    """Call ``hook(step)`` from inside the running program every few steps."""
-    global _progress_hook
-    previous, _progress_hook = _progress_hook, hook
-    try:
-        yield
-    finally:
-        _progress_hook = previous
-
-
 # --- settings and outputs -------------------------------------------------------------
+
+MAX_STEPS = 10_000_000  # step indices and curve buckets stay exact in int32 below this
+MAX_CURVE_POINTS = 200
+PROGRESS_UPDATES = 100  # with a progress display, about this many updates over a whole sweep
 
 
 @dataclasses.dataclass(frozen=True)
@@ -127,18 +120,25 @@ class TrainSettings:
     clip_norm: float | None = None
     lr_decay_rate: float | None = None
     lr_decay_steps: int | None = None
-    progress_every: int = 0
     optimizer: str = "rmsprop"  # rmsprop, adam, adagrad or sgd; convention and centered: rmsprop only
 
     def __post_init__(self) -> None:
         check_convention(self.convention)
         check_optimizer(self.optimizer)
-        if self.steps < 1 or self.batch_size < 1:
-            raise ValueError("steps and batch_size must be positive")
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must lie in [1, {MAX_STEPS}]")
+        if self.batch_size < 1 or not 1 <= self.curve_points <= MAX_CURVE_POINTS:
+            raise ValueError(f"batch_size must be positive and curve_points in [1, {MAX_CURVE_POINTS}]")
 
     @property
     def points(self) -> int:
         return max(1, min(self.curve_points, self.steps))
+
+    def steps_per_point(self) -> np.ndarray:
+        """How many steps each point of the loss curve averages: step t belongs to point
+        ``t * points // steps``."""
+        edges = -(-np.arange(self.points + 1) * self.steps // self.points)  # ceil(b * steps / points)
+        return np.diff(edges)
 
 
 class RunOutputs(NamedTuple):
@@ -156,39 +156,71 @@ class RunOutputs(NamedTuple):
 
 
 class _Carry(NamedTuple):
+    """One run's training state; in the programs every leaf has a leading (S, G) block."""
+
     params: Any
     model_state: Any
     opt_state: Any
     diverged_step: jax.Array
     curve_sum: jax.Array
-    eps_dom_sum: jax.Array  # sum over kept steps of the eps-dominated share
+    eps_dom_sum: jax.Array  # sum over measured steps of the eps-dominated share
     eps_dom_steps: jax.Array  # how many steps that sum holds
-    eps_dom_last: jax.Array  # the share at the last kept step
+    eps_dom_last: jax.Array  # the share at the last measured step
     effective_lr: jax.Array  # median lr / denominator after the last step
 
 
-# --- the program ----------------------------------------------------------------------
+class TrainState(NamedTuple):
+    """What the ``train`` program carries from one call to the next."""
+
+    runs: _Carry  # (S, G, ...)
+    order: jax.Array  # (S, n_train): the current epoch's example order, per seed
 
 
-def _minibatch_order(seed: jax.Array, n_train: int, batch_size: int, steps: int) -> jax.Array:
-    """(steps, batch) example indices: a fresh permutation each epoch, remainder dropped."""
+class Programs(NamedTuple):
+    """The three jitted programs of a (task, settings, devices); see the module docstring."""
+
+    init: Callable  # (h, seeds, constants) -> TrainState
+    train: Callable  # (state, h, seeds, t0, t1, x_train, y_train) -> (state, t1)
+    finish: Callable  # (state, x_val, y_val, val_mask) -> RunOutputs
+
+
+# --- the programs -----------------------------------------------------------------------
+
+
+def _epoch_order(seed: jax.Array, epoch: jax.Array, n_train: int) -> jax.Array:
+    """The order in which epoch ``epoch`` of seed ``seed`` visits the training examples."""
     key = jax.random.fold_in(jax.random.key(seed), 1)
-    per_epoch = n_train // batch_size
-    epochs = math.ceil(steps / per_epoch)
-    perms = jax.vmap(lambda e: jax.random.permutation(jax.random.fold_in(key, e), n_train))(jnp.arange(epochs))
-    return perms[:, : per_epoch * batch_size].reshape(epochs * per_epoch, batch_size)[:steps]
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n_train).astype(jnp.int32)
 
 
-def build_program(task: Task, settings: TrainSettings) -> Callable:
-    """The pure function (h, seeds, data...) -> RunOutputs arrays, ready for ``jax.jit``."""
+def _flat(tree: Any) -> jax.Array:
+    """Every element of a pytree in one vector. Whole-model reductions (norms, the eps
+    diagnostics) then compile to a few fused loops instead of one per parameter array, which
+    matters for compile time with hundreds of arrays (Inception-v3 has 472)."""
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.square(_flat(tree))))
+
+
+def build_programs(task: Task, settings: TrainSettings) -> tuple[Callable, Callable, Callable]:
+    """The pure functions behind :class:`Programs` (unjitted, unsharded).
+
+    Minibatches: each epoch visits the training examples in a fresh random order per seed;
+    step t takes the ``t % (n_train // batch)``-th batch of epoch ``t // (n_train // batch)``
+    (the remainder of an epoch is dropped).
+    """
     points = settings.points
-    bucket_of_step = jnp.asarray(np.arange(settings.steps) * points // settings.steps, jnp.int32)
-    steps_per_bucket = np.bincount(np.arange(settings.steps) * points // settings.steps, minlength=points)
+    steps = settings.steps
+    steps_per_point = settings.steps_per_point().astype(np.float32)
     update_rule = make_optimizer(settings.optimizer, 0.0, 0.0, 0.0, convention=settings.convention,
                                  centered=settings.centered)
     has_denominator = settings.optimizer != "sgd"
-    diagnostic_every = max(1, settings.steps // DIAGNOSTIC_POINTS)
+    diagnostic_every = max(1, steps // DIAGNOSTIC_POINTS)
     has_data = task.data is not None
+    n_train = len(task.data.x_train) if has_data else 1
+    batches_per_epoch = max(1, n_train // settings.batch_size)
     trainable = task.trainable_mask()
 
     def init_run(seed, h, constants):
@@ -205,6 +237,11 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
 
         return jax.vmap(init_config)(h)
 
+    def init(h, seeds, constants=None):
+        runs = jax.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
+        order = jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, jnp.int32(0), n_train)
+        return TrainState(runs, order)
+
     def learning_rate(hc, t):
         if settings.lr_decay_rate is None:
             return hc["lr"]
@@ -215,7 +252,7 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
             carry.params, carry.model_state, xb, yb, rng
         )
         if settings.clip_norm is not None:
-            grad_norm = optax.tree.norm(grads)
+            grad_norm = _global_norm(grads)
             factor = jnp.minimum(1.0, settings.clip_norm / jnp.maximum(grad_norm, 1e-30))
             grads = jax.tree.map(lambda g: g * factor, grads)
         opt_state = carry.opt_state
@@ -225,21 +262,22 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
             updates = jax.tree.map(lambda u, train: u if train else jnp.zeros_like(u), updates, trainable)
         params = optax.apply_updates(carry.params, updates)
         alive = carry.diverged_step < 0
-        finite = jnp.isfinite(loss) & jnp.isfinite(optax.tree.norm(updates))
+        finite = jnp.isfinite(loss) & jnp.isfinite(_global_norm(updates))
         keep = alive & finite
         new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (params, model_state, opt_state),
                            (carry.params, carry.model_state, carry.opt_state))
         diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
-        curve_sum = carry.curve_sum.at[bucket_of_step[t]].add(jnp.where(keep, loss, jnp.nan))
+        curve_sum = carry.curve_sum.at[t * points // steps].add(jnp.where(keep, loss, jnp.nan))
         eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
         if has_denominator:
             def measure(_):
-                moving = moving_parameters(grads, trainable)
+                moving = _flat(moving_parameters(grads, trainable))
                 terms = denominator_terms(opt_state, settings.optimizer, settings.convention)
+                terms = terms._replace(stat=_flat(terms.stat), denominator=_flat(terms.denominator))
                 share = eps_dominated_share(terms, moving)
                 counted = keep & jnp.isfinite(share)  # NaN when no parameter moved
                 effective_lr = jax.lax.cond(  # a sort: only at the last step
-                    t == settings.steps - 1,
+                    t == steps - 1,
                     lambda _: effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving),
                     lambda _: carry.effective_lr, None)
                 return (carry.eps_dom_sum + jnp.where(counted, share, 0.0), carry.eps_dom_steps + counted,
@@ -247,8 +285,31 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
 
             # t is shared by every run, so under vmap this stays a branch: the cost is paid on
             # about DIAGNOSTIC_POINTS steps only, the last one always among them
-            eps_dom = jax.lax.cond((settings.steps - 1 - t) % diagnostic_every == 0, measure, lambda _: eps_dom, None)
+            eps_dom = jax.lax.cond((steps - 1 - t) % diagnostic_every == 0, measure, lambda _: eps_dom, None)
         return _Carry(*new, diverged_step, curve_sum, *eps_dom)
+
+    def train(state: TrainState, h, seeds, t0, t1, x_train, y_train):
+        def step(t, state):
+            runs, order = state
+            if has_data:
+                epoch, position = t // batches_per_epoch, t % batches_per_epoch
+                order = jax.lax.cond(  # a new epoch: a new order (shared predicate, a real branch)
+                    (position == 0) & (t > 0),
+                    lambda: jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train),
+                    lambda: order)
+                index = jax.lax.dynamic_slice_in_dim(order, position * settings.batch_size, settings.batch_size, 1)
+            else:
+                index = jnp.zeros((seeds.shape[0], 1), jnp.int32)
+
+            def per_seed(runs_s, index_s, seed):
+                xb = x_train[index_s] if has_data else None
+                yb = y_train[index_s] if has_data else None
+                rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
+                return jax.vmap(train_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
+
+            return TrainState(jax.vmap(per_seed)(runs, index, seeds), order)
+
+        return jax.lax.fori_loop(t0, t1, step, state), t1
 
     def evaluate_run(params, model_state, x_val, y_val, val_mask):
         def batch_sums(batch):
@@ -260,62 +321,45 @@ def build_program(task: Task, settings: TrainSettings) -> Callable:
         count = jnp.sum(val_mask)
         return jnp.sum(loss_sum) / count, jnp.sum(correct_sum) / count
 
-    def program(h, seeds, x_train, y_train, x_val, y_val, val_mask, constants=None):
-        carry = jax.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
-        steps = jnp.arange(settings.steps)
-        if has_data:
-            n_train = x_train.shape[0]
-            order = jax.vmap(lambda s: _minibatch_order(s, n_train, settings.batch_size, settings.steps))(seeds)
-            scan_inputs = (steps, jnp.swapaxes(order, 0, 1))
-        else:
-            scan_inputs = (steps, jnp.zeros((settings.steps, seeds.shape[0]), jnp.int32))
-
-        def body(carry, inputs):
-            t, index_by_seed = inputs
-
-            def per_seed(carry_s, index, seed):
-                xb = x_train[index] if has_data else None
-                yb = y_train[index] if has_data else None
-                rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
-                return jax.vmap(train_step, in_axes=(0, 0, None, None, None, None))(carry_s, h, xb, yb, rng, t)
-
-            carry = jax.vmap(per_seed)(carry, index_by_seed, seeds)
-            if settings.progress_every:
-                jax.lax.cond(
-                    (t + 1) % settings.progress_every == 0,
-                    lambda: jax.debug.callback(_report_progress, t + 1),
-                    lambda: None,
-                )
-            return carry, None
-
-        carry, _ = jax.lax.scan(body, carry, scan_inputs)
-        curve = carry.curve_sum / jnp.asarray(steps_per_bucket, jnp.float32)
+    def finish(state: TrainState, x_val, y_val, val_mask):
+        runs = state.runs
+        curve = runs.curve_sum / steps_per_point
         final_loss = curve[..., -1]
         if has_data and task.evaluate is not None and x_val.shape[0] > 0:
             run_eval = jax.vmap(jax.vmap(evaluate_run, in_axes=(0, 0, None, None, None)),
                                 in_axes=(0, 0, None, None, None))
-            val_loss, val_accuracy = run_eval(carry.params, carry.model_state, x_val, y_val, val_mask)
+            val_loss, val_accuracy = run_eval(runs.params, runs.model_state, x_val, y_val, val_mask)
             if not task.has_accuracy:
                 val_accuracy = jnp.full_like(val_loss, jnp.nan)
         else:
             val_loss = val_accuracy = jnp.full(final_loss.shape, jnp.nan)
         if has_denominator:
-            effective_lr = carry.effective_lr
-            eps_dominated = carry.eps_dom_last
-            eps_dominated_mean = carry.eps_dom_sum / carry.eps_dom_steps
+            effective_lr = runs.effective_lr
+            eps_dominated = runs.eps_dom_last
+            eps_dominated_mean = runs.eps_dom_sum / runs.eps_dom_steps
         else:
             eps_dominated = eps_dominated_mean = effective_lr = jnp.full(final_loss.shape, jnp.nan)
-        return RunOutputs(final_loss, val_loss, val_accuracy, carry.diverged_step, curve,
+        return RunOutputs(final_loss, val_loss, val_accuracy, runs.diverged_step, curve,
                           eps_dominated, eps_dominated_mean, effective_lr)
 
-    return program
+    return init, train, finish
 
 
-_programs: dict[tuple, Callable] = {}
+_programs: dict[tuple, Programs] = {}
 
 
-def compiled_program(task: Task, settings: TrainSettings, devices: Sequence[jax.Device] | None = None) -> Callable:
-    """The jitted program for (task, settings) on ``devices`` (default: the first device),
+def _init_compiler_options(devices: Sequence[jax.Device]) -> dict | None:
+    """XLA options for the ``init`` program: on CPU, a quick compile at low optimisation. It
+    runs once per chunk, but its random initialisers (one generator per parameter array)
+    take XLA's CPU backend long to optimise: 25 s for Inception-v3 at the default level, 11 s
+    at this one, for a run that takes 1.7 s instead of 0.3 s."""
+    if devices[0].platform != "cpu":
+        return None
+    return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
+
+
+def compiled_programs(task: Task, settings: TrainSettings, devices: Sequence[jax.Device] | None = None) -> Programs:
+    """The jitted programs for (task, settings) on ``devices`` (default: the first device),
     shared by every sweep that matches.
 
     The configuration axis is split across the devices with ``shard_map`` over a one-axis
@@ -326,11 +370,19 @@ def compiled_program(task: Task, settings: TrainSettings, devices: Sequence[jax.
     key = (task.key, settings, tuple(d.id for d in devices))
     if key not in _programs:
         mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
-        in_specs = (P(CONFIG_AXIS),) + (P(),) * 7  # h; seeds, data, constants
-        out_specs = RunOutputs(*[P(None, CONFIG_AXIS)] * len(RunOutputs._fields))  # (S, G, ...)
-        sharded = jax.shard_map(build_program(task, settings), mesh=mesh, in_specs=in_specs, out_specs=out_specs,
-                                check_vma=False)
-        _programs[key] = jax.jit(sharded)
+        runs, config = P(None, CONFIG_AXIS), P(CONFIG_AXIS)  # (S, G, ...) blocks; (G,) hyperparameters
+        state = TrainState(runs, P())  # the minibatch order is per seed: every device holds it
+
+        def sharded(function, in_specs, out_specs):
+            return jax.shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
+
+        init, train, finish = build_programs(task, settings)
+        _programs[key] = Programs(
+            init=jax.jit(sharded(init, (config, P(), P()), state), compiler_options=_init_compiler_options(devices)),
+            train=jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())),
+                          donate_argnums=0),
+            finish=jax.jit(sharded(finish, (state, P(), P(), P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
+        )
     return _programs[key]
 
 
@@ -351,6 +403,16 @@ def _validation_batches(task: Task, eval_batch_size: int) -> tuple[np.ndarray, n
     return (x.reshape(batches, batch, *x.shape[1:]), y.reshape(batches, batch), mask.reshape(batches, batch))
 
 
+def segment_bounds(steps: int, segments: int) -> list[tuple[int, int]]:
+    """``segments`` (at most ``steps``) consecutive step ranges covering ``0 .. steps - 1``."""
+    segments = max(1, min(segments, steps))
+    edges = [round(i * steps / segments) for i in range(segments + 1)]
+    return list(zip(edges[:-1], edges[1:]))
+
+
+Progress = Callable[[int, int], None]  # (steps done, steps in all) over every chunk of a call
+
+
 def train_runs(
     task: Task,
     settings: TrainSettings,
@@ -360,31 +422,42 @@ def train_runs(
     chunk_size: int | None = None,
     on_chunk: Callable[[int, int, RunOutputs], None] | None = None,
     devices: Sequence[jax.Device] | None = None,
+    progress: Progress | None = None,
 ) -> RunOutputs:
     """Train every (seed, configuration) pair; returns arrays with a leading (S, G) block.
 
-    Configurations go through the compiled program a chunk at a time, split across
+    Configurations go through the compiled programs a chunk at a time, split across
     ``devices`` (default: every device, in every process; no more than there are settings in
     a single process). The chunk size is ``chunk_size`` rounded up to a multiple of the device
     count, or else chosen from the memory one configuration needs (:mod:`epsweep.memory`).
     The last chunk is padded by repeating the final configuration so that every call has the
-    same shapes and the program compiles once. Each chunk is dispatched before the previous
+    same shapes and the programs compile once. Each chunk is dispatched before the previous
     one is collected, so the devices never wait for the host. ``on_chunk(start, stop,
-    outputs)`` is called as each chunk finishes (in every process).
+    outputs)`` is called as each chunk finishes (in every process); ``progress(done, total)``
+    as steps complete, counted over all chunks (``done`` is 0 until the first segment of
+    steps has run, i.e. while the programs compile).
     """
     total = len(hparams["eps"])
     devices = parallel.config_devices(total, devices)
     chunk = memory.plan_chunk(total, len(seeds), devices, _estimate(task, settings), chunk_size)
-    program = compiled_program(task, settings, devices)
+    chunk = parallel.agree(chunk)  # several processes must run the same programs
+    programs = compiled_programs(task, settings, devices)
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
     if task.data is not None:
         x_train, y_train = task.data.x_train, task.data.y_train
     else:
         x_train, y_train = np.zeros((1, 1), np.float32), np.zeros((1,), np.int32)
-    data = (np.asarray(seeds, np.uint32), x_train, y_train, *_validation_batches(task, settings.eval_batch_size))
-    data = tuple(_global_array(a, replicated) for a in data)
-    constants = jax.tree.map(lambda a: _global_array(a, replicated), task.constants)
+    place = functools.partial(_global_array, sharding=replicated)
+    seeds_array = place(np.asarray(seeds, np.uint32))
+    train_data = (place(x_train), place(y_train))
+    val_data = tuple(place(a) for a in _validation_batches(task, settings.eval_batch_size))
+    constants = jax.tree.map(place, task.constants)
+    starts = range(0, total, chunk)
+    segments = (1 if progress is None
+                else math.ceil(PROGRESS_UPDATES / len(starts)))  # about PROGRESS_UPDATES in all
+    bounds = segment_bounds(settings.steps, segments)
+    all_steps = settings.steps * len(starts)
     pieces: list[RunOutputs] = []
 
     def collect(start: int, stop: int, out: RunOutputs) -> None:
@@ -393,13 +466,25 @@ def train_runs(
         if on_chunk is not None:
             on_chunk(start, stop, out)
 
+    if progress is not None:
+        progress(0, all_steps)
     pending = None
-    for start in range(0, total, chunk):
+    for number, start in enumerate(starts):
         index = np.minimum(np.arange(start, start + chunk), total - 1)
         h = {name: _global_array(np.asarray(hparams[name], np.float32)[index], by_config) for name in HPARAMS}
-        out = program(h, *data, constants)
+        state = programs.init(h, seeds_array, constants)
+        reached = None
+        for t0, t1 in bounds:
+            state, done = programs.train(state, h, seeds_array, place(np.int32(t0)), place(np.int32(t1)), *train_data)
+            if progress is not None:  # wait for the previous segment while this one runs
+                if reached is not None:
+                    progress(number * settings.steps + int(reached), all_steps)
+                reached = done
+        out = programs.finish(state, *val_data)
         if pending is not None:
             collect(*pending)
+        if progress is not None:
+            progress(number * settings.steps + int(reached), all_steps)
         pending = (start, min(start + chunk, total), out)
     collect(*pending)
     return RunOutputs(*(np.concatenate(parts, axis=1) for parts in zip(*pieces, strict=True)))

@@ -214,6 +214,17 @@ def _stdout_to_stderr() -> Iterator[None]:
         os.close(saved)
 
 
+def agree(value: int) -> int:
+    """Process 0's ``value`` in every process (each plans its chunk size from its own memory,
+    but all of them must run programs of the same shapes); ``value`` itself in one process."""
+    if jax.process_count() == 1:
+        return value
+    from jax.experimental import multihost_utils
+
+    with _stdout_to_stderr():
+        return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
 def gather(tree: Any) -> Any:
     """Every leaf as a NumPy array holding the global value, on every process."""
     if jax.process_count() == 1:

@@ -136,7 +136,8 @@ def sweep(
 
     All settings of one (optimizer, convention) pair are trained by a single compiled, vmapped
     program.
-    ``progress(label, done_steps, total_steps)`` is called while it runs;
+    ``progress(label, done_steps, total_steps)`` is called while it runs (steps summed over
+    the chunks of one program; ``done_steps`` is 0 while it compiles);
     ``on_records(records)`` receives each chunk's finished records as soon as they exist (in
     process 0 only, when several processes share the sweep).
     ``select(setting)``, when given, picks the settings to train (the setting's axes plus
@@ -157,8 +158,6 @@ def sweep(
     for optimizer, convention in config.programs():
         settings = config.train_settings(task, convention, optimizer)
         steps_used = settings.steps
-        if progress is not None:
-            settings = dataclasses.replace(settings, progress_every=max(1, settings.steps // 100))
         settings_list = [s for s in all_settings
                          if select is None or select({**s, "optimizer": optimizer, "convention": convention})]
         if not settings_list:
@@ -179,12 +178,11 @@ def sweep(
             if on_records is not None and parallel.is_primary():  # of several processes, one writes
                 on_records(chunk)
 
-        total = settings.steps
         what = convention if optimizer == "rmsprop" else optimizer
         label = f"{what}: {len(settings_list)} settings x {len(seeds)} seeds"
-        hook = (lambda step: progress(label, step, total)) if progress is not None else None
-        with engine.progress_hook(hook):
-            engine.train_runs(task, settings, hparams, seeds, chunk_size=config.chunk_size, on_chunk=finish_chunk)
+        hook = (lambda done, total, label=label: progress(label, done, total)) if progress is not None else None
+        engine.train_runs(task, settings, hparams, seeds, chunk_size=config.chunk_size, on_chunk=finish_chunk,
+                          progress=hook)
         records.extend(chunk_records)
     meta = {
         **task.describe(),
@@ -194,6 +192,9 @@ def sweep(
         "conventions": list(config.conventions),
         "optimizers": list(dict.fromkeys(config.optimizers)),
         "centered": config.centered,
+        "clip_norm": config.clip_norm,
+        "lr_decay_rate": config.lr_decay_rate,
+        "lr_decay_steps": settings.lr_decay_steps,
         "settings": len(all_settings) * len(config.programs()),
         "devices": [str(d) for d in jax.devices()],
         "backend": jax.default_backend(),
