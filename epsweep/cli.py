@@ -197,16 +197,20 @@ class _Progress:
             from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
 
             self.bar = Progress(TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(),
-                                TextColumn("steps"), TimeRemainingColumn(), console=stderr, transient=True)
+                                TextColumn("{task.fields[unit]}"), TimeRemainingColumn(), console=stderr,
+                                transient=True)
             self.bar.__enter__()
         return self
 
-    def __call__(self, label: str, done: int, total: int) -> None:
+    def __call__(self, label: str, done: int, total: int, unit: str = "steps") -> None:
+        """Show ``done`` of ``total``; a training bar at 0 steps says it is compiling."""
         if self.bar is None:
             return
         if label not in self.tasks:
-            self.tasks[label] = self.bar.add_task(label, total=total)
-        self.bar.update(self.tasks[label], completed=done)
+            self.tasks[label] = self.bar.add_task(label, total=total, unit=unit)
+        compiling = unit == "steps" and done == 0
+        self.bar.update(self.tasks[label], completed=done, total=total,
+                        description=f"{label} (compiling)" if compiling else label)
 
     def __exit__(self, *exc):
         if self.bar is not None:
@@ -362,6 +366,10 @@ def inception(
     quiet: QuietOpt = False,
     resume: ResumeOpt = False,
     chunk_size: ChunkOpt = None,
+    no_compile_cache: NoCompileCacheOpt = False,
+    coordinator: CoordinatorOpt = None,
+    num_processes: NumProcessesOpt = None,
+    process_id: ProcessIdOpt = None,
 ) -> None:
     """Sweep RMSProp settings on Inception-v3 over your images: every setting trained at once.
 
@@ -369,10 +377,11 @@ def inception(
     """
     from epsweep.grid import Grid
     from epsweep.images import load_image_dataset
-    from epsweep.inception_task import InceptionOptions, inception_task
+    from epsweep.inception_task import InceptionOptions, check_image_size, inception_task
     from epsweep.presets import apply_preset
     from epsweep.sweep import RunConfig
 
+    _setup_runtime(no_compile_cache, coordinator, num_processes, process_id)
     out_fmt, file_fmt = _output_format(fmt, output)
     given = {
         "eps": _values(eps, "eps"), "decay": _values(decay, "decay"), "lr": _values(lr, "lr"),
@@ -392,12 +401,11 @@ def inception(
     )
     options = InceptionOptions(head=head, aux_logits=aux, dropout_rate=dropout, dtype=dtype,
                                label_smoothing=values["label_smoothing"] or 0.0, weights=weights,
-                               freeze_base=freeze_base)
-    if image_size < 1:
-        raise UserError(f"--image-size: {image_size} must be a positive integer")
+                               freeze_base=freeze_base, preset=preset)
+    check_image_size(image_size, options)  # before minutes of decoding images
     warn = None if quiet else (lambda message: _log(f"warning: {message}"))
     with _Progress(enabled=not quiet and stderr.is_terminal) as progress:
-        on_image = (lambda done, total: progress("loading images", done, total)) if progress.callback else None
+        on_image = (lambda done, total: progress("loading", done, total, "images")) if progress.callback else None
         data = load_image_dataset(dataset, image_size, val_split, progress=on_image, warn=warn)
     task = inception_task(data, options)
     if not quiet:

@@ -40,6 +40,7 @@ class InceptionOptions:
     label_smoothing: float = 0.0
     weights: Path | None = None
     freeze_base: bool = False
+    preset: str | None = None  # recorded in the results; the preset's values arrive as the others
 
     def __post_init__(self) -> None:
         if self.head not in ("linear", "mlp"):
@@ -50,6 +51,18 @@ class InceptionOptions:
             raise UserError(f"--label-smoothing: {self.label_smoothing:g} must lie in [0, 1)")
         if not 0 <= self.dropout_rate < 1:
             raise UserError(f"--dropout: {self.dropout_rate:g} must lie in [0, 1)")
+        if self.freeze_base and self.weights is None:
+            raise UserError("--freeze-base needs --weights (a frozen random base learns nothing)")
+        if self.weights is not None and not Path(self.weights).is_file():
+            raise UserError(f"--weights: {self.weights}: no such file")
+
+
+def check_image_size(size: int, options: InceptionOptions) -> None:
+    """Refuse an image size the model cannot take (before any image is decoded)."""
+    if size < MIN_INPUT_SIZE:
+        raise UserError(f"--image-size: Inception-v3 needs at least {MIN_INPUT_SIZE}; got {size}")
+    if options.aux_logits and size < AUX_MIN_INPUT_SIZE:
+        raise UserError(f"--aux: the auxiliary classifier needs --image-size >= {AUX_MIN_INPUT_SIZE}; got {size}")
 
 
 def _preprocess(x: jax.Array) -> jax.Array:
@@ -80,12 +93,7 @@ def inception_task(data: Dataset, options: InceptionOptions = InceptionOptions()
     size = data.input_shape[0]
     if len(data.input_shape) != 3 or data.input_shape[2] != 3 or data.input_shape[1] != size:
         raise UserError(f"Inception-v3 needs square RGB images; got inputs of shape {data.input_shape}")
-    if size < MIN_INPUT_SIZE:
-        raise UserError(f"--image-size: Inception-v3 needs at least {MIN_INPUT_SIZE}; got {size}")
-    if options.aux_logits and size < AUX_MIN_INPUT_SIZE:
-        raise UserError(f"--aux: the auxiliary classifier needs --image-size >= {AUX_MIN_INPUT_SIZE}; got {size}")
-    if options.freeze_base and options.weights is None:
-        raise UserError("--freeze-base needs --weights (a frozen random base learns nothing)")
+    check_image_size(size, options)
     model = InceptionV3(num_classes=data.num_classes, aux_logits=options.aux_logits, head=options.head,
                         dropout_rate=options.dropout_rate, dtype=DTYPES[options.dtype])
     sample = jnp.zeros((1, size, size, 3), jnp.float32)
@@ -129,6 +137,7 @@ def inception_task(data: Dataset, options: InceptionOptions = InceptionOptions()
            else tuple(sorted(traverse_util.flatten_dict(from_file["params"]).items())))
     describe = {"model": "inception_v3", "image_size": size, "head": options.head, "aux_logits": options.aux_logits,
                 "dtype": options.dtype, "label_smoothing": options.label_smoothing,
+                "dropout": options.dropout_rate if options.head == "linear" else None, "preset": options.preset,
                 "weights": str(options.weights) if options.weights else None, "freeze_base": options.freeze_base}
     return Task("inception", key, init, loss, evaluate, data, True, default_epochs=1, default_batch_size=32, eval_batch_size=32,
                 describe_extra=describe, constants=constants,

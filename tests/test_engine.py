@@ -86,3 +86,52 @@ def test_sweep_records_fold_seeds(mlp_task):
         assert record["seeds"] == 2 and record["diverged"] is False and len(record["loss_curve"]) == 10
     # eps = 1 with a small learning rate damps the steps: it must train slower than eps = 1e-8
     assert result.records[0]["final_loss"] < result.records[1]["final_loss"]
+
+
+def batchnorm_dropout_task(data):
+    """A tiny model with what Inception-v3 carries besides weights: BatchNorm statistics
+    (``model_state``) and dropout (keys from the engine), built the way inception_task is."""
+    import flax.linen as nn
+    import jax.numpy as jnp
+    import optax
+
+    from epsweep.tasks import Task
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train):
+            x = nn.Dense(16)(x.reshape(len(x), -1))
+            x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.9)(x))
+            x = nn.Dropout(0.3, deterministic=not train)(x)
+            return nn.Dense(data.num_classes)(x)
+
+    model, sample = Net(), jnp.zeros((1, *data.input_shape))
+
+    def init(rng):
+        variables = model.init(rng, sample, train=False)
+        return variables["params"], variables["batch_stats"]
+
+    def loss(params, stats, x, y, rng):
+        logits, updated = model.apply({"params": params, "batch_stats": stats}, x, train=True,
+                                      rngs={"dropout": rng}, mutable=["batch_stats"])
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), updated["batch_stats"]
+
+    def evaluate(params, stats, x, y):
+        logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
+        return optax.softmax_cross_entropy_with_integer_labels(logits, y), (logits.argmax(-1) == y).astype(float)
+
+    return Task("bn-dropout", ("bn-dropout",), init, loss, evaluate, data, True)
+
+
+def test_batchnorm_and_dropout_runs_are_independent_per_configuration(mlp_task):
+    """Each configuration keeps its own BatchNorm statistics and draws its own dropout masks
+    inside its vmapped step: trained in a grid it gives what it gives alone."""
+    task = batchnorm_dropout_task(mlp_task.data)
+    settings = TrainSettings(steps=12, batch_size=16, curve_points=4)
+    h = hparams([1e-8, 1.0, 1e-4], lr=[1e-2, 1e-1, 3e-3])
+    together = train_runs(task, settings, h, np.array([3]))
+    for j in range(3):
+        alone = train_runs(task, settings, {k: v[j:j + 1] for k, v in h.items()}, np.array([3]))
+        np.testing.assert_allclose(alone.curve[:, 0], together.curve[:, j], rtol=2e-5, atol=1e-6)
+        np.testing.assert_allclose(alone.val_loss[:, 0], together.val_loss[:, j], rtol=2e-5, atol=1e-6)
+    assert len({round(float(v), 6) for v in together.val_loss[0]}) == 3  # the statistics differ per run
