@@ -113,9 +113,15 @@ def available_cores() -> int:
 
 
 def _backends_started() -> bool:
-    from jax._src import xla_bridge  # no public way to ask; used only to choose what to skip
+    """Whether JAX has started its backends (after which the device count is fixed). There
+    is no public way to ask; if the private one moves, say no: :func:`setup` then tries, and
+    a device count that comes too late is dropped (see there)."""
+    try:
+        from jax._src import xla_bridge
 
-    return xla_bridge.backends_are_initialized()
+        return bool(xla_bridge.backends_are_initialized())
+    except (ImportError, AttributeError):  # pragma: no cover - a JAX without it
+        return False
 
 
 def _set_compile_cache(setting: bool | str | Path) -> Path | None:
@@ -159,7 +165,10 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
     started = _backends_started()
     device_flag = "xla_force_host_platform_device_count" in os.environ.get("XLA_FLAGS", "")
     if not started and not device_flag and jax.config.jax_num_cpu_devices < 0:
-        jax.config.update("jax_num_cpu_devices", runtime.cpu_devices or available_cores())
+        try:
+            jax.config.update("jax_num_cpu_devices", runtime.cpu_devices or available_cores())
+        except RuntimeError:  # pragma: no cover - JAX had started after all: its devices stay
+            log.info("JAX started before epsweep.parallel.setup(); keeping its CPU devices")
     if runtime.distributed:
         if started:
             raise UserError("several processes were asked for after JAX had started; call setup() first")

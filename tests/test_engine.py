@@ -67,12 +67,22 @@ def test_one_compile_per_sweep_whatever_the_values(mlp_task):
     grid_a = Grid(eps=(1e-8, 1.0), lr=(1e-3,))
     grid_b = Grid(eps=(1e-6, 0.5), lr=(3e-2,), decay=(0.99,))
     config = RunConfig(steps=12, batch_size=8, seeds=1)
-    sweep(mlp_task, grid_a, config)
+    first = sweep(mlp_task, grid_a, config)
+    assert first.meta["compilations"] + first.meta["compile_cache_loads"] >= 3  # the counter does count
     before = engine.compile_count()
     result = sweep(mlp_task, grid_b, config)
     assert engine.compile_count() == before
     assert result.meta["compilations"] == 0
     assert [r["eps"] for r in result.records] == [1e-6, 0.5]
+
+
+def test_a_sweep_of_many_chunks_compiles_each_program_once(mlp_task):
+    """Chunks share shapes (the last one padded), so 7 settings in chunks of 2 compile (or
+    load from the persistent cache) init, train and finish once each, and nothing else."""
+    grid = Grid(eps=(1e-8, 1e-6, 1e-4, 1e-3, 1e-2, 0.1, 1.0))
+    result = sweep(mlp_task, grid, RunConfig(steps=13, batch_size=8, chunk_size=2))
+    assert result.meta["compilations"] + result.meta["compile_cache_loads"] == 3
+    assert len(result.records) == 7
 
 
 def test_sweep_records_fold_seeds(mlp_task):
