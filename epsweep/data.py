@@ -18,6 +18,7 @@ from epsweep.errors import UserError
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MAX_CLASSES = 100_000  # the output layer has one unit per class: labels must lie in 0..99,999
 
 
 @dataclasses.dataclass(frozen=True)
@@ -45,8 +46,13 @@ class Dataset:
         }
 
 
-def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int = 0) -> Dataset:
-    """Shuffle with ``seed`` and hold out a ``val_split`` fraction for validation."""
+def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int = 0,
+          num_classes: int | None = None) -> Dataset:
+    """Shuffle with ``seed`` and hold out a ``val_split`` fraction for validation.
+
+    ``num_classes`` (e.g. the class folders of an ImageFolder tree, some perhaps without a
+    readable image) defaults to the largest label + 1; always at least 2.
+    """
     if not 0 <= val_split < 1:
         raise UserError(f"--val-split: {val_split:g} is out of range (0 <= val-split < 1)")
     n = len(x)
@@ -55,13 +61,19 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     if n - n_val < 1:
         raise UserError(f"dataset {name!r} has {n} examples: too few to hold out {val_split:g} for validation")
     train, val = order[: n - n_val], order[n - n_val :]
-    num_classes = int(y.max()) + 1 if len(y) else 0
+    labelled = int(y.max()) + 1 if len(y) else 0
+    if num_classes is None:
+        num_classes = labelled
+    elif num_classes < labelled:
+        raise ValueError(f"{num_classes} classes but labels up to {labelled - 1}")
+    if num_classes > MAX_CLASSES:
+        raise UserError(f"dataset {name!r} has {num_classes:,} classes; at most {MAX_CLASSES:,} are supported")
     return Dataset(name, x[train], y[train], x[val], y[val], max(num_classes, 2))
 
 
 def _as_images(x: np.ndarray, source: str) -> np.ndarray:
     """Scale to float32: integer pixels by their range (0..255, or 0..16 for digits); add a
-    channel axis to (N, H, W) arrays."""
+    channel axis to (N, H, W) arrays. Inputs with no features, e.g. (N, 0), are refused."""
     if x.dtype.kind in "iub":
         top = float(x.max()) if x.size else 1.0
         x = x.astype(np.float32) / (255.0 if top > 16 else max(top, 1.0))
@@ -71,10 +83,13 @@ def _as_images(x: np.ndarray, source: str) -> np.ndarray:
         raise UserError(f"{source}: inputs have unsupported dtype {x.dtype}")
     if not np.all(np.isfinite(x)):
         raise UserError(f"{source}: inputs contain NaN or infinite values")
+    given = x.shape
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim not in (2, 4):
         raise UserError(f"{source}: inputs must have shape (N, features), (N, H, W) or (N, H, W, C); got {x.shape}")
+    if x[0].size == 0:
+        raise UserError(f"{source}: inputs have no features (shape {given})")
     return x
 
 
@@ -91,9 +106,13 @@ def _as_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
             raise UserError(f"{source}: labels must be whole numbers")
     elif y.dtype.kind not in "iub":
         raise UserError(f"{source}: labels have unsupported dtype {y.dtype}")
-    y = y.astype(np.int64)
     if n and y.min() < 0:
         raise UserError(f"{source}: labels must be >= 0")
+    if n and y.max() >= MAX_CLASSES:  # checked before the cast: 2e9 or 2**40 would wrap in int32
+        top = y.max()
+        shown = f"{int(top):,}" if top < 1e15 else f"{float(top):.3g}"
+        raise UserError(f"{source}: labels go up to {shown}; at most {MAX_CLASSES:,} classes "
+                        f"are supported (labels 0..{MAX_CLASSES - 1})")
     return y.astype(np.int32)
 
 
@@ -192,9 +211,12 @@ def load_arrays(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
         x, y = read_idx(images), read_idx(labels)
     else:
         raise UserError(f"{path}: unknown dataset format (expected .npz, an IDX file or an MNIST directory)")
+    x = np.asarray(x)
+    if x.ndim == 0:
+        raise UserError(f"{path}: inputs must have shape (N, features), (N, H, W) or (N, H, W, C); got a scalar")
     if len(x) == 0:
         raise UserError(f"{path}: dataset is empty")
-    x = _as_images(np.asarray(x), str(path))
+    x = _as_images(x, str(path))
     return str(path), x, _as_labels(np.asarray(y), len(x), str(path))
 
 

@@ -22,6 +22,10 @@ from epsweep.errors import UserError
 
 MAX_RANGE_COUNT = 100_000
 MAX_GRID_SIZE = 1_000_000
+# The engine trains in float32 and flushes subnormal numbers to zero (XLA on CPU does).
+FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754944e-38, the smallest normal float32
+FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e+38
+BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))  # 0.99999994, the largest float32 < 1
 
 
 def _parse_number(text: str, name: str) -> float:
@@ -91,6 +95,23 @@ def _check(name: str, values: Sequence[float], ok: Callable[[float], bool], rule
             raise UserError(f"--{name}: {value:g} is out of range ({rule})")
 
 
+def _check_float32(name: str, values: Sequence[float], below_one: bool = False) -> None:
+    """The engine sees each value as a float32: refuse one that would silently change there
+    (overflow to inf, a non-zero value flushed to 0, a value just below 1 rounded to 1)."""
+    for value in values:
+        with np.errstate(over="ignore"):
+            single = float(np.float32(value))
+        if abs(single) > FLOAT32_MAX:
+            raise UserError(f"--{name}: {value!r} overflows float32, which the engine trains in; "
+                            f"use at most {FLOAT32_MAX:.8g}")
+        if value != 0 and abs(single) < FLOAT32_TINY:
+            least = f"at least {FLOAT32_TINY:.8g}" if name == "lr" else f"0 or at least {FLOAT32_TINY:.8g}"
+            raise UserError(f"--{name}: {value!r} becomes 0 in float32, which the engine trains in; use {least}")
+        if below_one and single >= 1:
+            raise UserError(f"--{name}: {value!r} rounds to 1 in float32, which the engine trains in; "
+                            f"use at most {BELOW_ONE:.8g}")
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """The hyperparameter axes of a sweep; every combination is one setting."""
@@ -110,6 +131,8 @@ class Grid:
         _check("decay", self.decay, lambda v: 0 <= v < 1, "0 <= decay < 1")
         _check("lr", self.lr, lambda v: v > 0, "lr > 0")
         _check("momentum", self.momentum, lambda v: 0 <= v < 1, "0 <= momentum < 1")
+        for axis in ("eps", "decay", "lr", "momentum"):
+            _check_float32(axis, getattr(self, axis), below_one=axis in ("decay", "momentum"))
         if len(self) > MAX_GRID_SIZE:
             raise UserError(f"the grid has {len(self):,} settings; the limit is {MAX_GRID_SIZE:,}")
 

@@ -3,7 +3,8 @@
 Images are decoded once with Pillow, converted to RGB, resized so the shorter side is
 ``size`` and centre-cropped to ``size x size``, and kept as uint8 (N, size, size, 3): a
 quarter of the memory of float32, normalised inside the compiled program. Unreadable files
-are reported through ``warn`` and skipped.
+(decompression bombs included) are reported through ``warn`` and skipped; the classes are the
+class folders, whether or not each has a readable image.
 """
 
 from __future__ import annotations
@@ -53,7 +54,9 @@ def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
 
 def load_image_folder(root: Path, size: int, progress: Progress | None = None,
                       warn: Warn | None = None) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    """Decode every image of an ImageFolder tree; corrupt ones are reported and skipped."""
+    """Decode every image of an ImageFolder tree; corrupt ones and decompression bombs
+    (beyond Pillow's ``MAX_IMAGE_PIXELS``) are reported and skipped. Label ``i`` is
+    ``classes[i]``; a class left with no readable image is warned about and still counted."""
     from PIL import Image, UnidentifiedImageError
 
     files, labels, classes = scan_image_folder(root)
@@ -63,18 +66,38 @@ def load_image_folder(root: Path, size: int, progress: Progress | None = None,
             with Image.open(path) as image:
                 images.append(_fit(image, size))
             kept.append(i)
-        except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
+        except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
             if warn is not None:
                 warn(f"skipping unreadable image {path}: {' '.join(str(e).split()) or type(e).__name__}")
         if progress is not None:
             progress(i + 1, len(files))
     if not images:
         raise UserError(f"{root}: none of the {len(files)} images could be read")
+    present = set(labels[kept].tolist())
+    for index, name in enumerate(classes):
+        if index not in present and warn is not None:
+            warn(f"class {name!r} has no readable images (it still counts as a class)")
     return np.stack(images), labels[kept], classes
 
 
-def resize_arrays(x: np.ndarray, size: int, progress: Progress | None = None) -> np.ndarray:
-    """Scale float images in [0, 1] to uint8 RGB and fit each to ``size x size``."""
+def pixel_scale(x: np.ndarray, source: str = "images") -> float:
+    """What turns ``x`` into 0..255 pixel values, read from its range: 255 when every value
+    lies in [0, 1], 1 when they lie in [0, 255] (e.g. float images saved as 0..255).
+    Anything else (negative values, as in standardised images, or above 255) is a UserError
+    rather than a guess; half a pixel level of slack either side is allowed."""
+    if x.size == 0:
+        return 255.0
+    low, high = float(x.min()), float(x.max())
+    scale = 255.0 if high <= 1 + 0.5 / 255 else 1.0
+    if low < -0.5 / scale or high > 255.5 / scale:
+        raise UserError(f"{source}: image values run from {low:.4g} to {high:.4g}; "
+                        f"expected 0..1 or 0..255 (negative values mean standardised images: undo that first)")
+    return scale
+
+
+def resize_arrays(x: np.ndarray, size: int, progress: Progress | None = None, source: str = "images") -> np.ndarray:
+    """Convert images to uint8 RGB and fit each to ``size x size``. Values in [0, 1] are
+    scaled by 255; values in [0, 255] (float 0..255 images) are kept (see :func:`pixel_scale`)."""
     from PIL import Image
 
     if x.ndim == 2:
@@ -82,7 +105,7 @@ def resize_arrays(x: np.ndarray, size: int, progress: Progress | None = None) ->
         if side * side != x.shape[1]:
             raise UserError(f"inputs of shape {x.shape} are not images")
         x = x.reshape(-1, side, side, 1)
-    pixels = np.clip(np.round(x * 255.0), 0, 255).astype(np.uint8)
+    pixels = np.clip(np.round(x * pixel_scale(x, source)), 0, 255).astype(np.uint8)
     if pixels.shape[-1] == 1:
         pixels = np.repeat(pixels, 3, axis=-1)
     if pixels.shape[-1] != 3:
@@ -103,7 +126,7 @@ def load_image_dataset(spec: str, size: int, val_split: float = 0.2, seed: int =
     as uint8 RGB images of ``size x size``, split for validation."""
     path = Path(spec)
     if spec not in ("digits", "synthetic") and path.is_dir() and not any(path.glob("*idx*-ubyte*")):
-        x, y, _ = load_image_folder(path, size, progress, warn)
-        return split(str(path), x, y, val_split, seed)
+        x, y, classes = load_image_folder(path, size, progress, warn)
+        return split(str(path), x, y, val_split, seed, num_classes=len(classes))
     name, x, y = load_arrays(spec)
-    return split(name, resize_arrays(x, size, progress), y, val_split, seed)
+    return split(name, resize_arrays(x, size, progress, name), y, val_split, seed)

@@ -80,6 +80,8 @@ def make_figure(meta: dict, records: Sequence[dict]):
     cmap = colors.ListedColormap(_viridis(len(eps_values)))
     norm = colors.BoundaryNorm(np.arange(len(eps_values) + 1) - 0.5, len(eps_values))
     steps = meta.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        steps = None  # unknown (or malformed): the x axis counts curve points
     curve_axes = []
     every_point = [v for r in records for v in (r.get("loss_curve") or []) if v is not None]
     log_y = _use_log(np.array(every_point, float))  # one scale, shared by every panel

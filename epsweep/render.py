@@ -89,7 +89,8 @@ def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklin
     has_val = any(r.get("val_loss") is not None for r in records)
     has_acc = any(r.get("val_accuracy") is not None for r in records)
     has_eps_dom = any(r.get("eps_dominated") is not None for r in records)
-    title = (meta.get("title") or _title(meta)) + (f" ({note})" if note else "")
+    given = meta.get("title")
+    title = (given if isinstance(given, str) and given else _title(meta)) + (f" ({note})" if note else "")
     table = Table(title=title, title_justify="left", header_style="bold")
     for axis in shown:
         table.add_column(axis, justify="left" if axis in _NAME_AXES else "right", no_wrap=True)
@@ -130,20 +131,27 @@ def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklin
 
 
 def _title(meta: dict) -> str:
+    """What the meta says about the run, in one line; keys of an unexpected type are left out."""
     parts = []
-    if meta.get("task"):
+    if isinstance(meta.get("task"), str) and meta["task"]:
         parts.append(f"task {meta['task']}")
     data = meta.get("data")
-    if isinstance(data, dict):
-        parts.append(f"data {data['name']} ({data['train']} train / {data['val']} val)")
-    if meta.get("steps"):
+    if isinstance(data, dict) and data.get("name") is not None:
+        sizes = f" ({data['train']} train / {data['val']} val)" if "train" in data and "val" in data else ""
+        parts.append(f"data {data['name']}{sizes}")
+    if _count(meta.get("steps")):
         parts.append(f"{meta['steps']} steps")
-    if meta.get("batch_size"):
+    if _count(meta.get("batch_size")):
         parts.append(f"batch {meta['batch_size']}")
     seeds = meta.get("seeds")
-    if seeds:
+    if isinstance(seeds, list) and seeds:
         parts.append(f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
     return "RMSProp sweep: " + ", ".join(parts) if parts else "RMSProp sweep"
+
+
+def _count(value) -> bool:
+    """A positive whole number (not a bool)."""
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def _axis_value(value) -> str:

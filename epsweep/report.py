@@ -71,10 +71,14 @@ class Condition:
         if self.op == "!=":
             return not any(_equal(have, v) for v in self.values)
         value = self.values[0]
-        if isinstance(have, (str, bool)) or isinstance(value, (str, bool)):
+        if not _is_number(have) or not _is_number(value):  # names, flags, lists: no order
             return False
         return {"<": have < value, "<=": have <= value or _equal(have, value),
                 ">": have > value, ">=": have >= value or _equal(have, value)}[self.op]
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _equal(have: Any, want: Any) -> bool:
@@ -178,7 +182,8 @@ def sensitivity(records: Sequence[dict], metric: str) -> list[dict]:
             best = max(scored, key=lambda r: r[metric]) if higher else min(scored, key=lambda r: r[metric])
             worst = min(scored, key=lambda r: r[metric]) if higher else max(scored, key=lambda r: r[metric])
             low, high = min(r[metric] for r in scored), max(r[metric] for r in scored)
-            row.update(low=low, high=high, spread=high - low, best_eps=best["eps"], worst_eps=worst["eps"])
+            spread = high - low if math.isfinite(high - low) else None  # None: beyond the float range
+            row.update(low=low, high=high, spread=spread, best_eps=best["eps"], worst_eps=worst["eps"])
         rows.append(row)
     return rows
 

@@ -34,7 +34,7 @@ from typing import Any
 import numpy as np
 
 from epsweep.errors import UserError
-from epsweep.results import render_machine
+from epsweep.results import METRICS, render_machine
 
 STREAM_FORMAT = "epsweep-stream/1"
 SETTING_KEYS = ("eps", "decay", "lr", "momentum", "optimizer", "convention")
@@ -267,6 +267,14 @@ class Loaded:
 
 
 _NUMBER_FIELDS = ("eps", "decay", "lr", "momentum")
+_OPTIONAL_NUMBERS = tuple(f for m in METRICS for f in (m, f"{m}_std"))  # a number or null
+_COUNT_FIELDS = ("diverged_seeds", "seeds")  # whole numbers >= 0
+MAX_JSON_DEPTH = 64  # an epsweep file nests about 5 deep
+MAX_MAGNITUDE = 1e300  # beyond it differences and scales overflow; no sweep makes such numbers
+
+
+class NotReadable(ValueError):
+    """Valid JSON that is no results file: nested too deep, or a number beyond ±1e300."""
 
 
 def _reject_constant(name: str):
@@ -274,11 +282,54 @@ def _reject_constant(name: str):
 
 
 def _json_loads(text: str) -> Any:
-    return json.loads(text, parse_constant=_reject_constant)
+    """Parse JSON text; :class:`NotReadable` for what parses but no results file holds
+    (1e400 parses as infinity, a 400-digit integer fits no float, deep nesting recurses)."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise NotReadable(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if isinstance(value, (dict, list)):
+        problem = _json_problem(value)
+        if problem:
+            raise NotReadable(problem)
+    return value
+
+
+def _json_problem(document: dict | list) -> str | None:
+    """What makes a parsed document unusable, or None: nesting deeper than
+    :data:`MAX_JSON_DEPTH`, or a number beyond :data:`MAX_MAGNITUDE` (named by its place)."""
+    stack: list[tuple[Any, int, tuple]] = [(document, 1, ())]
+    while stack:
+        item, depth, place = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"nested more than {MAX_JSON_DEPTH} levels deep"
+        for key, value in item.items() if isinstance(item, dict) else enumerate(item):
+            kind = type(value)
+            if kind is dict or kind is list:
+                stack.append((value, depth + 1, (place, key)))
+            elif (kind is float or kind is int) and not abs(value) <= MAX_MAGNITUDE:
+                return f"{_place_text((place, key))} is a number beyond ±1e300"
+    return None
+
+
+def _place_text(place: tuple) -> str:
+    keys = []
+    while place:
+        place, key = place
+        keys.append(key)
+    text = ""
+    for key in reversed(keys):
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text or "a value"
 
 
 def _is_number(value: Any) -> bool:
     return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def _is_finite(value: Any) -> bool:
+    """A number (not a bool) within ±:data:`MAX_MAGNITUDE`: finite, and so are differences."""
+    return _is_number(value) and abs(value) <= MAX_MAGNITUDE
 
 
 def check_record(record: Any, where: str) -> dict:
@@ -292,31 +343,46 @@ def check_record(record: Any, where: str) -> dict:
     for key, default in SETTING_DEFAULTS.items():
         record.setdefault(key, default)
     for key in _NUMBER_FIELDS:
-        if not _is_number(record[key]) or not math.isfinite(record[key]):
-            raise UserError(f"{where}: {key} must be a finite number, not {record[key]!r}")
+        if not _is_finite(record[key]):
+            raise UserError(f"{where}: {key} must be a finite number, not {_shown(record[key])}")
     for key, value in record.items():
         if key in _NUMBER_FIELDS or key == "loss_curve" or value is None or isinstance(value, (str, bool)):
             continue
         if _is_number(value):
-            if not math.isfinite(value):
-                raise UserError(f"{where}: {key} is {value!r}; missing numbers must be null")
+            if not _is_finite(value):
+                raise UserError(f"{where}: {key} is {_shown(value)}; missing numbers must be null")
         elif not isinstance(value, (dict, list)):
-            raise UserError(f"{where}: {key} has an unexpected value {value!r}")
-    for key in ("final_loss", "val_loss", "val_accuracy"):
+            raise UserError(f"{where}: {key} has an unexpected value {_shown(value)}")
+    for key in _OPTIONAL_NUMBERS:
         if record.get(key) is not None and not _is_number(record[key]):
-            raise UserError(f"{where}: {key} must be a number or null, not {record[key]!r}")
+            raise UserError(f"{where}: {key} must be a number or null, not {_shown(record[key])}")
     if not isinstance(record["diverged"], bool):
-        raise UserError(f"{where}: diverged must be true or false, not {record['diverged']!r}")
+        raise UserError(f"{where}: diverged must be true or false, not {_shown(record['diverged'])}")
     if not isinstance(record.get("convention"), str) or not isinstance(record.get("optimizer"), str):
         raise UserError(f"{where}: convention and optimizer must be names")
     curve = record.get("loss_curve")
     if curve is not None:
-        if not isinstance(curve, list) or not all(v is None or _is_number(v) for v in curve):
+        if not isinstance(curve, list) or not all(v is None or _is_finite(v) for v in curve):
             raise UserError(f"{where}: loss_curve must be a list of numbers")
     record.setdefault("diverged_seeds", int(record["diverged"]))
     record.setdefault("diverged_step", None)
     record.setdefault("seeds", 1)
+    for key in (*_COUNT_FIELDS, "diverged_step"):
+        value = record[key]
+        if value is None and key == "diverged_step":
+            continue
+        if not (_is_finite(value) and value >= 0 and float(value).is_integer()):
+            rule = "a whole number >= 0" + (" or null" if key == "diverged_step" else "")
+            raise UserError(f"{where}: {key} must be {rule}, not {_shown(value)}")
+        record[key] = int(value)
     return record
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of a value read from a file, cut short (a crafted value may be huge)."""
+    big_int = isinstance(value, int) and abs(value) > 10**20
+    text = f"an integer of {len(str(abs(value)))} digits" if big_int else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
 def read_stream(path: Path) -> Loaded:
@@ -346,6 +412,8 @@ def read_stream(path: Path) -> Loaded:
             value = _json_loads(line.decode("utf-8"))
         except UnicodeDecodeError:
             raise UserError(f"{where}: not UTF-8 text") from None
+        except NotReadable as e:
+            raise UserError(f"{where}: {e}") from None
         except ValueError as e:
             raise UserError(f"{where}: not valid JSON ({_short(e)})") from None
         if isinstance(value, dict) and set(value) == {"meta"}:
@@ -387,6 +455,8 @@ def _read_json(path: Path) -> Loaded:
         document = _json_loads(raw.decode("utf-8"))
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
+    except NotReadable as e:
+        raise UserError(f"{path}: {e}") from None
     except ValueError as e:
         raise UserError(f"{path}: not valid JSON ({_short(e)})") from None
     if isinstance(document, list):
@@ -442,8 +512,10 @@ def _csv_value(name: str, cell: str, where: str) -> Any:
         if name in _NUMBER_FIELDS or name in _CSV_INTS or name.endswith(("_loss", "_accuracy", "_std")):
             raise UserError(f"{where}: {name} {cell!r} is not a number") from None
         return cell
-    if not math.isfinite(value):
+    if cell.lower().lstrip("+-") in ("nan", "inf", "infinity"):
         raise UserError(f"{where}: {name} is {cell}; missing numbers must be empty cells")
+    if not abs(value) <= MAX_MAGNITUDE:  # 1e400 reads as infinity
+        raise UserError(f"{where}: {name} {_shown(cell)} is a number beyond ±1e300")
     return int(value) if name in _CSV_INTS and value.is_integer() else value
 
 
@@ -462,7 +534,50 @@ def read_results(path: Path) -> Loaded:
         loaded = _read_csv(path)
     else:
         raise UserError(f"{path}: cannot tell the format (expected .json, .jsonl or .csv)")
+    loaded.meta, notes = clean_meta(loaded.meta, str(path))
+    loaded.notes += notes
     return loaded
+
+
+def _whole(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _names_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What a report or plot shows of the meta: each key's test and what it should hold.
+META_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format": (lambda v: isinstance(v, str), "a name"),
+    "title": (lambda v: isinstance(v, str), "text"),
+    "task": (lambda v: isinstance(v, str), "a name"),
+    "data": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)
+             and all(_whole(v.get(k)) for k in ("train", "val")),
+             'an object with "name", "train" and "val"'),
+    "steps": (lambda v: _whole(v, 1), "a positive whole number"),
+    "batch_size": (lambda v: _whole(v, 1), "a positive whole number"),
+    "seeds": (lambda v: isinstance(v, list) and all(_whole(s) for s in v), "a list of seeds"),
+    "settings": (_whole, "a whole number"),
+    "chunk_size": (lambda v: _whole(v, 1), "a positive whole number"),
+    "conventions": (_names_list, "a list of names"),
+    "optimizers": (_names_list, "a list of names"),
+}
+
+
+def clean_meta(meta: dict, where: str) -> tuple[dict, list[str]]:
+    """The meta of a file read back, without the shown keys (:data:`META_KEYS`) whose value
+    has the wrong type (null is kept: "not known"), and a note for each key dropped."""
+    kept, notes = {}, []
+    for key, value in meta.items():
+        check = META_KEYS.get(key)
+        if value is None or check is None or check[0](value):
+            kept[key] = value
+        else:
+            text = json.dumps(value)
+            text = text if len(text) <= 40 else text[:37] + "..."
+            notes.append(f"{where}: ignored meta {key} {text} (expected {check[1]})")
+    return kept, notes
 
 
 # --- streaming sweeps -------------------------------------------------------------------------

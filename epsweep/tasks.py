@@ -116,8 +116,18 @@ def quadratic_task() -> Task:
     return Task("quadratic", ("quadratic",), init, loss, None, None, False, default_epochs=None, default_steps=100)
 
 
-def build_task(name: str = "mlp", dataset: str = "digits", val_split: float = 0.2, data_seed: int = 0) -> Task:
-    """Build a built-in task by name: ``mlp`` (default), ``cnn``, ``toy`` or ``quadratic``."""
+DEFAULT_DATASET = "digits"
+OWN_DATA_TASKS = ("quadratic", "toy")  # no data, or data of their own: a dataset is an error
+
+
+def build_task(name: str = "mlp", dataset: str = DEFAULT_DATASET, val_split: float = 0.2, data_seed: int = 0) -> Task:
+    """Build a built-in task by name: ``mlp`` (default), ``cnn``, ``toy`` or ``quadratic``.
+
+    ``quadratic`` and ``toy`` bring their own data (none, or their own synthetic set), so any
+    ``dataset`` other than the default is refused rather than silently ignored.
+    """
+    if name in OWN_DATA_TASKS and dataset not in (None, DEFAULT_DATASET):
+        raise UserError(f"task {name} takes no dataset (got --dataset {dataset})")
     if name == "quadratic":
         return quadratic_task()
     if name == "toy":

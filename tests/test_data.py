@@ -7,7 +7,7 @@ import struct
 import numpy as np
 import pytest
 
-from epsweep.data import digits, load_arrays, load_dataset, read_idx, synthetic
+from epsweep.data import MAX_CLASSES, digits, load_arrays, load_dataset, read_idx, split, synthetic
 from epsweep.errors import UserError
 
 
@@ -92,6 +92,12 @@ def test_keras_and_plain_npz(tmp_path):
     (dict(x=np.zeros((4, 2)), y=np.full(4, 0.5)), "whole numbers"),
     (dict(x=np.zeros((0, 2)), y=np.zeros(0)), "empty"),
     (dict(x=np.zeros((4, 2, 2, 2, 2)), y=np.zeros(4)), "inputs must have shape"),
+    (dict(x=np.float32(1), y=np.zeros(1)), "got a scalar"),
+    (dict(x=np.zeros((4, 0)), y=np.zeros(4)), r"no features \(shape \(4, 0\)\)"),
+    (dict(x=np.zeros((4, 0, 0), np.uint8), y=np.zeros(4)), r"no features \(shape \(4, 0, 0\)\)"),
+    (dict(x=np.zeros((4, 2)), y=np.array([0, 1, 2, 2e9])), "labels go up to 2,000,000,000; at most 100,000"),
+    (dict(x=np.zeros((4, 2)), y=np.array([0, 1, 2, 2**40])), "labels go up to 1,099,511,627,776"),
+    (dict(x=np.zeros((4, 2)), y=np.array([0, 1, 2, 1e300])), "labels go up to 1e[+]300"),
 ])
 def test_malformed_npz(tmp_path, arrays, message):
     np.savez(tmp_path / "bad.npz", **arrays)
@@ -114,3 +120,51 @@ def test_missing_and_unknown_files(tmp_path):
     (tmp_path / "trunc.npz").write_bytes(b"PK\x03\x04garbage")
     with pytest.raises(UserError, match="not a readable .npz"):
         load_arrays(str(tmp_path / "trunc.npz"))
+
+
+def test_largest_label_allowed_and_class_count_passed_through(tmp_path):
+    np.savez(tmp_path / "many.npz", x=np.zeros((4, 2)), y=np.array([0, 1, 2, MAX_CLASSES - 1]))
+    _, x, y = load_arrays(str(tmp_path / "many.npz"))
+    assert split("many", x, y, 0.0).num_classes == MAX_CLASSES
+    labels = np.array([0, 1, 0, 1])
+    assert split("folders", np.zeros((4, 2)), labels, 0.0, num_classes=3).num_classes == 3  # a class with no data
+    assert split("folders", np.zeros((4, 2)), labels, 0.0).num_classes == 2
+    with pytest.raises(UserError, match="at most 100,000"):
+        split("folders", np.zeros((4, 2)), labels, 0.0, num_classes=MAX_CLASSES + 1)
+
+
+# --- images (Pillow) --------------------------------------------------------------------------
+
+
+def test_decompression_bomb_is_skipped_and_its_class_still_counts(tmp_path, monkeypatch):
+    from PIL import Image
+
+    from epsweep.images import load_image_dataset
+
+    for name, side in (("ants", 20), ("bees", 20), ("wasps", 50)):
+        (tmp_path / name).mkdir()
+        Image.fromarray(np.zeros((side, side, 3), np.uint8)).save(tmp_path / name / "x.png")
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # beyond 2,000 pixels is a bomb: 50 x 50 is one
+    warnings = []
+    data = load_image_dataset(str(tmp_path), 16, 0.0, warn=warnings.append)
+    assert data.num_classes == 3 and sorted(data.y_train.tolist()) == [0, 1]  # wasps: the last class, kept
+    assert any("wasps/x.png" in w and "decompression bomb" in w for w in warnings), warnings
+    assert any("class 'wasps' has no readable images" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("scale", [1.0, 255.0])
+def test_float_images_in_0_1_or_0_255_give_the_same_pixels(scale):
+    from epsweep.images import resize_arrays
+
+    x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1)).astype(np.float32)
+    pixels = resize_arrays(x / 255.0 * scale, 8)
+    np.testing.assert_array_equal(pixels[..., 0], x[..., 0].astype(np.uint8))
+
+
+@pytest.mark.parametrize("values", [(-1.0, 1.0), (0.0, 300.0)])
+def test_float_images_out_of_both_ranges_are_refused(values):
+    from epsweep.images import resize_arrays
+
+    x = np.linspace(*values, 2 * 8 * 8).reshape(2, 8, 8, 1)
+    with pytest.raises(UserError, match="expected 0..1 or 0..255"):
+        resize_arrays(x, 8, source="my.npz")

@@ -5,9 +5,11 @@ import io
 import json
 import os
 import shutil
+import struct
 import subprocess
 import sys
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -18,6 +20,16 @@ from epsweep.cli import main
 EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
 RECORD = {"eps": 1e-8, "decay": 0.9, "lr": 0.01, "momentum": 0.0, "convention": "optax", "final_loss": 0.5,
           "val_loss": 0.6, "val_accuracy": 0.9, "diverged": False, "loss_curve": [2.3, 1.0, 0.5]}
+HUGE = "1" + "0" * 400  # a JSON integer no float holds
+
+
+def png_header(width, height):
+    """A PNG that claims ``width x height`` pixels (no pixel data): Pillow refuses it on open."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
 
 
 @pytest.fixture(scope="module")
@@ -39,6 +51,14 @@ def files(tmp_path_factory):
     np.savez(d / "negative_labels.npz", x=rng.random((40, 4)), y=-np.ones(40, int))
     np.savez(d / "wrong_keys.npz", images=rng.random((40, 4)), labels=np.arange(40) % 3)
     np.savez(d / "empty_arrays.npz", x=np.zeros((0, 4)), y=np.zeros(0, int))
+    np.savez(d / "scalar.npz", x=np.float32(3), y=np.int64(1))
+    np.savez(d / "huge_label.npz", x=rng.random((40, 4)), y=np.r_[np.arange(39) % 3, 2e9])
+    np.savez(d / "huge_int_label.npz", x=rng.random((40, 4)), y=np.r_[np.arange(39) % 3, 2**40])
+    np.savez(d / "no_features.npz", x=np.zeros((10, 0)), y=np.arange(10) % 2)
+    np.savez(d / "no_pixels.npz", x=np.zeros((10, 0, 0)), y=np.arange(10) % 2)
+    np.savez(d / "standardised.npz", x=rng.normal(size=(10, 8, 8)), y=np.arange(10) % 2)
+    (d / "bombs" / "cats").mkdir(parents=True)
+    (d / "bombs" / "cats" / "bomb.png").write_bytes(png_header(20_000, 20_000))  # 400 megapixels
     with zipfile.ZipFile(d / "pickled.npz", "w") as z:  # an object array needs pickle: refused
         buffer = io.BytesIO()
         np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
@@ -71,6 +91,18 @@ def files(tmp_path_factory):
     (d / "other_run.jsonl").write_text(json.dumps({"meta": {"format": "epsweep-stream/1", "run": {"steps": 1}}})
                                        + "\n" + json.dumps(RECORD) + "\n")
     (d / "notes.jsonl").write_text("these are my notes\n")
+    (d / "deep.json").write_text("[" * 100_000)
+    (d / "deep.jsonl").write_text("[" * 100_000 + "\n")
+    nested = []
+    for _ in range(80):
+        nested = [nested]
+    (d / "deep_field.json").write_text(json.dumps({"results": [{**RECORD, "notes": nested}]}))
+    (d / "huge_eps.json").write_text(json.dumps({"results": [RECORD]}).replace("1e-08", HUGE))
+    (d / "huge_loss.jsonl").write_text(json.dumps(RECORD).replace('"final_loss": 0.5', f'"final_loss": {HUGE}') + "\n")
+    (d / "huge_curve.json").write_text(json.dumps({"results": [{**RECORD, "loss_curve": [1.0, 1e301]}]}))
+    (d / "huge.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9,0.1,1e400,False\n")
+    (d / "string_std.json").write_text(json.dumps({"results": [{**RECORD, "final_loss_std": "abc"}]}))
+    (d / "string_seeds.json").write_text(json.dumps({"results": [{**RECORD, "seeds": "many"}]}))
     return d
 
 
@@ -97,6 +129,14 @@ CASES = [
     (["grid", "--chunk-size", "0"], "--chunk-size: 0 must be a positive integer"),
     (["grid", "--val-split", "1"], "--val-split: 1 is out of range"),
     (["grid", "--val-split", "nan"], "--val-split: nan is out of range"),
+    # numbers the float32 engine would silently change
+    (["grid", "--decay", "0.999999999999"], "--decay: 0.999999999999 rounds to 1 in float32"),
+    (["grid", "--decay", "0.999999999999"], "use at most 0.99999994"),
+    (["grid", "--momentum", "0.99999999"], "--momentum: 0.99999999 rounds to 1 in float32"),
+    (["grid", "--eps", "1e-50"], "--eps: 1e-50 becomes 0 in float32"),
+    (["grid", "--eps", "1e-40"], "use 0 or at least 1.1754944e-38"),
+    (["grid", "--lr", "1e300"], "--lr: 1e+300 overflows float32"),
+    (["grid", "--lr", "1e-45"], "--lr: 1e-45 becomes 0 in float32"),
     # empty or huge grids
     (["grid", "--eps", ""], "--eps: empty value in ''"),
     (["grid", "--eps", ","], "--eps: empty value in ','"),
@@ -122,6 +162,20 @@ CASES = [
     (["grid", "--dataset", "{d}"], "truncated IDX header"),
     (["grid", "--dataset", "{d}/data.txt"], "unknown dataset format"),
     (["grid", "--task", "cnn", "--dataset", "{d}/fraction_labels.npz"], "labels must be whole numbers"),
+    (["grid", "--dataset", "{d}/scalar.npz"], "scalar.npz: inputs must have shape (N, features), (N, H, W) or"),
+    (["grid", "--dataset", "{d}/scalar.npz"], "(N, H, W, C); got a scalar"),
+    (["grid", "--dataset", "{d}/huge_label.npz"], "labels go up to 2,000,000,000; at most 100,000 classes"),
+    (["grid", "--dataset", "{d}/huge_int_label.npz"], "labels go up to 1,099,511,627,776"),
+    (["grid", "--dataset", "{d}/no_features.npz"], "inputs have no features (shape (10, 0))"),
+    (["grid", "--dataset", "{d}/no_pixels.npz"], "inputs have no features (shape (10, 0, 0))"),
+    (["grid", "--task", "quadratic", "--dataset", "/no/such.npz"],
+     "task quadratic takes no dataset (got --dataset /no/such.npz)"),
+    (["grid", "--task", "toy", "--dataset", "synthetic"], "task toy takes no dataset (got --dataset synthetic)"),
+    # images for inception: a decompression bomb is skipped (here: nothing else to read); 0..1 or 0..255 only
+    (["inception", "--dataset", "{d}/bombs", "--image-size", "75", "--steps", "1", "-q"],
+     "none of the 1 images could be read"),
+    (["inception", "--dataset", "{d}/standardised.npz", "--image-size", "75", "--steps", "1", "-q"],
+     "expected 0..1 or 0..255"),
     # unwritable output paths (a parent that is a file works even for root)
     (["grid", "--output", "{d}/a_file/out.jsonl"], "--output: {d}/a_file is not a directory"),
     (["grid", "--output", "{d}"], "is a directory"),
@@ -162,6 +216,17 @@ CASES = [
     (["report", "{d}/ragged.csv"], "2 cells but the header has 5"),
     (["report", "{d}/nan.csv"], "eps is nan; missing numbers must be empty cells"),
     (["report", "{d}/results.xml"], "cannot tell the format (expected .json, .jsonl or .csv)"),
+    (["report", "{d}/deep.json"], "deep.json: nested more than 64 levels deep"),
+    (["report", "{d}/deep.jsonl"], "deep.jsonl, line 1: nested more than 64 levels deep"),
+    (["report", "{d}/deep_field.json"], "nested more than 64 levels deep"),
+    (["report", "{d}/huge_eps.json"], "results[0].eps is a number beyond ±1e300"),
+    (["report", "{d}/huge_loss.jsonl"], "line 1: final_loss is a number beyond ±1e300"),
+    (["report", "{d}/huge_curve.json"], "results[0].loss_curve[1] is a number beyond ±1e300"),
+    (["report", "{d}/huge.csv"], "line 2: final_loss '1e400' is a number beyond ±1e300"),
+    (["report", "{d}/string_std.json"], "final_loss_std must be a number or null, not 'abc'"),
+    (["report", "{d}/string_seeds.json"], "seeds must be a whole number >= 0, not 'many'"),
+    (["plot", "{d}/deep.json", "-o", "{d}/p.png"], "nested more than 64 levels deep"),
+    (["plot", "{d}/huge_eps.json", "-o", "{d}/p.png"], "is a number beyond ±1e300"),
     (["report"], "Missing argument"),
     # report: bad options
     (["report", "{d}/good.json", "--top", "0"], "--top: 0 must be a positive integer"),
@@ -197,6 +262,35 @@ def test_exit_2_with_one_clear_line(args, message, files, capsys, monkeypatch):
     assert err.startswith("epsweep: error: ") and err.count("\n") == 1, err
     assert message.replace("{d}", str(files)) in err
     assert "Traceback" not in err and out == ""
+
+
+BAD_META = [
+    ({"data": {}}, 'ignored meta data {} (expected an object with "name", "train" and "val")'),
+    ({"seeds": 5}, "ignored meta seeds 5 (expected a list of seeds)"),
+    ({"title": 5}, "ignored meta title 5 (expected text)"),
+    ({"steps": "abc"}, 'ignored meta steps "abc" (expected a positive whole number)'),
+    ({"settings": [1]}, "ignored meta settings [1] (expected a whole number)"),
+    ({"data": {"name": 5, "train": "a"}, "task": ["mlp"]}, "ignored meta task"),
+]
+
+
+@pytest.mark.parametrize("meta, note", BAD_META, ids=[json.dumps(m)[:40] for m, _ in BAD_META])
+@pytest.mark.parametrize("command", ["report", "plot"])
+def test_malformed_meta_is_dropped_with_a_note(meta, note, command, tmp_path, capsys):
+    """The records are fine, so they are shown; each meta key of the wrong type is ignored, saying so."""
+    if command == "plot":
+        pytest.importorskip("matplotlib")
+    path = tmp_path / "bad_meta.json"
+    path.write_text(json.dumps({"meta": meta, "results": [RECORD, {**RECORD, "eps": 1.0}]}))
+    argv = [command, str(path)] + (["-o", str(tmp_path / "p.png")] if command == "plot" else [])
+    code = main(argv)
+    out, err = capsys.readouterr()
+    assert code == 0, err
+    assert note in err and "Traceback" not in err
+    if command == "plot":
+        assert (tmp_path / "p.png").stat().st_size > 0
+    else:
+        assert "final loss" in out
 
 
 def test_there_are_at_least_30_cases():

@@ -174,3 +174,31 @@ def test_plot_without_matplotlib_says_how_to_get_it(saved, tmp_path, monkeypatch
     err = capsys.readouterr().err
     assert err == "epsweep: error: plotting needs matplotlib, an optional extra: pip install 'epsweep[plot]'\n"
     assert not (tmp_path / "x.png").exists()
+
+
+def test_titles_leave_out_meta_of_the_wrong_type():
+    from epsweep.render import _title, records_table
+
+    assert _title({"task": 5, "data": {}, "steps": "abc", "batch_size": True, "seeds": 5}) == "RMSProp sweep"
+    assert _title({"data": {"name": "x.npz"}, "steps": 10}) == "RMSProp sweep: data x.npz, 10 steps"
+    assert records_table(RECORDS, {"title": 5, "task": "mlp"}).title == "RMSProp sweep: task mlp"
+
+
+def test_where_orders_only_numbers(tmp_path):
+    path = tmp_path / "mixed.json"
+    path.write_text(json.dumps([{**RECORDS[0], "note": 1}, {**RECORDS[1], "note": [1]}, {**RECORDS[2], "note": "a"}]))
+    report = build_report(read_results(path), where=["note<2"])
+    assert [r["note"] for r in report.records] == [1]
+
+
+def test_extreme_but_allowed_numbers_report_and_plot(tmp_path, capsys):
+    path = tmp_path / "extreme.json"
+    extreme = [{**RECORDS[i], "val_accuracy": None, "val_loss": None, "final_loss": v, "diverged": False,
+                "loss_curve": [v, -v]} for i, v in enumerate((1e300, -1e300, 1e-300))]
+    path.write_text(json.dumps({"results": extreme}))
+    assert main(["report", str(path), "-f", "json"]) == 0
+    sensitivity = json.loads(capsys.readouterr().out)["sensitivity"]
+    assert sensitivity[0]["spread"] == 2e300  # numbers within ±1e300 keep every difference finite
+    assert main(["report", str(path)]) == 0 and "Traceback" not in capsys.readouterr().err
+    pytest.importorskip("matplotlib")
+    assert main(["plot", str(path), "-o", str(tmp_path / "x.png"), "-q"]) == 0

@@ -18,6 +18,8 @@ from epsweep.cli import main
 from epsweep.errors import UserError
 from epsweep.grid import Grid
 from epsweep.store import (
+    MAX_JSON_DEPTH,
+    clean_meta,
     default_stream_chunk,
     read_results,
     read_stream,
@@ -69,6 +71,50 @@ def test_save_results_falls_back_when_the_target_is_gone(tmp_path):
         assert json.loads(fallback.read_text())["results"] == records
     finally:
         fallback.unlink()
+
+
+# --- reading crafted results files ------------------------------------------------------------
+
+GOOD = {"eps": 1e-8, "decay": 0.9, "lr": 0.01, "final_loss": 0.5, "diverged": False}
+
+
+def nested(depth):
+    value = []
+    for _ in range(depth - 1):
+        value = [value]
+    return value
+
+
+@pytest.mark.parametrize("text, message", [
+    ("[" * 100_000, "nested more than 64 levels deep"),  # RecursionError inside json
+    (json.dumps([{**GOOD, "x": nested(MAX_JSON_DEPTH)}]), "nested more than 64 levels deep"),
+    (json.dumps([GOOD]).replace("0.5", "1" + "0" * 400), r"\[0\]\.final_loss is a number beyond ±1e300"),
+    (json.dumps([GOOD]).replace("0.5", "-1e301"), r"\[0\]\.final_loss is a number beyond ±1e300"),
+    ('{"meta": {"steps": 1e999}, "results": []}', r"meta\.steps is a number beyond ±1e300"),  # 1e999 reads as inf
+    (json.dumps([{**GOOD, "diverged_step": 2.5}]), "diverged_step must be a whole number >= 0 or null, not 2.5"),
+    (json.dumps([{**GOOD, "eps_dominated": [1]}]), r"eps_dominated must be a number or null, not \[1\]"),
+])
+def test_crafted_json_is_a_user_error(tmp_path, text, message):
+    path = tmp_path / "crafted.json"
+    path.write_text(text)
+    with pytest.raises(UserError, match=message):
+        read_results(path)
+
+
+def test_nesting_up_to_the_limit_and_big_numbers_within_it_are_read(tmp_path):
+    path = tmp_path / "ok.json"
+    # the document, its results list and a record take 3 levels; the value adds the rest
+    path.write_text(json.dumps({"results": [{**GOOD, "final_loss": -1e300, "x": nested(MAX_JSON_DEPTH - 3)}]}))
+    assert read_results(path).records[0]["final_loss"] == -1e300
+
+
+def test_meta_keys_of_the_wrong_type_are_dropped_with_a_note():
+    meta = {"task": "mlp", "steps": "abc", "seeds": 5, "data": {"name": "digits"}, "title": None, "extra": [1]}
+    kept, notes = clean_meta(meta, "f.json")
+    assert kept == {"task": "mlp", "title": None, "extra": [1]}  # null means "not known"; unknown keys stay
+    assert notes == ['f.json: ignored meta steps "abc" (expected a positive whole number)',
+                     "f.json: ignored meta seeds 5 (expected a list of seeds)",
+                     'f.json: ignored meta data {"name": "digits"} (expected an object with "name", "train" and "val")']
 
 
 # --- streaming and resume (in-process, quadratic task: compiles in a second) --------------------
