@@ -58,11 +58,23 @@ def normalize_argv(argv: list[str]) -> list[str]:
     return out
 
 
+_stdin_readers: set[str] = set()
+
+
 @functools.lru_cache(maxsize=1)
 def _stdin_text() -> str:
     if sys.stdin is None or sys.stdin.isatty():
         raise UserError("'-' reads values from standard input, but nothing is piped in")
     return sys.stdin.read()
+
+
+def _stdin_for(name: str) -> str:
+    """Standard input's values for option ``--name``; only one option may read them."""
+    _stdin_readers.add(name)
+    if len(_stdin_readers) > 1:
+        raise UserError(f"only one option can read values from standard input ('-'); "
+                        f"got {' and '.join('--' + n for n in sorted(_stdin_readers))}")
+    return _stdin_text()
 
 
 app = typer.Typer(
@@ -143,7 +155,7 @@ ResumeOpt = Annotated[
 def _values(tokens: list[str] | None, name: str) -> list[float] | None:
     from epsweep.grid import parse_values
 
-    return None if tokens is None else parse_values(tokens, name, read_stdin=_stdin_text)
+    return None if tokens is None else parse_values(tokens, name, read_stdin=lambda: _stdin_for(name))
 
 
 def _grid(eps, decay, lr, momentum):
@@ -439,9 +451,9 @@ def run_sweep(
         # records arrive progressively; decided here so that every process runs the same chunks
         import dataclasses
 
-        from epsweep.store import default_stream_chunk
+        from epsweep.store import stream_chunk
 
-        config = dataclasses.replace(config, chunk_size=default_stream_chunk(len(grid)))
+        config = dataclasses.replace(config, chunk_size=stream_chunk(task, config, len(grid)))
     saved = {"saved": 0, "total": 0}
 
     def message() -> str:
@@ -574,6 +586,7 @@ def _error(message: str) -> None:
 def main(argv: list[str] | None = None) -> int:
     """Entry point of the ``epsweep`` executable; returns the exit code."""
     args = normalize_argv(list(sys.argv[1:] if argv is None else argv))
+    _stdin_readers.clear()  # one invocation's state (main may run several times in a process)
     try:
         code = app(args=args, prog_name="epsweep", standalone_mode=False)
     except UserError as e:

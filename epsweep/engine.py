@@ -499,6 +499,11 @@ def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:
 _estimates: dict[tuple, memory.Estimate] = {}
 
 
+def estimate(task: Task, settings: TrainSettings) -> memory.Estimate:
+    """:func:`epsweep.memory.estimate`, kept per (task, settings)."""
+    return _estimate(task, settings)
+
+
 def _estimate(task: Task, settings: TrainSettings) -> memory.Estimate:
     key = (task.key, settings)
     if key not in _estimates:

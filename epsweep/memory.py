@@ -135,7 +135,7 @@ def plan_chunk(
 ) -> int:
     """Settings per compiled call: a multiple of the device count.
 
-    ``chunk_size`` is rounded up to that multiple. Otherwise each device gets as many settings
+    ``chunk_size`` (at most ``total``) is rounded up to that multiple. Otherwise each device gets as many settings
     as fit its memory budget and, when the CPU has a device per core, no more than keep
     CACHE_STATE_COPIES copies of their training state within a core's L2 cache (but at least
     CPU_MIN_PER_DEVICE): on the default task 4 settings per core train about 1.5x faster per
@@ -143,8 +143,8 @@ def plan_chunk(
     small.
     """
     n = len(devices)
-    if chunk_size is not None:
-        return math.ceil(chunk_size / n) * n
+    if chunk_size is not None:  # no more than the grid needs: padding is wasted work
+        return math.ceil(min(chunk_size, total) / n) * n
     per_seed = max(1, seeds) * est.per_config
     fit = max(1, (min(device_budget(d) for d in devices) - est.fixed) // per_seed)
     if devices[0].platform == "cpu" and len(jax.local_devices(backend="cpu")) >= available_cores():

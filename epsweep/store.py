@@ -195,7 +195,7 @@ def run_description(task, config) -> dict:
         described["data"] = {k: v for k, v in data.items() if k != "name"}
     train = config.train_settings(task, config.conventions[0])
     fixed = {k: v for k, v in dataclasses.asdict(train).items()
-             if k not in ("convention", "optimizer", "progress_every")}
+             if k not in ("convention", "optimizer")}
     fixed["centered"] = config.centered
     return _plain({
         "task": described,
@@ -246,9 +246,18 @@ def stream_header(task, grid, config, description: dict, chunk_size: int) -> dic
 
 
 def default_stream_chunk(settings: int) -> int:
-    """Settings per compiled call when streaming with no --chunk-size: about
-    :data:`STREAM_CHUNKS` pieces, so records arrive progressively at little cost."""
+    """About :data:`STREAM_CHUNKS` pieces of ``settings``, so that records arrive progressively
+    at little cost."""
     return max(1, math.ceil(settings / STREAM_CHUNKS))
+
+
+def stream_chunk(task, config, settings: int) -> int:
+    """Settings per compiled call when streaming with no --chunk-size: about
+    :data:`STREAM_CHUNKS` pieces, but never more than the engine would put in one call for
+    memory (or, on CPU, cache) reasons. Process 0's value in every process."""
+    from epsweep.sweep import planned_chunk_size
+
+    return min(default_stream_chunk(settings), planned_chunk_size(task, config, settings))
 
 
 # --- reading results files ----------------------------------------------------------------
@@ -698,7 +707,7 @@ def stream_sweep(
     if chunk is None and resume and existing is not None:
         chunk = existing.meta.get("chunk_size")
     if not isinstance(chunk, int) or chunk < 1:
-        chunk = default_stream_chunk(len(settings))
+        chunk = stream_chunk(task, config, len(settings))
     config = dataclasses.replace(config, chunk_size=chunk)
 
     # Which settings to train: the missing ones, topped up with finished ones where fewer

@@ -19,6 +19,9 @@ from epsweep.results import METRICS, fold_seeds
 from epsweep.tasks import Task, build_task
 
 
+MAX_SEEDS = 10_000
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """How every setting of a sweep is trained.
@@ -48,8 +51,15 @@ class RunConfig:
             value = getattr(self, name)
             if value is not None and value < 1:
                 raise UserError(f"--{name.replace('_', '-')}: {value} must be a positive integer")
+        if self.seeds > MAX_SEEDS:
+            raise UserError(f"--seeds: {self.seeds} is more than {MAX_SEEDS:,} seeds")
         if self.first_seed < 0 or self.first_seed + self.seeds > 2**32:
-            raise UserError("--seed: seeds must lie in [0, 2^32)")
+            raise UserError(f"--seed: {self.first_seed} must lie in [0, 2^32 - {self.seeds}] "
+                            f"(the seeds are --seed, --seed + 1, ...)")
+        if self.steps is not None and self.steps > engine.MAX_STEPS:
+            raise UserError(f"--steps: {self.steps} is more than {engine.MAX_STEPS:,}")
+        if not self.curve_points <= engine.MAX_CURVE_POINTS:
+            raise UserError(f"curve_points: {self.curve_points} is more than {engine.MAX_CURVE_POINTS}")
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise UserError(f"--clip-norm: {self.clip_norm:g} must be > 0")
         if self.lr_decay_rate is not None and not 0 < self.lr_decay_rate <= 1:
@@ -86,6 +96,9 @@ class RunConfig:
             if task.data is None:
                 raise UserError(f"task {task.name} has no data, so no epochs; use --steps")
             steps = self.epochs * steps_per_epoch
+            if steps > engine.MAX_STEPS:
+                raise UserError(f"--epochs: {self.epochs} epochs of {steps_per_epoch} steps is more than "
+                                f"{engine.MAX_STEPS:,} steps")
         else:
             steps = task.default_steps or (task.default_epochs or 1) * steps_per_epoch
         decay_steps = None
@@ -99,6 +112,19 @@ class RunConfig:
             eval_batch_size=task.eval_batch_size,
             lr_decay_steps=decay_steps,
         )
+
+
+def planned_chunk_size(task: Task, config: RunConfig, settings: int) -> int:
+    """How many of ``settings`` the engine would train per compiled call with no
+    ``chunk_size`` (memory, and on CPU the cache; see :func:`epsweep.memory.plan_chunk`), for
+    the first optimizer and convention of ``config``; process 0's value in every process."""
+    from epsweep import memory
+
+    optimizer, convention = config.programs()[0]
+    train = config.train_settings(task, convention, optimizer)
+    devices = parallel.config_devices(settings)
+    planned = memory.plan_chunk(settings, config.seeds, devices, engine.estimate(task, train), None)
+    return parallel.agree(planned)
 
 
 @dataclasses.dataclass

@@ -125,7 +125,10 @@ CASES = [
     (["grid", "--steps", "ten"], "Invalid value for '--steps'"),
     (["grid", "--batch-size", "0"], "--batch-size: 0 must be a positive integer"),
     (["grid", "--seeds", "0"], "--seeds: 0 must be a positive integer"),
-    (["grid", "--seed", "-1"], "--seed: seeds must lie in [0, 2^32)"),
+    (["grid", "--seed", "-1"], "--seed: -1 must lie in [0, 2^32 - 1]"),
+    (["grid", "--seeds", "99999999999"], "--seeds: 99999999999 is more than 10,000 seeds"),
+    (["grid", "--steps", "99999999999"], "--steps: 99999999999 is more than 10,000,000"),
+    (["grid", "--epochs", "99999999"], "--epochs: 99999999 epochs of 44 steps is more than 10,000,000 steps"),
     (["grid", "--chunk-size", "0"], "--chunk-size: 0 must be a positive integer"),
     (["grid", "--val-split", "1"], "--val-split: 1 is out of range"),
     (["grid", "--val-split", "nan"], "--val-split: nan is out of range"),
@@ -320,3 +323,12 @@ def test_through_the_executable(args, message, files):
                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdin=subprocess.DEVNULL)
     assert out.returncode == 2 and out.stdout == ""
     assert out.stderr.startswith("epsweep: error: ") and out.stderr.count("\n") == 1 and message in out.stderr
+
+
+def test_only_one_option_reads_stdin(files):
+    """'-' twice would hand the same piped values to two axes: refused, naming both."""
+    done = subprocess.run([EXE, "grid", "--eps", "-", "--lr", "-", "--steps", "1"], input="1e-8 1",
+                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr.strip().splitlines() == [
+        "epsweep: error: only one option can read values from standard input ('-'); got --eps and --lr"]

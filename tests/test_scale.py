@@ -132,6 +132,7 @@ def test_plan_chunk_follows_the_budget(monkeypatch):
     assert memory.plan_chunk(8, 1, devices, est) == 4  # 2 calls of 4 pad nothing; 6 would pad 4
     assert memory.plan_chunk(100, 3, devices, est) == 2  # 3 seeds: one configuration per device
     assert memory.plan_chunk(100, 1, devices, est, chunk_size=5) == 6  # rounded up to the devices
+    assert memory.plan_chunk(3, 1, devices, est, chunk_size=10**11) == 4  # never more than the grid needs
     small = memory.Estimate(per_config=1, state=10, fixed=0)  # the budget allows any number
     copies = memory.CACHE_STATE_COPIES
     monkeypatch.setattr(memory, "l2_cache_bytes", lambda: copies * 10 * 5)  # the cache holds 5 settings

@@ -10,6 +10,7 @@ import sys
 import time
 from pathlib import Path
 
+import jax
 import numpy as np
 import pytest
 
@@ -270,3 +271,20 @@ def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
     capsys.readouterr()
     assert lines_of(out)[1:] == lines_of(reference)[1:]
     assert len(lines_of(out)) == 13
+
+
+def test_streaming_never_puts_more_in_a_call_than_memory_allows(mlp_task, monkeypatch):
+    """With no --chunk-size a stream arrives in about 8 pieces, unless the memory plan asks
+    for smaller calls: then the plan wins (a large model must not run out of memory)."""
+    from epsweep import engine, memory
+    from epsweep.store import stream_chunk
+    from epsweep.sweep import RunConfig, planned_chunk_size
+
+    config = RunConfig(steps=5, batch_size=8)
+    est = engine.estimate(mlp_task, config.train_settings(mlp_task, "optax"))
+    monkeypatch.setattr(memory, "device_budget", lambda device: est.fixed + 3 * est.per_config)  # 3 a device
+    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: 10**12)
+    planned = planned_chunk_size(mlp_task, config, 100)
+    assert planned == 3 * len(jax.devices())
+    assert stream_chunk(mlp_task, config, 100) == planned  # not ceil(100 / 8) = 13
+    assert stream_chunk(mlp_task, config, 16) == 2  # a small grid: 8 pieces still
