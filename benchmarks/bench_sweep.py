@@ -14,8 +14,10 @@ and accuracy of every setting):
   keras loop     Keras 3 ``model.fit`` with ``keras.optimizers.RMSprop``, one setting after
                  another (a fresh model each time), on the backend given by --keras-backend
 
-Steady state (compilation and start-up excluded) is measured inside a process for epsweep (a
-second sweep of new values) and for the jax loop (every setting after the first).
+Steady state (compilation and start-up excluded) is measured inside a process: for epsweep the
+median of three sweeps of new values after a first one that compiles, for the jax loop the
+median time of a setting after the first, times G. Medians, because this machine's other work
+moves single timings by 10-30%.
 
 FLOPs are counted analytically: a training step of one setting is forward + backward of the
 two dense layers, 3 x 2 x batch x (64 x 128 + 128 x 10) = 1,818,624 FLOP at batch 32 (the
@@ -37,6 +39,7 @@ import argparse
 import json
 import os
 import shutil
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -115,13 +118,15 @@ def worker_jax_loop(args) -> None:
         val_losses, correct = task.evaluate(params, state, x_val, y_val)
         return losses[-STEPS // 50:].mean(), val_losses.mean(), correct.mean()
 
-    results, first_done = [], None
+    results, finished = [], []
     loop_start = time.perf_counter()
     for eps in eps_values(args.grid)[: args.settings]:
         results.append([float(v) for v in train_one(jnp.float32(eps))])
-        first_done = first_done or time.perf_counter()
+        finished.append(time.perf_counter())
     end = time.perf_counter()
-    steady = (end - first_done) / (len(results) - 1) if len(results) > 1 else None
+    # steady state: the median time of a setting after the first (which compiles); the median
+    # is robust to the machine's other work, as epsweep's median of three sweeps is
+    steady = statistics.median(b - a for a, b in zip(finished, finished[1:])) if len(results) > 1 else None
     _done(started, end - loop_start, len(results), results, steady_per_setting_s=steady,
           compilations=engine.compile_count(), compile_s=engine.compile_seconds())
 
@@ -204,12 +209,14 @@ def worker_epsweep_steady(args) -> None:
     task = epsweep.build_task("mlp")
     config = epsweep.RunConfig(steps=STEPS, batch_size=BATCH)
     epsweep.sweep(task, epsweep.Grid(eps=tuple(eps_values(args.grid))), config)
-    t0 = time.perf_counter()
-    result = epsweep.sweep(task, epsweep.Grid(eps=tuple(eps_values(args.grid, shift=1))), config)
-    steady = time.perf_counter() - t0
+    times = []
+    for shift in (1, 2, 3):  # new values each time, same shapes: no compilation
+        t0 = time.perf_counter()
+        result = epsweep.sweep(task, epsweep.Grid(eps=tuple(eps_values(args.grid, shift=shift))), config)
+        times.append(time.perf_counter() - t0)
     results = [[r["final_loss"], r["val_loss"], r["val_accuracy"]] for r in result.records]
-    _done(started, steady, len(results), results, compilations=result.meta["compilations"],
-          devices=len(result.meta["devices"]))
+    _done(started, statistics.median(times), len(results), results, compilations=result.meta["compilations"],
+          devices=len(result.meta["devices"]), repeats_s=times)
 
 
 def worker_peak(args) -> None:
