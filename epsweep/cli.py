@@ -140,6 +140,21 @@ NumProcessesOpt = Annotated[Optional[int], typer.Option("--num-processes", help=
 ProcessIdOpt = Annotated[Optional[int], typer.Option("--process-id", help="This process's rank (0 writes results).")]
 
 
+def _setup_logging(quiet: bool) -> None:
+    """The library's warnings (logger ``epsweep``) as ``epsweep: warning: ...`` lines on stderr;
+    with --quiet, errors only."""
+    import logging
+
+    logger = logging.getLogger("epsweep")
+    if not any(getattr(h, "_epsweep", False) for h in logger.handlers):
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("epsweep: %(levelname)s: %(message)s"))
+        handler._epsweep = True
+        logger.addHandler(handler)
+        logger.propagate = False
+    logger.setLevel(logging.ERROR if quiet else logging.WARNING)
+
+
 def _setup_runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None,
                    process_id: int | None) -> None:
     """Configure JAX (cache, devices, processes) before anything starts it."""
@@ -321,6 +336,7 @@ def grid(
     from epsweep.sweep import RunConfig
     from epsweep.tasks import build_task
 
+    _setup_logging(quiet)
     _setup_runtime(no_compile_cache, coordinator, num_processes, process_id)
     out_fmt, file_fmt = _output_format(fmt, output)
     the_grid = _grid(eps, decay, lr, momentum)
@@ -393,6 +409,7 @@ def inception(
     from epsweep.presets import apply_preset
     from epsweep.sweep import RunConfig
 
+    _setup_logging(quiet)
     _setup_runtime(no_compile_cache, coordinator, num_processes, process_id)
     out_fmt, file_fmt = _output_format(fmt, output)
     given = {
@@ -435,6 +452,8 @@ def run_sweep(
     A ``jsonl`` output file is streamed (a record per setting as each chunk finishes) and
     can be resumed; Ctrl-C exits at once with code 130 and one line saying what was saved.
     """
+    from jax.errors import JaxRuntimeError
+
     from epsweep import parallel
     from epsweep.store import exit_on_interrupt, interrupted_message, stream_sweep
     from epsweep.sweep import sweep
@@ -470,6 +489,13 @@ def run_sweep(
     except KeyboardInterrupt:  # outside the main thread, or between compiled calls
         print(f"epsweep: {message()}", file=sys.stderr, flush=True)
         raise typer.Exit(130) from None
+    except JaxRuntimeError as e:  # the device ran out of memory: the user's sizes, not a bug
+        if "RESOURCE_EXHAUSTED" not in str(e):
+            raise
+        kept = (f"; {saved['saved']} of {saved['total']} settings saved to {output} (resume with --resume)"
+                if streaming and saved["saved"] else "")
+        raise UserError(f"out of memory while training: {str(e).splitlines()[0][:200]} (use a smaller "
+                        f"--batch-size, --chunk-size, --image-size or fewer --seeds){kept}") from None
     if not primary:
         return
     _log_summary(result, quiet)

@@ -11,6 +11,7 @@ larger. XLA frees and fuses most intermediates, so this is an upper bound in pra
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import os
 from collections.abc import Sequence
@@ -22,6 +23,8 @@ import numpy as np
 
 from epsweep.optim import make_optimizer
 from epsweep.parallel import available_cores
+
+log = logging.getLogger(__name__)
 
 STATE_COPIES = 3
 CACHE_STATE_COPIES = 4  # state, gradient, new state, kept copy: what one step streams through
@@ -146,7 +149,12 @@ def plan_chunk(
     if chunk_size is not None:  # no more than the grid needs: padding is wasted work
         return math.ceil(min(chunk_size, total) / n) * n
     per_seed = max(1, seeds) * est.per_config
-    fit = max(1, (min(device_budget(d) for d in devices) - est.fixed) // per_seed)
+    budget = min(device_budget(d) for d in devices) - est.fixed
+    if budget < per_seed:
+        log.warning("one setting with %d seed(s) needs about %.1f GiB by the memory estimate (an upper bound), "
+                    "more than the %.1f GiB planned per device; trying one setting per device",
+                    max(1, seeds), per_seed / 1024**3, max(0, budget) / 1024**3)
+    fit = max(1, budget // per_seed)
     if devices[0].platform == "cpu" and len(jax.local_devices(backend="cpu")) >= available_cores():
         per_core = l2_cache_bytes() // (CACHE_STATE_COPIES * max(1, seeds) * max(1, est.state))
         fit = min(fit, max(CPU_MIN_PER_DEVICE, per_core))

@@ -109,3 +109,35 @@ def test_in_process_table(capsys):
     assert main(["grid", "--eps", "1e-8", "1", "--lr", "1e-2", *FAST, "--quiet"]) == 0
     out = capsys.readouterr().out
     assert "★" in out and "val acc" in out and "1e-08" in out
+
+
+def test_out_of_device_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
+    """A device that runs out of memory (sizes the user chose) exits 2 with advice."""
+    import importlib
+
+    from jax.errors import JaxRuntimeError
+
+    sweep_module = importlib.import_module("epsweep.sweep")  # epsweep.sweep is also the function
+
+    def exhausted(*args, **kwargs):
+        raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 99.00GiB.\nmore")
+
+    monkeypatch.setattr(sweep_module, "sweep", exhausted)
+    assert main(["grid", "--task", "quadratic", "--steps", "3", "-q"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("epsweep: error: out of memory while training: RESOURCE_EXHAUSTED")
+    assert "--batch-size" in err[0]
+
+
+def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, capsys, caplog):
+    import logging
+
+    import jax
+
+    from epsweep import memory
+
+    devices = jax.devices()[:1]
+    monkeypatch.setattr(memory, "device_budget", lambda device: 1000)
+    with caplog.at_level(logging.WARNING, logger="epsweep"):
+        assert memory.plan_chunk(10, 1, devices, memory.Estimate(per_config=5 * 1024**3, state=1, fixed=0)) == 1
+    assert "needs about 5.0 GiB by the memory estimate" in caplog.text
