@@ -177,11 +177,13 @@ class TrainState(NamedTuple):
 
 
 class Programs(NamedTuple):
-    """The three jitted programs of a (task, settings, devices); see the module docstring."""
+    """The jitted programs of a (task, settings, devices); see the module docstring."""
 
     init: Callable  # (h, seeds, constants) -> TrainState
     train: Callable  # (state, h, seeds, t0, t1, x_train, y_train) -> (state, t1)
-    finish: Callable  # (state, x_val, y_val, val_mask) -> RunOutputs
+    evaluate: Callable  # (state, loss sum, correct sum, x, y, mask of one validation batch) -> the sums + its
+    finish: Callable  # (state, loss sum, correct sum, count) -> RunOutputs
+    loop_free: bool  # train runs exactly one step per call (t0), the host looping; see build_programs
 
 
 # --- the programs -----------------------------------------------------------------------
@@ -204,12 +206,20 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(_flat(tree))))
 
 
-def build_programs(task: Task, settings: TrainSettings) -> tuple[Callable, Callable, Callable]:
-    """The pure functions behind :class:`Programs` (unjitted, unsharded).
+def build_programs(task: Task, settings: TrainSettings, loop_free: bool = False) -> tuple[Callable, ...]:
+    """The pure functions behind :class:`Programs` (unjitted, unsharded): init, train,
+    evaluate, finish.
 
     Minibatches: each epoch visits the training examples in a fresh random order per seed;
     step t takes the ``t % (n_train // batch)``-th batch of epoch ``t // (n_train // batch)``
     (the remainder of an epoch is dropped).
+
+    ``loop_free``: ``train`` takes the one step ``t0`` instead of looping over ``t0 .. t1 - 1``.
+    XLA's CPU backend runs convolutions inside a loop several times slower than the same
+    convolutions outside one (jax-ml/jax#12868; an Inception-v3 step here: 1.3 s alone, 7.4 s
+    as the body of a one-iteration ``fori_loop``), so on CPU the engine drives models with
+    convolutions one step per call (``Task.loop_free_on_cpu``). Everything else is the same
+    program, and so are the numbers.
     """
     points = settings.points
     steps = settings.steps
@@ -309,26 +319,24 @@ def build_programs(task: Task, settings: TrainSettings) -> tuple[Callable, Calla
 
             return TrainState(jax.vmap(per_seed)(runs, index, seeds), order)
 
+        if loop_free:
+            return step(t0, state), t0 + 1
         return jax.lax.fori_loop(t0, t1, step, state), t1
 
-    def evaluate_run(params, model_state, x_val, y_val, val_mask):
-        def batch_sums(batch):
-            xb, yb, mb = batch
+    def evaluate(state: TrainState, loss_sum, correct_sum, xb, yb, mb):
+        def run_sums(params, model_state):
             losses, correct = task.evaluate(params, model_state, xb, yb)
             return jnp.sum(losses * mb), jnp.sum(correct * mb)
 
-        loss_sum, correct_sum = jax.lax.map(batch_sums, (x_val, y_val, val_mask))
-        count = jnp.sum(val_mask)
-        return jnp.sum(loss_sum) / count, jnp.sum(correct_sum) / count
+        losses, correct = jax.vmap(jax.vmap(run_sums))(state.runs.params, state.runs.model_state)
+        return loss_sum + losses, correct_sum + correct
 
-    def finish(state: TrainState, x_val, y_val, val_mask):
+    def finish(state: TrainState, loss_sum, correct_sum, count):
         runs = state.runs
         curve = runs.curve_sum / steps_per_point
         final_loss = curve[..., -1]
-        if has_data and task.evaluate is not None and x_val.shape[0] > 0:
-            run_eval = jax.vmap(jax.vmap(evaluate_run, in_axes=(0, 0, None, None, None)),
-                                in_axes=(0, 0, None, None, None))
-            val_loss, val_accuracy = run_eval(runs.params, runs.model_state, x_val, y_val, val_mask)
+        if has_data and task.evaluate is not None:  # count is 0 without validation data: NaN
+            val_loss, val_accuracy = loss_sum / count, correct_sum / count
             if not task.has_accuracy:
                 val_accuracy = jnp.full_like(val_loss, jnp.nan)
         else:
@@ -342,7 +350,7 @@ def build_programs(task: Task, settings: TrainSettings) -> tuple[Callable, Calla
         return RunOutputs(final_loss, val_loss, val_accuracy, runs.diverged_step, curve,
                           eps_dominated, eps_dominated_mean, effective_lr)
 
-    return init, train, finish
+    return init, train, evaluate, finish
 
 
 _programs: dict[tuple, Programs] = {}
@@ -376,12 +384,15 @@ def compiled_programs(task: Task, settings: TrainSettings, devices: Sequence[jax
         def sharded(function, in_specs, out_specs):
             return jax.shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
-        init, train, finish = build_programs(task, settings)
+        loop_free = task.loop_free_on_cpu and devices[0].platform == "cpu"
+        init, train, evaluate, finish = build_programs(task, settings, loop_free)
         _programs[key] = Programs(
             init=jax.jit(sharded(init, (config, P(), P()), state), compiler_options=_init_compiler_options(devices)),
             train=jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())),
                           donate_argnums=0),
-            finish=jax.jit(sharded(finish, (state, P(), P(), P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
+            evaluate=jax.jit(sharded(evaluate, (state, runs, runs, P(), P(), P()), (runs, runs))),
+            finish=jax.jit(sharded(finish, (state, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
+            loop_free=loop_free,
         )
     return _programs[key]
 
@@ -439,7 +450,8 @@ def train_runs(
     """
     total = len(hparams["eps"])
     devices = parallel.config_devices(total, devices)
-    chunk = memory.plan_chunk(total, len(seeds), devices, _estimate(task, settings), chunk_size)
+    chunk = memory.plan_chunk(total, len(seeds), devices, _estimate(task, settings), chunk_size,
+                              task.settings_per_cpu_device)
     chunk = parallel.agree(chunk)  # several processes must run the same programs
     programs = compiled_programs(task, settings, devices)
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
@@ -451,12 +463,20 @@ def train_runs(
     place = functools.partial(_global_array, sharding=replicated)
     seeds_array = place(np.asarray(seeds, np.uint32))
     train_data = (place(x_train), place(y_train))
-    val_data = tuple(place(a) for a in _validation_batches(task, settings.eval_batch_size))
+    x_val, y_val, val_mask = _validation_batches(task, settings.eval_batch_size)
+    val_batches = [tuple(place(a[i]) for a in (x_val, y_val, val_mask)) for i in range(len(x_val))]
+    val_count = place(np.float32(val_mask.sum()))
+    zeros = _global_array(np.zeros((len(seeds), chunk), np.float32), NamedSharding(mesh, P(None, CONFIG_AXIS)))
     constants = jax.tree.map(place, task.constants)
     starts = range(0, total, chunk)
     segments = (1 if progress is None
                 else math.ceil(PROGRESS_UPDATES / len(starts)))  # about PROGRESS_UPDATES in all
-    bounds = segment_bounds(settings.steps, segments)
+    if programs.loop_free:  # one step per call (see build_programs)
+        bounds = [(t, t + 1) for t in range(settings.steps)]
+        report_every = max(1, math.ceil(settings.steps * len(starts) / PROGRESS_UPDATES))
+    else:
+        bounds = segment_bounds(settings.steps, segments)
+        report_every = 1
     all_steps = settings.steps * len(starts)
     pieces: list[RunOutputs] = []
 
@@ -474,17 +494,20 @@ def train_runs(
         h = {name: _global_array(np.asarray(hparams[name], np.float32)[index], by_config) for name in HPARAMS}
         state = programs.init(h, seeds_array, constants)
         reached = None
-        for t0, t1 in bounds:
+        for call, (t0, t1) in enumerate(bounds):
             state, done = programs.train(state, h, seeds_array, place(np.int32(t0)), place(np.int32(t1)), *train_data)
-            if progress is not None:  # wait for the previous segment while this one runs
-                if reached is not None:
+            if progress is not None and (call + 1) % report_every == 0:
+                if reached is not None:  # wait for the previous segment while this one runs
                     progress(number * settings.steps + int(reached), all_steps)
                 reached = done
-        out = programs.finish(state, *val_data)
+        sums = (zeros, zeros)
+        for batch in val_batches:
+            sums = programs.evaluate(state, *sums, *batch)
+        out = programs.finish(state, *sums, val_count)
         if pending is not None:
             collect(*pending)
         if progress is not None:
-            progress(number * settings.steps + int(reached), all_steps)
+            progress(number * settings.steps + int(done), all_steps)
         pending = (start, min(start + chunk, total), out)
     collect(*pending)
     return RunOutputs(*(np.concatenate(parts, axis=1) for parts in zip(*pieces, strict=True)))

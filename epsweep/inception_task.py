@@ -141,4 +141,8 @@ def inception_task(data: Dataset, options: InceptionOptions = InceptionOptions()
                 "weights": str(options.weights) if options.weights else None, "freeze_base": options.freeze_base}
     return Task("inception", key, init, loss, evaluate, data, True, default_epochs=1, default_batch_size=32, eval_batch_size=32,
                 describe_extra=describe, constants=constants,
-                trainable=head_mask if options.freeze_base else None)
+                trainable=head_mask if options.freeze_base else None, loop_free_on_cpu=True,
+                # vmapped settings turn every convolution into a grouped one, which XLA's CPU
+                # backend runs slowly: at 75x75 one setting per core trained 1.5 s per setting
+                # and step here, two per core 2.0 s
+                settings_per_cpu_device=1)

@@ -134,7 +134,8 @@ def l2_cache_bytes() -> int:
 
 
 def plan_chunk(
-    total: int, seeds: int, devices: Sequence[jax.Device], est: Estimate, chunk_size: int | None = None
+    total: int, seeds: int, devices: Sequence[jax.Device], est: Estimate, chunk_size: int | None = None,
+    cpu_per_device: int | None = None,
 ) -> int:
     """Settings per compiled call: a multiple of the device count.
 
@@ -142,8 +143,9 @@ def plan_chunk(
     as fit its memory budget and, when the CPU has a device per core, no more than keep
     CACHE_STATE_COPIES copies of their training state within a core's L2 cache (but at least
     CPU_MIN_PER_DEVICE): on the default task 4 settings per core train about 1.5x faster per
-    setting than 128 (docs/performance.md). The calls are then balanced so that padding stays
-    small.
+    setting than 128 (docs/performance.md). ``cpu_per_device`` caps the settings per CPU
+    device for models that run faster one at a time (``Task.settings_per_cpu_device``). The
+    calls are then balanced so that padding stays small.
     """
     n = len(devices)
     if chunk_size is not None:  # no more than the grid needs: padding is wasted work
@@ -158,5 +160,7 @@ def plan_chunk(
     if devices[0].platform == "cpu" and len(jax.local_devices(backend="cpu")) >= available_cores():
         per_core = l2_cache_bytes() // (CACHE_STATE_COPIES * max(1, seeds) * max(1, est.state))
         fit = min(fit, max(CPU_MIN_PER_DEVICE, per_core))
+    if devices[0].platform == "cpu" and cpu_per_device is not None:
+        fit = min(fit, cpu_per_device)
     calls = math.ceil(total / (fit * n))
     return math.ceil(total / (calls * n)) * n

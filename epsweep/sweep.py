@@ -123,7 +123,8 @@ def planned_chunk_size(task: Task, config: RunConfig, settings: int) -> int:
     optimizer, convention = config.programs()[0]
     train = config.train_settings(task, convention, optimizer)
     devices = parallel.config_devices(settings)
-    planned = memory.plan_chunk(settings, config.seeds, devices, engine.estimate(task, train), None)
+    planned = memory.plan_chunk(settings, config.seeds, devices, engine.estimate(task, train), None,
+                                task.settings_per_cpu_device)
     return parallel.agree(planned)
 
 

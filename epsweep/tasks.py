@@ -47,6 +47,10 @@ class Task:
     describe_extra: dict = dataclasses.field(default_factory=dict)
     constants: Any = None
     trainable: Callable[[Any], Any] | None = None  # params -> pytree of bools; None: all trained
+    # convolutions: on CPU, train one step per compiled call (see engine.build_programs)
+    loop_free_on_cpu: bool = False
+    # on CPU, at most this many settings per device and call (None: as memory.plan_chunk decides)
+    settings_per_cpu_device: int | None = None
 
     def trainable_mask(self) -> Any:
         """Which parameters the optimizer may move (a pytree of Python bools), or None for all."""
@@ -139,4 +143,4 @@ def build_task(name: str = "mlp", dataset: str = DEFAULT_DATASET, val_split: flo
         return classifier_task("mlp", MLP(data.num_classes), data, ("mlp", 128))
     if len(data.input_shape) != 3:
         raise UserError(f"task cnn needs image data (N, H, W[, C]); {data.name} has inputs of shape {data.input_shape}")
-    return classifier_task("cnn", CNN(data.num_classes), data, ("cnn",))
+    return classifier_task("cnn", CNN(data.num_classes), data, ("cnn",), loop_free_on_cpu=True)

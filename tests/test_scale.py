@@ -107,10 +107,12 @@ def test_memory_estimate_bounds_what_xla_allocates(mlp_task):
         h = {k: jnp.zeros((g,), jnp.float32) for k in engine.HPARAMS}
         seeds = jnp.zeros((1,), jnp.uint32)
         state = jax.eval_shape(programs.init, h, seeds, None)
+        sums = jnp.zeros((1, g), jnp.float32)
         lowered = {
             "init": programs.init.lower(h, seeds, None),
             "train": programs.train.lower(state, h, seeds, 0, 5, mlp_task.data.x_train, mlp_task.data.y_train),
-            "finish": programs.finish.lower(state, x_val, y_val, mask),
+            "evaluate": programs.evaluate.lower(state, sums, sums, x_val[0], y_val[0], mask[0]),
+            "finish": programs.finish.lower(state, sums, sums, 359.0),
         }
         used[g] = {}
         for name, low in lowered.items():
@@ -141,6 +143,7 @@ def test_plan_chunk_follows_the_budget(monkeypatch):
     assert memory.plan_chunk(100, 1, devices, small) == 2 * memory.CPU_MIN_PER_DEVICE
     monkeypatch.setattr(memory, "available_cores", lambda: 64)  # one device on many cores: no cache cap
     assert memory.plan_chunk(100, 1, devices, small) == 100
+    assert memory.plan_chunk(100, 1, devices, small, cpu_per_device=1) == 2  # a model best run one at a time
 
 
 def test_auto_chunks_equal_one_chunk(mlp_task, monkeypatch):
