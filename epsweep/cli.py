@@ -474,8 +474,34 @@ def run_sweep(
 
         config = dataclasses.replace(config, chunk_size=stream_chunk(task, config, len(grid)))
     saved = {"saved": 0, "total": 0}
+    # Not streamed: finished chunks are kept in memory and, if the sweep stops early (Ctrl-C,
+    # out of memory), saved to a resumable .partial.jsonl rather than lost.
+    finished: list[dict] = []
+    partial: dict = {}
+    chunk_used = None
+    if not streaming:
+        from epsweep.sweep import planned_chunk_size
+
+        chunk_used = config.chunk_size or planned_chunk_size(task, config, len(grid))  # every process
+
+    def keep_partial() -> Path | None:
+        if streaming or not primary or not finished:
+            return None
+        if "path" not in partial:  # once, whichever of Ctrl-C or an error comes first
+            from epsweep.store import save_partial
+
+            try:
+                partial["path"] = save_partial(task, grid, config, list(finished), chunk_used, near=output)
+            except OSError:
+                partial["path"] = None
+        return partial["path"]
 
     def message() -> str:
+        path = keep_partial()
+        if path is not None:
+            total = len(grid) * len(config.programs())
+            return (f"interrupted; {len(finished)} of {total} finished settings saved to {path} "
+                    f"(finish with --output {path} --resume)")
         return interrupted_message(saved["saved"], saved["total"], output, file_fmt)
 
     try:
@@ -485,7 +511,7 @@ def run_sweep(
                     result = stream_sweep(task, grid, config, output, resume=resume, progress=progress.callback,
                                           on_saved=lambda n, total: saved.update(saved=n, total=total))
                 else:
-                    result = sweep(task, grid, config, progress=progress.callback)
+                    result = sweep(task, grid, config, progress=progress.callback, on_records=finished.extend)
     except KeyboardInterrupt:  # outside the main thread, or between compiled calls
         print(f"epsweep: {message()}", file=sys.stderr, flush=True)
         raise typer.Exit(130) from None
@@ -494,6 +520,9 @@ def run_sweep(
             raise
         kept = (f"; {saved['saved']} of {saved['total']} settings saved to {output} (resume with --resume)"
                 if streaming and saved["saved"] else "")
+        if (path := keep_partial()) is not None:
+            kept = (f"; {len(finished)} finished settings saved to {path} (finish with --output {path} "
+                    f"--resume)")
         raise UserError(f"out of memory while training: {str(e).splitlines()[0][:200]} (use a smaller "
                         f"--batch-size, --chunk-size, --image-size or fewer --seeds){kept}") from None
     if not primary:

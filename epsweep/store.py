@@ -592,6 +592,30 @@ def clean_meta(meta: dict, where: str) -> tuple[dict, list[str]]:
 # --- streaming sweeps -------------------------------------------------------------------------
 
 
+def save_partial(task, grid, config, records: Sequence[dict], chunk_size: int, near: Path | None = None) -> Path:
+    """Save the finished records of a sweep that stopped before its end (Ctrl-C, out of memory)
+    and was not streamed, as a streamed file that ``--output FILE --resume`` finishes.
+
+    The file goes beside ``near`` (``NAME.partial.jsonl``) when given and writable, else to the
+    temporary directory. Its header records the chunk size the sweep used, so a resumed run
+    trains the missing settings in the same shapes (``chunk_size``: what the sweep used, e.g.
+    :func:`epsweep.sweep.planned_chunk_size`). Raises OSError when nothing can be written.
+    """
+    header = stream_header(task, grid, config, run_description(task, config), chunk_size)
+    text = "".join(json.dumps(line, allow_nan=False) + "\n" for line in [{"meta": header}, *records])
+    if near is not None:
+        target = near.with_name(f"{near.stem}.partial.jsonl")
+        try:
+            write_atomic(target, text)
+            return target
+        except OSError:
+            pass
+    fd, name = tempfile.mkstemp(prefix="epsweep-partial-", suffix=".jsonl")
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+    return Path(name)
+
+
 class SweepInterrupted(KeyboardInterrupt):
     """A streamed sweep stopped by Ctrl-C; what had finished is in the file."""
 

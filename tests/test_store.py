@@ -288,3 +288,42 @@ def test_streaming_never_puts_more_in_a_call_than_memory_allows(mlp_task, monkey
     assert planned == 3 * len(jax.devices())
     assert stream_chunk(mlp_task, config, 100) == planned  # not ceil(100 / 8) = 13
     assert stream_chunk(mlp_task, config, 16) == 2  # a small grid: 8 pieces still
+
+
+def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_completes_it(
+        tmp_path, monkeypatch, capsys):
+    """Out of memory (or Ctrl-C) after some chunks of a sweep written only at the end: the
+    finished records go to NAME.partial.jsonl, which --resume completes to the uninterrupted
+    run's records."""
+    from jax.errors import JaxRuntimeError
+
+    args = ["grid", "--task", "quadratic", "--eps", "log:1e-8:1:6", "--lr", "0.01", "0.1", "--steps", "20",
+            "--chunk-size", "2", "-q"]
+    real = engine.train_runs
+
+    def fails_after_two_chunks(*a, on_chunk, **k):
+        calls = []
+
+        def chunk(*c):
+            if len(calls) == 2:
+                raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 9.00GiB.")
+            calls.append(c)
+            on_chunk(*c)
+
+        return real(*a, on_chunk=chunk, **k)
+
+    monkeypatch.setattr(engine, "train_runs", fails_after_two_chunks)
+    out = tmp_path / "f.json"
+    assert main([*args, "-f", "json", "-o", str(out)]) == 2
+    err = capsys.readouterr().err
+    partial = tmp_path / "f.partial.jsonl"
+    assert err.count("\n") == 1 and err.startswith("epsweep: error: out of memory while training")
+    assert err.endswith(f"; 4 finished settings saved to {partial} (finish with --output {partial} --resume)\n")
+    assert not out.exists() and len(lines_of(partial)) == 1 + 4
+
+    monkeypatch.setattr(engine, "train_runs", real)
+    assert main([*args, "-f", "jsonl", "-o", str(partial), "--resume"]) == 0
+    reference = tmp_path / "reference.jsonl"
+    assert main([*args, "-f", "jsonl", "-o", str(reference)]) == 0
+    capsys.readouterr()
+    assert lines_of(partial)[1:] == lines_of(reference)[1:] and len(lines_of(partial)) == 13
