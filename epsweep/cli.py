@@ -477,12 +477,12 @@ def run_sweep(
     # Not streamed: finished chunks are kept in memory and, if the sweep stops early (Ctrl-C,
     # out of memory), saved to a resumable .partial.jsonl rather than lost.
     finished: list[dict] = []
+    chunk_sizes: list[int] = []  # records per finished chunk: the first is the sweep's chunk size
     partial: dict = {}
-    chunk_used = None
-    if not streaming:
-        from epsweep.sweep import planned_chunk_size
 
-        chunk_used = config.chunk_size or planned_chunk_size(task, config, len(grid))  # every process
+    def keep_chunk(records: list[dict]) -> None:
+        chunk_sizes.append(len(records))
+        finished.extend(records)
 
     def keep_partial() -> Path | None:
         if streaming or not primary or not finished:
@@ -491,7 +491,7 @@ def run_sweep(
             from epsweep.store import save_partial
 
             try:
-                partial["path"] = save_partial(task, grid, config, list(finished), chunk_used, near=output)
+                partial["path"] = save_partial(task, grid, config, list(finished), chunk_sizes[0], near=output)
             except OSError:
                 partial["path"] = None
         return partial["path"]
@@ -511,7 +511,7 @@ def run_sweep(
                     result = stream_sweep(task, grid, config, output, resume=resume, progress=progress.callback,
                                           on_saved=lambda n, total: saved.update(saved=n, total=total))
                 else:
-                    result = sweep(task, grid, config, progress=progress.callback, on_records=finished.extend)
+                    result = sweep(task, grid, config, progress=progress.callback, on_records=keep_chunk)
     except KeyboardInterrupt:  # outside the main thread, or between compiled calls
         print(f"epsweep: {message()}", file=sys.stderr, flush=True)
         raise typer.Exit(130) from None

@@ -417,14 +417,7 @@ def read_stream(path: Path) -> Loaded:
         if not line.strip():
             continue
         where = f"{path}, line {number}"
-        try:
-            value = _json_loads(line.decode("utf-8"))
-        except UnicodeDecodeError:
-            raise UserError(f"{where}: not UTF-8 text") from None
-        except NotReadable as e:
-            raise UserError(f"{where}: {e}") from None
-        except ValueError as e:
-            raise UserError(f"{where}: not valid JSON ({_short(e)})") from None
+        value = _parse_json(line, where)
         if isinstance(value, dict) and set(value) == {"meta"}:
             if records or meta:
                 raise UserError(f"{where}: a meta line can only be the first line")
@@ -438,6 +431,18 @@ def read_stream(path: Path) -> Loaded:
 
 def _short(error: Exception) -> str:
     return str(error).split("\n")[0][:120]
+
+
+def _parse_json(raw: bytes, where: str) -> Any:
+    """``raw`` as UTF-8 JSON, or a UserError naming ``where`` and what is wrong."""
+    try:
+        return _json_loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: not UTF-8 text") from None
+    except NotReadable as e:
+        raise UserError(f"{where}: {e}") from None
+    except ValueError as e:
+        raise UserError(f"{where}: not valid JSON ({_short(e)})") from None
 
 
 def _check_file(path: Path) -> None:
@@ -460,14 +465,7 @@ def _read_json(path: Path) -> Loaded:
     raw = _read_bytes(path)
     if not raw.strip():
         raise UserError(f"{path}: file is empty")
-    try:
-        document = _json_loads(raw.decode("utf-8"))
-    except UnicodeDecodeError:
-        raise UserError(f"{path}: not UTF-8 text") from None
-    except NotReadable as e:
-        raise UserError(f"{path}: {e}") from None
-    except ValueError as e:
-        raise UserError(f"{path}: not valid JSON ({_short(e)})") from None
+    document = _parse_json(raw, str(path))
     if isinstance(document, list):
         meta, results = {}, document
     elif isinstance(document, dict) and "results" in document:
@@ -598,8 +596,8 @@ def save_partial(task, grid, config, records: Sequence[dict], chunk_size: int, n
 
     The file goes beside ``near`` (``NAME.partial.jsonl``) when given and writable, else to the
     temporary directory. Its header records the chunk size the sweep used, so a resumed run
-    trains the missing settings in the same shapes (``chunk_size``: what the sweep used, e.g.
-    :func:`epsweep.sweep.planned_chunk_size`). Raises OSError when nothing can be written.
+    trains the missing settings in the same shapes (``chunk_size``: settings per compiled call
+    in the sweep). Raises OSError when nothing can be written.
     """
     header = stream_header(task, grid, config, run_description(task, config), chunk_size)
     text = "".join(json.dumps(line, allow_nan=False) + "\n" for line in [{"meta": header}, *records])
