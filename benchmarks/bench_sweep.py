@@ -93,9 +93,10 @@ def worker_jax_loop(args) -> None:
     import jax.numpy as jnp
     import optax
 
-    from epsweep import engine
+    from epsweep.engine import compiled
     from epsweep.tasks import build_task
 
+    compiled.install_listeners()  # counts compilations; JAX keeps its default devices here
     task = build_task("mlp")
     data = task.data
     x, y = jnp.asarray(data.x_train), jnp.asarray(data.y_train)
@@ -128,7 +129,7 @@ def worker_jax_loop(args) -> None:
     # is robust to the machine's other work, as epsweep's median of three sweeps is
     steady = statistics.median(b - a for a, b in zip(finished, finished[1:])) if len(results) > 1 else None
     _done(started, end - loop_start, len(results), results, steady_per_setting_s=steady,
-          compilations=engine.compile_count(), compile_s=engine.compile_seconds())
+          compilations=compiled.compile_count(), compile_s=compiled.compile_seconds())
 
 
 def worker_torch(args) -> None:
@@ -201,10 +202,9 @@ def worker_keras(args) -> None:
 def worker_epsweep_steady(args) -> None:
     """One process: a first sweep (compiles), then a timed second sweep of new values."""
     started = time.perf_counter()
-    from epsweep import parallel
-
-    parallel.setup(compile_cache=False)
     import epsweep
+
+    epsweep.setup(compile_cache=False)
 
     task = epsweep.build_task("mlp")
     config = epsweep.RunConfig(steps=STEPS, batch_size=BATCH)

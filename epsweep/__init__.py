@@ -7,20 +7,47 @@ Library API::
     for record in result.records:
         print(record["eps"], record["val_accuracy"])
 
-``epsweep.rmsprop(lr, decay, eps, convention=...)`` is the optimizer on its own;
-``epsweep.make_optimizer("adam", lr, decay, eps)`` builds the baselines, and
+``epsweep.run(task, grid, config, writers=[epsweep.JsonlWriter("sweep.jsonl")])`` streams
+records to files as they finish (and resumes); ``epsweep.setup()`` chooses devices, the
+compilation cache and processes (optional: a sweep applies the defaults). The optimizers on
+their own: ``epsweep.rmsprop(lr, decay, eps, convention=...)``, ``epsweep.make_optimizer``;
 ``epsweep.eps_diagnostics(opt_state, ...)`` says how much of the denominator eps is.
+
+Names are imported on first use: ``import epsweep`` starts no JAX.
 """
 
-from epsweep.errors import UserError
-from epsweep.grid import Grid, parse_values
-from epsweep.optim import CONVENTIONS, OPTIMIZERS, denominator_terms, eps_diagnostics, make_optimizer, rmsprop
-from epsweep.sweep import RunConfig, SweepResult, sweep
-from epsweep.tasks import Task, build_task
+from __future__ import annotations
+
+import importlib
 
 __version__ = "0.1.0"
 
-__all__ = [
-    "CONVENTIONS", "OPTIMIZERS", "Grid", "RunConfig", "SweepResult", "Task", "UserError",
-    "build_task", "denominator_terms", "eps_diagnostics", "make_optimizer", "parse_values", "rmsprop", "sweep",
-]
+_EXPORTS = {
+    "UserError": "epsweep.errors",
+    "Grid": "epsweep.grid", "parse_values": "epsweep.grid",
+    "RunConfig": "epsweep.config",
+    "run": "epsweep.runner", "sweep": "epsweep.runner", "Runner": "epsweep.runner",
+    "SweepResult": "epsweep.runner", "ProgressEvent": "epsweep.runner",
+    "setup": "epsweep.engine.devices", "Runtime": "epsweep.engine.runtime",
+    "Task": "epsweep.tasks", "build_task": "epsweep.tasks",
+    "Dataset": "epsweep.data",
+    "CONVENTIONS": "epsweep.optim", "OPTIMIZERS": "epsweep.optim", "denominator_terms": "epsweep.optim",
+    "eps_diagnostics": "epsweep.optim", "make_optimizer": "epsweep.optim", "rmsprop": "epsweep.optim",
+    "read_results": "epsweep.results", "build_report": "epsweep.results",
+    "JsonlWriter": "epsweep.results", "JsonWriter": "epsweep.results", "CsvWriter": "epsweep.results",
+    "MemoryWriter": "epsweep.results",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name in _EXPORTS:
+        value = getattr(importlib.import_module(_EXPORTS[name]), name)
+        globals()[name] = value
+        return value
+    raise AttributeError(f"module 'epsweep' has no attribute {name!r}")
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_EXPORTS})

@@ -1,5 +1,57 @@
-"""Errors a user can cause. The CLI turns each into exit code 2 and one line."""
+"""Errors a user can cause. The CLI turns each into exit code 2 and one line.
+
+Library messages name *parameters* (``steps``, ``batch_size``), not command-line flags. A
+message marks each parameter name with :func:`param`; ``str(error)`` shows the bare name (what a
+Python caller passed) and :meth:`UserError.render` lets the CLI show its flag (``--steps``)
+instead, so no flag spelling lives outside :mod:`epsweep.cli`.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+
+_OPEN, _CLOSE = "\ue000", "\ue001"  # private-use characters: never typed, never in a flag
+_MARKED = re.compile(f"{_OPEN}([A-Za-z_][A-Za-z0-9_]*){_CLOSE}")
+
+
+def param(name: str) -> str:
+    """``name`` marked as a parameter inside a :class:`UserError` message.
+
+    Args:
+        name: the parameter's Python name, e.g. ``"batch_size"``.
+
+    Returns:
+        Text to put in a message; it reads as ``name`` in Python and as the flag on the CLI.
+
+    Example:
+        >>> str(UserError(f"{param('steps')}: 0 must be a positive integer"))
+        'steps: 0 must be a positive integer'
+    """
+    return f"{_OPEN}{name}{_CLOSE}"
 
 
 class UserError(ValueError):
-    """Bad input from the user: a number, a file, a name. Its message is one clear line."""
+    """Bad input from the user: a number, a file, a name. Its message is one clear line.
+
+    Example:
+        >>> error = UserError(f"{param('batch_size')}: 0 must be a positive integer")
+        >>> error.render(lambda name: "--" + name.replace("_", "-"))
+        '--batch-size: 0 must be a positive integer'
+    """
+
+    def __init__(self, message: str):
+        super().__init__(message)
+        self.message = message
+
+    @property
+    def params(self) -> list[str]:
+        """The parameters the message names, in order."""
+        return _MARKED.findall(self.message)
+
+    def render(self, name_of: Callable[[str], str] = lambda name: name) -> str:
+        """The message with every marked parameter shown as ``name_of(parameter)``."""
+        return _MARKED.sub(lambda m: name_of(m.group(1)), self.message)
+
+    def __str__(self) -> str:
+        return self.render()

@@ -18,8 +18,9 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from epsweep.errors import UserError
+from epsweep.errors import UserError, param
 
+GRID_AXES = ("eps", "decay", "lr", "momentum")  # the numeric axes, in record order
 MAX_RANGE_COUNT = 100_000
 MAX_GRID_SIZE = 1_000_000
 # The engine trains in float32 and flushes subnormal numbers to zero (XLA on CPU does).
@@ -32,9 +33,9 @@ def _parse_number(text: str, name: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UserError(f"--{name}: {text!r} is not a number") from None
+        raise UserError(f"{param(name)}: {text!r} is not a number") from None
     if not math.isfinite(value):
-        raise UserError(f"--{name}: {text!r} is not a finite number")
+        raise UserError(f"{param(name)}: {text!r} is not a finite number")
     return value
 
 
@@ -42,17 +43,17 @@ def _parse_range(token: str, name: str) -> list[float]:
     kind, _, rest = token.partition(":")
     parts = rest.split(":")
     if len(parts) != 3:
-        raise UserError(f"--{name}: {token!r} must look like {kind}:START:STOP:COUNT")
+        raise UserError(f"{param(name)}: {token!r} must look like {kind}:START:STOP:COUNT")
     start, stop = (_parse_number(p, name) for p in parts[:2])
     try:
         count = int(parts[2])
     except ValueError:
-        raise UserError(f"--{name}: count {parts[2]!r} in {token!r} is not an integer") from None
+        raise UserError(f"{param(name)}: count {parts[2]!r} in {token!r} is not an integer") from None
     if not 1 <= count <= MAX_RANGE_COUNT:
-        raise UserError(f"--{name}: count in {token!r} must be between 1 and {MAX_RANGE_COUNT}")
+        raise UserError(f"{param(name)}: count in {token!r} must be between 1 and {MAX_RANGE_COUNT}")
     if kind == "log":
         if start <= 0 or stop <= 0:
-            raise UserError(f"--{name}: log range {token!r} needs positive ends")
+            raise UserError(f"{param(name)}: log range {token!r} needs positive ends")
         values = np.geomspace(start, stop, count)
     else:
         values = np.linspace(start, stop, count)
@@ -69,30 +70,30 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
         token = token.strip()
         if token == "-":
             if read_stdin is None:
-                raise UserError(f"--{name}: '-' (read from stdin) is not available here")
+                raise UserError(f"{param(name)}: '-' (read from stdin) is not available here")
             text = read_stdin().replace(",", " ").split()
             if not text:
-                raise UserError(f"--{name}: no values on standard input")
+                raise UserError(f"{param(name)}: no values on standard input")
             values.extend(parse_values(text, name))
             continue
         for piece in token.split(","):
             piece = piece.strip()
             if not piece:
-                raise UserError(f"--{name}: empty value in {token!r}")
+                raise UserError(f"{param(name)}: empty value in {token!r}")
             if piece.startswith(("log:", "lin:")):
                 values.extend(_parse_range(piece, name))
             else:
                 values.append(_parse_number(piece, name))
     unique = list(dict.fromkeys(values))
     if not unique:
-        raise UserError(f"--{name}: no values given")
+        raise UserError(f"{param(name)}: no values given")
     return unique
 
 
 def _check(name: str, values: Sequence[float], ok: Callable[[float], bool], rule: str) -> None:
     for value in values:
         if not ok(value):
-            raise UserError(f"--{name}: {value:g} is out of range ({rule})")
+            raise UserError(f"{param(name)}: {value:g} is out of range ({rule})")
 
 
 def _check_float32(name: str, values: Sequence[float], below_one: bool = False) -> None:
@@ -102,13 +103,13 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
         with np.errstate(over="ignore"):
             single = float(np.float32(value))
         if abs(single) > FLOAT32_MAX:
-            raise UserError(f"--{name}: {value!r} overflows float32, which the engine trains in; "
+            raise UserError(f"{param(name)}: {value!r} overflows float32, which the engine trains in; "
                             f"use at most {FLOAT32_MAX:.8g}")
         if value != 0 and abs(single) < FLOAT32_TINY:
             least = f"at least {FLOAT32_TINY:.8g}" if name == "lr" else f"0 or at least {FLOAT32_TINY:.8g}"
-            raise UserError(f"--{name}: {value!r} becomes 0 in float32, which the engine trains in; use {least}")
+            raise UserError(f"{param(name)}: {value!r} becomes 0 in float32, which the engine trains in; use {least}")
         if below_one and single >= 1:
-            raise UserError(f"--{name}: {value!r} rounds to 1 in float32, which the engine trains in; "
+            raise UserError(f"{param(name)}: {value!r} rounds to 1 in float32, which the engine trains in; "
                             f"use at most {BELOW_ONE:.8g}")
 
 
@@ -122,22 +123,27 @@ class Grid:
     momentum: tuple[float, ...] = (0.0,)
 
     def __post_init__(self) -> None:
-        for axis in ("eps", "decay", "lr", "momentum"):
+        for axis in GRID_AXES:
             values = tuple(float(v) for v in getattr(self, axis))
             if not values:
-                raise UserError(f"--{axis}: the grid is empty")
+                raise UserError(f"{param(axis)}: the grid is empty")
             object.__setattr__(self, axis, values)
         _check("eps", self.eps, lambda v: v >= 0, "eps >= 0")
         _check("decay", self.decay, lambda v: 0 <= v < 1, "0 <= decay < 1")
         _check("lr", self.lr, lambda v: v > 0, "lr > 0")
         _check("momentum", self.momentum, lambda v: 0 <= v < 1, "0 <= momentum < 1")
-        for axis in ("eps", "decay", "lr", "momentum"):
+        for axis in GRID_AXES:
             _check_float32(axis, getattr(self, axis), below_one=axis in ("decay", "momentum"))
-        if len(self) > MAX_GRID_SIZE:
-            raise UserError(f"the grid has {len(self):,} settings; the limit is {MAX_GRID_SIZE:,}")
+        if self.size > MAX_GRID_SIZE:
+            raise UserError(f"the grid has {self.size:,} settings; the limit is {MAX_GRID_SIZE:,}")
+
+    @property
+    def size(self) -> int:
+        """How many settings: the product of the axis lengths (a Python int, never overflowing)."""
+        return math.prod(len(getattr(self, axis)) for axis in GRID_AXES)
 
     def __len__(self) -> int:
-        return len(self.eps) * len(self.decay) * len(self.lr) * len(self.momentum)
+        return self.size
 
     def settings(self) -> list[dict[str, float]]:
         """Every combination in table order: eps varies fastest, so rows that differ only in

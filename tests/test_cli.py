@@ -113,16 +113,14 @@ def test_in_process_table(capsys):
 
 def test_out_of_device_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
     """A device that runs out of memory (sizes the user chose) exits 2 with advice."""
-    import importlib
-
     from jax.errors import JaxRuntimeError
 
-    sweep_module = importlib.import_module("epsweep.sweep")  # epsweep.sweep is also the function
+    from epsweep.engine import driver
 
     def exhausted(*args, **kwargs):
         raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 99.00GiB.\nmore")
 
-    monkeypatch.setattr(sweep_module, "sweep", exhausted)
+    monkeypatch.setattr(driver, "train_runs", exhausted)
     assert main(["grid", "--task", "quadratic", "--steps", "3", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("epsweep: error: out of memory while training: RESOURCE_EXHAUSTED")
@@ -134,10 +132,14 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
 
     import jax
 
-    from epsweep import memory
+    from epsweep.engine import memory
+    from epsweep.engine.spec import TrainSpec
+    from epsweep.tasks import build_task
 
     devices = jax.devices()[:1]
     monkeypatch.setattr(memory, "device_budget", lambda device: 1000)
+    monkeypatch.setattr(memory, "estimate", lambda task, spec: memory.Estimate(per_config=5 * 1024**3, state=1,
+                                                                                fixed=0))
     with caplog.at_level(logging.WARNING, logger="epsweep"):
-        assert memory.plan_chunk(10, 1, devices, memory.Estimate(per_config=5 * 1024**3, state=1, fixed=0)) == 1
+        assert memory.plan_width(build_task("quadratic"), TrainSpec(steps=1, batch_size=1), devices) == 1
     assert "needs about 5.0 GiB by the memory estimate" in caplog.text

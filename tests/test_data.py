@@ -139,7 +139,7 @@ def test_largest_label_allowed_and_class_count_passed_through(tmp_path):
 def test_decompression_bomb_is_skipped_and_its_class_still_counts(tmp_path, monkeypatch):
     from PIL import Image
 
-    from epsweep.images import load_image_dataset
+    from epsweep.data.images import load_image_dataset
 
     for name, side in (("ants", 20), ("bees", 20), ("wasps", 50)):
         (tmp_path / name).mkdir()
@@ -154,7 +154,7 @@ def test_decompression_bomb_is_skipped_and_its_class_still_counts(tmp_path, monk
 
 @pytest.mark.parametrize("scale", [1.0, 255.0])
 def test_float_images_in_0_1_or_0_255_give_the_same_pixels(scale):
-    from epsweep.images import resize_arrays
+    from epsweep.data.images import resize_arrays
 
     x = np.random.default_rng(0).integers(0, 256, (3, 8, 8, 1)).astype(np.float32)
     pixels = resize_arrays(x / 255.0 * scale, 8)
@@ -163,7 +163,7 @@ def test_float_images_in_0_1_or_0_255_give_the_same_pixels(scale):
 
 @pytest.mark.parametrize("values", [(-1.0, 1.0), (0.0, 300.0)])
 def test_float_images_out_of_both_ranges_are_refused(values):
-    from epsweep.images import resize_arrays
+    from epsweep.data.images import resize_arrays
 
     x = np.linspace(*values, 2 * 8 * 8).reshape(2, 8, 8, 1)
     with pytest.raises(UserError, match="expected 0..1 or 0..255"):

@@ -15,12 +15,17 @@ import optax
 import pytest
 
 from epsweep.cli import main
+from epsweep.config import RunConfig
 from epsweep.engine import DIAGNOSTIC_POINTS
 from epsweep.grid import Grid
 from epsweep.optim import (
-    CONVENTIONS, denominator_terms, eps_diagnostics, make_optimizer, moving_parameters,
+    CONVENTIONS,
+    denominator_terms,
+    eps_diagnostics,
+    make_optimizer,
+    moving_parameters,
 )
-from epsweep.sweep import RunConfig, sweep
+from epsweep.runner import sweep
 
 LR = 0.01
 STEPS = 120

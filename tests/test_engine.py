@@ -5,11 +5,13 @@ import numpy as np
 import pytest
 
 from epsweep import engine
-from epsweep.engine import TrainSettings, train_runs
+from epsweep.config import RunConfig
+from epsweep.engine.driver import train_runs
+from epsweep.engine.spec import TrainSpec
 from epsweep.grid import Grid
-from epsweep.sweep import RunConfig, sweep
+from epsweep.runner import sweep
 
-SETTINGS = TrainSettings(steps=30, batch_size=16, curve_points=10)
+SETTINGS = TrainSpec(steps=30, batch_size=16, curve_points=10)
 
 
 def hparams(eps, lr=1e-2, decay=0.9, momentum=0.0):
@@ -54,7 +56,7 @@ def test_same_seed_same_start_different_seed_different_start(mlp_task):
 
 
 def test_divergence_is_isolated_and_reported(quadratic_task):
-    settings = TrainSettings(steps=40, batch_size=1, curve_points=8)
+    settings = TrainSpec(steps=40, batch_size=1, curve_points=8)
     h = hparams([1e-8, 1e-8], lr=[0.1, 1e30])
     out = train_runs(quadratic_task, settings, h, np.array([0]))
     alone = train_runs(quadratic_task, settings, hparams([1e-8], lr=[0.1]), np.array([0]))
@@ -130,14 +132,14 @@ def batchnorm_dropout_task(data):
         logits = model.apply({"params": params, "batch_stats": stats}, x, train=False)
         return optax.softmax_cross_entropy_with_integer_labels(logits, y), (logits.argmax(-1) == y).astype(float)
 
-    return Task("bn-dropout", ("bn-dropout",), init, loss, evaluate, data, True)
+    return Task("bn-dropout", init, loss, evaluate, data)
 
 
 def test_batchnorm_and_dropout_runs_are_independent_per_configuration(mlp_task):
     """Each configuration keeps its own BatchNorm statistics and draws its own dropout masks
     inside its vmapped step: trained in a grid it gives what it gives alone."""
     task = batchnorm_dropout_task(mlp_task.data)
-    settings = TrainSettings(steps=12, batch_size=16, curve_points=4)
+    settings = TrainSpec(steps=12, batch_size=16, curve_points=4)
     h = hparams([1e-8, 1.0, 1e-4], lr=[1e-2, 1e-1, 3e-3])
     together = train_runs(task, settings, h, np.array([3]))
     for j in range(3):
@@ -156,8 +158,8 @@ def test_loop_free_programs_train_like_the_looped_one(mlp_task):
 
     cnn = build_task("cnn", "digits", 0.2)
     assert cnn.loop_free_on_cpu
-    looped = dataclasses.replace(cnn, loop_free_on_cpu=False, key=cnn.key + ("looped",))
-    settings = TrainSettings(steps=6, batch_size=8, curve_points=3)
+    looped = dataclasses.replace(cnn, loop_free_on_cpu=False)
+    settings = TrainSpec(steps=6, batch_size=8, curve_points=3)
     h = hparams([1e-8, 1.0], lr=[1e-2, 1e-1])
     assert engine.compiled_programs(cnn, settings).loop_free
     assert not engine.compiled_programs(looped, settings).loop_free

@@ -302,12 +302,8 @@ def test_there_are_at_least_30_cases():
 
 def test_stdin_dash_with_nothing_piped(files, capsys, monkeypatch):
     monkeypatch.setattr(sys, "stdin", open(files / "stdin_empty"))
-    from epsweep import cli
-
-    cli._stdin_text.cache_clear()
     assert main(["grid", "--eps", "-"]) == 2
     assert capsys.readouterr().err == "epsweep: error: --eps: no values on standard input\n"
-    cli._stdin_text.cache_clear()
 
 
 @pytest.mark.parametrize("args, message", [

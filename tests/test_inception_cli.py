@@ -15,8 +15,8 @@ import pytest
 from PIL import Image
 
 from epsweep.cli import main
+from epsweep.data.images import load_image_dataset, load_image_folder
 from epsweep.errors import UserError
-from epsweep.images import load_image_dataset, load_image_folder
 from epsweep.presets import PRESETS, apply_preset
 
 EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
@@ -85,13 +85,13 @@ def test_frozen_parameters_never_move(mlp_task):
     """The engine's trainable mask (what --freeze-base uses) on a small task."""
     import dataclasses
 
-    from epsweep.engine import TrainSettings, train_runs
+    from epsweep.engine.driver import train_runs
+    from epsweep.engine.spec import TrainSpec
 
-    frozen = dataclasses.replace(mlp_task, key=mlp_task.key + ("frozen",),
-                                 trainable=lambda params: {"Dense_0": {"bias": False, "kernel": False},
+    frozen = dataclasses.replace(mlp_task, trainable=lambda params: {"Dense_0": {"bias": False, "kernel": False},
                                                            "Dense_1": {"bias": True, "kernel": True}})
     h = {"eps": np.array([1e-8]), "lr": np.array([1e-2]), "decay": np.array([0.9]), "momentum": np.array([0.0])}
-    settings = TrainSettings(steps=10, batch_size=16, curve_points=5)
+    settings = TrainSpec(steps=10, batch_size=16, curve_points=5)
     free_out = train_runs(mlp_task, settings, h, np.array([0]))
     frozen_out = train_runs(frozen, settings, h, np.array([0]))
     assert frozen_out.curve[0, 0, -1] > free_out.curve[0, 0, -1]  # learns less with the first layer frozen
@@ -122,7 +122,7 @@ def test_pretrained_constants_seed_fresh_head(tmp_path):
     import safetensors.torch
 
     from epsweep.data import split
-    from epsweep.inception_task import InceptionOptions, inception_task
+    from epsweep.tasks.inception import InceptionOptions, inception_task
 
     reference = timm.create_model("inception_v3", num_classes=1000)
     safetensors.torch.save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))

@@ -9,9 +9,9 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
+from reference import import_timm
 
 from epsweep.optim import CONVENTIONS, rmsprop
-from reference import import_timm
 
 STEPS = 120
 LR = 0.01

@@ -13,7 +13,7 @@ import tomllib
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-OPTIONAL = {"matplotlib": "plot"}  # module -> the extra that provides it
+OPTIONAL = {"matplotlib": "plot", "pandas": "pandas"}  # module -> the extra that provides it
 # module -> the declared dependency that brings it: cli.py falls back to click's exceptions on
 # Typer releases that use the standalone Click (and depend on it) instead of bundling their own
 VIA = {"click": "typer"}

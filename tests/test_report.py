@@ -10,9 +10,9 @@ import pytest
 
 from epsweep.cli import main
 from epsweep.errors import UserError
-from epsweep.render import SPARK_BLOCKS, curve_scale, sparkline
-from epsweep.report import build_report
-from epsweep.store import read_results
+from epsweep.results.analysis import build_report
+from epsweep.results.reading import read_results
+from epsweep.views.table import SPARK_BLOCKS, curve_scale, sparkline
 
 EPS = (1e-8, 1e-4, 1.0)
 LRS = (1e-3, 1e-2, 0.1)
@@ -144,7 +144,7 @@ def test_sparkline():
 
 def test_plot_draws_panels_and_heatmap(saved, tmp_path, capsys):
     pytest.importorskip("matplotlib")
-    from epsweep.plot import make_figure
+    from epsweep.views.plot import make_figure
 
     loaded = read_results(saved)
     fig = make_figure(loaded.meta, loaded.records)
@@ -177,7 +177,8 @@ def test_plot_without_matplotlib_says_how_to_get_it(saved, tmp_path, monkeypatch
 
 
 def test_titles_leave_out_meta_of_the_wrong_type():
-    from epsweep.render import _title, records_table
+    from epsweep.views.table import records_table
+    from epsweep.views.titles import run_title as _title
 
     assert _title({"task": 5, "data": {}, "steps": "abc", "batch_size": True, "seeds": 5}) == "RMSProp sweep"
     assert _title({"data": {"name": "x.npz"}, "steps": 10}) == "RMSProp sweep: data x.npz, 10 steps"

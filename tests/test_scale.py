@@ -1,6 +1,7 @@
 """Scale: the configuration axis split across devices and processes gives the single-device
 results; chunks follow the memory estimate; the persistent compilation cache is used."""
 
+import dataclasses
 import json
 import os
 import shutil
@@ -15,14 +16,17 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from epsweep import engine, memory, parallel
-from epsweep.engine import TrainSettings, train_runs
+from epsweep import engine
+from epsweep.config import RunConfig
+from epsweep.engine import driver, memory, runtime
+from epsweep.engine.driver import train_runs
+from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
 from epsweep.errors import UserError
 from epsweep.grid import Grid
-from epsweep.sweep import RunConfig, sweep
+from epsweep.runner import sweep
 
 EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
-SETTINGS = TrainSettings(steps=20, batch_size=16, curve_points=5)
+SETTINGS = TrainSpec(steps=20, batch_size=16, curve_points=5)
 
 
 def hparams(n):
@@ -40,10 +44,11 @@ def test_four_devices_equal_one_device():
     """Sharded over 4 forced host devices (a fresh process: XLA_FLAGS must precede JAX)."""
     script = textwrap.dedent("""
         import json, jax, numpy as np
-        from epsweep.engine import TrainSettings, train_runs
+        from epsweep.engine.driver import train_runs
+        from epsweep.engine.spec import TrainSpec
         from epsweep.tasks import build_task
         task = build_task("mlp")
-        s = TrainSettings(steps=20, batch_size=16, curve_points=5)
+        s = TrainSpec(steps=20, batch_size=16, curve_points=5)
         n = 6
         h = {"eps": np.logspace(-8, 0, n), "decay": np.linspace(0.8, 0.99, n), "lr": np.full(n, 1e-2),
              "momentum": np.linspace(0.0, 0.5, n)}
@@ -59,7 +64,7 @@ def test_four_devices_equal_one_device():
     assert r.returncode == 0, r.stderr
     out = json.loads(r.stdout.strip().splitlines()[-1])
     assert out["devices"] == 4
-    for name, one, four in zip(engine.RunOutputs._fields, out["one"], out["four"], strict=True):
+    for name, one, four in zip(RunOutputs._fields, out["one"], out["four"], strict=True):
         one, four = np.array(one, float), np.array(four, float)
         assert one.shape[:2] == (2, 6), name
         np.testing.assert_allclose(four, one, rtol=1e-6, atol=1e-7, err_msg=name)
@@ -98,13 +103,13 @@ def test_two_processes_equal_one(mlp_task):
 
 def test_memory_estimate_bounds_what_xla_allocates(mlp_task):
     """The per-configuration estimate covers XLA's own buffer assignment, without wild excess."""
-    settings = TrainSettings(steps=5, batch_size=32)
+    settings = TrainSpec(steps=5, batch_size=32)
     est = memory.estimate(mlp_task, settings)
     programs = engine.compiled_programs(mlp_task, settings)
-    x_val, y_val, mask = engine._validation_batches(mlp_task, settings.eval_batch_size)
+    x_val, y_val, mask = driver._validation_batches(mlp_task, settings.eval_batch_size)
     used = {}
     for g in (2, 10):
-        h = {k: jnp.zeros((g,), jnp.float32) for k in engine.HPARAMS}
+        h = {k: jnp.zeros((g,), jnp.float32) for k in HPARAMS}
         seeds = jnp.zeros((1,), jnp.uint32)
         state = jax.eval_shape(programs.init, h, seeds, None)
         sums = jnp.zeros((1, g), jnp.float32)
@@ -124,26 +129,27 @@ def test_memory_estimate_bounds_what_xla_allocates(mlp_task):
     assert est.fixed >= mlp_task.data.x_train.nbytes
 
 
-def test_plan_chunk_follows_the_budget(monkeypatch):
+def test_plan_width_follows_the_budget_never_the_grid(mlp_task, monkeypatch):
+    """Settings per call: what fits the memory budget and (one device per core) the L2 cache,
+    rounded down to a power of two per device, whatever the grid's size."""
     devices = jax.devices()[:1] * 2  # two (aliased) devices: only the count matters here
     est = memory.Estimate(per_config=1000, state=10, fixed=500)
+    monkeypatch.setattr(memory, "estimate", lambda task, spec: est)
     monkeypatch.setattr(memory, "device_budget", lambda d: 500 + 3 * 1000)  # room for 3 per device
     monkeypatch.setattr(memory, "l2_cache_bytes", lambda: 10**9)
     monkeypatch.setattr(memory, "available_cores", lambda: 1)  # a CPU device per core
-    assert memory.plan_chunk(100, 1, devices, est) == 6  # 3 per device
-    assert memory.plan_chunk(8, 1, devices, est) == 4  # 2 calls of 4 pad nothing; 6 would pad 4
-    assert memory.plan_chunk(100, 3, devices, est) == 2  # 3 seeds: one configuration per device
-    assert memory.plan_chunk(100, 1, devices, est, chunk_size=5) == 6  # rounded up to the devices
-    assert memory.plan_chunk(3, 1, devices, est, chunk_size=10**11) == 4  # never more than the grid needs
-    small = memory.Estimate(per_config=1, state=10, fixed=0)  # the budget allows any number
+    assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * 2  # 3 per device, down to a power of two
+    assert memory.plan_width(mlp_task, SETTINGS, devices, chunk_size=5) == 6  # rounded up to the devices
+    est = memory.Estimate(per_config=1, state=10, fixed=0)  # the budget allows any number
     copies = memory.CACHE_STATE_COPIES
     monkeypatch.setattr(memory, "l2_cache_bytes", lambda: copies * 10 * 5)  # the cache holds 5 settings
-    assert memory.plan_chunk(100, 1, devices, small) == 2 * 5
+    assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * 4
     monkeypatch.setattr(memory, "l2_cache_bytes", lambda: copies * 10 * 2)  # 2: the CPU minimum wins
-    assert memory.plan_chunk(100, 1, devices, small) == 2 * memory.CPU_MIN_PER_DEVICE
+    assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * memory.CPU_MIN_PER_DEVICE
     monkeypatch.setattr(memory, "available_cores", lambda: 64)  # one device on many cores: no cache cap
-    assert memory.plan_chunk(100, 1, devices, small) == 100
-    assert memory.plan_chunk(100, 1, devices, small, cpu_per_device=1) == 2  # a model best run one at a time
+    assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * memory.MAX_PER_DEVICE
+    one_at_a_time = dataclasses.replace(mlp_task, settings_per_cpu_device=1)  # a model best run one at a time
+    assert memory.plan_width(one_at_a_time, SETTINGS, devices) == 2
 
 
 def test_auto_chunks_equal_one_chunk(mlp_task, monkeypatch):
@@ -151,13 +157,13 @@ def test_auto_chunks_equal_one_chunk(mlp_task, monkeypatch):
     h = hparams(5)
     one = jax.devices()[:1]
     whole = train_runs(mlp_task, SETTINGS, h, np.array([0]), chunk_size=5, devices=one)
-    est = engine._estimate(mlp_task, SETTINGS)
+    est = memory.estimate(mlp_task, SETTINGS)
     monkeypatch.setattr(memory, "device_budget", lambda d: est.fixed + 2 * est.per_config)
     calls = []
     split = train_runs(mlp_task, SETTINGS, h, np.array([0]), on_chunk=lambda a, b, out: calls.append((a, b)),
                        devices=one)
     assert calls == [(0, 2), (2, 4), (4, 5)]
-    for name in engine.RunOutputs._fields:
+    for name in RunOutputs._fields:
         np.testing.assert_allclose(getattr(split, name), getattr(whole, name), rtol=2e-5, atol=1e-6, err_msg=name)
 
 
@@ -185,32 +191,33 @@ def test_compile_cache_serves_a_rerun_with_new_values(tmp_path):
 def test_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("EPSWEEP_COMPILE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
-    assert parallel.default_cache_dir() == tmp_path / "epsweep" / "jax"
+    assert runtime.default_cache_dir() == tmp_path / "epsweep" / "jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
-    assert parallel.default_cache_dir() == Path.home() / ".cache" / "epsweep" / "jax"
+    assert runtime.default_cache_dir() == Path.home() / ".cache" / "epsweep" / "jax"
     monkeypatch.setenv("EPSWEEP_COMPILE_CACHE", "off")
-    assert parallel.default_cache_dir() is None
+    assert runtime.default_cache_dir() is None
 
 
 def test_launcher_detection(monkeypatch):
     for name in ("OMPI_COMM_WORLD_SIZE", "PMI_SIZE", "SLURM_STEP_ID", "SLURM_NTASKS", "SLURM_STEP_NUM_TASKS"):
         monkeypatch.delenv(name, raising=False)
     monkeypatch.setenv("SLURM_NTASKS", "4")
-    assert parallel.launcher_process_count() == 1  # an allocation, but not inside srun
-    assert not parallel.Runtime().distributed
+    assert runtime.launcher_process_count() == 1  # an allocation, but not inside srun
+    assert not runtime.Runtime().distributed
     monkeypatch.setenv("SLURM_STEP_ID", "0")
-    assert parallel.launcher_process_count() == 4 and parallel.Runtime().distributed
-    assert not parallel.Runtime(num_processes=1).distributed  # flags win over the environment
+    assert runtime.launcher_process_count() == 4 and runtime.Runtime().distributed
+    assert not runtime.Runtime(num_processes=1).distributed  # flags win over the environment
 
 
 @pytest.mark.parametrize("kwargs, message", [
-    ({"num_processes": 2, "process_id": 2}, "--process-id"),
-    ({"num_processes": 0}, "--num-processes"),
-    ({"coordinator": "no port"}, "--coordinator"),
+    ({"num_processes": 2, "process_id": 2}, "process_id"),
+    ({"num_processes": 0}, "num_processes"),
+    ({"coordinator": "no port"}, "coordinator"),
+    ({"coordinator": "127.0.0.1:99999"}, "port 99999 is not a TCP port"),
 ])
 def test_bad_process_flags_are_user_errors(kwargs, message):
     with pytest.raises(UserError, match=message):
-        parallel.Runtime(**kwargs)
+        runtime.Runtime(**kwargs)
 
 
 def test_cli_refuses_bad_process_flags():

@@ -14,21 +14,17 @@ import jax
 import numpy as np
 import pytest
 
-from epsweep import engine
 from epsweep.cli import main
+from epsweep.config import RunConfig
+from epsweep.engine import driver
 from epsweep.errors import UserError
 from epsweep.grid import Grid
-from epsweep.store import (
-    MAX_JSON_DEPTH,
-    clean_meta,
-    default_stream_chunk,
-    read_results,
-    read_stream,
-    save_results,
-    stream_sweep,
-    write_atomic,
-)
-from epsweep.sweep import RunConfig
+from epsweep.results.files import write_atomic, write_or_keep
+from epsweep.results.formats import render_machine
+from epsweep.results.reading import MAX_JSON_DEPTH, clean_meta, read_results, read_stream
+from epsweep.results.writers import JsonlWriter, MemoryWriter
+from epsweep.runner import resolve_spec, run
+from epsweep.vocabulary import UpdateRule
 
 EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
 QUAD_GRID = Grid(eps=(1e-8, 1e-4, 1e-2, 0.1, 1.0), lr=(0.01, 0.1))
@@ -37,6 +33,24 @@ QUAD_CONFIG = RunConfig(steps=30, conventions=("optax", "tf1"), chunk_size=3)
 
 def lines_of(path):
     return [json.loads(line) for line in Path(path).read_text().splitlines()]
+
+
+class Arrivals(MemoryWriter):
+    """Counts the records on hand after each chunk arrives."""
+
+    def __init__(self):
+        super().__init__()
+        self.counts = [0]
+
+    def write(self, records):
+        super().write(records)
+        self.counts.append(len(self.records))
+
+
+def stream_sweep(task, grid, config, path, *, resume=False, arrivals=None):
+    """A sweep streamed to (and resumed from) ``path``, as ``--output path.jsonl`` does."""
+    writers = [JsonlWriter(path, resume=resume), *([arrivals] if arrivals is not None else [])]
+    return run(task, grid, config, writers=writers, resume=resume)
 
 
 # --- atomic files -----------------------------------------------------------------------------
@@ -66,7 +80,7 @@ def test_save_results_falls_back_when_the_target_is_gone(tmp_path):
     gone.rmdir()  # the directory vanished while the sweep ran
     records = [{"eps": 1.0, "decay": 0.9, "lr": 0.1, "final_loss": 0.5, "diverged": False}]
     with pytest.raises(UserError, match="the results were saved to") as caught:
-        save_results(target, "json", {"task": "x"}, records)
+        write_or_keep(target, render_machine("json", {"task": "x"}, records), "json")
     fallback = Path(str(caught.value).rsplit("saved to ", 1)[1])
     try:
         assert json.loads(fallback.read_text())["results"] == records
@@ -124,16 +138,18 @@ def test_meta_keys_of_the_wrong_type_are_dropped_with_a_note():
 @pytest.fixture(scope="module")
 def uninterrupted(tmp_path_factory, quadratic_task):
     path = tmp_path_factory.mktemp("full") / "full.jsonl"
-    saved = []
-    result = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, path, on_saved=lambda n, total: saved.append(n))
-    return path, result, saved
+    arrivals = Arrivals()
+    result = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, path, arrivals=arrivals)
+    return path, result, arrivals.counts
 
 
 def test_records_stream_chunk_by_chunk_with_a_meta_line(uninterrupted):
     path, result, saved = uninterrupted
     lines = lines_of(path)
     meta = lines[0]["meta"]
-    assert meta["format"] == "epsweep-stream/1" and meta["chunk_size"] == 3 and meta["settings"] == 20
+    per_call = 3 + (-3) % len(jax.devices())  # 3 settings, rounded up to a multiple of the device count
+    assert meta["format"] == "epsweep-stream/1" and meta["layout"]["settings_per_call"] == per_call
+    assert meta["settings"] == 20
     assert meta["run"]["train"]["steps"] == 30 and meta["run"]["seeds"] == [0]
     assert lines[1:] == result.records and len(result.records) == 20
     # records arrive chunk by chunk (3 settings, rounded up to a multiple of the device count),
@@ -152,16 +168,17 @@ def test_resume_after_a_cut_equals_the_uninterrupted_run(uninterrupted, quadrati
     assert read_stream(cut).notes and len(read_stream(cut).records) == 7
     resumed = stream_sweep(quadratic_task, QUAD_GRID, RunConfig(steps=30, conventions=("optax", "tf1")), cut,
                            resume=True)
-    assert resumed.meta["resumed"] == 7 and resumed.meta["trained"] == 13 and resumed.meta["chunk_size"] == 3
-    assert resumed.records == full.records  # bitwise: same chunk shapes as the first run
+    assert resumed.meta["resumed"] == 7 and resumed.meta["trained"] == 13
+    assert resumed.meta["layout"] == full.meta["layout"]  # the file's call width, though none was given
+    assert resumed.records == full.records  # bitwise: same call shapes as the first run
     assert lines_of(cut)[1:] == lines_of(full_path)[1:]  # the file is rewritten in grid order
     again = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, cut, resume=True)  # nothing left to do
     assert again.meta["trained"] == 0 and again.records == full.records
 
 
 def test_resume_of_a_few_missing_settings_is_exact(mlp_task, tmp_path, chunk=4, dropped=(0, 9)):
-    """Fewer settings missing than a chunk holds: resume tops the call up with finished ones,
-    so the numbers still match the uninterrupted run bit for bit (a call of another shape
+    """Fewer settings missing than a chunk holds: the call is padded to its usual width, so
+    the numbers still match the uninterrupted run bit for bit (a call of another shape
     rounds differently: this MLP at lr 0.1 then differs in the last digits)."""
     grid = Grid(eps=(1e-8, 1e-6, 1e-4, 1e-2, 1.0), lr=(0.03, 0.1))
     config = RunConfig(steps=20, batch_size=16, chunk_size=chunk)
@@ -182,25 +199,21 @@ def test_resume_refuses_another_run_and_fresh_runs_keep_partial_files(uninterrup
     with pytest.raises(UserError, match=r"different run \(steps 30 in the file, 40 now\)"):
         stream_sweep(quadratic_task, QUAD_GRID, RunConfig(steps=40, conventions=("optax", "tf1")), partial,
                      resume=True)
-    with pytest.raises(UserError, match="holds 4 of 20 settings of this run; add --resume"):
+    with pytest.raises(UserError, match="holds 4 of 20 settings of this run; add resume"):
         stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, partial)
     assert len(partial.read_text().splitlines()) == 5  # untouched
-
-
-def test_default_stream_chunking():
-    assert [default_stream_chunk(n) for n in (1, 2, 8, 9, 40, 1000)] == [1, 1, 1, 2, 5, 125]
 
 
 def test_results_do_not_depend_on_chunk_neighbours(mlp_task):
     """For a fixed chunk size, a setting's numbers are bitwise the same whichever settings share
     its chunk (what makes resume exact). Different chunk sizes may differ in float rounding."""
-    settings = RunConfig(steps=20, batch_size=16).train_settings(mlp_task, "optax")
+    settings = resolve_spec(mlp_task, RunConfig(steps=20, batch_size=16), UpdateRule("rmsprop", "optax"))
     grid = Grid(eps=(1e-8, 1e-4, 1.0), lr=(1e-3, 0.1)).settings()
     seeds = np.array([0, 1], np.uint32)
 
     def run(order):
-        h = {n: np.array([grid[i][n] for i in order]) for n in engine.HPARAMS}
-        out = engine.train_runs(mlp_task, settings, h, seeds, chunk_size=2)
+        h = {n: np.array([grid[i][n] for i in order]) for n in ("eps", "decay", "lr", "momentum")}
+        out = driver.train_runs(mlp_task, settings, h, seeds, chunk_size=2)
         return {i: (out.curve[:, k], out.val_loss[:, k]) for k, i in enumerate(order)}
 
     everything, subset = run(range(6)), run([5, 2, 3])
@@ -273,23 +286,6 @@ def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
     assert len(lines_of(out)) == 13
 
 
-def test_streaming_never_puts_more_in_a_call_than_memory_allows(mlp_task, monkeypatch):
-    """With no --chunk-size a stream arrives in about 8 pieces, unless the memory plan asks
-    for smaller calls: then the plan wins (a large model must not run out of memory)."""
-    from epsweep import engine, memory
-    from epsweep.store import stream_chunk
-    from epsweep.sweep import RunConfig, planned_chunk_size
-
-    config = RunConfig(steps=5, batch_size=8)
-    est = engine.estimate(mlp_task, config.train_settings(mlp_task, "optax"))
-    monkeypatch.setattr(memory, "device_budget", lambda device: est.fixed + 3 * est.per_config)  # 3 a device
-    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: 10**12)
-    planned = planned_chunk_size(mlp_task, config, 100)
-    assert planned == 3 * len(jax.devices())
-    assert stream_chunk(mlp_task, config, 100) == planned  # not ceil(100 / 8) = 13
-    assert stream_chunk(mlp_task, config, 16) == 2  # a small grid: 8 pieces still
-
-
 def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_completes_it(
         tmp_path, monkeypatch, capsys):
     """Out of memory (or Ctrl-C) after some chunks of a sweep written only at the end: the
@@ -299,7 +295,7 @@ def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_com
 
     args = ["grid", "--task", "quadratic", "--eps", "log:1e-8:1:6", "--lr", "0.01", "0.1", "--steps", "20",
             "--chunk-size", "2", "-q"]
-    real = engine.train_runs
+    real = driver.train_runs
 
     def fails_after_two_chunks(*a, on_chunk, **k):
         calls = []
@@ -312,16 +308,17 @@ def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_com
 
         return real(*a, on_chunk=chunk, **k)
 
-    monkeypatch.setattr(engine, "train_runs", fails_after_two_chunks)
+    monkeypatch.setattr(driver, "train_runs", fails_after_two_chunks)
     out = tmp_path / "f.json"
     assert main([*args, "-f", "json", "-o", str(out)]) == 2
     err = capsys.readouterr().err
     partial = tmp_path / "f.partial.jsonl"
     assert err.count("\n") == 1 and err.startswith("epsweep: error: out of memory while training")
-    assert err.endswith(f"; 4 finished settings saved to {partial} (finish with --output {partial} --resume)\n")
+    assert err.endswith(f"; 4 of 12 finished settings saved to {partial} (finish with --output {partial} "
+                        f"--resume)\n")
     assert not out.exists() and len(lines_of(partial)) == 1 + 4
 
-    monkeypatch.setattr(engine, "train_runs", real)
+    monkeypatch.setattr(driver, "train_runs", real)
     assert main([*args, "-f", "jsonl", "-o", str(partial), "--resume"]) == 0
     reference = tmp_path / "reference.jsonl"
     assert main([*args, "-f", "jsonl", "-o", str(reference)]) == 0

@@ -31,7 +31,6 @@ from pathlib import Path
 from typing import Any, Mapping
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 from safetensors.numpy import load_file
@@ -181,7 +180,8 @@ def load_inception_safetensors(
     for key, (collection, flax_path, leaf) in targets.items():
         if key in kept:
             continue
-        merged[collection][flax_path] = jnp.asarray(_to_flax_layout(tensors[key]), dtype=leaf.dtype)
+        # NumPy, not jax.numpy: loading weights starts no JAX backend
+        merged[collection][flax_path] = np.asarray(_to_flax_layout(tensors[key]), dtype=leaf.dtype)
         loaded.append(key)
     variables = dict(init_variables)
     variables.update({collection: traverse_util.unflatten_dict(flat) for collection, flat in merged.items()})

@@ -20,10 +20,10 @@ import numpy as np
 import optax
 from flax import traverse_util
 
-from epsweep.data import Dataset
-from epsweep.errors import UserError
+from epsweep.data.dataset import Dataset
+from epsweep.errors import UserError, param
 from epsweep.models.inception import AUX_MIN_INPUT_SIZE, MIN_INPUT_SIZE, InceptionV3, head_mask
-from epsweep.tasks import Task
+from epsweep.tasks.task import Task
 
 AUX_LOSS_WEIGHT = 0.4
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
@@ -44,25 +44,26 @@ class InceptionOptions:
 
     def __post_init__(self) -> None:
         if self.head not in ("linear", "mlp"):
-            raise UserError(f"--head: unknown head {self.head!r}; choose linear or mlp")
+            raise UserError(f"{param('head')}: unknown head {self.head!r}; choose linear or mlp")
         if self.dtype not in DTYPES:
-            raise UserError(f"--dtype: unknown dtype {self.dtype!r}; choose {' or '.join(DTYPES)}")
+            raise UserError(f"{param('dtype')}: unknown dtype {self.dtype!r}; choose {' or '.join(DTYPES)}")
         if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"--label-smoothing: {self.label_smoothing:g} must lie in [0, 1)")
+            raise UserError(f"{param('label_smoothing')}: {self.label_smoothing:g} must lie in [0, 1)")
         if not 0 <= self.dropout_rate < 1:
-            raise UserError(f"--dropout: {self.dropout_rate:g} must lie in [0, 1)")
+            raise UserError(f"{param('dropout')}: {self.dropout_rate:g} must lie in [0, 1)")
         if self.freeze_base and self.weights is None:
-            raise UserError("--freeze-base needs --weights (a frozen random base learns nothing)")
+            raise UserError(f"{param('freeze_base')} needs {param('weights')} (a frozen random base learns nothing)")
         if self.weights is not None and not Path(self.weights).is_file():
-            raise UserError(f"--weights: {self.weights}: no such file")
+            raise UserError(f"{param('weights')}: {self.weights}: no such file")
 
 
 def check_image_size(size: int, options: InceptionOptions) -> None:
     """Refuse an image size the model cannot take (before any image is decoded)."""
     if size < MIN_INPUT_SIZE:
-        raise UserError(f"--image-size: Inception-v3 needs at least {MIN_INPUT_SIZE}; got {size}")
+        raise UserError(f"{param('image_size')}: Inception-v3 needs at least {MIN_INPUT_SIZE}; got {size}")
     if options.aux_logits and size < AUX_MIN_INPUT_SIZE:
-        raise UserError(f"--aux: the auxiliary classifier needs --image-size >= {AUX_MIN_INPUT_SIZE}; got {size}")
+        raise UserError(f"{param('aux')}: the auxiliary classifier needs {param('image_size')} >= "
+                        f"{AUX_MIN_INPUT_SIZE}; got {size}")
 
 
 def _preprocess(x: jax.Array) -> jax.Array:
@@ -96,7 +97,7 @@ def inception_task(data: Dataset, options: InceptionOptions = InceptionOptions()
     check_image_size(size, options)
     model = InceptionV3(num_classes=data.num_classes, aux_logits=options.aux_logits, head=options.head,
                         dropout_rate=options.dropout_rate, dtype=DTYPES[options.dtype])
-    sample = jnp.zeros((1, size, size, 3), jnp.float32)
+    sample = np.zeros((1, size, size, 3), np.float32)  # a NumPy array: building the task starts no JAX backend
     constants = from_file = None
     if options.weights is not None:
         constants, from_file = _pretrained(model, sample, options.weights)
@@ -133,14 +134,14 @@ def inception_task(data: Dataset, options: InceptionOptions = InceptionOptions()
         losses = optax.softmax_cross_entropy_with_integer_labels(logits, y)
         return losses, (logits.argmax(-1) == y).astype(jnp.float32)
 
-    key = ("inception", data.input_shape, data.num_classes, options, None if from_file is None
-           else tuple(sorted(traverse_util.flatten_dict(from_file["params"]).items())))
-    describe = {"model": "inception_v3", "image_size": size, "head": options.head, "aux_logits": options.aux_logits,
-                "dtype": options.dtype, "label_smoothing": options.label_smoothing,
-                "dropout": options.dropout_rate if options.head == "linear" else None, "preset": options.preset,
-                "weights": str(options.weights) if options.weights else None, "freeze_base": options.freeze_base}
-    return Task("inception", key, init, loss, evaluate, data, True, default_epochs=1, default_batch_size=32, eval_batch_size=32,
-                describe_extra=describe, constants=constants,
+    identity = ("inception", options, None if from_file is None
+                else tuple(sorted(traverse_util.flatten_dict(from_file["params"]).items())))
+    details = {"model": "inception_v3", "image_size": size, "head": options.head, "aux_logits": options.aux_logits,
+               "dtype": options.dtype, "label_smoothing": options.label_smoothing,
+               "dropout": options.dropout_rate if options.head == "linear" else None, "preset": options.preset,
+               "weights": str(options.weights) if options.weights else None, "freeze_base": options.freeze_base}
+    return Task("inception", init, loss, evaluate, data, identity=identity, default_epochs=1, default_batch_size=32,
+                eval_batch_size=32, details=details, constants=constants,
                 trainable=head_mask if options.freeze_base else None, loop_free_on_cpu=True,
                 # vmapped settings turn every convolution into a grouped one, which XLA's CPU
                 # backend runs slowly: at 75x75 one setting per core trained 1.5 s per setting

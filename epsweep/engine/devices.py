@@ -1,9 +1,9 @@
 """Where epsweep's programs run: devices, the persistent compilation cache, several processes.
 
-:func:`setup` configures JAX for this process. Parts of it only take effect before JAX starts
-its backends, so call it first (the CLI does; :func:`epsweep.sweep` calls it with the defaults, in
-one process, when nobody has, which still turns the cache on but may be too late for the
-devices):
+:func:`setup` (``epsweep.setup``) configures JAX for this process. Parts of it only take effect
+before JAX starts its backends; nothing in epsweep starts them before a sweep runs (building
+tasks and datasets uses NumPy only), and a sweep calls it with the defaults when nobody has, so
+the order of calls does not matter unless other code starts JAX first:
 
 - the persistent compilation cache, on by default in ``$EPSWEEP_COMPILE_CACHE`` or else
   ``$XDG_CACHE_HOME/epsweep/jax`` (``~/.cache/epsweep/jax``), so a rerun with other values of
@@ -20,10 +20,8 @@ devices):
 from __future__ import annotations
 
 import contextlib
-import dataclasses
 import logging
 import os
-import re
 import resource
 import sys
 from collections.abc import Iterator, Sequence
@@ -33,83 +31,12 @@ from typing import Any
 import jax
 import numpy as np
 
+from epsweep.engine.runtime import CACHE_MAX_BYTES, Runtime, available_cores, default_cache_dir
 from epsweep.errors import UserError
 
 log = logging.getLogger(__name__)
 
-CACHE_ENV = "EPSWEEP_COMPILE_CACHE"
-CACHE_MAX_BYTES = 2 * 1024**3  # least recently used entries go beyond this
-_OFF = ("0", "off", "false", "no", "")
-_ADDRESS = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:\d{1,5}$")
-
-
-@dataclasses.dataclass(frozen=True)
-class Runtime:
-    """How this process runs JAX.
-
-    ``compile_cache``: True for the default directory, False for none, or a directory.
-    ``cpu_devices``: JAX devices to make of the CPU (default: one per available core).
-    ``coordinator`` ("host:port" of process 0), ``num_processes`` and ``process_id``: run as
-    one of several processes; what is left out is taken from the cluster environment.
-    """
-
-    compile_cache: bool | str | Path = True
-    cpu_devices: int | None = None
-    coordinator: str | None = None
-    num_processes: int | None = None
-    process_id: int | None = None
-
-    def __post_init__(self) -> None:
-        if self.cpu_devices is not None and self.cpu_devices < 1:
-            raise UserError(f"cpu_devices: {self.cpu_devices} must be a positive integer")
-        if self.num_processes is not None and self.num_processes < 1:
-            raise UserError(f"--num-processes: {self.num_processes} must be a positive integer")
-        if self.process_id is not None and self.process_id < 0:
-            raise UserError(f"--process-id: {self.process_id} must be >= 0")
-        if self.num_processes is not None and self.process_id is not None and self.process_id >= self.num_processes:
-            raise UserError(f"--process-id: {self.process_id} must be below --num-processes {self.num_processes}")
-        if self.coordinator is not None and not _ADDRESS.match(self.coordinator):
-            raise UserError(f"--coordinator: {self.coordinator!r} is not host:port")
-
-    @property
-    def distributed(self) -> bool:
-        """Whether this process is one of several (flags given, or a launcher started several)."""
-        given = (self.coordinator, self.num_processes, self.process_id)
-        if any(v is not None for v in given):
-            return self.num_processes != 1
-        return launcher_process_count() > 1
-
-
 _applied: Runtime | None = None
-
-
-def launcher_process_count() -> int:
-    """How many processes a cluster launcher started for this job step (1 when none did)."""
-    env = os.environ
-    candidates = [env.get("OMPI_COMM_WORLD_SIZE"), env.get("PMI_SIZE")]
-    if "SLURM_STEP_ID" in env:  # inside srun, not merely inside an allocation
-        candidates += [env.get("SLURM_STEP_NUM_TASKS"), env.get("SLURM_NTASKS")]
-    for value in candidates:
-        if value and value.isdigit():
-            return int(value)
-    return 1
-
-
-def default_cache_dir() -> Path | None:
-    """The compilation cache directory the environment asks for, or None when it is turned off."""
-    value = os.environ.get(CACHE_ENV)
-    if value is not None:
-        return None if value.strip().lower() in _OFF else Path(value).expanduser()
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base).expanduser() / "epsweep" / "jax"
-
-
-def available_cores() -> int:
-    """CPU cores this process may run on."""
-    try:
-        return len(os.sched_getaffinity(0))
-    except (AttributeError, OSError):  # pragma: no cover - not Linux
-        return os.cpu_count() or 1
 
 
 def _backends_started() -> bool:
@@ -154,7 +81,10 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
     processes is an error, a device count is left as it is).
     """
     global _applied
+    from epsweep.engine.compiled import install_listeners
+
     runtime = runtime or Runtime(**kwargs)
+    install_listeners()
     _set_compile_cache(runtime.compile_cache)
     first = _applied is None
     _applied = runtime
@@ -200,13 +130,24 @@ def is_primary() -> bool:
     return jax.process_index() == 0
 
 
-def config_devices(total: int, devices: Sequence[jax.Device] | None = None) -> list[jax.Device]:
-    """The devices a grid of ``total`` settings is split across: all of them, or (one process)
-    no more than there are settings."""
-    devices = list(devices) if devices is not None else jax.devices()
-    if jax.process_count() == 1:
-        devices = devices[: max(1, min(len(devices), total))]
-    return devices
+def config_devices(devices: Sequence[jax.Device] | None = None) -> list[jax.Device]:
+    """The devices a grid's settings are split across: ``devices``, or every device of every
+    process. Always all of them, whatever the grid's size, so that every sweep runs programs
+    of the same shape (a setting's numbers then never depend on the grid around it)."""
+    return list(devices) if devices is not None else jax.devices()
+
+
+def layout(devices: Sequence[jax.Device], per_call: int) -> dict:
+    """What a setting's bitwise numbers depend on beyond the setting itself, as recorded in
+    results: the backend, device kind and count, and the settings per compiled call."""
+    return {
+        "backend": devices[0].platform,
+        "device_kind": devices[0].device_kind,
+        "devices": len(devices),
+        "processes": jax.process_count(),
+        "settings_per_call": per_call,
+        "settings_per_device": per_call // len(devices),
+    }
 
 
 @contextlib.contextmanager

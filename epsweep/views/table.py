@@ -1,4 +1,4 @@
-"""Rich tables of sweep records (the terminal rendering; nothing below imports it)."""
+"""Rich tables of sweep records: the terminal rendering (nothing below the views imports it)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,9 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from epsweep.results import best_index
+from epsweep.results.records import best_index
+from epsweep.views.titles import run_title
+from epsweep.vocabulary import label
 
 _NAME_AXES = ("optimizer", "convention")
 
@@ -90,7 +92,7 @@ def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklin
     has_acc = any(r.get("val_accuracy") is not None for r in records)
     has_eps_dom = any(r.get("eps_dominated") is not None for r in records)
     given = meta.get("title")
-    title = (given if isinstance(given, str) and given else _title(meta)) + (f" ({note})" if note else "")
+    title = (given if isinstance(given, str) and given else run_title(meta)) + (f" ({note})" if note else "")
     table = Table(title=title, title_justify="left", header_style="bold")
     for axis in shown:
         table.add_column(axis, justify="left" if axis in _NAME_AXES else "right", no_wrap=True)
@@ -130,30 +132,6 @@ def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklin
     return table
 
 
-def _title(meta: dict) -> str:
-    """What the meta says about the run, in one line; keys of an unexpected type are left out."""
-    parts = []
-    if isinstance(meta.get("task"), str) and meta["task"]:
-        parts.append(f"task {meta['task']}")
-    data = meta.get("data")
-    if isinstance(data, dict) and data.get("name") is not None:
-        sizes = f" ({data['train']} train / {data['val']} val)" if "train" in data and "val" in data else ""
-        parts.append(f"data {data['name']}{sizes}")
-    if _count(meta.get("steps")):
-        parts.append(f"{meta['steps']} steps")
-    if _count(meta.get("batch_size")):
-        parts.append(f"batch {meta['batch_size']}")
-    seeds = meta.get("seeds")
-    if isinstance(seeds, list) and seeds:
-        parts.append(f"{len(seeds)} seed{'s' if len(seeds) > 1 else ''}")
-    return "RMSProp sweep: " + ", ".join(parts) if parts else "RMSProp sweep"
-
-
-def _count(value) -> bool:
-    """A positive whole number (not a bool)."""
-    return isinstance(value, int) and not isinstance(value, bool) and value > 0
-
-
 def _axis_value(value) -> str:
     return format(value, ".4g") if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
 
@@ -168,7 +146,7 @@ def best_per_axis_table(rows: Sequence[dict]) -> Table:
     table = Table(title="Best setting for each axis value", title_justify="left", header_style="bold")
     table.add_column("axis", no_wrap=True)
     table.add_column("value", justify="right", no_wrap=True)
-    table.add_column(_METRIC_LABELS.get(metric, metric), justify="right", no_wrap=True)
+    table.add_column(label(metric), justify="right", no_wrap=True)
     table.add_column("at")
     varying = list(dict.fromkeys(r["axis"] for r in rows))
     for row in rows:
@@ -184,7 +162,7 @@ def best_per_axis_table(rows: Sequence[dict]) -> Table:
 def sensitivity_table(rows: Sequence[dict]) -> Table:
     """How much the metric moves across eps at each other setting (from report.sensitivity)."""
     metric = rows[0]["metric"] if rows else "val_accuracy"
-    name = _METRIC_LABELS.get(metric, metric)
+    name = label(metric)
     held = [a for a in ("decay", "lr", "momentum", "optimizer", "convention")
             if a in ("decay", "lr") or len({r[a] for r in rows}) > 1]
     ranges = {(r["eps_min"], r["eps_max"]) for r in rows}
@@ -217,5 +195,3 @@ def _width(table: Table) -> int:
     console = Console(width=10_000)
     return Measurement.get(console, console.options, table).maximum
 
-
-_METRIC_LABELS = {"val_accuracy": "val acc", "val_loss": "val loss", "final_loss": "final loss"}

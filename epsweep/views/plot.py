@@ -13,9 +13,11 @@ from pathlib import Path
 
 import numpy as np
 
-from epsweep.errors import UserError
-from epsweep.report import AXES, HIGHER_IS_BETTER, OTHER_AXES, label, metric_of
-from epsweep.store import write_atomic
+from epsweep.errors import UserError, param
+from epsweep.results.analysis import AXES, OTHER_AXES, metric_of
+from epsweep.results.files import check_writable, write_atomic
+from epsweep.views.titles import run_title
+from epsweep.vocabulary import HIGHER_IS_BETTER, label
 
 MAX_PANELS = 24
 MISSING_MESSAGE = "plotting needs matplotlib, an optional extra: pip install 'epsweep[plot]'"
@@ -56,16 +58,14 @@ def make_figure(meta: dict, records: Sequence[dict]):
     """The figure (a matplotlib ``Figure``): curve panels when the records carry loss curves,
     then the heatmap."""
     Figure, _, colors, ScalarMappable = _matplotlib()
-    from epsweep.render import _title
-
     if not records:
         raise UserError("nothing to plot: no records")
     metric = metric_of(records)
     held, panels = _panels(records)
     with_curves = any(r.get("loss_curve") for r in records)
     if with_curves and len(panels) > MAX_PANELS:
-        raise UserError(f"plot: {len(panels)} panels (one per {'/'.join(held)}) is too many; "
-                        f"narrow it with --where, e.g. --where lr=0.01")
+        raise UserError(f"{len(panels)} panels (one per {'/'.join(held)}) is too many; "
+                        f"narrow it with {param('where')}, e.g. lr=0.01")
     n_curve = len(panels) if with_curves else 0
     total = n_curve + 1
     ncols = min(3, total)
@@ -74,7 +74,7 @@ def make_figure(meta: dict, records: Sequence[dict]):
     # panel titles name what differs between panels; what all share goes under the title
     differs = [i for i, _ in enumerate(held) if len({k[i] for k in panels}) > 1] or list(range(len(held)))
     shared = [f"{held[i]} {_fmt(next(iter(panels))[i])}" for i in range(len(held)) if i not in differs]
-    fig.suptitle(_title(meta) + (f"\n{', '.join(shared)}" if shared and with_curves else ""))
+    fig.suptitle(run_title(meta) + (f"\n{', '.join(shared)}" if shared and with_curves else ""))
     grid = fig.add_gridspec(nrows, ncols)
     eps_values = sorted({r["eps"] for r in records})
     cmap = colors.ListedColormap(_viridis(len(eps_values)))
@@ -179,18 +179,16 @@ def save_plot(meta: dict, records: Sequence[dict], path: Path | str, *, dpi: int
     atomically. Returns the number of loss-curve panels."""
     path = Path(path)
     Figure, FigureCanvasAgg, _, _ = _matplotlib()
-    from epsweep.store import check_writable
-
     check_writable(path)
     fmt = path.suffix.lower().lstrip(".")
     supported = FigureCanvasAgg(Figure()).get_supported_filetypes()
     if fmt not in supported:
-        raise UserError(f"--output: cannot tell the image format of {path} (use .png, .svg or .pdf)")
+        raise UserError(f"{param('output')}: cannot tell the image format of {path} (use .png, .svg or .pdf)")
     fig = make_figure(meta, records)
     FigureCanvasAgg(fig)
     try:
         write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     except OSError as e:
-        raise UserError(f"--output: cannot write {path}: {e.strerror or e}") from None
+        raise UserError(f"{param('output')}: cannot write {path}: {e.strerror or e}") from None
     return sum(1 for ax in fig.axes if ax.get_ylabel() == "training loss")
 

@@ -14,15 +14,15 @@ import dataclasses
 import logging
 import math
 import os
+import weakref
 from collections.abc import Sequence
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 
+from epsweep.engine.devices import available_cores
 from epsweep.optim import make_optimizer
-from epsweep.parallel import available_cores
 
 log = logging.getLogger(__name__)
 
@@ -30,6 +30,7 @@ STATE_COPIES = 3
 CACHE_STATE_COPIES = 4  # state, gradient, new state, kept copy: what one step streams through
 MEMORY_SHARE = 0.5  # of what a device has free, the share a sweep plans to use
 CPU_MIN_PER_DEVICE = 4  # below this, per-call overheads dominate on CPU
+MAX_PER_DEVICE = 1024  # wider calls gain nothing on any device measured; padding a small grid costs
 _DEFAULT_L2 = 1024**2
 
 
@@ -65,13 +66,24 @@ class Estimate:
     fixed: int
 
 
-def estimate(task: Any, settings: Any) -> Estimate:
-    """The memory the engine's program needs for ``task`` trained with ``settings``."""
+_estimates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> {spec: Estimate}
+
+
+def estimate(task: Any, spec: Any) -> Estimate:
+    """The memory the engine's program needs for ``task`` trained with ``spec`` (a
+    :class:`~epsweep.engine.spec.TrainSpec`), kept per task and spec."""
+    per_task = _estimates.setdefault(task, {})
+    if spec not in per_task:
+        per_task[spec] = _estimate(task, spec)
+    return per_task[spec]
+
+
+def _estimate(task: Any, spec: Any) -> Estimate:
     key = jax.eval_shape(lambda: jax.random.key(0))  # a shape only: nothing runs
     init_args = (key,) if task.constants is None else (key, task.constants)
     params, model_state = jax.eval_shape(task.init, *init_args)
-    optimizer = make_optimizer(settings.optimizer, 1e-3, 0.9, 1e-8, momentum=0.0,
-                               convention=settings.convention, centered=settings.centered)
+    optimizer = make_optimizer(spec.optimizer, 1e-3, 0.9, 1e-8, momentum=0.0,
+                               convention=spec.convention, centered=spec.centered)
     opt_state = jax.eval_shape(optimizer.init, params)
     state = tree_bytes((params, model_state, opt_state))
     work = 0
@@ -79,13 +91,13 @@ def estimate(task: Any, settings: Any) -> Estimate:
     if task.data is not None:
         data = task.data
         fixed += sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
-        xb = jax.ShapeDtypeStruct((settings.batch_size, *data.input_shape), jnp.float32)
-        yb = jax.ShapeDtypeStruct((settings.batch_size,), data.y_train.dtype)
+        xb = jax.ShapeDtypeStruct((spec.batch_size, *data.input_shape), data.x_train.dtype)
+        yb = jax.ShapeDtypeStruct((spec.batch_size,), data.y_train.dtype)
         step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, xb, yb, key)
         work = _jaxpr_bytes(step.jaxpr)
         if task.evaluate is not None and len(data.x_val):
-            n = min(settings.eval_batch_size, len(data.x_val))
-            xe = jax.ShapeDtypeStruct((n, *data.input_shape), jnp.float32)
+            n = min(spec.eval_batch_size, len(data.x_val))
+            xe = jax.ShapeDtypeStruct((n, *data.input_shape), data.x_val.dtype)
             ye = jax.ShapeDtypeStruct((n,), data.y_val.dtype)
             work = max(work, _jaxpr_bytes(jax.make_jaxpr(task.evaluate)(params, model_state, xe, ye).jaxpr))
     else:
@@ -94,26 +106,27 @@ def estimate(task: Any, settings: Any) -> Estimate:
     return Estimate(per_config=STATE_COPIES * state + work, state=state, fixed=fixed)
 
 
-def _available_host_bytes() -> int:
+def _total_host_bytes() -> int:
     try:
         with open("/proc/meminfo") as f:
             for line in f:
-                if line.startswith("MemAvailable:"):
+                if line.startswith("MemTotal:"):
                     return int(line.split()[1]) * 1024
     except OSError:  # pragma: no cover - not Linux
         pass
-    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_AVPHYS_PAGES")
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
 
 
 def device_budget(device: jax.Device) -> int:
-    """Bytes a sweep plans to use on ``device``: a share of what it has free (on CPU, of the
-    host's available memory divided among the local CPU devices)."""
+    """Bytes a sweep plans to use on ``device``: a share of its capacity (on CPU, of the
+    host's memory divided among the local CPU devices). Capacity, not what is free at the
+    moment, so that the plan, and with it every setting's numbers, is the same on every run."""
     stats = device.memory_stats() if device.platform != "cpu" else None
     if stats and "bytes_limit" in stats:
-        free = stats["bytes_limit"] - stats.get("bytes_in_use", 0)
+        capacity = stats["bytes_limit"]
     else:
-        free = _available_host_bytes() // max(1, len(jax.local_devices(backend=device.platform)))
-    return int(free * MEMORY_SHARE)
+        capacity = _total_host_bytes() // max(1, len(jax.local_devices(backend=device.platform)))
+    return int(capacity * MEMORY_SHARE)
 
 
 def l2_cache_bytes() -> int:
@@ -133,34 +146,33 @@ def l2_cache_bytes() -> int:
     return _DEFAULT_L2
 
 
-def plan_chunk(
-    total: int, seeds: int, devices: Sequence[jax.Device], est: Estimate, chunk_size: int | None = None,
-    cpu_per_device: int | None = None,
-) -> int:
-    """Settings per compiled call: a multiple of the device count.
+def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: int | None = None) -> int:
+    """Settings per compiled call (a multiple of the device count), the same for every sweep
+    of this task and spec on these devices, whatever the grid's size.
 
-    ``chunk_size`` (at most ``total``) is rounded up to that multiple. Otherwise each device gets as many settings
-    as fit its memory budget and, when the CPU has a device per core, no more than keep
-    CACHE_STATE_COPIES copies of their training state within a core's L2 cache (but at least
-    CPU_MIN_PER_DEVICE): on the default task 4 settings per core train about 1.5x faster per
-    setting than 128 (docs/performance.md). ``cpu_per_device`` caps the settings per CPU
-    device for models that run faster one at a time (``Task.settings_per_cpu_device``). The
-    calls are then balanced so that padding stays small.
+    ``chunk_size``, when given, is rounded up to that multiple. Otherwise each device gets as
+    many settings as fit its memory budget (:func:`device_budget`, by :func:`estimate`) and,
+    when the CPU has a device per core, no more than keep CACHE_STATE_COPIES copies of their
+    training state within a core's L2 cache (but at least CPU_MIN_PER_DEVICE): on the default
+    task 4 settings per core train about 1.5x faster per setting than 128
+    (docs/performance.md). ``Task.settings_per_cpu_device`` caps the settings per CPU device for
+    models that run faster one at a time. The count per device is then rounded down to a power
+    of two, at most MAX_PER_DEVICE.
     """
     n = len(devices)
-    if chunk_size is not None:  # no more than the grid needs: padding is wasted work
-        return math.ceil(min(chunk_size, total) / n) * n
-    per_seed = max(1, seeds) * est.per_config
+    if chunk_size is not None:
+        return math.ceil(chunk_size / n) * n
+    est = estimate(task, spec)
     budget = min(device_budget(d) for d in devices) - est.fixed
-    if budget < per_seed:
-        log.warning("one setting with %d seed(s) needs about %.1f GiB by the memory estimate (an upper bound), "
-                    "more than the %.1f GiB planned per device; trying one setting per device",
-                    max(1, seeds), per_seed / 1024**3, max(0, budget) / 1024**3)
-    fit = max(1, budget // per_seed)
+    if budget < est.per_config:
+        log.warning("one setting needs about %.1f GiB by the memory estimate (an upper bound), more than the "
+                    "%.1f GiB planned per device; trying one setting per device",
+                    est.per_config / 1024**3, max(0, budget) / 1024**3)
+    fit = max(1, budget // est.per_config)
     if devices[0].platform == "cpu" and len(jax.local_devices(backend="cpu")) >= available_cores():
-        per_core = l2_cache_bytes() // (CACHE_STATE_COPIES * max(1, seeds) * max(1, est.state))
+        per_core = l2_cache_bytes() // (CACHE_STATE_COPIES * max(1, est.state))
         fit = min(fit, max(CPU_MIN_PER_DEVICE, per_core))
-    if devices[0].platform == "cpu" and cpu_per_device is not None:
-        fit = min(fit, cpu_per_device)
-    calls = math.ceil(total / (fit * n))
-    return math.ceil(total / (calls * n)) * n
+    if devices[0].platform == "cpu" and task.settings_per_cpu_device is not None:
+        fit = min(fit, task.settings_per_cpu_device)
+    fit = min(fit, MAX_PER_DEVICE)
+    return 2 ** int(math.log2(fit)) * n

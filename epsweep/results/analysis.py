@@ -2,7 +2,7 @@
 metric moves across the eps range at each other setting (sensitivity).
 
 ``build_report(loaded, where=..., sort=..., top=...)`` works on records read by
-:func:`epsweep.store.read_results`; :mod:`epsweep.render` draws the result.
+:func:`epsweep.results.read_results`; :mod:`epsweep.views.table` draws the result.
 """
 
 from __future__ import annotations
@@ -14,41 +14,24 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from epsweep.errors import UserError
-from epsweep.store import Loaded
+from epsweep.errors import UserError, param
+from epsweep.results.reading import Loaded
+from epsweep.results.records import rank_key, usable
+from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, is_number, label
 
-AXES = ("eps", "decay", "lr", "momentum", "optimizer", "convention")
+AXES = SETTING_AXES
 OTHER_AXES = tuple(a for a in AXES if a != "eps")
-HIGHER_IS_BETTER = frozenset({"val_accuracy"})
 SORT_ALIASES = {
     "acc": "val_accuracy", "val_acc": "val_accuracy", "accuracy": "val_accuracy",
     "loss": "final_loss", "val": "val_loss", "step": "diverged_step",
 }
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*$")
-_LABELS = {"val_accuracy": "val acc", "val_loss": "val loss", "final_loss": "final loss"}
-
-
-def label(field: str) -> str:
-    return _LABELS.get(field, field.replace("_", " "))
-
-
 def metric_of(records: Sequence[dict]) -> str:
     """What "best" means here: validation accuracy, else validation loss, else final loss."""
     for name in ("val_accuracy", "val_loss"):
         if any(r.get(name) is not None for r in records):
             return name
     return "final_loss"
-
-
-def rank_key(record: dict) -> tuple:
-    """Best first: not diverged, highest val accuracy, lowest val loss, lowest final loss."""
-    def low(v):
-        return v if v is not None else math.inf
-
-    acc = record.get("val_accuracy")
-    usable = not record.get("diverged") and record.get("final_loss") is not None
-    return (not usable, -acc if acc is not None else math.inf, low(record.get("val_loss")),
-            low(record.get("final_loss")))
 
 
 # --- filtering ------------------------------------------------------------------------------
@@ -71,14 +54,10 @@ class Condition:
         if self.op == "!=":
             return not any(_equal(have, v) for v in self.values)
         value = self.values[0]
-        if not _is_number(have) or not _is_number(value):  # names, flags, lists: no order
+        if not is_number(have) or not is_number(value):  # names, flags, lists: no order
             return False
         return {"<": have < value, "<=": have <= value or _equal(have, value),
                 ">": have > value, ">=": have >= value or _equal(have, value)}[self.op]
-
-
-def _is_number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool)
 
 
 def _equal(have: Any, want: Any) -> bool:
@@ -100,9 +79,9 @@ def _parse_value(text: str, field: str, where: str) -> Any:
     except ValueError:
         if field in ("optimizer", "convention"):
             return text
-        raise UserError(f"--where: {text!r} in {where!r} is not a number") from None
+        raise UserError(f"{param('where')}: {text!r} in {where!r} is not a number") from None
     if not math.isfinite(value):
-        raise UserError(f"--where: {text!r} in {where!r} is not a finite number")
+        raise UserError(f"{param('where')}: {text!r} in {where!r} is not a finite number")
     return value
 
 
@@ -110,14 +89,14 @@ def parse_where(text: str, fields: Sequence[str]) -> Condition:
     """``lr=0.01``, ``eps<=1e-4``, ``convention=tf1,keras``, ``diverged=false``."""
     match = _WHERE.match(text)
     if not match or not match.group(3):
-        raise UserError(f"--where: {text!r} must look like FIELD=VALUE, FIELD<VALUE, ... (e.g. lr=0.01)")
+        raise UserError(f"{param('where')}: {text!r} must look like FIELD=VALUE, FIELD<VALUE, ... (e.g. lr=0.01)")
     field, op, raw = match.group(1).replace("-", "_"), match.group(2), match.group(3)
     field = SORT_ALIASES.get(field, field)
     if field not in fields:
-        raise UserError(f"--where: unknown field {field!r}; fields: {', '.join(fields)}")
+        raise UserError(f"{param('where')}: unknown field {field!r}; fields: {', '.join(fields)}")
     pieces = [p.strip() for p in raw.split(",")] if op in ("=", "==", "!=") else [raw]
     if any(not p for p in pieces):
-        raise UserError(f"--where: empty value in {text!r}")
+        raise UserError(f"{param('where')}: empty value in {text!r}")
     return Condition(field, op, tuple(_parse_value(p, field, text) for p in pieces))
 
 
@@ -153,10 +132,10 @@ def best_per_axis(records: Sequence[dict], metric: str) -> list[dict]:
         for value in sorted(values, key=_sortable):
             group = [r for r in records if r.get(axis) == value]
             best = min(group, key=rank_key)
-            usable = rank_key(best)[0] is False
+            ok = usable(best)
             rows.append({"axis": axis, "value": value, "metric": metric,
-                         "score": best.get(metric) if usable else None,
-                         "best": {a: best.get(a) for a in AXES} if usable else None,
+                         "score": best.get(metric) if ok else None,
+                         "best": {a: best.get(a) for a in AXES} if ok else None,
                          "settings": len(group), "diverged": sum(bool(r.get("diverged")) for r in group)})
     return rows
 
@@ -246,7 +225,7 @@ class Report:
 def sort_field(name: str, fields: Sequence[str]) -> str:
     field = SORT_ALIASES.get(name.replace("-", "_"), name.replace("-", "_"))
     if field != "rank" and field not in fields:
-        raise UserError(f"--sort: unknown field {name!r}; choose from rank, {', '.join(fields)}")
+        raise UserError(f"{param('sort')}: unknown field {name!r}; choose from rank, {', '.join(fields)}")
     return field
 
 
@@ -278,14 +257,14 @@ def build_report(
     fields = record_fields(records)
     conditions = [parse_where(w, fields) for w in where]
     if top is not None and top < 1:
-        raise UserError(f"--top: {top} must be a positive integer")
+        raise UserError(f"{param('top')}: {top} must be a positive integer")
     field = sort_field(sort, fields) if sort is not None else None
     if reverse and field is None and top is None:
-        raise UserError("--reverse needs --sort (or --top)")
+        raise UserError(f"{param('reverse')} needs {param('sort')} (or {param('top')})")
     selected = [r for r in records if all(c.test(r) for c in conditions)]
     if not selected:
         hints = "; ".join(f"{c.field} in the file: {_listing(records, c.field)}" for c in conditions)
-        raise UserError(f"--where: no settings match ({hints})")
+        raise UserError(f"{param('where')}: no settings match ({hints})")
     metric = metric_of(selected)
     varying = [a for a in AXES if len(_values(selected, a)) > 1]
     per_axis = best_per_axis(selected, metric)

@@ -9,13 +9,11 @@ value, and ``jax.vmap`` can give each configuration its own.
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any, NamedTuple
 
-import jax
 import jax.numpy as jnp
 import optax
 
-from epsweep.errors import UserError
+from epsweep.vocabulary import CONVENTION_NAMES, OPTIMIZER_NAMES, check_convention, check_optimizer
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -70,10 +68,6 @@ FRAMEWORK_DEFAULTS: dict[str, dict[str, float | None]] = {
 }
 
 
-def check_convention(convention: str) -> str:
-    if convention not in CONVENTIONS:
-        raise UserError(f"unknown convention {convention!r}; choose from {', '.join(CONVENTIONS)}")
-    return convention
 
 
 def rmsprop(
@@ -137,12 +131,9 @@ BASELINES: dict[str, Callable[..., optax.GradientTransformation]] = {
     "sgd": _sgd_rule,
 }
 OPTIMIZERS = ("rmsprop", *BASELINES)
+assert OPTIMIZERS == OPTIMIZER_NAMES and tuple(CONVENTIONS) == CONVENTION_NAMES
 
 
-def check_optimizer(name: str) -> str:
-    if name not in OPTIMIZERS:
-        raise UserError(f"unknown optimizer {name!r}; choose from {', '.join(OPTIMIZERS)}")
-    return name
 
 
 def make_optimizer(
@@ -165,139 +156,3 @@ def make_optimizer(
     return optax.inject_hyperparams(BASELINES[name])(
         learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=False
     )
-
-
-# --- what epsilon did: the denominator's two terms ------------------------------------------
-
-
-class DenominatorTerms(NamedTuple):
-    """Per-parameter pieces of an adaptive optimizer's denominator (pytrees like the params).
-
-    ``stat`` is the gradient-statistics term that ``eps`` is added to, ``eps`` the scalar
-    eps, ``denominator`` what the gradient (or first moment) is divided by:
-
-    - eps inside the root (rmsprop optax/tf1/keras, adagrad): stat = v (centered: v - gbar^2;
-      adagrad: the sum of squares, starting at 0.1), denominator = sqrt(stat + eps);
-    - eps outside the root (rmsprop pytorch, adam): stat = sqrt(v) (centered:
-      sqrt(v - gbar^2); adam: sqrt(v^) with v^ = v/(1 - b2^t)), denominator = stat + eps.
-    """
-
-    stat: Any
-    eps: jax.Array
-    denominator: Any
-
-
-def _find_state(tree: Any, types: tuple[type, ...]) -> Any:
-    """The first node of one of ``types`` in a nested optimizer state (inject_hyperparams
-    state -> inner_state -> chain tuple -> ...), depth first; None if there is none."""
-    if isinstance(tree, types):
-        return tree
-    children = tree.values() if isinstance(tree, dict) else tree if isinstance(tree, (tuple, list)) else ()
-    for child in children:
-        found = _find_state(child, types)
-        if found is not None:
-            return found
-    return None
-
-
-def _hyperparams(opt_state: Any) -> dict:
-    state = _find_state(opt_state, (optax.InjectStatefulHyperparamsState, optax.InjectHyperparamsState))
-    if state is None:
-        raise ValueError("no injected hyperparameters in this optimizer state; build it with make_optimizer")
-    return state.hyperparams
-
-
-def _missing(kind: str) -> ValueError:
-    return ValueError(f"no {kind} in this optimizer state")
-
-
-def denominator_terms(opt_state: Any, optimizer: str = "rmsprop", convention: str = "optax") -> DenominatorTerms | None:
-    """The denominator's terms in ``opt_state`` of :func:`make_optimizer` (``optimizer``,
-    ``convention``) after an update: what the next step divides by, except that adam's
-    bias correction uses the count of steps taken so far.  ``None`` for sgd (no denominator).
-    """
-    check_optimizer(optimizer)
-    if optimizer == "sgd":
-        return None
-    hp = _hyperparams(opt_state)
-    eps = hp["eps"]
-    if optimizer == "rmsprop":
-        check_convention(convention)
-        state = _find_state(opt_state, (optax.ScaleByRStdDevState, optax.ScaleByRmsState))
-        if state is None:
-            raise _missing("RMSProp second moment")
-        if isinstance(state, optax.ScaleByRStdDevState):
-            var = jax.tree.map(lambda v, m: v - m * m, state.nu, state.mu)
-        else:
-            var = state.nu
-        if convention == "pytorch":
-            stat = jax.tree.map(jnp.sqrt, var)
-            return DenominatorTerms(stat, eps, jax.tree.map(lambda s: s + eps, stat))
-        return DenominatorTerms(var, eps, jax.tree.map(lambda s: jnp.sqrt(s + eps), var))
-    if optimizer == "adam":
-        state = _find_state(opt_state, (optax.ScaleByAdamState,))
-        if state is None:
-            raise _missing("Adam second moment")
-        correction = 1 - hp["decay"] ** state.count
-        correction = jnp.where(state.count > 0, correction, 1.0)  # before any step v = 0
-        stat = jax.tree.map(lambda v: jnp.sqrt(v / correction.astype(v.dtype)), state.nu)
-        return DenominatorTerms(stat, eps, jax.tree.map(lambda s: s + eps, stat))
-    state = _find_state(opt_state, (optax.ScaleByRssState,))
-    if state is None:
-        raise _missing("Adagrad sum of squares")
-    stat = state.sum_of_squares
-    return DenominatorTerms(stat, eps, jax.tree.map(lambda s: jnp.sqrt(s + eps), stat))
-
-
-def _selected(tree: Any, where: Any) -> tuple[list[jax.Array], list[jax.Array]]:
-    """The leaves of ``tree`` and, for each, a bool array of the same shape: which of its
-    parameters count (``where`` is None for all, or a pytree like the params of bool arrays
-    or Python bools)."""
-    leaves = jax.tree.leaves(tree)
-    if where is None:
-        return leaves, [jnp.ones(leaf.shape, bool) for leaf in leaves]
-    masks = jax.tree.leaves(where)
-    if len(masks) != len(leaves):
-        raise ValueError(f"where has {len(masks)} leaves for {len(leaves)} parameter arrays")
-    return leaves, [jnp.broadcast_to(jnp.asarray(m, bool), leaf.shape) for leaf, m in zip(leaves, masks)]
-
-
-def moving_parameters(grads: Any, trainable: Any = None) -> Any:
-    """Which parameters a gradient moves: g != 0 (and, with ``trainable``, a pytree of Python
-    bools per array, only trainable arrays).  The diagnostics count only these: a parameter
-    whose gradient is exactly zero (a dead ReLU unit, an input pixel that is always blank) does
-    not move whatever eps is."""
-    if trainable is None:
-        return jax.tree.map(lambda g: g != 0, grads)
-    return jax.tree.map(lambda g, t: (g != 0) & t, grads, trainable)
-
-
-def eps_dominated_share(terms: DenominatorTerms, where: Any = None) -> jax.Array:
-    """Share of the parameters selected by ``where`` (all by default) whose eps term exceeds
-    their gradient-statistics term, eps > stat; NaN when none is selected."""
-    stats, masks = _selected(terms.stat, where)
-    count = sum(jnp.sum((terms.eps > s) & m) for s, m in zip(stats, masks))
-    total = sum(jnp.sum(m) for m in masks)
-    return (count / total).astype(jnp.float32)
-
-
-def effective_lr_median(terms: DenominatorTerms, learning_rate: jax.Array, where: Any = None) -> jax.Array:
-    """Median of the effective step size lr / denominator over the parameters selected by
-    ``where`` (all by default); NaN when none is selected."""
-    denominators, masks = _selected(terms.denominator, where)
-    values = jnp.concatenate([jnp.ravel(learning_rate / d) for d in denominators])
-    selected = jnp.concatenate([jnp.ravel(m) for m in masks])
-    return jnp.nanmedian(jnp.where(selected, values, jnp.nan))
-
-
-def eps_diagnostics(
-    opt_state: Any, optimizer: str = "rmsprop", convention: str = "optax", where: Any = None
-) -> dict | None:
-    """``{"eps_dominated": share, "effective_lr": median lr/denominator}`` for ``opt_state``
-    over the parameters selected by ``where`` (see :func:`moving_parameters`), using the
-    learning rate stored in the state (the one its last update used); None for sgd."""
-    terms = denominator_terms(opt_state, optimizer, convention)
-    if terms is None:
-        return None
-    lr = _hyperparams(opt_state)["learning_rate"]
-    return {"eps_dominated": eps_dominated_share(terms, where), "effective_lr": effective_lr_median(terms, lr, where)}

@@ -14,7 +14,8 @@ from pathlib import Path
 
 import numpy as np
 
-from epsweep.data import Dataset, load_arrays, split
+from epsweep.data.dataset import Dataset, split
+from epsweep.data.sources import load_arrays
 from epsweep.errors import UserError
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")

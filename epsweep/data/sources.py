@@ -1,12 +1,10 @@
-"""Datasets: the embedded digits, synthetic sets, and real files (MNIST IDX, .npz).
+"""Where data comes from: the embedded digits, synthetic sets, and real files (MNIST IDX, .npz).
 
-Every loader returns a :class:`Dataset` of float32 inputs and int32 labels, split into
-training and validation parts with a fixed data seed. Nothing is ever unpickled.
+Every loader returns inputs scaled to float32 and integer labels; nothing is ever unpickled.
 """
 
 from __future__ import annotations
 
-import dataclasses
 import gzip
 import importlib.resources
 import zipfile
@@ -14,106 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
+from epsweep.data.dataset import Dataset, as_images, as_labels, split
 from epsweep.errors import UserError
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
-MAX_CLASSES = 100_000  # the output layer has one unit per class: labels must lie in 0..99,999
-
-
-@dataclasses.dataclass(frozen=True)
-class Dataset:
-    """Inputs and integer labels, split into train and validation (validation may be empty)."""
-
-    name: str
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_val: np.ndarray
-    y_val: np.ndarray
-    num_classes: int
-
-    @property
-    def input_shape(self) -> tuple[int, ...]:
-        return tuple(self.x_train.shape[1:])
-
-    def describe(self) -> dict:
-        return {
-            "name": self.name,
-            "train": int(len(self.x_train)),
-            "val": int(len(self.x_val)),
-            "input_shape": list(self.input_shape),
-            "classes": self.num_classes,
-        }
-
-
-def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int = 0,
-          num_classes: int | None = None) -> Dataset:
-    """Shuffle with ``seed`` and hold out a ``val_split`` fraction for validation.
-
-    ``num_classes`` (e.g. the class folders of an ImageFolder tree, some perhaps without a
-    readable image) defaults to the largest label + 1; always at least 2.
-    """
-    if not 0 <= val_split < 1:
-        raise UserError(f"--val-split: {val_split:g} is out of range (0 <= val-split < 1)")
-    n = len(x)
-    order = np.random.default_rng(seed).permutation(n)
-    n_val = int(round(n * val_split))
-    if n - n_val < 1:
-        raise UserError(f"dataset {name!r} has {n} examples: too few to hold out {val_split:g} for validation")
-    train, val = order[: n - n_val], order[n - n_val :]
-    labelled = int(y.max()) + 1 if len(y) else 0
-    if num_classes is None:
-        num_classes = labelled
-    elif num_classes < labelled:
-        raise ValueError(f"{num_classes} classes but labels up to {labelled - 1}")
-    if num_classes > MAX_CLASSES:
-        raise UserError(f"dataset {name!r} has {num_classes:,} classes; at most {MAX_CLASSES:,} are supported")
-    return Dataset(name, x[train], y[train], x[val], y[val], max(num_classes, 2))
-
-
-def _as_images(x: np.ndarray, source: str) -> np.ndarray:
-    """Scale to float32: integer pixels by their range (0..255, or 0..16 for digits); add a
-    channel axis to (N, H, W) arrays. Inputs with no features, e.g. (N, 0), are refused."""
-    if x.dtype.kind in "iub":
-        top = float(x.max()) if x.size else 1.0
-        x = x.astype(np.float32) / (255.0 if top > 16 else max(top, 1.0))
-    elif x.dtype.kind == "f":
-        x = x.astype(np.float32)
-    else:
-        raise UserError(f"{source}: inputs have unsupported dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise UserError(f"{source}: inputs contain NaN or infinite values")
-    given = x.shape
-    if x.ndim == 3:
-        x = x[..., None]
-    if x.ndim not in (2, 4):
-        raise UserError(f"{source}: inputs must have shape (N, features), (N, H, W) or (N, H, W, C); got {x.shape}")
-    if x[0].size == 0:
-        raise UserError(f"{source}: inputs have no features (shape {given})")
-    return x
-
-
-def _as_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
-    if y.ndim == 2 and y.shape[1] > 1:
-        y = y.argmax(axis=1)  # one-hot
-    y = y.reshape(-1) if y.ndim == 2 and y.shape[1] == 1 else y
-    if y.ndim != 1:
-        raise UserError(f"{source}: labels must be a vector; got shape {y.shape}")
-    if len(y) != n:
-        raise UserError(f"{source}: {n} inputs but {len(y)} labels")
-    if y.dtype.kind == "f":
-        if not np.all(np.isfinite(y)) or not np.all(y == np.round(y)):
-            raise UserError(f"{source}: labels must be whole numbers")
-    elif y.dtype.kind not in "iub":
-        raise UserError(f"{source}: labels have unsupported dtype {y.dtype}")
-    if n and y.min() < 0:
-        raise UserError(f"{source}: labels must be >= 0")
-    if n and y.max() >= MAX_CLASSES:  # checked before the cast: 2e9 or 2**40 would wrap in int32
-        top = y.max()
-        shown = f"{int(top):,}" if top < 1e15 else f"{float(top):.3g}"
-        raise UserError(f"{source}: labels go up to {shown}; at most {MAX_CLASSES:,} classes "
-                        f"are supported (labels 0..{MAX_CLASSES - 1})")
-    return y.astype(np.int32)
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -216,8 +119,8 @@ def load_arrays(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
         raise UserError(f"{path}: inputs must have shape (N, features), (N, H, W) or (N, H, W, C); got a scalar")
     if len(x) == 0:
         raise UserError(f"{path}: dataset is empty")
-    x = _as_images(x, str(path))
-    return str(path), x, _as_labels(np.asarray(y), len(x), str(path))
+    x = as_images(x, str(path))
+    return str(path), x, as_labels(np.asarray(y), len(x), str(path))
 
 
 def load_dataset(spec: str, val_split: float = 0.2, seed: int = 0) -> Dataset:

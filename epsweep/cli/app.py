@@ -1,0 +1,88 @@
+"""The ``epsweep`` application: the Typer app, ``--version``, and :func:`main`, which turns
+every error a user can cause into exit code 2 and one line on stderr."""
+
+from __future__ import annotations
+
+import os
+import sys
+from typing import Annotated
+
+import typer
+
+from epsweep.cli import argv
+from epsweep.cli.options import flag
+from epsweep.errors import UserError
+
+try:  # Typer >= 0.20 bundles its own Click; its errors are not the standalone Click's
+    from typer._click.exceptions import ClickException
+except ImportError:  # pragma: no cover - older Typer on the standalone Click
+    from click.exceptions import ClickException
+
+app = typer.Typer(
+    name="epsweep",
+    help="Sweep RMSProp's epsilon, decay and learning rate: every setting trained at once.",
+    no_args_is_help=True,
+    add_completion=True,
+    rich_markup_mode=None,
+    pretty_exceptions_enable=False,
+)
+
+
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import PackageNotFoundError, version
+
+        try:
+            text = version("epsweep")
+        except PackageNotFoundError:  # pragma: no cover - run from a source tree
+            text = "unknown"
+        sys.stdout.write(f"epsweep {text}\n")
+        raise typer.Exit(0)
+
+
+@app.callback()
+def _commands(
+    version: Annotated[bool, typer.Option("--version", help="Show the version and exit.", callback=_version,
+                                          is_eager=True)] = False,
+) -> None:
+    """Sweep RMSProp's epsilon, decay and learning rate: every setting trained at once.
+
+    Example: epsweep grid --eps 1e-8 1
+    """
+
+
+def error_line(message: str) -> None:
+    """One plain line on stderr (never wrapped, never styled)."""
+    print(f"epsweep: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+
+
+def main(args: list[str] | None = None) -> int:
+    """Entry point of the ``epsweep`` executable; returns the exit code."""
+    import epsweep.cli.saved  # noqa: F401 - registers the commands
+    import epsweep.cli.train  # noqa: F401
+
+    arguments = argv.normalize_argv(list(sys.argv[1:] if args is None else args))
+    argv.reset()  # one invocation's state (main may run several times in a process)
+    try:
+        code = app(args=arguments, prog_name="epsweep", standalone_mode=False)
+    except UserError as e:
+        error_line(e.render(flag))
+        return 2
+    except ClickException as e:
+        if type(e).__name__ == "NoArgsIsHelpError":
+            sys.stdout.write(e.ctx.get_help() + "\n")
+            return 0
+        error_line(e.format_message())
+        return 2
+    except KeyboardInterrupt:
+        print("epsweep: interrupted", file=sys.stderr, flush=True)
+        return 130
+    except BrokenPipeError:  # e.g. `epsweep grid -f csv | head -1`
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
+    return code if isinstance(code, int) else 0
+
+
+def main_exit() -> None:
+    """Console-script wrapper: exit with :func:`main`'s code."""
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Options shared by the commands, each defined once, and the map from library parameter names
+to the flags that set them (library errors name parameters; the CLI shows flags)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+# Library parameter -> flag, where the flag is not simply --name-with-dashes.
+FLAG_NAMES = {
+    "first_seed": "--seed",
+    "conventions": "--convention",
+    "optimizers": "--optimizer",
+    "aux": "--aux",
+    "model_spec": "--model",
+}
+
+
+def flag(name: str) -> str:
+    """The flag that sets library parameter ``name`` (``batch_size`` -> ``--batch-size``)."""
+    return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
+
+
+VALUES_HELP = "Several values: 1e-8 1, 1e-8,1, log:1e-10:1:11, lin:0.8:0.99:5, or - for stdin."
+VALUES = "VALUES"
+NAMES = "NAMES"
+
+EpsOpt = Annotated[Optional[list[str]], typer.Option(
+    "--eps", metavar=VALUES, help=f"Epsilon values [default: 1e-8 1]. {VALUES_HELP}")]
+DecayOpt = Annotated[Optional[list[str]], typer.Option(
+    "--decay", metavar=VALUES, help="Decay (rho) values [default: 0.9].")]
+LrOpt = Annotated[Optional[list[str]], typer.Option("--lr", metavar=VALUES, help="Learning rates [default: 1e-3].")]
+MomentumOpt = Annotated[Optional[list[str]], typer.Option(
+    "--momentum", metavar=VALUES, help="Momentum values [default: 0].")]
+ConventionOpt = Annotated[Optional[list[str]], typer.Option(
+    "--convention", metavar=NAMES,
+    help="Update rule: optax, pytorch, tf1, keras (several allowed) [default: optax].")]
+CenteredOpt = Annotated[bool, typer.Option("--centered", help="Centered RMSProp (divide by the running std).")]
+OptimizerOpt = Annotated[Optional[list[str]], typer.Option(
+    "--optimizer", metavar=NAMES,
+    help="rmsprop, adam (b2 = decay, b1 = 0.9), adagrad (no decay) or sgd (momentum); several allowed; "
+         "--convention and --centered apply to rmsprop only [default: rmsprop].")]
+StepsOpt = Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Training steps per setting.")]
+EpochsOpt = Annotated[Optional[int], typer.Option(
+    "--epochs", metavar="N", help="Epochs per setting [default: the task's].")]
+BatchOpt = Annotated[Optional[int], typer.Option("--batch-size", metavar="N", help="Minibatch size [default: 32].")]
+SeedsOpt = Annotated[int, typer.Option("--seeds", metavar="N", help="Seeds per setting (mean ± std over them).")]
+SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="First seed (the seeds are N, N+1, ...).")]
+ValSplitOpt = Annotated[float, typer.Option(
+    "--val-split", metavar="FRACTION", help="Fraction held out for validation.")]
+FormatOpt = Annotated[Optional[str], typer.Option(
+    "--format", "-f", metavar="FORMAT", help="table, csv, json or jsonl [default: table].")]
+OutputOpt = Annotated[Optional[Path], typer.Option(
+    "--output", "-o", metavar="FILE", help="Also write the records to FILE (.csv, .json or .jsonl).")]
+QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
+ChunkOpt = Annotated[Optional[int], typer.Option(
+    "--chunk-size", metavar="N",
+    help="Settings per compiled call, rounded up to a multiple of the device count "
+         "[default: what fits the device, estimated from the model].")]
+ResumeOpt = Annotated[bool, typer.Option(
+    "--resume", help="With --output FILE.jsonl: train only the settings missing from FILE.")]
+NoCompileCacheOpt = Annotated[bool, typer.Option(
+    "--no-compile-cache",
+    help="Do not read or write the persistent compilation cache ($EPSWEEP_COMPILE_CACHE, else ~/.cache/epsweep/jax).")]
+CoordinatorOpt = Annotated[Optional[str], typer.Option(
+    "--coordinator", metavar="HOST:PORT", help="Address of process 0, to run as one of several processes.")]
+NumProcessesOpt = Annotated[Optional[int], typer.Option(
+    "--num-processes", metavar="N", help="How many processes share the sweep.")]
+ProcessIdOpt = Annotated[Optional[int], typer.Option(
+    "--process-id", metavar="N", help="This process's rank (0 writes results).")]
+
+ResultsFileArg = Annotated[Path, typer.Argument(
+    metavar="FILE", help="Results written by epsweep: .jsonl (also partial), .json or .csv.", show_default=False)]
+WhereOpt = Annotated[Optional[list[str]], typer.Option(
+    "--where", metavar="EXPR",
+    help="Keep settings where FIELD=VALUE (also !=, <, <=, >, >=; lr=0.01,0.1 for any of). "
+         "Repeat to require several.")]

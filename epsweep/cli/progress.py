@@ -1,0 +1,69 @@
+"""The progress display on stderr (a terminal only): run-steps trained of all, settings saved,
+elapsed time and what remains; while the programs compile, a ticking elapsed timer."""
+
+from __future__ import annotations
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    TextColumn,
+    TimeElapsedColumn,
+    TimeRemainingColumn,
+)
+
+
+class ProgressDisplay:
+    """A context manager; :meth:`sweep` takes the runner's events, :meth:`items` counts other
+    work (images decoded). Does nothing unless ``enabled``."""
+
+    def __init__(self, console: Console, enabled: bool):
+        self.console = console
+        self.enabled = enabled
+        self.bar: Progress | None = None
+        self.tasks: dict[str, int] = {}
+
+    def __enter__(self) -> ProgressDisplay:
+        if self.enabled:
+            self.bar = Progress(
+                TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[saved]}"),
+                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                console=self.console, transient=True, refresh_per_second=4,
+            )
+            self.bar.__enter__()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        if self.bar is not None:
+            self.bar.__exit__(*exc)
+
+    def stop(self) -> None:
+        if self.bar is not None:
+            self.bar.stop()
+
+    def _task(self, key: str, total: int, unit: str) -> int:
+        if key not in self.tasks:
+            self.tasks[key] = self.bar.add_task(key, total=total, unit=unit, saved="")
+        return self.tasks[key]
+
+    def sweep(self, event) -> None:
+        """Show a :class:`~epsweep.runner.ProgressEvent`."""
+        if self.bar is None:
+            return
+        task = self._task("sweep", event.total, "run-steps")
+        what = f"{event.rule} (compiling)" if event.phase == "compiling" else event.rule
+        saved = f"saved {event.saved}/{event.settings} settings"
+        self.bar.update(task, completed=event.done, total=event.total, description=what, saved=saved)
+
+    def items(self, label: str, done: int, total: int, unit: str) -> None:
+        """Show ``done`` of ``total`` ``unit`` (e.g. images) under ``label``."""
+        if self.bar is None:
+            return
+        task = self._task(label, total, unit)
+        self.bar.update(task, completed=done, total=total)
+
+    @property
+    def sweep_callback(self):
+        return self.sweep if self.enabled else None

@@ -1,0 +1,100 @@
+"""The commands that look at saved sweeps, ``report`` and ``plot``. Neither imports JAX."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from epsweep.cli import options as o
+from epsweep.cli.app import app
+from epsweep.cli.present import log, output_format, stdout_console, write_stdout
+from epsweep.errors import UserError, param
+
+
+@app.command()
+def report(
+    file: o.ResultsFileArg,
+    sort: Annotated[Optional[str], typer.Option(
+        "--sort", metavar="FIELD", help="Order rows by a field: rank, val_accuracy, val_loss, final_loss, eps, lr, "
+        "... (metrics best first, axes ascending).")] = None,
+    reverse: Annotated[bool, typer.Option("--reverse", help="Reverse the --sort order.")] = False,
+    top: Annotated[Optional[int], typer.Option(
+        "--top", metavar="N", help="Only the first N rows (best first without --sort).")] = None,
+    where: o.WhereOpt = None,
+    fmt: o.FormatOpt = None,
+    output: o.OutputOpt = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Show a saved sweep again: its table, the best setting per axis value, and how much
+    accuracy moves across the eps range at each lr/decay.
+
+    Example: epsweep report sweep.jsonl --top 5 --where decay=0.9
+    """
+    from epsweep.results.analysis import build_report
+    from epsweep.results.reading import read_results
+
+    out_fmt, file_fmt = output_format(fmt, output)
+    loaded = read_results(file)
+    result = build_report(loaded, where=where or (), sort=sort, reverse=reverse, top=top)
+    present_report(result, out_fmt, output, file_fmt, quiet)
+
+
+def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, quiet: bool) -> None:
+    """A report to stdout in ``fmt`` and, when asked, atomically to ``output``."""
+    from epsweep.results.files import write_atomic
+    from epsweep.results.formats import render_machine
+    from epsweep.views.table import best_per_axis_table, records_table, sensitivity_table
+
+    def text(kind: str) -> str:
+        return result.to_json() if kind == "json" else render_machine(kind, result.meta, result.records)
+
+    if not quiet:
+        for note in result.notes:
+            log(note)
+    if output is not None and file_fmt is not None:
+        try:
+            write_atomic(output, text(file_fmt))
+        except OSError as e:
+            raise UserError(f"{param('output')}: cannot write {output}: {e.strerror or e}") from None
+        if not quiet:
+            log(f"wrote {len(result.records)} records to {output}")
+    if fmt == "table":
+        console = stdout_console()
+        console.print(records_table(result.records, result.meta, sparklines=True, note=result.title(),
+                                    max_width=console.width))
+        if result.best_per_axis:
+            console.print(best_per_axis_table(result.best_per_axis))
+        if result.sensitivity:
+            console.print(sensitivity_table(result.sensitivity))
+        if result.summary:
+            console.print(result.summary, markup=False)
+    elif fmt in ("csv", "json", "jsonl"):
+        write_stdout(text(fmt))
+
+
+@app.command()
+def plot(
+    file: o.ResultsFileArg,
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Image to write: .png, .svg or .pdf.",
+                                         show_default=False)],
+    where: o.WhereOpt = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Draw a saved sweep: loss curves coloured by eps (a panel per lr/decay) and a heatmap
+    of validation accuracy over eps x lr. Needs matplotlib: pip install 'epsweep[plot]'.
+
+    Example: epsweep plot sweep.jsonl -o sweep.png
+    """
+    from epsweep.results.analysis import build_report
+    from epsweep.results.reading import read_results
+    from epsweep.views.plot import save_plot
+
+    loaded = read_results(file)
+    selected = build_report(loaded, where=where or ())
+    panels = save_plot(selected.meta, selected.records, output)
+    if not quiet:
+        for note in selected.notes:
+            log(note)
+        log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and a heatmap")

@@ -1,0 +1,79 @@
+"""Ctrl-C and SIGTERM for the command line: exit at once, even inside a compiled call, with one
+line saying what was kept. Exiting the process is the CLI's business, never the library's.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import sys
+import threading
+from collections.abc import Callable, Iterator
+
+from epsweep.results.files import WRITE_LOCK
+
+
+@contextlib.contextmanager
+def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | None = None) -> Iterator[None]:
+    """For command-line use: on SIGINT (or SIGTERM), exit the process at once with code 130
+    (143), printing ``epsweep: <message()>`` on stderr, even while a compiled program runs.
+
+    A compiled XLA call does not return to Python until it finishes, so the usual
+    KeyboardInterrupt would wait for the whole chunk. Here the signal wakes a thread instead,
+    which waits for any results-file write to complete (never half a line), runs ``cleanup``
+    (e.g. stop a progress bar) and calls ``os._exit``. Only in the main thread; elsewhere it
+    does nothing and Ctrl-C behaves as usual.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    read_fd, write_fd = os.pipe()
+    os.set_blocking(write_fd, False)
+    signals = (signal.SIGINT, signal.SIGTERM)
+    previous = {s: signal.getsignal(s) for s in signals}
+
+    def watch() -> None:
+        while True:
+            try:
+                data = os.read(read_fd, 64)
+            except OSError:
+                return
+            if not data:
+                return
+            for number in data:
+                if number in signals:
+                    _exit_now(number, message, cleanup)
+
+    for s in signals:
+        signal.signal(s, lambda *_: None)  # the watcher acts; the main thread carries on
+    old_wakeup = signal.set_wakeup_fd(write_fd, warn_on_full_buffer=False)
+    watcher = threading.Thread(target=watch, name="epsweep-interrupt", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        signal.set_wakeup_fd(old_wakeup)
+        for s, handler in previous.items():
+            signal.signal(s, handler)
+        os.close(write_fd)
+        watcher.join(timeout=5)
+        os.close(read_fd)
+
+
+def _exit_now(number: int, message: Callable[[], str], cleanup: Callable[[], None] | None) -> None:
+    with WRITE_LOCK:  # held for good: no write can start after this
+        if cleanup is not None:
+            helper = threading.Thread(target=cleanup, daemon=True)
+            helper.start()
+            helper.join(timeout=1)
+        try:
+            text = message()
+        except Exception:  # noqa: BLE001 - the exit must happen whatever went wrong
+            text = "interrupted"
+        if number != signal.SIGINT:
+            text = text.replace("interrupted", "terminated", 1)
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+            os.write(2, f"epsweep: {text}\n".encode())
+        os._exit(128 + number)

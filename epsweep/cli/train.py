@@ -1,0 +1,229 @@
+"""The training commands, ``grid`` and ``inception``: parse options, build task, grid and config,
+call the runner, present. Everything they share is :func:`run_training`."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+
+from epsweep.cli import options as o
+from epsweep.cli.app import app
+from epsweep.cli.argv import stdin_for
+from epsweep.cli.present import log, log_summary, output_format, present_records, setup_logging, stderr, stop_text
+from epsweep.cli.progress import ProgressDisplay
+from epsweep.errors import UserError
+
+
+def _values(tokens: list[str] | None, name: str) -> list[float] | None:
+    from epsweep.grid import parse_values
+
+    return None if tokens is None else parse_values(tokens, name, read_stdin=lambda: stdin_for(name))
+
+
+def _names(tokens: list[str] | None, default: str) -> tuple[str, ...]:
+    """Names given as values or comma lists, duplicates dropped; (default,) when none."""
+    if tokens is None:
+        return (default,)
+    names = [piece.strip() for token in tokens for piece in token.split(",")]
+    return tuple(dict.fromkeys(names))
+
+
+def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None):
+    """The JAX runtime the flags ask for (checked now, applied by the runner's setup)."""
+    from epsweep.engine.devices import Runtime
+
+    return Runtime(compile_cache=not no_compile_cache, coordinator=coordinator, num_processes=num_processes,
+                   process_id=process_id)
+
+
+def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
+                 resume: bool = False) -> None:
+    """The part every training command shares: run with progress, log, present.
+
+    A ``jsonl`` output file is streamed (a record per setting as each chunk finishes) and
+    can be resumed; Ctrl-C exits at once with code 130 and one line saying what was kept.
+    """
+    from epsweep.cli.signals import exit_on_interrupt
+    from epsweep.engine.devices import is_primary, setup
+    from epsweep.results.writers import writer_for
+    from epsweep.runner import OutOfMemory, Runner, SweepInterrupted, WriteFailed
+
+    if resume and output is None:
+        raise UserError(f"{o.flag('resume')} needs {o.flag('output')} FILE.jsonl (the file to resume)")
+    if resume and file_fmt != "jsonl":
+        raise UserError(f"{o.flag('resume')} works with jsonl output only ({output} would be written whole, "
+                        f"as {file_fmt})")
+    setup(runtime)
+    writers = [writer_for(output, file_fmt, resume=resume)] if output is not None and file_fmt else []
+    display = ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal)
+    runner = Runner(task, grid, config, writers=writers, progress=display.sweep_callback, resume=resume)
+    try:
+        with display, exit_on_interrupt(lambda: stop_text(runner.save_partial(), output), cleanup=display.stop):
+            result = runner.run()
+    except SweepInterrupted as stopped:  # between compiled calls, or outside the main thread
+        print(f"epsweep: {stop_text(stopped.report, output)}", file=sys.stderr, flush=True)
+        raise typer.Exit(130) from None
+    except OutOfMemory as error:
+        kept = stop_text(error.report, output, interrupted=False).split("; ", 1)[1]
+        raise UserError(f"{error.message}; {kept}") from None
+    except WriteFailed as error:
+        present_records(error.result, out_fmt)  # the results still reach stdout
+        raise
+    if not is_primary():
+        return
+    log_summary(result.meta, quiet)
+    if output is not None and file_fmt and not quiet:
+        log(f"wrote {len(result.records)} records to {output}")
+    present_records(result, out_fmt)
+
+
+@app.command()
+def grid(
+    eps: o.EpsOpt = None,
+    decay: o.DecayOpt = None,
+    lr: o.LrOpt = None,
+    momentum: o.MomentumOpt = None,
+    convention: o.ConventionOpt = None,
+    centered: o.CenteredOpt = False,
+    optimizer: o.OptimizerOpt = None,
+    task: Annotated[str, typer.Option("--task", metavar="NAME", help="mlp, cnn, toy or quadratic.")] = "mlp",
+    dataset: Annotated[str, typer.Option(
+        "--dataset", metavar="DATA", help="digits, synthetic, an .npz file, or an MNIST IDX file/directory.")
+    ] = "digits",
+    steps: o.StepsOpt = None,
+    epochs: o.EpochsOpt = None,
+    batch_size: o.BatchOpt = None,
+    seeds: o.SeedsOpt = 1,
+    seed: o.SeedOpt = 0,
+    val_split: o.ValSplitOpt = 0.2,
+    fmt: o.FormatOpt = None,
+    output: o.OutputOpt = None,
+    quiet: o.QuietOpt = False,
+    chunk_size: o.ChunkOpt = None,
+    resume: o.ResumeOpt = False,
+    no_compile_cache: o.NoCompileCacheOpt = False,
+    coordinator: o.CoordinatorOpt = None,
+    num_processes: o.NumProcessesOpt = None,
+    process_id: o.ProcessIdOpt = None,
+) -> None:
+    """Train a grid of RMSProp settings at once and print final loss and accuracy per setting.
+
+    Example: epsweep grid --eps 1e-8 1 --lr 1e-3 1e-2 --seeds 3
+    """
+    from epsweep.config import RunConfig
+    from epsweep.grid import Grid
+    from epsweep.tasks import build_task
+
+    setup_logging(quiet)
+    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id)
+    out_fmt, file_fmt = output_format(fmt, output)
+    axes = {"eps": eps, "decay": decay, "lr": lr, "momentum": momentum}
+    the_grid = Grid(**{name: _values(tokens, name) for name, tokens in axes.items() if tokens is not None})
+    config = RunConfig(
+        steps=steps, epochs=epochs, batch_size=batch_size, seeds=seeds, first_seed=seed,
+        conventions=_names(convention, "optax"), centered=centered, chunk_size=chunk_size,
+        optimizers=_names(optimizer, "rmsprop"),
+    )
+    the_task = build_task(task, dataset, val_split)
+    run_training(runtime, the_task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
+                 resume=resume)
+
+
+@app.command()
+def inception(
+    dataset: Annotated[str, typer.Option(
+        "--dataset", metavar="DATA", help="An ImageFolder directory (one sub-folder per class), an .npz of "
+        "images and labels, or the built-in digits / synthetic sets.")] = "digits",
+    eps: o.EpsOpt = None,
+    decay: o.DecayOpt = None,
+    lr: o.LrOpt = None,
+    momentum: o.MomentumOpt = None,
+    convention: o.ConventionOpt = None,
+    centered: o.CenteredOpt = False,
+    optimizer: o.OptimizerOpt = None,
+    preset: Annotated[Optional[str], typer.Option(
+        "--preset", metavar="NAME", help="szegedy2016: the Inception-v3 paper's recipe (RMSProp tf1, decay 0.9, "
+        "eps 1, momentum 0.9, lr 0.045 x 0.94 every 2 epochs, clip 2, label smoothing 0.1). Explicit flags "
+        "override it.")] = None,
+    image_size: Annotated[int, typer.Option(
+        "--image-size", metavar="PIXELS", help="Resize images to this square (>= 75).")] = 299,
+    head: Annotated[str, typer.Option("--head", metavar="NAME", help="linear (the standard classifier) or mlp.")
+                    ] = "linear",
+    aux: Annotated[bool, typer.Option("--aux", help="Auxiliary classifier, loss weight 0.4 (needs 299).")] = False,
+    dropout: Annotated[float, typer.Option(
+        "--dropout", metavar="RATE", help="Dropout before the linear classifier.")] = 0.5,
+    weights: Annotated[Optional[Path], typer.Option(
+        "--weights", metavar="FILE", help="Pretrained .safetensors in torchvision/timm key layout.")] = None,
+    freeze_base: Annotated[bool, typer.Option("--freeze-base", help="Train only the head (needs --weights).")
+                           ] = False,
+    label_smoothing: Annotated[Optional[float], typer.Option(
+        "--label-smoothing", metavar="AMOUNT",
+        help="Mix this much of the uniform distribution into the targets [default: 0].")] = None,
+    clip_norm: Annotated[Optional[float], typer.Option(
+        "--clip-norm", metavar="NORM", help="Clip the gradient's global norm to this.")] = None,
+    lr_decay_rate: Annotated[Optional[float], typer.Option(
+        "--lr-decay-rate", metavar="RATE", help="Multiply lr by this every --lr-decay-epochs.")] = None,
+    lr_decay_epochs: Annotated[Optional[float], typer.Option(
+        "--lr-decay-epochs", metavar="EPOCHS", help="How often --lr-decay-rate applies [default: 1].")] = None,
+    dtype: Annotated[str, typer.Option("--dtype", metavar="DTYPE", help="Computation dtype: float32 or bfloat16.")
+                     ] = "float32",
+    steps: o.StepsOpt = None,
+    epochs: o.EpochsOpt = None,
+    batch_size: o.BatchOpt = None,
+    seeds: o.SeedsOpt = 1,
+    seed: o.SeedOpt = 0,
+    val_split: o.ValSplitOpt = 0.2,
+    fmt: o.FormatOpt = None,
+    output: o.OutputOpt = None,
+    quiet: o.QuietOpt = False,
+    resume: o.ResumeOpt = False,
+    chunk_size: o.ChunkOpt = None,
+    no_compile_cache: o.NoCompileCacheOpt = False,
+    coordinator: o.CoordinatorOpt = None,
+    num_processes: o.NumProcessesOpt = None,
+    process_id: o.ProcessIdOpt = None,
+) -> None:
+    """Sweep RMSProp settings on Inception-v3 over your images: every setting trained at once.
+
+    Example: epsweep inception --dataset ./photos --image-size 75 --eps 1e-8 1 --epochs 2
+    """
+    from epsweep.config import RunConfig
+    from epsweep.data.images import load_image_dataset
+    from epsweep.grid import Grid
+    from epsweep.presets import apply_preset
+    from epsweep.tasks.inception import InceptionOptions, check_image_size, inception_task
+
+    setup_logging(quiet)
+    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id)
+    out_fmt, file_fmt = output_format(fmt, output)
+    given = {
+        "eps": _values(eps, "eps"), "decay": _values(decay, "decay"), "lr": _values(lr, "lr"),
+        "momentum": _values(momentum, "momentum"), "convention": _names(convention, "optax") if convention else None,
+        "lr_decay_rate": lr_decay_rate, "lr_decay_epochs": lr_decay_epochs, "clip_norm": clip_norm,
+        "label_smoothing": label_smoothing,
+    }
+    values = apply_preset(preset, given)
+    the_grid = Grid(**{axis: values[axis] for axis in ("eps", "decay", "lr", "momentum") if values[axis] is not None})
+    config = RunConfig(
+        steps=steps, epochs=epochs, batch_size=batch_size, seeds=seeds, first_seed=seed,
+        conventions=values["convention"] or ("optax",), centered=centered, chunk_size=chunk_size,
+        optimizers=_names(optimizer, "rmsprop"),
+        clip_norm=values["clip_norm"], lr_decay_rate=values["lr_decay_rate"], lr_decay_epochs=values["lr_decay_epochs"],
+    )
+    options = InceptionOptions(head=head, aux_logits=aux, dropout_rate=dropout, dtype=dtype,
+                               label_smoothing=values["label_smoothing"] or 0.0, weights=weights,
+                               freeze_base=freeze_base, preset=preset)
+    check_image_size(image_size, options)  # before minutes of decoding images
+    warn = None if quiet else (lambda message: log(f"warning: {message}"))
+    with ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal) as display:
+        on_image = (lambda done, total: display.items("loading", done, total, "images")) if display.enabled else None
+        data = load_image_dataset(dataset, image_size, val_split, progress=on_image, warn=warn)
+    task = inception_task(data, options)
+    if not quiet:
+        log(f"{data.name}: {len(data.x_train)} training and {len(data.x_val)} validation images, "
+            f"{data.num_classes} classes, {image_size}x{image_size}")
+    run_training(runtime, task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
+                 resume=resume)

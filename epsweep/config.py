@@ -1,0 +1,107 @@
+"""How every setting of a sweep is trained: :class:`RunConfig`, checked when it is made.
+
+Nothing here imports JAX: a configuration can be built and checked before anything starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Sequence
+
+from epsweep.errors import UserError, param
+from epsweep.vocabulary import UpdateRule, check_convention, check_optimizer
+
+MAX_SEEDS = 10_000
+MAX_STEPS = 10_000_000  # step indices and curve buckets stay exact in int32 below this (engine.spec)
+MAX_CURVE_POINTS = 200
+MAX_CHUNK_SIZE = 1_000_000
+
+
+def _finite(name: str, value: float | None) -> None:
+    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+        raise UserError(f"{param(name)}: {value!r} is not a finite number")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    """How every setting of a sweep is trained.
+
+    Give ``steps`` or ``epochs`` (not both); with neither, the task's default applies. Seeds
+    are ``first_seed, first_seed + 1, ...``; every setting is trained once per seed and update
+    rule: ``optimizers`` times ``conventions`` (RMSProp only; other optimizers follow optax).
+
+    Example:
+        >>> RunConfig(steps=100, seeds=3, conventions=("optax", "tf1")).update_rules()
+        [UpdateRule(optimizer='rmsprop', convention='optax'), UpdateRule(optimizer='rmsprop', convention='tf1')]
+    """
+
+    steps: int | None = None
+    epochs: int | None = None
+    batch_size: int | None = None
+    seeds: int = 1
+    first_seed: int = 0
+    conventions: Sequence[str] = ("optax",)
+    centered: bool = False
+    curve_points: int = 50
+    chunk_size: int | None = None
+    clip_norm: float | None = None
+    lr_decay_rate: float | None = None
+    lr_decay_epochs: float | None = None
+    optimizers: Sequence[str] = ("rmsprop",)  # rmsprop, adam, adagrad, sgd
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "conventions", tuple(self.conventions))
+        object.__setattr__(self, "optimizers", tuple(self.optimizers))
+        if self.steps is not None and self.epochs is not None:
+            raise UserError(f"give {param('steps')} or {param('epochs')}, not both")
+        for name in ("steps", "epochs", "batch_size", "seeds", "curve_points", "chunk_size"):
+            value = getattr(self, name)
+            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+                raise UserError(f"{param(name)}: {value!r} must be a positive integer")
+        if self.seeds > MAX_SEEDS:
+            raise UserError(f"{param('seeds')}: {self.seeds} is more than {MAX_SEEDS:,} seeds")
+        if self.first_seed < 0 or self.first_seed + self.seeds > 2**32:
+            raise UserError(f"{param('first_seed')}: {self.first_seed} must lie in [0, 2^32 - {self.seeds}] "
+                            f"(the seeds are first_seed, first_seed + 1, ...)")
+        if self.steps is not None and self.steps > MAX_STEPS:
+            raise UserError(f"{param('steps')}: {self.steps} is more than {MAX_STEPS:,}")
+        if self.batch_size is not None and self.batch_size > MAX_STEPS:
+            raise UserError(f"{param('batch_size')}: {self.batch_size} is more than {MAX_STEPS:,}")
+        if self.chunk_size is not None and self.chunk_size > MAX_CHUNK_SIZE:
+            raise UserError(f"{param('chunk_size')}: {self.chunk_size} is more than {MAX_CHUNK_SIZE:,}")
+        if not self.curve_points <= MAX_CURVE_POINTS:
+            raise UserError(f"{param('curve_points')}: {self.curve_points} is more than {MAX_CURVE_POINTS}")
+        for name in ("clip_norm", "lr_decay_rate", "lr_decay_epochs"):
+            _finite(name, getattr(self, name))
+        if self.clip_norm is not None and not self.clip_norm > 0:
+            raise UserError(f"{param('clip_norm')}: {self.clip_norm:g} must be > 0")
+        if self.lr_decay_rate is not None and not 0 < self.lr_decay_rate <= 1:
+            raise UserError(f"{param('lr_decay_rate')}: {self.lr_decay_rate:g} must lie in (0, 1]")
+        if self.lr_decay_epochs is not None and not 0 < self.lr_decay_epochs <= MAX_STEPS:
+            raise UserError(f"{param('lr_decay_epochs')}: {self.lr_decay_epochs:g} must lie in (0, {MAX_STEPS:,}]")
+        if self.lr_decay_epochs is not None and self.lr_decay_rate is None:
+            raise UserError(f"{param('lr_decay_epochs')} needs {param('lr_decay_rate')}")
+        if not self.conventions:
+            raise UserError(f"{param('conventions')}: no convention given")
+        for convention in self.conventions:
+            check_convention(convention)
+        if not self.optimizers:
+            raise UserError(f"{param('optimizers')}: no optimizer given")
+        for optimizer in self.optimizers:
+            check_optimizer(optimizer)
+
+    def update_rules(self) -> list[UpdateRule]:
+        """One :class:`~epsweep.vocabulary.UpdateRule` per compiled program: rmsprop once per
+        convention, every other optimizer once (conventions are RMSProp's; the baselines
+        follow optax's rules)."""
+        rules = []
+        for optimizer in dict.fromkeys(self.optimizers):
+            conventions = dict.fromkeys(self.conventions) if optimizer == "rmsprop" else ("optax",)
+            rules.extend(UpdateRule(optimizer, c) for c in conventions)
+        return rules
+
+    @property
+    def seed_list(self) -> list[int]:
+        """The seeds every setting is trained with."""
+        return list(range(self.first_seed, self.first_seed + self.seeds))

@@ -1,0 +1,218 @@
+"""The training programs as pure functions: init, train, evaluate, finish.
+
+Layout: hyperparameters ``h`` are arrays of shape (G,) (a chunk of the grid's settings), seeds
+an array of shape (S,). Runs form an (S, G) block: the outer ``vmap`` is over seeds, the inner
+over settings, a ``lax.fori_loop`` over steps. Everything that depends only on the seed
+(initial weights, minibatch order, dropout keys) is computed once per seed and shared by that
+seed's settings, so differences between them come from the hyperparameters alone; sharing the
+minibatch also turns the first layer of every setting into one wide matrix product.
+
+- ``init``: initial weights per seed, optimizer states per setting, the first epoch's
+  minibatch order;
+- ``train``: steps ``t0 .. t1 - 1`` of every run at once (its state donated and returned);
+- ``evaluate``: one validation batch, added to running sums;
+- ``finish``: validation loss and metric, the loss curve and the diagnostics.
+
+A run whose loss or update becomes non-finite is frozen at that step and reported with
+``diverged_step``; the other runs are untouched (``vmap`` keeps them independent).
+:mod:`epsweep.engine.compiled` jits and shards these; :mod:`epsweep.engine.driver` calls them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from epsweep.engine.spec import DIAGNOSTIC_POINTS, RunOutputs, TrainSpec
+from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
+from epsweep.tasks.task import Task
+
+
+class _Carry(NamedTuple):
+    """One run's training state; in the programs every leaf has a leading (S, G) block."""
+
+    params: Any
+    model_state: Any
+    opt_state: Any
+    diverged_step: jax.Array
+    curve_sum: jax.Array
+    eps_dom_sum: jax.Array  # sum over measured steps of the eps-dominated share
+    eps_dom_steps: jax.Array  # how many steps that sum holds
+    eps_dom_last: jax.Array  # the share at the last measured step
+    effective_lr: jax.Array  # median lr / denominator after the last step
+
+
+class TrainState(NamedTuple):
+    """What the ``train`` program carries from one call to the next."""
+
+    runs: _Carry  # (S, G, ...)
+    order: jax.Array  # (S, n_train): the current epoch's example order, per seed
+
+
+def _epoch_order(seed: jax.Array, epoch: jax.Array, n_train: int) -> jax.Array:
+    """The order in which epoch ``epoch`` of seed ``seed`` visits the training examples."""
+    key = jax.random.fold_in(jax.random.key(seed), 1)
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n_train).astype(jnp.int32)
+
+
+def _flat(tree: Any) -> jax.Array:
+    """Every element of a pytree in one vector. Whole-model reductions (norms, the eps
+    diagnostics) then compile to a few fused loops instead of one per parameter array, which
+    matters for compile time with hundreds of arrays (Inception-v3 has 472)."""
+    return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
+
+
+def _global_norm(tree: Any) -> jax.Array:
+    return jnp.sqrt(jnp.sum(jnp.square(_flat(tree))))
+
+
+def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tuple[Callable, ...]:
+    """The pure functions behind :class:`Programs` (unjitted, unsharded): init, train,
+    evaluate, finish.
+
+    Minibatches: each epoch visits the training examples in a fresh random order per seed;
+    step t takes the ``t % (n_train // batch)``-th batch of epoch ``t // (n_train // batch)``
+    (the remainder of an epoch is dropped).
+
+    ``loop_free``: ``train`` takes the one step ``t0`` instead of looping over ``t0 .. t1 - 1``.
+    XLA's CPU backend runs convolutions inside a loop several times slower than the same
+    convolutions outside one (jax-ml/jax#12868; an Inception-v3 step here: 1.3 s alone, 7.4 s
+    as the body of a one-iteration ``fori_loop``), so on CPU the engine drives models with
+    convolutions one step per call (``Task.loop_free_on_cpu``). Everything else is the same
+    program, and so are the numbers.
+    """
+    points = spec.points
+    steps = spec.steps
+    steps_per_point = spec.steps_per_point().astype(np.float32)
+    update_rule = make_optimizer(spec.optimizer, 0.0, 0.0, 0.0, convention=spec.convention,
+                                 centered=spec.centered)
+    has_denominator = spec.optimizer != "sgd"
+    diagnostic_every = max(1, steps // DIAGNOSTIC_POINTS)
+    has_data = task.data is not None
+    n_train = len(task.data.x_train) if has_data else 1
+    batches_per_epoch = max(1, n_train // spec.batch_size)
+    trainable = task.trainable_mask()
+
+    def init_run(seed, h, constants):
+        init_key = jax.random.fold_in(jax.random.key(seed), 0)
+        params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
+
+        def init_config(hc):
+            optimizer = make_optimizer(
+                spec.optimizer, hc["lr"], hc["decay"], hc["eps"], momentum=hc["momentum"],
+                convention=spec.convention, centered=spec.centered,
+            )
+            return _Carry(params, model_state, optimizer.init(params), jnp.int32(-1), jnp.zeros(points),
+                          jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), jnp.float32(jnp.nan))
+
+        return jax.vmap(init_config)(h)
+
+    def init(h, seeds, constants=None):
+        runs = jax.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
+        order = jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, jnp.int32(0), n_train)
+        return TrainState(runs, order)
+
+    def learning_rate(hc, t):
+        if spec.lr_decay_rate is None:
+            return hc["lr"]
+        return hc["lr"] * spec.lr_decay_rate ** jnp.floor(t / spec.lr_decay_steps)
+
+    def train_step(carry: _Carry, hc, xb, yb, rng, t) -> _Carry:
+        (loss, model_state), grads = jax.value_and_grad(task.loss, has_aux=True)(
+            carry.params, carry.model_state, xb, yb, rng
+        )
+        if spec.clip_norm is not None:
+            grad_norm = _global_norm(grads)
+            factor = jnp.minimum(1.0, spec.clip_norm / jnp.maximum(grad_norm, 1e-30))
+            grads = jax.tree.map(lambda g: g * factor, grads)
+        opt_state = carry.opt_state
+        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": learning_rate(hc, t)})
+        updates, opt_state = update_rule.update(grads, opt_state, carry.params)
+        if trainable is not None:  # frozen parameters never move
+            updates = jax.tree.map(lambda u, train: u if train else jnp.zeros_like(u), updates, trainable)
+        params = optax.apply_updates(carry.params, updates)
+        alive = carry.diverged_step < 0
+        finite = jnp.isfinite(loss) & jnp.isfinite(_global_norm(updates))
+        keep = alive & finite
+        new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (params, model_state, opt_state),
+                           (carry.params, carry.model_state, carry.opt_state))
+        diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
+        curve_sum = carry.curve_sum.at[t * points // steps].add(jnp.where(keep, loss, jnp.nan))
+        eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
+        if has_denominator:
+            def measure(_):
+                moving = _flat(moving_parameters(grads, trainable))
+                terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
+                terms = terms._replace(stat=_flat(terms.stat), denominator=_flat(terms.denominator))
+                share = eps_dominated_share(terms, moving)
+                counted = keep & jnp.isfinite(share)  # NaN when no parameter moved
+                effective_lr = jax.lax.cond(  # a sort: only at the last step
+                    t == steps - 1,
+                    lambda _: effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving),
+                    lambda _: carry.effective_lr, None)
+                return (carry.eps_dom_sum + jnp.where(counted, share, 0.0), carry.eps_dom_steps + counted,
+                        jnp.where(keep, share, carry.eps_dom_last), jnp.where(keep, effective_lr, carry.effective_lr))
+
+            # t is shared by every run, so under vmap this stays a branch: the cost is paid on
+            # about DIAGNOSTIC_POINTS steps only, the last one always among them
+            eps_dom = jax.lax.cond((steps - 1 - t) % diagnostic_every == 0, measure, lambda _: eps_dom, None)
+        return _Carry(*new, diverged_step, curve_sum, *eps_dom)
+
+    def train(state: TrainState, h, seeds, t0, t1, x_train, y_train):
+        def step(t, state):
+            runs, order = state
+            if has_data:
+                epoch, position = t // batches_per_epoch, t % batches_per_epoch
+                order = jax.lax.cond(  # a new epoch: a new order (shared predicate, a real branch)
+                    (position == 0) & (t > 0),
+                    lambda: jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train),
+                    lambda: order)
+                index = jax.lax.dynamic_slice_in_dim(order, position * spec.batch_size, spec.batch_size, 1)
+            else:
+                index = jnp.zeros((seeds.shape[0], 1), jnp.int32)
+
+            def per_seed(runs_s, index_s, seed):
+                xb = x_train[index_s] if has_data else None
+                yb = y_train[index_s] if has_data else None
+                rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
+                return jax.vmap(train_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
+
+            return TrainState(jax.vmap(per_seed)(runs, index, seeds), order)
+
+        if loop_free:
+            return step(t0, state), t0 + 1
+        return jax.lax.fori_loop(t0, t1, step, state), t1
+
+    def evaluate(state: TrainState, loss_sum, correct_sum, xb, yb, mb):
+        def run_sums(params, model_state):
+            losses, correct = task.evaluate(params, model_state, xb, yb)
+            return jnp.sum(losses * mb), jnp.sum(correct * mb)
+
+        losses, correct = jax.vmap(jax.vmap(run_sums))(state.runs.params, state.runs.model_state)
+        return loss_sum + losses, correct_sum + correct
+
+    def finish(state: TrainState, loss_sum, correct_sum, count):
+        runs = state.runs
+        curve = runs.curve_sum / steps_per_point
+        final_loss = curve[..., -1]
+        if has_data and task.evaluate is not None:  # count is 0 without validation data: NaN
+            val_loss, val_accuracy = loss_sum / count, correct_sum / count
+            if not task.has_metric:
+                val_accuracy = jnp.full_like(val_loss, jnp.nan)
+        else:
+            val_loss = val_accuracy = jnp.full(final_loss.shape, jnp.nan)
+        if has_denominator:
+            effective_lr = runs.effective_lr
+            eps_dominated = runs.eps_dom_last
+            eps_dominated_mean = runs.eps_dom_sum / runs.eps_dom_steps
+        else:
+            eps_dominated = eps_dominated_mean = effective_lr = jnp.full(final_loss.shape, jnp.nan)
+        return RunOutputs(final_loss, val_loss, val_accuracy, runs.diverged_step, curve,
+                          eps_dominated, eps_dominated_mean, effective_lr)
+
+    return init, train, evaluate, finish

@@ -1,0 +1,69 @@
+"""What the compiled programs are built for: the training specification fixed for a whole sweep,
+and the per-run outputs they return."""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import NamedTuple
+
+import numpy as np
+
+from epsweep.vocabulary import GRID_AXES, check_convention, check_optimizer
+
+HPARAMS = GRID_AXES  # the traced hyperparameters, one value per setting
+MAX_STEPS = 10_000_000  # step indices and curve buckets stay exact in int32 below this
+MAX_CURVE_POINTS = 200
+DIAGNOSTIC_POINTS = 50  # steps at which the eps-dominated share is measured (evenly spaced, last included)
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainSpec:
+    """Everything about training that is fixed for a whole sweep (static in the programs).
+
+    The learning rate at step t is ``lr * lr_decay_rate ** floor(t / lr_decay_steps)`` when
+    a decay is set (TF's staircase ``exponential_decay``). ``clip_norm`` clips the gradient's
+    global norm before the optimizer sees it.
+    """
+
+    steps: int
+    batch_size: int
+    convention: str = "optax"
+    centered: bool = False
+    curve_points: int = 50
+    eval_batch_size: int = 512
+    clip_norm: float | None = None
+    lr_decay_rate: float | None = None
+    lr_decay_steps: int | None = None
+    optimizer: str = "rmsprop"  # rmsprop, adam, adagrad or sgd; convention and centered: rmsprop only
+
+    def __post_init__(self) -> None:
+        check_convention(self.convention)
+        check_optimizer(self.optimizer)
+        if not 1 <= self.steps <= MAX_STEPS:
+            raise ValueError(f"steps must lie in [1, {MAX_STEPS}]")
+        if self.batch_size < 1 or not 1 <= self.curve_points <= MAX_CURVE_POINTS:
+            raise ValueError(f"batch_size must be positive and curve_points in [1, {MAX_CURVE_POINTS}]")
+
+    @property
+    def points(self) -> int:
+        return max(1, min(self.curve_points, self.steps))
+
+    def steps_per_point(self) -> np.ndarray:
+        """How many steps each point of the loss curve averages: step t belongs to point
+        ``t * points // steps``."""
+        edges = -(-np.arange(self.points + 1) * self.steps // self.points)  # ceil(b * steps / points)
+        return np.diff(edges)
+
+
+class RunOutputs(NamedTuple):
+    """Per-run results, arrays with a leading (S, G) block: seeds by settings."""
+
+    final_loss: np.ndarray  # mean training loss over the last curve segment; NaN if diverged
+    val_loss: np.ndarray  # NaN when the task has no validation data
+    val_accuracy: np.ndarray  # the task's metric on the validation data; NaN when it has none
+    diverged_step: np.ndarray  # int, -1 when the run never diverged
+    curve: np.ndarray  # (S, G, points): mean training loss per segment of steps
+    # what eps did (docs/conventions.md), over the parameters the gradient moves (g != 0); NaN for sgd:
+    eps_dominated: np.ndarray  # share with eps term > gradient-statistics term after the last step
+    eps_dominated_mean: np.ndarray  # that share averaged over the steps trained (before any divergence)
+    effective_lr: np.ndarray  # median of lr / denominator after the last step

@@ -1,0 +1,135 @@
+"""Where a sweep's numbers come from: the run description, a fingerprint of the data, the
+library versions and the device layout. Built once per sweep; the streamed file's header and
+the in-memory result's meta are the same dict.
+
+The *run description* holds everything that decides a setting's numbers apart from the setting
+itself (the task and its data by content, the training specification, the seeds). Two runs with
+equal descriptions produce interchangeable records, so one can resume the other.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import datetime
+import hashlib
+import importlib.metadata
+import json
+import math
+from typing import Any
+
+import numpy as np
+
+from epsweep.results.formats import plain
+from epsweep.results.reading import STREAM_FORMAT
+from epsweep.vocabulary import GRID_AXES
+
+VERSIONED = ("epsweep", "jax", "jaxlib", "optax", "flax", "numpy")
+
+
+def versions() -> dict[str, str]:
+    """Installed versions of epsweep and the libraries that decide its numbers."""
+    out = {}
+    for package in VERSIONED:
+        try:
+            out[package] = importlib.metadata.version(package)
+        except importlib.metadata.PackageNotFoundError:
+            out[package] = "unknown"
+    return out
+
+
+def _fingerprint_update(digest, array: np.ndarray) -> None:
+    array = np.ascontiguousarray(array)
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    if array.nbytes > 64 << 20 and array.ndim and len(array) > 1:  # big: every k-th row
+        array = np.ascontiguousarray(array[:: math.ceil(array.nbytes / (64 << 20))])
+    digest.update(array.tobytes())
+
+
+def data_fingerprint(task) -> str | None:
+    """A short hash of the task's data (and constants, e.g. pretrained weights)."""
+    arrays = []
+    if task.data is not None:
+        arrays += [task.data.x_train, task.data.y_train, task.data.x_val, task.data.y_val]
+    if task.constants is not None:
+        import jax
+
+        arrays += [np.asarray(leaf) for leaf in jax.tree.leaves(task.constants)]
+    if not arrays:
+        return None
+    digest = hashlib.blake2b(digest_size=12)
+    for array in arrays:
+        _fingerprint_update(digest, np.asarray(array))
+    return digest.hexdigest()
+
+
+def _now() -> str:
+    return datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
+
+
+def run_description(task, config, spec) -> dict:
+    """What decides a setting's numbers apart from the setting: task, data (by content, not
+    by path), the training specification ``spec`` (of any update rule: the rule itself is part
+    of each setting) and the seeds. JSON-shaped, so it compares equal after a round trip."""
+    described = task.describe()
+    data = described.get("data")
+    if isinstance(data, dict):
+        described["data"] = {k: v for k, v in data.items() if k != "name"}
+    fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer")}
+    fixed["centered"] = config.centered
+    return plain({
+        "task": described,
+        "data_fingerprint": data_fingerprint(task),
+        "train": fixed,
+        "seeds": config.seed_list,
+    })
+
+
+def differences(there: Any, here: Any, path: str = "") -> list[str]:
+    """What differs between two run descriptions, one phrase per difference."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        out = []
+        for key in list(dict.fromkeys([*there, *here])):
+            out += differences(there.get(key), here.get(key), f"{path}.{key}" if path else key)
+        return out
+    if there == here:
+        return []
+
+    def show(v):
+        text = json.dumps(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    name = path.split(".", 1)[-1]  # task.data.train -> data.train, train.steps -> steps
+    if name == "data_fingerprint":
+        return ["the data's contents differ"]
+    return [f"{name} {show(there)} in the file, {show(here)} now"]
+
+
+def run_meta(task, grid, config, spec, layout: dict) -> dict:
+    """The meta of a sweep as it starts: what a report shows (task, data, steps, batch,
+    seeds, update rules, the grid), the device ``layout``, versions and the run description."""
+    description = run_description(task, config, spec)
+    rules = config.update_rules()
+    return plain({
+        "format": STREAM_FORMAT,
+        **task.describe(),
+        "steps": spec.steps,
+        "batch_size": spec.batch_size if task.data is not None else None,
+        "seeds": description["seeds"],
+        "conventions": list(dict.fromkeys(config.conventions)),
+        "optimizers": list(dict.fromkeys(config.optimizers)),
+        "centered": config.centered,
+        "clip_norm": config.clip_norm,
+        "lr_decay_rate": config.lr_decay_rate,
+        "lr_decay_steps": spec.lr_decay_steps,
+        "grid": {axis: list(getattr(grid, axis)) for axis in GRID_AXES},
+        "settings": grid.size * len(rules),
+        "layout": layout,
+        "versions": versions(),
+        "started_at": _now(),
+        "run": description,
+    })
+
+
+def finished_at() -> str:
+    """The current UTC time, as the meta records it."""
+    return _now()

@@ -1,0 +1,354 @@
+"""Reading results files back (``.jsonl``, ``.json``, ``.csv``), trusting nothing in them.
+
+Every record is validated (:func:`check_record`); anything a crafted file could use to crash a
+report or a plot (deep nesting, numbers beyond ±1e300, wrong types) is a :class:`UserError`
+naming the file and line. Meta keys of the wrong type are dropped with a note.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import json
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from epsweep.errors import UserError
+from epsweep.vocabulary import GRID_AXES, METRICS, SETTING_DEFAULTS, is_number
+
+STREAM_FORMAT = "epsweep-stream/1"
+
+
+@dataclasses.dataclass
+class Loaded:
+    """A results file read back: its meta (``{}`` when it has none), records, and notes
+    about anything skipped (a truncated last line)."""
+
+    path: Path
+    meta: dict
+    records: list[dict]
+    notes: list[str]
+    valid_bytes: int | None = None  # jsonl: the length of the whole, readable lines
+
+    def to_pandas(self):
+        """The records as a ``pandas.DataFrame`` (pandas is optional), one row per setting."""
+        return records_frame(self.records)
+
+
+_NUMBER_FIELDS = GRID_AXES
+_OPTIONAL_NUMBERS = tuple(f for m in METRICS for f in (m, f"{m}_std"))  # a number or null
+_COUNT_FIELDS = ("diverged_seeds", "seeds")  # whole numbers >= 0
+MAX_JSON_DEPTH = 64  # an epsweep file nests about 5 deep
+MAX_MAGNITUDE = 1e300  # beyond it differences and scales overflow; no sweep makes such numbers
+
+
+class NotReadable(ValueError):
+    """Valid JSON that is no results file: nested too deep, or a number beyond ±1e300."""
+
+
+def _reject_constant(name: str):
+    raise ValueError(f"{name} is not allowed (missing numbers are written as null)")
+
+
+def _json_loads(text: str) -> Any:
+    """Parse JSON text; :class:`NotReadable` for what parses but no results file holds
+    (1e400 parses as infinity, a 400-digit integer fits no float, deep nesting recurses)."""
+    try:
+        value = json.loads(text, parse_constant=_reject_constant)
+    except RecursionError:
+        raise NotReadable(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
+    if isinstance(value, (dict, list)):
+        problem = _json_problem(value)
+        if problem:
+            raise NotReadable(problem)
+    return value
+
+
+def _json_problem(document: dict | list) -> str | None:
+    """What makes a parsed document unusable, or None: nesting deeper than
+    :data:`MAX_JSON_DEPTH`, or a number beyond :data:`MAX_MAGNITUDE` (named by its place)."""
+    stack: list[tuple[Any, int, tuple]] = [(document, 1, ())]
+    while stack:
+        item, depth, place = stack.pop()
+        if depth > MAX_JSON_DEPTH:
+            return f"nested more than {MAX_JSON_DEPTH} levels deep"
+        for key, value in item.items() if isinstance(item, dict) else enumerate(item):
+            kind = type(value)
+            if kind is dict or kind is list:
+                stack.append((value, depth + 1, (place, key)))
+            elif (kind is float or kind is int) and not abs(value) <= MAX_MAGNITUDE:
+                return f"{_place_text((place, key))} is a number beyond ±1e300"
+    return None
+
+
+def _place_text(place: tuple) -> str:
+    keys = []
+    while place:
+        place, key = place
+        keys.append(key)
+    text = ""
+    for key in reversed(keys):
+        text += f"[{key}]" if isinstance(key, int) else (f".{key}" if text else str(key))
+    return text or "a value"
+
+
+def _is_finite(value: Any) -> bool:
+    """A number (not a bool) within ±:data:`MAX_MAGNITUDE`: finite, and so are differences."""
+    return is_number(value) and abs(value) <= MAX_MAGNITUDE
+
+
+def check_record(record: Any, where: str) -> dict:
+    """Validate one record read from a file (``where`` names it in messages); fill in the
+    optional setting fields older or other files may lack."""
+    if not isinstance(record, dict):
+        raise UserError(f"{where}: a record must be a JSON object, not {type(record).__name__}")
+    missing = [k for k in ("eps", "decay", "lr", "final_loss", "diverged") if k not in record]
+    if missing:
+        raise UserError(f"{where}: record has no {', '.join(missing)}")
+    for key, default in SETTING_DEFAULTS.items():
+        record.setdefault(key, default)
+    for key in _NUMBER_FIELDS:
+        if not _is_finite(record[key]):
+            raise UserError(f"{where}: {key} must be a finite number, not {_shown(record[key])}")
+    for key, value in record.items():
+        if key in _NUMBER_FIELDS or key == "loss_curve" or value is None or isinstance(value, (str, bool)):
+            continue
+        if is_number(value):
+            if not _is_finite(value):
+                raise UserError(f"{where}: {key} is {_shown(value)}; missing numbers must be null")
+        elif not isinstance(value, (dict, list)):
+            raise UserError(f"{where}: {key} has an unexpected value {_shown(value)}")
+    for key in _OPTIONAL_NUMBERS:
+        if record.get(key) is not None and not is_number(record[key]):
+            raise UserError(f"{where}: {key} must be a number or null, not {_shown(record[key])}")
+    if not isinstance(record["diverged"], bool):
+        raise UserError(f"{where}: diverged must be true or false, not {_shown(record['diverged'])}")
+    if not isinstance(record.get("convention"), str) or not isinstance(record.get("optimizer"), str):
+        raise UserError(f"{where}: convention and optimizer must be names")
+    curve = record.get("loss_curve")
+    if curve is not None:
+        if not isinstance(curve, list) or not all(v is None or _is_finite(v) for v in curve):
+            raise UserError(f"{where}: loss_curve must be a list of numbers")
+    record.setdefault("diverged_seeds", int(record["diverged"]))
+    record.setdefault("diverged_step", None)
+    record.setdefault("seeds", 1)
+    for key in (*_COUNT_FIELDS, "diverged_step"):
+        value = record[key]
+        if value is None and key == "diverged_step":
+            continue
+        if not (_is_finite(value) and value >= 0 and float(value).is_integer()):
+            rule = "a whole number >= 0" + (" or null" if key == "diverged_step" else "")
+            raise UserError(f"{where}: {key} must be {rule}, not {_shown(value)}")
+        record[key] = int(value)
+    return record
+
+
+def _shown(value: Any, limit: int = 40) -> str:
+    """``repr`` of a value read from a file, cut short (a crafted value may be huge)."""
+    big_int = isinstance(value, int) and abs(value) > 10**20
+    text = f"an integer of {len(str(abs(value)))} digits" if big_int else repr(value)
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
+def read_stream(path: Path) -> Loaded:
+    """Read a ``.jsonl`` results file: an optional ``{"meta": ...}`` first line, then records.
+
+    A last line with no newline (the process died mid-write) is skipped with a note; any
+    other unreadable line is an error naming it.
+    """
+    raw = _read_bytes(path)
+    meta: dict = {}
+    records: list[dict] = []
+    notes: list[str] = []
+    offset = 0
+    lines = raw.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        if last and line.strip():  # no newline after it: cut off mid-write
+            notes.append(f"{path}: skipped a truncated last line (line {number})")
+            break
+        if last:
+            break
+        offset += len(line) + 1
+        if not line.strip():
+            continue
+        where = f"{path}, line {number}"
+        value = _parse_json(line, where)
+        if isinstance(value, dict) and set(value) == {"meta"}:
+            if records or meta:
+                raise UserError(f"{where}: a meta line can only be the first line")
+            if not isinstance(value["meta"], dict):
+                raise UserError(f"{where}: meta must be a JSON object")
+            meta = value["meta"]
+            continue
+        records.append(check_record(value, where))
+    return Loaded(Path(path), meta, records, notes, valid_bytes=offset)
+
+
+def _short(error: Exception) -> str:
+    return str(error).split("\n")[0][:120]
+
+
+def _parse_json(raw: bytes, where: str) -> Any:
+    """``raw`` as UTF-8 JSON, or a UserError naming ``where`` and what is wrong."""
+    try:
+        return _json_loads(raw.decode("utf-8"))
+    except UnicodeDecodeError:
+        raise UserError(f"{where}: not UTF-8 text") from None
+    except NotReadable as e:
+        raise UserError(f"{where}: {e}") from None
+    except ValueError as e:
+        raise UserError(f"{where}: not valid JSON ({_short(e)})") from None
+
+
+def _check_file(path: Path) -> None:
+    if not path.exists():
+        raise UserError(f"{path}: no such file")
+    if path.is_dir():
+        raise UserError(f"{path}: is a directory, not a results file")
+
+
+def _read_bytes(path: Path) -> bytes:
+    path = Path(path)
+    _check_file(path)
+    try:
+        return path.read_bytes()
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+
+
+def _read_json(path: Path) -> Loaded:
+    raw = _read_bytes(path)
+    if not raw.strip():
+        raise UserError(f"{path}: file is empty")
+    document = _parse_json(raw, str(path))
+    if isinstance(document, list):
+        meta, results = {}, document
+    elif isinstance(document, dict) and "results" in document:
+        meta, results = document.get("meta") or {}, document["results"]
+    else:
+        raise UserError(f"{path}: expected {{\"meta\": ..., \"results\": [...]}} as written by epsweep --format json")
+    if not isinstance(meta, dict) or not isinstance(results, list):
+        raise UserError(f"{path}: meta must be an object and results a list")
+    records = [check_record(r, f"{path}, result {i + 1}") for i, r in enumerate(results)]
+    return Loaded(Path(path), meta, records, [])
+
+
+_CSV_INTS = ("diverged_seeds", "diverged_step", "seeds")
+
+
+def _read_csv(path: Path) -> Loaded:
+    raw = _read_bytes(path)
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError:
+        raise UserError(f"{path}: not UTF-8 text") from None
+    rows = list(csv.reader(text.splitlines()))
+    if not rows:
+        raise UserError(f"{path}: file is empty")
+    header = rows[0]
+    records = []
+    for number, row in enumerate(rows[1:], start=2):
+        where = f"{path}, line {number}"
+        if not row:
+            continue
+        if len(row) != len(header):
+            raise UserError(f"{where}: {len(row)} cells but the header has {len(header)}")
+        record: dict[str, Any] = {}
+        for name, cell in zip(header, row, strict=True):
+            record[name] = _csv_value(name, cell, where)
+        records.append(check_record(record, where))
+    return Loaded(Path(path), {}, records, [])
+
+
+def _csv_value(name: str, cell: str, where: str) -> Any:
+    cell = cell.strip()
+    if cell == "":
+        return None
+    if name in ("convention", "optimizer"):
+        return cell
+    if cell in ("True", "False", "true", "false"):
+        return cell.lower() == "true"
+    try:
+        value = float(cell)
+    except ValueError:
+        if name in _NUMBER_FIELDS or name in _CSV_INTS or name.endswith(("_loss", "_accuracy", "_std")):
+            raise UserError(f"{where}: {name} {cell!r} is not a number") from None
+        return cell
+    if cell.lower().lstrip("+-") in ("nan", "inf", "infinity"):
+        raise UserError(f"{where}: {name} is {cell}; missing numbers must be empty cells")
+    if not abs(value) <= MAX_MAGNITUDE:  # 1e400 reads as infinity
+        raise UserError(f"{where}: {name} {_shown(cell)} is a number beyond ±1e300")
+    return int(value) if name in _CSV_INTS and value.is_integer() else value
+
+
+def read_results(path: Path) -> Loaded:
+    """Read a results file written by epsweep: ``.json``, ``.jsonl`` or ``.csv``."""
+    path = Path(path)
+    _check_file(path)  # missing or a directory: say so before anything about its format
+    suffix = path.suffix.lower()
+    if suffix == ".jsonl":
+        loaded = read_stream(path)
+        if not loaded.records and not loaded.meta:
+            raise UserError(f"{path}: file is empty")
+    elif suffix == ".json":
+        loaded = _read_json(path)
+    elif suffix == ".csv":
+        loaded = _read_csv(path)
+    else:
+        raise UserError(f"{path}: cannot tell the format (expected .json, .jsonl or .csv)")
+    loaded.meta, notes = clean_meta(loaded.meta, str(path))
+    loaded.notes += notes
+    return loaded
+
+
+def _whole(value: Any, least: int = 0) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value >= least
+
+
+def _names_list(value: Any) -> bool:
+    return isinstance(value, list) and all(isinstance(v, str) for v in value)
+
+
+# What a report or plot shows of the meta: each key's test and what it should hold.
+META_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
+    "format": (lambda v: isinstance(v, str), "a name"),
+    "title": (lambda v: isinstance(v, str), "text"),
+    "task": (lambda v: isinstance(v, str), "a name"),
+    "data": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)
+             and all(_whole(v.get(k)) for k in ("train", "val")),
+             'an object with "name", "train" and "val"'),
+    "steps": (lambda v: _whole(v, 1), "a positive whole number"),
+    "batch_size": (lambda v: _whole(v, 1), "a positive whole number"),
+    "seeds": (lambda v: isinstance(v, list) and all(_whole(s) for s in v), "a list of seeds"),
+    "settings": (_whole, "a whole number"),
+    "chunk_size": (lambda v: _whole(v, 1), "a positive whole number"),
+    "conventions": (_names_list, "a list of names"),
+    "optimizers": (_names_list, "a list of names"),
+}
+
+
+def clean_meta(meta: dict, where: str) -> tuple[dict, list[str]]:
+    """The meta of a file read back, without the shown keys (:data:`META_KEYS`) whose value
+    has the wrong type (null is kept: "not known"), and a note for each key dropped."""
+    kept, notes = {}, []
+    for key, value in meta.items():
+        check = META_KEYS.get(key)
+        if value is None or check is None or check[0](value):
+            kept[key] = value
+        else:
+            text = json.dumps(value)
+            text = text if len(text) <= 40 else text[:37] + "..."
+            notes.append(f"{where}: ignored meta {key} {text} (expected {check[1]})")
+    return kept, notes
+
+
+def records_frame(records: list[dict]):
+    """Records as a ``pandas.DataFrame``: one row per setting, the axes and metrics as
+    columns (``loss_curve`` a column of lists). pandas is optional; without it, a UserError."""
+    try:
+        import pandas
+    except ImportError:
+        raise UserError("to_pandas() needs pandas: pip install pandas") from None
+    return pandas.DataFrame.from_records([dict(r) for r in records])

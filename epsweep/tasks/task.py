@@ -1,0 +1,89 @@
+"""What a sweep trains: a model, its loss, its evaluation and its data, as pure functions.
+
+A task's functions are what the engine vmaps:
+
+- ``init(key) -> (params, model_state)``, or ``init(key, constants)`` when the task has
+  ``constants`` (e.g. pretrained weights, passed to the program as arguments, not baked in)
+- ``loss(params, model_state, x, y, key) -> (loss, new_model_state)`` on one minibatch
+- ``evaluate(params, model_state, x, y) -> (per_example_loss, per_example_metric)``
+
+``model_state`` holds non-trained variables (BatchNorm statistics); it is ``{}`` for models
+without any. ``data`` is ``None`` for tasks with no data (``quadratic``).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable, Hashable
+from typing import Any
+
+import numpy as np
+
+from epsweep.data.dataset import Dataset
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Task:
+    """What to train and on which data.
+
+    ``identity``: a hashable value that determines ``init``, ``loss`` and ``evaluate``
+    completely (the model class and its fields, the loss, options), given by the constructors in
+    this package so that a task built again shares the first one's compiled programs. Leave it
+    ``None`` when building a task by hand, and set it to ``None`` when replacing a function of a
+    task (``dataclasses.replace(task, loss=..., identity=None)``): the engine then keys the
+    programs by the function objects themselves, so a different model never meets another's
+    program.
+    ``metric_name``: what ``evaluate``'s second output is (``"accuracy"``), or ``None`` when the
+    task reports no metric.
+    """
+
+    name: str
+    init: Callable[..., tuple[Any, Any]]
+    loss: Callable[..., tuple[Any, Any]]
+    evaluate: Callable[..., tuple[Any, Any]] | None
+    data: Dataset | None
+    metric_name: str | None = "accuracy"
+    identity: Hashable | None = None
+    default_epochs: int | None = 10
+    default_steps: int | None = None
+    default_batch_size: int = 32
+    eval_batch_size: int = 512
+    details: dict = dataclasses.field(default_factory=dict)  # what describe() adds (model options)
+    constants: Any = None
+    trainable: Callable[[Any], Any] | None = None  # params -> pytree of bools; None: all trained
+    # convolutions: on CPU, train one step per compiled call (see engine.programs)
+    loop_free_on_cpu: bool = False
+    # on CPU, at most this many settings per device and call (None: as the memory plan decides)
+    settings_per_cpu_device: int | None = None
+
+    @property
+    def has_metric(self) -> bool:
+        return self.metric_name is not None and self.evaluate is not None
+
+    def trainable_mask(self) -> Any:
+        """Which parameters the optimizer may move (a pytree of Python bools), or None for all."""
+        if self.trainable is None:
+            return None
+        import jax
+
+        args = () if self.constants is None else (self.constants,)
+        shapes = jax.eval_shape(self.init, jax.random.key(0), *args)
+        return self.trainable(shapes[0])
+
+    def data_signature(self) -> tuple:
+        """Shapes and dtypes of everything the programs are built around: the training and
+        validation arrays and the constants (the programs close over the training-set size)."""
+        arrays: list[Any] = []
+        if self.data is not None:
+            arrays += [self.data.x_train, self.data.y_train, self.data.x_val, self.data.y_val]
+        if self.constants is not None:
+            import jax
+
+            arrays += jax.tree.leaves(self.constants)
+        return tuple((tuple(np.shape(a)), str(np.asarray(a).dtype if not hasattr(a, "dtype") else a.dtype))
+                     for a in arrays)
+
+    def describe(self) -> dict:
+        out = {"task": self.name, **self.details}
+        out["data"] = self.data.describe() if self.data is not None else None
+        return out

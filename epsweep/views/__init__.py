@@ -1,0 +1,2 @@
+"""Renderings of results for people: Rich tables (:mod:`.table`) and matplotlib figures
+(:mod:`.plot`). Only this package and the CLI import Rich or matplotlib."""

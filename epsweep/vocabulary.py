@@ -1,0 +1,96 @@
+"""The words every layer shares: axis names, update-rule names, record fields and their labels.
+
+A *setting* is one point of the grid: values of the numeric axes (eps, decay, lr, momentum)
+plus the update rule that trains it (optimizer and, for RMSProp, convention). A *run* is one
+setting trained with one seed. Nothing here imports JAX, so the command line can check names
+before it starts anything heavy.
+"""
+
+from __future__ import annotations
+
+from typing import Any, NamedTuple
+
+from epsweep.errors import UserError, param
+
+GRID_AXES = ("eps", "decay", "lr", "momentum")
+"""The numeric axes of a grid, in record order."""
+
+RULE_AXES = ("optimizer", "convention")
+"""The update rule of a setting: which optimizer, and (RMSProp) which framework's convention."""
+
+SETTING_AXES = GRID_AXES + RULE_AXES
+"""What identifies a setting within a sweep."""
+
+SETTING_DEFAULTS = {"momentum": 0.0, "optimizer": "rmsprop", "convention": "optax"}
+"""Values a record from an older or foreign file may leave out."""
+
+CONVENTION_NAMES = ("optax", "pytorch", "tf1", "keras")
+OPTIMIZER_NAMES = ("rmsprop", "adam", "adagrad", "sgd")
+
+DIAGNOSTICS = ("eps_dominated", "eps_dominated_mean", "effective_lr")
+"""What eps did (docs/conventions.md): share of moving parameters whose eps term exceeds the
+gradient-statistics term at the end of training, that share averaged over training, and the
+median effective step lr / denominator at the end. None for sgd (no denominator)."""
+
+METRICS = ("final_loss", "val_loss", "val_accuracy", *DIAGNOSTICS)
+"""Per-run numbers, each folded over seeds into a mean and a ``*_std``."""
+
+HIGHER_IS_BETTER = frozenset({"val_accuracy"})
+
+LABELS = {
+    "final_loss": "final loss", "val_loss": "val loss", "val_accuracy": "val acc",
+    "eps_dominated": "eps-dom %", "eps_dominated_mean": "eps-dom %", "effective_lr": "effective lr",
+}
+
+
+class UpdateRule(NamedTuple):
+    """An optimizer and, for RMSProp, the framework convention of its update: one compiled
+    program trains every setting that shares it."""
+
+    optimizer: str
+    convention: str
+
+    def describe(self) -> str:
+        """``"tf1"`` for RMSProp conventions, the optimizer's name otherwise."""
+        return self.convention if self.optimizer == "rmsprop" else self.optimizer
+
+
+def label(field: str) -> str:
+    """How a table or plot names a record field (``val_accuracy`` -> ``val acc``).
+
+    Args:
+        field: a record field name.
+
+    Returns:
+        The short label, or the name with spaces for underscores.
+
+    Example:
+        >>> label("val_accuracy"), label("diverged_step")
+        ('val acc', 'diverged step')
+    """
+    return LABELS.get(field, field.replace("_", " "))
+
+
+def is_number(value: Any) -> bool:
+    """A real number: an int or float, but not a bool.
+
+    Example:
+        >>> is_number(1e-8), is_number(True), is_number("1")
+        (True, False, False)
+    """
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+def check_convention(convention: str) -> str:
+    """``convention`` if it names an RMSProp convention, else a :class:`UserError`."""
+    if convention not in CONVENTION_NAMES:
+        raise UserError(f"{param('convention')}: unknown convention {convention!r}; "
+                        f"choose from {', '.join(CONVENTION_NAMES)}")
+    return convention
+
+
+def check_optimizer(name: str) -> str:
+    """``name`` if it names an optimizer, else a :class:`UserError`."""
+    if name not in OPTIMIZER_NAMES:
+        raise UserError(f"{param('optimizer')}: unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_NAMES)}")
+    return name
