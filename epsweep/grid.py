@@ -1,6 +1,6 @@
 """Hyperparameter grids: parsing value lists and expanding them into runs.
 
-Value syntax (each token of ``--eps``, ``--decay``, ``--lr``, ``--momentum``):
+Value syntax (each token of the eps, decay, lr and momentum axes):
 
 - a number: ``1e-8``
 - a comma list: ``1e-8,1e-4,1``
@@ -64,6 +64,18 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
     """Expand value tokens (numbers, comma lists, ``log:``/``lin:`` ranges, ``-``) into floats.
 
     Duplicates are dropped, first occurrence kept, so the grid never trains one setting twice.
+
+    Args:
+        tokens: the tokens as typed, e.g. ``["1e-8,1e-4", "log:1e-2:1:3"]``.
+        name: the parameter they are for (``"eps"``), named in errors.
+        read_stdin: returns standard input's text, for the token ``-``.
+
+    Returns:
+        The values, in order, without duplicates.
+
+    Example:
+        >>> parse_values(["1e-8,1", "log:1e-4:1e-2:3", "1"], "eps")
+        [1e-08, 1.0, 0.0001, 0.001, 0.01]
     """
     values: list[float] = []
     for token in tokens:
@@ -115,7 +127,13 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
 
 @dataclasses.dataclass(frozen=True)
 class Grid:
-    """The hyperparameter axes of a sweep; every combination is one setting."""
+    """The hyperparameter axes of a sweep; every combination is one setting.
+
+    Example:
+        >>> grid = Grid(eps=(1e-8, 1.0), lr=(1e-3, 1e-2))
+        >>> grid.size, grid.settings()[1]
+        (4, {'eps': 1.0, 'decay': 0.9, 'lr': 0.001, 'momentum': 0.0})
+    """
 
     eps: tuple[float, ...] = (1e-8, 1.0)
     decay: tuple[float, ...] = (0.9,)

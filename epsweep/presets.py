@@ -4,12 +4,12 @@
 RMSProp with decay 0.9, eps 1.0, momentum 0.9 and TF1 semantics (eps inside the root, second
 moment starting at 1, lr inside the momentum buffer); learning rate 0.045 decayed by 0.94 every
 2 epochs; gradient clipping at global norm 2.0; label smoothing 0.1. Run it with
-``epsweep inception --preset szegedy2016 --dataset PATH``; compare with ``--eps 1e-8``.
+``epsweep inception`` with preset ``szegedy2016``; compare with eps 1e-8.
 """
 
 from __future__ import annotations
 
-from epsweep.errors import UserError
+from epsweep.errors import UserError, param
 
 PRESETS: dict[str, dict] = {
     "szegedy2016": {
@@ -31,6 +31,6 @@ def apply_preset(name: str | None, given: dict) -> dict:
     if name is None:
         return dict(given)
     if name not in PRESETS:
-        raise UserError(f"--preset: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
+        raise UserError(f"{param('preset')}: unknown preset {name!r}; choose from {', '.join(PRESETS)}")
     preset = PRESETS[name]
     return {key: preset.get(key) if value is None else value for key, value in given.items()}

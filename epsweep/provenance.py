@@ -13,9 +13,7 @@ import dataclasses
 import datetime
 import hashlib
 import importlib.metadata
-import json
 import math
-from typing import Any
 
 import numpy as np
 
@@ -82,26 +80,6 @@ def run_description(task, config, spec) -> dict:
         "train": fixed,
         "seeds": config.seed_list,
     })
-
-
-def differences(there: Any, here: Any, path: str = "") -> list[str]:
-    """What differs between two run descriptions, one phrase per difference."""
-    if isinstance(there, dict) and isinstance(here, dict):
-        out = []
-        for key in list(dict.fromkeys([*there, *here])):
-            out += differences(there.get(key), here.get(key), f"{path}.{key}" if path else key)
-        return out
-    if there == here:
-        return []
-
-    def show(v):
-        text = json.dumps(v)
-        return text if len(text) <= 40 else text[:37] + "..."
-
-    name = path.split(".", 1)[-1]  # task.data.train -> data.train, train.steps -> steps
-    if name == "data_fingerprint":
-        return ["the data's contents differ"]
-    return [f"{name} {show(there)} in the file, {show(here)} now"]
 
 
 def run_meta(task, grid, config, spec, layout: dict) -> dict:

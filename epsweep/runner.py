@@ -24,7 +24,8 @@ from typing import NamedTuple
 import numpy as np
 
 from epsweep import provenance
-from epsweep.config import MAX_STEPS, RunConfig
+from epsweep.config import RunConfig
+from epsweep.engine.spec import resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
 from epsweep.results.files import write_atomic
@@ -32,7 +33,7 @@ from epsweep.results.formats import dumps
 from epsweep.results.records import fold_seeds, setting_key
 from epsweep.results.writers import Writer
 from epsweep.tasks import Task, build_task
-from epsweep.vocabulary import METRICS, UpdateRule
+from epsweep.vocabulary import METRICS
 
 MAX_RUNS = 10_000_000  # settings x update rules x seeds in one sweep
 
@@ -44,6 +45,12 @@ class ProgressEvent(NamedTuple):
     ``rule``: the update rule being trained (``"optax"``, ``"adam"``); ``done``/``total``:
     run-steps (settings x seeds x steps) trained and in all, over every rule;
     ``saved``/``settings``: settings whose records are finished, and in all.
+
+    Example:
+        >>> events = []
+        >>> _ = run("quadratic", Grid(eps=(1e-8,)), RunConfig(steps=10), progress=events.append)
+        >>> events[0].phase, events[-1].phase, events[-1].done == events[-1].total == 10
+        ('compiling', 'training', True)
     """
 
     phase: str
@@ -96,7 +103,13 @@ class OutOfMemory(UserError):
 @dataclasses.dataclass
 class SweepResult:
     """``records``: one dict per setting (means over seeds), in grid order; ``runs``: one per
-    (setting, seed) trained by this call; ``meta``: the run's provenance and costs."""
+    (setting, seed) trained by this call; ``meta``: the run's provenance and costs.
+
+    Example:
+        >>> result = sweep("quadratic", Grid(eps=(1e-8, 1.0)), RunConfig(steps=10, seeds=2))
+        >>> len(result.records), len(result.runs), result.meta["steps"], result.records[0]["seeds"]
+        (2, 4, 10, 2)
+    """
 
     meta: dict
     records: list[dict]
@@ -109,39 +122,6 @@ class SweepResult:
         return records_frame(self.records)
 
 
-def resolve_spec(task: Task, config: RunConfig, rule: UpdateRule):
-    """The engine's static :class:`~epsweep.engine.spec.TrainSpec` for ``rule``: the config's
-    steps/epochs/batch size resolved against the task's data and defaults."""
-    from epsweep.engine.spec import TrainSpec
-
-    batch_size = config.batch_size or task.default_batch_size
-    n_train = len(task.data.x_train) if task.data is not None else None
-    if n_train is not None:
-        batch_size = min(batch_size, n_train)
-    steps_per_epoch = n_train // batch_size if n_train is not None else 1
-    if config.steps is not None:
-        steps = config.steps
-    elif config.epochs is not None:
-        if task.data is None:
-            raise UserError(f"task {task.name} has no data, so no epochs; use {param('steps')}")
-        steps = config.epochs * steps_per_epoch
-        if steps > MAX_STEPS:
-            raise UserError(f"{param('epochs')}: {config.epochs} epochs of {steps_per_epoch} steps is more than "
-                            f"{MAX_STEPS:,} steps")
-    else:
-        steps = task.default_steps or (task.default_epochs or 1) * steps_per_epoch
-    decay_steps = None
-    if config.lr_decay_rate is not None:
-        epochs = config.lr_decay_epochs if config.lr_decay_epochs is not None else 1.0
-        decay_steps = max(1, min(MAX_STEPS, round(epochs * steps_per_epoch)))
-    return TrainSpec(
-        steps=steps, batch_size=batch_size, convention=rule.convention,
-        centered=config.centered and rule.optimizer == "rmsprop", optimizer=rule.optimizer,
-        curve_points=config.curve_points, clip_norm=config.clip_norm, lr_decay_rate=config.lr_decay_rate,
-        eval_batch_size=task.eval_batch_size, lr_decay_steps=decay_steps,
-    )
-
-
 def _is_out_of_memory(error: BaseException) -> bool:
     from jax.errors import JaxRuntimeError
 
@@ -150,7 +130,15 @@ def _is_out_of_memory(error: BaseException) -> bool:
 
 class Runner:
     """One sweep: :meth:`run` trains it; :meth:`save_partial` keeps what has finished, from
-    any thread. See the module docstring; :func:`run` is the usual way in."""
+    any thread. See the module docstring; :func:`run` is the usual way in.
+
+    Example:
+        >>> runner = Runner("quadratic", Grid(eps=(1e-8,)), RunConfig(steps=10))
+        >>> runner.total, runner.save_partial().path is None  # nothing finished yet
+        (1, True)
+        >>> runner.run().meta["trained"]
+        1
+    """
 
     def __init__(
         self,

@@ -223,7 +223,7 @@ def test_adagrad_is_optax_adagrad(eps):
     opt = optax.adagrad(LR, eps=eps)
     params = jax.tree.map(lambda p: jnp.asarray(p, jnp.float32), P0)
     state = opt.init(params)
-    for t, g in enumerate(grads):
+    for g in grads:
         updates, state = opt.update(jax.tree.map(lambda x: jnp.asarray(x, jnp.float32), g), state, params)
         params = optax.apply_updates(params, updates)
     for k in params:

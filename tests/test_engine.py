@@ -1,6 +1,7 @@
 """The vmapped engine against independent paths: one-by-one runs, divergence isolation,
 one compile per sweep, shared initial weights per seed."""
 
+import jax
 import numpy as np
 import pytest
 
@@ -29,7 +30,8 @@ def batched(mlp_task):
 def test_vmapped_equals_one_by_one(mlp_task, batched):
     h, together = batched
     for j in range(3):
-        alone = train_runs(mlp_task, SETTINGS, {k: v[j:j + 1] for k, v in h.items()}, np.array([0, 7]))
+        alone = train_runs(mlp_task, SETTINGS, {k: v[j:j + 1] for k, v in h.items()}, np.array([0, 7]),
+                           chunk_size=1, devices=jax.devices()[:1])  # truly one at a time
         for name in ("final_loss", "val_loss", "val_accuracy", "eps_dominated", "eps_dominated_mean", "effective_lr"):
             np.testing.assert_allclose(getattr(alone, name)[:, 0], getattr(together, name)[:, j], rtol=2e-5, atol=1e-6)
         np.testing.assert_allclose(alone.curve[:, 0], together.curve[:, j], rtol=2e-5, atol=1e-6)
@@ -163,8 +165,9 @@ def test_loop_free_programs_train_like_the_looped_one(mlp_task):
     h = hparams([1e-8, 1.0], lr=[1e-2, 1e-1])
     assert engine.compiled_programs(cnn, settings).loop_free
     assert not engine.compiled_programs(looped, settings).loop_free
-    one_step_calls = train_runs(cnn, settings, h, np.array([0]))
-    one_loop = train_runs(looped, settings, h, np.array([0]))
+    # one setting per device: XLA's CPU backend runs vmapped convolutions in a loop very slowly
+    one_step_calls = train_runs(cnn, settings, h, np.array([0]), chunk_size=2)
+    one_loop = train_runs(looped, settings, h, np.array([0]), chunk_size=2)
     for name in engine.RunOutputs._fields:
         np.testing.assert_allclose(getattr(one_step_calls, name), getattr(one_loop, name), rtol=1e-5, atol=1e-6,
                                    err_msg=name)

@@ -78,7 +78,8 @@ def test_rejects_input_below_75():
 def test_head_mask_selects_classifiers(head):
     params = abstract_variables(InceptionV3(num_classes=1000, aux_logits=True, head=head))["params"]
     mask = head_mask(params)
-    head_size = sum(int(np.prod(p.shape)) for p, m in zip(jax.tree.leaves(params), jax.tree.leaves(mask)) if m)
+    pairs = zip(jax.tree.leaves(params), jax.tree.leaves(mask), strict=True)
+    head_size = sum(int(np.prod(p.shape)) for p, m in pairs if m)
     aux_fc = 768 * 1000 + 1000
     classifier = 2048 * 1000 + 1000 if head == "linear" else 2048 * 1024 + 1024 + 1024 * 1000 + 1000
     assert head_size == aux_fc + classifier

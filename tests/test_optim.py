@@ -24,7 +24,8 @@ CASES = [
 
 
 def case_id(case):
-    return "{convention}-eps{eps:g}-rho{decay}-mu{momentum}-{c}".format(**case, c="centered" if case["centered"] else "plain")
+    kind = "centered" if case["centered"] else "plain"
+    return "{convention}-eps{eps:g}-rho{decay}-mu{momentum}-{c}".format(**case, c=kind)
 
 
 def fixed_gradients(shape=(7,), steps=STEPS, seed=0):

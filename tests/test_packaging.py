@@ -8,6 +8,7 @@ cleanly (matplotlib, for ``epsweep plot``). The import list is read from the sou
 
 import ast
 import importlib.metadata
+import re
 import sys
 import tomllib
 from pathlib import Path
@@ -31,7 +32,7 @@ def imported_modules() -> set[str]:
 
 
 def requirement_names(requirements: list[str]) -> set[str]:
-    return {r.split(";")[0].split("[")[0].split("=")[0].split(">")[0].split("<")[0].strip().lower() for r in requirements}
+    return {re.split(r"[;\[=<>~! ]", r, maxsplit=1)[0].strip().lower() for r in requirements}
 
 
 def test_every_third_party_import_is_a_declared_dependency():

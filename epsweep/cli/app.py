@@ -58,8 +58,10 @@ def error_line(message: str) -> None:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``epsweep`` executable; returns the exit code."""
-    import epsweep.cli.saved  # noqa: F401 - registers the commands
-    import epsweep.cli.train  # noqa: F401
+    import importlib
+
+    for module in ("epsweep.cli.train", "epsweep.cli.saved"):  # registers the commands, in this order
+        importlib.import_module(module)
 
     arguments = argv.normalize_argv(list(sys.argv[1:] if args is None else args))
     argv.reset()  # one invocation's state (main may run several times in a process)

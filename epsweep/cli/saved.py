@@ -13,7 +13,7 @@ from epsweep.cli.present import log, output_format, stdout_console, write_stdout
 from epsweep.errors import UserError, param
 
 
-@app.command()
+@app.command(short_help="Show a saved sweep: table, best per axis value, eps sensitivity.")
 def report(
     file: o.ResultsFileArg,
     sort: Annotated[Optional[str], typer.Option(
@@ -74,7 +74,7 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
         write_stdout(text(fmt))
 
 
-@app.command()
+@app.command(short_help="Draw a saved sweep: loss curves and a heatmap, into an image.")
 def plot(
     file: o.ResultsFileArg,
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Image to write: .png, .svg or .pdf.",

@@ -80,7 +80,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     present_records(result, out_fmt)
 
 
-@app.command()
+@app.command(short_help="Train a grid of settings at once: a row of results per setting.")
 def grid(
     eps: o.EpsOpt = None,
     decay: o.DecayOpt = None,
@@ -132,7 +132,7 @@ def grid(
                  resume=resume)
 
 
-@app.command()
+@app.command(short_help="The same on Inception-v3 over your own images.")
 def inception(
     dataset: Annotated[str, typer.Option(
         "--dataset", metavar="DATA", help="An ImageFolder directory (one sub-folder per class), an .npz of "

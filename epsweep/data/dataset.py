@@ -17,7 +17,14 @@ MAX_CLASSES = 100_000  # the output layer has one unit per class: labels must li
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Inputs and integer labels, split into train and validation (validation may be empty)."""
+    """Inputs and integer labels, split into train and validation (validation may be empty).
+
+    Example:
+        >>> import numpy as np
+        >>> data = split("blobs", np.random.rand(10, 3).astype(np.float32), np.arange(10) % 2, val_split=0.2)
+        >>> data.input_shape, data.num_classes, len(data.x_val)
+        ((3,), 2, 2)
+    """
 
     name: str
     x_train: np.ndarray

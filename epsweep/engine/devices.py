@@ -79,6 +79,18 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
     Safe to call again: the cache setting always applies; devices and processes are set the
     first time only, and only while JAX has not started (a later request for several
     processes is an error, a device count is left as it is).
+
+    Args:
+        runtime: what to set up; default: ``Runtime(**kwargs)``.
+        **kwargs: :class:`~epsweep.engine.runtime.Runtime` fields (``compile_cache``,
+            ``cpu_devices``, ``coordinator``, ``num_processes``, ``process_id``).
+
+    Returns:
+        The runtime applied.
+
+    Example:
+        >>> setup(compile_cache=False).compile_cache  # no persistent compilation cache
+        False
     """
     global _applied
     from epsweep.engine.compiled import install_listeners

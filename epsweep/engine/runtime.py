@@ -24,6 +24,11 @@ class Runtime:
     ``cpu_devices``: JAX devices to make of the CPU (default: one per available core).
     ``coordinator`` ("host:port" of process 0), ``num_processes`` and ``process_id``: run as
     one of several processes; what is left out is taken from the cluster environment.
+    Checked when made, without starting JAX; :func:`epsweep.setup` applies it.
+
+    Example:
+        >>> Runtime(coordinator="10.0.0.1:1234", num_processes=2, process_id=0).distributed
+        True
     """
 
     compile_cache: bool | str | Path = True

@@ -8,7 +8,10 @@ from typing import NamedTuple
 
 import numpy as np
 
-from epsweep.vocabulary import GRID_AXES, check_convention, check_optimizer
+from epsweep.config import RunConfig
+from epsweep.errors import UserError, param
+from epsweep.tasks.task import Task
+from epsweep.vocabulary import GRID_AXES, UpdateRule, check_convention, check_optimizer
 
 HPARAMS = GRID_AXES  # the traced hyperparameters, one value per setting
 MAX_STEPS = 10_000_000  # step indices and curve buckets stay exact in int32 below this
@@ -67,3 +70,34 @@ class RunOutputs(NamedTuple):
     eps_dominated: np.ndarray  # share with eps term > gradient-statistics term after the last step
     eps_dominated_mean: np.ndarray  # that share averaged over the steps trained (before any divergence)
     effective_lr: np.ndarray  # median of lr / denominator after the last step
+
+
+def resolve_spec(task: Task, config: RunConfig, rule: UpdateRule) -> TrainSpec:
+    """The engine's static :class:`~epsweep.engine.spec.TrainSpec` for ``rule``: the config's
+    steps/epochs/batch size resolved against the task's data and defaults."""
+    batch_size = config.batch_size or task.default_batch_size
+    n_train = len(task.data.x_train) if task.data is not None else None
+    if n_train is not None:
+        batch_size = min(batch_size, n_train)
+    steps_per_epoch = n_train // batch_size if n_train is not None else 1
+    if config.steps is not None:
+        steps = config.steps
+    elif config.epochs is not None:
+        if task.data is None:
+            raise UserError(f"task {task.name} has no data, so no epochs; use {param('steps')}")
+        steps = config.epochs * steps_per_epoch
+        if steps > MAX_STEPS:
+            raise UserError(f"{param('epochs')}: {config.epochs} epochs of {steps_per_epoch} steps is more than "
+                            f"{MAX_STEPS:,} steps")
+    else:
+        steps = task.default_steps or (task.default_epochs or 1) * steps_per_epoch
+    decay_steps = None
+    if config.lr_decay_rate is not None:
+        epochs = config.lr_decay_epochs if config.lr_decay_epochs is not None else 1.0
+        decay_steps = max(1, min(MAX_STEPS, round(epochs * steps_per_epoch)))
+    return TrainSpec(
+        steps=steps, batch_size=batch_size, convention=rule.convention,
+        centered=config.centered and rule.optimizer == "rmsprop", optimizer=rule.optimizer,
+        curve_points=config.curve_points, clip_norm=config.clip_norm, lr_decay_rate=config.lr_decay_rate,
+        eval_batch_size=task.eval_batch_size, lr_decay_steps=decay_steps,
+    )

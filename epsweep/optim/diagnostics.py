@@ -60,6 +60,23 @@ def denominator_terms(opt_state: Any, optimizer: str = "rmsprop", convention: st
     """The denominator's terms in ``opt_state`` of :func:`make_optimizer` (``optimizer``,
     ``convention``) after an update: what the next step divides by, except that adam's
     bias correction uses the count of steps taken so far.  ``None`` for sgd (no denominator).
+
+    Args:
+        opt_state: the state of an optimizer built by :func:`make_optimizer`.
+        optimizer: which optimizer built it.
+        convention: rmsprop's convention (where eps sits).
+
+    Returns:
+        :class:`DenominatorTerms` (pytrees like the parameters), or None for sgd.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from epsweep.optim.rules import make_optimizer
+        >>> opt = make_optimizer("rmsprop", 0.1, 0.9, 1e-4, convention="pytorch")
+        >>> _, state = opt.update({"w": jnp.array([2.0])}, opt.init({"w": jnp.array([0.0])}))
+        >>> terms = denominator_terms(state, "rmsprop", "pytorch")  # eps outside the root
+        >>> round(float(terms.stat["w"][0]), 4), round(float(terms.denominator["w"][0]), 4)
+        (0.6325, 0.6326)
     """
     check_optimizer(optimizer)
     if optimizer == "sgd":
@@ -140,7 +157,25 @@ def eps_diagnostics(
 ) -> dict | None:
     """``{"eps_dominated": share, "effective_lr": median lr/denominator}`` for ``opt_state``
     over the parameters selected by ``where`` (see :func:`moving_parameters`), using the
-    learning rate stored in the state (the one its last update used); None for sgd."""
+    learning rate stored in the state (the one its last update used); None for sgd.
+
+    Args:
+        opt_state: the state of an optimizer built by :func:`make_optimizer`.
+        optimizer: which optimizer built it.
+        convention: rmsprop's convention.
+        where: which parameters count (see :func:`moving_parameters`); None for all.
+
+    Returns:
+        ``{"eps_dominated": ..., "effective_lr": ...}`` as scalar arrays, or None for sgd.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> from epsweep.optim.rules import make_optimizer
+        >>> opt = make_optimizer("rmsprop", 0.1, 0.9, 1.0)  # eps 1 against v = 0.1 * 0.01
+        >>> _, state = opt.update({"w": jnp.array([0.1])}, opt.init({"w": jnp.array([0.0])}))
+        >>> {k: round(float(v), 4) for k, v in eps_diagnostics(state).items()}
+        {'eps_dominated': 1.0, 'effective_lr': 0.1}
+    """
     terms = denominator_terms(opt_state, optimizer, convention)
     if terms is None:
         return None

@@ -84,6 +84,24 @@ def rmsprop(
     ``learning_rate``, ``decay``, ``eps`` and ``momentum`` become traced hyperparameters in
     the optimizer state (``state.hyperparams``); ``learning_rate`` may be a schedule of the
     step count. See each ``_<convention>_rule`` for the exact update.
+
+    Args:
+        learning_rate: lr, or a schedule of the step count.
+        decay: rho, the second moment's decay.
+        eps: epsilon, where the convention puts it.
+        convention: whose update rule: "optax", "pytorch", "tf1" (also timm's RMSpropTF) or "keras".
+        momentum: mu (0: none).
+        centered: divide by the running standard deviation instead.
+
+    Returns:
+        An ``optax.GradientTransformation``.
+
+    Example:
+        >>> import jax.numpy as jnp
+        >>> opt = rmsprop(0.1, 0.9, 1.0, convention="tf1")  # v starts at 1, eps inside the root
+        >>> updates, _ = opt.update({"w": jnp.array([2.0])}, opt.init({"w": jnp.array([0.0])}))
+        >>> round(float(updates["w"][0]), 4)  # -0.1 * 2 / sqrt(0.9 * 1 + 0.1 * 4 + 1)
+        -0.1319
     """
     rule = CONVENTIONS[check_convention(convention)]
     return optax.inject_hyperparams(rule)(
@@ -150,7 +168,25 @@ def make_optimizer(
     onto it: rmsprop as :func:`rmsprop`; adam: b2 = decay, b1 = 0.9; adagrad: decay unused;
     sgd: momentum, eps and decay unused.  ``convention`` and ``centered`` apply to rmsprop
     only.  Every optimizer carries the same traced hyperparameters (``learning_rate``,
-    ``decay``, ``eps``, ``momentum``), so one engine serves them all."""
+    ``decay``, ``eps``, ``momentum``), so one engine serves them all.
+
+    Args:
+        name: "rmsprop", "adam", "adagrad" or "sgd".
+        learning_rate: lr, or a schedule of the step count.
+        decay: rmsprop's rho; adam's b2; unused by adagrad and sgd.
+        eps: epsilon (unused by sgd).
+        momentum: rmsprop's and sgd's momentum.
+        convention: rmsprop's framework convention.
+        centered: centered rmsprop.
+
+    Returns:
+        An ``optax.GradientTransformation`` with injected hyperparameters.
+
+    Example:
+        >>> opt = make_optimizer("adam", 1e-3, 0.999, 1e-8)
+        >>> sorted(opt.init({"w": 0.0}).hyperparams)
+        ['decay', 'eps', 'learning_rate', 'momentum']
+    """
     if check_optimizer(name) == "rmsprop":
         return rmsprop(learning_rate, decay, eps, convention=convention, momentum=momentum, centered=centered)
     return optax.inject_hyperparams(BASELINES[name])(

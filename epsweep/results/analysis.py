@@ -250,7 +250,27 @@ def build_report(
     top: int | None = None,
 ) -> Report:
     """Filter (every ``where`` condition must hold), sort, keep the ``top`` rows (ranked best
-    first when no ``sort`` is given), and summarise."""
+    first when no ``sort`` is given), and summarise.
+
+    Args:
+        loaded: a results file read by :func:`~epsweep.results.read_results`.
+        where: conditions such as ``"lr=0.01"``, ``"eps<=1e-4"``, ``"convention=tf1,keras"``.
+        sort: a field to order rows by (``rank``, a metric best first, an axis ascending).
+        reverse: flip the ``sort`` order.
+        top: keep only the first ``top`` rows.
+
+    Returns:
+        A :class:`Report`: the rows, the best setting per axis value, the eps sensitivity.
+
+    Example:
+        >>> from epsweep.results.reading import Loaded
+        >>> rows = [{"eps": e, "decay": 0.9, "lr": 0.1, "momentum": 0.0, "optimizer": "rmsprop",
+        ...          "convention": "optax", "final_loss": l, "val_accuracy": a, "diverged": False}
+        ...         for e, l, a in [(1e-8, 0.2, 0.9), (1.0, 0.5, 0.7)]]
+        >>> report = build_report(Loaded("f.jsonl", {}, rows, []), top=1)
+        >>> report.records[0]["eps"], round(report.sensitivity[0]["spread"], 6)
+        (1e-08, 0.2)
+    """
     records = loaded.records
     if not records:
         raise UserError(f"{loaded.path}: no results in the file yet")

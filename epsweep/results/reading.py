@@ -228,7 +228,7 @@ def _read_json(path: Path) -> Loaded:
     elif isinstance(document, dict) and "results" in document:
         meta, results = document.get("meta") or {}, document["results"]
     else:
-        raise UserError(f"{path}: expected {{\"meta\": ..., \"results\": [...]}} as written by epsweep --format json")
+        raise UserError(f"{path}: expected {{\"meta\": ..., \"results\": [...]}} as epsweep writes in JSON")
     if not isinstance(meta, dict) or not isinstance(results, list):
         raise UserError(f"{path}: meta must be an object and results a list")
     records = [check_record(r, f"{path}, result {i + 1}") for i, r in enumerate(results)]
@@ -284,7 +284,23 @@ def _csv_value(name: str, cell: str, where: str) -> Any:
 
 
 def read_results(path: Path) -> Loaded:
-    """Read a results file written by epsweep: ``.json``, ``.jsonl`` or ``.csv``."""
+    """Read a results file written by epsweep: ``.json``, ``.jsonl`` or ``.csv``.
+
+    Args:
+        path: the file; its suffix says the format.
+
+    Returns:
+        A :class:`Loaded`: ``meta``, ``records`` (validated), ``notes`` on anything skipped.
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "r.json"
+        >>> _ = path.write_text(json.dumps({"meta": {"task": "mlp"}, "results": [
+        ...     {"eps": 1e-8, "decay": 0.9, "lr": 0.01, "final_loss": 0.3, "diverged": False}]}))
+        >>> loaded = read_results(path)
+        >>> loaded.meta["task"], loaded.records[0]["convention"]
+        ('mlp', 'optax')
+    """
     path = Path(path)
     _check_file(path)  # missing or a directory: say so before anything about its format
     suffix = path.suffix.lower()

@@ -17,6 +17,7 @@ sweeps never write one file at once.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 from collections.abc import Sequence
 from pathlib import Path
@@ -44,7 +45,15 @@ class Writer(Protocol):
 
 
 class MemoryWriter:
-    """Keeps every record it is given, in arrival order, in :attr:`records`."""
+    """Keeps every record it is given, in arrival order, in :attr:`records`.
+
+    Example:
+        >>> from epsweep import Grid, RunConfig, run
+        >>> kept = MemoryWriter()
+        >>> _ = run("quadratic", Grid(eps=(1e-8, 1.0)), RunConfig(steps=10), writers=[kept])
+        >>> [r["eps"] for r in kept.records]
+        [1e-08, 1.0]
+    """
 
     streams = False
 
@@ -96,13 +105,31 @@ class _WholeFileWriter:
 
 
 class JsonWriter(_WholeFileWriter):
-    """``{"meta": ..., "results": [...]}`` in one file, written atomically at the end."""
+    """``{"meta": ..., "results": [...]}`` in one file, written atomically at the end.
+
+    Example:
+        >>> import json, pathlib, tempfile
+        >>> from epsweep import Grid, RunConfig, run
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "sweep.json"
+        >>> _ = run("quadratic", Grid(eps=(1e-8,)), RunConfig(steps=10), writers=[JsonWriter(path)])
+        >>> sorted(json.loads(path.read_text()))
+        ['meta', 'results']
+    """
 
     fmt = "json"
 
 
 class CsvWriter(_WholeFileWriter):
-    """A row per setting (no loss curves), written atomically at the end."""
+    """A row per setting (no loss curves), written atomically at the end.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from epsweep import Grid, RunConfig, run
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "sweep.csv"
+        >>> _ = run("quadratic", Grid(eps=(1e-8, 1.0)), RunConfig(steps=10), writers=[CsvWriter(path)])
+        >>> path.read_text().splitlines()[0].split(",")[:3]
+        ['eps', 'decay', 'lr']
+    """
 
     fmt = "csv"
 
@@ -115,6 +142,17 @@ class JsonlWriter:
     the same description) and :meth:`close` rewrites the file in grid order, so it equals the
     file of an uninterrupted run. Without ``resume``, a file holding part of the same run is
     refused rather than overwritten.
+
+    Example:
+        >>> import pathlib, tempfile
+        >>> from epsweep import Grid, RunConfig, run
+        >>> path = pathlib.Path(tempfile.mkdtemp()) / "sweep.jsonl"
+        >>> _ = run("quadratic", Grid(eps=(1e-8,)), RunConfig(steps=10), writers=[JsonlWriter(path)])
+        >>> more = Grid(eps=(1e-8, 1.0))  # the grid grew: resume trains only the new setting
+        >>> writer = JsonlWriter(path, resume=True)
+        >>> again = run("quadratic", more, RunConfig(steps=10), writers=[writer], resume=True)
+        >>> again.meta["trained"], again.meta["resumed"]
+        (1, 1)
     """
 
     streams = True
@@ -139,8 +177,6 @@ class JsonlWriter:
         wins), when resuming a run with this ``description``; ``{}`` otherwise. Raises a
         UserError when the file cannot be resumed, or holds part of this run and
         ``resume`` is off."""
-        from epsweep.provenance import differences
-
         check_writable(self.path, self.option)
         existing = None
         if self.path.exists() and self.path.stat().st_size > 0:
@@ -248,3 +284,23 @@ def writer_for(path: Path | str, fmt: str, *, resume: bool = False) -> Writer:
     if fmt == "csv":
         return CsvWriter(path)
     raise ValueError(f"no writer for format {fmt!r}")
+
+
+def differences(there: Any, here: Any, path: str = "") -> list[str]:
+    """What differs between two run descriptions, one phrase per difference."""
+    if isinstance(there, dict) and isinstance(here, dict):
+        out = []
+        for key in list(dict.fromkeys([*there, *here])):
+            out += differences(there.get(key), here.get(key), f"{path}.{key}" if path else key)
+        return out
+    if there == here:
+        return []
+
+    def show(v):
+        text = json.dumps(v)
+        return text if len(text) <= 40 else text[:37] + "..."
+
+    name = path.split(".", 1)[-1]  # task.data.train -> data.train, train.steps -> steps
+    if name == "data_fingerprint":
+        return ["the data's contents differ"]
+    return [f"{name} {show(there)} in the file, {show(here)} now"]

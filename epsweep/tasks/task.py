@@ -35,6 +35,16 @@ class Task:
     program.
     ``metric_name``: what ``evaluate``'s second output is (``"accuracy"``), or ``None`` when the
     task reports no metric.
+
+    Example:
+        >>> import numpy as np
+        >>> def init(key):
+        ...     return {"w": np.float32(3.0)}, {}
+        >>> def loss(params, state, x, y, key):
+        ...     return params["w"] ** 2, state
+        >>> task = Task("parabola", init, loss, None, None, metric_name=None, default_steps=50)
+        >>> task.describe()
+        {'task': 'parabola', 'data': None}
     """
 
     name: str
