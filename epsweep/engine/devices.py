@@ -8,7 +8,7 @@ the order of calls does not matter unless other code starts JAX first:
 - the persistent compilation cache, on by default in ``$EPSWEEP_COMPILE_CACHE`` or else
   ``$XDG_CACHE_HOME/epsweep/jax`` (``~/.cache/epsweep/jax``), so a rerun with other values of
   the same shapes loads its program instead of compiling it (``EPSWEEP_COMPILE_CACHE=off``
-  turns it off);
+  turns it off; see :mod:`epsweep.engine.cache`);
 - on CPU, one JAX device per core, so that the configuration axis is split across cores
   (many small independent programs beat one program split into threads);
 - several processes (``jax.distributed``): given a coordinator, a process count and an id, or
@@ -25,13 +25,13 @@ import os
 import resource
 import sys
 from collections.abc import Iterator, Sequence
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 
-from epsweep.engine.runtime import CACHE_MAX_BYTES, Runtime, available_cores, default_cache_dir
+from epsweep.engine.cache import set_compile_cache
+from epsweep.engine.runtime import Runtime, available_cores
 from epsweep.errors import UserError
 
 log = logging.getLogger(__name__)
@@ -49,28 +49,6 @@ def _backends_started() -> bool:
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # pragma: no cover - a JAX without it
         return False
-
-
-def _set_compile_cache(setting: bool | str | Path) -> Path | None:
-    from jax.experimental.compilation_cache import compilation_cache
-
-    path = default_cache_dir() if setting is True else (Path(setting).expanduser() if setting else None)
-    if path is not None:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            log.warning("compilation cache off: cannot create %s (%s)", path, e.strerror)
-            path = None
-    compilation_cache.reset_cache()  # let a new directory (or none) take effect
-    jax.config.update("jax_enable_compilation_cache", path is not None)
-    jax.config.update("jax_compilation_cache_dir", str(path) if path is not None else None)
-    if path is not None:
-        # every program is worth keeping: ours take seconds to compile on CPU, under one on a GPU
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        if jax.config.jax_compilation_cache_max_size == -1:
-            jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
-    return path
 
 
 def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
@@ -97,7 +75,7 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
 
     runtime = runtime or Runtime(**kwargs)
     install_listeners()
-    _set_compile_cache(runtime.compile_cache)
+    set_compile_cache(runtime.compile_cache)
     first = _applied is None
     _applied = runtime
     if not first:
