@@ -20,13 +20,20 @@ def log(text: str) -> None:
     stderr.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
 
 
+class _LineFormatter(logging.Formatter):
+    """``epsweep: warning: message`` on one line, as the error lines are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"epsweep: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+
+
 def setup_logging(quiet: bool) -> None:
     """The library's warnings (logger ``epsweep``) as ``epsweep: warning: ...`` lines on stderr;
     with --quiet, errors only."""
     logger = logging.getLogger("epsweep")
     if not any(getattr(h, "_epsweep", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("epsweep: %(levelname)s: %(message)s"))
+        handler.setFormatter(_LineFormatter())
         handler._epsweep = True
         logger.addHandler(handler)
         logger.propagate = False
