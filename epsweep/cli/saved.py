@@ -9,8 +9,11 @@ import typer
 
 from epsweep.cli import options as o
 from epsweep.cli.app import app
-from epsweep.cli.present import log, output_format, stdout_console, write_stdout
+from epsweep.cli.options import flag
+from epsweep.cli.present import log, output_format, stdout_console, stdout_failed, write_stdout
 from epsweep.errors import UserError, param
+
+MAX_TABLE_ROWS = 1000  # a report's table; a longer one is unreadable, and Rich takes ~2 ms a row
 
 
 @app.command(short_help="Show a saved sweep: table, best per axis value, eps sensitivity.")
@@ -38,11 +41,13 @@ def report(
     out_fmt, file_fmt = output_format(fmt, output)
     loaded = read_results(file)
     result = build_report(loaded, where=where or (), sort=sort, reverse=reverse, top=top)
-    present_report(result, out_fmt, output, file_fmt, quiet)
+    present_report(result, out_fmt, output, file_fmt, quiet, source=file)
 
 
-def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, quiet: bool) -> None:
-    """A report to stdout in ``fmt`` and, when asked, atomically to ``output``."""
+def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
+                   source: Path | None = None) -> None:
+    """A report to stdout in ``fmt`` and, when asked, atomically to ``output`` (``source``: the
+    file reported on)."""
     from epsweep.results.files import write_atomic
     from epsweep.results.formats import render_machine
     from epsweep.views.table import best_per_axis_table, records_table, sensitivity_table
@@ -60,18 +65,37 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
             raise UserError(f"{param('output')}: cannot write {output}: {e.strerror or e}") from None
         if not quiet:
             log(f"wrote {len(result.records)} records to {output}")
-    if fmt == "table":
-        console = stdout_console()
-        console.print(records_table(result.records, result.meta, sparklines=True, note=result.title(),
-                                    max_width=console.width))
-        if result.best_per_axis:
-            console.print(best_per_axis_table(result.best_per_axis))
-        if result.sensitivity:
-            console.print(sensitivity_table(result.sensitivity))
-        if result.summary:
-            console.print(result.summary, markup=False)
-    elif fmt in ("csv", "json", "jsonl"):
-        write_stdout(text(fmt))
+    try:
+        if fmt == "table":
+            console = stdout_console()
+            rows, note = table_rows(result)
+            console.print(records_table(rows, result.meta, sparklines=True, note=note, max_width=console.width))
+            if result.best_per_axis:
+                console.print(best_per_axis_table(result.best_per_axis))
+            if result.sensitivity:
+                console.print(sensitivity_table(result.sensitivity))
+            if result.summary:
+                console.print(result.summary)
+        elif fmt in ("csv", "json", "jsonl"):
+            write_stdout(text(fmt))
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise stdout_failed(error, kept=source) from None
+
+
+def table_rows(result) -> tuple[list[dict], str | None]:
+    """The rows a report's table shows, and its title note: at most :data:`MAX_TABLE_ROWS`
+    (best first, unless an order was asked for); csv, json and jsonl always carry every row."""
+    from epsweep.results.analysis import sort_records
+
+    rows, note = result.records, result.title()
+    if len(rows) <= MAX_TABLE_ROWS:
+        return rows, note
+    ordered = rows if result.ordered else sort_records(rows, "rank")
+    cut = (f"{'the first' if result.ordered else 'the best'} {MAX_TABLE_ROWS:,} of {len(rows):,} rows shown; "
+           f"{flag('top')} N for another number, {flag('format')} csv for all")
+    return ordered[:MAX_TABLE_ROWS], "; ".join(filter(None, [note, cut]))
 
 
 @app.command(short_help="Draw a saved sweep: loss curves and a heatmap, into an image.")

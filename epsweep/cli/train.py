@@ -3,6 +3,7 @@ call the runner, present. Everything they share is :func:`run_training`."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -70,14 +71,16 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
         kept = stop_text(error.report, output, interrupted=False).split("; ", 1)[1]
         raise UserError(f"{error.message}; {kept}") from None
     except WriteFailed as error:
-        present_records(error.result, out_fmt)  # the results still reach stdout
+        with contextlib.suppress(UserError):  # the error says where the results went
+            present_records(error.result, out_fmt)  # the results still reach stdout
         raise
     if not is_primary():
         return
     log_summary(result.meta, quiet)
-    if output is not None and file_fmt and not quiet:
+    saved = output if output is not None and file_fmt else None
+    if saved is not None and not quiet:
         log(f"wrote {len(result.records)} records to {output}")
-    present_records(result, out_fmt)
+    present_records(result, out_fmt, kept=saved)
 
 
 @app.command(short_help="Train a grid of settings at once: a row of results per setting.")

@@ -8,13 +8,13 @@ metric moves across the eps range at each other setting (sensitivity).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Sequence
 from typing import Any
 
 from epsweep.errors import UserError, param
+from epsweep.results.formats import dumps
 from epsweep.results.reading import Loaded
 from epsweep.results.records import rank_key, usable
 from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, is_number, label
@@ -123,14 +123,17 @@ def _sortable(value: Any) -> tuple:
 
 def best_per_axis(records: Sequence[dict], metric: str) -> list[dict]:
     """For every axis with more than one value: for each value, the best setting having it
-    (ranked as the starred row; ``best`` is None when all of them diverged)."""
+    (ranked as the starred row; ``best`` is None when all of them diverged). One pass over the
+    records per axis: linear in their number, however many values an axis has."""
     rows = []
     for axis in AXES:
-        values = _values(records, axis)
-        if len(values) < 2:
+        groups: dict[Any, list[dict]] = {}
+        for record in records:
+            groups.setdefault(record.get(axis), []).append(record)
+        if len(groups) < 2:
             continue
-        for value in sorted(values, key=_sortable):
-            group = [r for r in records if r.get(axis) == value]
+        for value in sorted(groups, key=_sortable):
+            group = groups[value]
             best = min(group, key=rank_key)
             ok = usable(best)
             rows.append({"axis": axis, "value": value, "metric": metric,
@@ -204,12 +207,13 @@ class Report:
     summary: str
     shown_of: tuple[int, int]  # (rows shown, records in the file)
     notes: list[str]
+    ordered: bool = False  # rows are sorted (a sort or top was asked for), not in file order
 
     def to_json(self) -> str:
         document = {"meta": self.meta, "results": self.records, "metric": self.metric,
                     "best_per_axis": self.best_per_axis, "sensitivity": self.sensitivity,
                     "summary": self.summary}
-        return json.dumps(document, indent=2, allow_nan=False) + "\n"
+        return dumps(document, indent=2) + "\n"
 
     def title(self) -> str | None:
         shown, total = self.shown_of
@@ -263,7 +267,8 @@ def build_report(
         A :class:`Report`: the rows, the best setting per axis value, the eps sensitivity.
 
     Example:
-        >>> from epsweep.results.reading import Loaded
+        >>> from epsweep.results.formats import dumps
+from epsweep.results.reading import Loaded
         >>> rows = [{"eps": e, "decay": 0.9, "lr": 0.1, "momentum": 0.0, "optimizer": "rmsprop",
         ...          "convention": "optax", "final_loss": l, "val_accuracy": a, "diverged": False}
         ...         for e, l, a in [(1e-8, 0.2, 0.9), (1.0, 0.5, 0.7)]]
@@ -295,7 +300,7 @@ def build_report(
     if top is not None:
         shown = shown[:top]
     return Report(loaded.meta, shown, metric, per_axis, sens, sensitivity_summary(sens, varying),
-                  (len(shown), len(records)), list(loaded.notes))
+                  (len(shown), len(records)), list(loaded.notes), ordered=field is not None)
 
 
 def _listing(records: Sequence[dict], field: str, limit: int = 8) -> str:

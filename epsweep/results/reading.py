@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
 from collections.abc import Callable
 from pathlib import Path
@@ -244,12 +245,18 @@ def _read_csv(path: Path) -> Loaded:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
-    rows = list(csv.reader(text.splitlines()))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []  # (the line a row ends on, its cells)
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as e:  # a cell beyond csv.field_size_limit() (128 KiB), a stray NUL, ...
+        raise UserError(f"{path}, line {reader.line_num}: not readable as CSV ({e})") from None
     if not rows:
         raise UserError(f"{path}: file is empty")
-    header = rows[0]
+    header = rows[0][1]
     records = []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows[1:]:
         where = f"{path}, line {number}"
         if not row:
             continue
