@@ -30,6 +30,7 @@ from epsweep.errors import UserError, param
 from epsweep.grid import Grid
 from epsweep.results.files import write_atomic
 from epsweep.results.formats import dumps
+from epsweep.results.reading import meta_path
 from epsweep.results.records import fold_seeds, setting_key
 from epsweep.results.writers import Writer
 from epsweep.tasks import Task, build_task
@@ -92,12 +93,17 @@ class WriteFailed(UserError):
         self.result = result
 
 
-class OutOfMemory(UserError):
-    """The device ran out of memory while training; ``report`` says what was kept."""
+class SweepStopped(UserError):
+    """The sweep stopped before its end for a reason the user can act on (an output that could
+    not be written); ``report`` says what was kept."""
 
     def __init__(self, message: str, report: StopReport):
         super().__init__(message)
         self.report = report
+
+
+class OutOfMemory(SweepStopped):
+    """The device ran out of memory while training; ``report`` says what was kept."""
 
 
 @dataclasses.dataclass
@@ -162,7 +168,7 @@ class Runner:
         if runs > MAX_RUNS:
             raise UserError(f"the sweep has {runs:,} runs ({self.grid.size:,} settings x {len(self.rules)} update "
                             f"rules x {self.config.seeds:,} seeds); the limit is {MAX_RUNS:,}")
-        if resume and not any(hasattr(w, "previous") for w in self.writers):
+        if resume and not any(getattr(w, "resumable", False) for w in self.writers):
             raise UserError(f"{param('resume')} needs a streamed {param('output')} (a .jsonl file to resume)")
         self.meta: dict = {}
         self._lock = threading.RLock()
@@ -173,7 +179,9 @@ class Runner:
     # -- stopping early ---------------------------------------------------------------------
 
     def _streamed(self) -> Writer | None:
-        return next((w for w in self.writers if w.streams and getattr(w, "path", None) is not None), None)
+        """The writer whose file holds every finished record, if any (one that failed does not)."""
+        return next((w for w in self.writers if w.streams and getattr(w, "path", None) is not None
+                     and not getattr(w, "failed", False)), None)
 
     def save_partial(self) -> StopReport:
         """Keep what has finished: nothing to do when a writer streams it (its file is
@@ -189,12 +197,15 @@ class Runner:
             finished = [*self._done.values(), *self._new.values()]
             if not finished or not self.meta:
                 return StopReport(0, self.total, None, False)
-            text = "".join(dumps(line) + "\n" for line in [{"meta": self.meta}, *finished])
-            near = next((Path(w.path) for w in self.writers if getattr(w, "path", None) is not None), None)
+            text = "".join(dumps(record) + "\n" for record in finished)
+            meta_text = dumps(self.meta, indent=2) + "\n"
+            near = next((Path(w.path) for w in self.writers if getattr(w, "path", None) is not None
+                         and not (Path(w.path).exists() and not Path(w.path).is_file())), None)  # not /dev/...
             path = None
             if near is not None:
                 try:
                     path = near.with_name(f"{near.stem}.partial.jsonl")
+                    write_atomic(meta_path(path), meta_text)  # the meta first: the records are never without it
                     write_atomic(path, text)
                 except OSError:
                     path = None
@@ -203,8 +214,9 @@ class Runner:
                     handle = tempfile.NamedTemporaryFile("w", prefix="epsweep-partial-", suffix=".jsonl",
                                                          delete=False)
                     with handle:
+                        path = Path(handle.name)
+                        write_atomic(meta_path(path), meta_text)
                         handle.write(text)
-                    path = Path(handle.name)
                 except OSError:
                     path = None
             self._partial = StopReport(len(finished) if path else 0, self.total, path, False)
@@ -229,29 +241,24 @@ class Runner:
         settings = grid.settings()
         order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings]
         description = provenance.run_description(task, config, first)
-        if self.resume:
+        try:  # claims and checks every target before anything is trained; on failure, none is kept
             for writer in writers:
-                if hasattr(writer, "previous"):
-                    self._done.update(writer.previous(description, set(order)))
-        else:
-            for writer in writers:
-                if hasattr(writer, "previous"):
-                    writer.previous(description, set(order))  # refuses to overwrite part of this run
-        mesh_devices = devices.config_devices()
-        chunk_size = config.chunk_size
-        if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
-            chunk_size = self._resumed_width(len(mesh_devices))
-        per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
-        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
-        self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
-                         processes=devices.process_count())
-        opened: list[Writer] = []
-        try:
+                prepare = getattr(writer, "prepare", None)
+                done = prepare(description, set(order)) if prepare is not None else None
+                if self.resume and done:
+                    self._done.update(done)
+            mesh_devices = devices.config_devices()
+            chunk_size = config.chunk_size
+            if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
+                chunk_size = self._resumed_width(len(mesh_devices))
+            per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
+            self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
+            self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
+                             processes=devices.process_count())
             for writer in writers:
                 writer.open(self.meta)
-                opened.append(writer)
         except BaseException:
-            for writer in opened:
+            for writer in writers:
                 writer.abort()
             raise
         started = time.perf_counter()
@@ -264,6 +271,11 @@ class Runner:
             for writer in writers:
                 writer.abort()
             raise SweepInterrupted(report) from None
+        except UserError as error:  # an output failed mid-sweep: what finished is kept elsewhere
+            report = self.save_partial()
+            for writer in writers:
+                writer.abort()
+            raise SweepStopped(error.message, report) from None
         except Exception as error:
             if not _is_out_of_memory(error):
                 for writer in writers:
@@ -333,11 +345,11 @@ class Runner:
                     for k, seed in enumerate(seeds):
                         runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in METRICS},
                                      "diverged_step": int(out.diverged_step[k, j])})
-                for writer in writers:
-                    writer.write(chunk)
-                with self._lock:
+                with self._lock:  # first: a writer that fails cannot cost these records
                     for record in chunk:
                         self._new[setting_key(record)] = record
+                for writer in writers:
+                    writer.write(chunk)
 
             hook = None
             if self.progress is not None:

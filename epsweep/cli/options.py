@@ -59,6 +59,9 @@ ChunkOpt = Annotated[Optional[int], typer.Option(
     "--chunk-size", metavar="N",
     help="Settings per compiled call, rounded up to a multiple of the device count "
          "[default: what fits the device, estimated from the model].")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Let --output replace a file holding another sweep's results (or anything that is not "
+                    "this sweep's).")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="With --output FILE.jsonl: train only the settings missing from FILE.")]
 NoCompileCacheOpt = Annotated[bool, typer.Option(

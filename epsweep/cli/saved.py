@@ -28,6 +28,7 @@ def report(
     where: o.WhereOpt = None,
     fmt: o.FormatOpt = None,
     output: o.OutputOpt = None,
+    force: o.ForceOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Show a saved sweep again: its table, the best setting per axis value, and how much
@@ -39,17 +40,29 @@ def report(
     from epsweep.results.reading import read_results
 
     out_fmt, file_fmt = output_format(fmt, output)
+    if output is not None and not force and _same_file(output, file):
+        raise UserError(f"{param('output')}: {output} is the file being reported on; the report would replace it "
+                        f"(add {param('force')} to do so, or choose another file)")
     loaded = read_results(file)
     result = build_report(loaded, where=where or (), sort=sort, reverse=reverse, top=top)
-    present_report(result, out_fmt, output, file_fmt, quiet, source=file)
+    present_report(result, out_fmt, output, file_fmt, quiet, source=file, force=force)
+
+
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
 
 
 def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
-                   source: Path | None = None) -> None:
+                   source: Path | None = None, force: bool = False) -> None:
     """A report to stdout in ``fmt`` and, when asked, atomically to ``output`` (``source``: the
-    file reported on)."""
-    from epsweep.results.files import write_atomic
+    file reported on; ``force``: replace ``output`` even if it holds other results)."""
+    from epsweep.results.files import FileClaim, write_atomic
     from epsweep.results.formats import render_machine
+    from epsweep.results.guard import check_replace
+    from epsweep.results.records import setting_key
     from epsweep.views.table import best_per_axis_table, records_table, sensitivity_table
 
     def text(kind: str) -> str:
@@ -59,10 +72,15 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
         for note in result.notes:
             log(note)
     if output is not None and file_fmt is not None:
+        claim = FileClaim.take(output)
         try:
+            check_replace(output, result.meta.get("run"), {setting_key(r) for r in result.records}, fmt=file_fmt,
+                          force=force)
             write_atomic(output, text(file_fmt))
         except OSError as e:
             raise UserError(f"{param('output')}: cannot write {output}: {e.strerror or e}") from None
+        finally:
+            claim.release()
         if not quiet:
             log(f"wrote {len(result.records)} records to {output}")
     try:

@@ -41,7 +41,7 @@ def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int
 
 
 def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
-                 resume: bool = False) -> None:
+                 resume: bool = False, force: bool = False) -> None:
     """The part every training command shares: run with progress, log, present.
 
     A ``jsonl`` output file is streamed (a record per setting as each chunk finishes) and
@@ -50,7 +50,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     from epsweep.cli.signals import exit_on_interrupt
     from epsweep.engine.devices import is_primary, setup
     from epsweep.results.writers import writer_for
-    from epsweep.runner import OutOfMemory, Runner, SweepInterrupted, WriteFailed
+    from epsweep.runner import Runner, SweepInterrupted, SweepStopped, WriteFailed
 
     if resume and output is None:
         raise UserError(f"{o.flag('resume')} needs {o.flag('output')} FILE.jsonl (the file to resume)")
@@ -58,7 +58,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
         raise UserError(f"{o.flag('resume')} works with jsonl output only ({output} would be written whole, "
                         f"as {file_fmt})")
     setup(runtime)
-    writers = [writer_for(output, file_fmt, resume=resume)] if output is not None and file_fmt else []
+    writers = [writer_for(output, file_fmt, resume=resume, force=force)] if output is not None and file_fmt else []
     display = ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal)
     runner = Runner(task, grid, config, writers=writers, progress=display.sweep_callback, resume=resume)
     try:
@@ -67,7 +67,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     except SweepInterrupted as stopped:  # between compiled calls, or outside the main thread
         print(f"epsweep: {stop_text(stopped.report, output)}", file=sys.stderr, flush=True)
         raise typer.Exit(130) from None
-    except OutOfMemory as error:
+    except SweepStopped as error:  # out of memory, an output that failed: what finished is kept
         kept = stop_text(error.report, output, interrupted=False).split("; ", 1)[1]
         raise UserError(f"{error.message}; {kept}") from None
     except WriteFailed as error:
@@ -107,6 +107,7 @@ def grid(
     quiet: o.QuietOpt = False,
     chunk_size: o.ChunkOpt = None,
     resume: o.ResumeOpt = False,
+    force: o.ForceOpt = False,
     no_compile_cache: o.NoCompileCacheOpt = False,
     coordinator: o.CoordinatorOpt = None,
     num_processes: o.NumProcessesOpt = None,
@@ -132,7 +133,7 @@ def grid(
     )
     the_task = build_task(task, dataset, val_split)
     run_training(runtime, the_task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
-                 resume=resume)
+                 resume=resume, force=force)
 
 
 @app.command(short_help="The same on Inception-v3 over your own images.")
@@ -183,6 +184,7 @@ def inception(
     output: o.OutputOpt = None,
     quiet: o.QuietOpt = False,
     resume: o.ResumeOpt = False,
+    force: o.ForceOpt = False,
     chunk_size: o.ChunkOpt = None,
     no_compile_cache: o.NoCompileCacheOpt = False,
     coordinator: o.CoordinatorOpt = None,
@@ -229,4 +231,4 @@ def inception(
         log(f"{data.name}: {len(data.x_train)} training and {len(data.x_val)} validation images, "
             f"{data.num_classes} classes, {image_size}x{image_size}")
     run_training(runtime, task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
-                 resume=resume)
+                 resume=resume, force=force)

@@ -267,8 +267,7 @@ def build_report(
         A :class:`Report`: the rows, the best setting per axis value, the eps sensitivity.
 
     Example:
-        >>> from epsweep.results.formats import dumps
-from epsweep.results.reading import Loaded
+        >>> from epsweep.results.reading import Loaded
         >>> rows = [{"eps": e, "decay": 0.9, "lr": 0.1, "momentum": 0.0, "optimizer": "rmsprop",
         ...          "convention": "optax", "final_loss": l, "val_accuracy": a, "diverged": False}
         ...         for e, l, a in [(1e-8, 0.2, 0.9), (1.0, 0.5, 0.7)]]
