@@ -25,6 +25,7 @@ import numpy as np
 
 from epsweep import provenance
 from epsweep.config import RunConfig
+from epsweep.data.dataset import format_bytes
 from epsweep.engine.spec import resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
@@ -36,7 +37,24 @@ from epsweep.results.writers import Writer
 from epsweep.tasks import Task, build_task
 from epsweep.vocabulary import METRICS
 
-MAX_RUNS = 10_000_000  # settings x update rules x seeds in one sweep
+# What a sweep's results take in memory (measured with tracemalloc): a record per setting, with
+# its loss curve, and a run per (setting, seed); the sweep keeps all of them until it returns.
+RECORD_BYTES = 1300
+CURVE_POINT_BYTES = 32
+RUN_BYTES = 800
+
+
+def results_bytes(settings: int, seeds: int, curve_points: int) -> int:
+    """About how much memory the results of ``settings`` settings x ``seeds`` seeds take."""
+    return settings * (RECORD_BYTES + CURVE_POINT_BYTES * curve_points) + settings * seeds * RUN_BYTES
+
+
+def results_budget() -> int:
+    """What a sweep's results may take: a quarter of this machine's memory (the data may take
+    another half)."""
+    from epsweep.data.dataset import memory_budget
+
+    return memory_budget() // 2
 
 
 class ProgressEvent(NamedTuple):
@@ -165,9 +183,13 @@ class Runner:
         self.rules = self.config.update_rules()
         self.total = self.grid.size * len(self.rules)
         runs = self.total * self.config.seeds
-        if runs > MAX_RUNS:
+        need, budget = results_bytes(self.total, self.config.seeds, self.config.curve_points), results_budget()
+        if need > budget:  # before anything is allocated: the settings list alone would be large
             raise UserError(f"the sweep has {runs:,} runs ({self.grid.size:,} settings x {len(self.rules)} update "
-                            f"rules x {self.config.seeds:,} seeds); the limit is {MAX_RUNS:,}")
+                            f"rule{'s' * (len(self.rules) != 1)} x {self.config.seeds:,} seeds): their results "
+                            f"would take about {format_bytes(need)} in memory, more than the budget of "
+                            f"{format_bytes(budget)} (a quarter of this machine's memory); use fewer settings, "
+                            f"{param('seeds')} or update rules")
         if resume and not any(getattr(w, "resumable", False) for w in self.writers):
             raise UserError(f"{param('resume')} needs a streamed {param('output')} (a .jsonl file to resume)")
         self.meta: dict = {}

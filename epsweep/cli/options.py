@@ -15,6 +15,7 @@ FLAG_NAMES = {
     "optimizers": "--optimizer",
     "aux": "--aux",
     "model_spec": "--model",
+    "join_timeout_s": "--join-timeout",
 }
 
 
@@ -73,6 +74,9 @@ NumProcessesOpt = Annotated[Optional[int], typer.Option(
     "--num-processes", metavar="N", help="How many processes share the sweep.")]
 ProcessIdOpt = Annotated[Optional[int], typer.Option(
     "--process-id", metavar="N", help="This process's rank (0 writes results).")]
+JoinTimeoutOpt = Annotated[int, typer.Option(
+    "--join-timeout", metavar="SECONDS",
+    help="With several processes: how long to wait for the coordinator and the others before giving up.")]
 
 ResultsFileArg = Annotated[Path, typer.Argument(
     metavar="FILE", help="Results written by epsweep: .jsonl (also partial), .json or .csv.", show_default=False)]

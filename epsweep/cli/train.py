@@ -32,12 +32,32 @@ def _names(tokens: list[str] | None, default: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None):
+def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None,
+             join_timeout: int):
     """The JAX runtime the flags ask for (checked now, applied by the runner's setup)."""
     from epsweep.engine.devices import Runtime
 
     return Runtime(compile_cache=not no_compile_cache, coordinator=coordinator, num_processes=num_processes,
-                   process_id=process_id)
+                   process_id=process_id, join_timeout_s=join_timeout)
+
+
+def _setup(runtime, quiet: bool) -> None:
+    """Apply ``runtime``; joining other processes says so first, and gives up after
+    ``--join-timeout`` with one line (JAX alone would end the process with a fatal error)."""
+    from epsweep.cli.signals import deadline
+    from epsweep.engine.devices import setup
+
+    if not runtime.distributed:
+        setup(runtime)
+        return
+    where = f"through {runtime.coordinator}" if runtime.coordinator else "as the cluster environment says"
+    count = f"{runtime.num_processes} processes" if runtime.num_processes else "the other processes"
+    if not quiet:
+        log(f"joining {count} {where} (waiting up to {runtime.join_timeout_s} s)")
+    role = "the other processes did not join" if runtime.process_id in (0, None) else "could not join the others"
+    with deadline(runtime.join_timeout_s + 1, lambda: f"{role} within {runtime.join_timeout_s} s ({where}); "
+                                                  f"{o.flag('join_timeout_s')} sets how long to wait"):
+        setup(runtime)
 
 
 def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
@@ -48,7 +68,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     can be resumed; Ctrl-C exits at once with code 130 and one line saying what was kept.
     """
     from epsweep.cli.signals import exit_on_interrupt
-    from epsweep.engine.devices import is_primary, setup
+    from epsweep.engine.devices import is_primary
     from epsweep.results.writers import writer_for
     from epsweep.runner import Runner, SweepInterrupted, SweepStopped, WriteFailed
 
@@ -57,7 +77,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     if resume and file_fmt != "jsonl":
         raise UserError(f"{o.flag('resume')} works with jsonl output only ({output} would be written whole, "
                         f"as {file_fmt})")
-    setup(runtime)
+    _setup(runtime, quiet)
     writers = [writer_for(output, file_fmt, resume=resume, force=force)] if output is not None and file_fmt else []
     display = ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal)
     runner = Runner(task, grid, config, writers=writers, progress=display.sweep_callback, resume=resume)
@@ -112,6 +132,7 @@ def grid(
     coordinator: o.CoordinatorOpt = None,
     num_processes: o.NumProcessesOpt = None,
     process_id: o.ProcessIdOpt = None,
+    join_timeout: o.JoinTimeoutOpt = 300,
 ) -> None:
     """Train a grid of RMSProp settings at once and print final loss and accuracy per setting.
 
@@ -122,7 +143,7 @@ def grid(
     from epsweep.tasks import build_task
 
     setup_logging(quiet)
-    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id)
+    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
     out_fmt, file_fmt = output_format(fmt, output)
     axes = {"eps": eps, "decay": decay, "lr": lr, "momentum": momentum}
     the_grid = Grid(**{name: _values(tokens, name) for name, tokens in axes.items() if tokens is not None})
@@ -190,6 +211,7 @@ def inception(
     coordinator: o.CoordinatorOpt = None,
     num_processes: o.NumProcessesOpt = None,
     process_id: o.ProcessIdOpt = None,
+    join_timeout: o.JoinTimeoutOpt = 300,
 ) -> None:
     """Sweep RMSProp settings on Inception-v3 over your images: every setting trained at once.
 
@@ -202,7 +224,7 @@ def inception(
     from epsweep.tasks.inception import InceptionOptions, check_image_size, inception_task
 
     setup_logging(quiet)
-    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id)
+    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
     out_fmt, file_fmt = output_format(fmt, output)
     given = {
         "eps": _values(eps, "eps"), "decay": _values(decay, "decay"), "lr": _values(lr, "lr"),

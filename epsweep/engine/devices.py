@@ -23,7 +23,9 @@ import contextlib
 import logging
 import os
 import resource
+import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from typing import Any
 
@@ -31,8 +33,8 @@ import jax
 import numpy as np
 
 from epsweep.engine.cache import set_compile_cache
-from epsweep.engine.runtime import Runtime, available_cores
-from epsweep.errors import UserError
+from epsweep.engine.runtime import Runtime, available_cores, coordinator_address
+from epsweep.errors import UserError, param
 
 log = logging.getLogger(__name__)
 
@@ -93,14 +95,37 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
         if started:
             raise UserError("several processes were asked for after JAX had started; call setup() first")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        if runtime.coordinator is not None and runtime.process_id not in (None, 0):
+            _wait_for_coordinator(runtime.coordinator, runtime.join_timeout_s)
         try:
+            # JAX ends the whole process (a fatal error) when its own timeout passes: it is set a
+            # minute beyond join_timeout_s, so that a caller who watches the time (the CLI, with
+            # epsweep.cli.signals.deadline) can give up first, with one line
             jax.distributed.initialize(
                 coordinator_address=runtime.coordinator, num_processes=runtime.num_processes,
-                process_id=runtime.process_id,
+                process_id=runtime.process_id, initialization_timeout=runtime.join_timeout_s + 60,
             )
         except (RuntimeError, ValueError) as e:
             raise UserError(f"cannot join the other processes: {' '.join(str(e).split())}") from None
     return runtime
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Wait until process 0 accepts connections at ``address``; a UserError after
+    ``timeout_s`` (JAX itself would retry, then end the process with a fatal error)."""
+    host, port = coordinator_address(address)
+    deadline = time.monotonic() + timeout_s
+    reason = "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            reason = e.strerror or str(e) or type(e).__name__
+        if time.monotonic() >= deadline:
+            raise UserError(f"{param('coordinator')}: cannot reach {address} within {timeout_s:g} s ({reason}); is "
+                            f"process 0 running there? ({param('join_timeout_s')} sets how long to wait)")
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def ensure_setup() -> None:
