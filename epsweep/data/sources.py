@@ -9,7 +9,6 @@ import gzip
 import importlib.resources
 import math
 import struct
-import zipfile
 import zlib
 from pathlib import Path
 
@@ -106,10 +105,16 @@ def _npz_arrays_size(arrays, names: tuple[str, str]) -> int:
                 version = np.lib.format.read_magic(member)
                 read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
                 shape, _, _ = read(member)
-        except (KeyError, OSError, ValueError, zipfile.BadZipFile, EOFError):
+        except Exception:  # noqa: BLE001 - unreadable: loading it fails, and says so
             continue
         total += math.prod(shape)
     return total
+
+
+def _short(error: Exception) -> str:
+    """An exception as one short line: its type when its text says little."""
+    text = " ".join(str(error).split())[:160]
+    return text if len(text) > 12 else f"{type(error).__name__}: {text}".rstrip(": ")
 
 
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
@@ -133,10 +138,12 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
                     return arrays[xk], arrays[yk]
     except UserError:
         raise
-    except ValueError as e:  # object arrays need pickle: refused
-        raise UserError(f"{path}: cannot load without unpickling ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError, zlib.error) as e:
-        raise UserError(f"{path}: not a readable .npz file ({' '.join(str(e).split())})") from None
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # object arrays need pickle: refused
+            raise UserError(f"{path}: cannot load without unpickling ({e})") from None
+        raise UserError(f"{path}: not a readable .npz file ({_short(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged archive makes zipfile, zlib and numpy raise almost anything
+        raise UserError(f"{path}: not a readable .npz file ({_short(e)})") from None
     raise UserError(f"{path}: .npz needs arrays x_train/y_train or x/y; found {', '.join(sorted(names)) or 'none'}")
 
 
