@@ -19,7 +19,7 @@ import numpy as np
 
 from epsweep.results.formats import plain
 from epsweep.results.reading import STREAM_FORMAT
-from epsweep.vocabulary import GRID_AXES
+from epsweep.vocabulary import AXIS_ROLES, GRID_AXES
 
 VERSIONED = ("epsweep", "jax", "jaxlib", "optax", "flax", "numpy")
 
@@ -99,8 +99,9 @@ def run_meta(task, grid, config, spec, layout: dict) -> dict:
         "clip_norm": config.clip_norm,
         "lr_decay_rate": config.lr_decay_rate,
         "lr_decay_steps": spec.lr_decay_steps,
-        "grid": {axis: list(getattr(grid, axis)) for axis in GRID_AXES},
-        "settings": grid.size * len(rules),
+        "grid": {rule.optimizer: {axis: list(grid.values(axis, rule.optimizer)) for axis in GRID_AXES
+                                  if axis in AXIS_ROLES[rule.optimizer]} for rule in rules},
+        "settings": sum(grid.size(rule.optimizer) for rule in rules),
         "layout": layout,
         "versions": versions(),
         "started_at": _now(),

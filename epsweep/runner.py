@@ -157,10 +157,10 @@ class Runner:
         self.progress = progress
         self.resume = resume
         self.rules = self.config.update_rules()
-        self.total = self.grid.size * len(self.rules)
+        self.total = sum(self.grid.size(rule.optimizer) for rule in self.rules)
         runs = self.total * self.config.seeds
         if runs > MAX_RUNS:
-            raise UserError(f"the sweep has {runs:,} runs ({self.grid.size:,} settings x {len(self.rules)} update "
+            raise UserError(f"the sweep has {runs:,} runs ({self.total:,} settings over {len(self.rules)} update "
                             f"rules x {self.config.seeds:,} seeds); the limit is {MAX_RUNS:,}")
         if resume and not any(hasattr(w, "previous") for w in self.writers):
             raise UserError(f"{param('resume')} needs a streamed {param('output')} (a .jsonl file to resume)")
@@ -226,8 +226,8 @@ class Runner:
         writers = self.writers if primary else []
         specs = {rule: resolve_spec(task, config, rule) for rule in self.rules}
         first = specs[self.rules[0]]
-        settings = grid.settings()
-        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings]
+        settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
+        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
         description = provenance.run_description(task, config, first)
         if self.resume:
             for writer in writers:
@@ -308,13 +308,13 @@ class Runner:
                     return width
         return None
 
-    def _train(self, specs: dict, settings: list[dict], per_call: int, runs: list[dict],
+    def _train(self, specs: dict, settings: dict, per_call: int, runs: list[dict],
                writers: Sequence[Writer]) -> None:
         from epsweep.engine.driver import train_runs
         from epsweep.engine.spec import HPARAMS
 
         seeds = np.asarray(self.config.seed_list, dtype=np.uint32)
-        todo = {rule: [s for s in settings if setting_key({**s, **rule._asdict()}) not in self._done]
+        todo = {rule: [s for s in settings[rule] if setting_key({**s, **rule._asdict()}) not in self._done]
                 for rule in self.rules}
         total_steps = sum(len(todo[r]) * specs[r].steps for r in self.rules) * len(seeds)
         steps_before = 0
@@ -322,7 +322,8 @@ class Runner:
             chosen, spec = todo[rule], specs[rule]
             if not chosen:
                 continue
-            hparams = {name: np.array([s[name] for s in chosen]) for name in HPARAMS}
+            # an axis the optimizer does not use is None in its settings: any number will do
+            hparams = {name: np.array([0.0 if s[name] is None else s[name] for s in chosen]) for name in HPARAMS}
 
             def finish_chunk(start: int, stop: int, out, chosen=chosen, rule=rule) -> None:
                 chunk = []
