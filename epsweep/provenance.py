@@ -72,7 +72,8 @@ def run_description(task, config, spec) -> dict:
     data = described.get("data")
     if isinstance(data, dict):
         described["data"] = {k: v for k, v in data.items() if k != "name"}
-    fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer")}
+    # the update rule is part of each setting; whether a momentum buffer is kept changes no number
+    fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer", "momentum")}
     fixed["centered"] = config.centered
     return plain({
         "task": described,

@@ -224,7 +224,8 @@ class Runner:
             raise UserError(f"{param('resume')} works in a single process (every process must train the same "
                             f"settings)")
         writers = self.writers if primary else []
-        specs = {rule: resolve_spec(task, config, rule) for rule in self.rules}
+        specs = {rule: resolve_spec(task, config, rule, any(grid.values("momentum", rule.optimizer)))
+                 for rule in self.rules}
         first = specs[self.rules[0]]
         settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
         order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]

@@ -26,7 +26,6 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from epsweep.engine.spec import DIAGNOSTIC_POINTS, RunOutputs, TrainSpec
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
@@ -71,6 +70,11 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(_flat(tree))))
 
 
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every element of a pytree is finite (one boolean reduction per leaf)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
 def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tuple[Callable, ...]:
     """The pure functions behind :class:`Programs` (unjitted, unsharded): init, train,
     evaluate, finish.
@@ -89,8 +93,8 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
     points = spec.points
     steps = spec.steps
     steps_per_point = spec.steps_per_point().astype(np.float32)
-    update_rule = make_optimizer(spec.optimizer, 0.0, 0.0, 0.0, convention=spec.convention,
-                                 centered=spec.centered)
+    update_rule = make_optimizer(spec.optimizer, 0.0, 0.0, 0.0, momentum=0.0 if spec.momentum else None,
+                                 convention=spec.convention, centered=spec.centered)
     has_denominator = spec.optimizer != "sgd"
     diagnostic_every = max(1, steps // DIAGNOSTIC_POINTS)
     has_data = task.data is not None
@@ -104,7 +108,7 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
 
         def init_config(hc):
             optimizer = make_optimizer(
-                spec.optimizer, hc["lr"], hc["decay"], hc["eps"], momentum=hc["momentum"],
+                spec.optimizer, hc["lr"], hc["decay"], hc["eps"], momentum=hc["momentum"] if spec.momentum else None,
                 convention=spec.convention, centered=spec.centered,
             )
             return _Carry(params, model_state, optimizer.init(params), jnp.int32(-1), jnp.zeros(points),
@@ -135,12 +139,15 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
         updates, opt_state = update_rule.update(grads, opt_state, carry.params)
         if trainable is not None:  # frozen parameters never move
             updates = jax.tree.map(lambda u, train: u if train else jnp.zeros_like(u), updates, trainable)
-        params = optax.apply_updates(carry.params, updates)
         alive = carry.diverged_step < 0
-        finite = jnp.isfinite(loss) & jnp.isfinite(_global_norm(updates))
+        finite = jnp.isfinite(loss) & _all_finite(updates)
         keep = alive & finite
-        new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (params, model_state, opt_state),
-                           (carry.params, carry.model_state, carry.opt_state))
+        # A run is frozen at the step its loss or update turns non-finite: its update is zeroed
+        # inside the same pass that applies it (p + 0 = p), and its model state kept. Its
+        # optimizer state is left to run on: nothing reads it once the run has diverged.
+        params = jax.tree.map(lambda p, u: (p + jnp.where(keep, u, 0)).astype(p.dtype), carry.params, updates)
+        model_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), model_state, carry.model_state)
+        new = (params, model_state, opt_state)
         diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
         curve_sum = carry.curve_sum.at[t * points // steps].add(jnp.where(keep, loss, jnp.nan))
         eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
