@@ -72,9 +72,11 @@ _estimates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> {
 def estimate(task: Any, spec: Any) -> Estimate:
     """The memory the engine's program needs for ``task`` trained with ``spec`` (a
     :class:`~epsweep.engine.spec.TrainSpec`), kept per task and spec."""
+    from epsweep.engine.exports import cached_estimate
+
     per_task = _estimates.setdefault(task, {})
     if spec not in per_task:
-        per_task[spec] = _estimate(task, spec)
+        per_task[spec] = cached_estimate(task, spec, lambda: _estimate(task, spec))
     return per_task[spec]
 
 
