@@ -215,69 +215,22 @@ class Runner:
     def run(self) -> SweepResult:
         """Train the sweep; see the module docstring."""
         from epsweep.engine import cache_loads, compile_count, compile_seconds, devices, ensure_setup
-        from epsweep.engine.memory import plan_width
 
         ensure_setup()
-        task, grid, config = self.task, self.grid, self.config
-        primary = devices.is_primary()
         if self.resume and devices.process_count() > 1:
             raise UserError(f"{param('resume')} works in a single process (every process must train the same "
                             f"settings)")
-        writers = self.writers if primary else []
-        specs = {rule: resolve_spec(task, config, rule, any(grid.values("momentum", rule.optimizer)))
-                 for rule in self.rules}
-        first = specs[self.rules[0]]
-        settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
-        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
-        description = provenance.run_description(task, config, first)
-        if self.resume:
-            for writer in writers:
-                if hasattr(writer, "previous"):
-                    self._done.update(writer.previous(description, set(order)))
-        else:
-            for writer in writers:
-                if hasattr(writer, "previous"):
-                    writer.previous(description, set(order))  # refuses to overwrite part of this run
-        mesh_devices = devices.config_devices()
-        chunk_size = config.chunk_size
-        if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
-            chunk_size = self._resumed_width(len(mesh_devices))
-        per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
-        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
-        self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
-                         processes=devices.process_count())
-        opened: list[Writer] = []
-        try:
-            for writer in writers:
-                writer.open(self.meta)
-                opened.append(writer)
-        except BaseException:
-            for writer in opened:
-                writer.abort()
-            raise
+        writers = self.writers if devices.is_primary() else []  # of several processes, process 0 writes
+        specs, settings, order, per_call = self._plan(writers)
+        self._open(writers)
         started = time.perf_counter()
         before = (compile_count(), compile_seconds(), cache_loads())
         runs: list[dict] = []
         try:
             self._train(specs, settings, per_call, runs, writers)
-        except KeyboardInterrupt:
-            report = self.save_partial()
-            for writer in writers:
-                writer.abort()
-            raise SweepInterrupted(report) from None
-        except Exception as error:
-            if not _is_out_of_memory(error):
-                for writer in writers:
-                    writer.abort()
-                raise
-            report = self.save_partial()
-            for writer in writers:
-                writer.abort()
-            first_line = str(error).splitlines()[0][:200]
-            raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
-                              f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",
-                              report) from None
-        records = [self._done.get(k) or self._new[k] for k in order]
+        except BaseException as error:
+            self._stopped(error, writers)
+            raise
         self.meta.update({
             "trained": len(self._new), "resumed": len(self._done),
             "compilations": compile_count() - before[0],
@@ -287,7 +240,7 @@ class Runner:
             "wall_time_s": round(time.perf_counter() - started, 3),
             "finished_at": provenance.finished_at(),
         })
-        result = SweepResult(self.meta, records, runs)
+        result = SweepResult(self.meta, [self._done.get(k) or self._new[k] for k in order], runs)
         failure = None
         for writer in writers:
             try:
@@ -297,6 +250,57 @@ class Runner:
         if failure is not None:
             raise WriteFailed(failure.message, result)
         return result
+
+    def _plan(self, writers: Sequence[Writer]) -> tuple[dict, dict, list, int]:
+        """Specs and settings per update rule, the settings' order, what a resumed file holds
+        already, the call width, and the meta."""
+        from epsweep.engine import devices
+        from epsweep.engine.memory import plan_width
+
+        task, grid, config = self.task, self.grid, self.config
+        specs = {rule: resolve_spec(task, config, rule, any(grid.values("momentum", rule.optimizer)))
+                 for rule in self.rules}
+        first = specs[self.rules[0]]
+        settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
+        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
+        description = provenance.run_description(task, config, first)
+        for writer in writers:
+            if hasattr(writer, "previous"):  # without resume: refuses to overwrite part of this run
+                self._done.update(writer.previous(description, set(order)))
+        mesh_devices = devices.config_devices()
+        chunk_size = config.chunk_size
+        if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
+            chunk_size = self._resumed_width(len(mesh_devices))
+        per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
+        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
+        self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
+                         processes=devices.process_count())
+        return specs, settings, order, per_call
+
+    def _open(self, writers: Sequence[Writer]) -> None:
+        opened: list[Writer] = []
+        try:
+            for writer in writers:
+                writer.open(self.meta)
+                opened.append(writer)
+        except BaseException:
+            for writer in opened:
+                writer.abort()
+            raise
+
+    def _stopped(self, error: BaseException, writers: Sequence[Writer]) -> None:
+        """A sweep that stopped early: keep what finished, release the writers, and turn
+        Ctrl-C and out-of-memory into what callers catch (other errors go on as they are)."""
+        kept = self.save_partial() if isinstance(error, KeyboardInterrupt) or _is_out_of_memory(error) else None
+        for writer in writers:
+            writer.abort()
+        if isinstance(error, KeyboardInterrupt):
+            raise SweepInterrupted(kept) from None
+        if kept is not None:
+            first_line = str(error).splitlines()[0][:200]
+            raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
+                              f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",
+                              kept) from None
 
     def _resumed_width(self, devices: int) -> int | None:
         """Settings per call of the run being resumed, when it ran on as many devices."""
