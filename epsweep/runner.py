@@ -28,6 +28,7 @@ from epsweep.config import RunConfig
 from epsweep.engine.spec import resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
+from epsweep.results.cache import ArrayCache
 from epsweep.results.files import write_atomic
 from epsweep.results.formats import dumps
 from epsweep.results.records import fold_seeds, setting_key
@@ -43,7 +44,8 @@ class ProgressEvent(NamedTuple):
 
     ``phase``: "compiling" (no step of the current update rule has run yet) or "training";
     ``rule``: the update rule being trained (``"optax"``, ``"adam"``); ``done``/``total``:
-    run-steps (settings x seeds x steps) trained and in all, over every rule;
+    run-steps (settings x seeds x steps) trained and in all, over every rule. Before those, a
+    task with frozen features reports phase "features": ``done``/``total`` count its inputs;
     ``saved``/``settings``: settings whose records are finished, and in all.
 
     Example:
@@ -214,7 +216,7 @@ class Runner:
 
     def run(self) -> SweepResult:
         """Train the sweep; see the module docstring."""
-        from epsweep.engine import cache_loads, compile_count, compile_seconds, devices, ensure_setup
+        from epsweep.engine import cache_loads, compile_count, compile_seconds, devices, ensure_setup, on_features
         from epsweep.engine.memory import plan_width
 
         ensure_setup()
@@ -238,13 +240,17 @@ class Runner:
                 if hasattr(writer, "previous"):
                     writer.previous(description, set(order))  # refuses to overwrite part of this run
         mesh_devices = devices.config_devices()
+        # a task with frozen features is described as given (meta, resume) and trained on its features
+        store = ArrayCache.default() if task.features is not None else None
+        trained, features = on_features(task, mesh_devices, store, None if self.progress is None else (
+            lambda done, total: self.progress(ProgressEvent("features", "features", done, total, 0, self.total))))
         chunk_size = config.chunk_size
         if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
             chunk_size = self._resumed_width(len(mesh_devices))
-        per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
+        per_call = devices.agree(plan_width(trained, first, mesh_devices, chunk_size))
         self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
         self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
-                         processes=devices.process_count())
+                         processes=devices.process_count(), **({"features": features} if features else {}))
         opened: list[Writer] = []
         try:
             for writer in writers:
@@ -258,7 +264,7 @@ class Runner:
         before = (compile_count(), compile_seconds(), cache_loads())
         runs: list[dict] = []
         try:
-            self._train(specs, settings, per_call, runs, writers)
+            self._train(trained, specs, settings, per_call, runs, writers)
         except KeyboardInterrupt:
             report = self.save_partial()
             for writer in writers:
@@ -308,7 +314,7 @@ class Runner:
                     return width
         return None
 
-    def _train(self, specs: dict, settings: dict, per_call: int, runs: list[dict],
+    def _train(self, task: Task, specs: dict, settings: dict, per_call: int, runs: list[dict],
                writers: Sequence[Writer]) -> None:
         from epsweep.engine.driver import train_runs
         from epsweep.engine.spec import HPARAMS
@@ -347,7 +353,7 @@ class Runner:
                                                 base + done, total_steps, len(self._done) + len(self._new),
                                                 self.total))
 
-            train_runs(self.task, spec, hparams, seeds, chunk_size=per_call, on_chunk=finish_chunk, progress=hook)
+            train_runs(task, spec, hparams, seeds, chunk_size=per_call, on_chunk=finish_chunk, progress=hook)
             steps_before += len(chosen) * spec.steps * len(seeds)
 
 

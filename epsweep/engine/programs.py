@@ -86,6 +86,8 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
     convolutions one step per call (``Task.loop_free_on_cpu``). Everything else is the same
     program, and so are the numbers.
     """
+    if task.features is not None:
+        raise ValueError(f"task {task.name} has frozen features: train it on them (engine.features.on_features)")
     points = spec.points
     steps = spec.steps
     steps_per_point = spec.steps_per_point().astype(np.float32)
