@@ -19,6 +19,8 @@ on them, loss for loss the full model with that frozen base.
 from __future__ import annotations
 
 import dataclasses
+import functools
+import hashlib
 from pathlib import Path
 
 import jax
@@ -29,6 +31,7 @@ from flax import traverse_util
 
 from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError, param
+from epsweep.models import inception as inception_model
 from epsweep.models.inception import (
     AUX_FEATURES,
     AUX_MIN_INPUT_SIZE,
@@ -175,6 +178,12 @@ def inception_task(data: Dataset, options: InceptionOptions = InceptionOptions()
                 settings_per_cpu_device=1)
 
 
+@functools.cache
+def _model_digest() -> str:
+    """A hash of the model's source: features cached by an older model are never reused."""
+    return hashlib.blake2b(Path(inception_model.__file__).read_bytes(), digest_size=8).hexdigest()
+
+
 def _split_head(tree: dict) -> tuple[dict, dict]:
     """(base leaves, head leaves) of a params-shaped tree (see :func:`is_head_param`)."""
     flat = traverse_util.flatten_dict(tree)
@@ -233,8 +242,8 @@ def _frozen_base_task(model: InceptionV3, data: Dataset, options: InceptionOptio
         return _evaluation(model.apply({"params": params}, split(f), train=False, stage="head"), y)
 
     base = {"params": base_params, "batch_stats": constants["batch_stats"]}
-    features = Features(extract, base, identity=("inception_v3 base, inference mode", options.dtype, aux),
-                        batch_size=FEATURE_BATCH)
+    what = ("inception_v3 base, inference mode", _model_digest(), options.dtype, aux)  # decides f(x), with x, base
+    features = Features(extract, base, identity=what, batch_size=FEATURE_BATCH)
     identity = ("inception", options, tuple(sorted(traverse_util.flatten_dict(head_from_file).items())))
     return Task("inception", init, loss, evaluate, data, identity=identity, default_epochs=1, default_batch_size=32,
                 eval_batch_size=512, details=details, constants=head_params, features=features)
