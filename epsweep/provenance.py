@@ -44,14 +44,17 @@ def _fingerprint_update(digest, array: np.ndarray) -> None:
 
 
 def data_fingerprint(task) -> str | None:
-    """A short hash of the task's data (and constants, e.g. pretrained weights)."""
+    """A short hash of the task's data (and constants, e.g. pretrained weights, those of a
+    frozen feature extractor included)."""
     arrays = []
     if task.data is not None:
         arrays += [task.data.x_train, task.data.y_train, task.data.x_val, task.data.y_val]
-    if task.constants is not None:
-        import jax
+    features = getattr(task, "features", None)
+    for constants in (task.constants, None if features is None else features.constants):
+        if constants is not None:
+            import jax
 
-        arrays += [np.asarray(leaf) for leaf in jax.tree.leaves(task.constants)]
+            arrays += [np.asarray(leaf) for leaf in jax.tree.leaves(constants)]
     if not arrays:
         return None
     digest = hashlib.blake2b(digest_size=12)

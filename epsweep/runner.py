@@ -28,6 +28,7 @@ from epsweep.config import RunConfig
 from epsweep.engine.spec import resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
+from epsweep.results.cache import ArrayCache
 from epsweep.results.files import write_atomic
 from epsweep.results.formats import dumps
 from epsweep.results.records import fold_seeds, setting_key
@@ -43,7 +44,8 @@ class ProgressEvent(NamedTuple):
 
     ``phase``: "compiling" (no step of the current update rule has run yet) or "training";
     ``rule``: the update rule being trained (``"optax"``, ``"adam"``); ``done``/``total``:
-    run-steps (settings x seeds x steps) trained and in all, over every rule;
+    run-steps (settings x seeds x steps) trained and in all, over every rule. Before those, a
+    task with frozen features reports phase "features": ``done``/``total`` count its inputs;
     ``saved``/``settings``: settings whose records are finished, and in all.
 
     Example:
@@ -221,13 +223,13 @@ class Runner:
             raise UserError(f"{param('resume')} works in a single process (every process must train the same "
                             f"settings)")
         writers = self.writers if devices.is_primary() else []  # of several processes, process 0 writes
-        specs, settings, order, per_call = self._plan(writers)
+        trained, specs, settings, order, per_call = self._plan(writers)
         self._open(writers)
         started = time.perf_counter()
         before = (compile_count(), compile_seconds(), cache_loads())
         runs: list[dict] = []
         try:
-            self._train(specs, settings, per_call, runs, writers)
+            self._train(trained, specs, settings, per_call, runs, writers)
         except BaseException as error:
             self._stopped(error, writers)
             raise
@@ -251,10 +253,11 @@ class Runner:
             raise WriteFailed(failure.message, result)
         return result
 
-    def _plan(self, writers: Sequence[Writer]) -> tuple[dict, dict, list, int]:
-        """Specs and settings per update rule, the settings' order, what a resumed file holds
-        already, the call width, and the meta."""
-        from epsweep.engine import devices
+    def _plan(self, writers: Sequence[Writer]) -> tuple[Task, dict, dict, list, int]:
+        """The task trained (a task with frozen features: on its features), specs and settings
+        per update rule, the settings' order, what a resumed file holds already, the call
+        width, and the meta."""
+        from epsweep.engine import devices, on_features
         from epsweep.engine.memory import plan_width
 
         task, grid, config = self.task, self.grid, self.config
@@ -268,14 +271,18 @@ class Runner:
             if hasattr(writer, "previous"):  # without resume: refuses to overwrite part of this run
                 self._done.update(writer.previous(description, set(order)))
         mesh_devices = devices.config_devices()
+        # a task with frozen features is described as given (meta, resume) and trained on its features
+        store = ArrayCache.default() if task.features is not None else None
+        trained, features = on_features(task, mesh_devices, store, None if self.progress is None else (
+            lambda done, total: self.progress(ProgressEvent("features", "features", done, total, 0, self.total))))
         chunk_size = config.chunk_size
         if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
             chunk_size = self._resumed_width(len(mesh_devices))
-        per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
+        per_call = devices.agree(plan_width(trained, first, mesh_devices, chunk_size))
         self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
         self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
-                         processes=devices.process_count())
-        return specs, settings, order, per_call
+                         processes=devices.process_count(), **({"features": features} if features else {}))
+        return trained, specs, settings, order, per_call
 
     def _open(self, writers: Sequence[Writer]) -> None:
         opened: list[Writer] = []
@@ -313,7 +320,7 @@ class Runner:
                     return width
         return None
 
-    def _train(self, specs: dict, settings: dict, per_call: int, runs: list[dict],
+    def _train(self, task: Task, specs: dict, settings: dict, per_call: int, runs: list[dict],
                writers: Sequence[Writer]) -> None:
         from epsweep.engine.driver import train_runs
         from epsweep.engine.spec import HPARAMS
@@ -352,7 +359,7 @@ class Runner:
                                                 base + done, total_steps, len(self._done) + len(self._new),
                                                 self.total))
 
-            train_runs(self.task, spec, hparams, seeds, chunk_size=per_call, on_chunk=finish_chunk, progress=hook)
+            train_runs(task, spec, hparams, seeds, chunk_size=per_call, on_chunk=finish_chunk, progress=hook)
             steps_before += len(chosen) * spec.steps * len(seeds)
 
 

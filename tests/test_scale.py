@@ -16,7 +16,6 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from epsweep import engine
 from epsweep.config import RunConfig
 from epsweep.engine import compiled, driver, memory, runtime
 from epsweep.engine.driver import train_runs

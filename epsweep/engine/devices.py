@@ -193,6 +193,16 @@ def agree(value: int) -> int:
         return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
+def broadcast(tree: Any) -> Any:
+    """Process 0's NumPy arrays in every process (one process: ``tree`` itself)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    with _stdout_to_stderr():
+        return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
+
+
 def gather(tree: Any) -> Any:
     """Every leaf as a NumPy array holding the global value, on every process."""
     if jax.process_count() == 1:

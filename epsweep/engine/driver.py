@@ -21,6 +21,7 @@ from jax.sharding import PartitionSpec as P
 
 from epsweep.engine.compiled import CONFIG_AXIS, compiled_programs
 from epsweep.engine.devices import agree, config_devices, ensure_setup, gather
+from epsweep.engine.features import on_features
 from epsweep.engine.memory import plan_width
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
 from epsweep.tasks.task import Task
@@ -75,11 +76,14 @@ def train_runs(
     devices never wait for the host. ``on_chunk(start, stop, outputs)`` is called as each chunk
     of settings finishes all its seeds (in every process); ``progress(done, total)`` as steps
     complete, counted in run-steps (settings x seeds x steps) over every chunk; ``done`` is 0
-    until the first segment of steps has run, i.e. while the programs compile.
+    until the first segment of steps has run, i.e. while the programs compile. A task with
+    frozen :class:`~epsweep.tasks.task.Features` trains on them (:func:`on_features`, kept in
+    memory only).
     """
     total = len(hparams["eps"])
     ensure_setup()
     devices = config_devices(devices)
+    task = on_features(task, devices)[0]  # frozen features: computed once (or kept from before)
     chunk = agree(plan_width(task, spec, devices, chunk_size))  # several processes run the same programs
     programs = compiled_programs(task, spec, devices, chunk)
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))

@@ -120,6 +120,8 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
     convolutions one step per call (``Task.loop_free_on_cpu``). Everything else is the same
     program, and so are the numbers.
     """
+    if task.features is not None:
+        raise ValueError(f"task {task.name} has frozen features: train it on them (engine.features.on_features)")
     n_train = len(task.data.x_train) if task.data is not None else 1
     plan = _Plan(
         task=task, spec=spec, loop_free=loop_free,
