@@ -19,7 +19,7 @@ import numpy as np
 
 from epsweep.results.formats import plain
 from epsweep.results.reading import STREAM_FORMAT
-from epsweep.vocabulary import GRID_AXES
+from epsweep.vocabulary import AXIS_ROLES, GRID_AXES
 
 VERSIONED = ("epsweep", "jax", "jaxlib", "optax", "flax", "numpy")
 
@@ -44,14 +44,17 @@ def _fingerprint_update(digest, array: np.ndarray) -> None:
 
 
 def data_fingerprint(task) -> str | None:
-    """A short hash of the task's data (and constants, e.g. pretrained weights)."""
+    """A short hash of the task's data (and constants, e.g. pretrained weights, those of a
+    frozen feature extractor included)."""
     arrays = []
     if task.data is not None:
         arrays += [task.data.x_train, task.data.y_train, task.data.x_val, task.data.y_val]
-    if task.constants is not None:
-        import jax
+    features = getattr(task, "features", None)
+    for constants in (task.constants, None if features is None else features.constants):
+        if constants is not None:
+            import jax
 
-        arrays += [np.asarray(leaf) for leaf in jax.tree.leaves(task.constants)]
+            arrays += [np.asarray(leaf) for leaf in jax.tree.leaves(constants)]
     if not arrays:
         return None
     digest = hashlib.blake2b(digest_size=12)
@@ -72,7 +75,8 @@ def run_description(task, config, spec) -> dict:
     data = described.get("data")
     if isinstance(data, dict):
         described["data"] = {k: v for k, v in data.items() if k != "name"}
-    fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer")}
+    # the update rule is part of each setting; whether a momentum buffer is kept changes no number
+    fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer", "momentum")}
     fixed["centered"] = config.centered
     return plain({
         "task": described,
@@ -99,8 +103,9 @@ def run_meta(task, grid, config, spec, layout: dict) -> dict:
         "clip_norm": config.clip_norm,
         "lr_decay_rate": config.lr_decay_rate,
         "lr_decay_steps": spec.lr_decay_steps,
-        "grid": {axis: list(getattr(grid, axis)) for axis in GRID_AXES},
-        "settings": grid.size * len(rules),
+        "grid": {rule.optimizer: {axis: list(grid.values(axis, rule.optimizer)) for axis in GRID_AXES
+                                  if axis in AXIS_ROLES[rule.optimizer]} for rule in rules},
+        "settings": sum(grid.size(rule.optimizer) for rule in rules),
         "layout": layout,
         "versions": versions(),
         "started_at": _now(),

@@ -14,7 +14,6 @@ the same from another thread, for a caller that must stop the process at once.
 from __future__ import annotations
 
 import dataclasses
-import tempfile
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -29,24 +28,11 @@ from epsweep.data.dataset import format_bytes
 from epsweep.engine.spec import resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
-from epsweep.results.files import write_atomic
-from epsweep.results.formats import dumps
-from epsweep.results.reading import meta_path
-from epsweep.results.records import fold_seeds, setting_key
-from epsweep.results.writers import Writer
+from epsweep.results.cache import ArrayCache
+from epsweep.results.records import fold_seeds, results_bytes, setting_key
+from epsweep.results.writers import Writer, save_partial_stream
 from epsweep.tasks import Task, build_task
 from epsweep.vocabulary import METRICS
-
-# What a sweep's results take in memory (measured with tracemalloc): a record per setting, with
-# its loss curve, and a run per (setting, seed); the sweep keeps all of them until it returns.
-RECORD_BYTES = 1300
-CURVE_POINT_BYTES = 32
-RUN_BYTES = 800
-
-
-def results_bytes(settings: int, seeds: int, curve_points: int) -> int:
-    """About how much memory the results of ``settings`` settings x ``seeds`` seeds take."""
-    return settings * (RECORD_BYTES + CURVE_POINT_BYTES * curve_points) + settings * seeds * RUN_BYTES
 
 
 def results_budget() -> int:
@@ -62,7 +48,8 @@ class ProgressEvent(NamedTuple):
 
     ``phase``: "compiling" (no step of the current update rule has run yet) or "training";
     ``rule``: the update rule being trained (``"optax"``, ``"adam"``); ``done``/``total``:
-    run-steps (settings x seeds x steps) trained and in all, over every rule;
+    run-steps (settings x seeds x steps) trained and in all, over every rule. Before those, a
+    task with frozen features reports phase "features": ``done``/``total`` count its inputs;
     ``saved``/``settings``: settings whose records are finished, and in all.
 
     Example:
@@ -181,11 +168,11 @@ class Runner:
         self.progress = progress
         self.resume = resume
         self.rules = self.config.update_rules()
-        self.total = self.grid.size * len(self.rules)
+        self.total = sum(self.grid.size(rule.optimizer) for rule in self.rules)
         runs = self.total * self.config.seeds
         need, budget = results_bytes(self.total, self.config.seeds, self.config.curve_points), results_budget()
         if need > budget:  # before anything is allocated: the settings list alone would be large
-            raise UserError(f"the sweep has {runs:,} runs ({self.grid.size:,} settings x {len(self.rules)} update "
+            raise UserError(f"the sweep has {runs:,} runs ({self.total:,} settings over {len(self.rules)} update "
                             f"rule{'s' * (len(self.rules) != 1)} x {self.config.seeds:,} seeds): their results "
                             f"would take about {format_bytes(need)} in memory, more than the budget of "
                             f"{format_bytes(budget)} (a quarter of this machine's memory); use fewer settings, "
@@ -219,28 +206,7 @@ class Runner:
             finished = [*self._done.values(), *self._new.values()]
             if not finished or not self.meta:
                 return StopReport(0, self.total, None, False)
-            text = "".join(dumps(record) + "\n" for record in finished)
-            meta_text = dumps(self.meta, indent=2) + "\n"
-            near = next((Path(w.path) for w in self.writers if getattr(w, "path", None) is not None
-                         and not (Path(w.path).exists() and not Path(w.path).is_file())), None)  # not /dev/...
-            path = None
-            if near is not None:
-                try:
-                    path = near.with_name(f"{near.stem}.partial.jsonl")
-                    write_atomic(meta_path(path), meta_text)  # the meta first: the records are never without it
-                    write_atomic(path, text)
-                except OSError:
-                    path = None
-            if path is None:
-                try:
-                    handle = tempfile.NamedTemporaryFile("w", prefix="epsweep-partial-", suffix=".jsonl",
-                                                         delete=False)
-                    with handle:
-                        path = Path(handle.name)
-                        write_atomic(meta_path(path), meta_text)
-                        handle.write(text)
-                except OSError:
-                    path = None
+            path = save_partial_stream(finished, self.meta, [getattr(w, "path", None) for w in self.writers])
             self._partial = StopReport(len(finished) if path else 0, self.total, path, False)
             return self._partial
 
@@ -249,34 +215,14 @@ class Runner:
     def run(self) -> SweepResult:
         """Train the sweep; see the module docstring."""
         from epsweep.engine import cache_loads, compile_count, compile_seconds, devices, ensure_setup
-        from epsweep.engine.memory import plan_width
 
         ensure_setup()
-        task, grid, config = self.task, self.grid, self.config
-        primary = devices.is_primary()
         if self.resume and devices.process_count() > 1:
             raise UserError(f"{param('resume')} works in a single process (every process must train the same "
                             f"settings)")
-        writers = self.writers if primary else []
-        specs = {rule: resolve_spec(task, config, rule) for rule in self.rules}
-        first = specs[self.rules[0]]
-        settings = grid.settings()
-        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings]
-        description = provenance.run_description(task, config, first)
-        try:  # claims and checks every target before anything is trained; on failure, none is kept
-            for writer in writers:
-                prepare = getattr(writer, "prepare", None)
-                done = prepare(description, set(order)) if prepare is not None else None
-                if self.resume and done:
-                    self._done.update(done)
-            mesh_devices = devices.config_devices()
-            chunk_size = config.chunk_size
-            if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
-                chunk_size = self._resumed_width(len(mesh_devices))
-            per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
-            self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
-            self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
-                             processes=devices.process_count())
+        writers = self.writers if devices.is_primary() else []  # of several processes, process 0 writes
+        try:  # every target is claimed and checked before anything is trained; on failure, none is kept
+            trained, specs, settings, order, per_call = self._plan(writers)
             for writer in writers:
                 writer.open(self.meta)
         except BaseException:
@@ -287,30 +233,10 @@ class Runner:
         before = (compile_count(), compile_seconds(), cache_loads())
         runs: list[dict] = []
         try:
-            self._train(specs, settings, per_call, runs, writers)
-        except KeyboardInterrupt:
-            report = self.save_partial()
-            for writer in writers:
-                writer.abort()
-            raise SweepInterrupted(report) from None
-        except UserError as error:  # an output failed mid-sweep: what finished is kept elsewhere
-            report = self.save_partial()
-            for writer in writers:
-                writer.abort()
-            raise SweepStopped(error.message, report) from None
-        except Exception as error:
-            if not _is_out_of_memory(error):
-                for writer in writers:
-                    writer.abort()
-                raise
-            report = self.save_partial()
-            for writer in writers:
-                writer.abort()
-            first_line = str(error).splitlines()[0][:200]
-            raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
-                              f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",
-                              report) from None
-        records = [self._done.get(k) or self._new[k] for k in order]
+            self._train(trained, specs, settings, per_call, runs, writers)
+        except BaseException as error:
+            self._stopped(error, writers)
+            raise
         self.meta.update({
             "trained": len(self._new), "resumed": len(self._done),
             "compilations": compile_count() - before[0],
@@ -320,7 +246,7 @@ class Runner:
             "wall_time_s": round(time.perf_counter() - started, 3),
             "finished_at": provenance.finished_at(),
         })
-        result = SweepResult(self.meta, records, runs)
+        result = SweepResult(self.meta, [self._done.get(k) or self._new[k] for k in order], runs)
         failure = None
         for writer in writers:
             try:
@@ -330,6 +256,57 @@ class Runner:
         if failure is not None:
             raise WriteFailed(failure.message, result)
         return result
+
+    def _plan(self, writers: Sequence[Writer]) -> tuple[Task, dict, dict, list, int]:
+        """The task trained (a task with frozen features: on its features), specs and settings
+        per update rule, the settings' order, what a resumed file holds already, the call
+        width, and the meta."""
+        from epsweep.engine import devices, on_features
+        from epsweep.engine.memory import plan_width
+
+        task, grid, config = self.task, self.grid, self.config
+        specs = {rule: resolve_spec(task, config, rule, any(grid.values("momentum", rule.optimizer)))
+                 for rule in self.rules}
+        first = specs[self.rules[0]]
+        settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
+        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
+        description = provenance.run_description(task, config, first)
+        for writer in writers:  # claims its file; refuses to replace what is not this sweep's
+            prepare = getattr(writer, "prepare", None)
+            done = prepare(description, set(order)) if prepare is not None else None
+            if self.resume and done:
+                self._done.update(done)
+        mesh_devices = devices.config_devices()
+        # a task with frozen features is described as given (meta, resume) and trained on its features
+        store = ArrayCache.default() if task.features is not None else None
+        trained, features = on_features(task, mesh_devices, store, None if self.progress is None else (
+            lambda done, total: self.progress(ProgressEvent("features", "features", done, total, 0, self.total))))
+        chunk_size = config.chunk_size
+        if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
+            chunk_size = self._resumed_width(len(mesh_devices))
+        per_call = devices.agree(plan_width(trained, first, mesh_devices, chunk_size))
+        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
+        self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
+                         processes=devices.process_count(), **({"features": features} if features else {}))
+        return trained, specs, settings, order, per_call
+
+    def _stopped(self, error: BaseException, writers: Sequence[Writer]) -> None:
+        """A sweep that stopped early: keep what finished, release the writers, and turn
+        Ctrl-C, out of memory and an output that failed into what callers catch (other errors
+        go on as they are)."""
+        keep = isinstance(error, (KeyboardInterrupt, UserError)) or _is_out_of_memory(error)
+        kept = self.save_partial() if keep else None
+        for writer in writers:
+            writer.abort()
+        if isinstance(error, KeyboardInterrupt):
+            raise SweepInterrupted(kept) from None
+        if isinstance(error, UserError):  # an output that failed mid-sweep: what finished is kept elsewhere
+            raise SweepStopped(error.message, kept) from None
+        if kept is not None:
+            first_line = str(error).splitlines()[0][:200]
+            raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
+                              f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",
+                              kept) from None
 
     def _resumed_width(self, devices: int) -> int | None:
         """Settings per call of the run being resumed, when it ran on as many devices."""
@@ -342,13 +319,13 @@ class Runner:
                     return width
         return None
 
-    def _train(self, specs: dict, settings: list[dict], per_call: int, runs: list[dict],
+    def _train(self, task: Task, specs: dict, settings: dict, per_call: int, runs: list[dict],
                writers: Sequence[Writer]) -> None:
         from epsweep.engine.driver import train_runs
         from epsweep.engine.spec import HPARAMS
 
         seeds = np.asarray(self.config.seed_list, dtype=np.uint32)
-        todo = {rule: [s for s in settings if setting_key({**s, **rule._asdict()}) not in self._done]
+        todo = {rule: [s for s in settings[rule] if setting_key({**s, **rule._asdict()}) not in self._done]
                 for rule in self.rules}
         total_steps = sum(len(todo[r]) * specs[r].steps for r in self.rules) * len(seeds)
         steps_before = 0
@@ -356,7 +333,8 @@ class Runner:
             chosen, spec = todo[rule], specs[rule]
             if not chosen:
                 continue
-            hparams = {name: np.array([s[name] for s in chosen]) for name in HPARAMS}
+            # an axis the optimizer does not use is None in its settings: any number will do
+            hparams = {name: np.array([0.0 if s[name] is None else s[name] for s in chosen]) for name in HPARAMS}
 
             def finish_chunk(start: int, stop: int, out, chosen=chosen, rule=rule) -> None:
                 chunk = []
@@ -380,7 +358,7 @@ class Runner:
                                                 base + done, total_steps, len(self._done) + len(self._new),
                                                 self.total))
 
-            train_runs(self.task, spec, hparams, seeds, chunk_size=per_call, on_chunk=finish_chunk, progress=hook)
+            train_runs(task, spec, hparams, seeds, chunk_size=per_call, on_chunk=finish_chunk, progress=hook)
             steps_before += len(chosen) * spec.steps * len(seeds)
 
 

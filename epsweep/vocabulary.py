@@ -27,6 +27,23 @@ SETTING_DEFAULTS = {"momentum": 0.0, "optimizer": "rmsprop", "convention": "opta
 CONVENTION_NAMES = ("optax", "pytorch", "tf1", "keras")
 OPTIMIZER_NAMES = ("rmsprop", "adam", "adagrad", "sgd")
 
+AXIS_ROLES = {
+    "rmsprop": {"eps": "eps", "decay": "decay", "lr": "lr", "momentum": "momentum"},
+    "adam": {"eps": "eps", "decay": "b2", "lr": "lr"},
+    "adagrad": {"eps": "eps", "lr": "lr"},
+    "sgd": {"lr": "lr", "momentum": "momentum"},
+}
+"""Which grid axes each optimizer uses, and what each means for it (Adam's decay is its b2).
+An axis an optimizer does not use is ``None`` in its records and never multiplies its rows."""
+
+AXIS_DEFAULTS = {
+    "eps": {"rmsprop": (1e-8, 1.0), "adam": (1e-8, 1.0), "adagrad": (1e-8, 1.0)},
+    "decay": {"rmsprop": (0.9,), "adam": (0.999,)},  # optax's rmsprop decay; Adam's b2 in every framework
+    "lr": {"rmsprop": (1e-3,), "adam": (1e-3,), "adagrad": (1e-3,), "sgd": (1e-3,)},
+    "momentum": {"rmsprop": (0.0,), "sgd": (0.0,)},
+}
+"""The values an axis takes for an optimizer when the grid does not give it."""
+
 DIAGNOSTICS = ("eps_dominated", "eps_dominated_mean", "effective_lr")
 """What eps did (docs/conventions.md): share of moving parameters whose eps term exceeds the
 gradient-statistics term at the end of training, that share averaged over training, and the

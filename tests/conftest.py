@@ -12,6 +12,7 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # the CLI subprocesses the tests start
 _CACHE = tempfile.mkdtemp(prefix="epsweep-test-cache-")
 os.environ["EPSWEEP_COMPILE_CACHE"] = _CACHE
+os.environ["EPSWEEP_FEATURE_CACHE"] = "off"  # frozen-base features: never the user's cache; tests set their own
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402

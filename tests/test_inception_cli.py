@@ -82,7 +82,7 @@ def test_bad_inception_input_exits_2(args, message, capsys):
 
 
 def test_frozen_parameters_never_move(mlp_task):
-    """The engine's trainable mask (what --freeze-base uses) on a small task."""
+    """The engine's trainable mask (``Task.trainable``) on a small task."""
     import dataclasses
 
     from epsweep.engine.driver import train_runs
@@ -115,7 +115,8 @@ def test_real_sweep_two_settings_two_steps_at_75(tmp_path):
 
 
 def test_pretrained_constants_seed_fresh_head(tmp_path):
-    """--weights: file leaves are used as loaded; the new head is initialised per seed."""
+    """--weights: file leaves are used as loaded; the new head is initialised per seed. With
+    --freeze-base the base goes to the feature extractor and only the head is initialised."""
     timm = pytest.importorskip("reference").import_timm()
     if timm is None:
         pytest.skip("timm not installed")
@@ -128,7 +129,7 @@ def test_pretrained_constants_seed_fresh_head(tmp_path):
     safetensors.torch.save_file(reference.state_dict(), str(tmp_path / "w.safetensors"))
     x = np.zeros((6, 75, 75, 3), np.uint8)
     data = split("tiny", x, np.array([0, 1, 2, 0, 1, 2], np.int32), 0.0)
-    task = inception_task(data, InceptionOptions(weights=tmp_path / "w.safetensors", freeze_base=True))
+    task = inception_task(data, InceptionOptions(weights=tmp_path / "w.safetensors"))
     init = jax.jit(task.init)
     params_a, stats_a = init(jax.random.key(0), task.constants)
     params_b, _ = init(jax.random.key(1), task.constants)
@@ -138,5 +139,10 @@ def test_pretrained_constants_seed_fresh_head(tmp_path):
                                   np.asarray(params_b["Mixed_7c"]["branch1x1"]["conv"]["kernel"]))
     assert params_a["fc"]["kernel"].shape == (2048, 3)  # 3 classes: a fresh head, not the file's 1000
     assert not np.allclose(params_a["fc"]["kernel"], params_b["fc"]["kernel"])
-    mask = task.trainable_mask()
-    assert mask["fc"]["kernel"] is True and mask["Conv2d_1a_3x3"]["conv"]["kernel"] is False
+
+    frozen = inception_task(data, InceptionOptions(weights=tmp_path / "w.safetensors", freeze_base=True))
+    np.testing.assert_array_equal(frozen.features.constants["params"]["Conv2d_1a_3x3"]["conv"]["kernel"], conv)
+    assert "fc" not in frozen.features.constants["params"] and frozen.trainable is None
+    head_a, state = jax.jit(frozen.init)(jax.random.key(0), frozen.constants)
+    assert set(head_a) == {"fc"} and state == {}
+    np.testing.assert_array_equal(head_a["fc"]["kernel"], params_a["fc"]["kernel"])  # the same fresh head

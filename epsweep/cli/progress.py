@@ -52,6 +52,9 @@ class ProgressDisplay:
         """Show a :class:`~epsweep.runner.ProgressEvent`."""
         if self.bar is None:
             return
+        if event.phase == "features":  # a frozen base's features, before any step
+            self.items("features", event.done, event.total, "images")
+            return
         task = self._task("sweep", event.total, "run-steps")
         what = f"{event.rule} (compiling)" if event.phase == "compiling" else event.rule
         saved = f"saved {event.saved}/{event.settings} settings"

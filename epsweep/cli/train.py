@@ -182,8 +182,9 @@ def inception(
         "--dropout", metavar="RATE", help="Dropout before the linear classifier.")] = 0.5,
     weights: Annotated[Optional[Path], typer.Option(
         "--weights", metavar="FILE", help="Pretrained .safetensors in torchvision/timm key layout.")] = None,
-    freeze_base: Annotated[bool, typer.Option("--freeze-base", help="Train only the head (needs --weights).")
-                           ] = False,
+    freeze_base: Annotated[bool, typer.Option(
+        "--freeze-base", help="Train only the head, on the base's features computed once (base in inference "
+        "mode, as Keras; needs --weights).")] = False,
     label_smoothing: Annotated[Optional[float], typer.Option(
         "--label-smoothing", metavar="AMOUNT",
         help="Mix this much of the uniform distribution into the targets [default: 0].")] = None,

@@ -27,6 +27,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator, Sequence
+from pathlib import Path
 from typing import Any
 
 import jax
@@ -39,6 +40,12 @@ from epsweep.errors import UserError, param
 log = logging.getLogger(__name__)
 
 _applied: Runtime | None = None
+_cache_path: Path | None = None  # the persistent compilation cache in use, if any
+
+
+def compile_cache_dir() -> Path | None:
+    """The persistent compilation cache directory this process uses (None: no cache)."""
+    return _cache_path
 
 
 def _backends_started() -> bool:
@@ -72,12 +79,12 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
         >>> setup(compile_cache=False).compile_cache  # no persistent compilation cache
         False
     """
-    global _applied
+    global _applied, _cache_path
     from epsweep.engine.compiled import install_listeners
 
     runtime = runtime or Runtime(**kwargs)
     install_listeners()
-    set_compile_cache(runtime.compile_cache)
+    _cache_path = set_compile_cache(runtime.compile_cache)
     first = _applied is None
     _applied = runtime
     if not first:
@@ -188,6 +195,16 @@ def agree(value: int) -> int:
 
     with _stdout_to_stderr():
         return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
+
+
+def broadcast(tree: Any) -> Any:
+    """Process 0's NumPy arrays in every process (one process: ``tree`` itself)."""
+    if jax.process_count() == 1:
+        return tree
+    from jax.experimental import multihost_utils
+
+    with _stdout_to_stderr():
+        return jax.tree.map(np.asarray, multihost_utils.broadcast_one_to_all(tree))
 
 
 def gather(tree: Any) -> Any:

@@ -11,8 +11,15 @@ Head vs base (for freezing the base): the head is the classifier (``fc`` for
 ``aux_logits``, the auxiliary classifier's final layer ``AuxLogits/fc``; everything else,
 including ``AuxLogits/conv0`` and ``AuxLogits/conv1``, is base. That is what torchvision's
 fine-tuning recipe replaces (``model.fc`` and ``model.AuxLogits.fc``). Freezing base
-*params* does not freeze BatchNorm running statistics: they still update whenever the
-model runs with ``train=True``.
+*params* does not freeze BatchNorm running statistics: they still update whenever the base
+runs in training mode, so a frozen base (Keras semantics) runs with ``base_train=False``.
+
+Stages: ``stage="features"`` runs the base alone and returns what the head reads (the pooled
+2048 features, and the aux classifier's pooled 768 when ``aux_logits``); ``stage="head"`` runs
+the head on them. Module names are those of the full model, so the head stage's parameters
+initialise to the full model's head leaves for the same key and its dropout draws the same
+mask (linen derives both from the module path): ``head(features(x))`` is the full model, step
+for step, when the base is frozen in inference mode.
 """
 
 from __future__ import annotations
@@ -33,6 +40,15 @@ AUX_MIN_INPUT_SIZE = 299
 
 HEAD_MODULES = ("fc", "head_hidden", "head_out")
 """Top-level parameter groups that form the classifier head."""
+
+STAGES = ("full", "features", "head")
+"""What :meth:`InceptionV3.__call__` runs: the whole model, the base alone, the head alone."""
+
+FEATURES = 2048
+"""Width of the pooled features the classifier reads."""
+
+AUX_FEATURES = 768
+"""Width of the pooled features the auxiliary classifier's final layer reads."""
 
 _BN_EPSILON = 1e-3
 _BN_MOMENTUM = 0.9  # flax keeps `momentum` of the old value: PyTorch's momentum 0.1
@@ -213,30 +229,37 @@ class InceptionE(nn.Module):
 
 class InceptionAux(nn.Module):
     """Auxiliary classifier on Mixed_6e: avgpool 5/3 -> 1x1 conv 128 -> 5x5 conv 768 ->
-    global average -> fc. Needs a Mixed_6e map of at least 17x17 (input >= 299x299)."""
+    global average -> fc. Needs a Mixed_6e map of at least 17x17 (input >= 299x299).
+
+    ``stage``: ``"full"`` (the map to logits), ``"features"`` (the map to the pooled 768
+    features ``fc`` reads) or ``"head"`` (those features to logits); ``train`` is the
+    BatchNorm mode of the two convolutions."""
 
     num_classes: int
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
-        height, width = x.shape[-3:-1]
-        if min(height, width) < 17:
-            raise ValueError(
-                f"AuxLogits needs a Mixed_6e map of at least 17x17 (input >= {AUX_MIN_INPUT_SIZE}x"
-                f"{AUX_MIN_INPUT_SIZE}), got {height}x{width}"
-            )
-        x = nn.avg_pool(x, (5, 5), strides=(3, 3), padding="VALID")
-        x = BasicConv2d(128, 1, dtype=self.dtype, name="conv0")(x, train)
-        x = BasicConv2d(768, 5, stddev=0.01, dtype=self.dtype, name="conv1")(x, train)
-        x = jnp.mean(x, axis=(-3, -2))
+    def __call__(self, x, train: bool, stage: str = "full"):
+        if stage != "head":
+            height, width = x.shape[-3:-1]
+            if min(height, width) < 17:
+                raise ValueError(
+                    f"AuxLogits needs a Mixed_6e map of at least 17x17 (input >= {AUX_MIN_INPUT_SIZE}x"
+                    f"{AUX_MIN_INPUT_SIZE}), got {height}x{width}"
+                )
+            x = nn.avg_pool(x, (5, 5), strides=(3, 3), padding="VALID")
+            x = BasicConv2d(128, 1, dtype=self.dtype, name="conv0")(x, train)
+            x = BasicConv2d(768, 5, stddev=0.01, dtype=self.dtype, name="conv1")(x, train)
+            x = jnp.mean(x, axis=(-3, -2))
+            if stage == "features":
+                return x
         return nn.Dense(
             self.num_classes,
             kernel_init=nn.initializers.normal(0.001),
-            bias_init=_bias_init(768),
+            bias_init=_bias_init(AUX_FEATURES),
             dtype=self.dtype,
             name="fc",
-        )(x)
+        )(x.astype(self.dtype))
 
 
 class InceptionV3(nn.Module):
@@ -249,6 +272,13 @@ class InceptionV3(nn.Module):
     ``"mlp"`` = global average pool -> Dense(1024, ReLU) ``head_hidden`` ->
     Dense(num_classes) ``head_out`` (the Keras fine-tuning example head, no dropout).
     Dropout draws from the ``"dropout"`` rng collection; BatchNorm state is ``batch_stats``.
+
+    ``base_train`` (default ``train``): the BatchNorm mode of the base, everything but the
+    head (see :func:`is_head_param`); ``False`` with ``train=True`` is a frozen base in
+    inference mode under a training head. ``stage`` (see the module docstring):
+    ``"features"`` maps images to the pooled features (N, 2048), or to ``(features,
+    aux_features)`` (N, 768) when ``aux_logits`` (input >= 299x299); ``"head"`` maps those
+    to what ``"full"`` returns.
     """
 
     num_classes: int = 1000
@@ -258,9 +288,42 @@ class InceptionV3(nn.Module):
     dtype: Any = jnp.float32
 
     @nn.compact
-    def __call__(self, x, train: bool):
+    def __call__(self, x, train: bool, stage: str = "full", base_train: bool | None = None):
         if self.head not in ("linear", "mlp"):
             raise ValueError(f"head must be 'linear' or 'mlp', got {self.head!r}")
+        if stage not in STAGES:
+            raise ValueError(f"stage must be one of {', '.join(STAGES)}, got {stage!r}")
+        base_train = train if base_train is None else base_train
+        aux_head = InceptionAux(self.num_classes, dtype=self.dtype, name="AuxLogits") if self.aux_logits else None
+        if stage == "head":
+            features, aux_features = x if self.aux_logits else (x, None)
+        else:
+            features, aux_features = self._base(x, base_train, aux_head, aux=train or stage == "features")
+            if stage == "features":
+                return (features, aux_features) if self.aux_logits else features
+
+        aux = None
+        if aux_features is not None and (train or self.is_initializing()):
+            aux = _at_least_float32(aux_head(aux_features, train=base_train, stage="head"))
+        features = features.astype(self.dtype)
+        if self.head == "linear":
+            features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
+            logits = nn.Dense(
+                self.num_classes,
+                kernel_init=nn.initializers.normal(_DEFAULT_STDDEV),
+                bias_init=_bias_init(FEATURES),
+                dtype=self.dtype,
+                name="fc",
+            )(features)
+        else:
+            keras_init = nn.initializers.xavier_uniform()  # Keras Dense default (glorot_uniform, zero bias)
+            hidden = nn.relu(nn.Dense(1024, kernel_init=keras_init, dtype=self.dtype, name="head_hidden")(features))
+            logits = nn.Dense(self.num_classes, kernel_init=keras_init, dtype=self.dtype, name="head_out")(hidden)
+        logits = _at_least_float32(logits)
+        return (logits, aux) if train and aux is not None else logits
+
+    def _base(self, x, train: bool, aux_head: InceptionAux | None, aux: bool):
+        """Images -> (pooled features, ``aux_head``'s pooled features when ``aux``, else None)."""
         height, width = x.shape[-3:-1]
         if min(height, width) < MIN_INPUT_SIZE:
             raise ValueError(
@@ -287,11 +350,10 @@ class InceptionV3(nn.Module):
         x = InceptionC(160, dtype=self.dtype, name="Mixed_6d")(x, train)
         x = InceptionC(192, dtype=self.dtype, name="Mixed_6e")(x, train)
 
-        aux = None
-        if self.aux_logits:
-            aux_head = InceptionAux(self.num_classes, dtype=self.dtype, name="AuxLogits")
-            if train:
-                aux = _at_least_float32(aux_head(x, train=True))
+        aux_features = None
+        if aux_head is not None:
+            if aux:
+                aux_features = aux_head(x, train=train, stage="features")
             elif self.is_initializing():
                 # Create the aux variables even when init runs in eval mode or on a small input;
                 # param shapes depend only on the channel count.
@@ -300,23 +362,7 @@ class InceptionV3(nn.Module):
         x = InceptionD(dtype=self.dtype, name="Mixed_7a")(x, train)  # 1280 x 8x8
         x = InceptionE(dtype=self.dtype, name="Mixed_7b")(x, train)  # 2048
         x = InceptionE(dtype=self.dtype, name="Mixed_7c")(x, train)  # 2048
-        features = jnp.mean(x, axis=(-3, -2))
-
-        if self.head == "linear":
-            features = nn.Dropout(self.dropout_rate, deterministic=not train)(features)
-            logits = nn.Dense(
-                self.num_classes,
-                kernel_init=nn.initializers.normal(_DEFAULT_STDDEV),
-                bias_init=_bias_init(2048),
-                dtype=self.dtype,
-                name="fc",
-            )(features)
-        else:
-            keras_init = nn.initializers.xavier_uniform()  # Keras Dense default (glorot_uniform, zero bias)
-            hidden = nn.relu(nn.Dense(1024, kernel_init=keras_init, dtype=self.dtype, name="head_hidden")(features))
-            logits = nn.Dense(self.num_classes, kernel_init=keras_init, dtype=self.dtype, name="head_out")(hidden)
-        logits = _at_least_float32(logits)
-        return (logits, aux) if aux is not None else logits
+        return jnp.mean(x, axis=(-3, -2)), aux_features
 
 
 def _path_names(path) -> tuple[str, ...]:

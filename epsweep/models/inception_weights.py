@@ -91,6 +91,44 @@ def _flax_leaves(variables):
             yield collection, path, leaf
 
 
+def torch_state(variables: Mapping[str, Any]) -> dict[str, np.ndarray]:
+    """``variables`` (``{"params", "batch_stats"}`` of an :class:`InceptionV3`) as a PyTorch
+    state dict of NumPy arrays (HWIO -> OIHW, (in, out) -> (out, in)): what
+    ``safetensors.numpy.save_file`` writes for :func:`load_inception_safetensors` (or timm) to
+    read back."""
+    return {torch_key(collection, path): np.ascontiguousarray(_to_torch_layout(np.asarray(leaf)))
+            for collection, path, leaf in _flax_leaves(variables)}
+
+
+def random_state(init_variables: Mapping[str, Any], seed: int = 0) -> dict[str, np.ndarray]:
+    """A stand-in for pretrained weights (tests, benchmarks): a PyTorch state dict shaped like
+    ``init_variables`` (arrays or shape structs) whose base keeps activations O(1) in inference
+    mode. Kernels He-normal, N(0, 2 / fan_in); BatchNorm scale U(0.8, 1.2), bias, running mean
+    N(0, 0.1), running variance U(0.5, 2); linear biases N(0, 0.1)."""
+    rng = np.random.default_rng(seed)
+
+    def value(path, leaf):
+        shape, name = tuple(leaf.shape), path[-1]
+        if name == "kernel":
+            return rng.normal(0.0, np.sqrt(2.0 / np.prod(shape[:-1])), shape)
+        if name in ("scale", "var"):
+            return rng.uniform(*((0.8, 1.2) if name == "scale" else (0.5, 2.0)), shape)
+        return rng.normal(0.0, 0.1, shape)  # bias, mean
+
+    return torch_state({collection: traverse_util.unflatten_dict({
+        path: value(path, leaf).astype(np.float32)
+        for path, leaf in traverse_util.flatten_dict(dict(init_variables.get(collection, {}))).items()})
+        for collection in ("params", "batch_stats")})
+
+
+def _to_torch_layout(array: np.ndarray) -> np.ndarray:
+    if array.ndim == 4:
+        return array.transpose(3, 2, 0, 1)
+    if array.ndim == 2:
+        return array.T
+    return array
+
+
 def _to_flax_layout(array: np.ndarray) -> np.ndarray:
     if array.ndim == 4:
         return array.transpose(2, 3, 1, 0)

@@ -85,3 +85,15 @@ def best_index(records: Sequence[dict]) -> int | None:
     """Index of the best usable record by :func:`rank_key`, or None when none is usable."""
     candidates = [i for i, r in enumerate(records) if usable(r)]
     return min(candidates, key=lambda i: rank_key(records[i])) if candidates else None
+
+
+# What a sweep's results take in memory (measured with tracemalloc): a record per setting, with
+# its loss curve, and a run per (setting, seed); a sweep keeps all of them until it returns.
+RECORD_BYTES = 1300
+CURVE_POINT_BYTES = 32
+RUN_BYTES = 800
+
+
+def results_bytes(settings: int, seeds: int, curve_points: int) -> int:
+    """About how much memory the results of ``settings`` settings x ``seeds`` seeds take."""
+    return settings * (RECORD_BYTES + CURVE_POINT_BYTES * curve_points) + settings * seeds * RUN_BYTES

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -324,6 +325,32 @@ class JsonlWriter:
         if self._claim is not None:
             self._claim.release()
             self._claim = None
+
+
+def save_partial_stream(records: Sequence[dict], meta: dict, near: Sequence[Path | str | None]) -> Path | None:
+    """Keep ``records`` (a sweep that stopped early) as a resumable stream: ``NAME.partial.jsonl``
+    and its meta beside the first regular file of ``near`` (an output the sweep was to write),
+    else in the temporary directory. Its path, or None when nothing could be written."""
+    text = "".join(dumps(record) + "\n" for record in records)
+    meta_text = dumps(meta, indent=2) + "\n"
+    beside = next((Path(p) for p in near if p is not None and not (Path(p).exists() and not Path(p).is_file())),
+                  None)  # not beside a device such as /dev/full
+    if beside is not None:
+        path = beside.with_name(f"{beside.stem}.partial.jsonl")
+        try:
+            write_atomic(meta_path(path), meta_text)  # the meta first: the records are never without it
+            write_atomic(path, text)
+            return path
+        except OSError:
+            pass
+    try:
+        fd, name = tempfile.mkstemp(prefix="epsweep-partial-", suffix=".jsonl")
+        os.close(fd)
+        write_atomic(meta_path(Path(name)), meta_text)
+        write_atomic(Path(name), text)
+        return Path(name)
+    except OSError:
+        return None
 
 
 def writer_for(path: Path | str, fmt: str, *, resume: bool = False, force: bool = False) -> Writer:

@@ -9,6 +9,11 @@ A task's functions are what the engine vmaps:
 
 ``model_state`` holds non-trained variables (BatchNorm statistics); it is ``{}`` for models
 without any. ``data`` is ``None`` for tasks with no data (``quadratic``).
+
+A task with :class:`Features` (a frozen feature extractor, e.g. a pretrained base in inference
+mode) trains on ``f(x)`` instead of ``x``: ``f`` never changes during training, so the engine
+computes it once per example (:mod:`epsweep.engine.features`) and sweeps ``init``, ``loss``
+and ``evaluate`` over the feature arrays, like any small model.
 """
 
 from __future__ import annotations
@@ -20,6 +25,25 @@ from typing import Any
 import numpy as np
 
 from epsweep.data.dataset import Dataset
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Features:
+    """A frozen feature extractor: ``apply(constants, x) -> f``, a float array (batch, ...).
+
+    ``apply`` must be a pure, deterministic function of its arguments (no key, no training
+    mode: a frozen network runs in inference mode), so that ``f(x)`` can be computed once per
+    example and reused by every setting, step and epoch, and by later sweeps. ``constants``
+    (e.g. the pretrained weights of a frozen base) are passed as a program argument.
+    ``identity``: a hashable value that, with the inputs and the constants, determines
+    ``apply``'s output (the model and its options, the dtype); features are cached on disk
+    only when it is given. ``batch_size``: inputs per compiled call.
+    """
+
+    apply: Callable[[Any, Any], Any]
+    constants: Any = None
+    identity: Hashable | None = None
+    batch_size: int = 32
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -35,6 +59,10 @@ class Task:
     program.
     ``metric_name``: what ``evaluate``'s second output is (``"accuracy"``), or ``None`` when the
     task reports no metric.
+    ``features``: when set, ``data`` holds the raw inputs and ``init``, ``loss`` and
+    ``evaluate`` see ``features.apply(features.constants, x)`` in their place (see
+    :class:`Features`); a sweep computes them first, with
+    :func:`epsweep.engine.features.on_features`.
 
     Example:
         >>> import numpy as np
@@ -65,6 +93,7 @@ class Task:
     loop_free_on_cpu: bool = False
     # on CPU, at most this many settings per device and call (None: as the memory plan decides)
     settings_per_cpu_device: int | None = None
+    features: Features | None = None  # a frozen feature extractor the data goes through first
 
     @property
     def has_metric(self) -> bool:

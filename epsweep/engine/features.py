@@ -1,0 +1,206 @@
+"""Frozen features, computed once: a task's :class:`~epsweep.tasks.task.Features` applied to
+every training and validation input, batched and jitted on the devices, before a sweep.
+
+A frozen extractor's output never changes while the head trains, so computing it again for
+every setting, step and epoch (under ``vmap``, once per setting) is wasted work: the sweep
+trains an ordinary task on the arrays computed here instead. With ``f`` the extractor and ``h``
+the head, the full model's loss on a minibatch B is ``L(h(f(x_B)))``; since ``f`` has no
+trained parameters and no state, ``f(x_B)`` is row B of ``f(X)``, computed once.
+
+The arrays are kept for the task object (a second sweep of the same task in this process
+computes nothing) and, given a ``store``, under a key of everything they depend on
+(:func:`cache_key`), so that a later process skips even the one pass. Nothing here touches
+files: the store does (:class:`epsweep.results.cache.ArrayCache`).
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import hashlib
+import importlib.metadata
+import math
+import threading
+import time
+import weakref
+from collections.abc import Callable, Sequence
+from typing import Any, Protocol
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from epsweep.data.dataset import Dataset
+from epsweep.engine.devices import broadcast, is_primary
+from epsweep.tasks.task import Features, Task
+
+BATCH_AXIS = "batch"  # the mesh axis a batch of inputs is split across
+MAX_PROGRAMS = 4  # feature programs kept compiled in this process
+KEY_FORMAT = 1  # bump when what the stored arrays mean changes
+_VERSIONED = ("epsweep", "jax", "jaxlib", "flax")
+
+
+class Store(Protocol):
+    """Where feature arrays outlive the process: ``load`` gives back what ``save`` kept under
+    ``key`` (or None), ``save`` may silently keep nothing."""
+
+    def load(self, key: str) -> dict[str, np.ndarray] | None: ...
+
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None: ...
+
+
+Progress = Callable[[int, int], None]  # (inputs done, inputs in all)
+
+_realised: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> (task on features, info)
+_programs: collections.OrderedDict = collections.OrderedDict()
+_lock = threading.Lock()
+
+
+def _local(devices: Sequence[jax.Device] | None) -> list[jax.Device]:
+    """This process's share of ``devices`` (default: its devices): each process computes the
+    features on its own devices, with no collective, and process 0's are then shared."""
+    devices = jax.devices() if devices is None else devices
+    return [d for d in devices if d.process_index == jax.process_index()] or jax.local_devices()
+
+
+def _program(features: Features, devices: list[jax.Device]) -> tuple[Callable, Mesh]:
+    """``features.apply`` jitted with the batch split across ``devices``, kept per identity."""
+    name = features.identity if features.identity is not None else ("function", id(features.apply))
+    key = (name, tuple(d.id for d in devices))
+    with _lock:
+        if key in _programs:
+            _programs.move_to_end(key)
+            return _programs[key][:2]
+    mesh = Mesh(np.array(devices), (BATCH_AXIS,))
+    program = jax.jit(features.apply, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXIS))),
+                      out_shardings=NamedSharding(mesh, P(BATCH_AXIS)))
+    with _lock:
+        _programs[key] = (program, mesh, features.apply)  # the function stays alive with its key
+        while len(_programs) > MAX_PROGRAMS:
+            _programs.popitem(last=False)
+    return program, mesh
+
+
+def batch_width(features: Features, devices: Sequence[jax.Device] | None = None) -> int:
+    """Inputs per compiled call: ``features.batch_size`` rounded up to a multiple of the local
+    device count."""
+    n = len(_local(devices))
+    return math.ceil(features.batch_size / n) * n
+
+
+def extract(features: Features, inputs: Sequence[np.ndarray], devices: Sequence[jax.Device] | None = None,
+            progress: Progress | None = None) -> list[np.ndarray]:
+    """``features.apply(constants, x)`` for every row of every array in ``inputs``, as float
+    NumPy arrays with the same leading length: batches of :func:`batch_width` (the last one
+    padded with zeros, its padding dropped), each dispatched before the previous one is
+    collected. ``progress(done, total)`` counts rows over all of ``inputs``."""
+    local = _local(devices)
+    program, mesh = _program(features, local)
+    width = batch_width(features, local)
+    constants = jax.device_put(features.constants, NamedSharding(mesh, P()))
+    batch_sharding = NamedSharding(mesh, P(BATCH_AXIS))
+    total, done = sum(len(x) for x in inputs), 0
+    results = []
+    for x in inputs:
+        if len(x) == 0:
+            sample = jax.ShapeDtypeStruct((width, *x.shape[1:]), x.dtype)
+            shape = jax.eval_shape(features.apply, features.constants, sample)
+            results.append(np.zeros((0, *shape.shape[1:]), shape.dtype))
+            continue
+        parts, pending = [], None
+        for start in range(0, len(x), width):
+            batch = x[start:start + width]
+            if len(batch) < width:
+                batch = np.concatenate([batch, np.zeros((width - len(batch), *x.shape[1:]), x.dtype)])
+            out = program(constants, jax.device_put(batch, batch_sharding))
+            if pending is not None:
+                parts.append(np.asarray(pending))
+            pending = out
+            done += min(width, len(x) - start)
+            if progress is not None:
+                progress(done, total)
+        parts.append(np.asarray(pending))
+        results.append(np.concatenate(parts)[: len(x)])
+    return results
+
+
+def _digest_array(digest: Any, array: Any) -> None:
+    array = np.ascontiguousarray(np.asarray(array))
+    digest.update(f"{array.dtype.str}{array.shape}".encode())
+    digest.update(memoryview(array).cast("B"))  # every byte: a changed image must change the key
+
+
+def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | None:
+    """A hex key of everything ``task``'s features depend on: the extractor's identity (the
+    model, its options, the dtype), every byte of the training and validation inputs and of the
+    constants (the weights), the batch per call, the device kind and the library versions.
+    None when the extractor has no identity (then nothing is stored)."""
+    features = task.features
+    if features is None or features.identity is None or task.data is None:
+        return None
+    local = _local(devices)
+    versions = []
+    for package in _VERSIONED:
+        try:
+            versions.append(importlib.metadata.version(package))
+        except importlib.metadata.PackageNotFoundError:
+            versions.append("unknown")
+    digest = hashlib.blake2b(digest_size=16)
+    digest.update(repr((KEY_FORMAT, features.identity, batch_width(features, local), len(local),
+                        local[0].platform, local[0].device_kind, versions)).encode())
+    for array in (task.data.x_train, task.data.x_val, *jax.tree.leaves(features.constants)):
+        _digest_array(digest, array)
+    return digest.hexdigest()
+
+
+def _usable(arrays: dict[str, np.ndarray] | None, data: Dataset) -> bool:
+    """Whether stored arrays fit ``data``: one float row per input, finite."""
+    if arrays is None or set(arrays) != {"x_train", "x_val"}:
+        return False
+    train, val = arrays["x_train"], arrays["x_val"]
+    return (len(train) == len(data.x_train) and len(val) == len(data.x_val) and train.shape[1:] == val.shape[1:]
+            and train.dtype == val.dtype and train.dtype.kind == "f"
+            and bool(np.isfinite(train).all() and np.isfinite(val).all()))
+
+
+def on_features(task: Task, devices: Sequence[jax.Device] | None = None, store: Store | None = None,
+                progress: Progress | None = None) -> tuple[Task, dict | None]:
+    """``task`` as an ordinary task over its feature arrays, and what that cost.
+
+    A task without :class:`~epsweep.tasks.task.Features` comes back as it is, with None.
+    Otherwise the features of every training and validation input are taken from this
+    process's memory (the same task object before), else from ``store`` (under
+    :func:`cache_key`), else computed (:func:`extract`, on this process's share of
+    ``devices``) and handed to ``store``. With several processes, process 0's arrays are used
+    by all. The returned task has ``data`` = the features (labels, split and name unchanged)
+    and no ``features``; its other fields are ``task``'s. The cost: ``{"source": "memory" |
+    "store" | "computed", "seconds", "inputs", "shape"}`` (``shape``: one input's features).
+    """
+    if task.features is None:
+        return task, None
+    with _lock:
+        known = _realised.get(task)
+    if known is not None:
+        return known[0], {**known[1], "source": "memory", "seconds": 0.0}
+    if task.data is None:
+        raise ValueError(f"task {task.name} has features but no data")
+    started = time.perf_counter()
+    key = cache_key(task, devices) if store is not None else None
+    stored = store.load(key) if key is not None else None
+    source = "store" if _usable(stored, task.data) else "computed"
+    if source == "store":
+        arrays = stored
+    else:
+        train, val = extract(task.features, [task.data.x_train, task.data.x_val], devices, progress)
+        arrays = {"x_train": train, "x_val": val}
+    arrays = broadcast(arrays)  # every process trains on the same numbers (process 0's)
+    if source == "computed" and key is not None and is_primary():
+        store.save(key, arrays)
+    data = dataclasses.replace(task.data, x_train=arrays["x_train"], x_val=arrays["x_val"])
+    realised = dataclasses.replace(task, data=data, features=None)
+    info = {"source": source, "seconds": round(time.perf_counter() - started, 3),
+            "inputs": len(task.data.x_train) + len(task.data.x_val), "shape": list(arrays["x_train"].shape[1:])}
+    with _lock:
+        _realised[task] = (realised, info)
+    return realised, info

@@ -1,0 +1,110 @@
+"""Arrays kept on disk between sweeps: the frozen-base features of
+:mod:`epsweep.engine.features`, one ``.npz`` per key in a directory bounded in size.
+
+Files are written whole and atomically (:func:`~epsweep.results.files.write_atomic`: never
+half a file under a key) and read with ``allow_pickle=False``. A file that cannot be read is
+a miss, never an error; so is a directory that cannot be written (nothing is kept). When the
+directory grows past ``max_bytes``, the files used longest ago go first (a hit counts as a
+use).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import re
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from epsweep.results.files import write_atomic
+
+log = logging.getLogger(__name__)
+
+CACHE_ENV = "EPSWEEP_FEATURE_CACHE"
+MAX_BYTES = 4 * 1024**3
+_OFF = ("0", "off", "false", "no", "")
+_KEY = re.compile(r"^[0-9a-f]{8,128}$")
+
+
+def default_directory() -> Path | None:
+    """Where features are kept between sweeps: ``$EPSWEEP_FEATURE_CACHE``, else ``features``
+    beside the default compilation cache (``$XDG_CACHE_HOME/epsweep/features``, i.e.
+    ``~/.cache/epsweep/features``); None when the environment turns it off (``off``)."""
+    value = os.environ.get(CACHE_ENV)
+    if value is not None:
+        return None if value.strip().lower() in _OFF else Path(value).expanduser()
+    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(base).expanduser() / "epsweep" / "features"
+
+
+class ArrayCache:
+    """Named NumPy arrays under hex keys in ``directory`` (made when first written).
+
+    Example:
+        >>> import tempfile
+        >>> cache = ArrayCache(Path(tempfile.mkdtemp()) / "features")
+        >>> cache.save("0123abcd", {"x_train": np.ones((2, 3), np.float32)})
+        >>> cache.load("0123abcd")["x_train"].shape, cache.load("ffffffff")
+        ((2, 3), None)
+    """
+
+    def __init__(self, directory: Path | str, max_bytes: int = MAX_BYTES):
+        self.directory = Path(directory)
+        self.max_bytes = max_bytes
+
+    @classmethod
+    def default(cls) -> ArrayCache | None:
+        """The cache in :func:`default_directory`, or None when that is turned off."""
+        directory = default_directory()
+        return None if directory is None else cls(directory)
+
+    def path(self, key: str) -> Path:
+        if not _KEY.match(key):
+            raise ValueError(f"not a hex key: {key!r}")
+        return self.directory / f"{key}.npz"
+
+    def load(self, key: str) -> dict[str, np.ndarray] | None:
+        """The arrays saved under ``key``, or None (absent, unreadable, or holding objects)."""
+        path = self.path(key)
+        try:
+            with np.load(path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+        except FileNotFoundError:
+            return None
+        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+            log.warning("ignoring unreadable cached features %s (%s)", path, e)
+            return None
+        with contextlib.suppress(OSError):
+            os.utime(path)  # used now: the last to be evicted
+        return arrays
+
+    def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
+        """Keep ``arrays`` under ``key`` (atomically); on a disk error, log it and keep nothing."""
+        path = self.path(key)
+        try:
+            self.directory.mkdir(parents=True, exist_ok=True)
+            write_atomic(path, lambda target: np.savez(target, **arrays))
+        except OSError as e:
+            log.warning("cannot keep features in %s (%s)", self.directory, e.strerror or e)
+            return
+        self._evict(keep=path)
+
+    def _evict(self, keep: Path) -> None:
+        """Remove the least recently used files until the directory holds at most max_bytes."""
+        try:
+            entries = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.directory.glob("*.npz")
+                       if not p.name.startswith(".")]  # not another writer's temporary file
+        except OSError:
+            return
+        total = sum(size for _, size, _ in entries)
+        for _, size, path in sorted(entries):
+            if total <= self.max_bytes:
+                break
+            if path == keep:
+                continue
+            with contextlib.suppress(OSError):
+                path.unlink()
+                total -= size
