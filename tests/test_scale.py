@@ -188,10 +188,11 @@ def test_compile_cache_serves_a_rerun_with_new_values(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == entries  # --no-compile-cache wrote nothing
 
 
-def _cache_run(cache, *extra):
+def _cache_run(cache, *extra, tmp=None):
     """The quadratic task through the executable with ``cache``: (stderr lines, meta)."""
+    env = _env(EPSWEEP_COMPILE_CACHE=str(cache), **({"TMPDIR": str(tmp)} if tmp else {}))
     r = subprocess.run([EXE, "grid", "--task", "quadratic", "--steps", "3", "-f", "json", *extra],
-                       capture_output=True, text=True, timeout=300, env=_env(EPSWEEP_COMPILE_CACHE=str(cache)))
+                       capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
     return r.stderr.splitlines(), json.loads(r.stdout)["meta"]
 
@@ -215,15 +216,22 @@ def _unwritable_directory(tmp_path):
     pytest.skip("no directory here refuses writes")
 
 
-def test_an_unwritable_cache_costs_one_line_and_a_run_without_it(tmp_path):
+def test_an_unwritable_cache_costs_one_line_once_and_runs_without_it(tmp_path):
     directory = _unwritable_directory(tmp_path)
-    err, meta = _cache_run(directory)
-    assert err[0].startswith(f"epsweep: warning: compilation cache off for this run: cannot write in {directory} (")
+    state = tmp_path / "tmp"  # where "said once" is remembered: a fresh one
+    state.mkdir()
+    err, meta = _cache_run(directory, tmp=state)
+    assert err[0].startswith(f"epsweep: warning: compilation cache off: cannot write in {directory} (")
+    assert err[0].endswith("; runs go without it (said once: set EPSWEEP_COMPILE_CACHE to a writable directory, "
+                           "or to off)")
     assert len(err) == 2 and err[1].startswith("trained 2 settings"), err  # no JAX warnings, no lock waits
     assert meta["compile_cache_loads"] == 0 and meta["compilations"] > 0
+    err, meta = _cache_run(directory, tmp=state)  # the next run: no cache, and not a word about it
+    assert len(err) == 1 and err[0].startswith("trained 2 settings"), err
+    assert meta["compile_cache_loads"] == 0 and meta["compilations"] > 0
     (tmp_path / "a_file").write_text("not a directory")
-    err, _ = _cache_run(tmp_path / "a_file")
-    assert err[0] == f"epsweep: warning: compilation cache off for this run: {tmp_path / 'a_file'} is not a directory"
+    err, _ = _cache_run(tmp_path / "a_file", tmp=state)
+    assert err[0].startswith(f"epsweep: warning: compilation cache off: {tmp_path / 'a_file'} is not a directory;")
     assert len(err) == 2
 
 

@@ -1,19 +1,22 @@
 """The persistent compilation cache: JAX's own, in a directory checked before JAX uses it, with
 its warnings about unreadable or unwritable entries turned into one line.
 
-A directory that cannot be written costs one warning and a run without the cache (JAX would
-warn twice per program and may wait seconds on its lock file for each). An entry that cannot
-be read (a corrupt or truncated file) costs one warning; it is removed, so the program compiled
-in its place is saved and later runs load it (JAX would warn about it on every run, since it
-never replaces an entry that exists). The cache's size cap uses ``filelock``, a dependency.
+A directory that cannot be written costs one warning, the first time, and runs without the
+cache (JAX would warn twice per program, on every run, and may wait seconds on its lock file
+for each). An entry that cannot be read (a corrupt or truncated file) costs one warning; it is
+removed, so the program compiled in its place is saved and later runs load it (JAX would warn
+about it on every run, since it never replaces an entry that exists). The cache's size cap
+uses ``filelock``, a dependency.
 """
 
 from __future__ import annotations
 
 import contextlib
 import glob
+import hashlib
 import importlib.util
 import logging
+import os
 import re
 import tempfile
 import warnings
@@ -21,7 +24,7 @@ from pathlib import Path
 
 import jax
 
-from epsweep.engine.runtime import CACHE_MAX_BYTES, default_cache_dir
+from epsweep.engine.runtime import CACHE_ENV, CACHE_MAX_BYTES, default_cache_dir
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +60,8 @@ def set_compile_cache(setting: bool | str | Path) -> Path | None:
     if path is not None:
         problem = _cache_problem(path)
         if problem is not None:
-            log.warning("compilation cache off for this run: %s", problem)
+            _warn_once(problem, "compilation cache off: %s; runs go without it (said once: set %s to a writable "
+                                "directory, or to off)", problem, CACHE_ENV)
             path = None
     compilation_cache.reset_cache()  # let a new directory (or none) take effect
     jax.config.update("jax_enable_compilation_cache", path is not None)
@@ -71,6 +75,23 @@ def set_compile_cache(setting: bool | str | Path) -> Path | None:
             jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
         _cache_guard.install()
     return path
+
+
+def _warn_once(key: str, message: str, *args) -> None:
+    """Log ``message`` as a warning the first time ``key`` comes up on this machine (for this
+    user, until the temporary directory is cleared), at info level after that: a directory that
+    stays unwritable costs one line, not one on every run."""
+    digest = hashlib.blake2b(key.encode("utf-8", "surrogateescape"), digest_size=12).hexdigest()
+    marker = Path(tempfile.gettempdir()) / f"epsweep-{os.getuid()}" / f"warned-{digest}"
+    if marker.exists():
+        log.info(message, *args)
+        return
+    log.warning(message, *args)
+    try:
+        marker.parent.mkdir(mode=0o700, exist_ok=True)
+        marker.touch()
+    except OSError:
+        pass
 
 
 def _has_filelock() -> bool:
