@@ -247,8 +247,8 @@ CASES = [
     C("grid --dataset {d}/npz_bomb.npz", "arrays x and y as float32 would take 29.1 TiB in memory, more than the data"),
     C("grid --eps -", "standard input holds more than 16 MiB", stdin="/dev/zero"),
     C("grid --eps log:1e-10:1:1000 --lr log:1e-4:1:1000 --seeds 10000 --convention optax tf1 pytorch keras "
-      "--optimizer rmsprop adam", "the sweep has 50,000,000,000 runs (1,000,000 settings x 5 update rules x 10,000 "
-      "seeds): their results would take about", "more than the budget of"),
+      "--optimizer rmsprop adam", "the sweep has 50,000,000,000 runs (5,000,000 settings over 5 update rules x "
+      "10,000 seeds): their results would take about", "more than the budget of"),
     C("inception --dataset {d}/bigimg --image-size 75 --steps 1 -q", "none of the 1 images could be read"),
     # --- no traceback before training ---
     C("grid --dataset {d}/renamed.npz", "renamed.npz: a NumPy .npy file (one array), not an .npz of inputs and labels"),

@@ -222,7 +222,6 @@ def inception(
     from epsweep.data.images import load_image_dataset
     from epsweep.grid import Grid
     from epsweep.presets import apply_preset
-    from epsweep.tasks.inception import InceptionOptions, check_image_size, inception_task
 
     setup_logging(quiet)
     runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
@@ -241,6 +240,9 @@ def inception(
         optimizers=_names(optimizer, "rmsprop"),
         clip_norm=values["clip_norm"], lr_decay_rate=values["lr_decay_rate"], lr_decay_epochs=values["lr_decay_epochs"],
     )
+    # imports JAX: after the checks above, so that their errors come at once
+    from epsweep.tasks.inception import InceptionOptions, check_image_size, inception_task
+
     options = InceptionOptions(head=head, aux_logits=aux, dropout_rate=dropout, dtype=dtype,
                                label_smoothing=values["label_smoothing"] or 0.0, weights=weights,
                                freeze_base=freeze_base, preset=preset)
