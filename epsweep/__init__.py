@@ -27,7 +27,7 @@ _EXPORTS = {
     "Grid": "epsweep.grid", "parse_values": "epsweep.grid",
     "RunConfig": "epsweep.config",
     "run": "epsweep.runner", "sweep": "epsweep.runner", "Runner": "epsweep.runner",
-    "SweepResult": "epsweep.runner", "ProgressEvent": "epsweep.runner",
+    "SweepResult": "epsweep.outcome", "ProgressEvent": "epsweep.outcome",
     "setup": "epsweep.engine.devices", "Runtime": "epsweep.engine.runtime",
     "Task": "epsweep.tasks", "build_task": "epsweep.tasks",
     "Dataset": "epsweep.data",

@@ -29,8 +29,9 @@ ALLOWED = {
     "results": {"vocabulary", "errors"},
     "engine": {"tasks", "data", "optim", "config", "vocabulary", "errors"},
     "provenance": {"results", "vocabulary", "errors"},
-    "runner": {"provenance", "engine", "results", "tasks", "data", "models", "optim", "grid", "config", "presets",
-               "vocabulary", "errors"},
+    "runner": {"outcome", "provenance", "engine", "results", "tasks", "data", "models", "optim", "grid", "config",
+               "presets", "vocabulary", "errors"},
+    "outcome": {"results", "vocabulary", "errors"},
     "views": {"results", "vocabulary", "errors"},
 }
 UI_LIBRARIES = {"rich": {"views", "cli"}, "matplotlib": {"views"}, "typer": {"cli"}, "click": {"cli"}}
