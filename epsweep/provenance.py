@@ -19,6 +19,7 @@ import numpy as np
 
 from epsweep.results.formats import plain
 from epsweep.results.reading import STREAM_FORMAT
+from epsweep.results.records import chance_level
 from epsweep.vocabulary import GRID_AXES
 
 VERSIONED = ("epsweep", "jax", "jaxlib", "optax", "flax", "numpy")
@@ -101,6 +102,7 @@ def run_meta(task, grid, config, spec, layout: dict) -> dict:
         "lr_decay_steps": spec.lr_decay_steps,
         "grid": {axis: list(getattr(grid, axis)) for axis in GRID_AXES},
         "settings": grid.size * len(rules),
+        "chance": chance_level(task.data.y_val if task.data is not None else None),
         "layout": layout,
         "versions": versions(),
         "started_at": _now(),

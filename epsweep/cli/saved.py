@@ -9,7 +9,7 @@ import typer
 
 from epsweep.cli import options as o
 from epsweep.cli.app import app
-from epsweep.cli.present import log, output_format, stdout_console, write_stdout
+from epsweep.cli.present import log, output_format, print_prose, stdout_console, write_stdout
 from epsweep.errors import UserError, param
 
 
@@ -45,7 +45,6 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
     """A report to stdout in ``fmt`` and, when asked, atomically to ``output``."""
     from epsweep.results.files import write_atomic
     from epsweep.results.formats import render_machine
-    from epsweep.views.table import best_per_axis_table, records_table, sensitivity_table
 
     def text(kind: str) -> str:
         return result.to_json() if kind == "json" else render_machine(kind, result.meta, result.records)
@@ -60,18 +59,34 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
             raise UserError(f"{param('output')}: cannot write {output}: {e.strerror or e}") from None
         if not quiet:
             log(f"wrote {len(result.records)} records to {output}")
-    if fmt == "table":
-        console = stdout_console()
-        console.print(records_table(result.records, result.meta, sparklines=True, note=result.title(),
-                                    max_width=console.width))
-        if result.best_per_axis:
-            console.print(best_per_axis_table(result.best_per_axis))
-        if result.sensitivity:
-            console.print(sensitivity_table(result.sensitivity))
-        if result.summary:
-            console.print(result.summary, markup=False)
+    if fmt in ("table", "markdown"):
+        show_report(result, fmt)
     elif fmt in ("csv", "json", "jsonl"):
         write_stdout(text(fmt))
+
+
+def show_report(result, fmt: str) -> None:
+    """The report's tables and summary for people: Rich tables fitted to the terminal, or markdown."""
+    from epsweep.results.records import axis_notation
+    from epsweep.views.sheet import markdown, markdown_text, rich_table
+    from epsweep.views.summaries import best_per_axis_sheet, sensitivity_sheet
+    from epsweep.views.table import records_sheet
+
+    notation = axis_notation(result.records)
+    sheets = [records_sheet(result.records, result.meta, sparklines=fmt == "table", note=result.title())]
+    if result.best_per_axis:
+        sheets.append(best_per_axis_sheet(result.best_per_axis, notation))
+    if result.sensitivity:
+        sheets.append(sensitivity_sheet(result.sensitivity, notation))
+    if fmt == "markdown":
+        text = "\n".join(markdown(sheet) for sheet in sheets)
+        write_stdout(text + (f"\n{markdown_text(result.summary)}\n" if result.summary else ""))
+        return
+    console = stdout_console()
+    for sheet in sheets:
+        console.print(rich_table(sheet, console.width))
+    if result.summary:
+        print_prose(console, result.summary)
 
 
 @app.command(short_help="Draw a saved sweep: loss curves and a heatmap, into an image.")
