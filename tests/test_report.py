@@ -182,7 +182,8 @@ def test_titles_leave_out_meta_of_the_wrong_type():
 
     assert _title({"task": 5, "data": {}, "steps": "abc", "batch_size": True, "seeds": 5}) == "RMSProp sweep"
     assert _title({"data": {"name": "x.npz"}, "steps": 10}) == "RMSProp sweep: data x.npz, 10 steps"
-    assert records_table(RECORDS, {"title": 5, "task": "mlp"}).title_text == "RMSProp (optax) sweep: task mlp; decay 0.9"
+    title = records_table(RECORDS, {"title": 5, "task": "mlp"}).title_text
+    assert title == "RMSProp (optax) sweep: task mlp; decay 0.9"
 
 
 def test_where_orders_only_numbers(tmp_path):
