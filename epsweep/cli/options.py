@@ -23,7 +23,8 @@ def flag(name: str) -> str:
     return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
-VALUES_HELP = "Several values: 1e-8 1, 1e-8,1, log:1e-10:1:11, lin:0.8:0.99:5, or - for stdin."
+VALUES_HELP = ("Several values: 1e-8 1, 1e-8,1, log:1e-10:1:11, lin:0.8:0.99:5, rand:log:1e-10:1:64 (a seeded "
+               "random sample; rand:lin:... too), or - for stdin.")
 VALUES = "VALUES"
 NAMES = "NAMES"
 
@@ -51,7 +52,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="First seed (t
 ValSplitOpt = Annotated[float, typer.Option(
     "--val-split", metavar="FRACTION", help="Fraction held out for validation.")]
 FormatOpt = Annotated[Optional[str], typer.Option(
-    "--format", "-f", metavar="FORMAT", help="table, csv, json or jsonl [default: table].")]
+    "--format", "-f", metavar="FORMAT", help="table, markdown (a GitHub table), csv, json or jsonl [default: table].")]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", metavar="FILE", help="Also write the records to FILE (.csv, .json or .jsonl).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]

@@ -72,7 +72,7 @@ def show_report(result, fmt: str) -> None:
     from epsweep.views.summaries import best_per_axis_sheet, sensitivity_sheet
     from epsweep.views.table import records_sheet
 
-    notation = axis_notation(result.records)
+    notation = axis_notation(result.records, result.meta)
     sheets = [records_sheet(result.records, result.meta, sparklines=fmt == "table", note=result.title())]
     if result.best_per_axis:
         sheets.append(best_per_axis_sheet(result.best_per_axis, notation))
@@ -113,3 +113,41 @@ def plot(
         for note in selected.notes:
             log(note)
         log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and a heatmap")
+
+
+@app.command(short_help="Two saved sweeps side by side: shared settings and the difference in each metric.")
+def compare(
+    file_a: Annotated[Path, typer.Argument(metavar="A", help="A results file (.jsonl, .json or .csv).",
+                                           show_default=False)],
+    file_b: Annotated[Path, typer.Argument(metavar="B", help="Another results file, compared with A.",
+                                           show_default=False)],
+    where: o.WhereOpt = None,
+    fmt: o.FormatOpt = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Compare two saved sweeps: for every setting both have, each metric in A and in B and
+    the difference B - A; then the settings only one of them has. --where filters both.
+
+    Example: epsweep compare optax.jsonl tf1.jsonl --where lr=0.01
+    """
+    from epsweep.results.compare import compare as compare_results
+    from epsweep.results.reading import read_results
+    from epsweep.views.sheet import markdown, rich_table
+    from epsweep.views.summaries import compare_sheets
+
+    out_fmt, _ = output_format(fmt, None)
+    loaded = [read_results(file_a), read_results(file_b)]
+    if not quiet:
+        for note in loaded[0].notes + loaded[1].notes:
+            log(note)
+    result = compare_results(*loaded, where=where or ())
+    if out_fmt in ("csv", "json", "jsonl"):
+        write_stdout({"csv": result.to_csv, "json": result.to_json, "jsonl": result.to_jsonl}[out_fmt]())
+        return
+    sheets = compare_sheets(result)
+    if out_fmt == "markdown":
+        write_stdout("\n".join(markdown(sheet) for sheet in sheets))
+        return
+    console = stdout_console()
+    for sheet in sheets:
+        console.print(rich_table(sheet, console.width))

@@ -309,7 +309,7 @@ def build_report(
     shown = sort_records(selected, field, reverse) if field is not None else list(selected)
     if top is not None:
         shown = shown[:top]
-    summary = sensitivity_summary(sens, varying, axis_notation(selected))
+    summary = sensitivity_summary(sens, varying, axis_notation(selected, loaded.meta))
     return Report(loaded.meta, shown, metric, per_axis, sens, summary, (len(shown), len(records)), list(loaded.notes))
 
 

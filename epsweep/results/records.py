@@ -141,7 +141,16 @@ def best_index(records: Sequence[dict]) -> int | None:
     return min(candidates, key=lambda i: rank_key(records[i])) if candidates else None
 
 
-def axis_notation(records: Sequence[dict]) -> dict[str, bool]:
+def axis_notation(records: Sequence[dict], meta: dict | None = None) -> dict[str, bool]:
     """Per grid axis, whether its values are shown in scientific notation: when any of them
-    needs it (:mod:`epsweep.numbers`), so an axis reads the same in every table and message."""
-    return {axis: any(is_number(r.get(axis)) and needs_scientific(r[axis]) for r in records) for axis in GRID_AXES}
+    (or of the sweep's grid in ``meta``) needs it (:mod:`epsweep.numbers`), so an axis of one
+    sweep reads the same in every table, summary and message."""
+    grid = (meta or {}).get("grid")
+    grid = grid if isinstance(grid, dict) else {}
+    out = {}
+    for axis in GRID_AXES:
+        values = [r.get(axis) for r in records]
+        if isinstance(grid.get(axis), list):
+            values += grid[axis]
+        out[axis] = any(is_number(v) and needs_scientific(v) for v in values)
+    return out

@@ -123,7 +123,8 @@ class SheetTable(Table):
     def __rich_console__(self, console, options):
         width = options.max_width
         yield Text(wrap_pieces(self.pieces, width), no_wrap=False)
-        yield from super().__rich_console__(console, options)
+        if self.columns:
+            yield from super().__rich_console__(console, options)
         if self.notes:
             yield Text(prose(" ".join(self.notes), width))
 
@@ -158,6 +159,8 @@ def measure(table: Table) -> int:
             widths.append(max(cell_len(line) for t in plain for line in t.split("\n")))
         else:
             widths.append(max((cell_len(word) for t in plain for word in t.split()), default=1))
+    if not table.columns:
+        return 0
     padding = sum(table._get_padding_width(i) for i in range(len(table.columns)))
     return sum(widths) + padding + table._extra_width
 
@@ -207,6 +210,8 @@ def markdown(sheet: Sheet) -> str:
     """``sheet`` as a GitHub markdown table, everything in it, under its title in bold."""
     columns = [c for c in sheet.columns if not c.crop]
     lines = [f"**{markdown_text(sheet.title())}**", ""]
+    if not columns:
+        return "\n".join(lines + [markdown_text(" ".join(sheet.notes))]) + "\n"
     lines.append("| " + " | ".join(markdown_text(c.header) for c in columns) + " |")
     lines.append("|" + "|".join("---:" if c.justify == "right" else ":---" for c in columns) + "|")
     for i in range(sheet.rows):

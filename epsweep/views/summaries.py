@@ -8,7 +8,8 @@ from collections.abc import Sequence
 from epsweep.numbers import column, show, span
 from epsweep.results.analysis import OTHER_AXES
 from epsweep.views.sheet import Column, Sheet
-from epsweep.views.table import rule_name
+from epsweep.views.table import axis_columns, rule_column, rule_name, shown_axes
+from epsweep.views.titles import held_axes, title_head
 from epsweep.vocabulary import GRID_AXES, RULE_AXES, axis_title, label
 
 
@@ -78,3 +79,58 @@ def sensitivity_sheet(rows: Sequence[dict], notation: dict[str, bool]) -> Sheet:
         columns.append(Column("diverged", [f"{r['diverged']}/{r['settings']}" if r["diverged"] else "" for r in rows],
                               drop=70))
     return Sheet(head, [], columns)
+
+
+def _signed(texts: list[str]) -> list[str]:
+    return [t if t.startswith("-") or t in ("—", "0", "0.000") else "+" + t for t in texts]
+
+
+def _setting_columns(records: Sequence[dict]) -> tuple[list[Column], list[str]]:
+    """Axis and update-rule columns for rows of settings (what varies among them; eps at
+    least), and the axes all of them share, for the title."""
+    shown = shown_axes(records)
+    columns = axis_columns(records, shown)
+    rule = rule_column(records)
+    return columns + ([rule] if rule is not None else []), held_axes(records, shown)
+
+
+def compare_sheets(comparison) -> list[Sheet]:
+    """A :class:`~epsweep.results.compare.Comparison` as sheets: the shared settings (A, B and
+    B - A for each metric; the first metric's never left out), then those only in A or only in B."""
+    rows = comparison.rows
+    a, b = comparison.a, comparison.b
+    parts = [f"A = {a.path} ({title_head(a.meta, a.records)})", f"B = {b.path} ({title_head(b.meta, b.records)})"]
+    notes = []
+    if comparison.matched_on == GRID_AXES and comparison.rows:
+        rule = comparison.rows[0]
+        notes.append(f"A and B train different update rules (optimizer {rule['optimizer']}, convention "
+                     f"{rule['convention']}): settings are matched by eps, decay, lr and momentum.")
+    if comparison.differences:
+        notes.append("The runs differ: " + "; ".join(comparison.differences[:4]) + ".")
+    if comparison.only_a or comparison.only_b:
+        notes.append(f"{len(comparison.only_a)} setting{'s' * (len(comparison.only_a) != 1)} only in A, "
+                     f"{len(comparison.only_b)} only in B (listed below).")
+    sheets = []
+    if rows:
+        columns, held = _setting_columns(rows)
+        for i, metric in enumerate(comparison.metrics):
+            drop = None if i == 0 else 80 - 10 * i
+            name = label(metric)
+            columns.append(Column(f"A {name}", column([r[f"a_{metric}"] for r in rows], zeros=True), drop=drop))
+            columns.append(Column(f"B {name}", column([r[f"b_{metric}"] for r in rows], zeros=True), drop=drop))
+            diffs = _signed(column([r[f"diff_{metric}"] for r in rows], zeros=True))
+            columns.append(Column(f"Δ {name}", diffs, drop=drop))
+        status = [", ".join(f"{side.upper()} {flag.replace('_', ' ')}" for side in ("a", "b")
+                            for flag in ("diverged", "collapsed", "at_chance") if r[f"{side}_{flag}"]) for r in rows]
+        if any(status):
+            columns.append(Column("status", status, justify="left", wrap=True))
+        sheets.append(Sheet(f"{len(rows)} settings in both", parts, columns, held=held, notes=notes))
+    else:
+        sheets.append(Sheet("No setting in both", parts, [], notes=notes))
+    for side, records in (("A", comparison.only_a), ("B", comparison.only_b)):
+        if records:
+            columns, held = _setting_columns(records)
+            metric = comparison.metrics[0] if comparison.metrics else "final_loss"
+            columns.append(Column(label(metric), column([r.get(metric) for r in records], zeros=True)))
+            sheets.append(Sheet(f"Only in {side}", [], columns, held=held))
+    return sheets

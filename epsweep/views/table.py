@@ -95,8 +95,10 @@ def shown_axes(records: Sequence[dict]) -> list[str]:
     return shown
 
 
-def axis_columns(records: Sequence[dict], shown: Sequence[str]) -> list[Column]:
-    notation = axis_notation(records)
+def axis_columns(records: Sequence[dict], shown: Sequence[str], meta: dict | None = None) -> list[Column]:
+    """A column per ``shown`` axis, in its notation for this sweep; ``n/a`` where a row's
+    optimizer does not use the axis."""
+    notation = axis_notation(records, meta)
     columns = []
     for axis in shown:
         cells = [show(r.get(axis), scientific=notation[axis]) if uses_axis(str(r.get("optimizer")), axis)
@@ -151,7 +153,7 @@ def records_sheet(records: Sequence[dict], meta: dict | None = None, *, sparklin
     meta = meta or {}
     records = list(records)
     shown = shown_axes(records)
-    columns = axis_columns(records, shown)
+    columns = axis_columns(records, shown, meta)
     rule = rule_column(records)
     if rule is not None:
         columns.append(rule)

@@ -66,7 +66,7 @@ def held_axes(records: Sequence[dict], shown: Sequence[str], meta: dict | None =
     shares (momentum 0, no momentum, only when the ``meta``'s grid had other momentum values)."""
     grid = (meta or {}).get("grid")
     swept = {a for a, v in grid.items() if isinstance(v, list) and len(v) > 1} if isinstance(grid, dict) else set()
-    notation = axis_notation(records)
+    notation = axis_notation(records, meta)
     out = []
     for axis in GRID_AXES:
         if axis in shown:
