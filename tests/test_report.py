@@ -154,9 +154,9 @@ def test_plot_draws_panels_and_heatmap(saved, tmp_path, capsys):
     assert "val acc over eps × lr" in titles
     assert sum(ax.get_ylabel() == "training loss" for ax in fig.axes) == 3
     heat = next(ax for ax in fig.axes if ax.get_title().startswith("val acc"))
-    assert [t.get_text() for t in heat.get_xticklabels()] == ["1e-08", "0.0001", "1"]
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["1e-8", "1e-4", "1e0"]  # as the table writes them
     cells = {t.get_text() for t in heat.texts}
-    assert {"0.95", "0.10", "×"} <= cells  # the diverged setting is a grey x
+    assert {"0.9500", "0.1000", "×"} <= cells  # the diverged setting is a grey x
 
     target = tmp_path / "sweep.png"
     assert main(["plot", str(saved), "-o", str(target)]) == 0

@@ -97,8 +97,9 @@ def plot(
     where: o.WhereOpt = None,
     quiet: o.QuietOpt = False,
 ) -> None:
-    """Draw a saved sweep: loss curves coloured by eps (a panel per lr/decay) and a heatmap
-    of validation accuracy over eps x lr. Needs matplotlib: pip install 'epsweep[plot]'.
+    """Draw a saved sweep: loss curves coloured by eps (a panel per lr/decay and update rule)
+    and a heatmap of validation accuracy over eps x lr (one per update rule), coloured by the
+    error rate on a log scale. Needs matplotlib: pip install 'epsweep[plot]'.
 
     Example: epsweep plot sweep.jsonl -o sweep.png
     """
@@ -108,11 +109,12 @@ def plot(
 
     loaded = read_results(file)
     selected = build_report(loaded, where=where or ())
-    panels = save_plot(selected.meta, selected.records, output)
+    panels, heatmaps = save_plot(selected.meta, selected.records, output)
     if not quiet:
         for note in selected.notes:
             log(note)
-        log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and a heatmap")
+        maps = "a heatmap" if heatmaps == 1 else f"{heatmaps} heatmaps (one per update rule)"
+        log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and {maps}")
 
 
 @app.command(short_help="Two saved sweeps side by side: shared settings and the difference in each metric.")
