@@ -4,7 +4,8 @@ One rule: 4 significant digits; plain decimals from 0.001 up to 100000, scientif
 (``7.197e-8``, exponent without padding) outside that; and values shown together (a table
 column, the two ends of a range) share one notation, scientific for all when any one needs it.
 Settings (eps, lr, ...) drop trailing zeros (``0.001``); measurements keep them (``0.9500``),
-so a column's digits line up. A standard deviation shows 2 significant digits.
+so a column's digits line up. A standard deviation shows 2 significant digits; a share (0 to 1,
+such as eps-dom) 3 decimals.
 
 :func:`matches` is the other direction: a number copied from any of these places (``0.2683``
 for 0.268347...) selects the value it was shown for, within half a unit of its last digit.
@@ -104,6 +105,16 @@ def show_std(std: float | None) -> str:
     return "±0" if std == 0 else "±" + show(std, digits=STD_DIGITS, zeros=True)
 
 
+def show_share(value: float | None) -> str:
+    """A share from 0 to 1 with 3 decimals (``0.020``, ``1.000``).
+
+    Example:
+        >>> show_share(0.01971), show_share(3.9e-5), show_share(1.0)
+        ('0.020', '0.000', '1.000')
+    """
+    return "—" if value is None else f"{value:.3f}"
+
+
 def span(low: float, high: float) -> str:
     """``1e-8..1e0``: a range, its ends in one notation."""
     a, b = column([low, high])
@@ -116,32 +127,32 @@ def listing(values: Sequence[float], limit: int = 8) -> str:
     return ", ".join(shown) + (", ..." if len(values) > limit else "")
 
 
-def resolution(text: str) -> float | None:
-    """Half a unit in the last digit ``text`` shows, counting at least :data:`DIGITS`
-    significant digits (a table shows ``1e-8`` for 1.000e-8); None when ``text`` is no
-    plain number (``inf``, ``0x10``) or is zero.
+def resolution(text: str, digits: int = DIGITS) -> float | None:
+    """Half a unit in the last digit ``text`` shows, counting at least ``digits`` significant
+    digits (a table shows ``1e-8`` for 1.000e-8); None when ``text`` is no plain number
+    (``inf``, ``0x10``) or is zero.
 
     Example:
-        >>> resolution("0.2683"), resolution("1e-8"), resolution("0.26834")
-        (5e-05, 5e-12, 5e-06)
+        >>> resolution("0.2683"), resolution("1e-8"), resolution("0.26834"), resolution("0.020", digits=1)
+        (5e-05, 5e-12, 5e-06, 0.0005)
     """
     match = _NUMBER.match(text.strip())
     if not match or not (match.group(1) or match.group(2)):
         return None
     whole, fraction, exponent = match.group(1) or "", match.group(2) or "", int(match.group(3) or 0)
-    digits = (whole + fraction).lstrip("0")
-    if not digits:
+    if not (whole + fraction).strip("0"):
         return None
     value = abs(float(text))
     leading = math.floor(math.log10(value))  # place of the first significant digit
     last = -len(fraction) + exponent  # place of the last digit written
-    last = min(last, leading - (DIGITS - 1))
+    last = min(last, leading - (digits - 1))
     return float(f"5e{last - 1}")
 
 
-def matches(text: str, value: float) -> bool:
+def matches(text: str, value: float, *, share: bool = False) -> bool:
     """Whether a number typed as ``text`` (copied from a table, a summary, a message)
-    selects ``value``: equal, or within half a unit of the last digit shown.
+    selects ``value``: equal, or within half a unit of the last digit shown (``share``: a
+    share shown with 3 decimals, where ``0.020`` stands for 0.0195 to 0.0205).
 
     Example:
         >>> matches("0.2683", 0.26834712), matches("0.2683", 0.2684), matches("1e-8", 1e-8 * (1 + 1e-15))
@@ -150,7 +161,7 @@ def matches(text: str, value: float) -> bool:
     want = float(text)
     if want == value:
         return True
-    tolerance = resolution(text)
+    tolerance = resolution(text, digits=1 if share else DIGITS)
     if tolerance is None or not math.isfinite(value):
         return False
     return abs(value - want) <= tolerance * (1 + 1e-9)

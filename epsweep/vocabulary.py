@@ -42,6 +42,9 @@ LABELS = {
     "eps_dominated": "eps-dom end", "eps_dominated_mean": "eps-dom", "effective_lr": "effective lr",
 }
 
+SHARES = frozenset({"eps_dominated", "eps_dominated_mean"})
+"""Fields that are shares from 0 to 1 (shown with 3 decimals)."""
+
 EPS_DOM_DEFINITION = ("eps-dom: the share (0 to 1) of moving parameters whose denominator eps dominates, "
                       "averaged over training (record field eps_dominated_mean)")
 """What the "eps-dom" column of a table shows, as ``--help`` and the docs define it."""

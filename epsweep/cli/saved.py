@@ -14,6 +14,7 @@ from epsweep.errors import UserError, param
 
 
 @app.command(short_help="Show a saved sweep: table, best per axis value, eps sensitivity.")
+@o.with_columns_help
 def report(
     file: o.ResultsFileArg,
     sort: Annotated[Optional[str], typer.Option(

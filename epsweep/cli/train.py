@@ -81,6 +81,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
 
 
 @app.command(short_help="Train a grid of settings at once: a row of results per setting.")
+@o.with_columns_help
 def grid(
     eps: o.EpsOpt = None,
     decay: o.DecayOpt = None,
@@ -133,6 +134,7 @@ def grid(
 
 
 @app.command(short_help="The same on Inception-v3 over your own images.")
+@o.with_columns_help
 def inception(
     dataset: Annotated[str, typer.Option(
         "--dataset", metavar="DATA", help="An ImageFolder directory (one sub-folder per class), an .npz of "

@@ -18,7 +18,7 @@ from epsweep.errors import UserError, param
 from epsweep.numbers import listing, matches, show, span
 from epsweep.results.reading import Loaded
 from epsweep.results.records import axis_notation, rank_key, usable
-from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, is_number, label
+from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, SHARES, is_number, label
 
 AXES = SETTING_AXES
 OTHER_AXES = tuple(a for a in AXES if a != "eps")
@@ -59,23 +59,22 @@ class Condition:
             return self.op == "!="
         texts = self.texts or tuple(repr(v) for v in self.values)
         if self.op in ("=", "=="):
-            return any(_equal(have, v, t) for v, t in zip(self.values, texts, strict=True))
+            return any(self._equal(have, v, t) for v, t in zip(self.values, texts, strict=True))
         if self.op == "!=":
-            return not any(_equal(have, v, t) for v, t in zip(self.values, texts, strict=True))
+            return not any(self._equal(have, v, t) for v, t in zip(self.values, texts, strict=True))
         value, text = self.values[0], texts[0]
         if not is_number(have) or not is_number(value):  # names, flags, lists: no order
             return False
-        return {"<": have < value and not _equal(have, value, text), "<=": have <= value or _equal(have, value, text),
-                ">": have > value and not _equal(have, value, text),
-                ">=": have >= value or _equal(have, value, text)}[self.op]
+        same = self._equal(have, value, text)
+        return {"<": have < value and not same, "<=": have <= value or same,
+                ">": have > value and not same, ">=": have >= value or same}[self.op]
 
-
-def _equal(have: Any, want: Any, text: str) -> bool:
-    if isinstance(have, bool) or isinstance(want, bool):
-        return have is want or have == want
-    if is_number(have) and is_number(want):
-        return have == want or matches(text, have)
-    return have == want
+    def _equal(self, have: Any, want: Any, text: str) -> bool:
+        if isinstance(have, bool) or isinstance(want, bool):
+            return have is want or have == want
+        if is_number(have) and is_number(want):
+            return have == want or matches(text, have, share=self.field in SHARES)
+        return have == want
 
 
 def _parse_value(text: str, field: str, where: str) -> Any:

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from rich.table import Table
 
-from epsweep.numbers import column, show, show_std
+from epsweep.numbers import column, show, show_share, show_std
 from epsweep.results.records import axis_notation, best_index
 from epsweep.views.sheet import Column, Sheet, markdown, rich_table
 from epsweep.views.titles import held_axes, run_parts, title_head
@@ -169,7 +169,7 @@ def records_sheet(records: Sequence[dict], meta: dict | None = None, *, sparklin
     if has["val_accuracy"]:
         columns.append(metric_column(records, "val_accuracy"))
     if has["eps_dominated_mean"]:
-        shares = column([r.get("eps_dominated_mean") for r in records], zeros=True)
+        shares = [show_share(r.get("eps_dominated_mean")) for r in records]
         columns.append(Column(label("eps_dominated_mean"), shares, drop=80))
     statuses = [status_of(r) for r in records]
     if any(statuses):
