@@ -98,11 +98,17 @@ def notation(values: Iterable[float | None]) -> bool:
     return any(v is not None and needs_scientific(float(v)) for v in values)
 
 
-def show_std(std: float | None) -> str:
-    """``±0.011``: a standard deviation, 2 significant digits, empty when there is none."""
+def show_std(std: float | None, scientific: bool | None = None) -> str:
+    """``±0.011``: a standard deviation, 2 significant digits (in the notation of its mean's
+    column, when given), empty when there is none.
+
+    Example:
+        >>> show_std(0.0003, scientific=False), show_std(0.0003), show_std(0.0)
+        ('±0.00030', '±3.0e-4', '±0')
+    """
     if std is None:
         return ""
-    return "±0" if std == 0 else "±" + show(std, digits=STD_DIGITS, zeros=True)
+    return "±0" if std == 0 else "±" + show(std, digits=STD_DIGITS, zeros=True, scientific=scientific)
 
 
 def show_share(value: float | None) -> str:

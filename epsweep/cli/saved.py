@@ -118,7 +118,7 @@ def plot(
         log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and {maps}")
 
 
-@app.command(short_help="Two saved sweeps side by side: shared settings and the difference in each metric.")
+@app.command(short_help="Two saved sweeps side by side, with the difference in each metric.")
 def compare(
     file_a: Annotated[Path, typer.Argument(metavar="A", help="A results file (.jsonl, .json or .csv).",
                                            show_default=False)],

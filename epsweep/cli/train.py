@@ -33,7 +33,7 @@ def _names(tokens: list[str] | None, default: str) -> tuple[str, ...]:
 
 def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None):
     """The JAX runtime the flags ask for (checked now, applied by the runner's setup)."""
-    from epsweep.engine.devices import Runtime
+    from epsweep.engine.runtime import Runtime  # no JAX: an argument error must not wait for it
 
     return Runtime(compile_cache=not no_compile_cache, coordinator=coordinator, num_processes=num_processes,
                    process_id=process_id)

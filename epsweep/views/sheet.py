@@ -4,9 +4,9 @@ terminal width and drawn with Rich, or written as a GitHub markdown table.
 Every text in a sheet is shown literally: Rich markup (``[/x]``), emoji codes and markdown
 syntax in a path or a name from a file come out as typed.
 
-Fitting to a width never cuts a cell: columns that may go (``drop``) leave first, those that
-have shorter cells (``short``) switch to them, and the table then loses its padding; the
-sheet's note says what was left out.
+Fitting to a width never cuts a cell: columns that may go (``drop``) leave and those that
+have shorter cells (``short``) switch to them, highest priority first; below priority
+:data:`COMPACT` the table first loses its borders and padding. The note says what was left out.
 """
 
 from __future__ import annotations
@@ -18,6 +18,9 @@ from rich import box
 from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
+
+COMPACT = 45
+"""Steps of lower priority than this come after the table has lost its borders and padding."""
 
 MIN_WIDTH = 60
 """The narrowest terminal a table is fitted to; no setting's axis value is cut at this width or more."""
@@ -41,6 +44,7 @@ class Column:
     what: str | None = None
     crop: bool = False  # a drawing (sparkline): crop, never wrap
     wrap: bool = False  # words: may wrap at spaces (never used for numbers)
+    squeeze: bool = False  # words that may wrap at spaces once the table is compact
 
 
 @dataclasses.dataclass
@@ -140,7 +144,8 @@ def _build(sheet: Sheet, columns: list[tuple[Column, list[str]]], compact: bool,
                        show_edge=not compact)
     table.pieces, table.notes = sheet.title_pieces(), list(notes)
     for column, _ in columns:
-        table.add_column(Text(column.header), justify=column.justify, no_wrap=not column.wrap,
+        wraps = column.wrap or (column.squeeze and compact)
+        table.add_column(Text(column.header), justify=column.justify, no_wrap=not wraps,
                          overflow="crop" if column.crop else "fold")
     for i in range(sheet.rows):
         style = sheet.styles[i] if i < len(sheet.styles) else None
@@ -173,10 +178,16 @@ def rich_table(sheet: Sheet, width: int | None = None) -> SheetTable:
         return _build(sheet, columns, False, sheet.notes)
     width = max(width, MIN_WIDTH)
     left_out: list[str] = []
-    table = _build(sheet, columns, False, sheet.notes)
-    for _, actions in _steps(sheet):
+    compact = False
+    table = _build(sheet, columns, compact, sheet.notes)
+    for priority, actions in _steps(sheet):
         if measure(table) <= width:
             return table
+        if priority < COMPACT and not compact:
+            compact = True
+            table = _build(sheet, columns, compact, _with_left_out(sheet.notes, left_out, width))
+            if measure(table) <= width:
+                return table
         for action, column in actions:
             if action == "drop":
                 columns = [(c, cells) for c, cells in columns if c is not column]
@@ -185,8 +196,8 @@ def rich_table(sheet: Sheet, width: int | None = None) -> SheetTable:
                 columns = [(c, column.short if c is column else cells) for c, cells in columns]
                 if column.what:
                     left_out.append(column.what)
-        table = _build(sheet, columns, False, _with_left_out(sheet.notes, left_out, width))
-    if measure(table) > width:
+        table = _build(sheet, columns, compact, _with_left_out(sheet.notes, left_out, width))
+    if measure(table) > width and not compact:
         table = _build(sheet, columns, True, _with_left_out(sheet.notes, left_out, width))
     return table
 

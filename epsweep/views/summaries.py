@@ -5,12 +5,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from epsweep.numbers import column, show, span
+from epsweep.numbers import column, show, show_share, span
 from epsweep.results.analysis import OTHER_AXES
 from epsweep.views.sheet import Column, Sheet
 from epsweep.views.table import axis_columns, rule_column, rule_name, shown_axes
 from epsweep.views.titles import held_axes, title_head
-from epsweep.vocabulary import GRID_AXES, RULE_AXES, axis_title, label
+from epsweep.vocabulary import GRID_AXES, RULE_AXES, SHARES, axis_title, label
 
 
 def _axis_text(axis: str, value, notation: dict[str, bool]) -> str:
@@ -85,13 +85,17 @@ def _signed(texts: list[str]) -> list[str]:
     return [t if t.startswith("-") or t in ("—", "0", "0.000") else "+" + t for t in texts]
 
 
-def _setting_columns(records: Sequence[dict]) -> tuple[list[Column], list[str]]:
+def _setting_columns(records: Sequence[dict], meta: dict) -> tuple[list[Column], list[str]]:
     """Axis and update-rule columns for rows of settings (what varies among them; eps at
     least), and the axes all of them share, for the title."""
     shown = shown_axes(records)
-    columns = axis_columns(records, shown)
+    columns = axis_columns(records, shown, meta)
     rule = rule_column(records)
-    return columns + ([rule] if rule is not None else []), held_axes(records, shown)
+    return columns + ([rule] if rule is not None else []), held_axes(records, shown, meta)
+
+
+def _metric_texts(values: Sequence[float | None], metric: str) -> list[str]:
+    return [show_share(v) for v in values] if metric in SHARES else column(values, zeros=True)
 
 
 def compare_sheets(comparison) -> list[Sheet]:
@@ -99,6 +103,8 @@ def compare_sheets(comparison) -> list[Sheet]:
     B - A for each metric; the first metric's never left out), then those only in A or only in B."""
     rows = comparison.rows
     a, b = comparison.a, comparison.b
+    both = [*a.records, *b.records]  # one notation per axis over both sweeps
+    meta = {"grid": {axis: [r.get(axis) for r in both] for axis in GRID_AXES}}
     parts = [f"A = {a.path} ({title_head(a.meta, a.records)})", f"B = {b.path} ({title_head(b.meta, b.records)})"]
     notes = []
     if comparison.matched_on == GRID_AXES and comparison.rows:
@@ -112,13 +118,13 @@ def compare_sheets(comparison) -> list[Sheet]:
                      f"{len(comparison.only_b)} only in B (listed below).")
     sheets = []
     if rows:
-        columns, held = _setting_columns(rows)
+        columns, held = _setting_columns(rows, meta)
         for i, metric in enumerate(comparison.metrics):
             drop = None if i == 0 else 80 - 10 * i
             name = label(metric)
-            columns.append(Column(f"A {name}", column([r[f"a_{metric}"] for r in rows], zeros=True), drop=drop))
-            columns.append(Column(f"B {name}", column([r[f"b_{metric}"] for r in rows], zeros=True), drop=drop))
-            diffs = _signed(column([r[f"diff_{metric}"] for r in rows], zeros=True))
+            columns.append(Column(f"A {name}", _metric_texts([r[f"a_{metric}"] for r in rows], metric), drop=drop))
+            columns.append(Column(f"B {name}", _metric_texts([r[f"b_{metric}"] for r in rows], metric), drop=drop))
+            diffs = _signed(_metric_texts([r[f"diff_{metric}"] for r in rows], metric))
             columns.append(Column(f"Δ {name}", diffs, drop=drop))
         status = [", ".join(f"{side.upper()} {flag.replace('_', ' ')}" for side in ("a", "b")
                             for flag in ("diverged", "collapsed", "at_chance") if r[f"{side}_{flag}"]) for r in rows]
@@ -129,8 +135,8 @@ def compare_sheets(comparison) -> list[Sheet]:
         sheets.append(Sheet("No setting in both", parts, [], notes=notes))
     for side, records in (("A", comparison.only_a), ("B", comparison.only_b)):
         if records:
-            columns, held = _setting_columns(records)
+            columns, held = _setting_columns(records, meta)
             metric = comparison.metrics[0] if comparison.metrics else "final_loss"
-            columns.append(Column(label(metric), column([r.get(metric) for r in records], zeros=True)))
+            columns.append(Column(label(metric), _metric_texts([r.get(metric) for r in records], metric)))
             sheets.append(Sheet(f"Only in {side}", [], columns, held=held))
     return sheets

@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import numpy as np
 from rich.table import Table
 
-from epsweep.numbers import column, show, show_share, show_std
+from epsweep.numbers import column, notation, show, show_share, show_std
 from epsweep.results.records import axis_notation, best_index
 from epsweep.views.sheet import Column, Sheet, markdown, rich_table
 from epsweep.views.titles import held_axes, run_parts, title_head
@@ -77,7 +77,7 @@ def rule_column(records: Sequence[dict]) -> Column | None:
     optimizers = list(dict.fromkeys(str(r.get("optimizer")) for r in records))
     conventions = list(dict.fromkeys(str(r.get("convention")) for r in records if r.get("optimizer") == "rmsprop"))
     if len(optimizers) > 1:
-        return Column("optimizer", [rule_name(r, len(conventions) > 1) for r in records], justify="left")
+        return Column("optimizer", [rule_name(r, len(conventions) > 1) for r in records], justify="left", squeeze=True)
     if len(conventions) > 1:
         return Column("convention", [str(r.get("convention")) for r in records], justify="left")
     return None
@@ -109,9 +109,10 @@ def axis_columns(records: Sequence[dict], shown: Sequence[str], meta: dict | Non
 
 def metric_column(records: Sequence[dict], name: str, *, drop: int | None = None) -> Column:
     """Mean ± std over seeds: one notation for the whole column; ``±std`` goes first when narrow."""
-    means = column([r.get(name) for r in records], zeros=True)
-    full = [m if r.get(name) is None else m + show_std(r.get(f"{name}_std")) for m, r in zip(means, records,
-                                                                                             strict=True)]
+    values = [r.get(name) for r in records]
+    means, scientific = column(values, zeros=True), notation(values)
+    full = [m if r.get(name) is None else m + show_std(r.get(f"{name}_std"), scientific)
+            for m, r in zip(means, records, strict=True)]
     has_std = any(r.get(f"{name}_std") is not None for r in records)
     return Column(label(name), full, drop=drop, short=means if has_std else None, shorten=90 if has_std else None,
                   what="±std over seeds")
@@ -174,7 +175,7 @@ def records_sheet(records: Sequence[dict], meta: dict | None = None, *, sparklin
     statuses = [status_of(r) for r in records]
     if any(statuses):
         columns.append(Column("status", statuses, justify="left", short=[status_of(r, short=True) for r in records],
-                              shorten=60))
+                              shorten=60, drop=40, squeeze=True))
     best = best_index(records)
     if best is not None:
         columns[0].cells[best] = "★ " + columns[0].cells[best]
