@@ -100,7 +100,7 @@ def log_summary(meta: dict, quiet: bool) -> None:
     layout = meta.get("layout") or {}
     log(f"trained {meta.get('trained', meta['settings'])} settings{resumed} x {seeds} seed{'s' * (seeds != 1)} x "
         f"{meta['steps']} steps in {meta['wall_time_s']:.2f} s on {layout.get('backend', '?')} "
-        f"({meta['compilations']} compilations{memory})")
+        f"({meta['compilations']} compilation{'s' * (meta['compilations'] != 1)}{memory})")
 
 
 def stop_text(report, output: Path | None, interrupted: bool = True) -> str:

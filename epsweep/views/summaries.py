@@ -104,7 +104,7 @@ def compare_sheets(comparison) -> list[Sheet]:
     rows = comparison.rows
     a, b = comparison.a, comparison.b
     both = [*a.records, *b.records]  # one notation per axis over both sweeps
-    meta = {"grid": {axis: [r.get(axis) for r in both] for axis in GRID_AXES}}
+    meta = {"grid": {axis: list(dict.fromkeys(r.get(axis) for r in both)) for axis in GRID_AXES}}
     parts = [f"A = {a.path} ({title_head(a.meta, a.records)})", f"B = {b.path} ({title_head(b.meta, b.records)})"]
     notes = []
     if comparison.matched_on == GRID_AXES and comparison.rows:
