@@ -303,6 +303,8 @@ def test_user_text_is_shown_literally(tmp_path):
     assert plot.returncode == 0 and plot.stderr.startswith("wrote "), plot.stderr
     (tmp_path / "[").mkdir()
     npz = tmp_path / "[" / "x] v[2].npz"  # a path holding [/x]
+    named = write(tmp_path / "named.jsonl", rows, {**META, "data": {"name": "[bold]z[/]", "train": 9, "val": 3}})
+    assert "data [bold]z[/] (9 train / 3 val)" in " ".join(run("report", named, columns=200).stdout.split())
     rng = np.random.default_rng(0)
     np.savez(npz, x=rng.random((40, 8, 8, 1), dtype=np.float32), y=np.arange(40) % 4)
     grid = run("grid", "--dataset", npz, "--steps", "3", "--batch-size", "8", "--eps", "1e-8", columns=150)
