@@ -51,6 +51,9 @@ BATCH = 32
 LR, DECAY = 1e-3, 0.9
 HIDDEN, INPUTS, CLASSES = 128, 64, 10
 FLOP_PER_SETTING_STEP = 3 * 2 * BATCH * (INPUTS * HIDDEN + HIDDEN * CLASSES)
+PARAMS = INPUTS * HIDDEN + HIDDEN + HIDDEN * CLASSES + CLASSES  # 9,610
+# RMSProp's update moves at least: read g; read and write v; read and write p (float32)
+OPTIMIZER_BYTES_PER_SETTING_STEP = 5 * 4 * PARAMS
 HERE = Path(__file__).resolve()
 
 
@@ -237,8 +240,27 @@ def worker_peak(args) -> None:
     print(json.dumps({"matmul_n": n, "peak_gflops": 2 * n**3 / best / 1e9, "device": str(jax.devices()[0])}))
 
 
+def worker_bandwidth(args) -> None:
+    """Best memory bandwidth of a jitted float32 ``x = a * x + y`` over 2 x 256 MiB, in place
+    (the input donated, so no fresh pages are touched), on the default JAX device."""
+    import jax
+    import jax.numpy as jnp
+
+    n = 64 * 1024**2
+    x = jnp.ones((n,), jnp.float32)
+    y = jnp.ones((n,), jnp.float32)
+    f = jax.jit(lambda x, y: 1.0001 * x + y, donate_argnums=0)
+    x = f(x, y).block_until_ready()
+    best = float("inf")
+    for _ in range(10):
+        t0 = time.perf_counter()
+        x = f(x, y).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    print(json.dumps({"bytes": 3 * 4 * n, "bandwidth_gbs": 3 * 4 * n / best / 1e9}))
+
+
 WORKERS = {"jax": worker_jax_loop, "torch": worker_torch, "keras": worker_keras,
-           "epsweep-steady": worker_epsweep_steady, "peak": worker_peak}
+           "epsweep-steady": worker_epsweep_steady, "peak": worker_peak, "bandwidth": worker_bandwidth}
 
 
 # --- the parent: runs every contender, then reports ---------------------------------------
@@ -296,6 +318,8 @@ def measure(args) -> dict:
     peak = run_process(_worker_cmd("peak", 1, 1, data_path))
     report["matmul_peak"] = _last_json(peak["stdout"])
     _log(f"matmul peak: {report['matmul_peak']['peak_gflops']:.1f} GFLOP/s")
+    report["memory"] = _last_json(run_process(_worker_cmd("bandwidth", 1, 1, data_path))["stdout"])
+    _log(f"memory bandwidth: {report['memory']['bandwidth_gbs']:.1f} GB/s")
     skip = set(args.skip)
     for name, module in (("torch", "torch"), ("keras", "keras")):
         if name not in skip and not _installed(module):
@@ -391,9 +415,15 @@ def summarize(report: dict) -> dict:
         row["cold_speedup"] = row["wall_s"] / cold["wall_s"] if cold else None
         row["warm_speedup"] = row["wall_s"] / warm["wall_s"] if warm else None
     steady = {(r["grid"], r["contender"]): r for r in report["steady"]}
+    bandwidth = report.get("memory", {}).get("bandwidth_gbs")
     for (grid, who), row in steady.items():
         loop = steady.get((grid, "jax loop"))
         row["speedup_over_jax_loop"] = loop["train_s"] / row["train_s"] if loop and who == "epsweep" else None
+        if bandwidth:  # the roofline: the FLOPs at the matmul peak plus the optimizer's bytes at bandwidth
+            per_setting_step = (FLOP_PER_SETTING_STEP / (peak * 1e9)
+                                + OPTIMIZER_BYTES_PER_SETTING_STEP / (bandwidth * 1e9))
+            row["roofline_s"] = grid * STEPS * per_setting_step
+            row["times_roofline"] = row["train_s"] / row["roofline_s"]
     grids = sorted({r["grid"] for r in report["rows"]})
     top, bottom = grids[-1], grids[0]
     targets = []
@@ -425,6 +455,7 @@ def table(report: dict) -> str:
     lines = [f"machine: {m['cpu']}, {m['cores']} cores, {m['memory_gib']} GiB"
              + (f", {m['gpus']}" if m["gpus"] else "")
              + f"; matmul peak {report['matmul_peak']['peak_gflops']:.1f} GFLOP/s"
+             + (f", memory {report['memory']['bandwidth_gbs']:.1f} GB/s" if report.get("memory") else "")
              + f"; load {report['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after",
              f"workload: mlp on digits, batch {BATCH}, {STEPS} steps, eps log-spaced, 1 seed; "
              f"{FLOP_PER_SETTING_STEP:,} FLOP per setting-step", "",
@@ -448,11 +479,16 @@ def table(report: dict) -> str:
                      + "; ".join(note))
     lines += ["", "steady state (training only: no start-up, no compilation)",
               f"{'G':>5} {'contender':<13} {'train s':>9} {'set*steps/s':>12} {'GFLOP/s':>8} {'% peak':>7} "
-              f"{'vs jax loop':>11}"]
+              f"{'vs jax loop':>11} {'roofline s':>10} {'x roofline':>10}"]
     for r in report["steady"]:
         ratio = "" if r.get("speedup_over_jax_loop") is None else f"{r['speedup_over_jax_loop']:.2f}x"
+        roof = "" if r.get("roofline_s") is None else f"{r['roofline_s']:>10.3f} {r['times_roofline']:>9.1f}x"
         lines.append(f"{r['grid']:>5} {r['contender']:<13} {r['train_s']:>9.3f} {r['setting_steps_per_s']:>12,.0f} "
-                     f"{r['gflops']:>8.2f} {100 * r['share_of_peak']:>6.1f}% {ratio:>11}")
+                     f"{r['gflops']:>8.2f} {100 * r['share_of_peak']:>6.1f}% {ratio:>11} {roof}")
+    if bandwidth := report.get("memory", {}).get("bandwidth_gbs"):
+        lines.append(f"  roofline: {FLOP_PER_SETTING_STEP:,} FLOP at the matmul peak + "
+                     f"{OPTIMIZER_BYTES_PER_SETTING_STEP:,} optimizer bytes (g, v, p: {PARAMS:,} float32 "
+                     f"parameters) at {bandwidth:.1f} GB/s per setting-step")
     lines += ["", "targets"]
     for t in report["targets"]:
         value = f"{100 * t['value']:.1f}% (goal {100 * t['goal']:.0f}%)" if t["unit"] == "share" else \

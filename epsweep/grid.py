@@ -24,8 +24,8 @@ import numpy as np
 
 from epsweep.errors import UserError, param
 from epsweep.numbers import show
+from epsweep.vocabulary import AXIS_DEFAULTS, AXIS_ROLES, GRID_AXES
 
-GRID_AXES = ("eps", "decay", "lr", "momentum")  # the numeric axes, in record order
 MAX_RANGE_COUNT = 100_000
 MAX_GRID_SIZE = 1_000_000
 # The engine trains in float32 and flushes subnormal numbers to zero (XLA on CPU does).
@@ -157,44 +157,68 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
 class Grid:
     """The hyperparameter axes of a sweep; every combination is one setting.
 
+    An axis left ``None`` takes each optimizer's own default (:data:`AXIS_DEFAULTS`: eps 1e-8
+    and 1, lr 1e-3, momentum 0, decay 0.9 for RMSProp and b2 = 0.999 for Adam); an axis an
+    optimizer does not use (:data:`AXIS_ROLES`: decay for Adagrad, eps and decay for SGD,
+    momentum for Adam and Adagrad) is ``None`` in its settings and does not multiply them.
+
     Example:
         >>> grid = Grid(eps=(1e-8, 1.0), lr=(1e-3, 1e-2))
-        >>> grid.size, grid.settings()[1]
+        >>> grid.size(), grid.settings()[1]
         (4, {'eps': 1.0, 'decay': 0.9, 'lr': 0.001, 'momentum': 0.0})
+        >>> grid.settings("adam")[0], grid.size("sgd")
+        ({'eps': 1e-08, 'decay': 0.999, 'lr': 0.001, 'momentum': None}, 2)
     """
 
-    eps: tuple[float, ...] = (1e-8, 1.0)
-    decay: tuple[float, ...] = (0.9,)
-    lr: tuple[float, ...] = (1e-3,)
-    momentum: tuple[float, ...] = (0.0,)
+    eps: tuple[float, ...] | None = None
+    decay: tuple[float, ...] | None = None
+    lr: tuple[float, ...] | None = None
+    momentum: tuple[float, ...] | None = None
 
     def __post_init__(self) -> None:
         for axis in GRID_AXES:
-            values = tuple(float(v) for v in getattr(self, axis))
+            given = getattr(self, axis)
+            if given is None:
+                continue
+            values = tuple(float(v) for v in given)
             if not values:
                 raise UserError(f"{param(axis)}: the grid is empty")
             object.__setattr__(self, axis, values)
-        _check("eps", self.eps, lambda v: v >= 0, "eps >= 0")
-        _check("decay", self.decay, lambda v: 0 <= v < 1, "0 <= decay < 1")
-        _check("lr", self.lr, lambda v: v > 0, "lr > 0")
-        _check("momentum", self.momentum, lambda v: 0 <= v < 1, "0 <= momentum < 1")
-        for axis in GRID_AXES:
-            _check_float32(axis, getattr(self, axis), below_one=axis in ("decay", "momentum"))
-        if self.size > MAX_GRID_SIZE:
-            raise UserError(f"the grid has {self.size:,} settings; the limit is {MAX_GRID_SIZE:,}")
+            _check(axis, values, *_RANGES[axis])
+            _check_float32(axis, values, below_one=axis in ("decay", "momentum"))
+        if self.size() > MAX_GRID_SIZE:
+            raise UserError(f"the grid has {self.size():,} settings; the limit is {MAX_GRID_SIZE:,}")
 
-    @property
-    def size(self) -> int:
-        """How many settings: the product of the axis lengths (a Python int, never overflowing)."""
-        return math.prod(len(getattr(self, axis)) for axis in GRID_AXES)
+    def given(self) -> dict[str, tuple[float, ...]]:
+        """The axes the grid sets explicitly."""
+        return {axis: getattr(self, axis) for axis in GRID_AXES if getattr(self, axis) is not None}
 
-    def __len__(self) -> int:
-        return self.size
+    def values(self, axis: str, optimizer: str = "rmsprop") -> tuple[float | None, ...]:
+        """The values ``axis`` takes for ``optimizer``: given, its default, or ``(None,)``
+        when the optimizer does not use it."""
+        if axis not in AXIS_ROLES[optimizer]:
+            return (None,)
+        given = getattr(self, axis)
+        return given if given is not None else AXIS_DEFAULTS[axis][optimizer]
 
-    def settings(self) -> list[dict[str, float]]:
-        """Every combination in table order: eps varies fastest, so rows that differ only in
-        eps sit together."""
+    def size(self, optimizer: str = "rmsprop") -> int:
+        """How many settings ``optimizer`` trains (RMSProp uses every axis, so its count is the
+        largest): the product of the axis lengths, a Python int that never overflows."""
+        return math.prod(len(self.values(axis, optimizer)) for axis in GRID_AXES)
+
+    def settings(self, optimizer: str = "rmsprop") -> list[dict[str, float | None]]:
+        """Every combination for ``optimizer`` in table order: eps varies fastest, so rows
+        that differ only in eps sit together."""
+        v = {axis: self.values(axis, optimizer) for axis in GRID_AXES}
         return [
             {"eps": e, "decay": d, "lr": lr, "momentum": m}
-            for lr, d, m, e in itertools.product(self.lr, self.decay, self.momentum, self.eps)
+            for lr, d, m, e in itertools.product(v["lr"], v["decay"], v["momentum"], v["eps"])
         ]
+
+
+_RANGES = {
+    "eps": (lambda v: v >= 0, "eps >= 0"),
+    "decay": (lambda v: 0 <= v < 1, "0 <= decay < 1"),
+    "lr": (lambda v: v > 0, "lr > 0"),
+    "momentum": (lambda v: 0 <= v < 1, "0 <= momentum < 1"),
+}

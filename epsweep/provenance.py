@@ -20,7 +20,7 @@ import numpy as np
 from epsweep.results.formats import plain
 from epsweep.results.reading import STREAM_FORMAT
 from epsweep.results.records import chance_level
-from epsweep.vocabulary import GRID_AXES
+from epsweep.vocabulary import AXIS_ROLES, GRID_AXES
 
 VERSIONED = ("epsweep", "jax", "jaxlib", "optax", "flax", "numpy")
 
@@ -73,7 +73,8 @@ def run_description(task, config, spec) -> dict:
     data = described.get("data")
     if isinstance(data, dict):
         described["data"] = {k: v for k, v in data.items() if k != "name"}
-    fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer")}
+    # the update rule is part of each setting; whether a momentum buffer is kept changes no number
+    fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer", "momentum")}
     fixed["centered"] = config.centered
     return plain({
         "task": described,
@@ -100,8 +101,9 @@ def run_meta(task, grid, config, spec, layout: dict) -> dict:
         "clip_norm": config.clip_norm,
         "lr_decay_rate": config.lr_decay_rate,
         "lr_decay_steps": spec.lr_decay_steps,
-        "grid": {axis: list(getattr(grid, axis)) for axis in GRID_AXES},
-        "settings": grid.size * len(rules),
+        "grid": {rule.optimizer: {axis: list(grid.values(axis, rule.optimizer)) for axis in GRID_AXES
+                                  if axis in AXIS_ROLES[rule.optimizer]} for rule in rules},
+        "settings": sum(grid.size(rule.optimizer) for rule in rules),
         "chance": chance_level(task.data.y_val if task.data is not None else None),
         "layout": layout,
         "versions": versions(),

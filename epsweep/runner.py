@@ -157,10 +157,10 @@ class Runner:
         self.progress = progress
         self.resume = resume
         self.rules = self.config.update_rules()
-        self.total = self.grid.size * len(self.rules)
+        self.total = sum(self.grid.size(rule.optimizer) for rule in self.rules)
         runs = self.total * self.config.seeds
         if runs > MAX_RUNS:
-            raise UserError(f"the sweep has {runs:,} runs ({self.grid.size:,} settings x {len(self.rules)} update "
+            raise UserError(f"the sweep has {runs:,} runs ({self.total:,} settings over {len(self.rules)} update "
                             f"rules x {self.config.seeds:,} seeds); the limit is {MAX_RUNS:,}")
         if resume and not any(hasattr(w, "previous") for w in self.writers):
             raise UserError(f"{param('resume')} needs a streamed {param('output')} (a .jsonl file to resume)")
@@ -215,68 +215,22 @@ class Runner:
     def run(self) -> SweepResult:
         """Train the sweep; see the module docstring."""
         from epsweep.engine import cache_loads, compile_count, compile_seconds, devices, ensure_setup
-        from epsweep.engine.memory import plan_width
 
         ensure_setup()
-        task, grid, config = self.task, self.grid, self.config
-        primary = devices.is_primary()
         if self.resume and devices.process_count() > 1:
             raise UserError(f"{param('resume')} works in a single process (every process must train the same "
                             f"settings)")
-        writers = self.writers if primary else []
-        specs = {rule: resolve_spec(task, config, rule) for rule in self.rules}
-        first = specs[self.rules[0]]
-        settings = grid.settings()
-        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings]
-        description = provenance.run_description(task, config, first)
-        if self.resume:
-            for writer in writers:
-                if hasattr(writer, "previous"):
-                    self._done.update(writer.previous(description, set(order)))
-        else:
-            for writer in writers:
-                if hasattr(writer, "previous"):
-                    writer.previous(description, set(order))  # refuses to overwrite part of this run
-        mesh_devices = devices.config_devices()
-        chunk_size = config.chunk_size
-        if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
-            chunk_size = self._resumed_width(len(mesh_devices))
-        per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
-        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
-        self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
-                         processes=devices.process_count())
-        opened: list[Writer] = []
-        try:
-            for writer in writers:
-                writer.open(self.meta)
-                opened.append(writer)
-        except BaseException:
-            for writer in opened:
-                writer.abort()
-            raise
+        writers = self.writers if devices.is_primary() else []  # of several processes, process 0 writes
+        specs, settings, order, per_call = self._plan(writers)
+        self._open(writers)
         started = time.perf_counter()
         before = (compile_count(), compile_seconds(), cache_loads())
         runs: list[dict] = []
         try:
             self._train(specs, settings, per_call, runs, writers)
-        except KeyboardInterrupt:
-            report = self.save_partial()
-            for writer in writers:
-                writer.abort()
-            raise SweepInterrupted(report) from None
-        except Exception as error:
-            if not _is_out_of_memory(error):
-                for writer in writers:
-                    writer.abort()
-                raise
-            report = self.save_partial()
-            for writer in writers:
-                writer.abort()
-            first_line = str(error).splitlines()[0][:200]
-            raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
-                              f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",
-                              report) from None
-        records = [self._done.get(k) or self._new[k] for k in order]
+        except BaseException as error:
+            self._stopped(error, writers)
+            raise
         self.meta.update({
             "trained": len(self._new), "resumed": len(self._done),
             "compilations": compile_count() - before[0],
@@ -286,7 +240,7 @@ class Runner:
             "wall_time_s": round(time.perf_counter() - started, 3),
             "finished_at": provenance.finished_at(),
         })
-        result = SweepResult(self.meta, records, runs)
+        result = SweepResult(self.meta, [self._done.get(k) or self._new[k] for k in order], runs)
         failure = None
         for writer in writers:
             try:
@@ -296,6 +250,57 @@ class Runner:
         if failure is not None:
             raise WriteFailed(failure.message, result)
         return result
+
+    def _plan(self, writers: Sequence[Writer]) -> tuple[dict, dict, list, int]:
+        """Specs and settings per update rule, the settings' order, what a resumed file holds
+        already, the call width, and the meta."""
+        from epsweep.engine import devices
+        from epsweep.engine.memory import plan_width
+
+        task, grid, config = self.task, self.grid, self.config
+        specs = {rule: resolve_spec(task, config, rule, any(grid.values("momentum", rule.optimizer)))
+                 for rule in self.rules}
+        first = specs[self.rules[0]]
+        settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
+        order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
+        description = provenance.run_description(task, config, first)
+        for writer in writers:
+            if hasattr(writer, "previous"):  # without resume: refuses to overwrite part of this run
+                self._done.update(writer.previous(description, set(order)))
+        mesh_devices = devices.config_devices()
+        chunk_size = config.chunk_size
+        if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
+            chunk_size = self._resumed_width(len(mesh_devices))
+        per_call = devices.agree(plan_width(task, first, mesh_devices, chunk_size))
+        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
+        self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
+                         processes=devices.process_count())
+        return specs, settings, order, per_call
+
+    def _open(self, writers: Sequence[Writer]) -> None:
+        opened: list[Writer] = []
+        try:
+            for writer in writers:
+                writer.open(self.meta)
+                opened.append(writer)
+        except BaseException:
+            for writer in opened:
+                writer.abort()
+            raise
+
+    def _stopped(self, error: BaseException, writers: Sequence[Writer]) -> None:
+        """A sweep that stopped early: keep what finished, release the writers, and turn
+        Ctrl-C and out-of-memory into what callers catch (other errors go on as they are)."""
+        kept = self.save_partial() if isinstance(error, KeyboardInterrupt) or _is_out_of_memory(error) else None
+        for writer in writers:
+            writer.abort()
+        if isinstance(error, KeyboardInterrupt):
+            raise SweepInterrupted(kept) from None
+        if kept is not None:
+            first_line = str(error).splitlines()[0][:200]
+            raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
+                              f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",
+                              kept) from None
 
     def _resumed_width(self, devices: int) -> int | None:
         """Settings per call of the run being resumed, when it ran on as many devices."""
@@ -308,13 +313,13 @@ class Runner:
                     return width
         return None
 
-    def _train(self, specs: dict, settings: list[dict], per_call: int, runs: list[dict],
+    def _train(self, specs: dict, settings: dict, per_call: int, runs: list[dict],
                writers: Sequence[Writer]) -> None:
         from epsweep.engine.driver import train_runs
         from epsweep.engine.spec import HPARAMS
 
         seeds = np.asarray(self.config.seed_list, dtype=np.uint32)
-        todo = {rule: [s for s in settings if setting_key({**s, **rule._asdict()}) not in self._done]
+        todo = {rule: [s for s in settings[rule] if setting_key({**s, **rule._asdict()}) not in self._done]
                 for rule in self.rules}
         total_steps = sum(len(todo[r]) * specs[r].steps for r in self.rules) * len(seeds)
         steps_before = 0
@@ -322,7 +327,8 @@ class Runner:
             chosen, spec = todo[rule], specs[rule]
             if not chosen:
                 continue
-            hparams = {name: np.array([s[name] for s in chosen]) for name in HPARAMS}
+            # an axis the optimizer does not use is None in its settings: any number will do
+            hparams = {name: np.array([0.0 if s[name] is None else s[name] for s in chosen]) for name in HPARAMS}
 
             def finish_chunk(start: int, stop: int, out, chosen=chosen, rule=rule) -> None:
                 chunk = []

@@ -27,6 +27,23 @@ SETTING_DEFAULTS = {"momentum": 0.0, "optimizer": "rmsprop", "convention": "opta
 CONVENTION_NAMES = ("optax", "pytorch", "tf1", "keras")
 OPTIMIZER_NAMES = ("rmsprop", "adam", "adagrad", "sgd")
 
+AXIS_ROLES = {
+    "rmsprop": {"eps": "eps", "decay": "decay", "lr": "lr", "momentum": "momentum"},
+    "adam": {"eps": "eps", "decay": "b2", "lr": "lr"},
+    "adagrad": {"eps": "eps", "lr": "lr"},
+    "sgd": {"lr": "lr", "momentum": "momentum"},
+}
+"""Which grid axes each optimizer uses, and what each means for it (Adam's decay is its b2).
+An axis an optimizer does not use is ``None`` in its records and never multiplies its rows."""
+
+AXIS_DEFAULTS = {
+    "eps": {"rmsprop": (1e-8, 1.0), "adam": (1e-8, 1.0), "adagrad": (1e-8, 1.0)},
+    "decay": {"rmsprop": (0.9,), "adam": (0.999,)},  # optax's rmsprop decay; Adam's b2 in every framework
+    "lr": {"rmsprop": (1e-3,), "adam": (1e-3,), "adagrad": (1e-3,), "sgd": (1e-3,)},
+    "momentum": {"rmsprop": (0.0,), "sgd": (0.0,)},
+}
+"""The values an axis takes for an optimizer when the grid does not give it."""
+
 DIAGNOSTICS = ("eps_dominated", "eps_dominated_mean", "effective_lr")
 """What eps did (docs/conventions.md): share of moving parameters whose eps term exceeds the
 gradient-statistics term at the end of training, that share averaged over training, and the
@@ -52,13 +69,6 @@ EPS_DOM_DEFINITION = ("eps-dom: the share (0 to 1) of moving parameters whose de
 OPTIMIZER_TITLES = {"rmsprop": "RMSProp", "adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD"}
 """How titles name each optimizer."""
 
-AXES_USED = {"rmsprop": GRID_AXES, "adam": ("eps", "decay", "lr"), "adagrad": ("eps", "lr"), "sgd": ("lr", "momentum")}
-"""The grid axes each optimizer's update reads (Adam's b1 is fixed; Adagrad has no decay)."""
-
-AXIS_MEANINGS = {("adam", "decay"): "b2"}
-"""What an axis is called in an optimizer's own terms, where that differs from the axis name."""
-
-
 def uses_axis(optimizer: str, axis: str) -> bool:
     """Whether ``optimizer``'s update reads grid ``axis`` (an unknown optimizer: yes).
 
@@ -66,7 +76,7 @@ def uses_axis(optimizer: str, axis: str) -> bool:
         >>> uses_axis("sgd", "eps"), uses_axis("adam", "decay"), uses_axis("rmsprop", "momentum")
         (False, True, True)
     """
-    return axis in AXES_USED.get(optimizer, GRID_AXES)
+    return axis in AXIS_ROLES.get(optimizer, GRID_AXES)
 
 
 def axis_title(axis: str, optimizers) -> str:
@@ -77,7 +87,7 @@ def axis_title(axis: str, optimizers) -> str:
         >>> axis_title("decay", ["adam"]), axis_title("decay", ["rmsprop", "adam"]), axis_title("lr", ["sgd"])
         ('b2', 'decay/b2', 'lr')
     """
-    names = [AXIS_MEANINGS.get((o, axis), axis) for o in canonical_order(optimizers) if uses_axis(o, axis)]
+    names = [AXIS_ROLES.get(o, {}).get(axis, axis) for o in canonical_order(optimizers) if uses_axis(o, axis)]
     return "/".join(dict.fromkeys(names)) or axis
 
 

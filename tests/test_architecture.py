@@ -108,6 +108,18 @@ def test_no_module_over_about_400_lines():
     assert not long, long
 
 
+def test_no_function_body_over_about_80_lines():
+    """Bodies only: a command's signature of options and a docstring do not count."""
+    long = []
+    for name, path in modules():
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
+                body = node.body[1:] if ast.get_docstring(node) else node.body
+                if body and (n := node.end_lineno - body[0].lineno + 1) > 80:
+                    long.append(f"{name}.{node.name} ({n})")
+    assert not long, long
+
+
 def test_public_names_never_shadow_modules():
     """``import epsweep.X`` gives a module, ``epsweep.X`` a function, never both for one X."""
     import epsweep

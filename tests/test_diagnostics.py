@@ -314,7 +314,7 @@ def numpy_quadratic_diagnostics(optimizer, lr, eps, decay, steps):
 @pytest.mark.parametrize("optimizer, eps, lr", [("rmsprop", 1.0, 0.05), ("adam", 1.0, 0.1)])
 def test_engine_diagnostics_match_a_numpy_run(quadratic_task, optimizer, eps, lr):
     steps = 120
-    result = sweep(quadratic_task, Grid(eps=(eps,), lr=(lr, 1e30)),
+    result = sweep(quadratic_task, Grid(eps=(eps,), lr=(lr, 1e30), decay=(0.9,)),
                    RunConfig(steps=steps, optimizers=(optimizer,), curve_points=4))
     share, mean_share, effective_lr, samples = numpy_quadratic_diagnostics(optimizer, lr, eps, 0.9, steps)
     assert samples == 60 and 0.1 < mean_share < 0.9  # the sampling is exercised, eps matters halfway
@@ -349,7 +349,9 @@ def test_optimizer_flag_through_the_cli_and_csv(capsys):
     rows = list(csv.DictReader(io.StringIO(out.out)))
     pairs = [(r["optimizer"], r["convention"]) for r in rows]
     assert pairs == [("rmsprop", "optax")] * 2 + [("rmsprop", "pytorch")] * 2 + [("adagrad", "optax")] * 2 + [
-        ("sgd", "optax")] * 2  # conventions are RMSProp's; each other optimizer is trained once
+        ("sgd", "optax")]  # conventions are RMSProp's; each other optimizer is trained once; sgd has no eps
+    assert [r["eps"] for r in rows if r["optimizer"] == "sgd"] == [""] and {
+        r["decay"] for r in rows if r["optimizer"] == "adagrad"} == {""}  # axes they do not use
     for row in rows:
         if row["optimizer"] == "sgd":
             assert row["eps_dominated"] == row["eps_dominated_mean"] == row["effective_lr"] == ""

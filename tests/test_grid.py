@@ -96,7 +96,7 @@ def test_grid_keeps_values_float32_can_hold_as_given():
 def test_grid_settings_are_the_full_product_with_eps_fastest():
     grid = Grid(eps=(1e-8, 1.0), lr=(1e-3, 1e-2), decay=(0.9, 0.99))
     settings = grid.settings()
-    assert len(settings) == len(grid) == 8
+    assert len(settings) == grid.size() == 8
     assert [s["eps"] for s in settings[:2]] == [1e-8, 1.0]
     assert {(s["eps"], s["lr"], s["decay"]) for s in settings} == {
         (e, lr, d) for e in (1e-8, 1.0) for lr in (1e-3, 1e-2) for d in (0.9, 0.99)

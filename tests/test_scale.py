@@ -18,7 +18,7 @@ import pytest
 
 from epsweep import engine
 from epsweep.config import RunConfig
-from epsweep.engine import driver, memory, runtime
+from epsweep.engine import compiled, driver, memory, runtime
 from epsweep.engine.driver import train_runs
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
 from epsweep.errors import UserError
@@ -105,19 +105,20 @@ def test_memory_estimate_bounds_what_xla_allocates(mlp_task):
     """The per-configuration estimate covers XLA's own buffer assignment, without wild excess."""
     settings = TrainSpec(steps=5, batch_size=32)
     est = memory.estimate(mlp_task, settings)
-    programs = engine.compiled_programs(mlp_task, settings)
-    x_val, y_val, mask = driver._validation_batches(mlp_task, settings.eval_batch_size)
+    one = jax.devices()[:1]
+    programs = compiled.sharded_programs(mlp_task, settings, one)  # shape-generic: lowered at two widths
+    x_val, y_val, mask = driver.validation_batches(mlp_task, settings.eval_batch_size)
     used = {}
     for g in (2, 10):
         h = {k: jnp.zeros((g,), jnp.float32) for k in HPARAMS}
         seeds = jnp.zeros((1,), jnp.uint32)
-        state = jax.eval_shape(programs.init, h, seeds, None)
+        state = jax.eval_shape(programs["init"], h, seeds, None)
         sums = jnp.zeros((1, g), jnp.float32)
         lowered = {
-            "init": programs.init.lower(h, seeds, None),
-            "train": programs.train.lower(state, h, seeds, 0, 5, mlp_task.data.x_train, mlp_task.data.y_train),
-            "evaluate": programs.evaluate.lower(state, sums, sums, x_val[0], y_val[0], mask[0]),
-            "finish": programs.finish.lower(state, sums, sums, 359.0),
+            "init": programs["init"].lower(h, seeds, None),
+            "train": programs["train"].lower(state, h, seeds, 0, 5, mlp_task.data.x_train, mlp_task.data.y_train),
+            "evaluate": programs["evaluate"].lower(state, sums, sums, x_val[0], y_val[0], mask[0]),
+            "finish": programs["finish"].lower(state, sums, sums, 359.0),
         }
         used[g] = {}
         for name, low in lowered.items():

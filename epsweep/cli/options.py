@@ -53,7 +53,7 @@ NAMES = "NAMES"
 EpsOpt = Annotated[Optional[list[str]], typer.Option(
     "--eps", metavar=VALUES, help=f"Epsilon values [default: 1e-8 1]. {VALUES_HELP}")]
 DecayOpt = Annotated[Optional[list[str]], typer.Option(
-    "--decay", metavar=VALUES, help="Decay (rho) values [default: 0.9].")]
+    "--decay", metavar=VALUES, help="Decay (rho) values; Adam's b2 [default: 0.9; adam 0.999].")]
 LrOpt = Annotated[Optional[list[str]], typer.Option("--lr", metavar=VALUES, help="Learning rates [default: 1e-3].")]
 MomentumOpt = Annotated[Optional[list[str]], typer.Option(
     "--momentum", metavar=VALUES, help="Momentum values [default: 0].")]
@@ -63,8 +63,9 @@ ConventionOpt = Annotated[Optional[list[str]], typer.Option(
 CenteredOpt = Annotated[bool, typer.Option("--centered", help="Centered RMSProp (divide by the running std).")]
 OptimizerOpt = Annotated[Optional[list[str]], typer.Option(
     "--optimizer", metavar=NAMES,
-    help="rmsprop, adam (b2 = decay, b1 = 0.9), adagrad (no decay) or sgd (momentum); several allowed; "
-         "--convention and --centered apply to rmsprop only [default: rmsprop].")]
+    help="rmsprop, adam (--decay is b2, b1 = 0.9; no momentum), adagrad (no decay or momentum) or sgd "
+         "(momentum; no eps or decay); several allowed; an axis an optimizer does not use does not multiply "
+         "its rows; --convention and --centered apply to rmsprop only [default: rmsprop].")]
 StepsOpt = Annotated[Optional[int], typer.Option("--steps", metavar="N", help="Training steps per setting.")]
 EpochsOpt = Annotated[Optional[int], typer.Option(
     "--epochs", metavar="N", help="Epochs per setting [default: the task's].")]

@@ -27,13 +27,16 @@ MAX_CACHED = 8  # program sets kept in memory (each holds compiled executables)
 
 
 class Programs(NamedTuple):
-    """The jitted programs of a (task, spec, devices); see :mod:`epsweep.engine.programs`."""
+    """The jitted programs of a (task, spec, devices, width); see :mod:`epsweep.engine.programs`.
+    ``h`` holds ``width`` settings' hyperparameters and ``seeds`` one seed."""
 
     init: Callable  # (h, seeds, constants) -> TrainState
     train: Callable  # (state, h, seeds, t0, t1, x_train, y_train) -> (state, t1)
     evaluate: Callable  # (state, loss sum, metric sum, x, y, mask of one validation batch) -> the sums + its
     finish: Callable  # (state, loss sum, metric sum, count) -> RunOutputs
     loop_free: bool  # train runs exactly one step per call (t0), the host looping; see build_programs
+    width: int  # settings per call
+    loaded: bool  # True when the lowered programs came from the disk cache (nothing was traced)
 
 
 # --- compile counting ---------------------------------------------------------------
@@ -104,10 +107,7 @@ def program_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]) -> H
         functions: Hashable = ("identity", task.identity)
     else:
         functions = ("functions", id(task.init), id(task.loss), id(task.evaluate))
-    trainable = None
-    if task.trainable is not None:
-        leaves, treedef = jax.tree.flatten(task.trainable_mask())
-        trainable = (str(treedef), tuple(bool(leaf) for leaf in leaves))
+    trainable = None if task.trainable is None else ("trainable", id(task.trainable))
     layout = (task.loop_free_on_cpu, task.settings_per_cpu_device, task.metric_name)
     return (functions, trainable, task.data_signature(), layout, spec, tuple(d.id for d in devices))
 
@@ -128,20 +128,11 @@ def _init_compiler_options(devices: Sequence[jax.Device]) -> dict | None:
     return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
-def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None = None) -> Programs:
-    """The jitted programs for (task, spec) on ``devices`` (default: the first device),
-    shared by every sweep whose :func:`program_key` matches.
-
-    The settings axis is split across the devices with ``shard_map`` over a one-axis mesh
-    (``config``): each device trains its share of the chunk with the single-device program,
-    with the data and seeds replicated, and nothing is communicated.
-    """
-    devices = tuple(devices) if devices is not None else (jax.devices()[0],)
-    key = program_key(task, spec, devices)
-    with _programs_lock:
-        if key in _programs:
-            _programs.move_to_end(key)
-            return _programs[key]
+def sharded_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]) -> dict[str, Callable]:
+    """The programs of :mod:`epsweep.engine.programs`, each ``jax.jit`` of a ``shard_map``
+    over a one-axis mesh (``config``) of ``devices``: every device trains its share of the
+    settings with the single-device program, data and seeds replicated, nothing communicated.
+    Shape-generic (any width); :func:`compiled_programs` fixes the shapes."""
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     runs, config = P(None, CONFIG_AXIS), P(CONFIG_AXIS)  # (S, G, ...) blocks; (G,) hyperparameters
     state = TrainState(runs, P())  # the minibatch order is per seed: every device holds it
@@ -151,12 +142,43 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
 
     loop_free = task.loop_free_on_cpu and devices[0].platform == "cpu"
     init, train, evaluate, finish = build_programs(task, spec, loop_free)
+    return {
+        "init": jax.jit(sharded(init, (config, P(), P()), state)),
+        "train": jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())), donate_argnums=0),
+        "evaluate": jax.jit(sharded(evaluate, (state, runs, runs, P(), P(), P()), (runs, runs))),
+        "finish": jax.jit(sharded(finish, (state, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
+    }
+
+
+def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None = None,
+                      width: int | None = None) -> Programs:
+    """The programs for (task, spec) on ``devices`` (default: the first device) for calls of
+    ``width`` settings (default: one per device), shared by every sweep whose
+    :func:`program_key` matches.
+
+    Each program is traced once and exported (``jax.export``): the call always goes through
+    the exported module, so a program read back from the disk cache (:mod:`.exports`, beside
+    the persistent compilation cache) is the very module a fresh trace gives, and a warm start
+    traces nothing. XLA then compiles the module (or loads it from the compilation cache).
+    """
+    from epsweep.engine import exports
+
+    devices = tuple(devices) if devices is not None else (jax.devices()[0],)
+    width = width or len(devices)
+    key = (program_key(task, spec, devices), width)
+    with _programs_lock:
+        if key in _programs:
+            _programs.move_to_end(key)
+            return _programs[key]
+    exported, loaded = exports.load_or_export(task, spec, devices, width)
     programs = Programs(
-        init=jax.jit(sharded(init, (config, P(), P()), state), compiler_options=_init_compiler_options(devices)),
-        train=jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())), donate_argnums=0),
-        evaluate=jax.jit(sharded(evaluate, (state, runs, runs, P(), P(), P()), (runs, runs))),
-        finish=jax.jit(sharded(finish, (state, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
-        loop_free=loop_free,
+        init=jax.jit(exported["init"].call, compiler_options=_init_compiler_options(devices)),
+        train=jax.jit(exported["train"].call, donate_argnums=0),
+        evaluate=jax.jit(exported["evaluate"].call) if "evaluate" in exported else None,
+        finish=jax.jit(exported["finish"].call),
+        loop_free=task.loop_free_on_cpu and devices[0].platform == "cpu",
+        width=width,
+        loaded=loaded,
     )
     with _programs_lock:
         _programs[key] = programs

@@ -37,6 +37,12 @@ from epsweep.errors import UserError
 log = logging.getLogger(__name__)
 
 _applied: Runtime | None = None
+_cache_path: Path | None = None  # the persistent compilation cache in use, if any
+
+
+def compile_cache_dir() -> Path | None:
+    """The persistent compilation cache directory this process uses (None: no cache)."""
+    return _cache_path
 
 
 def _backends_started() -> bool:
@@ -92,12 +98,12 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
         >>> setup(compile_cache=False).compile_cache  # no persistent compilation cache
         False
     """
-    global _applied
+    global _applied, _cache_path
     from epsweep.engine.compiled import install_listeners
 
     runtime = runtime or Runtime(**kwargs)
     install_listeners()
-    _set_compile_cache(runtime.compile_cache)
+    _cache_path = _set_compile_cache(runtime.compile_cache)
     first = _applied is None
     _applied = runtime
     if not first:

@@ -28,7 +28,7 @@ from epsweep.tasks.task import Task
 PROGRESS_UPDATES = 100  # with a progress display, about this many updates over a whole call
 
 
-def _validation_batches(task: Task, eval_batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+def validation_batches(task: Task, eval_batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validation data padded to whole batches: (batches, batch, ...) plus a 0/1 mask."""
     if task.data is None or len(task.data.x_val) == 0:
         return np.zeros((0, 1)), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.float32)
@@ -81,7 +81,7 @@ def train_runs(
     ensure_setup()
     devices = config_devices(devices)
     chunk = agree(plan_width(task, spec, devices, chunk_size))  # several processes run the same programs
-    programs = compiled_programs(task, spec, devices)
+    programs = compiled_programs(task, spec, devices, chunk)
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
     if task.data is not None:
@@ -91,7 +91,7 @@ def train_runs(
     place = functools.partial(_global_array, sharding=replicated)
     seed_arrays = [place(np.asarray([seed], np.uint32)) for seed in seeds]
     train_data = (place(x_train), place(y_train))
-    x_val, y_val, val_mask = _validation_batches(task, spec.eval_batch_size)
+    x_val, y_val, val_mask = validation_batches(task, spec.eval_batch_size)
     val_batches = [tuple(place(a[i]) for a in (x_val, y_val, val_mask)) for i in range(len(x_val))]
     val_count = place(np.float32(val_mask.sum()))
     zeros = _global_array(np.zeros((1, chunk), np.float32), NamedSharding(mesh, P(None, CONFIG_AXIS)))

@@ -72,9 +72,11 @@ _estimates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> {
 def estimate(task: Any, spec: Any) -> Estimate:
     """The memory the engine's program needs for ``task`` trained with ``spec`` (a
     :class:`~epsweep.engine.spec.TrainSpec`), kept per task and spec."""
+    from epsweep.engine.exports import cached_estimate
+
     per_task = _estimates.setdefault(task, {})
     if spec not in per_task:
-        per_task[spec] = _estimate(task, spec)
+        per_task[spec] = cached_estimate(task, spec, lambda: _estimate(task, spec))
     return per_task[spec]
 
 
@@ -82,7 +84,7 @@ def _estimate(task: Any, spec: Any) -> Estimate:
     key = jax.eval_shape(lambda: jax.random.key(0))  # a shape only: nothing runs
     init_args = (key,) if task.constants is None else (key, task.constants)
     params, model_state = jax.eval_shape(task.init, *init_args)
-    optimizer = make_optimizer(spec.optimizer, 1e-3, 0.9, 1e-8, momentum=0.0,
+    optimizer = make_optimizer(spec.optimizer, 1e-3, 0.9, 1e-8, momentum=0.0 if spec.momentum else None,
                                convention=spec.convention, centered=spec.centered)
     opt_state = jax.eval_shape(optimizer.init, params)
     state = tree_bytes((params, model_state, opt_state))

@@ -20,13 +20,14 @@ A run whose loss or update becomes non-finite is frozen at that step and reporte
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from epsweep.engine.spec import DIAGNOSTIC_POINTS, RunOutputs, TrainSpec
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
@@ -71,9 +72,42 @@ def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(_flat(tree))))
 
 
+def _all_finite(tree: Any) -> jax.Array:
+    """Whether every element of a pytree is finite (one boolean reduction per leaf)."""
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class _Plan:
+    """What the programs close over: the task, the spec and what follows from them."""
+
+    task: Task
+    spec: TrainSpec
+    loop_free: bool
+    update_rule: Any
+    trainable: Any  # pytree of Python bools, or None: every parameter trains
+    n_train: int
+    batches_per_epoch: int
+    diagnostic_every: int
+
+    @property
+    def has_data(self) -> bool:
+        return self.task.data is not None
+
+    @property
+    def has_denominator(self) -> bool:
+        return self.spec.optimizer != "sgd"
+
+    def optimizer(self, hc: dict) -> Any:
+        spec = self.spec
+        return make_optimizer(spec.optimizer, hc["lr"], hc["decay"], hc["eps"],
+                              momentum=hc["momentum"] if spec.momentum else None,
+                              convention=spec.convention, centered=spec.centered)
+
+
 def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tuple[Callable, ...]:
-    """The pure functions behind :class:`Programs` (unjitted, unsharded): init, train,
-    evaluate, finish.
+    """The pure functions behind :class:`~epsweep.engine.compiled.Programs` (unjitted,
+    unsharded): init, train, evaluate, finish, with the task and spec bound.
 
     Minibatches: each epoch visits the training examples in a fresh random order per seed;
     step t takes the ``t % (n_train // batch)``-th batch of epoch ``t // (n_train // batch)``
@@ -86,133 +120,157 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
     convolutions one step per call (``Task.loop_free_on_cpu``). Everything else is the same
     program, and so are the numbers.
     """
-    points = spec.points
-    steps = spec.steps
-    steps_per_point = spec.steps_per_point().astype(np.float32)
-    update_rule = make_optimizer(spec.optimizer, 0.0, 0.0, 0.0, convention=spec.convention,
-                                 centered=spec.centered)
-    has_denominator = spec.optimizer != "sgd"
-    diagnostic_every = max(1, steps // DIAGNOSTIC_POINTS)
-    has_data = task.data is not None
-    n_train = len(task.data.x_train) if has_data else 1
-    batches_per_epoch = max(1, n_train // spec.batch_size)
-    trainable = task.trainable_mask()
+    n_train = len(task.data.x_train) if task.data is not None else 1
+    plan = _Plan(
+        task=task, spec=spec, loop_free=loop_free,
+        update_rule=make_optimizer(spec.optimizer, 0.0, 0.0, 0.0, momentum=0.0 if spec.momentum else None,
+                                   convention=spec.convention, centered=spec.centered),
+        trainable=task.trainable_mask(), n_train=n_train,
+        batches_per_epoch=max(1, n_train // spec.batch_size),
+        diagnostic_every=max(1, spec.steps // DIAGNOSTIC_POINTS),
+    )
+    return tuple(functools.partial(f, plan) for f in (_init, _train, _evaluate, _finish))
+
+
+def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
+    """Initial weights per seed (shared by its settings), optimizer states per setting, and
+    the first epoch's minibatch order per seed."""
+    task, points = plan.task, plan.spec.points
 
     def init_run(seed, h, constants):
         init_key = jax.random.fold_in(jax.random.key(seed), 0)
         params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
 
         def init_config(hc):
-            optimizer = make_optimizer(
-                spec.optimizer, hc["lr"], hc["decay"], hc["eps"], momentum=hc["momentum"],
-                convention=spec.convention, centered=spec.centered,
-            )
-            return _Carry(params, model_state, optimizer.init(params), jnp.int32(-1), jnp.zeros(points),
+            return _Carry(params, model_state, plan.optimizer(hc).init(params), jnp.int32(-1), jnp.zeros(points),
                           jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), jnp.float32(jnp.nan))
 
         return jax.vmap(init_config)(h)
 
-    def init(h, seeds, constants=None):
-        runs = jax.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
-        order = jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, jnp.int32(0), n_train)
-        return TrainState(runs, order)
+    runs = jax.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
+    order = jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, jnp.int32(0), plan.n_train)
+    return TrainState(runs, order)
 
-    def learning_rate(hc, t):
-        if spec.lr_decay_rate is None:
-            return hc["lr"]
-        return hc["lr"] * spec.lr_decay_rate ** jnp.floor(t / spec.lr_decay_steps)
 
-    def train_step(carry: _Carry, hc, xb, yb, rng, t) -> _Carry:
-        (loss, model_state), grads = jax.value_and_grad(task.loss, has_aux=True)(
-            carry.params, carry.model_state, xb, yb, rng
-        )
-        if spec.clip_norm is not None:
-            grad_norm = _global_norm(grads)
-            factor = jnp.minimum(1.0, spec.clip_norm / jnp.maximum(grad_norm, 1e-30))
-            grads = jax.tree.map(lambda g: g * factor, grads)
-        opt_state = carry.opt_state
-        opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": learning_rate(hc, t)})
-        updates, opt_state = update_rule.update(grads, opt_state, carry.params)
-        if trainable is not None:  # frozen parameters never move
-            updates = jax.tree.map(lambda u, train: u if train else jnp.zeros_like(u), updates, trainable)
-        params = optax.apply_updates(carry.params, updates)
-        alive = carry.diverged_step < 0
-        finite = jnp.isfinite(loss) & jnp.isfinite(_global_norm(updates))
-        keep = alive & finite
-        new = jax.tree.map(lambda a, b: jnp.where(keep, a, b), (params, model_state, opt_state),
-                           (carry.params, carry.model_state, carry.opt_state))
-        diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
-        curve_sum = carry.curve_sum.at[t * points // steps].add(jnp.where(keep, loss, jnp.nan))
-        eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
-        if has_denominator:
-            def measure(_):
-                moving = _flat(moving_parameters(grads, trainable))
-                terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
-                terms = terms._replace(stat=_flat(terms.stat), denominator=_flat(terms.denominator))
-                share = eps_dominated_share(terms, moving)
-                counted = keep & jnp.isfinite(share)  # NaN when no parameter moved
-                effective_lr = jax.lax.cond(  # a sort: only at the last step
-                    t == steps - 1,
-                    lambda _: effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving),
-                    lambda _: carry.effective_lr, None)
-                return (carry.eps_dom_sum + jnp.where(counted, share, 0.0), carry.eps_dom_steps + counted,
-                        jnp.where(keep, share, carry.eps_dom_last), jnp.where(keep, effective_lr, carry.effective_lr))
+def _learning_rate(plan: _Plan, hc, t):
+    """lr * lr_decay_rate ** floor(t / lr_decay_steps) (TF's staircase decay), or lr."""
+    spec = plan.spec
+    if spec.lr_decay_rate is None:
+        return hc["lr"]
+    return hc["lr"] * spec.lr_decay_rate ** jnp.floor(t / spec.lr_decay_steps)
 
-            # t is shared by every run, so under vmap this stays a branch: the cost is paid on
-            # about DIAGNOSTIC_POINTS steps only, the last one always among them
-            eps_dom = jax.lax.cond((steps - 1 - t) % diagnostic_every == 0, measure, lambda _: eps_dom, None)
-        return _Carry(*new, diverged_step, curve_sum, *eps_dom)
 
-    def train(state: TrainState, h, seeds, t0, t1, x_train, y_train):
-        def step(t, state):
-            runs, order = state
-            if has_data:
-                epoch, position = t // batches_per_epoch, t % batches_per_epoch
-                order = jax.lax.cond(  # a new epoch: a new order (shared predicate, a real branch)
-                    (position == 0) & (t > 0),
-                    lambda: jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train),
-                    lambda: order)
-                index = jax.lax.dynamic_slice_in_dim(order, position * spec.batch_size, spec.batch_size, 1)
-            else:
-                index = jnp.zeros((seeds.shape[0], 1), jnp.int32)
+def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> _Carry:
+    """One step of one run: gradient (clipped), update, freezing on divergence, the loss
+    curve and, on sampled steps, the eps diagnostics."""
+    spec = plan.spec
+    (loss, model_state), grads = jax.value_and_grad(plan.task.loss, has_aux=True)(
+        carry.params, carry.model_state, xb, yb, rng
+    )
+    if spec.clip_norm is not None:
+        grad_norm = _global_norm(grads)
+        factor = jnp.minimum(1.0, spec.clip_norm / jnp.maximum(grad_norm, 1e-30))
+        grads = jax.tree.map(lambda g: g * factor, grads)
+    opt_state = carry.opt_state
+    opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": _learning_rate(plan, hc, t)})
+    updates, opt_state = plan.update_rule.update(grads, opt_state, carry.params)
+    if plan.trainable is not None:  # frozen parameters never move
+        updates = jax.tree.map(lambda u, train: u if train else jnp.zeros_like(u), updates, plan.trainable)
+    alive = carry.diverged_step < 0
+    finite = jnp.isfinite(loss) & _all_finite(updates)
+    keep = alive & finite
+    # A run is frozen at the step its loss or update turns non-finite: its update is zeroed
+    # inside the same pass that applies it (p + 0 = p), and its model state kept. Its
+    # optimizer state is left to run on: nothing reads it once the run has diverged.
+    params = jax.tree.map(lambda p, u: (p + jnp.where(keep, u, 0)).astype(p.dtype), carry.params, updates)
+    model_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), model_state, carry.model_state)
+    diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
+    curve_sum = carry.curve_sum.at[t * spec.points // spec.steps].add(jnp.where(keep, loss, jnp.nan))
+    eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
+    if plan.has_denominator:
+        # t is shared by every run, so under vmap this stays a branch: the cost is paid on
+        # about DIAGNOSTIC_POINTS steps only, the last one always among them
+        eps_dom = jax.lax.cond((spec.steps - 1 - t) % plan.diagnostic_every == 0,
+                               lambda _: _measure(plan, carry, grads, opt_state, keep, t), lambda _: eps_dom, None)
+    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom)
 
-            def per_seed(runs_s, index_s, seed):
-                xb = x_train[index_s] if has_data else None
-                yb = y_train[index_s] if has_data else None
-                rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
-                return jax.vmap(train_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
 
-            return TrainState(jax.vmap(per_seed)(runs, index, seeds), order)
+def _measure(plan: _Plan, carry: _Carry, grads, opt_state, keep, t) -> tuple:
+    """The eps diagnostics after this step, over the parameters the gradient moves: the
+    eps-dominated share (summed for the mean, and the latest), and at the last step the
+    median effective step lr / denominator (a sort)."""
+    spec = plan.spec
+    moving = _flat(moving_parameters(grads, plan.trainable))
+    terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
+    terms = terms._replace(stat=_flat(terms.stat), denominator=_flat(terms.denominator))
+    share = eps_dominated_share(terms, moving)
+    counted = keep & jnp.isfinite(share)  # NaN when no parameter moved
+    effective_lr = jax.lax.cond(
+        t == spec.steps - 1,
+        lambda _: effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving),
+        lambda _: carry.effective_lr, None)
+    return (carry.eps_dom_sum + jnp.where(counted, share, 0.0), carry.eps_dom_steps + counted,
+            jnp.where(keep, share, carry.eps_dom_last), jnp.where(keep, effective_lr, carry.effective_lr))
 
-        if loop_free:
-            return step(t0, state), t0 + 1
-        return jax.lax.fori_loop(t0, t1, step, state), t1
 
-    def evaluate(state: TrainState, loss_sum, correct_sum, xb, yb, mb):
-        def run_sums(params, model_state):
-            losses, correct = task.evaluate(params, model_state, xb, yb)
-            return jnp.sum(losses * mb), jnp.sum(correct * mb)
+def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
+    """Steps ``t0 .. t1 - 1`` of every run (just ``t0`` when loop-free); returns the state and
+    the step reached."""
+    spec, n_train = plan.spec, plan.n_train
 
-        losses, correct = jax.vmap(jax.vmap(run_sums))(state.runs.params, state.runs.model_state)
-        return loss_sum + losses, correct_sum + correct
-
-    def finish(state: TrainState, loss_sum, correct_sum, count):
-        runs = state.runs
-        curve = runs.curve_sum / steps_per_point
-        final_loss = curve[..., -1]
-        if has_data and task.evaluate is not None:  # count is 0 without validation data: NaN
-            val_loss, val_accuracy = loss_sum / count, correct_sum / count
-            if not task.has_metric:
-                val_accuracy = jnp.full_like(val_loss, jnp.nan)
+    def step(t, state):
+        runs, order = state
+        if plan.has_data:
+            epoch, position = t // plan.batches_per_epoch, t % plan.batches_per_epoch
+            order = jax.lax.cond(  # a new epoch: a new order (shared predicate, a real branch)
+                (position == 0) & (t > 0),
+                lambda: jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train),
+                lambda: order)
+            index = jax.lax.dynamic_slice_in_dim(order, position * spec.batch_size, spec.batch_size, 1)
         else:
-            val_loss = val_accuracy = jnp.full(final_loss.shape, jnp.nan)
-        if has_denominator:
-            effective_lr = runs.effective_lr
-            eps_dominated = runs.eps_dom_last
-            eps_dominated_mean = runs.eps_dom_sum / runs.eps_dom_steps
-        else:
-            eps_dominated = eps_dominated_mean = effective_lr = jnp.full(final_loss.shape, jnp.nan)
-        return RunOutputs(final_loss, val_loss, val_accuracy, runs.diverged_step, curve,
-                          eps_dominated, eps_dominated_mean, effective_lr)
+            index = jnp.zeros((seeds.shape[0], 1), jnp.int32)
 
-    return init, train, evaluate, finish
+        def per_seed(runs_s, index_s, seed):
+            xb = x_train[index_s] if plan.has_data else None
+            yb = y_train[index_s] if plan.has_data else None
+            rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
+            one_step = functools.partial(_train_step, plan)
+            return jax.vmap(one_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
+
+        return TrainState(jax.vmap(per_seed)(runs, index, seeds), order)
+
+    if plan.loop_free:
+        return step(t0, state), t0 + 1
+    return jax.lax.fori_loop(t0, t1, step, state), t1
+
+
+def _evaluate(plan: _Plan, state: TrainState, loss_sum, metric_sum, xb, yb, mb):
+    """One validation batch (mask ``mb`` for its padding) added to every run's running sums."""
+    def run_sums(params, model_state):
+        losses, metric = plan.task.evaluate(params, model_state, xb, yb)
+        return jnp.sum(losses * mb), jnp.sum(metric * mb)
+
+    losses, metric = jax.vmap(jax.vmap(run_sums))(state.runs.params, state.runs.model_state)
+    return loss_sum + losses, metric_sum + metric
+
+
+def _finish(plan: _Plan, state: TrainState, loss_sum, metric_sum, count) -> RunOutputs:
+    """Validation loss and metric (means over ``count`` examples), the loss curve (mean per
+    segment of steps), and the eps diagnostics; NaN where a task has no such number."""
+    task, runs = plan.task, state.runs
+    curve = runs.curve_sum / plan.spec.steps_per_point().astype(np.float32)
+    final_loss = curve[..., -1]
+    if plan.has_data and task.evaluate is not None:  # count is 0 without validation data: NaN
+        val_loss, val_accuracy = loss_sum / count, metric_sum / count
+        if not task.has_metric:
+            val_accuracy = jnp.full_like(val_loss, jnp.nan)
+    else:
+        val_loss = val_accuracy = jnp.full(final_loss.shape, jnp.nan)
+    if plan.has_denominator:
+        effective_lr = runs.effective_lr
+        eps_dominated = runs.eps_dom_last
+        eps_dominated_mean = runs.eps_dom_sum / runs.eps_dom_steps
+    else:
+        eps_dominated = eps_dominated_mean = effective_lr = jnp.full(final_loss.shape, jnp.nan)
+    return RunOutputs(final_loss, val_loss, val_accuracy, runs.diverged_step, curve,
+                      eps_dominated, eps_dominated_mean, effective_lr)

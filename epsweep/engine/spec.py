@@ -38,6 +38,7 @@ class TrainSpec:
     lr_decay_rate: float | None = None
     lr_decay_steps: int | None = None
     optimizer: str = "rmsprop"  # rmsprop, adam, adagrad or sgd; convention and centered: rmsprop only
+    momentum: bool = True  # False: every momentum is 0, so no momentum buffer (the same numbers, less work)
 
     def __post_init__(self) -> None:
         check_convention(self.convention)
@@ -72,9 +73,10 @@ class RunOutputs(NamedTuple):
     effective_lr: np.ndarray  # median of lr / denominator after the last step
 
 
-def resolve_spec(task: Task, config: RunConfig, rule: UpdateRule) -> TrainSpec:
+def resolve_spec(task: Task, config: RunConfig, rule: UpdateRule, momentum: bool = True) -> TrainSpec:
     """The engine's static :class:`~epsweep.engine.spec.TrainSpec` for ``rule``: the config's
-    steps/epochs/batch size resolved against the task's data and defaults."""
+    steps/epochs/batch size resolved against the task's data and defaults; ``momentum``: whether
+    any setting has a non-zero momentum."""
     batch_size = config.batch_size or task.default_batch_size
     n_train = len(task.data.x_train) if task.data is not None else None
     if n_train is not None:
@@ -99,5 +101,5 @@ def resolve_spec(task: Task, config: RunConfig, rule: UpdateRule) -> TrainSpec:
         steps=steps, batch_size=batch_size, convention=rule.convention,
         centered=config.centered and rule.optimizer == "rmsprop", optimizer=rule.optimizer,
         curve_points=config.curve_points, clip_norm=config.clip_norm, lr_decay_rate=config.lr_decay_rate,
-        eval_batch_size=task.eval_batch_size, lr_decay_steps=decay_steps,
+        eval_batch_size=task.eval_batch_size, lr_decay_steps=decay_steps, momentum=momentum,
     )

@@ -18,11 +18,17 @@ from epsweep.vocabulary import CONVENTION_NAMES, OPTIMIZER_NAMES, check_conventi
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
 
+def _momentum(momentum) -> optax.GradientTransformation:
+    """m = mu*m + u, or nothing at all when ``momentum`` is None: a grid whose momenta are all
+    0 needs no buffer (m = 0*m + u is u exactly, so the numbers are the same)."""
+    return optax.identity() if momentum is None else optax.trace(decay=momentum)
+
+
 def _optax_rule(learning_rate, decay, eps, momentum, centered):
     """optax.rmsprop: v0 = 0; v = rho*v + (1-rho)*g^2; u = lr*g/sqrt(v + eps);
     m = mu*m + u; p -= m.  Eps inside the root; momentum accumulates lr-scaled steps."""
     scale = (optax.scale_by_stddev if centered else optax.scale_by_rms)(decay=decay, eps=eps, initial_scale=0.0)
-    return optax.chain(scale, optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum))
+    return optax.chain(scale, optax.scale_by_learning_rate(learning_rate), _momentum(momentum))
 
 
 def _pytorch_rule(learning_rate, decay, eps, momentum, centered):
@@ -32,7 +38,7 @@ def _pytorch_rule(learning_rate, decay, eps, momentum, centered):
     scale = (optax.scale_by_stddev if centered else optax.scale_by_rms)(
         decay=decay, eps=eps, initial_scale=0.0, eps_in_sqrt=False
     )
-    return optax.chain(scale, optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(scale, _momentum(momentum), optax.scale_by_learning_rate(learning_rate))
 
 
 def _tf1_rule(learning_rate, decay, eps, momentum, centered):
@@ -41,7 +47,7 @@ def _tf1_rule(learning_rate, decay, eps, momentum, centered):
     lr inside the momentum buffer. Centered: sqrt(v - gbar^2 + eps), gbar0 = 0. The Inception-v3
     paper's optimizer."""
     scale = (optax.scale_by_stddev if centered else optax.scale_by_rms)(decay=decay, eps=eps, initial_scale=1.0)
-    return optax.chain(scale, optax.scale_by_learning_rate(learning_rate), optax.trace(decay=momentum))
+    return optax.chain(scale, optax.scale_by_learning_rate(learning_rate), _momentum(momentum))
 
 
 def _keras_rule(learning_rate, decay, eps, momentum, centered):
@@ -90,7 +96,7 @@ def rmsprop(
         decay: rho, the second moment's decay.
         eps: epsilon, where the convention puts it.
         convention: whose update rule: "optax", "pytorch", "tf1" (also timm's RMSpropTF) or "keras".
-        momentum: mu (0: none).
+        momentum: mu (0: none; None: no momentum buffer at all).
         centered: divide by the running standard deviation instead.
 
     Returns:
@@ -140,7 +146,7 @@ def _sgd_rule(learning_rate, decay, eps, momentum, centered):
     """optax.sgd and torch.optim.SGD (dampening 0, no Nesterov, no weight decay):
     m = mu*m + g (m0 = 0); p -= lr*m.  No denominator: ``eps`` and ``decay`` do not apply."""
     del decay, eps, centered
-    return optax.chain(optax.trace(decay=momentum), optax.scale_by_learning_rate(learning_rate))
+    return optax.chain(_momentum(momentum), optax.scale_by_learning_rate(learning_rate))
 
 
 BASELINES: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -160,7 +166,7 @@ def make_optimizer(
     decay: float | jnp.ndarray,
     eps: float | jnp.ndarray,
     *,
-    momentum: float | jnp.ndarray = 0.0,
+    momentum: float | jnp.ndarray | None = 0.0,
     convention: str = "optax",
     centered: bool = False,
 ) -> optax.GradientTransformation:
@@ -175,7 +181,7 @@ def make_optimizer(
         learning_rate: lr, or a schedule of the step count.
         decay: rmsprop's rho; adam's b2; unused by adagrad and sgd.
         eps: epsilon (unused by sgd).
-        momentum: rmsprop's and sgd's momentum.
+        momentum: rmsprop's and sgd's momentum; None keeps no momentum buffer at all.
         convention: rmsprop's framework convention.
         centered: centered rmsprop.
 

@@ -135,7 +135,7 @@ def best_per_axis(records: Sequence[dict], metric: str) -> list[dict]:
     (ranked as the starred row; ``best`` is None when all of them diverged)."""
     rows = []
     for axis in AXES:
-        values = _values(records, axis)
+        values = [v for v in _values(records, axis) if v is not None]  # None: an axis the optimizer does not use
         if len(values) < 2:
             continue
         for value in sorted(values, key=_sortable):
@@ -181,7 +181,7 @@ def sensitivity(records: Sequence[dict], metric: str) -> list[dict]:
 
 def _where_text(row: dict, axes: Sequence[str], notation: dict[str, bool]) -> str:
     return ", ".join(f"{a} {show(row[a], scientific=notation.get(a))}" if is_number(row[a]) else f"{a} {row[a]}"
-                     for a in axes)
+                     for a in axes if row[a] is not None)  # None: an axis the row's optimizer does not use
 
 
 def sensitivity_summary(rows: Sequence[dict], varying: Sequence[str], notation: dict[str, bool] | None = None) -> str:

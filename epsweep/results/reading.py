@@ -109,6 +109,8 @@ def check_record(record: Any, where: str) -> dict:
     for key, default in SETTING_DEFAULTS.items():
         record.setdefault(key, default)
     for key in _NUMBER_FIELDS:
+        if record[key] is None and key != "lr":  # an axis the record's optimizer does not use
+            continue
         if not _is_finite(record[key]):
             raise UserError(f"{where}: {key} must be a finite number, not {_shown(record[key])}")
     for key, value in record.items():

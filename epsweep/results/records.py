@@ -147,10 +147,12 @@ def axis_notation(records: Sequence[dict], meta: dict | None = None) -> dict[str
     sweep reads the same in every table, summary and message."""
     grid = (meta or {}).get("grid")
     grid = grid if isinstance(grid, dict) else {}
+    grids = [g for g in grid.values() if isinstance(g, dict)] or [grid]  # per optimizer, or flat (older files)
     out = {}
     for axis in GRID_AXES:
         values = [r.get(axis) for r in records]
-        if isinstance(grid.get(axis), list):
-            values += grid[axis]
+        for g in grids:
+            if isinstance(g.get(axis), list):
+                values += g[axis]
         out[axis] = any(is_number(v) and needs_scientific(v) for v in values)
     return out

@@ -20,11 +20,12 @@ import numpy as np
 
 from epsweep.errors import UserError, param
 from epsweep.numbers import column, show
-from epsweep.results.analysis import OTHER_AXES, metric_of
+from epsweep.results.analysis import metric_of
 from epsweep.results.files import check_writable, write_atomic
 from epsweep.results.records import axis_notation, rank_key
+from epsweep.views.table import varying_axes
 from epsweep.views.titles import held_axes, run_title
-from epsweep.vocabulary import GRID_AXES, HIGHER_IS_BETTER, RULE_AXES, axis_title, label
+from epsweep.vocabulary import HIGHER_IS_BETTER, OPTIMIZER_NAMES, axis_title, label
 
 MAX_PANELS = 24
 MAX_TICKS = 12  # labels on an axis or a colour bar; more are thinned out
@@ -68,13 +69,15 @@ class _Layout:
     def __init__(self, meta: dict, records: Sequence[dict]):
         self.records = records
         self.notation = axis_notation(records, meta)
-        self.rules = sorted({_rule(r) for r in records})
-        self.varying = [a for a in OTHER_AXES if a not in RULE_AXES and len({r.get(a) for r in records}) > 1]
+        rank = {name: i for i, name in enumerate(OPTIMIZER_NAMES)}
+        self.rules = sorted({_rule(r) for r in records}, key=lambda rule: (rank.get(rule.split()[0], 9), rule))
+        self.varying = [a for a in varying_axes(records) if a != "eps"]
         self.panels: dict[tuple, list[dict]] = {}
         for record in records:
             key = (*(record.get(a) for a in self.varying), _rule(record))
             self.panels.setdefault(key, []).append(record)
-        self.eps_values = sorted({r["eps"] for r in records})
+        used = sorted({r["eps"] for r in records if r.get("eps") is not None})
+        self.eps_values = used + ([None] if any(r.get("eps") is None for r in records) else [])  # None: sgd
         self.lr_values = sorted({r["lr"] for r in records})
 
     def panel_title(self, key: tuple) -> str:
@@ -85,7 +88,8 @@ class _Layout:
         return ", ".join(words) or key[-1]
 
     def eps_labels(self, indices: Sequence[int]) -> list[str]:
-        return [show(self.eps_values[i], scientific=self.notation["eps"]) for i in indices]
+        return ["n/a" if self.eps_values[i] is None else show(self.eps_values[i], scientific=self.notation["eps"])
+                for i in indices]
 
 
 def make_figure(meta: dict, records: Sequence[dict]):
@@ -139,15 +143,17 @@ def _curves(fig, layout: _Layout, meta: dict, colors, ScalarMappable, ncols: int
     log_y = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 50
     axes = []
     rows = math.ceil(len(layout.panels) / ncols)
-    for i, (key, group) in enumerate(sorted(layout.panels.items(), key=lambda kv: [_order(v) for v in kv[0]])):
+    order = sorted(layout.panels.items(),
+                   key=lambda kv: ([_order(v) for v in kv[0][:-1]], layout.rules.index(kv[0][-1])))
+    for i, (key, group) in enumerate(order):
         ax = fig.add_subplot(rows, ncols, i + 1, sharey=axes[0] if axes else None)
         axes.append(ax)
-        for record in sorted(group, key=lambda r: r["eps"]):
+        for record in sorted(group, key=lambda r: layout.eps_values.index(r.get("eps"))):
             curve = np.array([np.nan if v is None else v for v in (record.get("loss_curve") or [])], float)
             if curve.size == 0:
                 continue
             x = (np.arange(curve.size) + 1) * (steps / curve.size if steps else 1)
-            color = cmap(norm(layout.eps_values.index(record["eps"])))
+            color = cmap(norm(layout.eps_values.index(record.get("eps"))))
             ax.plot(x, curve, color=color, linewidth=1.2)
             alive = np.flatnonzero(np.isfinite(curve))
             if record.get("diverged") and alive.size:
@@ -173,53 +179,59 @@ def _formatter():
     return FuncFormatter(lambda value, _: show(value))
 
 
-def _best_grid(records: Sequence[dict], layout: _Layout, metric: str) -> np.ndarray:
-    """``metric`` over lr (rows) x eps (columns): the best-ranked setting of each cell (over
-    any other axis); NaN where every setting diverged."""
+def _best_grid(records: Sequence[dict], layout: _Layout, metric: str, eps_values: list) -> np.ndarray:
+    """``metric`` over lr (rows) x ``eps_values`` (columns): the best-ranked setting of each
+    cell (over any other axis); NaN where every setting diverged."""
     cells: dict[tuple, list[dict]] = {}
     for record in records:
         if not record.get("diverged") and record.get(metric) is not None:
-            cells.setdefault((record["lr"], record["eps"]), []).append(record)
-    grid = np.full((len(layout.lr_values), len(layout.eps_values)), np.nan)
+            cells.setdefault((record["lr"], record.get("eps")), []).append(record)
+    grid = np.full((len(layout.lr_values), len(eps_values)), np.nan)
     for (lr, eps), group in cells.items():
-        grid[layout.lr_values.index(lr), layout.eps_values.index(eps)] = min(group, key=rank_key)[metric]
+        grid[layout.lr_values.index(lr), eps_values.index(eps)] = min(group, key=rank_key)[metric]
     return grid
 
 
-def _heatmaps(fig, layout: _Layout, metric: str, colors, ScalarMappable, ncols: int, cell: float) -> None:
-    """One heatmap per update rule, sharing one colour scale and one colour bar; ``cell``: a
-    cell's width in inches (values are written in cells wide enough)."""
-    from matplotlib import colormaps
-
-    higher = metric in HIGHER_IS_BETTER
-    grids = {rule: _best_grid([r for r in layout.records if _rule(r) == rule], layout, metric)
-             for rule in layout.rules}
-    values = np.concatenate([g[np.isfinite(g)] for g in grids.values()]) if grids else np.array([])
-    if higher:  # colour by the error rate, log scale: 0.9, 0.99, 0.999 equally apart
+def _scale(values: np.ndarray, higher: bool, colors):
+    """(norm, shade) of the heatmaps' one colour scale: accuracy as its error rate on a log
+    scale (0.9, 0.99, 0.999 equally apart); a loss spanning more than 50x on a log scale."""
+    if higher:
         errors = 1 - values
         floor = max(float(errors[errors > 0].min()) / 2, 1e-6) if (errors > 0).any() else 1e-3
         top = max(float(errors.max()) if errors.size else 1.0, floor * 10)
-        norm = colors.LogNorm(vmin=floor, vmax=top)
-        shade = lambda v: np.clip(1 - v, floor, None)  # noqa: E731
-    else:
-        positive = values.size and values.min() > 0 and values.max() / values.min() > 50
-        norm = colors.LogNorm(values.min(), values.max()) if positive else colors.Normalize(
-            *(values.min(), values.max()) if values.size else (0, 1))
-        shade = lambda v: v  # noqa: E731
+        return colors.LogNorm(vmin=floor, vmax=top), (lambda v: np.clip(1 - v, floor, None))
+    if values.size and values.min() > 0 and values.max() / values.min() > 50:
+        return colors.LogNorm(values.min(), values.max()), (lambda v: v)
+    return colors.Normalize(*((values.min(), values.max()) if values.size else (0, 1))), (lambda v: v)
+
+
+def _heatmaps(fig, layout: _Layout, metric: str, colors, ScalarMappable, ncols: int, cell: float) -> None:
+    """One heatmap per update rule (over the eps values it has), sharing one colour scale and
+    one colour bar; ``cell``: a cell's width in inches (values are written in cells wide enough)."""
+    from matplotlib import colormaps
+
+    higher = metric in HIGHER_IS_BETTER
+    grids = {}
+    for rule in layout.rules:
+        records = [r for r in layout.records if _rule(r) == rule]
+        eps_values = [e for e in layout.eps_values if any(r.get("eps") == e for r in records)]
+        grids[rule] = (eps_values, _best_grid(records, layout, metric, eps_values))
+    values = np.concatenate([g[np.isfinite(g)] for _, g in grids.values()])
+    norm, shade = _scale(values, higher, colors)
     cmap = colormaps["viridis_r"].with_extremes(bad="#cccccc")
-    others = [a for a in GRID_AXES if a not in ("eps", "lr") and len({r.get(a) for r in layout.records}) > 1]
+    others = [a for a in layout.varying if a != "lr"]
     rows = math.ceil(len(grids) / ncols)
     wanted = max(3.5, len(layout.eps_values) * cell + 1.4)  # a heatmap no wider than its cells need
     spare = max(0.0, fig.get_figure(root=True).get_size_inches()[0] / ncols - 1.2 - wanted) * ncols
     gs = fig.add_gridspec(rows, ncols + 1, width_ratios=[wanted] * ncols + [max(spare, 1e-3)])
     axes = []
-    for i, (rule, grid) in enumerate(grids.items()):
+    for i, (rule, (eps_values, grid)) in enumerate(grids.items()):
         ax = fig.add_subplot(gs[i // ncols, i % ncols])
         axes.append(ax)
         ax.imshow(np.ma.masked_invalid(shade(grid)), cmap=cmap, norm=norm, aspect="auto", origin="lower")
-        ticks = _thin(len(layout.eps_values))
-        labels = layout.eps_labels(ticks)
-        crowded = max(map(len, labels)) * 0.075 > max(cell, CELL_INCHES) * len(layout.eps_values) / len(ticks) * 0.9
+        ticks = _thin(len(eps_values))
+        labels = layout.eps_labels([layout.eps_values.index(eps_values[t]) for t in ticks])
+        crowded = max(map(len, labels)) * 0.075 > max(cell, CELL_INCHES) * len(eps_values) / len(ticks) * 0.9
         ax.set_xticks(ticks, labels, fontsize=8, **({"rotation": 45, "ha": "right", "rotation_mode": "anchor"}
                                                      if crowded else {}))
         lr_ticks = _thin(len(layout.lr_values))

@@ -8,12 +8,14 @@ from collections.abc import Sequence
 from epsweep.numbers import column, show, show_share, span
 from epsweep.results.analysis import OTHER_AXES
 from epsweep.views.sheet import Column, Sheet
-from epsweep.views.table import axis_columns, rule_column, rule_name, shown_axes
+from epsweep.views.table import NOT_USED, axis_columns, rule_column, rule_name, shown_axes
 from epsweep.views.titles import held_axes, title_head
 from epsweep.vocabulary import GRID_AXES, RULE_AXES, SHARES, axis_title, label
 
 
 def _axis_text(axis: str, value, notation: dict[str, bool]) -> str:
+    if value is None:
+        return NOT_USED
     if axis in GRID_AXES and isinstance(value, (int, float)) and not isinstance(value, bool):
         return show(value, scientific=notation.get(axis))
     return str(value)
@@ -33,7 +35,7 @@ def best_per_axis_sheet(rows: Sequence[dict], notation: dict[str, bool]) -> Shee
             at.append(f"all {row['settings']} diverged, collapsed or at chance")
             continue
         phrases = [f"{a} {_axis_text(a, best[a], notation)}" for a in varying
-                   if a != row["axis"] and a not in RULE_AXES]
+                   if a != row["axis"] and a not in RULE_AXES and best[a] is not None]
         if any(a in RULE_AXES for a in varying):
             rule = rule_name(best, both_rules) if "optimizer" in varying else str(best["convention"])
             if rule != str(row["value"]):
@@ -51,7 +53,8 @@ def best_per_axis_sheet(rows: Sequence[dict], notation: dict[str, bool]) -> Shee
 def sensitivity_sheet(rows: Sequence[dict], notation: dict[str, bool]) -> Sheet:
     """How much the metric moves across eps at each other setting (from analysis.sensitivity)."""
     metric = rows[0]["metric"] if rows else "val_accuracy"
-    held = [a for a in OTHER_AXES if len({r[a] for r in rows}) > 1] or ["lr"]
+    numeric = shown_axes(rows)
+    held = [a for a in OTHER_AXES if (a in numeric if a in GRID_AXES else len({r[a] for r in rows}) > 1)] or ["lr"]
     ranges = {(r["eps_min"], r["eps_max"]) for r in rows}
     same_range = len(ranges) == 1
     head = f"Eps sensitivity of {label(metric)}"

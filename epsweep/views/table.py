@@ -83,13 +83,23 @@ def rule_column(records: Sequence[dict]) -> Column | None:
     return None
 
 
-def shown_axes(records: Sequence[dict]) -> list[str]:
-    """The grid axes that vary over the rows using them (eps at least, when nothing varies)."""
-    shown = []
+def varying_axes(records: Sequence[dict]) -> list[str]:
+    """The grid axes that vary among the rows of one optimizer using them (an axis each
+    optimizer holds at one value, if different ones, does not vary: the title says it)."""
+    varying = []
     for axis in GRID_AXES:
-        values = {r.get(axis) for r in records if uses_axis(str(r.get("optimizer")), axis)}
-        if len(values) > 1:
-            shown.append(axis)
+        values: dict[str, set] = {}
+        for r in records:
+            if uses_axis(str(r.get("optimizer")), axis):
+                values.setdefault(str(r.get("optimizer")), set()).add(r.get(axis))
+        if any(len(v) > 1 for v in values.values()):
+            varying.append(axis)
+    return varying
+
+
+def shown_axes(records: Sequence[dict]) -> list[str]:
+    """The axis columns of a table: :func:`varying_axes` (eps at least, when nothing varies)."""
+    shown = varying_axes(records)
     if not shown and rule_column(records) is None:
         shown = ["eps"] if any(uses_axis(str(r.get("optimizer")), "eps") for r in records) else ["lr"]
     return shown

@@ -62,22 +62,44 @@ def run_parts(meta: dict) -> list[str]:
 
 
 def held_axes(records: Sequence[dict], shown: Sequence[str], meta: dict | None = None) -> list[str]:
-    """``decay 0.9``, ``b2 0.999``: each grid axis not in ``shown`` that every row using it
-    shares (momentum 0, no momentum, only when the ``meta``'s grid had other momentum values)."""
-    grid = (meta or {}).get("grid")
-    swept = {a for a, v in grid.items() if isinstance(v, list) and len(v) > 1} if isinstance(grid, dict) else set()
+    """``decay 0.9``, ``b2 0.999``: each grid axis not in ``shown`` that the rows of each
+    optimizer using it hold at one value; ``decay 0.9 (RMSProp)``, ``b2 0.999 (Adam)`` when the
+    optimizers hold different values. Momentum 0 (no momentum) only when the ``meta``'s grid
+    had other momentum values."""
     notation = axis_notation(records, meta)
+    swept = _swept(meta)
     out = []
     for axis in GRID_AXES:
         if axis in shown:
             continue
-        using = [r for r in records if uses_axis(str(r.get("optimizer")), axis) and r.get(axis) is not None]
-        values = list(dict.fromkeys(r[axis] for r in using))
-        if len(values) != 1 or (axis == "momentum" and values[0] == 0 and axis not in swept):
+        held: dict[str, list] = {}
+        for r in records:
+            optimizer = str(r.get("optimizer"))
+            if uses_axis(optimizer, axis) and r.get(axis) is not None:
+                held.setdefault(optimizer, [])
+                if r[axis] not in held[optimizer]:
+                    held[optimizer].append(r[axis])
+        if not held or any(len(v) != 1 for v in held.values()):
             continue
-        name = axis_title(axis, [r.get("optimizer") for r in using])
-        out.append(f"{name} {show(values[0], scientific=notation.get(axis))}")
+        values = {v[0] for v in held.values()}
+        if values == {0} and axis == "momentum" and axis not in swept:
+            continue
+        if len(values) == 1:
+            out.append(f"{axis_title(axis, list(held))} {show(values.pop(), scientific=notation.get(axis))}")
+            continue
+        for optimizer in canonical_order(held):
+            value = show(held[optimizer][0], scientific=notation.get(axis))
+            out.append(f"{axis_title(axis, [optimizer])} {value} ({optimizer_title(optimizer)})")
     return out
+
+
+def _swept(meta: dict | None) -> set[str]:
+    """The axes the meta's grid gives more than one value (flat, or per optimizer)."""
+    grid = (meta or {}).get("grid")
+    if not isinstance(grid, dict):
+        return set()
+    grids = [g for g in grid.values() if isinstance(g, dict)] or [grid]
+    return {a for g in grids for a, v in g.items() if isinstance(v, list) and len(v) > 1}
 
 
 def run_title(meta: dict, records: Sequence[dict] = ()) -> str:

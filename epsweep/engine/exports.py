@@ -1,0 +1,236 @@
+"""Lowered programs kept on disk, so that a warm start traces nothing.
+
+Tracing a large model is the cost of starting a sweep once XLA's persistent cache holds the
+compiled programs (Inception-v3: several seconds per program). Each program is therefore
+exported (``jax.export``: the lowered StableHLO module with its shardings) and, when the
+compilation cache is on, saved in a directory beside it (``<cache>-exports``) under a hash of
+everything the module depends on; a later sweep with the same key reads the module back and
+compiles (or loads) it without tracing the model. Only tasks with an ``identity`` whose text
+is the same in every process are saved; the others are exported in memory only. Anything
+unreadable in the directory is ignored and replaced.
+
+A file is a zip (no pickle): ``meta.json`` (format, the names of the NamedTuple types in the
+programs' pytrees, registered for serialization before reading) and one member per program.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import importlib
+import importlib.metadata
+import io
+import json
+import logging
+import os
+import re
+import tempfile
+import zipfile
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from jax import export
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from epsweep.engine.spec import HPARAMS, TrainSpec
+from epsweep.tasks.task import Task
+
+log = logging.getLogger(__name__)
+
+FORMAT = 1
+PROGRAMS = ("init", "train", "evaluate", "finish")
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # an object's address: its text differs between processes
+
+
+def export_dir() -> Path | None:
+    """Where exported programs go: beside the compilation cache (None when it is off)."""
+    from epsweep.engine.devices import compile_cache_dir
+
+    cache = compile_cache_dir()
+    return None if cache is None else cache.parent / f"{cache.name}-exports"
+
+
+def _version(package: str) -> str:
+    try:
+        return importlib.metadata.version(package)
+    except importlib.metadata.PackageNotFoundError:
+        return "unknown"
+
+
+def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None, width: int | None) -> str | None:
+    """A hash of what the lowered programs depend on, the same in every process; None when the
+    task's identity (or its trainable rule) has no process-independent text. Without
+    ``devices``, the key of what does not depend on them (the memory estimate)."""
+    if task.identity is None:
+        return None
+    trainable = None
+    if task.trainable is not None:
+        trainable = f"{task.trainable.__module__}.{task.trainable.__qualname__}"
+        if "<locals>" in trainable:
+            return None
+    text = repr((FORMAT, task.identity, trainable, task.data_signature(), task.loop_free_on_cpu,
+                 task.settings_per_cpu_device, task.metric_name, spec,
+                 (devices[0].platform, devices[0].device_kind, len(devices)) if devices else None,
+                 width, _version("epsweep"), jax.__version__))
+    if _ADDRESS.search(text):
+        return None
+    return hashlib.sha256(text.encode()).hexdigest()[:40]
+
+
+def _sds(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
+    return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
+
+
+def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int) -> dict[str, export.Exported]:
+    """Trace and export the four programs at their call shapes (one seed, ``width`` settings)."""
+    from epsweep.engine.compiled import CONFIG_AXIS, sharded_programs
+    from epsweep.engine.driver import validation_batches
+
+    jitted = sharded_programs(task, spec, devices)
+    mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
+    by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
+    runs = NamedSharding(mesh, P(None, CONFIG_AXIS))
+    h = {name: _sds((width,), np.float32, by_config) for name in HPARAMS}
+    seeds = _sds((1,), np.uint32, replicated)
+    constants = jax.tree.map(lambda a: _sds(np.shape(a), np.asarray(a).dtype, replicated), task.constants)
+    out = {"init": export.export(jitted["init"])(h, seeds, constants)}
+    init = out["init"]
+    state = jax.tree.unflatten(init.out_tree, [_sds(a.shape, a.dtype, s)
+                                               for a, s in zip(init.out_avals, init.out_shardings_jax(mesh),
+                                                               strict=True)])
+    if task.data is not None:
+        x_train = _sds(task.data.x_train.shape, task.data.x_train.dtype, replicated)
+        y_train = _sds(task.data.y_train.shape, task.data.y_train.dtype, replicated)
+    else:
+        x_train, y_train = _sds((1, 1), np.float32, replicated), _sds((1,), np.int32, replicated)
+    step = _sds((), np.int32, replicated)
+    out["train"] = export.export(jitted["train"])(state, h, seeds, step, step, x_train, y_train)
+    sums = _sds((1, width), np.float32, runs)
+    x_val, y_val, mask = validation_batches(task, spec.eval_batch_size)
+    if len(x_val):
+        batch = [_sds(a.shape[1:], a.dtype, replicated) for a in (x_val, y_val, mask)]
+        out["evaluate"] = export.export(jitted["evaluate"])(state, sums, sums, *batch)
+    out["finish"] = export.export(jitted["finish"])(state, sums, sums, _sds((), np.float32, replicated))
+    return out
+
+
+def _namedtuple_types(treedef: Any, found: dict[str, type]) -> None:
+    data = treedef.node_data()
+    if data is not None:
+        kind = data[0]
+        if isinstance(kind, type) and issubclass(kind, tuple) and hasattr(kind, "_fields"):
+            found[f"{kind.__module__}.{kind.__qualname__}"] = kind
+    for child in treedef.children():
+        _namedtuple_types(child, found)
+
+
+def _register(types: dict[str, type]) -> None:
+    for name, kind in types.items():
+        try:
+            export.register_namedtuple_serialization(kind, serialized_name=name)
+        except ValueError:  # registered already (by this process)
+            pass
+
+
+def _resolve(name: str) -> type:
+    module, _, qualname = name.rpartition(".")
+    while module:
+        try:
+            value: Any = importlib.import_module(module)
+            break
+        except ImportError:
+            module, _, head = module.rpartition(".")
+            qualname = f"{head}.{qualname}"
+    else:
+        raise LookupError(name)
+    for part in qualname.split("."):
+        value = getattr(value, part)
+    return value
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    """``data`` into ``path`` whole or not at all (a temporary file beside it, then a rename)."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+    try:
+        with os.fdopen(fd, "wb") as f:
+            f.write(data)
+        os.replace(tmp, path)
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
+
+
+def _save(path: Path, exported: dict[str, export.Exported]) -> None:
+    types: dict[str, type] = {}
+    for program in exported.values():
+        _namedtuple_types(program.in_tree, types)
+        _namedtuple_types(program.out_tree, types)
+    _register(types)
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
+        archive.writestr("meta.json", json.dumps({"format": FORMAT, "types": sorted(types)}))
+        for name, program in exported.items():
+            archive.writestr(name, bytes(program.serialize()))
+    _write_atomic(path, buffer.getvalue())
+
+
+def _load(path: Path) -> dict[str, export.Exported]:
+    with zipfile.ZipFile(path) as archive:
+        meta = json.loads(archive.read("meta.json"))
+        if meta.get("format") != FORMAT:
+            raise ValueError(f"format {meta.get('format')}")
+        _register({name: _resolve(name) for name in meta["types"]})
+        return {name: export.deserialize(bytearray(archive.read(name)))
+                for name in PROGRAMS if name in archive.namelist()}
+
+
+def load_or_export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device],
+                   width: int) -> tuple[dict[str, export.Exported], bool]:
+    """The exported programs, read from the disk cache when it holds them (second value True),
+    else traced now and, when they can be, saved there."""
+    key = stable_key(task, spec, devices, width)
+    folder = export_dir()
+    path = folder / f"{key}.zip" if key is not None and folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            return _load(path), True
+        except Exception as error:  # noqa: BLE001 - a damaged or foreign file is a miss, never a failure
+            log.debug("ignoring exported programs %s: %s", path, error)
+    exported = _export(task, spec, devices, width)
+    if path is not None:
+        try:
+            _save(path, exported)
+        except Exception as error:  # noqa: BLE001 - a program that cannot be saved still runs
+            log.debug("not saving exported programs to %s: %s", path, error)
+    return exported, False
+
+
+def cached_estimate(task: Task, spec: TrainSpec, compute) -> Any:
+    """``compute()`` (the memory estimate, a tracing of the model), kept as JSON beside the
+    exported programs under the task's stable key so that a warm start does not trace."""
+    from epsweep.engine.memory import Estimate
+
+    key = stable_key(task, spec, None, None)
+    folder = export_dir()
+    path = folder / f"{key}.estimate.json" if key is not None and folder is not None else None
+    if path is not None and path.is_file():
+        try:
+            fields = json.loads(path.read_text())
+            return Estimate(**{name: int(fields[name]) for name in ("per_config", "state", "fixed")})
+        except (OSError, ValueError, KeyError, TypeError) as error:
+            log.debug("ignoring memory estimate %s: %s", path, error)
+    value = compute()
+    if path is not None:
+        try:
+            _write_atomic(path, json.dumps({"per_config": value.per_config, "state": value.state,
+                                            "fixed": value.fixed}).encode())
+        except OSError as error:
+            log.debug("not saving memory estimate %s: %s", path, error)
+    return value
