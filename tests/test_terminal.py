@@ -144,6 +144,22 @@ def test_titles_and_columns_name_the_optimizer_and_what_an_axis_means(tmp_path):
     out = run("report", sgd)
     assert out.stdout.startswith("RMSProp (optax) and SGD sweep: ")
     assert [row[0] for row in cells(out.stdout)[1]].count("n/a") == 2  # sgd has no eps
+    # as the runner writes them: an axis an optimizer does not use is null, each takes its own default
+    mixed = [record(eps=e, decay=0.9, optimizer="rmsprop", acc=0.9 - e / 10) for e in (1e-8, 1.0)] + \
+            [record(eps=e, decay=0.999, momentum=None, optimizer="adam", acc=0.8 - e / 10) for e in (1e-8, 1.0)] + \
+            [record(eps=None, decay=None, optimizer="sgd", acc=0.85)]
+    path = write(tmp_path / "mixed.jsonl", mixed)
+    out = run("report", path, columns=120)
+    assert out.returncode == 0, out.stderr
+    assert " ".join(out.stdout.split()).startswith("RMSProp (optax), Adam and SGD sweep: task mlp, data digits "
+                                                   "(1438 train / 359 val), 440 steps, batch 32, 3 seeds; "
+                                                   "decay 0.9 (RMSProp), b2 0.999 (Adam), lr 0.01")
+    header, rows = cells(out.stdout)
+    assert header[:2] == ["eps", "optimizer"] and [row[0] for row in rows][-1] == "n/a"
+    assert "None" not in out.stdout
+    pytest.importorskip("matplotlib")
+    plot = run("plot", path, "-o", tmp_path / "mixed.png")
+    assert plot.returncode == 0 and "3 heatmaps (one per update rule)" in plot.stderr, plot.stderr
 
 
 def test_one_number_format_everywhere_and_where_reads_it_back(wide):
