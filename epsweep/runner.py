@@ -264,7 +264,8 @@ class Runner:
                 for j, setting in enumerate(chosen[start:stop]):
                     setting = {**setting, **rule._asdict()}
                     metrics = {name: getattr(out, name)[:, j] for name in METRICS}
-                    chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j]))
+                    chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j],
+                                            chance=(self.meta.get("chance") or {}).get("threshold")))
                     for k, seed in enumerate(seeds):
                         runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in METRICS},
                                      "diverged_step": int(out.diverged_step[k, j])})

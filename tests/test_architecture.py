@@ -18,21 +18,22 @@ PACKAGE = ROOT / "epsweep"
 # layer -> what it may import (besides itself), as in docs/architecture.md
 ALLOWED = {
     "errors": set(),
+    "numbers": set(),
     "vocabulary": {"errors"},
-    "grid": {"vocabulary", "errors"},
-    "config": {"vocabulary", "errors"},
-    "presets": {"vocabulary", "errors"},
+    "grid": {"vocabulary", "numbers", "errors"},
+    "config": {"vocabulary", "numbers", "errors"},
+    "presets": {"vocabulary", "numbers", "errors"},
     "optim": {"vocabulary", "errors"},
     "data": {"errors"},
     "models": {"errors"},
     "tasks": {"data", "models", "optim", "vocabulary", "errors"},
-    "results": {"vocabulary", "errors"},
-    "engine": {"tasks", "data", "optim", "config", "vocabulary", "errors"},
-    "provenance": {"results", "vocabulary", "errors"},
+    "results": {"vocabulary", "numbers", "errors"},
+    "engine": {"tasks", "data", "optim", "config", "vocabulary", "numbers", "errors"},
+    "provenance": {"results", "vocabulary", "numbers", "errors"},
     "runner": {"outcome", "provenance", "engine", "results", "tasks", "data", "models", "optim", "grid", "config",
-               "presets", "vocabulary", "errors"},
-    "outcome": {"results", "vocabulary", "errors"},
-    "views": {"results", "vocabulary", "errors"},
+               "presets", "vocabulary", "numbers", "errors"},
+    "outcome": {"results", "vocabulary", "numbers", "errors"},
+    "views": {"results", "vocabulary", "numbers", "errors"},
 }
 UI_LIBRARIES = {"rich": {"views", "cli"}, "matplotlib": {"views"}, "typer": {"cli"}, "click": {"cli"}}
 

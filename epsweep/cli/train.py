@@ -33,7 +33,7 @@ def _names(tokens: list[str] | None, default: str) -> tuple[str, ...]:
 
 def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None):
     """The JAX runtime the flags ask for (checked now, applied by the runner's setup)."""
-    from epsweep.engine.devices import Runtime
+    from epsweep.engine.runtime import Runtime  # no JAX: an argument error must not wait for it
 
     return Runtime(compile_cache=not no_compile_cache, coordinator=coordinator, num_processes=num_processes,
                    process_id=process_id)
@@ -81,6 +81,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
 
 
 @app.command(short_help="Train a grid of settings at once: a row of results per setting.")
+@o.with_columns_help
 def grid(
     eps: o.EpsOpt = None,
     decay: o.DecayOpt = None,
@@ -133,6 +134,7 @@ def grid(
 
 
 @app.command(short_help="The same on Inception-v3 over your own images.")
+@o.with_columns_help
 def inception(
     dataset: Annotated[str, typer.Option(
         "--dataset", metavar="DATA", help="An ImageFolder directory (one sub-folder per class), an .npz of "

@@ -16,7 +16,8 @@ from typing import Any
 
 from epsweep.results.records import CSV_FIELDS
 
-FORMATS = ("table", "csv", "json", "jsonl")
+FORMATS = ("table", "markdown", "csv", "json", "jsonl")
+HUMAN_FORMATS = ("table", "markdown")  # for people, on stdout; the others are for programs
 MACHINE_FORMATS = ("csv", "json", "jsonl")
 
 
