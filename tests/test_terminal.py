@@ -280,8 +280,8 @@ def test_version_and_shell_completion():
     from importlib.metadata import version
 
     assert run("--version").stdout == f"epsweep {version('epsweep')}\n"
-    completion = run("--show-completion", "bash")
-    assert completion.returncode == 0 and "_epsweep_completion" in completion.stdout
+    completion = run("--show-completion=bash", env={"SHELL": "/bin/bash"})
+    assert completion.returncode == 0 and "_epsweep_completion" in completion.stdout, completion.stderr
     assert "--install-completion" in run("--help").stdout
 
 
