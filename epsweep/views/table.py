@@ -9,7 +9,7 @@ import numpy as np
 from rich.table import Table
 from rich.text import Text
 
-from epsweep.results.records import best_index
+from epsweep.results.records import best_index, extra_metrics
 from epsweep.views.titles import run_title
 from epsweep.vocabulary import label
 
@@ -90,6 +90,7 @@ def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklin
             return without  # no room for the curves
     has_val = any(r.get("val_loss") is not None for r in records)
     has_acc = any(r.get("val_accuracy") is not None for r in records)
+    own_metrics = extra_metrics(records)  # a task's own metric: val_<name>
     has_eps_dom = any(r.get("eps_dominated") is not None for r in records)
     given = meta.get("title")
     title = (given if isinstance(given, str) and given else run_title(meta)) + (f" ({note})" if note else "")
@@ -103,6 +104,8 @@ def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklin
         table.add_column("val loss", justify="right", no_wrap=True)
     if has_acc:
         table.add_column("val acc", justify="right", no_wrap=True)
+    for field in own_metrics:
+        table.add_column(label(field), justify="right", no_wrap=True)
     if has_eps_dom:  # share of moving parameters whose denominator eps dominates, end of training
         table.add_column("eps-dom %", justify="right", no_wrap=True)
     any_diverged = any(r.get("diverged") for r in records)
@@ -118,6 +121,7 @@ def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklin
             cells.append(_mean_std(record, "val_loss"))
         if has_acc:
             cells.append(_mean_std(record, "val_accuracy"))
+        cells += [_mean_std(record, field) for field in own_metrics]
         if has_eps_dom:
             share = record.get("eps_dominated")
             cells.append("—" if share is None else f"{100 * share:.1f}")
