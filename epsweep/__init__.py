@@ -29,7 +29,7 @@ _EXPORTS = {
     "run": "epsweep.runner", "sweep": "epsweep.runner", "Runner": "epsweep.runner",
     "SweepResult": "epsweep.runner", "ProgressEvent": "epsweep.runner",
     "setup": "epsweep.engine.devices", "Runtime": "epsweep.engine.runtime",
-    "Task": "epsweep.tasks", "build_task": "epsweep.tasks",
+    "Task": "epsweep.tasks", "build_task": "epsweep.tasks", "flax_task": "epsweep.tasks",
     "Dataset": "epsweep.data",
     "CONVENTIONS": "epsweep.optim", "OPTIMIZERS": "epsweep.optim", "denominator_terms": "epsweep.optim",
     "eps_diagnostics": "epsweep.optim", "make_optimizer": "epsweep.optim", "rmsprop": "epsweep.optim",
