@@ -7,7 +7,8 @@ Library API::
     for record in result.records:
         print(record["eps"], record["val_accuracy"])
 
-``epsweep.run(task, grid, config, writers=[epsweep.JsonlWriter("sweep.jsonl")])`` streams
+Your own Flax model: ``epsweep.flax_task(model, epsweep.Dataset.from_arrays(x, y))`` is a task
+like ``"mlp"``. ``epsweep.run(task, grid, config, writers=[epsweep.JsonlWriter("sweep.jsonl")])`` streams
 records to files as they finish (and resumes); ``epsweep.setup()`` chooses devices, the
 compilation cache and processes (optional: a sweep applies the defaults). The optimizers on
 their own: ``epsweep.rmsprop(lr, decay, eps, convention=...)``, ``epsweep.make_optimizer``;

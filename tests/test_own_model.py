@@ -288,6 +288,35 @@ def test_an_nnx_instance_starts_every_seed_and_a_class_each_its_own():
     assert not all(np.array_equal(a, b) for a, b in zip(seed_0, seed_1, strict=True))
 
 
+class NnxDropout(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(x))
+
+
+def test_nnx_dropout_draws_from_the_step_key_as_nnx_reseed_sets_it():
+    """A step's dropout: the stream reseeded with the step's key (nnx.reseed, the NNX way);
+    evaluation drops nothing."""
+    data = classification_data()
+    task = epsweep.flax_task(NnxDropout, data)
+    seed = jax.random.key(7)
+    params, state = task.init(jax.random.fold_in(seed, 0))
+    x, y = data.x_train[:8], data.y_train[:8]
+    step_key = jax.random.fold_in(jax.random.fold_in(seed, 2), 11)
+    loss = jax.jit(task.loss)(params, state, x, y, step_key)[0]
+    model = NnxDropout(rngs=nnx.Rngs(jax.random.fold_in(seed, 0)))
+    model.train()
+    nnx.reseed(model, **{model.drop.rngs.key.tag: step_key})
+    assert float(loss) == pytest.approx(float(cross_entropy(model(x), y).mean()), rel=1e-6)
+    assert jax.jit(task.loss)(params, state, x, y, jax.random.fold_in(step_key, 1))[0] != loss
+    model.eval()
+    losses, _ = task.evaluate(params, state, x, y)
+    np.testing.assert_allclose(losses, cross_entropy(model(x), y), rtol=1e-6)
+
+
 def test_dataset_from_arrays_checks_what_it_is_given():
     rng = np.random.default_rng(0)
     x = rng.normal(size=(10, 3))

@@ -62,11 +62,12 @@ class _Guard:
 
 
 def _accepts(function: Callable, name: str) -> bool:
+    """Whether ``function`` (a class: its ``__init__``) has a parameter ``name``, by that name."""
     try:
-        parameters = inspect.signature(function).parameters
+        parameters = inspect.signature(function.__init__ if isinstance(function, type) else function).parameters
     except (TypeError, ValueError):
         return False
-    return name in parameters or any(p.kind is p.VAR_KEYWORD for p in parameters.values())
+    return name in parameters
 
 
 class _Linen:
@@ -143,19 +144,20 @@ class _Nnx:
         return params, rest
 
     def _rng_state(self, key):
-        """Every RNG stream of the model started afresh from ``key``: stream i gets
-        ``fold_in(key, i)``, its count 0."""
+        """Every RNG stream of the model started afresh from ``key``: stream i (in split
+        order) gets the key ``fold_in(key, i)`` (split to its shape, if it has one), count 0."""
         import jax
         import jax.numpy as jnp
         from flax import nnx
 
         leaves, treedef = jax.tree.flatten(self.rng_template, is_leaf=lambda v: isinstance(v, nnx.Variable))
-        fresh = []
-        for i, variable in enumerate(leaves):
+        fresh, streams = [], 0
+        for variable in leaves:
             shape = variable.get_value().shape
             if isinstance(variable, nnx.RngKey):
-                value = jax.random.fold_in(key, i)
+                value = jax.random.fold_in(key, streams)
                 value = jax.random.split(value, shape) if shape else value
+                streams += 1
             else:
                 value = jnp.zeros(shape, variable.get_value().dtype)
             fresh.append(variable.replace(value))
