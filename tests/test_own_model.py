@@ -408,14 +408,12 @@ def run_cli(args, cwd):
     return json.loads(done.stdout)
 
 
-def test_cli_trains_a_model_file_and_a_rerun_with_new_eps_compiles_nothing(model_dir, capsys, monkeypatch):
-    """The first run in this process, the rerun through the installed executable: a new process,
-    which finds every program in the session's persistent compilation cache (tests/conftest.py)."""
+def test_cli_trains_a_model_file_and_a_rerun_with_new_eps_compiles_nothing(model_dir):
+    """Two processes of the installed executable: the second finds every program in the session's
+    persistent compilation cache (tests/conftest.py)."""
     assert EXE, "the epsweep executable is not installed"
     args = ["grid", "--model", "own_models.py:Net", "--dataset", "data.npz", "--steps", "20", "-f", "json", "-q"]
-    monkeypatch.chdir(model_dir)
-    assert main([*args, "--eps", "1e-8", "1"]) == 0
-    first = json.loads(capsys.readouterr().out)
+    first = run_cli([*args, "--eps", "1e-8", "1"], model_dir)
     assert (first["meta"]["task"], first["meta"]["model"], first["meta"]["data"]["classes"]) == ("Net", "Net", 3)
     assert [r["eps"] for r in first["results"]] == [1e-8, 1.0]
     assert all(0 <= r["val_accuracy"] <= 1 for r in first["results"])
