@@ -240,7 +240,8 @@ def test_linear_regression_reaches_least_squares():
 
 def test_same_model_new_eps_compiles_nothing_and_a_different_model_its_own():
     """The linen MLP task built again (as the MLP comparison above did, same spec) trains new eps
-    values with no compilation; another model, loss or metric gets programs of its own."""
+    values with no compilation; another model, loss or metric gets programs of its own: the key
+    is what the functions compute, so an edited model never meets its old programs."""
     data = classification_data()
     config = epsweep.RunConfig(steps=STEPS, batch_size=BATCH, curve_points=STEPS)
     epsweep.sweep(epsweep.flax_task(MLP(3), data), epsweep.Grid(eps=(1e-8,)), config)
@@ -254,6 +255,16 @@ def test_same_model_new_eps_compiles_nothing_and_a_different_model_its_own():
         def __call__(self, x):
             return nn.Dense(self.num_classes)(nn.relu(nn.Dense(16)(x)))
 
+    def edited():  # the model file edited: the same class name, fields and repr, another __call__
+        class MLP(nn.Module):
+            num_classes: int
+
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(self.num_classes)(nn.sigmoid(nn.Dense(16)(x)))
+
+        return MLP(3)
+
     from epsweep.engine import program_key
     from epsweep.runner import resolve_spec
     from epsweep.vocabulary import UpdateRule
@@ -263,8 +274,15 @@ def test_same_model_new_eps_compiles_nothing_and_a_different_model_its_own():
 
     same = key(epsweep.flax_task(MLP(3), data))
     assert same == key(epsweep.flax_task(MLP(3), data, name="renamed"))
-    others = [epsweep.flax_task(Other(3), data), epsweep.flax_task(MLP(3), data, metric=None),
-              epsweep.flax_task(MLP(4), data), epsweep.flax_task(MLP(3), data, loss=cross_entropy),
+    assert same == key(epsweep.flax_task(MLP(3), data, loss=cross_entropy))  # the same computation
+
+    def smoothed(outputs, y):
+        return optax.softmax_cross_entropy(outputs, optax.smooth_labels(jax.nn.one_hot(y, 3), 0.1))
+
+    assert repr(edited()) == repr(MLP(3))
+    others = [epsweep.flax_task(Other(3), data), epsweep.flax_task(edited(), data),
+              epsweep.flax_task(MLP(3), data, metric=None),
+              epsweep.flax_task(MLP(4), data), epsweep.flax_task(MLP(3), data, loss=smoothed),
               epsweep.flax_task(MLP(3), epsweep.Dataset.from_arrays(np.ones((40, 7)), np.arange(40) % 3))]
     assert len({same, *map(key, others)}) == 1 + len(others)
 

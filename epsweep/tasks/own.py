@@ -26,7 +26,8 @@ import dataclasses
 import hashlib
 import inspect
 import math
-from collections.abc import Callable, Hashable
+import re
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -37,6 +38,7 @@ from epsweep.tasks.scoring import Scoring, scoring
 from epsweep.tasks.task import Task
 
 DROPPED_COLLECTIONS = ("intermediates",)  # sown values: not state (they grow at every call)
+_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # an object's address: its text differs between processes
 
 
 def _first_line(error: BaseException) -> str:
@@ -80,7 +82,6 @@ class _Linen:
         self.takes_train = _accepts(module.__call__, "train")
         self.sample_shape = (1, *data.input_shape)
         self.constants = None
-        self.identity = ("linen", type(module), repr(module), self.takes_train)
 
     def _train(self, train: bool) -> dict:
         return {"train": train} if self.takes_train else {}
@@ -114,7 +115,7 @@ class _Nnx:
 
     framework = "nnx"
 
-    def __init__(self, model, guard: _Guard, factory: Callable | None, identity: Hashable):
+    def __init__(self, model, guard: _Guard, factory: Callable | None):
         from flax import nnx
 
         self.guard, self.factory = guard, factory
@@ -122,7 +123,6 @@ class _Nnx:
             graphdef, params, rng_state, rest = nnx.split(model, nnx.Param, nnx.RngState, ...)
             self.constants = (_host(params), _host(rest))
             self.rng_template = rng_state
-            self.identity = ("nnx-instance", graphdef)
         else:
             abstract = guard.call(nnx.eval_shape, lambda: factory(rngs=nnx.Rngs(0)))
             if not isinstance(abstract, nnx.Module):
@@ -131,7 +131,6 @@ class _Nnx:
             graphdef, _, rng_state, _ = nnx.split(abstract, nnx.Param, nnx.RngState, ...)
             self.constants = None
             self.rng_template = rng_state
-            self.identity = identity
         self.graphdef = graphdef
 
     def init(self, key, constants=None):
@@ -185,14 +184,13 @@ def _host(state):
     return jax.tree.map(np.asarray, state)
 
 
-def _with_classes(factory: Callable, data: Dataset) -> tuple[Callable, dict]:
+def _with_classes(factory: Callable, data: Dataset) -> Callable:
     """``factory`` with ``num_classes`` filled in when it takes it and the data has classes."""
     import functools
 
     if data.num_classes is not None and _accepts(factory, "num_classes"):
-        kwargs = {"num_classes": data.num_classes}
-        return functools.partial(factory, **kwargs), kwargs
-    return factory, {}
+        return functools.partial(factory, num_classes=data.num_classes)
+    return factory
 
 
 def _model_name(model) -> str:
@@ -209,19 +207,18 @@ def adapt_model(model, data: Dataset, name: str):
     if isinstance(model, linen.Module):
         return _Linen(model, data, guard)
     if isinstance(model, nnx.Module):
-        return _Nnx(model, guard, None, None)
+        return _Nnx(model, guard, None)
     if not callable(model):
         raise UserError(f"{param('model')}: expected a Flax linen or NNX module, a module class or a factory; got "
                         f"{type(model).__name__}")
-    factory, kwargs = _with_classes(model, data)
-    is_nnx = (isinstance(model, type) and issubclass(model, nnx.Module)) or _accepts(model, "rngs")
-    if is_nnx:
-        return _Nnx(None, guard, factory, ("nnx", model, tuple(sorted(kwargs.items()))))
+    factory = _with_classes(model, data)
+    if (isinstance(model, type) and issubclass(model, nnx.Module)) or _accepts(model, "rngs"):
+        return _Nnx(None, guard, factory)
     built = guard.call(factory)
     if isinstance(built, linen.Module):
         return _Linen(built, data, guard)
     if isinstance(built, nnx.Module):
-        return _Nnx(built, guard, None, None)
+        return _Nnx(built, guard, None)
     raise UserError(f"model {name}: calling it gave {type(built).__name__}, not a linen or NNX module")
 
 
@@ -251,27 +248,38 @@ def _shapes(tree) -> tuple:
 def check_task(task: Task, name: str) -> dict:
     """Trace ``task``'s functions on shapes alone (nothing runs, no JAX backend starts): the
     model must accept the data's inputs, its outputs must fit the loss and metric, and its
-    state must keep its shapes from step to step. Returns what :func:`flax_task` records:
-    the parameter count, whether the model convolves, a signature of its shapes."""
+    state must keep its shapes from step to step. Returns what :func:`flax_task` records: the
+    parameter count, whether the model convolves, a signature of its shapes, and a
+    ``fingerprint`` of the traced computations (init, loss and gradient, evaluation), the same
+    in every process for the same model, loss and metric (``None`` when their text holds an
+    object's address, which changes from process to process)."""
     import jax
 
     data = task.data
     key = jax.eval_shape(lambda: jax.random.key(0))
     args = (key,) if task.constants is None else (key, task.constants)
-    params, state = jax.eval_shape(task.init, *args)
+    init, (params, state) = jax.make_jaxpr(task.init, return_shape=True)(*args)
     batch = 2
     x = jax.ShapeDtypeStruct((batch, *data.input_shape), data.x_train.dtype)
     y = jax.ShapeDtypeStruct((batch, *data.target_shape), data.y_train.dtype)
-    step = jax.make_jaxpr(task.loss, return_shape=True)
-    jaxpr, (_, new_state) = step(params, state, x, y, key)
+    step, ((_, new_state), _) = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True), return_shape=True)(
+        params, state, x, y, key)
     if _shapes(new_state) != _shapes(state):
         raise UserError(f"model {name}: its state ({', '.join(map(str, state)) or 'none'}) changes shape from step "
                         f"to step; only fixed-shape state (BatchNorm statistics, counters) can be carried")
-    jax.eval_shape(task.evaluate, params, state, x, y)
+    evaluate = jax.make_jaxpr(task.evaluate)(params, state, x, y)
     count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
-    signature = hashlib.blake2b(repr((_shapes(params), _shapes(state))).encode(), digest_size=8).hexdigest()
-    convolves = "conv_general_dilated" in _walk_primitives(jaxpr.jaxpr)
-    return {"parameters": int(count), "shapes": signature, "convolves": convolves}
+    shapes = (_shapes(params), _shapes(state))
+    digest = hashlib.sha256(repr(shapes).encode())
+    for jaxpr in (init, step, evaluate):
+        digest.update(str(jaxpr).encode())
+        for const in jaxpr.consts:
+            const = np.asarray(const)
+            digest.update(f"{const.dtype}{const.shape}".encode() + const.tobytes())
+    stable = not any(_ADDRESS.search(str(jaxpr)) for jaxpr in (init, step, evaluate))
+    return {"parameters": int(count), "convolves": "conv_general_dilated" in _walk_primitives(step.jaxpr),
+            "shapes": hashlib.blake2b(repr(shapes).encode(), digest_size=8).hexdigest(),
+            "fingerprint": digest.hexdigest()[:32] if stable else None}
 
 
 def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entropy",
@@ -300,8 +308,9 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
         name: the task's name in results (default: the model's class or function name).
 
     Returns:
-        The :class:`~epsweep.tasks.Task`. Its compiled programs are shared by every task of the
-        same model structure, loss, metric and data shapes: new eps values never recompile.
+        The :class:`~epsweep.tasks.Task`. Its compiled programs are shared by every task that
+        computes the same (model, loss and metric, traced on the data's shapes) on data of the
+        same shapes: new eps values never recompile, an edited model never reuses a program.
 
     Example:
         >>> import numpy as np
@@ -330,7 +339,16 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
     checked = check_task(task, name)
     details = {"model": name, "framework": adapter.framework, "parameters": checked["parameters"],
                "model_shapes": checked["shapes"], "loss": score.loss_name, "metric": score.metric_name}
-    return dataclasses.replace(task, details=details, loop_free_on_cpu=checked["convolves"])
+    # the programs are keyed by what the functions compute: the same model, loss and metric share
+    # them (in this process and, via the fingerprint's text, in others); a change to any never does
+    identity = ("flax_task", checked["fingerprint"] or _Unshared(), score.loss_name, score.metric_name,
+                data.num_classes)
+    return dataclasses.replace(task, details=details, loop_free_on_cpu=checked["convolves"], identity=identity)
+
+
+class _Unshared:
+    """A fingerprint that matches only itself (its text, with its address, matches no other
+    process's): for computations whose traced text is not the same from process to process."""
 
 
 def _task(adapter, score: Scoring, data: Dataset, name: str) -> Task:
@@ -357,6 +375,4 @@ def _task(adapter, score: Scoring, data: Dataset, name: str) -> Task:
                             f"predictions)")
         return adapter.guard.call(function, outputs, y, what=f"scoring the outputs of model {name}")
 
-    identity = ("flax_task", adapter.identity, score.identity)
-    return Task(name, init, loss, evaluate, data, metric_name=score.metric_name, identity=identity,
-                constants=adapter.constants)
+    return Task(name, init, loss, evaluate, data, metric_name=score.metric_name, constants=adapter.constants)

@@ -23,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import math
 import re
-from collections.abc import Callable, Hashable
+from collections.abc import Callable
 from typing import Any
 
 from epsweep.data.dataset import Dataset
@@ -44,7 +44,6 @@ class Scoring:
     metric_name: str | None
     loss: Callable[[Any, Any], Any]
     metric: Callable[[Any, Any], Any] | None
-    identity: Hashable
 
 
 def _name_of(function: Callable) -> str:
@@ -182,6 +181,5 @@ def scoring(loss: str | Callable, metric: str | Callable | None, data: Dataset) 
     (labels or regression targets, and their shape)."""
     loss_name, loss_fn = _loss(loss, data)
     metric_name, metric_fn = _metric(metric, loss, data)
-    identity = (loss, metric, data.num_classes)  # callables by object: a new function, a new program
-    return Scoring(loss_name, metric_name, loss_fn, metric_fn, identity)
+    return Scoring(loss_name, metric_name, loss_fn, metric_fn)
 
