@@ -38,7 +38,7 @@ from epsweep.outcome import (
 from epsweep.results.cache import ArrayCache
 from epsweep.results.files import write_atomic
 from epsweep.results.formats import dumps
-from epsweep.results.records import fold_seeds, setting_key
+from epsweep.results.records import fold_seeds, named_metrics, setting_key
 from epsweep.results.writers import Writer
 from epsweep.tasks import Task, build_task
 from epsweep.vocabulary import METRICS
@@ -263,11 +263,12 @@ class Runner:
                 chunk = []
                 for j, setting in enumerate(chosen[start:stop]):
                     setting = {**setting, **rule._asdict()}
-                    metrics = {name: getattr(out, name)[:, j] for name in METRICS}
+                    metrics = named_metrics({name: getattr(out, name)[:, j] for name in METRICS},
+                                            self.task.metric_name)
                     chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j],
                                             chance=(self.meta.get("chance") or {}).get("threshold")))
                     for k, seed in enumerate(seeds):
-                        runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in METRICS},
+                        runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in metrics},
                                      "diverged_step": int(out.diverged_step[k, j])})
                 for writer in writers:
                     writer.write(chunk)

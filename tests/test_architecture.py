@@ -152,6 +152,10 @@ def test_building_tasks_starts_no_jax_backend_so_setup_order_does_not_matter():
         images = np.zeros((4, 75, 75, 3), np.uint8)
         tasks.append(inception_task(Dataset("x", images, np.arange(4) % 2, images[:2], np.arange(2), 2),
                                     InceptionOptions()))
+        import flax.linen as nn
+        from flax import nnx
+        own = Dataset.from_arrays(np.random.rand(20, 3), np.arange(20) % 2)
+        tasks += [epsweep.flax_task(nn.Dense(2), own), epsweep.flax_task(lambda rngs: nnx.Linear(3, 2, rngs=rngs), own)]
         assert not xla_bridge.backends_are_initialized()
         result = epsweep.sweep(tasks[3], epsweep.Grid(eps=(1e-8,)), epsweep.RunConfig(steps=2))
         print(len(result.meta["devices"]), available_cores())

@@ -174,6 +174,13 @@ CASES = [
     (["grid", "--task", "quadratic", "--dataset", "/no/such.npz"],
      "task quadratic takes no dataset (got --dataset /no/such.npz)"),
     (["grid", "--task", "toy", "--dataset", "synthetic"], "task toy takes no dataset (got --dataset synthetic)"),
+    # your own model (more in test_own_model.py)
+    (["grid", "--model", "{d}/missing.py:Net"], "--model: {d}/missing.py: no such file"),
+    (["grid", "--model", "{d}/data.txt:Net"], "--model: cannot import {d}/data.txt (not a Python file)"),
+    (["grid", "--model", "{d}/:Net"], "--model: {d} is not a file"),
+    (["grid", "--model", "no_such_package.models:Net"], "cannot import no_such_package.models: ModuleNotFoundError"),
+    (["grid", "--model", "Net"], "--model: 'Net' must look like FILE.py:NAME or package.module:NAME"),
+    (["grid", "--metric", "none"], "--metric applies to --model only"),
     # images for inception: a decompression bomb is skipped (here: nothing else to read); 0..1 or 0..255 only
     (["inception", "--dataset", "{d}/bombs", "--image-size", "75", "--steps", "1", "-q"],
      "none of the 1 images could be read"),

@@ -2,7 +2,8 @@
 what went wrong with it, and which setting is best (one ranking for every table, report and plot).
 
 A record is a plain dict with the fields in :data:`FIELDS` (``*_std`` over seeds, ``None``
-where a task has no such number or too few finite seeds) plus ``loss_curve``.
+where a task has no such number or too few finite seeds) plus ``loss_curve``. A task whose
+metric is not accuracy adds ``val_<metric>`` and its ``_std`` (``val_accuracy`` is then null).
 
 What can go wrong with a setting, each flagged in its record:
 
@@ -24,7 +25,7 @@ from collections.abc import Sequence
 import numpy as np
 
 from epsweep.numbers import needs_scientific
-from epsweep.vocabulary import GRID_AXES, METRICS, SETTING_AXES, SETTING_DEFAULTS, is_number
+from epsweep.vocabulary import GRID_AXES, SETTING_AXES, SETTING_DEFAULTS, is_number
 
 FIELDS = (
     *SETTING_AXES,
@@ -36,6 +37,43 @@ FIELDS = (
 CSV_FIELDS = FIELDS  # every field but the loss curve
 
 SettingKey = tuple
+
+
+def metric_field(metric_name: str | None) -> str:
+    """The record field of a task's validation metric: ``val_<name>`` (``val_accuracy`` when
+    the task has none: it stays null)."""
+    return f"val_{metric_name or 'accuracy'}"
+
+
+def named_metrics(values: dict, metric_name: str | None) -> dict:
+    """Per-run numbers keyed by :data:`~epsweep.vocabulary.METRICS` (the engine's outputs,
+    whose ``val_accuracy`` holds the task's metric) keyed by record field instead: a metric
+    other than accuracy moves to ``val_<name>``, right after ``val_accuracy``, which becomes NaN."""
+    field = metric_field(metric_name)
+    if field == "val_accuracy":
+        return values
+    out = {}
+    for name, value in values.items():
+        out[name] = np.full_like(value, np.nan, dtype=float) if name == "val_accuracy" else value
+        if name == "val_accuracy":
+            out[field] = value
+    return out
+
+
+def extra_metrics(records: Sequence[dict]) -> list[str]:
+    """Metric fields of the records beyond :data:`FIELDS` (``val_<name>`` of a task's own
+    metric), in the order they first appear: numbers or null in every record, as its ``_std``."""
+    names = dict.fromkeys(k for r in records for k in r if k.startswith("val_") and k not in FIELDS
+                          and not k.endswith("_std"))
+    return [n for n in names if all(r.get(f) is None or is_number(r[f]) for r in records for f in (n, f"{n}_std"))]
+
+
+def csv_fields(records: Sequence[dict]) -> list[str]:
+    """The CSV columns of ``records``: :data:`CSV_FIELDS`, then any metric of the task's own
+    (with its ``_std``) after ``val_accuracy_std``."""
+    extra = [f for name in extra_metrics(records) for f in (name, f"{name}_std")]
+    at = CSV_FIELDS.index("val_accuracy_std") + 1
+    return [*CSV_FIELDS[:at], *extra, *CSV_FIELDS[at:]]
 
 
 def setting_key(record: dict) -> SettingKey:
@@ -81,7 +119,8 @@ def collapsed_seeds(curve: np.ndarray) -> np.ndarray:
 
 def fold_seeds(setting: dict, metrics: dict[str, np.ndarray], diverged_step: np.ndarray, curve: np.ndarray,
                chance: float | None = None) -> dict:
-    """One record from a setting's per-seed arrays (each of shape (seeds,), curve (seeds, points)).
+    """One record from a setting's per-seed arrays (each of shape (seeds,), curve (seeds, points)),
+    ``metrics`` keyed by record field (:func:`named_metrics`).
 
     Means and sample standard deviations are taken over the seeds that did not diverge.
     ``chance`` is the accuracy at or below which the setting is ``at_chance``
@@ -89,7 +128,7 @@ def fold_seeds(setting: dict, metrics: dict[str, np.ndarray], diverged_step: np.
     """
     alive = diverged_step < 0
     record = dict(setting)
-    for name in METRICS:
+    for name in metrics:
         values = metrics[name][alive]
         values = values[np.isfinite(values)]
         record[name] = _number(values.mean()) if len(values) else None

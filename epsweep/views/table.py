@@ -12,7 +12,7 @@ import numpy as np
 from rich.table import Table
 
 from epsweep.numbers import column, notation, show, show_share, show_std
-from epsweep.results.records import axis_notation, best_index
+from epsweep.results.records import axis_notation, best_index, extra_metrics
 from epsweep.views.sheet import Column, Sheet, markdown, rich_table
 from epsweep.views.titles import held_axes, run_parts, title_head
 from epsweep.vocabulary import GRID_AXES, axis_title, label, uses_axis
@@ -179,6 +179,8 @@ def records_sheet(records: Sequence[dict], meta: dict | None = None, *, sparklin
         columns.append(metric_column(records, "val_loss", drop=70))
     if has["val_accuracy"]:
         columns.append(metric_column(records, "val_accuracy"))
+    for name in extra_metrics(records):  # a task's own metric: val_<name>
+        columns.append(metric_column(records, name))
     if has["eps_dominated_mean"]:
         shares = [show_share(r.get("eps_dominated_mean")) for r in records]
         columns.append(Column(label("eps_dominated_mean"), shares, drop=80))
