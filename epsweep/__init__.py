@@ -7,7 +7,8 @@ Library API::
     for record in result.records:
         print(record["eps"], record["val_accuracy"])
 
-``epsweep.run(task, grid, config, writers=[epsweep.JsonlWriter("sweep.jsonl")])`` streams
+Your own Flax model: ``epsweep.flax_task(model, epsweep.Dataset.from_arrays(x, y))`` is a task
+like ``"mlp"``. ``epsweep.run(task, grid, config, writers=[epsweep.JsonlWriter("sweep.jsonl")])`` streams
 records to files as they finish (and resumes); ``epsweep.setup()`` chooses devices, the
 compilation cache and processes (optional: a sweep applies the defaults). The optimizers on
 their own: ``epsweep.rmsprop(lr, decay, eps, convention=...)``, ``epsweep.make_optimizer``;
@@ -27,9 +28,9 @@ _EXPORTS = {
     "Grid": "epsweep.grid", "parse_values": "epsweep.grid",
     "RunConfig": "epsweep.config",
     "run": "epsweep.runner", "sweep": "epsweep.runner", "Runner": "epsweep.runner",
-    "SweepResult": "epsweep.runner", "ProgressEvent": "epsweep.runner",
+    "SweepResult": "epsweep.outcome", "ProgressEvent": "epsweep.outcome",
     "setup": "epsweep.engine.devices", "Runtime": "epsweep.engine.runtime",
-    "Task": "epsweep.tasks", "build_task": "epsweep.tasks",
+    "Task": "epsweep.tasks", "build_task": "epsweep.tasks", "flax_task": "epsweep.tasks",
     "Dataset": "epsweep.data",
     "CONVENTIONS": "epsweep.optim", "OPTIMIZERS": "epsweep.optim", "denominator_terms": "epsweep.optim",
     "eps_diagnostics": "epsweep.optim", "make_optimizer": "epsweep.optim", "rmsprop": "epsweep.optim",

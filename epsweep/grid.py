@@ -6,6 +6,10 @@ Value syntax (each token of the eps, decay, lr and momentum axes):
 - a comma list: ``1e-8,1e-4,1``
 - a log-spaced range, ends included: ``log:START:STOP:COUNT`` (``log:1e-10:1:11``)
 - a linear range, ends included: ``lin:START:STOP:COUNT`` (``lin:0.8:0.99:5``)
+- a random sample, seeded and reproducible: ``rand:log:START:STOP:COUNT[:SEED]`` draws COUNT
+  values log-uniformly between START and STOP (``rand:log:1e-10:1:64``), ``rand:lin:...``
+  uniformly; sorted ascending; the same token always gives the same values (SEED defaults to
+  0; NumPy's PCG64 stream)
 - ``-``: whitespace- or comma-separated values read from standard input
 """
 
@@ -19,6 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from epsweep.errors import UserError, param
+from epsweep.numbers import show
 from epsweep.vocabulary import AXIS_DEFAULTS, AXIS_ROLES, GRID_AXES
 
 MAX_RANGE_COUNT = 100_000
@@ -39,21 +44,43 @@ def _parse_number(text: str, name: str) -> float:
     return value
 
 
-def _parse_range(token: str, name: str) -> list[float]:
-    kind, _, rest = token.partition(":")
-    parts = rest.split(":")
-    if len(parts) != 3:
-        raise UserError(f"{param(name)}: {token!r} must look like {kind}:START:STOP:COUNT")
-    start, stop = (_parse_number(p, name) for p in parts[:2])
+def _whole(text: str, what: str, token: str, name: str) -> int:
     try:
-        count = int(parts[2])
+        return int(text)
     except ValueError:
-        raise UserError(f"{param(name)}: count {parts[2]!r} in {token!r} is not an integer") from None
+        raise UserError(f"{param(name)}: {what} {text!r} in {token!r} is not an integer") from None
+
+
+def _parse_range(token: str, name: str) -> list[float]:
+    """``log:``/``lin:`` ranges, ends included, and ``rand:log:``/``rand:lin:`` samples."""
+    kind, _, rest = token.partition(":")
+    sample = kind == "rand"
+    if sample:
+        kind, _, rest = rest.partition(":")
+        if kind not in ("log", "lin"):
+            raise UserError(f"{param(name)}: {token!r} must look like rand:log:START:STOP:COUNT[:SEED] "
+                            f"or rand:lin:START:STOP:COUNT[:SEED]")
+    parts = rest.split(":")
+    if len(parts) != 3 and not (sample and len(parts) == 4):
+        form = f"rand:{kind}:START:STOP:COUNT[:SEED]" if sample else f"{kind}:START:STOP:COUNT"
+        raise UserError(f"{param(name)}: {token!r} must look like {form}")
+    start, stop = (_parse_number(p, name) for p in parts[:2])
+    count = _whole(parts[2], "count", token, name)
     if not 1 <= count <= MAX_RANGE_COUNT:
         raise UserError(f"{param(name)}: count in {token!r} must be between 1 and {MAX_RANGE_COUNT}")
-    if kind == "log":
-        if start <= 0 or stop <= 0:
-            raise UserError(f"{param(name)}: log range {token!r} needs positive ends")
+    if kind == "log" and (start <= 0 or stop <= 0):
+        raise UserError(f"{param(name)}: log range {token!r} needs positive ends")
+    if sample:
+        seed = _whole(parts[3], "seed", token, name) if len(parts) == 4 else 0
+        if not 0 <= seed < 2**63:
+            raise UserError(f"{param(name)}: seed in {token!r} must be a whole number >= 0")
+        unit = np.random.Generator(np.random.PCG64(seed)).random(count)
+        if kind == "log":
+            low, high = math.log10(start), math.log10(stop)
+            values = np.sort(10.0 ** (low + (high - low) * unit))
+        else:
+            values = np.sort(start + (stop - start) * unit)
+    elif kind == "log":
         values = np.geomspace(start, stop, count)
     else:
         values = np.linspace(start, stop, count)
@@ -61,7 +88,8 @@ def _parse_range(token: str, name: str) -> list[float]:
 
 
 def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str] | None = None) -> list[float]:
-    """Expand value tokens (numbers, comma lists, ``log:``/``lin:`` ranges, ``-``) into floats.
+    """Expand value tokens (numbers, comma lists, ``log:``/``lin:`` ranges, ``rand:`` samples,
+    ``-``) into floats.
 
     Duplicates are dropped, first occurrence kept, so the grid never trains one setting twice.
 
@@ -92,7 +120,7 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
             piece = piece.strip()
             if not piece:
                 raise UserError(f"{param(name)}: empty value in {token!r}")
-            if piece.startswith(("log:", "lin:")):
+            if piece.startswith(("log:", "lin:", "rand:")):
                 values.extend(_parse_range(piece, name))
             else:
                 values.append(_parse_number(piece, name))
@@ -105,7 +133,7 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
 def _check(name: str, values: Sequence[float], ok: Callable[[float], bool], rule: str) -> None:
     for value in values:
         if not ok(value):
-            raise UserError(f"{param(name)}: {value:g} is out of range ({rule})")
+            raise UserError(f"{param(name)}: {show(value)} is out of range ({rule})")
 
 
 def _check_float32(name: str, values: Sequence[float], below_one: bool = False) -> None:

@@ -19,6 +19,7 @@ import numpy as np
 
 from epsweep.results.formats import plain
 from epsweep.results.reading import STREAM_FORMAT
+from epsweep.results.records import chance_level
 from epsweep.vocabulary import AXIS_ROLES, GRID_AXES
 
 VERSIONED = ("epsweep", "jax", "jaxlib", "optax", "flax", "numpy")
@@ -106,6 +107,9 @@ def run_meta(task, grid, config, spec, layout: dict) -> dict:
         "grid": {rule.optimizer: {axis: list(grid.values(axis, rule.optimizer)) for axis in GRID_AXES
                                   if axis in AXIS_ROLES[rule.optimizer]} for rule in rules},
         "settings": sum(grid.size(rule.optimizer) for rule in rules),
+        # guessing the most common class: only for classification with accuracy as its metric
+        "chance": chance_level(task.data.y_val) if task.data is not None and task.data.num_classes
+        and task.metric_name == "accuracy" else None,
         "layout": layout,
         "versions": versions(),
         "started_at": _now(),

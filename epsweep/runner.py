@@ -13,12 +13,9 @@ the same from another thread, for a caller that must stop the process at once.
 
 from __future__ import annotations
 
-import dataclasses
 import threading
 import time
-from collections.abc import Callable, Sequence
-from pathlib import Path
-from typing import NamedTuple
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -28,8 +25,18 @@ from epsweep.data.dataset import format_bytes
 from epsweep.engine.spec import resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
+from epsweep.outcome import (
+    OutOfMemory,
+    ProgressEvent,
+    ProgressFn,
+    StopReport,
+    SweepInterrupted,
+    SweepResult,
+    SweepStopped,
+    WriteFailed,
+)
 from epsweep.results.cache import ArrayCache
-from epsweep.results.records import fold_seeds, results_bytes, setting_key
+from epsweep.results.records import fold_seeds, named_metrics, results_bytes, setting_key
 from epsweep.results.writers import Writer, save_partial_stream
 from epsweep.tasks import Task, build_task
 from epsweep.vocabulary import METRICS
@@ -41,96 +48,6 @@ def results_budget() -> int:
     from epsweep.data.dataset import memory_budget
 
     return memory_budget() // 2
-
-
-class ProgressEvent(NamedTuple):
-    """Where a running sweep stands, as a progress display shows it.
-
-    ``phase``: "compiling" (no step of the current update rule has run yet) or "training";
-    ``rule``: the update rule being trained (``"optax"``, ``"adam"``); ``done``/``total``:
-    run-steps (settings x seeds x steps) trained and in all, over every rule. Before those, a
-    task with frozen features reports phase "features": ``done``/``total`` count its inputs;
-    ``saved``/``settings``: settings whose records are finished, and in all.
-
-    Example:
-        >>> events = []
-        >>> _ = run("quadratic", Grid(eps=(1e-8,)), RunConfig(steps=10), progress=events.append)
-        >>> events[0].phase, events[-1].phase, events[-1].done == events[-1].total == 10
-        ('compiling', 'training', True)
-    """
-
-    phase: str
-    rule: str
-    done: int
-    total: int
-    saved: int
-    settings: int
-
-
-ProgressFn = Callable[[ProgressEvent], None]
-
-
-class StopReport(NamedTuple):
-    """What a sweep that stopped early kept: ``saved`` of ``total`` settings, in ``path``
-    (``None`` when nothing could be kept); ``streamed`` when ``path`` is the streamed output
-    file, else a ``.partial.jsonl`` made for the occasion."""
-
-    saved: int
-    total: int
-    path: Path | None
-    streamed: bool
-
-
-class SweepInterrupted(KeyboardInterrupt):
-    """A sweep stopped by Ctrl-C (between compiled calls); ``report`` says what was kept."""
-
-    def __init__(self, report: StopReport):
-        super().__init__(report)
-        self.report = report
-
-
-class WriteFailed(UserError):
-    """Training finished but an output could not be written; ``result`` holds every record
-    (and the message says where a fallback copy went, when one could be made)."""
-
-    def __init__(self, message: str, result: "SweepResult"):
-        super().__init__(message)
-        self.result = result
-
-
-class SweepStopped(UserError):
-    """The sweep stopped before its end for a reason the user can act on (an output that could
-    not be written); ``report`` says what was kept."""
-
-    def __init__(self, message: str, report: StopReport):
-        super().__init__(message)
-        self.report = report
-
-
-class OutOfMemory(SweepStopped):
-    """The device ran out of memory while training; ``report`` says what was kept."""
-
-
-@dataclasses.dataclass
-class SweepResult:
-    """``records``: one dict per setting (means over seeds), in grid order; ``runs``: one per
-    (setting, seed) trained by this call; ``meta``: the run's provenance and costs.
-
-    Example:
-        >>> result = sweep("quadratic", Grid(eps=(1e-8, 1.0)), RunConfig(steps=10, seeds=2))
-        >>> len(result.records), len(result.runs), result.meta["steps"], result.records[0]["seeds"]
-        (2, 4, 10, 2)
-    """
-
-    meta: dict
-    records: list[dict]
-    runs: list[dict]
-
-    def to_pandas(self):
-        """The records as a ``pandas.DataFrame`` (pandas is optional), one row per setting."""
-        from epsweep.results.reading import records_frame
-
-        return records_frame(self.records)
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -340,10 +257,12 @@ class Runner:
                 chunk = []
                 for j, setting in enumerate(chosen[start:stop]):
                     setting = {**setting, **rule._asdict()}
-                    metrics = {name: getattr(out, name)[:, j] for name in METRICS}
-                    chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j]))
+                    metrics = named_metrics({name: getattr(out, name)[:, j] for name in METRICS},
+                                            self.task.metric_name)
+                    chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j],
+                                            chance=(self.meta.get("chance") or {}).get("threshold")))
                     for k, seed in enumerate(seeds):
-                        runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in METRICS},
+                        runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in metrics},
                                      "diverged_step": int(out.diverged_step[k, j])})
                 with self._lock:  # first: a writer that fails cannot cost these records
                     for record in chunk:

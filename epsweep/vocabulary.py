@@ -56,8 +56,51 @@ HIGHER_IS_BETTER = frozenset({"val_accuracy"})
 
 LABELS = {
     "final_loss": "final loss", "val_loss": "val loss", "val_accuracy": "val acc",
-    "eps_dominated": "eps-dom %", "eps_dominated_mean": "eps-dom %", "effective_lr": "effective lr",
+    "eps_dominated": "eps-dom end", "eps_dominated_mean": "eps-dom", "effective_lr": "effective lr",
 }
+
+SHARES = frozenset({"eps_dominated", "eps_dominated_mean"})
+"""Fields that are shares from 0 to 1 (shown with 3 decimals)."""
+
+EPS_DOM_DEFINITION = ("eps-dom: the share (0 to 1) of moving parameters whose denominator eps dominates, "
+                      "averaged over training (record field eps_dominated_mean)")
+"""What the "eps-dom" column of a table shows, as ``--help`` and the docs define it."""
+
+OPTIMIZER_TITLES = {"rmsprop": "RMSProp", "adam": "Adam", "adagrad": "Adagrad", "sgd": "SGD"}
+"""How titles name each optimizer."""
+
+def uses_axis(optimizer: str, axis: str) -> bool:
+    """Whether ``optimizer``'s update reads grid ``axis`` (an unknown optimizer: yes).
+
+    Example:
+        >>> uses_axis("sgd", "eps"), uses_axis("adam", "decay"), uses_axis("rmsprop", "momentum")
+        (False, True, True)
+    """
+    return axis in AXIS_ROLES.get(optimizer, GRID_AXES)
+
+
+def axis_title(axis: str, optimizers) -> str:
+    """A column name for grid ``axis`` over rows of these ``optimizers``: what it means for
+    the ones that use it (``b2`` for Adam's decay, ``decay/b2`` for RMSProp and Adam).
+
+    Example:
+        >>> axis_title("decay", ["adam"]), axis_title("decay", ["rmsprop", "adam"]), axis_title("lr", ["sgd"])
+        ('b2', 'decay/b2', 'lr')
+    """
+    names = [AXIS_ROLES.get(o, {}).get(axis, axis) for o in canonical_order(optimizers) if uses_axis(o, axis)]
+    return "/".join(dict.fromkeys(names)) or axis
+
+
+def canonical_order(optimizers) -> list:
+    """Distinct optimizer names in :data:`OPTIMIZER_NAMES` order (unknown names last, as given)."""
+    distinct = list(dict.fromkeys(optimizers))
+    rank = {name: i for i, name in enumerate(OPTIMIZER_NAMES)}
+    return sorted(distinct, key=lambda name: rank.get(name, len(rank)))
+
+
+def optimizer_title(name: str) -> str:
+    """``RMSProp`` for ``rmsprop``; an unknown name as it is."""
+    return OPTIMIZER_TITLES.get(name, name)
 
 
 class UpdateRule(NamedTuple):

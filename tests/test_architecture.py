@@ -18,20 +18,22 @@ PACKAGE = ROOT / "epsweep"
 # layer -> what it may import (besides itself), as in docs/architecture.md
 ALLOWED = {
     "errors": set(),
+    "numbers": set(),
     "vocabulary": {"errors"},
-    "grid": {"vocabulary", "errors"},
-    "config": {"vocabulary", "errors"},
-    "presets": {"vocabulary", "errors"},
+    "grid": {"vocabulary", "numbers", "errors"},
+    "config": {"vocabulary", "numbers", "errors"},
+    "presets": {"vocabulary", "numbers", "errors"},
     "optim": {"vocabulary", "errors"},
     "data": {"errors"},
     "models": {"errors"},
     "tasks": {"data", "models", "optim", "vocabulary", "errors"},
-    "results": {"vocabulary", "errors"},
-    "engine": {"tasks", "data", "optim", "config", "vocabulary", "errors"},
-    "provenance": {"results", "vocabulary", "errors"},
-    "runner": {"provenance", "engine", "results", "tasks", "data", "models", "optim", "grid", "config", "presets",
-               "vocabulary", "errors"},
-    "views": {"results", "vocabulary", "errors"},
+    "results": {"vocabulary", "numbers", "errors"},
+    "engine": {"tasks", "data", "optim", "config", "vocabulary", "numbers", "errors"},
+    "provenance": {"results", "vocabulary", "numbers", "errors"},
+    "runner": {"outcome", "provenance", "engine", "results", "tasks", "data", "models", "optim", "grid", "config",
+               "presets", "vocabulary", "numbers", "errors"},
+    "outcome": {"results", "vocabulary", "numbers", "errors"},
+    "views": {"results", "vocabulary", "numbers", "errors"},
 }
 UI_LIBRARIES = {"rich": {"views", "cli"}, "matplotlib": {"views"}, "typer": {"cli"}, "click": {"cli"}}
 
@@ -150,6 +152,10 @@ def test_building_tasks_starts_no_jax_backend_so_setup_order_does_not_matter():
         images = np.zeros((4, 75, 75, 3), np.uint8)
         tasks.append(inception_task(Dataset("x", images, np.arange(4) % 2, images[:2], np.arange(2), 2),
                                     InceptionOptions()))
+        import flax.linen as nn
+        from flax import nnx
+        own = Dataset.from_arrays(np.random.rand(20, 3), np.arange(20) % 2)
+        tasks += [epsweep.flax_task(nn.Dense(2), own), epsweep.flax_task(lambda rngs: nnx.Linear(3, 2, rngs=rngs), own)]
         assert not xla_bridge.backends_are_initialized()
         result = epsweep.sweep(tasks[3], epsweep.Grid(eps=(1e-8,)), epsweep.RunConfig(steps=2))
         print(len(result.meta["devices"]), available_cores())

@@ -108,7 +108,7 @@ def test_help_is_an_example_of_itself(capsys):
 def test_in_process_table(capsys):
     assert main(["grid", "--eps", "1e-8", "1", "--lr", "1e-2", *FAST, "--quiet"]) == 0
     out = capsys.readouterr().out
-    assert "★" in out and "val acc" in out and "1e-08" in out
+    assert "★" in out and "val acc" in out and "1e-8" in out
 
 
 def test_out_of_device_memory_is_one_line_not_a_traceback(monkeypatch, capsys):

@@ -67,7 +67,7 @@ def test_best_per_axis_and_sensitivity(saved):
     assert by_lr[1e-3]["spread"] == pytest.approx(0.80) and by_lr[1e-3]["best_eps"] == 1e-8
     assert by_lr[0.1]["spread"] == pytest.approx(0.03) and by_lr[0.1]["diverged"] == 1
     assert by_lr[1e-2]["best_eps"] == 1e-4
-    assert "up to 0.8 (lr 0.001)" in report.summary and "as little as 0.03 (lr 0.1)" in report.summary
+    assert "up to 0.8000 (lr 0.001)" in report.summary and "as little as 0.03000 (lr 0.1)" in report.summary
     assert report.title() == "partial: 9 of 12 settings" and report.notes  # the cut line was noted
 
 
@@ -94,7 +94,7 @@ def test_report_table_csv_and_json(saved, capsys, monkeypatch):
     assert main(["report", str(saved)]) == 0
     out = capsys.readouterr().out
     assert "partial: 9 of 12 settings" in out and "loss curve" in out and "★" in out
-    assert "Best setting for each axis value" in out and "Eps sensitivity of val acc (eps 1e-08..1)" in out
+    assert "Best setting for each axis value" in out and "Eps sensitivity of val acc (eps 1e-8..1e0)" in out
     assert any(ch in out for ch in SPARK_BLOCKS)
 
     assert main(["report", str(saved), "--top", "2", "-f", "csv"]) == 0
@@ -154,9 +154,9 @@ def test_plot_draws_panels_and_heatmap(saved, tmp_path, capsys):
     assert "val acc over eps × lr" in titles
     assert sum(ax.get_ylabel() == "training loss" for ax in fig.axes) == 3
     heat = next(ax for ax in fig.axes if ax.get_title().startswith("val acc"))
-    assert [t.get_text() for t in heat.get_xticklabels()] == ["1e-08", "0.0001", "1"]
+    assert [t.get_text() for t in heat.get_xticklabels()] == ["1e-8", "1e-4", "1e0"]  # as the table writes them
     cells = {t.get_text() for t in heat.texts}
-    assert {"0.95", "0.10", "×"} <= cells  # the diverged setting is a grey x
+    assert {"0.9500", "0.1000", "×"} <= cells  # the diverged setting is a grey x
 
     target = tmp_path / "sweep.png"
     assert main(["plot", str(saved), "-o", str(target)]) == 0
@@ -182,7 +182,8 @@ def test_titles_leave_out_meta_of_the_wrong_type():
 
     assert _title({"task": 5, "data": {}, "steps": "abc", "batch_size": True, "seeds": 5}) == "RMSProp sweep"
     assert _title({"data": {"name": "x.npz"}, "steps": 10}) == "RMSProp sweep: data x.npz, 10 steps"
-    assert records_table(RECORDS, {"title": 5, "task": "mlp"}).title == "RMSProp sweep: task mlp"
+    title = records_table(RECORDS, {"title": 5, "task": "mlp"}).title_text
+    assert title == "RMSProp (optax) sweep: task mlp; decay 0.9"
 
 
 def test_where_orders_only_numbers(tmp_path):

@@ -18,6 +18,28 @@ try:  # Typer >= 0.20 bundles its own Click; its errors are not the standalone C
 except ImportError:  # pragma: no cover - older Typer on the standalone Click
     from click.exceptions import ClickException
 
+def _plain_argument_names() -> None:
+    """Help names an argument by its metavar alone: ``FILE`` in the usage line (Typer writes
+    ``{FILE}`` for a required one) and in the list of arguments (not ``FILE <path>``)."""
+    from typer import core
+
+    argument = getattr(core, "TyperArgument", None)
+    if argument is None or not hasattr(argument, "_usage_display_name"):  # pragma: no cover - other Typer
+        return
+
+    def usage_name(self) -> str:
+        name = self.display_name_raw if self.required else f"[{self.display_name_raw}]"
+        return name + ("..." if self.nargs != 1 else "")
+
+    def type_name(self, ctx):
+        return None if self.metavar is not None else core._TyperParameter.display_type_rich(self, ctx)
+
+    argument._usage_display_name = usage_name
+    argument.display_type_rich = type_name
+
+
+_plain_argument_names()
+
 app = typer.Typer(
     name="epsweep",
     help="Sweep RMSProp's epsilon, decay and learning rate: every setting trained at once.",

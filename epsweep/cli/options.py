@@ -3,10 +3,13 @@ to the flags that set them (library errors name parameters; the CLI shows flags)
 
 from __future__ import annotations
 
+import inspect
 from pathlib import Path
 from typing import Annotated, Optional
 
 import typer
+
+from epsweep.vocabulary import EPS_DOM_DEFINITION
 
 # Library parameter -> flag, where the flag is not simply --name-with-dashes.
 FLAG_NAMES = {
@@ -24,7 +27,27 @@ def flag(name: str) -> str:
     return FLAG_NAMES.get(name, "--" + name.replace("_", "-"))
 
 
-VALUES_HELP = "Several values: 1e-8 1, 1e-8,1, log:1e-10:1:11, lin:0.8:0.99:5, or - for stdin."
+COLUMNS_HELP = (
+    "Columns: final loss is the mean training loss over the last 1/50 of training (the loss curve's last point); "
+    "val loss and val acc are measured on "
+    f"the held-out split; {EPS_DOM_DEFINITION}; status says what went wrong: diverged (a loss or update became "
+    "inf or NaN), collapsed (finite, but the final loss ended more than 5% above the curve's first point), at "
+    "chance (val acc no "
+    "better than always answering the most common class). The star marks the best setting that is none of these; "
+    "numbers show 4 significant digits, and --where matches a number as shown."
+)
+
+
+def with_columns_help(command):
+    """Put :data:`COLUMNS_HELP` into a command's help, before its example."""
+    doc = inspect.cleandoc(command.__doc__ or "")
+    head, example, tail = doc.rpartition("\n\nExample:")
+    command.__doc__ = f"{head}\n\n{COLUMNS_HELP}{example}{tail}" if example else f"{doc}\n\n{COLUMNS_HELP}"
+    return command
+
+
+VALUES_HELP = ("Several values: 1e-8 1, 1e-8,1, log:1e-10:1:11, lin:0.8:0.99:5, rand:log:1e-10:1:64 (a seeded "
+               "random sample; rand:lin:... too), or - for stdin.")
 VALUES = "VALUES"
 NAMES = "NAMES"
 
@@ -53,7 +76,7 @@ SeedOpt = Annotated[int, typer.Option("--seed", metavar="N", help="First seed (t
 ValSplitOpt = Annotated[float, typer.Option(
     "--val-split", metavar="FRACTION", help="Fraction held out for validation.")]
 FormatOpt = Annotated[Optional[str], typer.Option(
-    "--format", "-f", metavar="FORMAT", help="table, csv, json or jsonl [default: table].")]
+    "--format", "-f", metavar="FORMAT", help="table, markdown (a GitHub table), csv, json or jsonl [default: table].")]
 OutputOpt = Annotated[Optional[Path], typer.Option(
     "--output", "-o", metavar="FILE", help="Also write the records to FILE (.csv, .json or .jsonl).")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]

@@ -77,7 +77,7 @@ def output_format(fmt: str | None, output: Path | None) -> tuple[str, str | None
     check_writable(output)  # before any training: a bad path must not cost the results
     suffix = output.suffix.lower().lstrip(".")
     known = suffix in ("csv", "json", "jsonl")
-    if fmt not in (None, "table"):
+    if fmt not in (None, "table", "markdown"):
         if known and suffix != fmt:
             raise UserError(f"{param('format')} {fmt} conflicts with {param('output')} {output.name} "
                             f"(a .{suffix} file)")
@@ -92,12 +92,21 @@ def stdout_console() -> Console:
     return _Console()
 
 
+def print_prose(console: Console, text: str) -> None:
+    """A sentence on stdout, wrapped at the console's width between phrases, literally."""
+    from rich.text import Text
+
+    from epsweep.views.sheet import prose
+
+    console.print(Text(prose(text, console.width)), soft_wrap=True)
+
+
 def write_stdout(text: str) -> None:
     sys.stdout.write(text)
     sys.stdout.flush()
 
 
-def stdout_failed(error: OSError, kept: Path | None = None, keep: Callable[[], str] | None = None) -> UserError:
+def stdout_failed(error: OSError, kept: Path | str | None = None, keep: Callable[[], str] | None = None) -> UserError:
     """The error for results that could not reach standard output (a full disk, a closed
     terminal): they are ``kept`` in a file already, or ``keep()`` gives their text (JSON),
     saved to a temporary file that the message names. Standard output is pointed at
@@ -116,16 +125,18 @@ def stdout_failed(error: OSError, kept: Path | None = None, keep: Callable[[], s
 
 
 def present_records(result, fmt: str, kept: Path | None = None) -> None:
-    """Records to stdout in ``fmt`` (table, csv, json, jsonl; "none": nothing). If standard
-    output cannot be written, a UserError says where the results are (``kept``: a file holding
-    them already; else they are saved to a temporary file)."""
+    """Records to stdout in ``fmt`` (table, markdown, csv, json, jsonl; "none": nothing). If
+    standard output cannot be written, a UserError says where the results are (``kept``: a file
+    holding them already; else they are saved to a temporary file)."""
     from epsweep.results.formats import render_machine
-    from epsweep.views.table import records_table
+    from epsweep.views.table import records_markdown, records_table
 
     try:
         if fmt == "table":
             console = stdout_console()
             console.print(records_table(result.records, result.meta, sparklines=True, max_width=console.width))
+        elif fmt == "markdown":
+            write_stdout(records_markdown(result.records, result.meta))
         elif fmt in ("csv", "json", "jsonl"):
             write_stdout(render_machine(fmt, result.meta, result.records))
     except BrokenPipeError:
@@ -146,7 +157,7 @@ def log_summary(meta: dict, quiet: bool) -> None:
     layout = meta.get("layout") or {}
     log(f"trained {meta.get('trained', meta['settings'])} settings{resumed} x {seeds} seed{'s' * (seeds != 1)} x "
         f"{meta['steps']} steps in {meta['wall_time_s']:.2f} s on {layout.get('backend', '?')} "
-        f"({meta['compilations']} compilations{memory})")
+        f"({meta['compilations']} compilation{'s' * (meta['compilations'] != 1)}{memory})")
 
 
 def stop_text(report, output: Path | None, interrupted: bool = True) -> str:

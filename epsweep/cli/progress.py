@@ -1,5 +1,6 @@
-"""The progress display on stderr (a terminal only): run-steps trained of all, settings saved,
-elapsed time and what remains; while the programs compile, a ticking elapsed timer."""
+"""The progress display on stderr (a terminal only): run-steps (settings x seeds x steps) trained
+of all, settings saved, elapsed time and what remains; while the programs compile (no step has
+run yet, so there is no rate to estimate from), a spinner and the elapsed timer keep ticking."""
 
 from __future__ import annotations
 
@@ -8,10 +9,21 @@ from rich.progress import (
     BarColumn,
     MofNCompleteColumn,
     Progress,
+    SpinnerColumn,
     TextColumn,
     TimeElapsedColumn,
     TimeRemainingColumn,
 )
+from rich.text import Text
+
+
+class _Remaining(TimeRemainingColumn):
+    """Time remaining, or ``-:--:--`` while compiling (the rate of the last rule says nothing)."""
+
+    def render(self, task):
+        if task.fields.get("compiling"):
+            return Text("-:--:--", style="progress.remaining")
+        return super().render(task)
 
 
 class ProgressDisplay:
@@ -23,13 +35,15 @@ class ProgressDisplay:
         self.enabled = enabled
         self.bar: Progress | None = None
         self.tasks: dict[str, int] = {}
+        self.shown = ""  # the sweep's description now (rule and phase)
 
     def __enter__(self) -> ProgressDisplay:
         if self.enabled:
             self.bar = Progress(
-                TextColumn("{task.description}"), BarColumn(bar_width=24), MofNCompleteColumn(),
+                SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), BarColumn(bar_width=24),
+                MofNCompleteColumn(),
                 TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[saved]}"),
-                TimeElapsedColumn(), TextColumn("eta"), TimeRemainingColumn(),
+                TimeElapsedColumn(), TextColumn("eta"), _Remaining(),
                 console=self.console, transient=True, refresh_per_second=4,
             )
             self.bar.__enter__()
@@ -45,7 +59,7 @@ class ProgressDisplay:
 
     def _task(self, key: str, total: int, unit: str) -> int:
         if key not in self.tasks:
-            self.tasks[key] = self.bar.add_task(key, total=total, unit=unit, saved="")
+            self.tasks[key] = self.bar.add_task(key, total=total, unit=unit, saved="", compiling=False)
         return self.tasks[key]
 
     def sweep(self, event) -> None:
@@ -58,7 +72,11 @@ class ProgressDisplay:
         task = self._task("sweep", event.total, "run-steps")
         what = f"{event.rule} (compiling)" if event.phase == "compiling" else event.rule
         saved = f"saved {event.saved}/{event.settings} settings"
-        self.bar.update(task, completed=event.done, total=event.total, description=what, saved=saved)
+        changed, self.shown = what != self.shown, what
+        self.bar.update(task, completed=event.done, total=event.total, description=what, saved=saved,
+                        compiling=event.phase == "compiling")
+        if changed:  # a new phase shows at once, however short it is
+            self.bar.refresh()
 
     def items(self, label: str, done: int, total: int, unit: str) -> None:
         """Show ``done`` of ``total`` ``unit`` (e.g. images) under ``label``."""

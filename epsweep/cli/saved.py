@@ -10,13 +10,14 @@ import typer
 from epsweep.cli import options as o
 from epsweep.cli.app import app
 from epsweep.cli.options import flag
-from epsweep.cli.present import log, output_format, stdout_console, stdout_failed, write_stdout
+from epsweep.cli.present import log, output_format, print_prose, stdout_console, stdout_failed, write_stdout
 from epsweep.errors import UserError, param
 
 MAX_TABLE_ROWS = 1000  # a report's table; a longer one is unreadable, and Rich takes ~2 ms a row
 
 
 @app.command(short_help="Show a saved sweep: table, best per axis value, eps sensitivity.")
+@o.with_columns_help
 def report(
     file: o.ResultsFileArg,
     sort: Annotated[Optional[str], typer.Option(
@@ -63,7 +64,6 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
     from epsweep.results.formats import render_machine
     from epsweep.results.guard import check_replace
     from epsweep.results.records import setting_key
-    from epsweep.views.table import best_per_axis_table, records_table, sensitivity_table
 
     def text(kind: str) -> str:
         return result.to_json() if kind == "json" else render_machine(kind, result.meta, result.records)
@@ -84,16 +84,8 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
         if not quiet:
             log(f"wrote {len(result.records)} records to {output}")
     try:
-        if fmt == "table":
-            console = stdout_console()
-            rows, note = table_rows(result)
-            console.print(records_table(rows, result.meta, sparklines=True, note=note, max_width=console.width))
-            if result.best_per_axis:
-                console.print(best_per_axis_table(result.best_per_axis))
-            if result.sensitivity:
-                console.print(sensitivity_table(result.sensitivity))
-            if result.summary:
-                console.print(result.summary)
+        if fmt in ("table", "markdown"):
+            show_report(result, fmt)
         elif fmt in ("csv", "json", "jsonl"):
             write_stdout(text(fmt))
     except BrokenPipeError:
@@ -116,6 +108,31 @@ def table_rows(result) -> tuple[list[dict], str | None]:
     return ordered[:MAX_TABLE_ROWS], "; ".join(filter(None, [note, cut]))
 
 
+def show_report(result, fmt: str) -> None:
+    """The report's tables and summary for people: Rich tables fitted to the terminal, or markdown."""
+    from epsweep.results.records import axis_notation
+    from epsweep.views.sheet import markdown, markdown_text, rich_table
+    from epsweep.views.summaries import best_per_axis_sheet, sensitivity_sheet
+    from epsweep.views.table import records_sheet
+
+    notation = axis_notation(result.records, result.meta)
+    rows, note = table_rows(result)
+    sheets = [records_sheet(rows, result.meta, sparklines=fmt == "table", note=note)]
+    if result.best_per_axis:
+        sheets.append(best_per_axis_sheet(result.best_per_axis, notation))
+    if result.sensitivity:
+        sheets.append(sensitivity_sheet(result.sensitivity, notation))
+    if fmt == "markdown":
+        text = "\n".join(markdown(sheet) for sheet in sheets)
+        write_stdout(text + (f"\n{markdown_text(result.summary)}\n" if result.summary else ""))
+        return
+    console = stdout_console()
+    for sheet in sheets:
+        console.print(rich_table(sheet, console.width))
+    if result.summary:
+        print_prose(console, result.summary)
+
+
 @app.command(short_help="Draw a saved sweep: loss curves and a heatmap, into an image.")
 def plot(
     file: o.ResultsFileArg,
@@ -124,8 +141,9 @@ def plot(
     where: o.WhereOpt = None,
     quiet: o.QuietOpt = False,
 ) -> None:
-    """Draw a saved sweep: loss curves coloured by eps (a panel per lr/decay) and a heatmap
-    of validation accuracy over eps x lr. Needs matplotlib: pip install 'epsweep[plot]'.
+    """Draw a saved sweep: loss curves coloured by eps (a panel per lr/decay and update rule)
+    and a heatmap of validation accuracy over eps x lr (one per update rule), coloured by the
+    error rate on a log scale. Needs matplotlib: pip install 'epsweep[plot]'.
 
     Example: epsweep plot sweep.jsonl -o sweep.png
     """
@@ -135,8 +153,52 @@ def plot(
 
     loaded = read_results(file)
     selected = build_report(loaded, where=where or ())
-    panels = save_plot(selected.meta, selected.records, output)
+    panels, heatmaps = save_plot(selected.meta, selected.records, output)
     if not quiet:
         for note in selected.notes:
             log(note)
-        log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and a heatmap")
+        maps = "a heatmap" if heatmaps == 1 else f"{heatmaps} heatmaps (one per update rule)"
+        log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and {maps}")
+
+
+@app.command(short_help="Two saved sweeps side by side, with the difference in each metric.")
+def compare(
+    file_a: Annotated[Path, typer.Argument(metavar="A", help="A results file (.jsonl, .json or .csv).",
+                                           show_default=False)],
+    file_b: Annotated[Path, typer.Argument(metavar="B", help="Another results file, compared with A.",
+                                           show_default=False)],
+    where: o.WhereOpt = None,
+    fmt: o.FormatOpt = None,
+    quiet: o.QuietOpt = False,
+) -> None:
+    """Compare two saved sweeps: for every setting both have, each metric in A and in B and
+    the difference B - A; then the settings only one of them has. --where filters both.
+
+    Example: epsweep compare optax.jsonl tf1.jsonl --where lr=0.01
+    """
+    from epsweep.results.compare import compare as compare_results
+    from epsweep.results.reading import read_results
+    from epsweep.views.sheet import markdown, rich_table
+    from epsweep.views.summaries import compare_sheets
+
+    out_fmt, _ = output_format(fmt, None)
+    loaded = [read_results(file_a), read_results(file_b)]
+    if not quiet:
+        for note in loaded[0].notes + loaded[1].notes:
+            log(note)
+    result = compare_results(*loaded, where=where or ())
+    try:
+        if out_fmt in ("csv", "json", "jsonl"):
+            write_stdout({"csv": result.to_csv, "json": result.to_json, "jsonl": result.to_jsonl}[out_fmt]())
+            return
+        sheets = compare_sheets(result)
+        if out_fmt == "markdown":
+            write_stdout("\n".join(markdown(sheet) for sheet in sheets))
+            return
+        console = stdout_console()
+        for sheet in sheets:
+            console.print(rich_table(sheet, console.width))
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise stdout_failed(error, kept=f"{file_a} and {file_b}") from None

@@ -35,7 +35,7 @@ def _names(tokens: list[str] | None, default: str) -> tuple[str, ...]:
 def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None,
              join_timeout: int):
     """The JAX runtime the flags ask for (checked now, applied by the runner's setup)."""
-    from epsweep.engine.runtime import Runtime  # not .devices: an argument error must not import JAX
+    from epsweep.engine.runtime import Runtime  # no JAX: an argument error must not wait for it
 
     return Runtime(compile_cache=not no_compile_cache, coordinator=coordinator, num_processes=num_processes,
                    process_id=process_id, join_timeout_s=join_timeout)
@@ -103,7 +103,36 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     present_records(result, out_fmt, kept=saved)
 
 
+def _grid_task(task: str | None, model: str | None, dataset: str, val_split: float, loss: str | None,
+               metric: str | None, image_size: int | None, quiet: bool):
+    """A built-in ``task``, or the user's ``model`` (with ``loss``, ``metric``, ``image_size``)."""
+    if model is None:
+        from epsweep.tasks import build_task
+
+        given = [o.flag(name) for name, value in (("loss", loss), ("metric", metric), ("image_size", image_size))
+                 if value is not None]
+        if given:
+            raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to {o.flag('model')} only")
+        return build_task(task or "mlp", dataset, val_split)
+    from epsweep.tasks.model_file import model_task
+    from epsweep.tasks.scoring import CLASSIFICATION_LOSSES, LOSSES
+
+    if task is not None:
+        raise UserError(f"give {o.flag('task')} or {o.flag('model')}, not both")
+    loss = loss or "cross_entropy"
+    if loss not in LOSSES:
+        raise UserError(f"{o.flag('loss')}: unknown loss {loss!r}; choose from {', '.join(LOSSES)}")
+    if metric is None:
+        metric = "accuracy" if loss in CLASSIFICATION_LOSSES else "none"
+    if metric not in ("accuracy", "none"):
+        raise UserError(f"{o.flag('metric')}: unknown metric {metric!r}; choose accuracy or none")
+    warn = None if quiet else (lambda message: log(f"warning: {message}"))
+    return model_task(model, dataset, loss=loss, metric=None if metric == "none" else metric, val_split=val_split,
+                      image_size=image_size, warn=warn)
+
+
 @app.command(short_help="Train a grid of settings at once: a row of results per setting.")
+@o.with_columns_help
 def grid(
     eps: o.EpsOpt = None,
     decay: o.DecayOpt = None,
@@ -112,10 +141,23 @@ def grid(
     convention: o.ConventionOpt = None,
     centered: o.CenteredOpt = False,
     optimizer: o.OptimizerOpt = None,
-    task: Annotated[str, typer.Option("--task", metavar="NAME", help="mlp, cnn, toy or quadratic.")] = "mlp",
+    task: Annotated[Optional[str], typer.Option(
+        "--task", metavar="NAME", help="mlp, cnn, toy or quadratic [default: mlp].")] = None,
+    model: Annotated[Optional[str], typer.Option(
+        "--model", metavar="FILE.py:NAME", help="Your own Flax model instead of --task: a linen module or class, "
+        "an NNX module class or a factory, NAME in FILE.py or package.module (docs/own-model.md).")] = None,
+    loss: Annotated[Optional[str], typer.Option(
+        "--loss", metavar="NAME", help="With --model: cross_entropy, binary_cross_entropy or mse "
+        "[default: cross_entropy].")] = None,
+    metric: Annotated[Optional[str], typer.Option(
+        "--metric", metavar="NAME", help="With --model: accuracy or none [default: accuracy; none with mse].")
+    ] = None,
     dataset: Annotated[str, typer.Option(
-        "--dataset", metavar="DATA", help="digits, synthetic, an .npz file, or an MNIST IDX file/directory.")
-    ] = "digits",
+        "--dataset", metavar="DATA", help="digits, synthetic, an .npz file, or an MNIST IDX file/directory; "
+        "with --model also an ImageFolder directory.")] = "digits",
+    image_size: Annotated[Optional[int], typer.Option(
+        "--image-size", metavar="PIXELS", help="With --model and an ImageFolder --dataset: resize its images "
+        "to this square.")] = None,
     steps: o.StepsOpt = None,
     epochs: o.EpochsOpt = None,
     batch_size: o.BatchOpt = None,
@@ -140,7 +182,6 @@ def grid(
     """
     from epsweep.config import RunConfig
     from epsweep.grid import Grid
-    from epsweep.tasks import build_task
 
     setup_logging(quiet)
     runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
@@ -152,12 +193,13 @@ def grid(
         conventions=_names(convention, "optax"), centered=centered, chunk_size=chunk_size,
         optimizers=_names(optimizer, "rmsprop"),
     )
-    the_task = build_task(task, dataset, val_split)
+    the_task = _grid_task(task, model, dataset, val_split, loss, metric, image_size, quiet)
     run_training(runtime, the_task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
                  resume=resume, force=force)
 
 
 @app.command(short_help="The same on Inception-v3 over your own images.")
+@o.with_columns_help
 def inception(
     dataset: Annotated[str, typer.Option(
         "--dataset", metavar="DATA", help="An ImageFolder directory (one sub-folder per class), an .npz of "

@@ -1,7 +1,7 @@
 """The in-memory dataset every task trains on, and the checks that make arrays one.
 
-A :class:`Dataset` holds float32 (or uint8 image) inputs and int32 labels, split into training
-and validation parts with a fixed data seed.
+A :class:`Dataset` holds float32 (or uint8 image) inputs and either int32 class labels or, for
+regression, float32 targets, split into training and validation parts with a fixed data seed.
 """
 
 from __future__ import annotations
@@ -57,7 +57,10 @@ def check_budget(nbytes: int, what: str, source: str) -> None:
 
 @dataclasses.dataclass(frozen=True)
 class Dataset:
-    """Inputs and integer labels, split into train and validation (validation may be empty).
+    """Inputs and targets, split into train and validation (validation may be empty).
+
+    Targets are integer class labels below ``num_classes``, or float32 regression targets
+    (then ``num_classes`` is ``None``). Make one from your own arrays with :meth:`from_arrays`.
 
     Example:
         >>> import numpy as np
@@ -71,20 +74,124 @@ class Dataset:
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
-    num_classes: int
+    num_classes: int | None
 
     @property
     def input_shape(self) -> tuple[int, ...]:
         return tuple(self.x_train.shape[1:])
 
+    @property
+    def target_shape(self) -> tuple[int, ...]:
+        """The shape of one example's target: ``()`` for a label or a single number."""
+        return tuple(self.y_train.shape[1:])
+
     def describe(self) -> dict:
-        return {
+        out = {
             "name": self.name,
             "train": int(len(self.x_train)),
             "val": int(len(self.x_val)),
             "input_shape": list(self.input_shape),
             "classes": self.num_classes,
         }
+        if self.num_classes is None:
+            out["target_shape"] = list(self.target_shape)
+        return out
+
+    @classmethod
+    def from_arrays(cls, x, y, *, val_split: float = 0.2, x_val=None, y_val=None, seed: int = 0,
+                    name: str = "arrays") -> "Dataset":
+        """Your own NumPy arrays as a dataset, checked.
+
+        Inputs ``x`` of shape (N, ...) become float32 as they are (no scaling). Targets ``y``
+        of shape (N, ...): integer (or bool) values are class labels 0..C-1, with C = the
+        largest label + 1 (at least 2); floating values are regression targets, kept as
+        float32 (``num_classes`` is then ``None``). Every value must be finite.
+
+        Args:
+            x: the inputs, one example per row.
+            y: the labels or targets, one per example.
+            val_split: the fraction of (x, y) held out for validation, after a shuffle with
+                ``seed``; not used when ``x_val`` and ``y_val`` are given.
+            x_val: validation inputs (with ``y_val``), shaped like ``x`` past the first axis.
+            y_val: validation labels or targets.
+            seed: the seed of the shuffle before the split.
+            name: the dataset's name in results.
+
+        Returns:
+            The :class:`Dataset`.
+
+        Example:
+            >>> import numpy as np
+            >>> rng = np.random.default_rng(0)
+            >>> data = Dataset.from_arrays(rng.normal(size=(50, 4)), rng.integers(0, 3, 50), val_split=0.2)
+            >>> data.input_shape, data.num_classes, len(data.x_train), len(data.x_val)
+            ((4,), 3, 40, 10)
+            >>> Dataset.from_arrays(rng.normal(size=(50, 4)), rng.normal(size=50)).num_classes is None
+            True
+        """
+        x = _checked_inputs(x, "x")
+        y = _checked_targets(y, len(x), "y")
+        if (x_val is None) != (y_val is None):
+            raise UserError(f"give both {param('x_val')} and {param('y_val')}, or neither")
+        if x_val is None:
+            return split(name, x, y, val_split, seed)
+        xv = _checked_inputs(x_val, "x_val", allow_empty=True)
+        yv = _checked_targets(y_val, len(xv), "y_val")
+        if xv.shape[1:] != x.shape[1:]:
+            raise UserError(f"{param('x_val')} has examples of shape {xv.shape[1:]}, {param('x')} of shape "
+                            f"{x.shape[1:]}")
+        if yv.shape[1:] != y.shape[1:] or (yv.dtype.kind == "f") != (y.dtype.kind == "f"):
+            raise UserError(f"{param('y_val')} ({_kind(yv)}) does not match {param('y')} ({_kind(y)})")
+        classes = None
+        if y.dtype.kind != "f":
+            classes = max(2, int(max(y.max(), yv.max() if len(yv) else 0)) + 1)
+        return cls(name, x, y, xv, yv, classes)
+
+
+def _kind(y: np.ndarray) -> str:
+    what = "regression targets" if y.dtype.kind == "f" else "class labels"
+    return f"{what} of shape {y.shape[1:]} per example"
+
+
+def _checked_inputs(x, name: str, allow_empty: bool = False) -> np.ndarray:
+    """``x`` as float32 (N, ...) inputs, or a UserError naming parameter ``name``."""
+    x = np.asarray(x)
+    if x.dtype.kind not in "biuf":
+        raise UserError(f"{param(name)}: inputs have unsupported dtype {x.dtype} (numbers needed)")
+    if x.ndim < 2:
+        raise UserError(f"{param(name)}: inputs need shape (N, features...), one example per row; got {x.shape}")
+    if len(x) == 0 and not allow_empty:
+        raise UserError(f"{param(name)}: no examples")
+    if 0 in x.shape[1:]:
+        raise UserError(f"{param(name)}: inputs have no features (shape {x.shape})")
+    with np.errstate(over="ignore"):
+        x = x.astype(np.float32)
+    if not np.all(np.isfinite(x)):
+        raise UserError(f"{param(name)}: inputs contain NaN or infinite values (or values beyond float32)")
+    return x
+
+
+def _checked_targets(y, n: int, name: str) -> np.ndarray:
+    """``y`` as int32 class labels (integer input) or float32 targets (floating input)."""
+    y = np.asarray(y)
+    if y.ndim == 0:
+        raise UserError(f"{param(name)}: needs one label or target per example; got a scalar")
+    if len(y) != n:
+        raise UserError(f"{param(name)}: {n} examples of inputs but {len(y)} of targets")
+    if y.dtype.kind == "f":
+        with np.errstate(over="ignore"):
+            y = y.astype(np.float32)
+        if not np.all(np.isfinite(y)):
+            raise UserError(f"{param(name)}: targets contain NaN or infinite values (or values beyond float32)")
+        return y
+    if y.dtype.kind not in "biu":
+        raise UserError(f"{param(name)}: unsupported dtype {y.dtype} (integer labels or float targets)")
+    if y.size and y.min() < 0:
+        raise UserError(f"{param(name)}: class labels must be >= 0 (got {int(y.min())})")
+    if y.size and y.max() >= MAX_CLASSES:
+        raise UserError(f"{param(name)}: labels go up to {int(y.max()):,}; at most {MAX_CLASSES:,} classes are "
+                        f"supported (float targets are regression targets)")
+    return y.astype(np.int32)
 
 
 def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int = 0,
@@ -92,7 +199,8 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     """Shuffle with ``seed`` and hold out a ``val_split`` fraction for validation.
 
     ``num_classes`` (e.g. the class folders of an ImageFolder tree, some perhaps without a
-    readable image) defaults to the largest label + 1; always at least 2.
+    readable image) defaults to the largest label + 1; always at least 2. Floating ``y`` are
+    regression targets: no classes.
     """
     if not 0 <= val_split < 1:
         raise UserError(f"{param('val_split')}: {val_split:g} is out of range (0 <= val_split < 1)")
@@ -102,6 +210,8 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     if n - n_val < 1:
         raise UserError(f"dataset {name!r} has {n} examples: too few to hold out {val_split:g} for validation")
     train, val = order[: n - n_val], order[n - n_val :]
+    if y.dtype.kind == "f":
+        return Dataset(name, x[train], y[train], x[val], y[val], None)
     labelled = int(y.max()) + 1 if len(y) else 0
     if num_classes is None:
         num_classes = labelled
@@ -169,3 +279,16 @@ def as_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
         raise UserError(f"{source}: labels go up to {shown}; at most {MAX_CLASSES:,} classes "
                         f"are supported (labels 0..{MAX_CLASSES - 1})")
     return y.astype(np.int32)
+
+
+def as_targets(y: np.ndarray, n: int, source: str) -> np.ndarray:
+    """Regression targets read from ``source``: numbers, one (or one array) per input, finite, as float32."""
+    if y.dtype.kind not in "biuf":
+        raise UserError(f"{source}: targets have unsupported dtype {y.dtype}")
+    if y.ndim == 0 or len(y) != n:
+        raise UserError(f"{source}: {n} inputs but {1 if y.ndim == 0 else len(y)} targets")
+    with np.errstate(over="ignore"):
+        y = y.astype(np.float32)
+    if not np.all(np.isfinite(y)):
+        raise UserError(f"{source}: targets contain NaN or infinite values")
+    return y

@@ -18,7 +18,7 @@ import numpy as np
 
 from epsweep.data.dataset import Dataset, check_budget, split
 from epsweep.data.sources import load_arrays
-from epsweep.errors import UserError
+from epsweep.errors import UserError, param
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_RESIZED_PIXELS = 4  # x size^2: an image resized whole may be up to 4:1 (beyond, only its square is)
@@ -158,13 +158,40 @@ def resize_arrays(x: np.ndarray, size: int, progress: Progress | None = None, so
     return out
 
 
+def is_image_folder(spec: str) -> bool:
+    """Whether ``spec`` names an ImageFolder tree (a directory that is not an MNIST IDX one)."""
+    path = Path(spec)
+    return spec not in ("digits", "synthetic") and path.is_dir() and not any(path.glob("*idx*-ubyte*"))
+
+
+def load_any_dataset(spec: str, val_split: float = 0.2, seed: int = 0, *, targets: bool = False,
+                     image_size: int | None = None, progress: Progress | None = None,
+                     warn: Warn | None = None) -> Dataset:
+    """Every format the tool reads, for a model of the user's: ``digits``, ``synthetic``, .npz,
+    MNIST IDX, or an ImageFolder tree (its images resized to ``image_size`` and scaled to
+    float32 in [0, 1]). With ``targets`` a file's second array holds regression targets."""
+    if is_image_folder(spec):
+        if targets:
+            raise UserError(f"{spec}: an ImageFolder directory holds class labels, not regression targets")
+        if image_size is None:
+            raise UserError(f"{spec} is an ImageFolder directory: give {param('image_size')} (the square its "
+                            f"images are resized to)")
+        if image_size < 1:
+            raise UserError(f"{param('image_size')}: {image_size} must be a positive integer")
+        x, y, classes = load_image_folder(Path(spec), image_size, progress, warn)
+        return split(spec, x.astype(np.float32) / 255.0, y, val_split, seed, num_classes=len(classes))
+    if image_size is not None:
+        raise UserError(f"{param('image_size')} applies to ImageFolder directories only; {spec} is not one")
+    name, x, y = load_arrays(spec, targets=targets)
+    return split(name, x, y, val_split, seed)
+
+
 def load_image_dataset(spec: str, size: int, val_split: float = 0.2, seed: int = 0,
                        progress: Progress | None = None, warn: Warn | None = None) -> Dataset:
     """``digits``, ``synthetic``, an ImageFolder directory or an .npz of images and labels,
     as uint8 RGB images of ``size x size``, split for validation."""
-    path = Path(spec)
-    if spec not in ("digits", "synthetic") and path.is_dir() and not any(path.glob("*idx*-ubyte*")):
-        x, y, classes = load_image_folder(path, size, progress, warn)
-        return split(str(path), x, y, val_split, seed, num_classes=len(classes))
+    if is_image_folder(spec):
+        x, y, classes = load_image_folder(Path(spec), size, progress, warn)
+        return split(str(Path(spec)), x, y, val_split, seed, num_classes=len(classes))
     name, x, y = load_arrays(spec)
     return split(name, resize_arrays(x, size, progress, name), y, val_split, seed)

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epsweep.data.dataset import Dataset, as_images, as_labels, check_budget, split
+from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, check_budget, split
 from epsweep.errors import UserError
 
 BUILTIN_DATASETS = ("digits", "synthetic")
@@ -147,8 +147,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f"{path}: .npz needs arrays x_train/y_train or x/y; found {', '.join(sorted(names)) or 'none'}")
 
 
-def load_arrays(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
-    """Resolve a dataset name or path to (name, inputs, labels), inputs scaled to float32."""
+def load_arrays(spec: str, targets: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
+    """Resolve a dataset name or path to (name, inputs, labels), inputs scaled to float32;
+    with ``targets``, a file's second array is kept as float32 regression targets instead."""
     if spec == "digits":
         x, y = digits()
         return "digits", x, y
@@ -171,7 +172,8 @@ def load_arrays(spec: str) -> tuple[str, np.ndarray, np.ndarray]:
     if len(x) == 0:
         raise UserError(f"{path}: dataset is empty")
     x = as_images(x, str(path))
-    return str(path), x, as_labels(np.asarray(y), len(x), str(path))
+    check = as_targets if targets else as_labels
+    return str(path), x, check(np.asarray(y), len(x), str(path))
 
 
 def load_dataset(spec: str, val_split: float = 0.2, seed: int = 0) -> Dataset:

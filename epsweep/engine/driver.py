@@ -39,8 +39,9 @@ def validation_batches(task: Task, eval_batch_size: int) -> tuple[np.ndarray, np
     pad = batches * batch - len(x)
     mask = np.concatenate([np.ones(len(x), np.float32), np.zeros(pad, np.float32)])
     x = np.concatenate([x, np.zeros((pad, *x.shape[1:]), x.dtype)])
-    y = np.concatenate([y, np.zeros(pad, y.dtype)])
-    return (x.reshape(batches, batch, *x.shape[1:]), y.reshape(batches, batch), mask.reshape(batches, batch))
+    y = np.concatenate([y, np.zeros((pad, *y.shape[1:]), y.dtype)])
+    return (x.reshape(batches, batch, *x.shape[1:]), y.reshape(batches, batch, *y.shape[1:]),
+            mask.reshape(batches, batch))
 
 
 def segment_bounds(steps: int, segments: int) -> list[tuple[int, int]]:

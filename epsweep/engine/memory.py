@@ -94,13 +94,13 @@ def _estimate(task: Any, spec: Any) -> Estimate:
         data = task.data
         fixed += sum(a.nbytes for a in (data.x_train, data.y_train, data.x_val, data.y_val))
         xb = jax.ShapeDtypeStruct((spec.batch_size, *data.input_shape), data.x_train.dtype)
-        yb = jax.ShapeDtypeStruct((spec.batch_size,), data.y_train.dtype)
+        yb = jax.ShapeDtypeStruct((spec.batch_size, *data.y_train.shape[1:]), data.y_train.dtype)
         step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, xb, yb, key)
         work = _jaxpr_bytes(step.jaxpr)
         if task.evaluate is not None and len(data.x_val):
             n = min(spec.eval_batch_size, len(data.x_val))
             xe = jax.ShapeDtypeStruct((n, *data.input_shape), data.x_val.dtype)
-            ye = jax.ShapeDtypeStruct((n,), data.y_val.dtype)
+            ye = jax.ShapeDtypeStruct((n, *data.y_val.shape[1:]), data.y_val.dtype)
             work = max(work, _jaxpr_bytes(jax.make_jaxpr(task.evaluate)(params, model_state, xe, ye).jaxpr))
     else:
         step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, None, None, key)

@@ -14,10 +14,11 @@ from collections.abc import Sequence
 from typing import Any
 
 from epsweep.errors import UserError, param
+from epsweep.numbers import listing, matches, show, span
 from epsweep.results.formats import dumps
 from epsweep.results.reading import Loaded
-from epsweep.results.records import rank_key, usable
-from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, is_number, label
+from epsweep.results.records import axis_notation, rank_key, usable
+from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, SHARES, is_number, label
 
 AXES = SETTING_AXES
 OTHER_AXES = tuple(a for a in AXES if a != "eps")
@@ -26,6 +27,8 @@ SORT_ALIASES = {
     "loss": "final_loss", "val": "val_loss", "step": "diverged_step",
 }
 _WHERE = re.compile(r"^\s*([A-Za-z_][\w-]*)\s*(<=|>=|!=|==|=|<|>)\s*(.*?)\s*$")
+
+
 def metric_of(records: Sequence[dict]) -> str:
     """What "best" means here: validation accuracy, else validation loss, else final loss."""
     for name in ("val_accuracy", "val_loss"):
@@ -39,33 +42,39 @@ def metric_of(records: Sequence[dict]) -> str:
 
 @dataclasses.dataclass(frozen=True)
 class Condition:
-    """``field op value``; for ``=`` and ``!=`` the value may be a comma list (any of)."""
+    """``field op value``; for ``=`` and ``!=`` the value may be a comma list (any of).
+
+    A number matches as shown (:func:`epsweep.numbers.matches`): ``lr=0.2683``, copied from a
+    table, selects lr 0.268347...; ``<=`` and ``>=`` include such a match, ``<`` and ``>`` do not.
+    """
 
     field: str
     op: str
     values: tuple
+    texts: tuple = ()  # the values as typed (numbers match to the digits typed)
 
     def test(self, record: dict) -> bool:
         have = record.get(self.field)
         if have is None:
             return self.op == "!="
+        texts = self.texts or tuple(repr(v) for v in self.values)
         if self.op in ("=", "=="):
-            return any(_equal(have, v) for v in self.values)
+            return any(self._equal(have, v, t) for v, t in zip(self.values, texts, strict=True))
         if self.op == "!=":
-            return not any(_equal(have, v) for v in self.values)
-        value = self.values[0]
+            return not any(self._equal(have, v, t) for v, t in zip(self.values, texts, strict=True))
+        value, text = self.values[0], texts[0]
         if not is_number(have) or not is_number(value):  # names, flags, lists: no order
             return False
-        return {"<": have < value, "<=": have <= value or _equal(have, value),
-                ">": have > value, ">=": have >= value or _equal(have, value)}[self.op]
+        same = self._equal(have, value, text)
+        return {"<": have < value and not same, "<=": have <= value or same,
+                ">": have > value and not same, ">=": have >= value or same}[self.op]
 
-
-def _equal(have: Any, want: Any) -> bool:
-    if isinstance(have, bool) or isinstance(want, bool):
-        return have is want or have == want
-    if isinstance(have, (int, float)) and isinstance(want, (int, float)):
-        return math.isclose(have, want, rel_tol=1e-9, abs_tol=0.0) or have == want
-    return have == want
+    def _equal(self, have: Any, want: Any, text: str) -> bool:
+        if isinstance(have, bool) or isinstance(want, bool):
+            return have is want or have == want
+        if is_number(have) and is_number(want):
+            return have == want or matches(text, have, share=self.field in SHARES)
+        return have == want
 
 
 def _parse_value(text: str, field: str, where: str) -> Any:
@@ -97,7 +106,7 @@ def parse_where(text: str, fields: Sequence[str]) -> Condition:
     pieces = [p.strip() for p in raw.split(",")] if op in ("=", "==", "!=") else [raw]
     if any(not p for p in pieces):
         raise UserError(f"{param('where')}: empty value in {text!r}")
-    return Condition(field, op, tuple(_parse_value(p, field, text) for p in pieces))
+    return Condition(field, op, tuple(_parse_value(p, field, text) for p in pieces), tuple(pieces))
 
 
 def record_fields(records: Sequence[dict]) -> list[str]:
@@ -129,7 +138,8 @@ def best_per_axis(records: Sequence[dict], metric: str) -> list[dict]:
     for axis in AXES:
         groups: dict[Any, list[dict]] = {}
         for record in records:
-            groups.setdefault(record.get(axis), []).append(record)
+            if record.get(axis) is not None:  # None: an axis the optimizer does not use
+                groups.setdefault(record.get(axis), []).append(record)
         if len(groups) < 2:
             continue
         for value in sorted(groups, key=_sortable):
@@ -145,7 +155,8 @@ def best_per_axis(records: Sequence[dict], metric: str) -> list[dict]:
 
 def sensitivity(records: Sequence[dict], metric: str) -> list[dict]:
     """How much ``metric`` moves across eps with every other axis held: one row per
-    (decay, lr, momentum, optimizer, convention) that has at least two eps values."""
+    (decay, lr, momentum, optimizer, convention) that has at least two eps values. "best eps"
+    is the best usable setting by :func:`~epsweep.results.records.rank_key` (None when none is)."""
     groups: dict[tuple, list[dict]] = {}
     for record in records:
         groups.setdefault(tuple(record.get(a) for a in OTHER_AXES), []).append(record)
@@ -161,32 +172,36 @@ def sensitivity(records: Sequence[dict], metric: str) -> list[dict]:
                "settings": len(group), "diverged": sum(bool(r.get("diverged")) for r in group),
                "low": None, "high": None, "spread": None, "best_eps": None, "worst_eps": None}
         if scored:
-            best = max(scored, key=lambda r: r[metric]) if higher else min(scored, key=lambda r: r[metric])
+            ranked = [r for r in group if usable(r)]
+            best = min(ranked, key=rank_key) if ranked else None
             worst = min(scored, key=lambda r: r[metric]) if higher else max(scored, key=lambda r: r[metric])
             low, high = min(r[metric] for r in scored), max(r[metric] for r in scored)
             spread = high - low if math.isfinite(high - low) else None  # None: beyond the float range
-            row.update(low=low, high=high, spread=spread, best_eps=best["eps"], worst_eps=worst["eps"])
+            row.update(low=low, high=high, spread=spread, best_eps=best["eps"] if best else None,
+                       worst_eps=worst["eps"])
         rows.append(row)
     return rows
 
 
-def _where_text(row: dict, axes: Sequence[str]) -> str:
-    return ", ".join(f"{a} {row[a]:g}" if isinstance(row[a], float) else f"{a} {row[a]}" for a in axes)
+def _where_text(row: dict, axes: Sequence[str], notation: dict[str, bool]) -> str:
+    return ", ".join(f"{a} {show(row[a], scientific=notation.get(a))}" if is_number(row[a]) else f"{a} {row[a]}"
+                     for a in axes if row[a] is not None)  # None: an axis the row's optimizer does not use
 
 
-def sensitivity_summary(rows: Sequence[dict], varying: Sequence[str]) -> str:
-    """One sentence: where eps matters most and least."""
+def sensitivity_summary(rows: Sequence[dict], varying: Sequence[str], notation: dict[str, bool] | None = None) -> str:
+    """One sentence: where eps matters most and least (numbers as the tables show them)."""
     scored = [r for r in rows if r["spread"] is not None]
     if not scored:
         return ""
+    notation = notation or {}
     name = label(rows[0]["metric"])
     most = max(scored, key=lambda r: r["spread"])
     least = min(scored, key=lambda r: r["spread"])
     axes = [a for a in OTHER_AXES if a in varying] or ["lr"]
-    text = (f"Across eps {most['eps_min']:g}..{most['eps_max']:g}, {name} moves by up to {most['spread']:.4g} "
-            f"({_where_text(most, axes)})")
+    text = (f"Across eps {span(most['eps_min'], most['eps_max'])}, {name} moves by up to "
+            f"{show(most['spread'], zeros=True)} ({_where_text(most, axes, notation)})")
     if least is not most:
-        text += f" and by as little as {least['spread']:.4g} ({_where_text(least, axes)})"
+        text += f" and by as little as {show(least['spread'], zeros=True)} ({_where_text(least, axes, notation)})"
     diverged = sum(r["diverged"] for r in rows)
     return text + (f"; {diverged} setting{'s' if diverged > 1 else ''} diverged." if diverged else ".")
 
@@ -298,11 +313,14 @@ def build_report(
     shown = sort_records(selected, field, reverse) if field is not None else list(selected)
     if top is not None:
         shown = shown[:top]
-    return Report(loaded.meta, shown, metric, per_axis, sens, sensitivity_summary(sens, varying),
-                  (len(shown), len(records)), list(loaded.notes), ordered=field is not None)
+    summary = sensitivity_summary(sens, varying, axis_notation(selected, loaded.meta))
+    return Report(loaded.meta, shown, metric, per_axis, sens, summary, (len(shown), len(records)), list(loaded.notes),
+                  ordered=field is not None)
 
 
 def _listing(records: Sequence[dict], field: str, limit: int = 8) -> str:
     values = sorted(_values(records, field), key=_sortable)
-    text = ", ".join(f"{v:g}" if isinstance(v, float) else str(v) for v in values[:limit])
+    if values and all(is_number(v) for v in values):
+        return listing(values, limit)
+    text = ", ".join(str(v) for v in values[:limit])
     return text + (", ..." if len(values) > limit else "")

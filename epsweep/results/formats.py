@@ -14,9 +14,10 @@ from collections.abc import Iterable, Sequence
 from pathlib import PurePath
 from typing import Any
 
-from epsweep.results.records import CSV_FIELDS
+from epsweep.results.records import csv_fields
 
-FORMATS = ("table", "csv", "json", "jsonl")
+FORMATS = ("table", "markdown", "csv", "json", "jsonl")
+HUMAN_FORMATS = ("table", "markdown")  # for people, on stdout; the others are for programs
 MACHINE_FORMATS = ("csv", "json", "jsonl")
 
 
@@ -51,8 +52,11 @@ def dumps(value: Any, indent: int | None = None) -> str:
     return json.dumps(plain(value), indent=indent, allow_nan=False)
 
 
-def to_csv(records: Iterable[dict], fields: Sequence[str] = CSV_FIELDS) -> str:
-    """CSV with a header row; empty cells for missing numbers; no loss curves."""
+def to_csv(records: Iterable[dict], fields: Sequence[str] | None = None) -> str:
+    """CSV with a header row; empty cells for missing numbers; no loss curves. The columns
+    default to :func:`~epsweep.results.records.csv_fields` of the records."""
+    records = list(records)
+    fields = csv_fields(records) if fields is None else fields
     buffer = io.StringIO()
     writer = csv.DictWriter(buffer, fieldnames=list(fields), extrasaction="ignore", lineterminator="\n")
     writer.writeheader()

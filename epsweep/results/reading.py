@@ -11,7 +11,6 @@ import csv
 import dataclasses
 import io
 import json
-import re
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +38,6 @@ class Loaded:
         return records_frame(self.records)
 
 
-_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.+-]{0,39}\Z")  # what epsweep writes: optax, tf1, rmsprop, ...
 REQUIRED_FIELDS = ("eps", "decay", "lr", "final_loss", "diverged")  # what every record has
 _NUMBER_FIELDS = GRID_AXES
 _OPTIONAL_NUMBERS = tuple(f for m in METRICS for f in (m, f"{m}_std"))  # a number or null
@@ -131,9 +129,8 @@ def check_record(record: Any, where: str) -> dict:
             raise UserError(f"{where}: {key} must be a number or null, not {_shown(record[key])}")
     if not isinstance(record["diverged"], bool):
         raise UserError(f"{where}: diverged must be true or false, not {_shown(record['diverged'])}")
-    for key in ("convention", "optimizer"):
-        if not isinstance(record.get(key), str) or not _NAME.match(record[key]):
-            raise UserError(f"{where}: {key} must be a name such as {SETTING_DEFAULTS[key]}, not {_shown(record[key])}")
+    if not isinstance(record.get("convention"), str) or not isinstance(record.get("optimizer"), str):
+        raise UserError(f"{where}: convention and optimizer must be names")
     curve = record.get("loss_curve")
     if curve is not None:
         if not isinstance(curve, list) or not all(v is None or _is_finite(v) for v in curve):

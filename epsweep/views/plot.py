@@ -1,5 +1,10 @@
-"""Pictures of a saved sweep: loss curves coloured by eps (one panel per lr/decay/...), and a
-heatmap of the validation metric over eps x lr.
+"""Pictures of a saved sweep: loss curves coloured by eps (one panel per lr/decay/... and update
+rule), and a heatmap of the validation metric over eps x lr, one per update rule when they vary.
+
+Numbers on ticks and in cells are shown as in the tables (:mod:`epsweep.numbers`). Accuracy is
+coloured by its error rate (1 - acc) on a log scale, so 0.90, 0.99 and 0.999 are equally far
+apart; losses spanning more than 50x on a log scale. Text from a results file (titles,
+convention names) is drawn literally, never as mathtext.
 
 matplotlib is an optional extra (``pip install 'epsweep[plot]'``); only this module needs it,
 through its object-oriented API (no pyplot, no global state, no display).
@@ -14,13 +19,19 @@ from pathlib import Path
 import numpy as np
 
 from epsweep.errors import UserError, param
-from epsweep.results.analysis import AXES, OTHER_AXES, metric_of
+from epsweep.numbers import column, show
+from epsweep.results.analysis import metric_of
 from epsweep.results.files import check_writable, write_atomic
-from epsweep.views.titles import run_title
-from epsweep.vocabulary import HIGHER_IS_BETTER, label
+from epsweep.results.records import axis_notation, rank_key
+from epsweep.views.table import varying_axes
+from epsweep.views.titles import held_axes, run_title
+from epsweep.vocabulary import HIGHER_IS_BETTER, OPTIMIZER_NAMES, axis_title, label
 
 MAX_PANELS = 24
+MAX_TICKS = 12  # labels on an axis or a colour bar; more are thinned out
+CELL_INCHES = 0.55  # a heatmap cell wide enough for "0.9677" at 7 points
 MISSING_MESSAGE = "plotting needs matplotlib, an optional extra: pip install 'epsweep[plot]'"
+LITERAL = {"parse_math": False}  # user text: no mathtext ($...$), no TeX
 
 
 def _matplotlib():
@@ -35,148 +46,237 @@ def _matplotlib():
     return Figure, FigureCanvasAgg, colors, ScalarMappable
 
 
-def _fmt(value) -> str:
-    return f"{value:g}" if isinstance(value, float) else str(value)
-
-
-def _panels(records: Sequence[dict]) -> tuple[list[str], dict[tuple, list[dict]]]:
-    varying = [a for a in OTHER_AXES if len({r.get(a) for r in records}) > 1]
-    held = [a for a in ("lr", "decay") if a not in varying] + varying
-    held = [a for a in OTHER_AXES if a in held]
-    panels: dict[tuple, list[dict]] = {}
-    for record in records:
-        panels.setdefault(tuple(record.get(a) for a in held), []).append(record)
-    return held, panels
-
-
-def _use_log(values: np.ndarray) -> bool:
-    finite = values[np.isfinite(values)]
-    return finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 50
-
-
-def make_figure(meta: dict, records: Sequence[dict]):
-    """The figure (a matplotlib ``Figure``): curve panels when the records carry loss curves,
-    then the heatmap."""
-    Figure, _, colors, ScalarMappable = _matplotlib()
-    if not records:
-        raise UserError("nothing to plot: no records")
-    metric = metric_of(records)
-    held, panels = _panels(records)
-    with_curves = any(r.get("loss_curve") for r in records)
-    if with_curves and len(panels) > MAX_PANELS:
-        raise UserError(f"{len(panels)} panels (one per {'/'.join(held)}) is too many; "
-                        f"narrow it with {param('where')}, e.g. lr=0.01")
-    n_curve = len(panels) if with_curves else 0
-    total = n_curve + 1
-    ncols = min(3, total)
-    nrows = math.ceil(total / ncols)
-    fig = Figure(figsize=(4.3 * ncols + 0.8, 3.4 * nrows + 0.4), layout="constrained")
-    # panel titles name what differs between panels; what all share goes under the title
-    differs = [i for i, _ in enumerate(held) if len({k[i] for k in panels}) > 1] or list(range(len(held)))
-    shared = [f"{held[i]} {_fmt(next(iter(panels))[i])}" for i in range(len(held)) if i not in differs]
-    fig.suptitle(run_title(meta) + (f"\n{', '.join(shared)}" if shared and with_curves else ""))
-    grid = fig.add_gridspec(nrows, ncols)
-    eps_values = sorted({r["eps"] for r in records})
-    cmap = colors.ListedColormap(_viridis(len(eps_values)))
-    norm = colors.BoundaryNorm(np.arange(len(eps_values) + 1) - 0.5, len(eps_values))
-    steps = meta.get("steps")
-    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
-        steps = None  # unknown (or malformed): the x axis counts curve points
-    curve_axes = []
-    every_point = [v for r in records for v in (r.get("loss_curve") or []) if v is not None]
-    log_y = _use_log(np.array(every_point, float))  # one scale, shared by every panel
-    for i, (key, group) in enumerate(sorted(panels.items(), key=lambda kv: [_order(v) for v in kv[0]])):
-        if not with_curves:
-            break
-        ax = fig.add_subplot(grid[i // ncols, i % ncols], sharey=curve_axes[0] if curve_axes else None)
-        curve_axes.append(ax)
-        for record in sorted(group, key=lambda r: r["eps"]):
-            curve = np.array([np.nan if v is None else v for v in (record.get("loss_curve") or [])], float)
-            if curve.size == 0:
-                continue
-            x = (np.arange(curve.size) + 1) * (steps / curve.size if steps else 1)
-            color = cmap(norm(eps_values.index(record["eps"])))
-            ax.plot(x, curve, color=color, linewidth=1.3)
-            finite = np.flatnonzero(np.isfinite(curve))
-            if record.get("diverged") and finite.size:
-                ax.plot(x[finite[-1]], curve[finite[-1]], "x", color=color, markersize=7)
-        if log_y and len(curve_axes) == 1:
-            ax.set_yscale("log")
-        ax.set_title(", ".join(f"{held[j]} {_fmt(key[j])}" for j in differs), fontsize=10)
-        ax.set_xlabel("step" if steps else "curve point")
-        ax.set_ylabel("training loss")
-        ax.grid(alpha=0.3)
-    if curve_axes:
-        bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=curve_axes, shrink=0.9)
-        ticks = list(range(len(eps_values)))
-        if len(ticks) > 12:
-            ticks = ticks[:: math.ceil(len(ticks) / 12)]
-        bar.set_ticks(ticks, labels=[f"{eps_values[t]:g}" for t in ticks])
-        bar.set_label("eps")
-    heat_ax = fig.add_subplot(grid[n_curve // ncols, n_curve % ncols])
-    _heatmap(fig, heat_ax, records, metric, colors)
-    return fig
+def _rule(record: dict) -> str:
+    optimizer = str(record.get("optimizer"))
+    return f"{optimizer} {record.get('convention')}" if optimizer == "rmsprop" else optimizer
 
 
 def _order(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
 
-def _viridis(n: int) -> list:
+def _thin(count: int, limit: int = MAX_TICKS) -> list[int]:
+    """At most ``limit`` nearly evenly spaced indices of ``count``, first and last included."""
+    if count <= limit:
+        return list(range(count))
+    return sorted({int(round(i)) for i in np.linspace(0, count - 1, limit)})
+
+
+class _Layout:
+    """Which panels the records make: curve panels keyed by the non-eps axes that vary (and
+    the update rule), heatmaps keyed by update rule."""
+
+    def __init__(self, meta: dict, records: Sequence[dict]):
+        self.records = records
+        self.notation = axis_notation(records, meta)
+        rank = {name: i for i, name in enumerate(OPTIMIZER_NAMES)}
+        self.rules = sorted({_rule(r) for r in records}, key=lambda rule: (rank.get(rule.split()[0], 9), rule))
+        self.varying = [a for a in varying_axes(records) if a != "eps"]
+        self.panels: dict[tuple, list[dict]] = {}
+        for record in records:
+            key = (*(record.get(a) for a in self.varying), _rule(record))
+            self.panels.setdefault(key, []).append(record)
+        used = sorted({r["eps"] for r in records if r.get("eps") is not None})
+        self.eps_values = used + ([None] if any(r.get("eps") is None for r in records) else [])  # None: sgd
+        self.lr_values = sorted({r["lr"] for r in records})
+
+    def panel_title(self, key: tuple) -> str:
+        words = [f"{axis_title(a, [r.get('optimizer') for r in self.records])} "
+                 f"{show(v, scientific=self.notation[a])}" for a, v in zip(self.varying, key, strict=False)]
+        if len(self.rules) > 1:
+            words.append(key[-1])
+        return ", ".join(words) or key[-1]
+
+    def eps_labels(self, indices: Sequence[int]) -> list[str]:
+        return ["n/a" if self.eps_values[i] is None else show(self.eps_values[i], scientific=self.notation["eps"])
+                for i in indices]
+
+
+def make_figure(meta: dict, records: Sequence[dict]):
+    """The figure (a matplotlib ``Figure``): curve panels when the records carry loss curves,
+    then the heatmaps."""
+    Figure, _, colors, ScalarMappable = _matplotlib()
+    if not records:
+        raise UserError("nothing to plot: no records")
+    layout = _Layout(meta, records)
+    with_curves = any(r.get("loss_curve") for r in records)
+    n_curve = len(layout.panels) if with_curves else 0
+    if n_curve > MAX_PANELS:
+        names = "/".join([*layout.varying, "update rule"] if len(layout.rules) > 1 else layout.varying)
+        raise UserError(f"{n_curve} panels (one per {names}) is too many; narrow it with {param('where')}, "
+                        f"e.g. lr=0.01")
+    ncols = min(3, max(n_curve, 1))
+    curve_rows = math.ceil(n_curve / ncols) if n_curve else 0
+    heat_cols = min(len(layout.rules), 3)
+    heat_rows = math.ceil(len(layout.rules) / heat_cols)
+    heat_width = heat_cols * (len(layout.eps_values) * CELL_INCHES + 1.4) + 1.0
+    width = min(30.0, max(4.3 * ncols + 1.2, heat_width))
+    heat_height = max(2.6, 0.32 * len(layout.lr_values) + 1.6)
+    fig = Figure(figsize=(width, 3.4 * curve_rows + heat_height * heat_rows + 0.9), layout="constrained")
+    held = held_axes(records, [*layout.varying, "eps"] + (["lr"] if len(layout.lr_values) > 1 else []), meta)
+    fig.suptitle(run_title(meta, records) + (f"\n{', '.join(held)}" if held else ""), **LITERAL)
+    if n_curve:
+        top, bottom = fig.subfigures(2, 1, height_ratios=[3.4 * curve_rows, heat_height * heat_rows])
+        _curves(top, layout, meta, colors, ScalarMappable, ncols)
+    else:
+        bottom = fig
+    cell = min(0.9, (width / heat_cols - 2.4) / max(len(layout.eps_values), 1))
+    _heatmaps(bottom, layout, metric_of(records), colors, ScalarMappable, heat_cols, cell)
+    fig.curve_panels, fig.heatmaps = n_curve, len(layout.rules)
+    return fig
+
+
+def _curves(fig, layout: _Layout, meta: dict, colors, ScalarMappable, ncols: int) -> None:
+    """A panel of training-loss curves per (other axes, update rule), coloured by eps; one
+    y scale for all; an x where a setting diverged."""
     from matplotlib import colormaps
 
-    return [colormaps["viridis"](x) for x in (np.linspace(0, 0.85, n) if n > 1 else [0.4])]
+    n = len(layout.eps_values)
+    palette = [colormaps["viridis"](x) for x in (np.linspace(0, 0.9, n) if n > 1 else [0.4])]
+    cmap = colors.ListedColormap(palette)
+    norm = colors.BoundaryNorm(np.arange(n + 1) - 0.5, n)
+    steps = meta.get("steps")
+    if not isinstance(steps, int) or isinstance(steps, bool) or steps < 1:
+        steps = None  # unknown (or malformed): the x axis counts curve points
+    points = np.array([v for r in layout.records for v in (r.get("loss_curve") or []) if v is not None], float)
+    finite = points[np.isfinite(points)]
+    log_y = finite.size > 0 and finite.min() > 0 and finite.max() / finite.min() > 50
+    axes = []
+    rows = math.ceil(len(layout.panels) / ncols)
+    order = sorted(layout.panels.items(),
+                   key=lambda kv: ([_order(v) for v in kv[0][:-1]], layout.rules.index(kv[0][-1])))
+    for i, (key, group) in enumerate(order):
+        ax = fig.add_subplot(rows, ncols, i + 1, sharey=axes[0] if axes else None)
+        axes.append(ax)
+        for record in sorted(group, key=lambda r: layout.eps_values.index(r.get("eps"))):
+            curve = np.array([np.nan if v is None else v for v in (record.get("loss_curve") or [])], float)
+            if curve.size == 0:
+                continue
+            x = (np.arange(curve.size) + 1) * (steps / curve.size if steps else 1)
+            color = cmap(norm(layout.eps_values.index(record.get("eps"))))
+            ax.plot(x, curve, color=color, linewidth=1.2)
+            alive = np.flatnonzero(np.isfinite(curve))
+            if record.get("diverged") and alive.size:
+                ax.plot(x[alive[-1]], curve[alive[-1]], "x", color=color, markersize=7)
+        if log_y and len(axes) == 1:
+            ax.set_yscale("log")
+            ax.yaxis.set_major_formatter(_formatter())
+        ax.set_title(layout.panel_title(key), fontsize=10, **LITERAL)
+        ax.set_xlabel("step" if steps else "curve point")
+        ax.set_ylabel("training loss")
+        ax.grid(alpha=0.3)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9, aspect=30)
+    ticks = _thin(n)
+    bar.set_ticks(ticks, labels=layout.eps_labels(ticks))
+    bar.ax.tick_params(labelsize=8)
+    bar.set_label("eps")
 
 
-def _heatmap(fig, ax, records: Sequence[dict], metric: str, colors) -> None:
-    """metric over eps (x) x lr (y): the best value over any other axis; grey where every
-    setting diverged."""
-    eps_values = sorted({r["eps"] for r in records})
-    lr_values = sorted({r["lr"] for r in records})
-    higher = metric in HIGHER_IS_BETTER
-    grid = np.full((len(lr_values), len(eps_values)), np.nan)
+def _formatter():
+    """Tick labels as the tables write numbers (``1e-8``, not ``$10^{-8}$``)."""
+    from matplotlib.ticker import FuncFormatter
+
+    return FuncFormatter(lambda value, _: show(value))
+
+
+def _best_grid(records: Sequence[dict], layout: _Layout, metric: str, eps_values: list) -> np.ndarray:
+    """``metric`` over lr (rows) x ``eps_values`` (columns): the best-ranked setting of each
+    cell (over any other axis); NaN where every setting diverged."""
+    cells: dict[tuple, list[dict]] = {}
     for record in records:
-        value = record.get(metric)
-        if record.get("diverged") or value is None:
-            continue
-        i, j = lr_values.index(record["lr"]), eps_values.index(record["eps"])
-        old = grid[i, j]
-        if math.isnan(old) or (value > old if higher else value < old):
-            grid[i, j] = value
-    others = [a for a in AXES if a not in ("eps", "lr") and len({r.get(a) for r in records}) > 1]
-    log = not higher and _use_log(grid)
-    norm = colors.LogNorm() if log else None
+        if not record.get("diverged") and record.get(metric) is not None:
+            cells.setdefault((record["lr"], record.get("eps")), []).append(record)
+    grid = np.full((len(layout.lr_values), len(eps_values)), np.nan)
+    for (lr, eps), group in cells.items():
+        grid[layout.lr_values.index(lr), eps_values.index(eps)] = min(group, key=rank_key)[metric]
+    return grid
+
+
+def _scale(values: np.ndarray, higher: bool, colors):
+    """(norm, shade) of the heatmaps' one colour scale: accuracy as its error rate on a log
+    scale (0.9, 0.99, 0.999 equally apart); a loss spanning more than 50x on a log scale."""
+    if higher:
+        errors = 1 - values
+        floor = max(float(errors[errors > 0].min()) / 2, 1e-6) if (errors > 0).any() else 1e-3
+        top = max(float(errors.max()) if errors.size else 1.0, floor * 10)
+        return colors.LogNorm(vmin=floor, vmax=top), (lambda v: np.clip(1 - v, floor, None))
+    if values.size and values.min() > 0 and values.max() / values.min() > 50:
+        return colors.LogNorm(values.min(), values.max()), (lambda v: v)
+    return colors.Normalize(*((values.min(), values.max()) if values.size else (0, 1))), (lambda v: v)
+
+
+def _heatmaps(fig, layout: _Layout, metric: str, colors, ScalarMappable, ncols: int, cell: float) -> None:
+    """One heatmap per update rule (over the eps values it has), sharing one colour scale and
+    one colour bar; ``cell``: a cell's width in inches (values are written in cells wide enough)."""
     from matplotlib import colormaps
 
-    cmap = colormaps["viridis" if higher else "viridis_r"].with_extremes(bad="#cccccc")
-    image = ax.imshow(np.ma.masked_invalid(grid), cmap=cmap, norm=norm, aspect="auto", origin="lower")
-    ax.set_xticks(range(len(eps_values)), [f"{e:g}" for e in eps_values], rotation=45 if len(eps_values) > 4 else 0)
-    ax.set_yticks(range(len(lr_values)), [f"{v:g}" for v in lr_values])
-    ax.set_xlabel("eps")
-    ax.set_ylabel("lr")
-    title = f"{label(metric)} over eps × lr"
-    if others:
-        title += f"\n(best over {', '.join(others)})"
-    ax.set_title(title, fontsize=10)
-    fig.colorbar(image, ax=ax, label=label(metric), shrink=0.9)
-    if grid.size <= 120:
-        finite = grid[np.isfinite(grid)]
-        lo, hi = (finite.min(), finite.max()) if finite.size else (0, 1)
-        for i in range(grid.shape[0]):
-            for j in range(grid.shape[1]):
-                value = grid[i, j]
-                if math.isnan(value):
-                    ax.text(j, i, "×", ha="center", va="center", color="#555555", fontsize=9)
-                    continue
-                text = f"{value:.2f}" if higher else f"{value:.2g}"
-                share = 0.5 if hi == lo else (value - lo) / (hi - lo)
-                light = share > 0.6 if higher else share < 0.4
-                ax.text(j, i, text, ha="center", va="center", fontsize=8, color="black" if light else "white")
+    higher = metric in HIGHER_IS_BETTER
+    grids = {}
+    for rule in layout.rules:
+        records = [r for r in layout.records if _rule(r) == rule]
+        eps_values = [e for e in layout.eps_values if any(r.get("eps") == e for r in records)]
+        grids[rule] = (eps_values, _best_grid(records, layout, metric, eps_values))
+    values = np.concatenate([g[np.isfinite(g)] for _, g in grids.values()])
+    norm, shade = _scale(values, higher, colors)
+    cmap = colormaps["viridis_r"].with_extremes(bad="#cccccc")
+    others = [a for a in layout.varying if a != "lr"]
+    rows = math.ceil(len(grids) / ncols)
+    wanted = max(3.5, len(layout.eps_values) * cell + 1.4)  # a heatmap no wider than its cells need
+    spare = max(0.0, fig.get_figure(root=True).get_size_inches()[0] / ncols - 1.2 - wanted) * ncols
+    gs = fig.add_gridspec(rows, ncols + 1, width_ratios=[wanted] * ncols + [max(spare, 1e-3)])
+    axes = []
+    for i, (rule, (eps_values, grid)) in enumerate(grids.items()):
+        ax = fig.add_subplot(gs[i // ncols, i % ncols])
+        axes.append(ax)
+        ax.imshow(np.ma.masked_invalid(shade(grid)), cmap=cmap, norm=norm, aspect="auto", origin="lower")
+        ticks = _thin(len(eps_values))
+        labels = layout.eps_labels([layout.eps_values.index(eps_values[t]) for t in ticks])
+        crowded = max(map(len, labels)) * 0.075 > max(cell, CELL_INCHES) * len(eps_values) / len(ticks) * 0.9
+        ax.set_xticks(ticks, labels, fontsize=8, **({"rotation": 45, "ha": "right", "rotation_mode": "anchor"}
+                                                     if crowded else {}))
+        lr_ticks = _thin(len(layout.lr_values))
+        lr_labels = column(layout.lr_values)
+        ax.set_yticks(lr_ticks, [lr_labels[j] for j in lr_ticks], fontsize=8)
+        ax.set_xlabel("eps")
+        ax.set_ylabel("lr")
+        title = f"{label(metric)} over eps × lr" + (f", {rule}" if len(grids) > 1 else "")
+        if others:
+            title += f"\n(best over {', '.join(others)})"
+        ax.set_title(title, fontsize=10, **LITERAL)
+        if cell >= 0.4 and len(layout.lr_values) <= 16:
+            _annotate(ax, grid, shade, norm, cmap)
+    bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9, aspect=20)
+    bar.set_label(f"{label(metric)}" + (" (colour: 1 − acc, log scale)" if higher else ""))
+    if isinstance(norm, colors.LogNorm) and not higher:
+        bar.ax.yaxis.set_major_formatter(_formatter())
+    if higher:
+        marks = [m for m in (0.9, 0.5, 0.2, 0.1, 0.05, 0.02, 0.01, 1e-3, 1e-4, 1e-5) if norm.vmin <= m <= norm.vmax]
+        bar.set_ticks(marks, labels=[show(1 - m) for m in marks])
+        bar.minorticks_off()
+    bar.ax.tick_params(labelsize=8)
 
 
-def save_plot(meta: dict, records: Sequence[dict], path: Path | str, *, dpi: int = 110) -> int:
+def _annotate(ax, grid: np.ndarray, shade, norm, cmap) -> None:
+    """The value in each cell (as the tables show it), in black or white by the cell's
+    brightness; a grey x where every setting diverged."""
+    texts = column(grid[np.isfinite(grid)].tolist(), zeros=True)
+    fontsize = 8 if grid.shape[1] <= 10 else 7 if grid.shape[1] <= 16 else 6
+    k = 0
+    for i in range(grid.shape[0]):
+        for j in range(grid.shape[1]):
+            value = grid[i, j]
+            if math.isnan(value):
+                ax.text(j, i, "×", ha="center", va="center", color="#555555", fontsize=9)
+                continue
+            r, g, b, _ = cmap(norm(shade(value)))
+            light = 0.299 * r + 0.587 * g + 0.114 * b > 0.5
+            ax.text(j, i, texts[k], ha="center", va="center", fontsize=fontsize, color="black" if light else "white")
+            k += 1
+
+
+def save_plot(meta: dict, records: Sequence[dict], path: Path | str, *, dpi: int = 110) -> tuple[int, int]:
     """Draw :func:`make_figure` into ``path`` (its suffix picks the format: png, svg, pdf...),
-    atomically. Returns the number of loss-curve panels."""
+    atomically. Returns the number of loss-curve panels and of heatmaps."""
     path = Path(path)
     Figure, FigureCanvasAgg, _, _ = _matplotlib()
     check_writable(path)
@@ -190,5 +290,4 @@ def save_plot(meta: dict, records: Sequence[dict], path: Path | str, *, dpi: int
         write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     except OSError as e:
         raise UserError(f"{param('output')}: cannot write {path}: {e.strerror or e}") from None
-    return sum(1 for ax in fig.axes if ax.get_ylabel() == "training loss")
-
+    return fig.curve_panels, fig.heatmaps

@@ -1,4 +1,7 @@
-"""Rich tables of sweep records: the terminal rendering (nothing below the views imports it)."""
+"""The table of a sweep's records (a row per setting), for the terminal and as markdown: varying
+axes as columns, what every row shares in the title, the best usable row starred, what went wrong
+(diverged, collapsed, at chance) in a status column. Numbers follow :mod:`epsweep.numbers`.
+"""
 
 from __future__ import annotations
 
@@ -7,28 +10,15 @@ from collections.abc import Sequence
 
 import numpy as np
 from rich.table import Table
-from rich.text import Text
 
-from epsweep.results.records import best_index
-from epsweep.views.titles import run_title
-from epsweep.vocabulary import label
+from epsweep.numbers import column, notation, show, show_share, show_std
+from epsweep.results.records import axis_notation, best_index, extra_metrics
+from epsweep.views.sheet import Column, Sheet, markdown, rich_table
+from epsweep.views.titles import held_axes, run_parts, title_head
+from epsweep.vocabulary import GRID_AXES, axis_title, label, uses_axis
 
-_NAME_AXES = ("optimizer", "convention")
-
-
-def _num(value: float | None, spec: str = ".4g") -> str:
-    return "—" if value is None else format(value, spec)
-
-
-def _fixed_or_sci(value: float) -> str:
-    return f"{value:.4f}" if value == 0 or 1e-3 <= abs(value) < 1e5 else f"{value:.3e}"
-
-
-def _mean_std(record: dict, name: str) -> str:
-    mean, std = record.get(name), record.get(f"{name}_std")
-    if mean is None:
-        return "—"
-    return _fixed_or_sci(mean) + (f"±{std:.3f}" if std is not None else "")
+NOT_USED = "n/a"
+"""The cell of an axis the row's optimizer does not use (eps for sgd)."""
 
 
 SPARK_BLOCKS = "▁▂▃▄▅▆▇█"
@@ -73,125 +63,151 @@ def sparkline(curve: Sequence[float | None] | None, scale: tuple[float, float, b
     return "".join(out)
 
 
+def rule_name(record: dict, conventions: bool) -> str:
+    """The update rule of a row among several optimizers: ``adam``, ``rmsprop``, or (when
+    RMSProp's ``conventions`` vary too) ``rmsprop tf1``."""
+    optimizer, convention = str(record.get("optimizer")), str(record.get("convention"))
+    if optimizer != "rmsprop":
+        return optimizer
+    return f"rmsprop {convention}" if conventions else "rmsprop"
+
+
+def rule_column(records: Sequence[dict]) -> Column | None:
+    """One column for the update rule when optimizers or RMSProp's conventions vary."""
+    optimizers = list(dict.fromkeys(str(r.get("optimizer")) for r in records))
+    conventions = list(dict.fromkeys(str(r.get("convention")) for r in records if r.get("optimizer") == "rmsprop"))
+    if len(optimizers) > 1:
+        return Column("optimizer", [rule_name(r, len(conventions) > 1) for r in records], justify="left", squeeze=True)
+    if len(conventions) > 1:
+        return Column("convention", [str(r.get("convention")) for r in records], justify="left")
+    return None
+
+
+def varying_axes(records: Sequence[dict]) -> list[str]:
+    """The grid axes that vary among the rows of one optimizer using them (an axis each
+    optimizer holds at one value, if different ones, does not vary: the title says it)."""
+    varying = []
+    for axis in GRID_AXES:
+        values: dict[str, set] = {}
+        for r in records:
+            if uses_axis(str(r.get("optimizer")), axis):
+                values.setdefault(str(r.get("optimizer")), set()).add(r.get(axis))
+        if any(len(v) > 1 for v in values.values()):
+            varying.append(axis)
+    return varying
+
+
+def shown_axes(records: Sequence[dict]) -> list[str]:
+    """The axis columns of a table: :func:`varying_axes` (eps at least, when nothing varies)."""
+    shown = varying_axes(records)
+    if not shown and rule_column(records) is None:
+        shown = ["eps"] if any(uses_axis(str(r.get("optimizer")), "eps") for r in records) else ["lr"]
+    return shown
+
+
+def axis_columns(records: Sequence[dict], shown: Sequence[str], meta: dict | None = None) -> list[Column]:
+    """A column per ``shown`` axis, in its notation for this sweep; ``n/a`` where a row's
+    optimizer does not use the axis."""
+    notation = axis_notation(records, meta)
+    columns = []
+    for axis in shown:
+        cells = [show(r.get(axis), scientific=notation[axis]) if uses_axis(str(r.get("optimizer")), axis)
+                 else NOT_USED for r in records]
+        columns.append(Column(axis_title(axis, [r.get("optimizer") for r in records]), cells))
+    return columns
+
+
+def metric_column(records: Sequence[dict], name: str, *, drop: int | None = None) -> Column:
+    """Mean ± std over seeds: one notation for the whole column; ``±std`` goes first when narrow."""
+    values = [r.get(name) for r in records]
+    means, scientific = column(values, zeros=True), notation(values)
+    full = [m if r.get(name) is None else m + show_std(r.get(f"{name}_std"), scientific)
+            for m, r in zip(means, records, strict=True)]
+    has_std = any(r.get(f"{name}_std") is not None for r in records)
+    return Column(label(name), full, drop=drop, short=means if has_std else None, shorten=90 if has_std else None,
+                  what="±std over seeds")
+
+
+def status_of(record: dict, *, short: bool = False) -> str:
+    """What went wrong with a setting: ``diverged (1/3 seeds, step 61)``, ``collapsed``,
+    ``at chance``; empty when nothing did."""
+    seeds = record.get("seeds") or 1
+    out = []
+    if record.get("diverged"):
+        step = record.get("diverged_step")
+        count = f"{record.get('diverged_seeds')}/{seeds} seeds, " if seeds > 1 else ""
+        out.append("diverged" if short else f"diverged ({count}step {step})")
+    if record.get("collapsed"):
+        count = record.get("collapsed_seeds")
+        out.append("collapsed" if short or seeds == 1 else f"collapsed ({count}/{seeds} seeds)")
+    if record.get("at_chance"):
+        out.append("at chance")
+    return ", ".join(out)
+
+
+def _no_star_note(records: Sequence[dict], meta: dict) -> str | None:
+    """Why nothing is starred, when nothing is."""
+    if best_index(records) is not None or not records:
+        return None
+    finite = [r for r in records if not r.get("diverged") and not r.get("collapsed")]
+    chance = meta.get("chance") if isinstance(meta.get("chance"), dict) else {}
+    if finite and all(r.get("at_chance") for r in finite):
+        guess = chance.get("accuracy")
+        scores = f" (guessing the most common class scores {show(guess, zeros=True)})" if guess is not None else ""
+        return f"No setting beats chance{scores}; nothing is starred."
+    return "No setting trained without diverging, collapsing or ending at chance; nothing is starred."
+
+
+def records_sheet(records: Sequence[dict], meta: dict | None = None, *, sparklines: bool = False,
+                  note: str | None = None) -> Sheet:
+    """The table of ``records`` as a :class:`~epsweep.views.sheet.Sheet`."""
+    meta = meta or {}
+    records = list(records)
+    shown = shown_axes(records)
+    columns = axis_columns(records, shown, meta)
+    rule = rule_column(records)
+    if rule is not None:
+        columns.append(rule)
+    has = {name: any(r.get(name) is not None for r in records)
+           for name in ("val_loss", "val_accuracy", "eps_dominated_mean")}
+    columns.append(metric_column(records, "final_loss", drop=50 if has["val_accuracy"] else None))
+    scale = curve_scale([r.get("loss_curve") for r in records]) if sparklines else None
+    if scale is not None:
+        columns.append(Column("loss curve", [sparkline(r.get("loss_curve"), scale) for r in records],
+                              justify="left", drop=100, crop=True))
+    if has["val_loss"]:
+        columns.append(metric_column(records, "val_loss", drop=70))
+    if has["val_accuracy"]:
+        columns.append(metric_column(records, "val_accuracy"))
+    for name in extra_metrics(records):  # a task's own metric: val_<name>
+        columns.append(metric_column(records, name))
+    if has["eps_dominated_mean"]:
+        shares = [show_share(r.get("eps_dominated_mean")) for r in records]
+        columns.append(Column(label("eps_dominated_mean"), shares, drop=80))
+    statuses = [status_of(r) for r in records]
+    if any(statuses):
+        columns.append(Column("status", statuses, justify="left", short=[status_of(r, short=True) for r in records],
+                              shorten=60, drop=40, squeeze=True))
+    best = best_index(records)
+    if best is not None:
+        columns[0].cells[best] = "★ " + columns[0].cells[best]
+    styles = ["bold green" if i == best else ("red" if r.get("diverged") else
+                                              ("yellow" if r.get("collapsed") or r.get("at_chance") else None))
+              for i, r in enumerate(records)]
+    notes = [n for n in [_no_star_note(records, meta)] if n]
+    parts = run_parts(meta) + ([note] if note else [])
+    return Sheet(title_head(meta, records), parts, columns, styles, held_axes(records, shown, meta), notes)
+
+
 def records_table(records: Sequence[dict], meta: dict | None = None, *, sparklines: bool = False,
                   note: str | None = None, max_width: int | None = None) -> Table:
-    """A row per setting; varying axes only; the best row marked and highlighted.
-
-    ``sparklines`` adds a "loss curve" column (block characters, one scale for all rows)
-    when the records carry loss curves and, given ``max_width``, the table still fits in it.
-    """
-    meta = meta or {}
-    axes = ["eps", "decay", "lr", "momentum", "optimizer", "convention"]
-    shown = [a for a in axes if a in ("eps", "decay", "lr") or len({r.get(a) for r in records}) > 1]
-    scale = curve_scale([r.get("loss_curve") for r in records]) if sparklines else None
-    if scale is not None and max_width is not None:
-        without = records_table(records, meta, note=note)
-        if _width(without) + SPARK_WIDTH + 3 > max_width:
-            return without  # no room for the curves
-    has_val = any(r.get("val_loss") is not None for r in records)
-    has_acc = any(r.get("val_accuracy") is not None for r in records)
-    has_eps_dom = any(r.get("eps_dominated") is not None for r in records)
-    given = meta.get("title")
-    title = (given if isinstance(given, str) and given else run_title(meta)) + (f" ({note})" if note else "")
-    table = Table(title=title, title_justify="left", header_style="bold")
-    for axis in shown:
-        table.add_column(axis, justify="left" if axis in _NAME_AXES else "right", no_wrap=True)
-    table.add_column("final loss", justify="right", no_wrap=True)
-    if scale is not None:
-        table.add_column("loss curve", no_wrap=True, overflow="crop")
-    if has_val:
-        table.add_column("val loss", justify="right", no_wrap=True)
-    if has_acc:
-        table.add_column("val acc", justify="right", no_wrap=True)
-    if has_eps_dom:  # share of moving parameters whose denominator eps dominates, end of training
-        table.add_column("eps-dom %", justify="right", no_wrap=True)
-    any_diverged = any(r.get("diverged") for r in records)
-    if any_diverged:  # only when something diverged: keeps the table narrow
-        table.add_column("diverged", justify="center")
-    best = best_index(records)
-    for i, record in enumerate(records):
-        cells = [str(record.get(a)) if a in _NAME_AXES else _num(record.get(a)) for a in shown]
-        cells.append(_mean_std(record, "final_loss"))
-        if scale is not None:
-            cells.append(sparkline(record.get("loss_curve"), scale))
-        if has_val:
-            cells.append(_mean_std(record, "val_loss"))
-        if has_acc:
-            cells.append(_mean_std(record, "val_accuracy"))
-        if has_eps_dom:
-            share = record.get("eps_dominated")
-            cells.append("—" if share is None else f"{100 * share:.1f}")
-        if record["diverged"]:
-            where = record.get("diverged_step")
-            cells.append(f"yes ({record['diverged_seeds']}/{record['seeds']}, step {where})")
-        elif any_diverged:
-            cells.append("")
-        if i == best:
-            cells[0] = Text("★ ") + Text(str(cells[0]))
-        table.add_row(*cells, style="bold green" if i == best else ("red" if record["diverged"] else None))
-    return table
+    """A Rich table, a row per setting, fitted to ``max_width`` columns (see
+    :func:`~epsweep.views.sheet.rich_table`): axis values are never cut."""
+    return rich_table(records_sheet(records, meta, sparklines=sparklines, note=note), max_width)
 
 
-def _axis_value(value) -> str:
-    return format(value, ".4g") if isinstance(value, (int, float)) and not isinstance(value, bool) else str(value)
+def records_markdown(records: Sequence[dict], meta: dict | None = None, *, note: str | None = None) -> str:
+    """The same table as GitHub markdown, every column."""
+    return markdown(records_sheet(records, meta, note=note))
 
-
-def _metric_cell(value: float | None) -> str:
-    return "—" if value is None else _fixed_or_sci(value)
-
-
-def best_per_axis_table(rows: Sequence[dict]) -> Table:
-    """For each value of each axis, the best setting having it (from report.best_per_axis)."""
-    metric = rows[0]["metric"] if rows else "val_accuracy"
-    table = Table(title="Best setting for each axis value", title_justify="left", header_style="bold")
-    table.add_column("axis", no_wrap=True)
-    table.add_column("value", justify="right", no_wrap=True)
-    table.add_column(label(metric), justify="right", no_wrap=True)
-    table.add_column("at")
-    varying = list(dict.fromkeys(r["axis"] for r in rows))
-    for row in rows:
-        best = row["best"]
-        if best is None:
-            at = f"all {row['settings']} diverged"
-        else:
-            at = ", ".join(f"{a} {_axis_value(best[a])}" for a in varying if a != row["axis"])
-        table.add_row(row["axis"], _axis_value(row["value"]), _metric_cell(row["score"]), at)
-    return table
-
-
-def sensitivity_table(rows: Sequence[dict]) -> Table:
-    """How much the metric moves across eps at each other setting (from report.sensitivity)."""
-    metric = rows[0]["metric"] if rows else "val_accuracy"
-    name = label(metric)
-    held = [a for a in ("decay", "lr", "momentum", "optimizer", "convention")
-            if a in ("decay", "lr") or len({r[a] for r in rows}) > 1]
-    ranges = {(r["eps_min"], r["eps_max"]) for r in rows}
-    same_range = len(ranges) == 1
-    span = f" {rows[0]['eps_min']:.3g}..{rows[0]['eps_max']:.3g}" if rows and same_range else ""
-    table = Table(title=f"Eps sensitivity of {name}" + (f" (eps{span})" if span else ""), title_justify="left",
-                  header_style="bold")
-    for axis in held:
-        table.add_column(axis, justify="left" if axis in _NAME_AXES else "right", no_wrap=True)
-    columns = ([] if same_range else ["eps range"]) + ["lowest", "highest", "spread", "best eps"]
-    any_diverged = any(r["diverged"] for r in rows)
-    for column in columns + (["diverged"] if any_diverged else []):
-        table.add_column(column, justify="right", no_wrap=True)
-    for row in rows:
-        cells = [_axis_value(row[a]) for a in held]
-        if not same_range:
-            cells.append(f"{row['eps_min']:.3g}..{row['eps_max']:.3g}")
-        cells += [_metric_cell(row["low"]), _metric_cell(row["high"]), _metric_cell(row["spread"]),
-                  "—" if row["best_eps"] is None else f"{row['best_eps']:.3g}"]
-        if any_diverged:
-            cells.append(f"{row['diverged']}/{row['settings']}" if row["diverged"] else "")
-        table.add_row(*cells)
-    return table
-
-
-def _width(table: Table) -> int:
-    from rich.console import Console
-    from rich.measure import Measurement
-
-    console = Console(width=10_000)
-    return Measurement.get(console, console.options, table).maximum
 

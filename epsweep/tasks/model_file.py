@@ -1,0 +1,113 @@
+"""Finding a model of the user's by name, as uvicorn and gunicorn find an app: ``FILE.py:NAME``
+or ``package.module:NAME`` (NAME may be dotted: ``models:zoo.small``), and the task that trains
+it on a dataset in any format the tool reads."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+import importlib.util
+import sys
+import traceback
+from collections.abc import Callable
+from pathlib import Path
+from types import ModuleType
+from typing import Any
+
+from epsweep.data.images import load_any_dataset
+from epsweep.errors import UserError, param
+from epsweep.tasks.own import flax_task
+from epsweep.tasks.scoring import CLASSIFICATION_LOSSES
+from epsweep.tasks.task import Task
+
+
+def _last_line(error: BaseException) -> str:
+    """The last line Python prints for ``error`` (``ZeroDivisionError: division by zero``)."""
+    lines = [line.strip() for line in traceback.format_exception_only(type(error), error) if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
+def _import_file(path: Path) -> ModuleType:
+    if not path.exists():
+        raise UserError(f"{param('model_spec')}: {path}: no such file")
+    if not path.is_file():
+        raise UserError(f"{param('model_spec')}: {path} is not a file")
+    resolved = path.resolve()
+    name = "epsweep_model_" + hashlib.blake2b(str(resolved).encode(), digest_size=6).hexdigest()
+    spec = importlib.util.spec_from_file_location(name, resolved)
+    if spec is None or spec.loader is None:
+        raise UserError(f"{param('model_spec')}: cannot import {path} (not a Python file)")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module  # dataclasses (linen modules) look their module up while the file runs
+    sys.path.insert(0, str(resolved.parent))  # its sibling modules import, as when run as a script
+    try:
+        spec.loader.exec_module(module)
+    except (Exception, SystemExit) as error:
+        sys.modules.pop(name, None)
+        raise UserError(f"{param('model_spec')}: cannot import {path}: {_last_line(error)}") from None
+    finally:
+        sys.path.remove(str(resolved.parent))
+    return module
+
+
+def _import_module(name: str) -> ModuleType:
+    added = "" not in sys.path and str(Path.cwd()) not in sys.path
+    if added:  # package.module from the current directory, as uvicorn does
+        sys.path.insert(0, str(Path.cwd()))
+    try:
+        return importlib.import_module(name)
+    except (Exception, SystemExit) as error:
+        raise UserError(f"{param('model_spec')}: cannot import {name}: {_last_line(error)}") from None
+    finally:
+        if added:
+            sys.path.remove(str(Path.cwd()))
+
+
+def load_model(model_spec: str) -> tuple[Any, str]:
+    """The object ``model_spec`` names, and NAME: ``FILE.py:NAME`` imports the file (its
+    directory first on ``sys.path`` while it runs), ``package.module:NAME`` the module (from
+    the current directory too).
+
+    Args:
+        model_spec: ``FILE.py:NAME`` or ``package.module:NAME``.
+
+    Returns:
+        (the object, its NAME).
+    """
+    where, colon, name = model_spec.rpartition(":")
+    if not colon or not where or not name:
+        raise UserError(f"{param('model_spec')}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
+    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    module = _import_file(Path(where)) if is_file else _import_module(where)
+    found: Any = module
+    for part in name.split("."):
+        if not hasattr(found, part):
+            raise UserError(f"{param('model_spec')}: {where} has no {name!r}")
+        found = getattr(found, part)
+    return found, name
+
+
+def model_task(model_spec: str, dataset: str = "digits", *, loss: str = "cross_entropy",
+               metric: str | None = "accuracy", val_split: float = 0.2, data_seed: int = 0,
+               image_size: int | None = None, warn: Callable[[str], None] | None = None) -> Task:
+    """:func:`~epsweep.tasks.own.flax_task` of the model ``model_spec`` names on ``dataset``
+    (``digits``, ``synthetic``, .npz, MNIST IDX, or an ImageFolder tree resized to
+    ``image_size``); regression targets are read when ``loss`` is not a classification loss.
+
+    Args:
+        model_spec: ``FILE.py:NAME`` or ``package.module:NAME`` (see :func:`load_model`).
+        dataset: the data, as the ``grid`` command reads it.
+        loss: ``cross_entropy``, ``binary_cross_entropy`` or ``mse``.
+        metric: ``accuracy`` or None.
+        val_split: the fraction held out for validation.
+        data_seed: the seed of the train/validation split.
+        image_size: for an ImageFolder tree: the square its images are resized to.
+        warn: called with a line for each unreadable image skipped.
+
+    Returns:
+        The :class:`~epsweep.tasks.Task`.
+    """
+    model, name = load_model(model_spec)
+    data = load_any_dataset(dataset, val_split, data_seed, targets=loss not in CLASSIFICATION_LOSSES,
+                            image_size=image_size, warn=warn)
+    return flax_task(model, data, loss=loss, metric=metric, name=name)

@@ -1,0 +1,479 @@
+"""Your own model: the vmapped sweep of a user-style Flax model against a hand-written optax
+training loop of the same model (same initial weights, minibatches and dropout keys), setting
+by setting; a closed form for regression; the command line with a model file; hostile input."""
+
+import functools
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import nnx
+
+import epsweep
+from epsweep.cli import main
+from epsweep.errors import UserError
+
+STEPS, BATCH = 50, 8  # 40 training examples: 5 minibatches per epoch, 10 epochs
+GRID = epsweep.Grid(eps=(1e-8, 1e-3, 1.0), lr=(3e-3, 1e-2), decay=(0.9, 0.5))
+SETTINGS = [(s["lr"], s["decay"], s["eps"]) for s in GRID.settings()]
+RTOL = 1e-5
+EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
+
+
+def classification_data(image: bool = False) -> epsweep.Dataset:
+    rng = np.random.default_rng(1)
+    shape = (6, 6, 1) if image else (6,)
+    centres = rng.normal(size=(3, *shape))
+    y = rng.integers(0, 3, 52)
+    x = centres[y] + rng.normal(scale=2.5 if image else 0.8, size=(52, *shape))  # no loss near 0: rtol stays meaningful
+    return epsweep.Dataset.from_arrays(x[:40], y[:40], x_val=x[40:], y_val=y[40:], name="blobs")
+
+
+class MLP(nn.Module):  # no train flag: called as model.apply(variables, x)
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(self.num_classes)(nn.tanh(nn.Dense(16)(x)))
+
+
+class CNN(nn.Module):  # BatchNorm and Dropout, switched by train
+    num_classes: int = 3
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Conv(4, (3, 3))(x)
+        x = nn.relu(nn.BatchNorm(use_running_average=not train, momentum=0.8)(x))
+        x = nn.Dropout(0.25, deterministic=not train)(x)
+        return nn.Dense(self.num_classes)(x.reshape(len(x), -1))
+
+
+class NnxNet(nnx.Module):
+    def __init__(self, num_classes: int, *, rngs: nnx.Rngs):
+        self.hidden = nnx.Linear(6, 12, rngs=rngs)
+        self.norm = nnx.BatchNorm(12, momentum=0.8, rngs=rngs)
+        self.out = nnx.Linear(12, num_classes, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(nnx.relu(self.norm(self.hidden(x))))
+
+
+def cross_entropy(outputs, y):
+    return optax.softmax_cross_entropy_with_integer_labels(outputs, y)
+
+
+def squared_error(outputs, y):
+    return (outputs[:, 0] - y) ** 2
+
+
+@functools.partial(jax.jit, static_argnums=2)
+def epoch_order(seed, epoch, n):
+    return jax.random.permutation(jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 1), epoch), n)
+
+
+def minibatches(data, seed):
+    """The engine's minibatch of every step (docs: a fresh order per epoch, from fold_in(key(seed), 1))."""
+    per_epoch = len(data.x_train) // BATCH
+    orders = [np.asarray(epoch_order(seed, epoch, len(data.x_train))) for epoch in range(STEPS // per_epoch)]
+    return [(data.x_train[i], data.y_train[i]) for i in
+            (orders[t // per_epoch][(t % per_epoch) * BATCH:][:BATCH] for t in range(STEPS))]
+
+
+def reference_linen(model, data, seed, loss_fn, takes_train):
+    """The plain optax loop: model.init with fold_in(key(seed), 0), then optax.rmsprop steps
+    with the dropout key fold_in(fold_in(key(seed), 2), t). Returns per setting the loss of
+    every step and the validation loss and accuracy at the end."""
+    key = jax.random.key(seed)
+    batches = minibatches(data, seed)
+    flag = (lambda train: {"train": train}) if takes_train else (lambda train: {})
+    init = jax.jit(lambda k: model.init(k, jnp.zeros((1, *data.input_shape)), **flag(False)))
+    variables = init(jax.random.fold_in(key, 0))
+    start = variables.pop("params")
+
+    @jax.jit
+    def step(params, state, opt_state, x, y, t, lr, decay, eps):
+        def objective(p):
+            out, new_state = model.apply({"params": p, **state}, x, mutable=list(state), **flag(True),
+                                         rngs={"dropout": jax.random.fold_in(jax.random.fold_in(key, 2), t)})
+            return loss_fn(out, y).mean(), new_state
+
+        (loss, new_state), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = optax.rmsprop(lr, decay=decay, eps=eps).update(grads, opt_state, params)
+        return optax.apply_updates(params, updates), new_state, opt_state, loss
+
+    results = []
+    for lr, decay, eps in SETTINGS:
+        params, state = start, variables
+        opt_state = optax.rmsprop(lr, decay=decay, eps=eps).init(params)
+        curve = []
+        for t, (x, y) in enumerate(batches):
+            params, state, opt_state, loss = step(params, state, opt_state, x, y, t, lr, decay, eps)
+            curve.append(float(loss))
+        out = jax.jit(lambda v, x: model.apply(v, x, **flag(False)))({"params": params, **state}, data.x_val)
+        results.append((curve, *_val(loss_fn, out, data.y_val)))
+    return results
+
+
+def _val(loss_fn, out, y, metric=None):
+    """Validation loss and metric (default: accuracy, for logits) of the outputs ``out``."""
+    if metric is not None:
+        value = float(np.mean(metric(out, y)))
+    else:
+        value = float(np.mean(np.argmax(out, -1) == y)) if np.ndim(out) == 2 and out.shape[1] > 1 else None
+    return float(np.mean(loss_fn(out, y))), value
+
+
+def margin(outputs, y):
+    """A metric of the user's: the true class's logit above the mean logit."""
+    return jnp.take_along_axis(outputs, y[:, None], 1)[:, 0] - outputs.mean(-1)
+
+
+@nnx.jit
+def nnx_step(model, optimizer, x, y):
+    loss, grads = nnx.value_and_grad(lambda m: cross_entropy(m(x), y).mean())(model)
+    optimizer.update(model, grads)
+    return loss
+
+
+RMSPROP = optax.inject_hyperparams(optax.rmsprop)(learning_rate=1.0, decay=0.9, eps=1.0)
+
+
+def reference_nnx(data, seed):
+    """The NNX way, stateful: nnx.Optimizer over NnxNet(rngs=nnx.Rngs(fold_in(key(seed), 0)));
+    one optax.rmsprop with its hyperparameters injected (set per setting), so the step compiles once."""
+    batches = minibatches(data, seed)
+    results = []
+    for lr, decay, eps in SETTINGS:
+        model = NnxNet(3, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(seed), 0)))
+        optimizer = nnx.Optimizer(model, RMSPROP, wrt=nnx.Param)
+        for name, value in (("learning_rate", lr), ("decay", decay), ("eps", eps)):
+            optimizer.opt_state.hyperparams[name][...] = value
+        model.train()
+        curve = [float(nnx_step(model, optimizer, x, y)) for x, y in batches]
+        model.eval()
+        results.append((curve, *_val(cross_entropy, model(data.x_val), data.y_val, margin)))
+    return results
+
+
+def swept(task, seed):
+    """Every setting of GRID in one vmapped sweep; one loss per step (curve_points = steps)."""
+    config = epsweep.RunConfig(steps=STEPS, batch_size=BATCH, curve_points=STEPS, first_seed=seed)
+    records = epsweep.sweep(task, GRID, config).records
+    assert [(r["lr"], r["decay"], r["eps"]) for r in records] == SETTINGS
+    return records
+
+
+def assert_matches(records, reference, metric="val_accuracy"):
+    for record, (curve, val_loss, value) in zip(records, reference, strict=True):
+        setting = (record["lr"], record["decay"], record["eps"])
+        np.testing.assert_allclose(record["loss_curve"], curve, rtol=RTOL, err_msg=str(setting))
+        np.testing.assert_allclose(record["val_loss"], val_loss, rtol=RTOL, err_msg=str(setting))
+        if value is not None:
+            assert record[metric] == pytest.approx(value, rel=RTOL, abs=1e-6), setting
+        assert not record["diverged"]
+    assert reference[0][0][-1] < reference[0][0][0]  # it learned: the comparison is not of constants
+
+
+CASES = {
+    "linen MLP": lambda: (MLP(3), classification_data(), cross_entropy, False, {}),
+    "linen CNN, BatchNorm and Dropout": lambda: (CNN(), classification_data(image=True), cross_entropy, True, {}),
+}
+
+
+@pytest.mark.parametrize("case", CASES)
+def test_linen_sweep_equals_a_plain_optax_loop(case):
+    model, data, loss_fn, takes_train, kwargs = CASES[case]()
+    task = epsweep.flax_task(model, data, **kwargs)
+    seed = 3
+    assert_matches(swept(task, seed), reference_linen(model, data, seed, loss_fn, takes_train))
+
+
+def test_nnx_sweep_equals_the_nnx_optimizer_loop_and_reports_a_named_metric():
+    data = classification_data()
+    task = epsweep.flax_task(NnxNet, data, metric=margin)  # a class: NnxNet(num_classes=3, rngs=...) per seed
+    assert (task.details["framework"], task.metric_name) == ("nnx", "margin")
+    records = swept(task, 5)
+    assert_matches(records, reference_nnx(data, 5), metric="val_margin")
+    assert all(r["val_accuracy"] is None and "val_margin_std" in r for r in records)
+    from epsweep.results.formats import to_csv
+
+    assert ",val_accuracy,val_accuracy_std,val_margin,val_margin_std," in to_csv(records).splitlines()[0]
+
+
+def test_mse_regression_equals_a_plain_optax_loop():
+    rng = np.random.default_rng(2)
+    x = rng.normal(size=(52, 3))
+    y = x @ np.array([1.5, -2.0, 0.5]) + np.sin(3 * x[:, 0]) + 0.1 * rng.normal(size=52)
+    data = epsweep.Dataset.from_arrays(x[:40], y[:40], x_val=x[40:], y_val=y[40:])
+    model = MLP(1)  # outputs (batch, 1) for targets (batch,)
+    task = epsweep.flax_task(model, data, loss="mse", metric=None)
+    records = swept(task, 0)
+    assert all(r["val_accuracy"] is None for r in records)
+    assert_matches(records, reference_linen(model, data, 0, squared_error, False))
+
+
+def test_linear_regression_reaches_least_squares():
+    """Full-batch RMSProp with eps = 1: near the optimum v << 1, so the step is lr * g (gradient
+    descent), which converges to the least-squares loss min_w mean((Xw + b - y)^2)."""
+    rng = np.random.default_rng(4)
+    x = rng.normal(size=(64, 3))
+    y = x @ np.array([0.7, -1.2, 2.0]) + 0.3 + 0.5 * rng.normal(size=64)
+    design = np.c_[x, np.ones(64)]
+    w = np.linalg.lstsq(design, y, rcond=None)[0]
+    least = np.mean((design @ w - y) ** 2)
+    data = epsweep.Dataset.from_arrays(x, y, x_val=x[:0], y_val=y[:0])
+    task = epsweep.flax_task(nn.Dense(1), data, loss="mse", metric=None)
+    config = epsweep.RunConfig(steps=400, batch_size=64, curve_points=200)
+    record = epsweep.sweep(task, epsweep.Grid(eps=(1.0,), lr=(0.1,), decay=(0.9,)), config).records[0]
+    assert record["loss_curve"][-1] == pytest.approx(least, rel=1e-4)
+    assert record["loss_curve"][0] > 2 * least
+
+
+def test_same_model_new_eps_compiles_nothing_and_a_different_model_its_own():
+    """The linen MLP task built again (as the MLP comparison above did, same spec) trains new eps
+    values with no compilation; another model, loss or metric gets programs of its own: the key
+    is what the functions compute, so an edited model never meets its old programs."""
+    data = classification_data()
+    config = epsweep.RunConfig(steps=STEPS, batch_size=BATCH, curve_points=STEPS)
+    epsweep.sweep(epsweep.flax_task(MLP(3), data), epsweep.Grid(eps=(1e-8,)), config)
+    again = epsweep.sweep(epsweep.flax_task(MLP(3), data), epsweep.Grid(eps=(1e-5, 0.3)), config)
+    assert again.meta["compilations"] == 0 and len(again.records) == 2
+
+    class Other(nn.Module):  # the same shapes, another function
+        num_classes: int
+
+        @nn.compact
+        def __call__(self, x):
+            return nn.Dense(self.num_classes)(nn.relu(nn.Dense(16)(x)))
+
+    def edited():  # the model file edited: the same class name, fields and repr, another __call__
+        class MLP(nn.Module):
+            num_classes: int
+
+            @nn.compact
+            def __call__(self, x):
+                return nn.Dense(self.num_classes)(nn.sigmoid(nn.Dense(16)(x)))
+
+        return MLP(3)
+
+    from epsweep.engine import program_key
+    from epsweep.runner import resolve_spec
+    from epsweep.vocabulary import UpdateRule
+
+    def key(task):
+        return program_key(task, resolve_spec(task, config, UpdateRule("rmsprop", "optax")), jax.devices()[:1])
+
+    same = key(epsweep.flax_task(MLP(3), data))
+    assert same == key(epsweep.flax_task(MLP(3), data, name="renamed"))
+    assert same == key(epsweep.flax_task(MLP(3), data, loss=cross_entropy))  # the same computation
+
+    def smoothed(outputs, y):
+        return optax.softmax_cross_entropy(outputs, optax.smooth_labels(jax.nn.one_hot(y, 3), 0.1))
+
+    assert repr(edited()) == repr(MLP(3))
+    others = [epsweep.flax_task(Other(3), data), epsweep.flax_task(edited(), data),
+              epsweep.flax_task(MLP(3), data, metric=None),
+              epsweep.flax_task(MLP(4), data), epsweep.flax_task(MLP(3), data, loss=smoothed),
+              epsweep.flax_task(MLP(3), epsweep.Dataset.from_arrays(np.ones((40, 7)), np.arange(40) % 3))]
+    assert len({same, *map(key, others)}) == 1 + len(others)
+
+
+def test_an_nnx_instance_starts_every_seed_and_a_class_each_its_own():
+    """An instance's weights are the task's constants and every seed's start; a class is
+    initialised per seed from fold_in(key(seed), 0). (Traced on shapes, run eagerly: no sweep.)"""
+    data = classification_data()
+    model = NnxNet(3, rngs=nnx.Rngs(0))
+    task = epsweep.flax_task(model, data)
+    weights = jax.tree.leaves(nnx.state(model, nnx.Param))
+    for seed in (0, 1):
+        params, state = task.init(jax.random.fold_in(jax.random.key(seed), 0), task.constants)
+        assert all(np.array_equal(a, b) for a, b in zip(jax.tree.leaves(params), weights, strict=True))
+        assert set(state["norm"]) == {"mean", "var"}  # BatchNorm statistics: model state; no RNG streams
+    fresh = epsweep.flax_task(NnxNet, data)
+    seed_0, seed_1 = (jax.tree.leaves(fresh.init(jax.random.fold_in(jax.random.key(s), 0))[0]) for s in (0, 1))
+    expected = NnxNet(3, rngs=nnx.Rngs(jax.random.fold_in(jax.random.key(0), 0)))
+    assert all(np.array_equal(a, b) for a, b in zip(seed_0, jax.tree.leaves(nnx.state(expected, nnx.Param)),
+                                                    strict=True))
+    assert not all(np.array_equal(a, b) for a, b in zip(seed_0, seed_1, strict=True))
+
+
+class NnxDropout(nnx.Module):
+    def __init__(self, *, rngs: nnx.Rngs):
+        self.drop = nnx.Dropout(0.5, rngs=rngs)
+        self.out = nnx.Linear(6, 3, rngs=rngs)
+
+    def __call__(self, x):
+        return self.out(self.drop(x))
+
+
+def test_nnx_dropout_draws_from_the_step_key_as_nnx_reseed_sets_it():
+    """A step's dropout: the stream reseeded with the step's key (nnx.reseed, the NNX way);
+    evaluation drops nothing."""
+    data = classification_data()
+    task = epsweep.flax_task(NnxDropout, data)
+    seed = jax.random.key(7)
+    params, state = task.init(jax.random.fold_in(seed, 0))
+    x, y = data.x_train[:8], data.y_train[:8]
+    step_key = jax.random.fold_in(jax.random.fold_in(seed, 2), 11)
+    loss = jax.jit(task.loss)(params, state, x, y, step_key)[0]
+    model = NnxDropout(rngs=nnx.Rngs(jax.random.fold_in(seed, 0)))
+    model.train()
+    nnx.reseed(model, **{model.drop.rngs.key.tag: step_key})
+    assert float(loss) == pytest.approx(float(cross_entropy(model(x), y).mean()), rel=1e-6)
+    assert jax.jit(task.loss)(params, state, x, y, jax.random.fold_in(step_key, 1))[0] != loss
+    model.eval()
+    losses, _ = task.evaluate(params, state, x, y)
+    np.testing.assert_allclose(losses, cross_entropy(model(x), y), rtol=1e-6)
+
+
+def test_dataset_from_arrays_checks_what_it_is_given():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(10, 3))
+    data = epsweep.Dataset.from_arrays(x, np.arange(10) % 4, val_split=0.3, seed=1)
+    assert (data.num_classes, len(data.x_train), data.x_train.dtype) == (4, 7, np.float32)
+    regression = epsweep.Dataset.from_arrays(x, rng.normal(size=(10, 2)))
+    assert regression.num_classes is None and regression.target_shape == (2,)
+    bad = [
+        ({"x": x[:, 0], "y": np.arange(10)}, "one example per row"),
+        ({"x": x, "y": np.arange(9)}, "10 examples of inputs but 9 of targets"),
+        ({"x": np.where(x > 1, np.nan, x), "y": np.arange(10)}, "NaN"),
+        ({"x": x, "y": np.full(10, np.inf)}, "targets contain NaN or infinite"),
+        ({"x": x, "y": -np.arange(10)}, "labels must be >= 0"),
+        ({"x": x.astype(str), "y": np.arange(10)}, "unsupported dtype"),
+        ({"x": x, "y": np.arange(10), "x_val": x}, "give both x_val and y_val"),
+        ({"x": x, "y": np.arange(10), "x_val": x[:, :2], "y_val": np.arange(10)}, "x_val has examples of shape"),
+        ({"x": x, "y": np.arange(10), "x_val": x, "y_val": x[:, 0]}, "y_val (regression targets"),
+    ]
+    for kwargs, message in bad:
+        with pytest.raises(UserError, match=message.replace("(", r"\(")):
+            epsweep.Dataset.from_arrays(**kwargs)
+
+
+def test_flax_task_refuses_what_cannot_train():
+    data = classification_data()
+    regression = epsweep.Dataset.from_arrays(np.ones((8, 6)), np.ones(8))
+    cases = [
+        (lambda: epsweep.flax_task(MLP(3), regression), "cross_entropy needs one integer class label"),
+        (lambda: epsweep.flax_task(MLP(3), data, loss="mse"), "mse needs float regression targets"),
+        (lambda: epsweep.flax_task(MLP(1), regression, loss="mse"), "metric accuracy needs class labels"),
+        (lambda: epsweep.flax_task(MLP(2), data), r"logits of shape \(batch, 3\)"),
+        (lambda: epsweep.flax_task(MLP(3), data, loss="binary_cross_entropy"), "needs labels 0 and 1"),
+        (lambda: epsweep.flax_task(MLP(3), data, metric=lambda o, y: o[:, 0]), "'<lambda>' cannot name"),
+        (lambda: epsweep.flax_task(MLP(3), data, loss=lambda o, y: o.sum()), r"one value per example"),
+        (lambda: epsweep.flax_task(nn.Dense(3), data.x_train), "expected an epsweep.Dataset"),
+        (lambda: epsweep.flax_task("MLP", data), "expected a Flax linen or NNX module"),
+        (lambda: epsweep.flax_task(CNN(), data), r"model CNN fails on inputs of shape \(1, 6\): "),
+    ]
+    for build, message in cases:
+        with pytest.raises(UserError, match=message):
+            build()
+
+
+# --- the command line -----------------------------------------------------------------------
+
+MODEL_FILE = """
+import flax.linen as nn
+
+
+class Net(nn.Module):
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = nn.Dense(8)(x.reshape(len(x), -1))
+        x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
+        return nn.Dense(self.num_classes)(x)
+
+
+class Regressor(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(1)(x)
+
+
+class Broken(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(x) @ nn.Dense(5)(x)
+"""
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    d = tmp_path_factory.mktemp("own")
+    (d / "own_models.py").write_text(MODEL_FILE)
+    (d / "failing.py").write_text("import flax.linen as nn\nraise RuntimeError('no GPU here\\nsecond line')\n")
+    rng = np.random.default_rng(0)
+    np.savez(d / "data.npz", x=rng.random((48, 4, 4)).astype(np.float32), y=np.arange(48) % 3)
+    np.savez(d / "targets.npz", x=rng.random((48, 5)).astype(np.float32), y=rng.normal(size=48))
+    (d / "photos" / "cats").mkdir(parents=True)
+    return d
+
+
+def run_cli(args, cwd):
+    done = subprocess.run([EXE, *args], capture_output=True, text=True, timeout=300, cwd=cwd,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_cli_trains_a_model_file_and_a_rerun_with_new_eps_compiles_nothing(model_dir):
+    """Two processes of the installed executable: the second finds every program in the session's
+    persistent compilation cache (tests/conftest.py)."""
+    assert EXE, "the epsweep executable is not installed"
+    args = ["grid", "--model", "own_models.py:Net", "--dataset", "data.npz", "--steps", "20", "-f", "json", "-q"]
+    first = run_cli([*args, "--eps", "1e-8", "1"], model_dir)
+    assert (first["meta"]["task"], first["meta"]["model"], first["meta"]["data"]["classes"]) == ("Net", "Net", 3)
+    assert [r["eps"] for r in first["results"]] == [1e-8, 1.0]
+    assert all(0 <= r["val_accuracy"] <= 1 for r in first["results"])
+    again = run_cli([*args, "--eps", "1e-4", "0.1", "0.5"], model_dir)
+    assert again["meta"]["compilations"] == 0 and [r["eps"] for r in again["results"]] == [1e-4, 0.1, 0.5]
+
+
+def test_a_model_named_by_module_with_regression_targets_from_a_file(model_dir, monkeypatch):
+    from epsweep.tasks.model_file import model_task
+
+    monkeypatch.chdir(model_dir)
+    task = model_task("own_models:Regressor", "targets.npz", loss="mse", metric=None)
+    assert (task.name, task.data.num_classes, task.data.y_train.dtype, task.metric_name) == ("Regressor", None,
+                                                                                            np.float32, None)
+    np.testing.assert_allclose(np.sort(np.r_[task.data.y_train, task.data.y_val]),
+                               np.sort(np.load(model_dir / "targets.npz")["y"]), rtol=1e-6)
+
+
+CLI_CASES = [
+    (["--model", "missing.py:Net"], "--model: missing.py: no such file"),
+    (["--model", "failing.py:Net"], "--model: cannot import failing.py: RuntimeError: no GPU here second line"),
+    (["--model", "no_such_module:Net"], "cannot import no_such_module: ModuleNotFoundError: No module named"),
+    (["--model", "own_models.py:Nope"], "--model: own_models.py has no 'Nope'"),
+    (["--model", "own_models.py"], "must look like FILE.py:NAME or package.module:NAME"),
+    (["--model", "own_models.py:Broken"], "model Broken fails on inputs of shape (1, 4, 4, 1): TypeError: dot_general"),
+    (["--model", "own_models.py:nn"], "--model: expected a Flax linen or NNX module, a module class or a factory"),
+    (["--model", "own_models.py:Net", "--task", "mlp"], "give --task or --model, not both"),
+    (["--model", "own_models.py:Net", "--loss", "hinge"], "--loss: unknown loss 'hinge'"),
+    (["--model", "own_models.py:Net", "--metric", "f1"], "--metric: unknown metric 'f1'; choose accuracy or none"),
+    (["--model", "own_models.py:Net", "--loss", "mse"], "model Net fails: TypeError: "),  # no classes to give
+    (["--model", "own_models.py:Net", "--dataset", "targets.npz"], "targets.npz: labels must be whole numbers"),
+    (["--model", "own_models.py:Net", "--dataset", "digits", "--loss", "mse"], "mse needs float regression targets"),
+    (["--model", "own_models.py:Net", "--dataset", "photos"], "photos is an ImageFolder directory: give --image-size"),
+    (["--model", "own_models.py:Net", "--image-size", "8"], "--image-size applies to ImageFolder directories only"),
+    (["--loss", "mse"], "--loss applies to --model only"),
+]
+
+
+@pytest.mark.parametrize("args, message", CLI_CASES, ids=[" ".join(a)[:50] for a, _ in CLI_CASES])
+def test_cli_model_errors_exit_2_with_one_line(args, message, model_dir, capsys, monkeypatch):
+    monkeypatch.chdir(model_dir)
+    code = main(["grid", "--dataset", "data.npz", "--steps", "2", *args])
+    out, err = capsys.readouterr()
+    assert code == 2 and out == "", err
+    assert err.startswith("epsweep: error: ") and err.count("\n") == 1 and message in err, err
