@@ -280,7 +280,8 @@ def test_version_and_shell_completion():
     from importlib.metadata import version
 
     assert run("--version").stdout == f"epsweep {version('epsweep')}\n"
-    completion = run("--show-completion=bash", env={"SHELL": "/bin/bash"})
+    # Typer detects the shell from the process tree (a flag), unless told to take its name
+    completion = run("--show-completion", "bash", env={"_TYPER_COMPLETE_TEST_DISABLE_SHELL_DETECTION": "1"})
     assert completion.returncode == 0 and "_epsweep_completion" in completion.stdout, completion.stderr
     assert "--install-completion" in run("--help").stdout
 
