@@ -67,12 +67,17 @@ class WriteFailed(UserError):
         self.result = result
 
 
-class OutOfMemory(UserError):
-    """The device ran out of memory while training; ``report`` says what was kept."""
+class SweepStopped(UserError):
+    """The sweep stopped before its end for a reason the user can act on (an output that could
+    not be written); ``report`` says what was kept."""
 
     def __init__(self, message: str, report: StopReport):
         super().__init__(message)
         self.report = report
+
+
+class OutOfMemory(SweepStopped):
+    """The device ran out of memory while training; ``report`` says what was kept."""
 
 
 @dataclasses.dataclass

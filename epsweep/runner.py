@@ -13,16 +13,15 @@ the same from another thread, for a caller that must stop the process at once.
 
 from __future__ import annotations
 
-import tempfile
 import threading
 import time
 from collections.abc import Sequence
-from pathlib import Path
 
 import numpy as np
 
 from epsweep import provenance
 from epsweep.config import RunConfig
+from epsweep.data.dataset import format_bytes
 from epsweep.engine.spec import resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
@@ -33,17 +32,22 @@ from epsweep.outcome import (
     StopReport,
     SweepInterrupted,
     SweepResult,
+    SweepStopped,
     WriteFailed,
 )
 from epsweep.results.cache import ArrayCache
-from epsweep.results.files import write_atomic
-from epsweep.results.formats import dumps
-from epsweep.results.records import fold_seeds, named_metrics, setting_key
-from epsweep.results.writers import Writer
+from epsweep.results.records import fold_seeds, named_metrics, results_bytes, setting_key
+from epsweep.results.writers import Writer, save_partial_stream
 from epsweep.tasks import Task, build_task
 from epsweep.vocabulary import METRICS
 
-MAX_RUNS = 10_000_000  # settings x update rules x seeds in one sweep
+
+def results_budget() -> int:
+    """What a sweep's results may take: a quarter of this machine's memory (the data may take
+    another half)."""
+    from epsweep.data.dataset import memory_budget
+
+    return memory_budget() // 2
 
 
 def _is_out_of_memory(error: BaseException) -> bool:
@@ -83,10 +87,14 @@ class Runner:
         self.rules = self.config.update_rules()
         self.total = sum(self.grid.size(rule.optimizer) for rule in self.rules)
         runs = self.total * self.config.seeds
-        if runs > MAX_RUNS:
+        need, budget = results_bytes(self.total, self.config.seeds, self.config.curve_points), results_budget()
+        if need > budget:  # before anything is allocated: the settings list alone would be large
             raise UserError(f"the sweep has {runs:,} runs ({self.total:,} settings over {len(self.rules)} update "
-                            f"rules x {self.config.seeds:,} seeds); the limit is {MAX_RUNS:,}")
-        if resume and not any(hasattr(w, "previous") for w in self.writers):
+                            f"rule{'s' * (len(self.rules) != 1)} x {self.config.seeds:,} seeds): their results "
+                            f"would take about {format_bytes(need)} in memory, more than the budget of "
+                            f"{format_bytes(budget)} (a quarter of this machine's memory); use fewer settings, "
+                            f"{param('seeds')} or update rules")
+        if resume and not any(getattr(w, "resumable", False) for w in self.writers):
             raise UserError(f"{param('resume')} needs a streamed {param('output')} (a .jsonl file to resume)")
         self.meta: dict = {}
         self._lock = threading.RLock()
@@ -97,7 +105,9 @@ class Runner:
     # -- stopping early ---------------------------------------------------------------------
 
     def _streamed(self) -> Writer | None:
-        return next((w for w in self.writers if w.streams and getattr(w, "path", None) is not None), None)
+        """The writer whose file holds every finished record, if any (one that failed does not)."""
+        return next((w for w in self.writers if w.streams and getattr(w, "path", None) is not None
+                     and not getattr(w, "failed", False)), None)
 
     def save_partial(self) -> StopReport:
         """Keep what has finished: nothing to do when a writer streams it (its file is
@@ -113,24 +123,7 @@ class Runner:
             finished = [*self._done.values(), *self._new.values()]
             if not finished or not self.meta:
                 return StopReport(0, self.total, None, False)
-            text = "".join(dumps(line) + "\n" for line in [{"meta": self.meta}, *finished])
-            near = next((Path(w.path) for w in self.writers if getattr(w, "path", None) is not None), None)
-            path = None
-            if near is not None:
-                try:
-                    path = near.with_name(f"{near.stem}.partial.jsonl")
-                    write_atomic(path, text)
-                except OSError:
-                    path = None
-            if path is None:
-                try:
-                    handle = tempfile.NamedTemporaryFile("w", prefix="epsweep-partial-", suffix=".jsonl",
-                                                         delete=False)
-                    with handle:
-                        handle.write(text)
-                    path = Path(handle.name)
-                except OSError:
-                    path = None
+            path = save_partial_stream(finished, self.meta, [getattr(w, "path", None) for w in self.writers])
             self._partial = StopReport(len(finished) if path else 0, self.total, path, False)
             return self._partial
 
@@ -145,8 +138,14 @@ class Runner:
             raise UserError(f"{param('resume')} works in a single process (every process must train the same "
                             f"settings)")
         writers = self.writers if devices.is_primary() else []  # of several processes, process 0 writes
-        trained, specs, settings, order, per_call = self._plan(writers)
-        self._open(writers)
+        try:  # every target is claimed and checked before anything is trained; on failure, none is kept
+            trained, specs, settings, order, per_call = self._plan(writers)
+            for writer in writers:
+                writer.open(self.meta)
+        except BaseException:
+            for writer in writers:
+                writer.abort()
+            raise
         started = time.perf_counter()
         before = (compile_count(), compile_seconds(), cache_loads())
         runs: list[dict] = []
@@ -189,9 +188,11 @@ class Runner:
         settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
         order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
         description = provenance.run_description(task, config, first)
-        for writer in writers:
-            if hasattr(writer, "previous"):  # without resume: refuses to overwrite part of this run
-                self._done.update(writer.previous(description, set(order)))
+        for writer in writers:  # claims its file; refuses to replace what is not this sweep's
+            prepare = getattr(writer, "prepare", None)
+            done = prepare(description, set(order)) if prepare is not None else None
+            if self.resume and done:
+                self._done.update(done)
         mesh_devices = devices.config_devices()
         # a task with frozen features is described as given (meta, resume) and trained on its features
         store = ArrayCache.default() if task.features is not None else None
@@ -206,25 +207,18 @@ class Runner:
                          processes=devices.process_count(), **({"features": features} if features else {}))
         return trained, specs, settings, order, per_call
 
-    def _open(self, writers: Sequence[Writer]) -> None:
-        opened: list[Writer] = []
-        try:
-            for writer in writers:
-                writer.open(self.meta)
-                opened.append(writer)
-        except BaseException:
-            for writer in opened:
-                writer.abort()
-            raise
-
     def _stopped(self, error: BaseException, writers: Sequence[Writer]) -> None:
         """A sweep that stopped early: keep what finished, release the writers, and turn
-        Ctrl-C and out-of-memory into what callers catch (other errors go on as they are)."""
-        kept = self.save_partial() if isinstance(error, KeyboardInterrupt) or _is_out_of_memory(error) else None
+        Ctrl-C, out of memory and an output that failed into what callers catch (other errors
+        go on as they are)."""
+        keep = isinstance(error, (KeyboardInterrupt, UserError)) or _is_out_of_memory(error)
+        kept = self.save_partial() if keep else None
         for writer in writers:
             writer.abort()
         if isinstance(error, KeyboardInterrupt):
             raise SweepInterrupted(kept) from None
+        if isinstance(error, UserError):  # an output that failed mid-sweep: what finished is kept elsewhere
+            raise SweepStopped(error.message, kept) from None
         if kept is not None:
             first_line = str(error).splitlines()[0][:200]
             raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
@@ -270,11 +264,11 @@ class Runner:
                     for k, seed in enumerate(seeds):
                         runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in metrics},
                                      "diverged_step": int(out.diverged_step[k, j])})
-                for writer in writers:
-                    writer.write(chunk)
-                with self._lock:
+                with self._lock:  # first: a writer that fails cannot cost these records
                     for record in chunk:
                         self._new[setting_key(record)] = record
+                for writer in writers:
+                    writer.write(chunk)
 
             hook = None
             if self.progress is not None:

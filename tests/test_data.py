@@ -3,11 +3,14 @@ Keras-style and plain .npz, and the malformed versions of each."""
 
 import gzip
 import struct
+import subprocess
+import sys
+import textwrap
 
 import numpy as np
 import pytest
 
-from epsweep.data import MAX_CLASSES, digits, load_arrays, load_dataset, read_idx, split, synthetic
+from epsweep.data import MAX_CLASSES, as_images, digits, load_arrays, load_dataset, read_idx, split, synthetic
 from epsweep.errors import UserError
 
 
@@ -59,7 +62,8 @@ def test_idx_round_trips_other_dtypes(tmp_path):
 
 
 @pytest.mark.parametrize("damage, message", [
-    (lambda b: b[:-5], "bytes, header says"),
+    (lambda b: b[:-5], "holds 15,675 bytes of data, not the 15,680 bytes its header announces"),
+    (lambda b: b + b"\x00", "holds more data than the 15,680 bytes its header announces"),
     (lambda b: b"\x01\x02" + b[2:], "bad magic"),
     (lambda b: b[:6], "truncated IDX header"),
 ])
@@ -168,3 +172,43 @@ def test_float_images_out_of_both_ranges_are_refused(values):
     x = np.linspace(*values, 2 * 8 * 8).reshape(2, 8, 8, 1)
     with pytest.raises(UserError, match="expected 0..1 or 0..255"):
         resize_arrays(x, 8, source="my.npz")
+
+
+def test_a_thin_strip_image_is_resized_within_bounded_memory(tmp_path):
+    """A 10000 x 1 PNG (a few bytes) at 299 pixels would resize whole to 2,990,000 x 299 RGB
+    (2.7 GB); only its square is resampled, so loading it fits in 1 GiB of address space."""
+    from PIL import Image
+
+    (tmp_path / "strips").mkdir()
+    Image.fromarray(np.full((1, 10000, 3), 200, np.uint8)).save(tmp_path / "strips" / "strip.png")
+    code = textwrap.dedent(f"""
+        import resource
+        resource.setrlimit(resource.RLIMIT_AS, (1 << 30, 1 << 30))
+        from epsweep.data.images import load_image_folder
+        x, y, classes = load_image_folder(__import__("pathlib").Path({str(tmp_path)!r}), 299)
+        print(x.shape, int(x.min()), int(x.max()))
+    """)
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split() == ["(1,", "299,", "299,", "3)", "200", "200"]
+
+
+def test_16_bit_greyscale_images_are_scaled_not_clipped(tmp_path):
+    from PIL import Image
+
+    from epsweep.data.images import load_image_folder
+
+    values = np.linspace(0, 65535, 64).round().astype(np.uint16).reshape(8, 8)
+    (tmp_path / "deep").mkdir()
+    Image.fromarray(values).save(tmp_path / "deep" / "sixteen.png")  # a 16-bit greyscale PNG
+    x, _, _ = load_image_folder(tmp_path, 8)
+    expected = np.round(values.astype(np.float64) * 255 / 65535).astype(np.uint8)
+    np.testing.assert_array_equal(x[0, ..., 0], expected)
+    assert x[0].min() == 0 and x[0].max() == 255 and len(np.unique(x[0])) > 50  # not saturated to white
+
+
+@pytest.mark.parametrize("dtype, top, scale", [(np.uint8, 255, 255), (np.uint16, 40000, 65535),
+                                               (np.uint8, 16, 16), (np.int32, 1_000_000, 1_000_000)])
+def test_integer_inputs_are_scaled_by_their_range(dtype, top, scale):
+    x = np.array([[0, top // 2, top]], dtype)
+    np.testing.assert_allclose(as_images(x, "x"), np.array([[0, top // 2, top]]) / scale, rtol=1e-6)

@@ -1,277 +1,363 @@
-"""Hostile inputs: every one exits with code 2 and one plain line naming the problem, never a
-traceback. Almost all fail before any training, so they run in-process in milliseconds."""
+"""Hostile inputs, through the installed ``epsweep`` executable: each case exits with code 2 and
+one plain line on stderr naming the problem (never a traceback, never a result lost), or, where
+it says so, succeeds and shows the hostile text literally. A new case is one line of CASES.
 
-import io
+Almost all fail before any training; the cases run two at a time (the machine's cores), in a
+fixture that starts every selected case at once."""
+
+import concurrent.futures
+import dataclasses
 import json
 import os
+import re
+import shlex
 import shutil
-import struct
+import socket
 import subprocess
 import sys
-import zipfile
-import zlib
+import time
 from pathlib import Path
 
-import numpy as np
 import pytest
+from hostile_files import RECORD, make_files
 
 from epsweep.cli import main
+from epsweep.results.files import FileClaim
+from epsweep.results.reading import meta_path, read_results
 
 EXE = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
-RECORD = {"eps": 1e-8, "decay": 0.9, "lr": 0.01, "momentum": 0.0, "convention": "optax", "final_loss": 0.5,
-          "val_loss": 0.6, "val_accuracy": 0.9, "diverged": False, "loss_curve": [2.3, 1.0, 0.5]}
-HUGE = "1" + "0" * 400  # a JSON integer no float holds
+Q = "grid --task quadratic --steps 3 -q"  # a sweep that gets past validation trains in a second
 
 
-def png_header(width, height):
-    """A PNG that claims ``width x height`` pixels (no pixel data): Pillow refuses it on open."""
-    def chunk(kind, data):
-        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+@dataclasses.dataclass(frozen=True)
+class Case:
+    """``args`` (one shell-quoted string; ``{d}``: the files' directory, ``{port}``: a free TCP
+    port), the texts the one stderr line must hold, the exit code (0: the texts are looked for
+    on stdout instead), standard input (a file; default: none) and output (a file; default: a
+    pipe), and extra environment variables."""
 
-    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
-    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IEND", b"")
+    args: str
+    messages: tuple[str, ...]
+    code: int = 2
+    stdin: str | None = None
+    stdout: str | None = None
+    env: tuple[tuple[str, str], ...] = ()
+
+
+def C(args: str, *messages: str, code: int = 2, stdin=None, stdout=None, env=None) -> Case:
+    return Case(args, messages, code, stdin, stdout, tuple((env or {}).items()))
+
+
+G = "grid --task quadratic --steps 5"
+
+CASES = [
+    # bad numbers
+    C('grid --eps nan', "--eps: 'nan' is not a finite number"),
+    C('grid --eps inf', "--eps: 'inf' is not a finite number"),
+    C('grid --lr -inf', "--lr: '-inf' is not a finite number"),
+    C('grid --eps 1e-8,abc', "'abc' is not a number"),
+    C('grid --eps -1', '--eps: -1 is out of range'),
+    C('grid --decay 1.5', '--decay: 1.5 is out of range'),
+    C('grid --momentum 1', '--momentum: 1 is out of range'),
+    C('grid --lr 0', '--lr: 0 is out of range'),
+    C('grid --eps log:0:1:5', 'needs positive ends'),
+    C('grid --eps log:1e-8:1:x', 'is not an integer'),
+    C('grid --steps 0', '--steps: 0 must be a positive integer'),
+    C('grid --steps -3', '--steps: -3 must be a positive integer'),
+    C('grid --steps ten', "Invalid value for '--steps'"),
+    C('grid --batch-size 0', '--batch-size: 0 must be a positive integer'),
+    C('grid --seeds 0', '--seeds: 0 must be a positive integer'),
+    C('grid --seed -1', '--seed: -1 must lie in [0, 2^32 - 1]'),
+    C('grid --seeds 99999999999', '--seeds: 99999999999 is more than 10,000 seeds'),
+    C('grid --steps 99999999999', '--steps: 99999999999 is more than 10,000,000'),
+    C('grid --epochs 99999999', '--epochs: 99999999 epochs of 44 steps is more than 10,000,000 steps'),
+    C('grid --chunk-size 0', '--chunk-size: 0 must be a positive integer'),
+    C('grid --val-split 1', '--val-split: 1 is out of range'),
+    C('grid --val-split nan', '--val-split: nan is out of range'),
+    # numbers the float32 engine would silently change
+    C('grid --decay 0.999999999999', '--decay: 0.999999999999 rounds to 1 in float32', 'use at most 0.99999994'),
+    C('grid --momentum 0.99999999', '--momentum: 0.99999999 rounds to 1 in float32'),
+    C('grid --eps 1e-50', '--eps: 1e-50 becomes 0 in float32'),
+    C('grid --eps 1e-40', 'use 0 or at least 1.1754944e-38'),
+    C('grid --lr 1e300', '--lr: 1e+300 overflows float32'),
+    C('grid --lr 1e-45', '--lr: 1e-45 becomes 0 in float32'),
+    # empty or huge grids
+    C("grid --eps ''", "--eps: empty value in ''"),
+    C('grid --eps ,', "--eps: empty value in ','"),
+    C('grid --eps', 'requires an argument'),
+    C('grid --eps log:1e-8:1:0', "count in 'log:1e-8:1:0' must be between 1 and 100000"),
+    C('grid --eps lin:0:1:1000001', 'must be between 1 and 100000'),
+    C('grid --eps log:1e-10:1:1001 --lr log:1e-4:1:1000', 'the grid has 1,001,000 settings'),
+    C('grid --convention ,', "unknown convention ''"),
+    # data files: missing, empty, truncated, wrong shape
+    C("grid --dataset {d}/missing.npz", 'no such file or directory'),
+    C("grid --dataset {d}/empty.npz", 'not a readable .npz file'),
+    C("grid --dataset {d}/truncated.npz", 'not a readable .npz file'),
+    C("grid --dataset {d}/flat.npz", 'inputs must have shape (N, features), (N, H, W) or (N, H, W, C)'),
+    C("grid --dataset {d}/five_d.npz", 'inputs must have shape'),
+    C("grid --dataset {d}/mismatch.npz", '40 inputs but 39 labels'),
+    C("grid --dataset {d}/nan.npz", 'inputs contain NaN or infinite values'),
+    C("grid --dataset {d}/inf.npz", 'inputs contain NaN or infinite values'),
+    C("grid --dataset {d}/fraction_labels.npz", 'labels must be whole numbers'),
+    C("grid --dataset {d}/negative_labels.npz", 'labels must be >= 0'),
+    C("grid --dataset {d}/wrong_keys.npz", 'needs arrays x_train/y_train or x/y; found images, labels'),
+    C("grid --dataset {d}/empty_arrays.npz", 'dataset is empty'),
+    C("grid --dataset {d}/pickled.npz", 'cannot load without unpickling'),
+    C("grid --dataset {d}", 'truncated IDX header'),
+    C("grid --dataset {d}/data.txt", 'unknown dataset format'),
+    C("grid --task cnn --dataset {d}/fraction_labels.npz", 'labels must be whole numbers'),
+    C("grid --dataset {d}/scalar.npz", 'scalar.npz: inputs must have shape (N, features), (N, H, W) or',
+      '(N, H, W, C); got a scalar'),
+    C("grid --dataset {d}/huge_label.npz", 'labels go up to 2,000,000,000; at most 100,000 classes'),
+    C("grid --dataset {d}/huge_int_label.npz", 'labels go up to 1,099,511,627,776'),
+    C("grid --dataset {d}/no_features.npz", 'inputs have no features (shape (10, 0))'),
+    C("grid --dataset {d}/no_pixels.npz", 'inputs have no features (shape (10, 0, 0))'),
+    C('grid --task quadratic --dataset /no/such.npz', 'task quadratic takes no dataset (got --dataset /no/such.npz)'),
+    C('grid --task toy --dataset synthetic', 'task toy takes no dataset (got --dataset synthetic)'),
+    # your own model (more in test_own_model.py)
+    C("grid --model {d}/missing.py:Net", "--model: {d}/missing.py: no such file"),
+    C("grid --model {d}/data.txt:Net", "--model: cannot import {d}/data.txt (not a Python file)"),
+    C("grid --model {d}/:Net", "--model: {d} is not a file"),
+    C("grid --model no_such_package.models:Net", "cannot import no_such_package.models: ModuleNotFoundError"),
+    C("grid --model Net", "--model: 'Net' must look like FILE.py:NAME or package.module:NAME"),
+    C("grid --metric none", "--metric applies to --model only"),
+    # images for inception: a decompression bomb is skipped (here: nothing else to read); 0..1 or 0..255 only
+    C("inception --dataset {d}/bombs --image-size 75 --steps 1 -q", 'none of the 1 images could be read'),
+    C("inception --dataset {d}/standardised.npz --image-size 75 --steps 1 -q", 'expected 0..1 or 0..255'),
+    # unwritable output paths (a parent that is a file works even for root)
+    C("grid --output {d}/a_file/out.jsonl", '--output: {d}/a_file is not a directory'),
+    C("grid --output {d}", 'is a directory'),
+    C("grid --output {d}/no/such/dir/out.csv", 'does not exist'),
+    C("grid --output {d}/out.txt", 'cannot tell the format of'),
+    C("grid -f csv --output {d}/a_file/out.csv", 'is not a directory'),
+    # conflicting flags
+    C('grid --steps 5 --epochs 1', 'give --steps or --epochs, not both'),
+    C("grid -f csv -o {d}/out.jsonl", '--format csv conflicts with --output out.jsonl'),
+    C('grid --resume', '--resume needs --output FILE.jsonl'),
+    C("grid --task quadratic --steps 5 --resume --output {d}/r.json", '--resume works with jsonl output only'),
+    C("grid --task quadratic --steps 5 --resume --output {d}/r.csv", '--resume works with jsonl output only'),
+    C("grid --task quadratic --steps 5 --resume --output {d}/other_run.jsonl", 'comes from a different run'),
+    C("grid --task quadratic --steps 5 --resume --output {d}/notes.jsonl", 'line 1: not valid JSON'),
+    C("grid --task quadratic --steps 5 --resume --output {d}/inf.jsonl",
+      'line 1: not valid JSON (Infinity is not allowed'),
+    C('grid --task quadratic --epochs 2', 'task quadratic has no data, so no epochs'),
+    C('grid --format xml', "unknown format 'xml'"),
+    C('grid --task resnet', "unknown task 'resnet'"),
+    C('grid --convention jax', "unknown convention 'jax'"),
+    C('grid --bogus', 'No such option: --bogus'),
+    # report: missing, empty, truncated or wrong-shape results
+    C("report {d}/missing.jsonl", 'no such file'),
+    C("report {d}", 'is a directory'),
+    C("report {d}/empty.json", 'file is empty'),
+    C("report {d}/truncated.json", 'not valid JSON'),
+    C("report {d}/nan.json", 'NaN is not allowed'),
+    C("report {d}/inf.jsonl", 'Infinity is not allowed (missing numbers are written as null)'),
+    C("report {d}/shape.json", 'meta must be an object and results a list'),
+    C("report {d}/list_of_numbers.json", 'a record must be a JSON object, not int'),
+    C("report {d}/missing_fields.json", 'record has no decay, final_loss, diverged'),
+    C("report {d}/string_eps.json", "eps must be a finite number, not 'small'"),
+    C("report {d}/bad_curve.json", 'loss_curve must be a list of numbers'),
+    C("report {d}/corrupt.jsonl", 'line 2: not valid JSON'),
+    C("report {d}/meta_late.jsonl", 'a meta line can only be the first line'),
+    C("report {d}/only_meta.jsonl", 'no results in the file yet'),
+    C("report {d}/binary.jsonl", 'not UTF-8 text'),
+    C("report {d}/bad.csv", "lr 'fast' is not a number"),
+    C("report {d}/ragged.csv", '2 cells but the header has 5'),
+    C("report {d}/nan.csv", 'eps is nan; missing numbers must be empty cells'),
+    C("report {d}/results.xml", 'cannot tell the format (expected .json, .jsonl or .csv)'),
+    C("report {d}/deep.json", 'deep.json: nested more than 64 levels deep'),
+    C("report {d}/deep.jsonl", 'deep.jsonl, line 1: nested more than 64 levels deep'),
+    C("report {d}/deep_field.json", 'nested more than 64 levels deep'),
+    C("report {d}/huge_eps.json", 'results[0].eps is a number beyond ±1e300'),
+    C("report {d}/huge_loss.jsonl", 'line 1: final_loss is a number beyond ±1e300'),
+    C("report {d}/huge_curve.json", 'results[0].loss_curve[1] is a number beyond ±1e300'),
+    C("report {d}/huge.csv", "line 2: final_loss '1e400' is a number beyond ±1e300"),
+    C("report {d}/string_std.json", "final_loss_std must be a number or null, not 'abc'"),
+    C("report {d}/string_seeds.json", "seeds must be a whole number >= 0, not 'many'"),
+    C("plot {d}/deep.json -o {d}/p.png", 'nested more than 64 levels deep'),
+    C("plot {d}/huge_eps.json -o {d}/p.png", 'is a number beyond ±1e300'),
+    C('report', 'Missing argument'),
+    # report: bad options
+    C("report {d}/good.json --top 0", '--top: 0 must be a positive integer'),
+    C("report {d}/good.json --top many", "Invalid value for '--top'"),
+    C("report {d}/good.json --sort speed", "--sort: unknown field 'speed'"),
+    C("report {d}/good.json --where 'lr~0.1'", 'must look like FIELD=VALUE'),
+    C("report {d}/good.json --where lr=", 'must look like FIELD=VALUE'),
+    C("report {d}/good.json --where speed=1", "--where: unknown field 'speed'"),
+    C("report {d}/good.json --where 'lr<nan'", "'nan' in 'lr<nan' is not a finite number"),
+    C("report {d}/good.json --where lr=fast", "'fast' in 'lr=fast' is not a number"),
+    C("report {d}/good.json --where lr=0.5", 'no settings match (lr in the file: 0.01)'),
+    C("report {d}/good.json --reverse", '--reverse needs --sort'),
+    C("report {d}/good.json -o {d}/a_file/r.csv", 'is not a directory'),
+    C("report {d}/good.json -f yaml", "unknown format 'yaml'"),
+    # plot
+    C("plot {d}/good.json", "Missing option '--output'"),
+    C("plot {d}/good.json -o {d}/plot.xyz", 'cannot tell the image format'),
+    C("plot {d}/good.json -o {d}/a_file/plot.png", 'is not a directory'),
+    C("plot {d}/good.json -o {d}", 'is a directory'),
+    C("plot {d}/missing.json -o {d}/p.png", 'no such file'),
+    # --- user text is shown literally (Rich markup, matplotlib mathtext) ---
+    C("grid --dataset '{d}/br[/x]/a.npz' --steps 3 -q", "/br[/x]/a.npz", code=0),
+    C("grid --dataset '{d}/[bold]x.npz'", "{d}/[bold]x.npz: not a readable .npz file"),
+    C("report {d}/markup.json", "cost [v2] [/] [bold]x", code=0),
+    C("report {d}/markup_convention.json", "[/]", code=0),
+    C("plot {d}/dollar_convention.json -o {d}/dollar_convention.png -q", "", code=0),
+    C("report {d}/dollar_title.json", "task $\\sqrt{$", code=0),
+    C("plot {d}/dollar_title.json -o {d}/dollar.png -q", "", code=0),
+    # --- every float option is finite, and in range ---
+    C("inception --clip-norm inf", "--clip-norm: inf is not a finite number"),
+    C("inception --clip-norm nan", "--clip-norm: nan is not a finite number"),
+    C("inception --lr-decay-rate nan", "--lr-decay-rate: nan is not a finite number"),
+    C("inception --lr-decay-rate 0.9 --lr-decay-epochs inf", "--lr-decay-epochs: inf is not a finite number"),
+    C("inception --lr-decay-rate 0.9 --lr-decay-epochs 1e300", "--lr-decay-epochs: 1e+300 must lie in (0, 10,000,000]"),
+    C("inception --dropout nan", "--dropout: nan must lie in [0, 1)"),
+    C("inception --label-smoothing inf", "--label-smoothing: inf must lie in [0, 1)"),
+    C("grid --val-split inf", "--val-split: inf is out of range"),
+    C("grid --val-split -inf", "--val-split: -inf is out of range"),
+    # --- any terminal width, any stdout ---
+    C(Q, "final loss", code=0, env={"COLUMNS": "0"}),
+    C("report {d}/good.json", "final loss", code=0, env={"COLUMNS": "0"}),
+    C("report {d}/good.json", "final loss", code=0, env={"COLUMNS": "3"}),
+    C(Q, "cannot write to standard output: No space left on device; the results were saved to ", stdout="/dev/full"),
+    C(f"{Q} -f csv", "cannot write to standard output: No space left on device; the results were saved to ",
+      stdout="/dev/full"),
+    C(f"{Q} -o {{d}}/full_stdout.jsonl", "No space left on device; the results are in {d}/full_stdout.jsonl",
+      stdout="/dev/full"),
+    C("report {d}/good.json", "cannot write to standard output: No space left on device; the results are in",
+      stdout="/dev/full"),
+    C(f"{Q} -f jsonl -o /dev/full", "--output: cannot write /dev/full: No space left on device; 2 of 2 finished "
+      "settings saved to "),
+    # --- one results file, one writer; nothing replaced that is not this sweep's ---
+    C(f"{Q} -o {{d}}/claimed.jsonl", "--output: {d}/claimed.jsonl is being written by epsweep process"),
+    C("report {d}/good.json -o {d}/claimed.jsonl", "{d}/claimed.jsonl is being written by epsweep process"),
+    C(f"{Q} -o {{d}}/other_sweep.jsonl", "other_sweep.jsonl holds another sweep's results (steps 1 in the file, "
+      "3 now;", "add --force to replace it, or choose another file"),
+    C(f"{Q} -o {{d}}/other.json", "other.json holds another sweep's results (steps 1 in the file"),
+    C(f"{Q} -o {{d}}/notes.jsonl", "notes.jsonl exists and is not epsweep results (line 1: not valid JSON"),
+    C(f"{Q} -o {{d}}/notes.csv", "notes.csv exists and is not epsweep results (the header row has no eps, decay, lr"),
+    C(f"{Q} -o {{d}}/force_me.json --force", "final loss", code=0),
+    C("report {d}/good.json -o {d}/good.json", "--output: {d}/good.json is the file being reported on"),
+    C("report {d}/two.json --top 1 -o {d}/two_copy.json", "two_copy.json holds 1 setting this output would not keep"),
+    C("report {d}/good.json -o {d}/notes.jsonl", "notes.jsonl exists and is not epsweep results"),
+    C("report {d}/bad_sidecar.jsonl", "bad_sidecar.meta.json: meta must be a JSON object"),
+    C("report {d}/x.meta.json", "the meta of a streamed sweep; read its .jsonl file (the records) instead"),
+    # --- memory bombs: refused before anything is allocated, the budget said ---
+    C("inception --image-size 1000000", "digits: 1,797 images of 1,000,000 x 1,000,000 pixels would take",
+      "more than the data budget of"),
+    C("inception --image-size 99999999999999999999", "more than the data budget of"),
+    C("grid --dataset {d}/idx_big", "the IDX header's 100,000 x 1,000 x 1,000 values as float32 would take 372.5 GiB"),
+    C("grid --dataset {d}/gzbomb", "IDX file holds more data than the 40 bytes its header announces"),
+    C("grid --dataset {d}/zero", "not an IDX file (bad magic number)"),
+    C("grid --dataset {d}/npz_bomb.npz", "arrays x and y as float32 would take 29.1 TiB in memory, more than the data"),
+    C("grid --eps -", "standard input holds more than 16 MiB", stdin="/dev/zero"),
+    C("grid --eps log:1e-10:1:1000 --lr log:1e-4:1:1000 --seeds 10000 --convention optax tf1 pytorch keras "
+      "--optimizer rmsprop adam", "the sweep has 50,000,000,000 runs (5,000,000 settings over 5 update rules x "
+      "10,000 seeds): their results would take about", "more than the budget of"),
+    C("inception --dataset {d}/bigimg --image-size 75 --steps 1 -q", "none of the 1 images could be read"),
+    # --- no traceback before training ---
+    C("grid --dataset {d}/renamed.npz", "renamed.npz: a NumPy .npy file (one array), not an .npz of inputs and labels"),
+    C("grid --dataset {d}/corrupt_deflate.npz", "corrupt_deflate.npz: not a readable .npz file ("),
+    C("grid --dataset {d}/idx_ndim", "IDX header says 255 dimensions; at most 8 are supported"),
+    C("grid --dataset {d}/idx_overflow", "4,294,967,295 x 4,294,967,295 x 4,294,967,295 x 4,294,967,295 values"),
+    C("grid --dataset {d}/idx_wraps", "the IDX header's 65,536 x 65,536 x 65,536 x 65,536 values as float32"),
+    C("grid --dataset {d}/idx_short", "IDX file holds 39 bytes of data, not the 40 bytes its header announces"),
+    C("grid --dataset {d}/idx_long", "IDX file holds more data than the 40 bytes its header announces"),
+    C("grid --dataset {d}/deflate", "cannot read IDX file (Error -3 while decompressing data"),
+    C("grid --eps lin:0:1:100000 --decay lin:0:0.5:100000 --lr lin:0.1:1:100000 --momentum lin:0:0.5:100000",
+      "the grid has 100,000,000,000,000,000,000 settings; the limit is 1,000,000"),
+    C("report {d}/bigcell.csv", "bigcell.csv, line 2: not readable as CSV (field larger than field limit (131072))"),
+    C("report {d}/notes.csv", "notes.csv: the header row has no eps, decay, lr, final_loss, diverged columns"),
+    # --- several processes: a bad address, nobody there ---
+    C("grid --coordinator 127.0.0.1:99999 --num-processes 2 --process-id 0", "port 99999 is not a TCP port"),
+    C("grid --coordinator nohost --num-processes 2", "--coordinator: 'nohost' is not host:port"),
+    C("grid --join-timeout 0", "--join-timeout: 0 must be a whole number of seconds from 1 to 86,400"),
+    C(f"{Q} --coordinator 127.0.0.1:{{port}} --num-processes 2 --process-id 1 --join-timeout 1",
+      "--coordinator: cannot reach 127.0.0.1:{port} within 1 s (Connection refused)"),
+    C(f"{Q} --coordinator 127.0.0.1:{{port2}} --num-processes 2 --process-id 0 --join-timeout 1",
+      "the other processes did not join within 1 s (through 127.0.0.1:{port2})"),
+    # --- clear messages ---
+    C("grid --dataset {d}/huge_values.npz", "inputs reach 1e+300, beyond float32's range (±3.4e+38)"),
+    C("inception --dataset {d}/uint16.npz --image-size 75 --val-split 0.9", "has 4 examples: too few to hold out 0.9"),
+    C("grid --eps -", "--eps: no values on standard input"),
+    C("grid --eps - --lr - --steps 1", "only one option can read values from standard input ('-'); got --eps and --lr",
+      stdin="{d}/stdin_values"),
+]
 
 
 @pytest.fixture(scope="module")
 def files(tmp_path_factory):
-    d = tmp_path_factory.mktemp("hostile")
-    rng = np.random.default_rng(0)
-    good = io.BytesIO()
-    np.savez(good, x=rng.random((40, 8, 8)).astype(np.float32), y=np.arange(40) % 3)
-    (d / "truncated.npz").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
-    (d / "empty.npz").write_bytes(b"")
-    np.savez(d / "flat.npz", x=rng.random(40), y=np.arange(40) % 3)  # inputs of shape (40,)
-    np.savez(d / "five_d.npz", x=rng.random((4, 2, 2, 2, 2)), y=np.arange(4) % 2)
-    np.savez(d / "mismatch.npz", x=rng.random((40, 8, 8)), y=np.arange(39) % 3)
-    nan_x = rng.random((40, 8, 8))
-    nan_x[3, 2, 1] = np.nan
-    np.savez(d / "nan.npz", x=nan_x, y=np.arange(40) % 3)
-    np.savez(d / "inf.npz", x=np.full((40, 4), np.inf), y=np.arange(40) % 3)
-    np.savez(d / "fraction_labels.npz", x=rng.random((40, 4)), y=np.linspace(0, 1, 40))
-    np.savez(d / "negative_labels.npz", x=rng.random((40, 4)), y=-np.ones(40, int))
-    np.savez(d / "wrong_keys.npz", images=rng.random((40, 4)), labels=np.arange(40) % 3)
-    np.savez(d / "empty_arrays.npz", x=np.zeros((0, 4)), y=np.zeros(0, int))
-    np.savez(d / "scalar.npz", x=np.float32(3), y=np.int64(1))
-    np.savez(d / "huge_label.npz", x=rng.random((40, 4)), y=np.r_[np.arange(39) % 3, 2e9])
-    np.savez(d / "huge_int_label.npz", x=rng.random((40, 4)), y=np.r_[np.arange(39) % 3, 2**40])
-    np.savez(d / "no_features.npz", x=np.zeros((10, 0)), y=np.arange(10) % 2)
-    np.savez(d / "no_pixels.npz", x=np.zeros((10, 0, 0)), y=np.arange(10) % 2)
-    np.savez(d / "standardised.npz", x=rng.normal(size=(10, 8, 8)), y=np.arange(10) % 2)
-    (d / "bombs" / "cats").mkdir(parents=True)
-    (d / "bombs" / "cats" / "bomb.png").write_bytes(png_header(20_000, 20_000))  # 400 megapixels
-    with zipfile.ZipFile(d / "pickled.npz", "w") as z:  # an object array needs pickle: refused
-        buffer = io.BytesIO()
-        np.save(buffer, np.array([{"a": 1}], dtype=object), allow_pickle=True)
-        z.writestr("x.npy", buffer.getvalue())
-        z.writestr("y.npy", buffer.getvalue())
-    (d / "train-images-idx3-ubyte").write_bytes(b"\x00\x00\x08\x03\x00\x00\x00\x0a\x00\x00")  # cut header
-    (d / "train-labels-idx1-ubyte").write_bytes(b"\x00\x00\x08\x01\x00\x00\x00\x0a" + bytes(10))
-    (d / "data.txt").write_text("1,2,3\n")
-    (d / "a_file").write_text("not a directory\n")
-    (d / "stdin_empty").write_text("")
-    # results files for report / plot / resume
-    (d / "empty.json").write_text("")
-    (d / "truncated.json").write_text(json.dumps({"meta": {}, "results": [RECORD]})[:60])
-    (d / "nan.json").write_text(json.dumps({"meta": {}, "results": [{**RECORD, "final_loss": float("nan")}]}))
-    (d / "inf.jsonl").write_text(json.dumps({**RECORD, "val_loss": float("inf")}) + "\n")
-    (d / "shape.json").write_text(json.dumps({"meta": {}, "results": {"eps": 1}}))
-    (d / "list_of_numbers.json").write_text(json.dumps([1, 2, 3]))
-    (d / "missing_fields.json").write_text(json.dumps({"results": [{"eps": 1e-8, "lr": 0.1}]}))
-    (d / "string_eps.json").write_text(json.dumps({"results": [{**RECORD, "eps": "small"}]}))
-    (d / "bad_curve.json").write_text(json.dumps({"results": [{**RECORD, "loss_curve": ["a"]}]}))
-    (d / "corrupt.jsonl").write_text(json.dumps(RECORD) + "\n{not json}\n" + json.dumps(RECORD) + "\n")
-    (d / "meta_late.jsonl").write_text(json.dumps(RECORD) + "\n" + json.dumps({"meta": {}}) + "\n")
-    (d / "only_meta.jsonl").write_text(json.dumps({"meta": {"format": "epsweep-stream/1"}}) + "\n")
-    (d / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
-    (d / "bad.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9,fast,0.5,False\n")
-    (d / "ragged.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9\n")
-    (d / "nan.csv").write_text("eps,decay,lr,final_loss,diverged\nnan,0.9,0.1,0.5,False\n")
-    (d / "good.json").write_text(json.dumps({"meta": {}, "results": [RECORD]}))
-    (d / "results.xml").write_text("<results/>")
-    (d / "other_run.jsonl").write_text(json.dumps({"meta": {"format": "epsweep-stream/1", "run": {"steps": 1}}})
-                                       + "\n" + json.dumps(RECORD) + "\n")
-    (d / "notes.jsonl").write_text("these are my notes\n")
-    (d / "deep.json").write_text("[" * 100_000)
-    (d / "deep.jsonl").write_text("[" * 100_000 + "\n")
-    nested = []
-    for _ in range(80):
-        nested = [nested]
-    (d / "deep_field.json").write_text(json.dumps({"results": [{**RECORD, "notes": nested}]}))
-    (d / "huge_eps.json").write_text(json.dumps({"results": [RECORD]}).replace("1e-08", HUGE))
-    (d / "huge_loss.jsonl").write_text(json.dumps(RECORD).replace('"final_loss": 0.5', f'"final_loss": {HUGE}') + "\n")
-    (d / "huge_curve.json").write_text(json.dumps({"results": [{**RECORD, "loss_curve": [1.0, 1e301]}]}))
-    (d / "huge.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9,0.1,1e400,False\n")
-    (d / "string_std.json").write_text(json.dumps({"results": [{**RECORD, "final_loss_std": "abc"}]}))
-    (d / "string_seeds.json").write_text(json.dumps({"results": [{**RECORD, "seeds": "many"}]}))
-    return d
+    d = make_files(tmp_path_factory.mktemp("hostile"))
+    claim = FileClaim.take(d / "claimed.jsonl")  # as a sweep writing it would
+    yield d
+    claim.release()
 
 
-G = ["grid", "--task", "quadratic", "--steps", "5"]  # anything that gets past validation is cheap
-
-CASES = [
-    # bad numbers
-    (["grid", "--eps", "nan"], "--eps: 'nan' is not a finite number"),
-    (["grid", "--eps", "inf"], "--eps: 'inf' is not a finite number"),
-    (["grid", "--lr", "-inf"], "--lr: '-inf' is not a finite number"),
-    (["grid", "--eps", "1e-8,abc"], "'abc' is not a number"),
-    (["grid", "--eps", "-1"], "--eps: -1 is out of range"),
-    (["grid", "--decay", "1.5"], "--decay: 1.5 is out of range"),
-    (["grid", "--momentum", "1"], "--momentum: 1 is out of range"),
-    (["grid", "--lr", "0"], "--lr: 0 is out of range"),
-    (["grid", "--eps", "log:0:1:5"], "needs positive ends"),
-    (["grid", "--eps", "log:1e-8:1:x"], "is not an integer"),
-    (["grid", "--steps", "0"], "--steps: 0 must be a positive integer"),
-    (["grid", "--steps", "-3"], "--steps: -3 must be a positive integer"),
-    (["grid", "--steps", "ten"], "Invalid value for '--steps'"),
-    (["grid", "--batch-size", "0"], "--batch-size: 0 must be a positive integer"),
-    (["grid", "--seeds", "0"], "--seeds: 0 must be a positive integer"),
-    (["grid", "--seed", "-1"], "--seed: -1 must lie in [0, 2^32 - 1]"),
-    (["grid", "--seeds", "99999999999"], "--seeds: 99999999999 is more than 10,000 seeds"),
-    (["grid", "--steps", "99999999999"], "--steps: 99999999999 is more than 10,000,000"),
-    (["grid", "--epochs", "99999999"], "--epochs: 99999999 epochs of 44 steps is more than 10,000,000 steps"),
-    (["grid", "--chunk-size", "0"], "--chunk-size: 0 must be a positive integer"),
-    (["grid", "--val-split", "1"], "--val-split: 1 is out of range"),
-    (["grid", "--val-split", "nan"], "--val-split: nan is out of range"),
-    # numbers the float32 engine would silently change
-    (["grid", "--decay", "0.999999999999"], "--decay: 0.999999999999 rounds to 1 in float32"),
-    (["grid", "--decay", "0.999999999999"], "use at most 0.99999994"),
-    (["grid", "--momentum", "0.99999999"], "--momentum: 0.99999999 rounds to 1 in float32"),
-    (["grid", "--eps", "1e-50"], "--eps: 1e-50 becomes 0 in float32"),
-    (["grid", "--eps", "1e-40"], "use 0 or at least 1.1754944e-38"),
-    (["grid", "--lr", "1e300"], "--lr: 1e+300 overflows float32"),
-    (["grid", "--lr", "1e-45"], "--lr: 1e-45 becomes 0 in float32"),
-    # empty or huge grids
-    (["grid", "--eps", ""], "--eps: empty value in ''"),
-    (["grid", "--eps", ","], "--eps: empty value in ','"),
-    (["grid", "--eps"], "requires an argument"),
-    (["grid", "--eps", "log:1e-8:1:0"], "count in 'log:1e-8:1:0' must be between 1 and 100000"),
-    (["grid", "--eps", "lin:0:1:1000001"], "must be between 1 and 100000"),
-    (["grid", "--eps", "log:1e-10:1:1001", "--lr", "log:1e-4:1:1000"], "the grid has 1,001,000 settings"),
-    (["grid", "--convention", ","], "unknown convention ''"),
-    # data files: missing, empty, truncated, wrong shape
-    (["grid", "--dataset", "{d}/missing.npz"], "no such file or directory"),
-    (["grid", "--dataset", "{d}/empty.npz"], "not a readable .npz file"),
-    (["grid", "--dataset", "{d}/truncated.npz"], "not a readable .npz file"),
-    (["grid", "--dataset", "{d}/flat.npz"], "inputs must have shape (N, features), (N, H, W) or (N, H, W, C)"),
-    (["grid", "--dataset", "{d}/five_d.npz"], "inputs must have shape"),
-    (["grid", "--dataset", "{d}/mismatch.npz"], "40 inputs but 39 labels"),
-    (["grid", "--dataset", "{d}/nan.npz"], "inputs contain NaN or infinite values"),
-    (["grid", "--dataset", "{d}/inf.npz"], "inputs contain NaN or infinite values"),
-    (["grid", "--dataset", "{d}/fraction_labels.npz"], "labels must be whole numbers"),
-    (["grid", "--dataset", "{d}/negative_labels.npz"], "labels must be >= 0"),
-    (["grid", "--dataset", "{d}/wrong_keys.npz"], "needs arrays x_train/y_train or x/y; found images, labels"),
-    (["grid", "--dataset", "{d}/empty_arrays.npz"], "dataset is empty"),
-    (["grid", "--dataset", "{d}/pickled.npz"], "cannot load without unpickling"),
-    (["grid", "--dataset", "{d}"], "truncated IDX header"),
-    (["grid", "--dataset", "{d}/data.txt"], "unknown dataset format"),
-    (["grid", "--task", "cnn", "--dataset", "{d}/fraction_labels.npz"], "labels must be whole numbers"),
-    (["grid", "--dataset", "{d}/scalar.npz"], "scalar.npz: inputs must have shape (N, features), (N, H, W) or"),
-    (["grid", "--dataset", "{d}/scalar.npz"], "(N, H, W, C); got a scalar"),
-    (["grid", "--dataset", "{d}/huge_label.npz"], "labels go up to 2,000,000,000; at most 100,000 classes"),
-    (["grid", "--dataset", "{d}/huge_int_label.npz"], "labels go up to 1,099,511,627,776"),
-    (["grid", "--dataset", "{d}/no_features.npz"], "inputs have no features (shape (10, 0))"),
-    (["grid", "--dataset", "{d}/no_pixels.npz"], "inputs have no features (shape (10, 0, 0))"),
-    (["grid", "--task", "quadratic", "--dataset", "/no/such.npz"],
-     "task quadratic takes no dataset (got --dataset /no/such.npz)"),
-    (["grid", "--task", "toy", "--dataset", "synthetic"], "task toy takes no dataset (got --dataset synthetic)"),
-    # your own model (more in test_own_model.py)
-    (["grid", "--model", "{d}/missing.py:Net"], "--model: {d}/missing.py: no such file"),
-    (["grid", "--model", "{d}/data.txt:Net"], "--model: cannot import {d}/data.txt (not a Python file)"),
-    (["grid", "--model", "{d}/:Net"], "--model: {d} is not a file"),
-    (["grid", "--model", "no_such_package.models:Net"], "cannot import no_such_package.models: ModuleNotFoundError"),
-    (["grid", "--model", "Net"], "--model: 'Net' must look like FILE.py:NAME or package.module:NAME"),
-    (["grid", "--metric", "none"], "--metric applies to --model only"),
-    # images for inception: a decompression bomb is skipped (here: nothing else to read); 0..1 or 0..255 only
-    (["inception", "--dataset", "{d}/bombs", "--image-size", "75", "--steps", "1", "-q"],
-     "none of the 1 images could be read"),
-    (["inception", "--dataset", "{d}/standardised.npz", "--image-size", "75", "--steps", "1", "-q"],
-     "expected 0..1 or 0..255"),
-    # unwritable output paths (a parent that is a file works even for root)
-    (["grid", "--output", "{d}/a_file/out.jsonl"], "--output: {d}/a_file is not a directory"),
-    (["grid", "--output", "{d}"], "is a directory"),
-    (["grid", "--output", "{d}/no/such/dir/out.csv"], "does not exist"),
-    (["grid", "--output", "{d}/out.txt"], "cannot tell the format of"),
-    (["grid", "-f", "csv", "--output", "{d}/a_file/out.csv"], "is not a directory"),
-    # conflicting flags
-    (["grid", "--steps", "5", "--epochs", "1"], "give --steps or --epochs, not both"),
-    (["grid", "-f", "csv", "-o", "{d}/out.jsonl"], "--format csv conflicts with --output out.jsonl"),
-    (["grid", "--resume"], "--resume needs --output FILE.jsonl"),
-    ([*G, "--resume", "--output", "{d}/r.json"], "--resume works with jsonl output only"),
-    ([*G, "--resume", "--output", "{d}/r.csv"], "--resume works with jsonl output only"),
-    ([*G, "--resume", "--output", "{d}/other_run.jsonl"], "comes from a different run"),
-    ([*G, "--resume", "--output", "{d}/notes.jsonl"], "line 1: not valid JSON"),
-    ([*G, "--resume", "--output", "{d}/inf.jsonl"], "line 1: not valid JSON (Infinity is not allowed"),
-    (["grid", "--task", "quadratic", "--epochs", "2"], "task quadratic has no data, so no epochs"),
-    (["grid", "--format", "xml"], "unknown format 'xml'"),
-    (["grid", "--task", "resnet"], "unknown task 'resnet'"),
-    (["grid", "--convention", "jax"], "unknown convention 'jax'"),
-    (["grid", "--bogus"], "No such option: --bogus"),
-    # report: missing, empty, truncated or wrong-shape results
-    (["report", "{d}/missing.jsonl"], "no such file"),
-    (["report", "{d}"], "is a directory"),
-    (["report", "{d}/empty.json"], "file is empty"),
-    (["report", "{d}/truncated.json"], "not valid JSON"),
-    (["report", "{d}/nan.json"], "NaN is not allowed"),
-    (["report", "{d}/inf.jsonl"], "Infinity is not allowed (missing numbers are written as null)"),
-    (["report", "{d}/shape.json"], "meta must be an object and results a list"),
-    (["report", "{d}/list_of_numbers.json"], "a record must be a JSON object, not int"),
-    (["report", "{d}/missing_fields.json"], "record has no decay, final_loss, diverged"),
-    (["report", "{d}/string_eps.json"], "eps must be a finite number, not 'small'"),
-    (["report", "{d}/bad_curve.json"], "loss_curve must be a list of numbers"),
-    (["report", "{d}/corrupt.jsonl"], "line 2: not valid JSON"),
-    (["report", "{d}/meta_late.jsonl"], "a meta line can only be the first line"),
-    (["report", "{d}/only_meta.jsonl"], "no results in the file yet"),
-    (["report", "{d}/binary.jsonl"], "not UTF-8 text"),
-    (["report", "{d}/bad.csv"], "lr 'fast' is not a number"),
-    (["report", "{d}/ragged.csv"], "2 cells but the header has 5"),
-    (["report", "{d}/nan.csv"], "eps is nan; missing numbers must be empty cells"),
-    (["report", "{d}/results.xml"], "cannot tell the format (expected .json, .jsonl or .csv)"),
-    (["report", "{d}/deep.json"], "deep.json: nested more than 64 levels deep"),
-    (["report", "{d}/deep.jsonl"], "deep.jsonl, line 1: nested more than 64 levels deep"),
-    (["report", "{d}/deep_field.json"], "nested more than 64 levels deep"),
-    (["report", "{d}/huge_eps.json"], "results[0].eps is a number beyond ±1e300"),
-    (["report", "{d}/huge_loss.jsonl"], "line 1: final_loss is a number beyond ±1e300"),
-    (["report", "{d}/huge_curve.json"], "results[0].loss_curve[1] is a number beyond ±1e300"),
-    (["report", "{d}/huge.csv"], "line 2: final_loss '1e400' is a number beyond ±1e300"),
-    (["report", "{d}/string_std.json"], "final_loss_std must be a number or null, not 'abc'"),
-    (["report", "{d}/string_seeds.json"], "seeds must be a whole number >= 0, not 'many'"),
-    (["plot", "{d}/deep.json", "-o", "{d}/p.png"], "nested more than 64 levels deep"),
-    (["plot", "{d}/huge_eps.json", "-o", "{d}/p.png"], "is a number beyond ±1e300"),
-    (["report"], "Missing argument"),
-    # report: bad options
-    (["report", "{d}/good.json", "--top", "0"], "--top: 0 must be a positive integer"),
-    (["report", "{d}/good.json", "--top", "many"], "Invalid value for '--top'"),
-    (["report", "{d}/good.json", "--sort", "speed"], "--sort: unknown field 'speed'"),
-    (["report", "{d}/good.json", "--where", "lr~0.1"], "must look like FIELD=VALUE"),
-    (["report", "{d}/good.json", "--where", "lr="], "must look like FIELD=VALUE"),
-    (["report", "{d}/good.json", "--where", "speed=1"], "--where: unknown field 'speed'"),
-    (["report", "{d}/good.json", "--where", "lr<nan"], "'nan' in 'lr<nan' is not a finite number"),
-    (["report", "{d}/good.json", "--where", "lr=fast"], "'fast' in 'lr=fast' is not a number"),
-    (["report", "{d}/good.json", "--where", "lr=0.5"], "no settings match (lr in the file: 0.01)"),
-    (["report", "{d}/good.json", "--reverse"], "--reverse needs --sort"),
-    (["report", "{d}/good.json", "-o", "{d}/a_file/r.csv"], "is not a directory"),
-    (["report", "{d}/good.json", "-f", "yaml"], "unknown format 'yaml'"),
-    # plot
-    (["plot", "{d}/good.json"], "Missing option '--output'"),
-    (["plot", "{d}/good.json", "-o", "{d}/plot.xyz"], "cannot tell the image format"),
-    (["plot", "{d}/good.json", "-o", "{d}/a_file/plot.png"], "is not a directory"),
-    (["plot", "{d}/good.json", "-o", "{d}"], "is a directory"),
-    (["plot", "{d}/missing.json", "-o", "{d}/p.png"], "no such file"),
-]
+def _free_ports(n: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(n)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
 
 
-@pytest.mark.parametrize("args, message", CASES, ids=[" ".join(a)[:60] for a, _ in CASES])
-def test_exit_2_with_one_clear_line(args, message, files, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", open(files / "stdin_empty"))
-    argv = [a.replace("{d}", str(files)) for a in args]
-    if args[0] == "plot":
-        pytest.importorskip("matplotlib")
-    code = main(argv)
-    out, err = capsys.readouterr()
-    assert code == 2, err
-    assert err.startswith("epsweep: error: ") and err.count("\n") == 1, err
-    assert message.replace("{d}", str(files)) in err
-    assert "Traceback" not in err and out == ""
+def _fill(text: str, fill: dict[str, str]) -> str:
+    return re.sub(r"\{(d|port2?)\}", lambda m: fill[m.group(1)], text)
+
+
+def _run(case: Case, fill: dict[str, str]) -> subprocess.CompletedProcess:
+    argv = [_fill(a, fill) for a in shlex.split(case.args)]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", **dict(case.env)}
+    stdin = open(_fill(case.stdin, fill), "rb") if case.stdin else subprocess.DEVNULL
+    stdout = open(case.stdout, "w") if case.stdout else subprocess.PIPE
+    try:
+        done = subprocess.run([EXE, *argv], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
+                              timeout=300)
+    finally:
+        for f in (stdin, stdout):
+            if hasattr(f, "close"):
+                f.close()
+    out = (done.stdout or b"").decode("utf-8", "replace")
+    err = done.stderr.decode("utf-8", "replace")
+    for saved in re.findall(r"saved to (/\S+?\.(?:json|jsonl|csv))(?=[ ;]|$)", err, re.M):
+        if Path(saved).parent == Path(os.environ.get("TMPDIR", "/tmp")) or "epsweep-" in Path(saved).name:
+            for leftover in (Path(saved), meta_path(Path(saved))):
+                leftover.unlink(missing_ok=True)
+    return subprocess.CompletedProcess(argv, done.returncode, out, err)
+
+
+@pytest.fixture(scope="module")
+def outcomes(files, request):
+    """Every selected case run, two at a time: ({case: CompletedProcess}, the {d} and {port} values)."""
+    assert EXE, "the epsweep executable is not installed"
+    selected = {item.callspec.params["case"] for item in request.session.items
+                if item.originalname == "test_hostile_input" and hasattr(item, "callspec")}
+    port, port2 = _free_ports(2)
+    fill = {"d": str(files), "port": str(port), "port2": str(port2)}
+    with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
+        futures = {case: pool.submit(_run, case, fill) for case in CASES if case in selected}
+        results = {case: future.result() for case, future in futures.items()}
+    return results, fill
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.args[:70]) for c in CASES])
+def test_hostile_input(case, files, outcomes):
+    results, fill = outcomes
+    done = results[case]
+    expected = [_fill(m, fill) for m in case.messages]
+    assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
+    assert done.returncode == case.code, done.stderr
+    if case.code == 0:
+        assert all(m in done.stdout for m in expected), done.stdout
+        return
+    assert done.stderr.startswith("epsweep: error: ") and done.stderr.count("\n") == 1, done.stderr
+    assert all(m in done.stderr for m in expected), done.stderr
+    assert done.stdout == ""
+
+
+def test_there_are_at_least_60_distinct_cases():
+    assert len(set(CASES)) == len(CASES) >= 60  # args, input, output and environment: each case differs
 
 
 BAD_META = [
@@ -303,35 +389,25 @@ def test_malformed_meta_is_dropped_with_a_note(meta, note, command, tmp_path, ca
         assert "final loss" in out
 
 
-def test_there_are_at_least_30_cases():
-    assert len(CASES) >= 30
-
-
-def test_stdin_dash_with_nothing_piped(files, capsys, monkeypatch):
-    monkeypatch.setattr(sys, "stdin", open(files / "stdin_empty"))
-    assert main(["grid", "--eps", "-"]) == 2
-    assert capsys.readouterr().err == "epsweep: error: --eps: no values on standard input\n"
-
-
-@pytest.mark.parametrize("args, message", [
-    (["grid", "--dataset", "{d}/truncated.npz"], "not a readable .npz file"),
-    (["report", "{d}/nan.json"], "NaN is not allowed"),
-    (["grid", "--output", "{d}/a_file/out.jsonl"], "is not a directory"),
-    (["plot", "{d}/good.json", "-o", "{d}/plot.xyz"], "cannot tell the image format"),
-])
-def test_through_the_executable(args, message, files):
-    assert EXE, "the epsweep executable is not installed"
-    argv = [a.replace("{d}", str(files)) for a in args]
-    out = subprocess.run([EXE, *argv], capture_output=True, text=True, timeout=120,
-                         env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdin=subprocess.DEVNULL)
-    assert out.returncode == 2 and out.stdout == ""
-    assert out.stderr.startswith("epsweep: error: ") and out.stderr.count("\n") == 1 and message in out.stderr
-
-
-def test_only_one_option_reads_stdin(files):
-    """'-' twice would hand the same piped values to two axes: refused, naming both."""
-    done = subprocess.run([EXE, "grid", "--eps", "-", "--lr", "-", "--steps", "1"], input="1e-8 1",
-                          capture_output=True, text=True, env={**os.environ, "JAX_PLATFORMS": "cpu"})
-    assert done.returncode == 2 and done.stdout == ""
-    assert done.stderr.strip().splitlines() == [
-        "epsweep: error: only one option can read values from standard input ('-'); got --eps and --lr"]
+def test_a_second_sweep_on_the_same_output_exits_2_naming_the_first(tmp_path):
+    """Two real sweeps, one --output: the second refuses at once, naming the first process, and
+    the first finishes with a whole, readable file."""
+    out = tmp_path / "same.jsonl"
+    args = [EXE, "grid", "--eps", "log:1e-8:1:4", "--steps", "3000", "--batch-size", "16", "--chunk-size", "1",
+            "-o", str(out), "-q"]
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    first = subprocess.Popen(args, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        start = time.monotonic()
+        while not meta_path(out).exists():  # the first claims the file before it writes the meta
+            assert first.poll() is None and time.monotonic() - start < 240, first.stderr.read()
+            time.sleep(0.01)
+        second = subprocess.run(args, capture_output=True, text=True, env=env, timeout=120)
+        assert second.returncode == 2 and second.stdout == ""
+        assert second.stderr == (f"epsweep: error: --output: {out} is being written by epsweep process {first.pid}; "
+                                 f"wait for it to finish or choose another file\n")
+        assert first.wait(timeout=300) == 0, first.stderr.read()
+    finally:
+        if first.poll() is None:
+            first.kill()
+    assert len(read_results(out).records) == 4 and len(out.read_text().splitlines()) == 4

@@ -188,6 +188,69 @@ def test_compile_cache_serves_a_rerun_with_new_values(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == entries  # --no-compile-cache wrote nothing
 
 
+def _cache_run(cache, *extra, tmp=None):
+    """The quadratic task through the executable with ``cache``: (stderr lines, meta)."""
+    env = _env(EPSWEEP_COMPILE_CACHE=str(cache), **({"TMPDIR": str(tmp)} if tmp else {}))
+    r = subprocess.run([EXE, "grid", "--task", "quadratic", "--steps", "3", "-f", "json", *extra],
+                       capture_output=True, text=True, timeout=300, env=env)
+    assert r.returncode == 0, r.stderr
+    return r.stderr.splitlines(), json.loads(r.stdout)["meta"]
+
+
+def _unwritable_directory(tmp_path):
+    """A directory that exists but cannot be written, even by root (who ignores permissions)."""
+    locked = tmp_path / "read-only"
+    locked.mkdir()
+    locked.chmod(0o555)
+    try:
+        (locked / "probe").touch()
+    except OSError:
+        return locked
+    for candidate in ("/sys/kernel", "/proc/1"):
+        if Path(candidate).is_dir() and not os.access(candidate, os.W_OK | os.X_OK):
+            return Path(candidate)
+        try:
+            (Path(candidate) / "epsweep-probe").touch()
+        except OSError:
+            return Path(candidate)
+    pytest.skip("no directory here refuses writes")
+
+
+def test_an_unwritable_cache_costs_one_line_once_and_runs_without_it(tmp_path):
+    directory = _unwritable_directory(tmp_path)
+    state = tmp_path / "tmp"  # where "said once" is remembered: a fresh one
+    state.mkdir()
+    err, meta = _cache_run(directory, tmp=state)
+    assert err[0].startswith(f"epsweep: warning: compilation cache off: cannot write in {directory} (")
+    assert err[0].endswith("; runs go without it (said once: set EPSWEEP_COMPILE_CACHE to a writable directory, "
+                           "or to off)")
+    assert len(err) == 2 and err[1].startswith("trained 2 settings"), err  # no JAX warnings, no lock waits
+    assert meta["compile_cache_loads"] == 0 and meta["compilations"] > 0
+    err, meta = _cache_run(directory, tmp=state)  # the next run: no cache, and not a word about it
+    assert len(err) == 1 and err[0].startswith("trained 2 settings"), err
+    assert meta["compile_cache_loads"] == 0 and meta["compilations"] > 0
+    (tmp_path / "a_file").write_text("not a directory")
+    err, _ = _cache_run(tmp_path / "a_file", tmp=state)
+    assert err[0].startswith(f"epsweep: warning: compilation cache off: {tmp_path / 'a_file'} is not a directory;")
+    assert len(err) == 2
+
+
+def test_a_corrupt_cache_entry_is_replaced_after_one_warning(tmp_path):
+    cache = tmp_path / "cache"
+    _, first = _cache_run(cache)
+    entries = sorted(cache.glob("*-cache"))
+    assert first["compilations"] == len(entries) > 0
+    entries[0].write_bytes(b"not a compiled program")  # a corrupt entry, as a crash mid-write leaves one
+    entries[1].write_bytes(entries[1].read_bytes()[:100])  # a truncated one
+    err, second = _cache_run(cache)
+    assert len(err) == 2 and err[0].startswith("epsweep: warning: compilation cache: an entry for "), err
+    assert "could not be read" in err[0] and "compiled again" in err[0]
+    assert second["compilations"] == 2 and second["compile_cache_loads"] == len(entries) - 2
+    err, third = _cache_run(cache)  # the programs compiled in their place were saved
+    assert len(err) == 1 and err[0].startswith("trained 2 settings"), err
+    assert third["compilations"] == 0 and third["compile_cache_loads"] == len(entries)
+
+
 def test_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("EPSWEEP_COMPILE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

@@ -21,7 +21,7 @@ from epsweep.errors import UserError
 from epsweep.grid import Grid
 from epsweep.results.files import write_atomic, write_or_keep
 from epsweep.results.formats import render_machine
-from epsweep.results.reading import MAX_JSON_DEPTH, clean_meta, read_results, read_stream
+from epsweep.results.reading import MAX_JSON_DEPTH, clean_meta, meta_path, read_results, read_stream
 from epsweep.results.writers import JsonlWriter, MemoryWriter
 from epsweep.runner import resolve_spec, run
 from epsweep.vocabulary import UpdateRule
@@ -143,15 +143,16 @@ def uninterrupted(tmp_path_factory, quadratic_task):
     return path, result, arrivals.counts
 
 
-def test_records_stream_chunk_by_chunk_with_a_meta_line(uninterrupted):
+def test_records_stream_chunk_by_chunk_with_the_meta_beside_them(uninterrupted):
     path, result, saved = uninterrupted
-    lines = lines_of(path)
+    lines = [{"meta": json.loads(meta_path(path).read_text())}, *lines_of(path)]  # the meta: NAME.meta.json
     meta = lines[0]["meta"]
     per_call = 3 + (-3) % len(jax.devices())  # 3 settings, rounded up to a multiple of the device count
     assert meta["format"] == "epsweep-stream/1" and meta["layout"]["settings_per_call"] == per_call
     assert meta["settings"] == 20
     assert meta["run"]["train"]["steps"] == 30 and meta["run"]["seeds"] == [0]
     assert lines[1:] == result.records and len(result.records) == 20
+    assert meta_path(path).name == "full.meta.json" and meta["trained"] == 20  # the final meta, counts and all
     # records arrive chunk by chunk (3 settings, rounded up to a multiple of the device count),
     # in at least two pieces for each convention's 10 settings
     steps = np.diff(saved)
@@ -163,17 +164,57 @@ def test_resume_after_a_cut_equals_the_uninterrupted_run(uninterrupted, quadrati
     full_path, full, _ = uninterrupted
     text = full_path.read_text().splitlines(keepends=True)
     cut = tmp_path / "cut.jsonl"
-    # header, 7 whole records (two chunks and part of a third), and a line cut mid-write
-    cut.write_text("".join(text[:8]) + text[8][:40])
+    # 7 whole records (two chunks and part of a third), and a line cut mid-write; the meta beside them
+    cut.write_text("".join(text[:7]) + text[7][:40])
+    shutil.copy(meta_path(full_path), meta_path(cut))
     assert read_stream(cut).notes and len(read_stream(cut).records) == 7
     resumed = stream_sweep(quadratic_task, QUAD_GRID, RunConfig(steps=30, conventions=("optax", "tf1")), cut,
                            resume=True)
     assert resumed.meta["resumed"] == 7 and resumed.meta["trained"] == 13
     assert resumed.meta["layout"] == full.meta["layout"]  # the file's call width, though none was given
     assert resumed.records == full.records  # bitwise: same call shapes as the first run
-    assert lines_of(cut)[1:] == lines_of(full_path)[1:]  # the file is rewritten in grid order
+    assert lines_of(cut) == lines_of(full_path)  # the file is rewritten in grid order
     again = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, cut, resume=True)  # nothing left to do
     assert again.meta["trained"] == 0 and again.records == full.records
+
+
+def test_a_saved_jsonl_is_one_row_per_setting_in_pandas(uninterrupted):
+    pandas = pytest.importorskip("pandas")
+    path, result, _ = uninterrupted
+    frame = pandas.read_json(path, lines=True)
+    assert len(frame) == len(result.records) == 20 and "meta" not in frame.columns
+    for column in ("convention", "optimizer", "diverged", "seeds"):
+        assert frame[column].tolist() == [r[column] for r in result.records], column
+    for column in ("eps", "lr", "final_loss"):  # pandas' fast float parser may differ in the last bit
+        np.testing.assert_allclose(frame[column], [r[column] for r in result.records], rtol=1e-15, err_msg=column)
+    assert len(frame["loss_curve"][0]) == len(result.records[0]["loss_curve"])
+    loaded = read_results(path)
+    assert loaded.meta["run"] == result.meta["run"]  # the meta, from beside the file
+    ours = loaded.to_pandas()
+    assert list(ours.columns) == list(frame.columns) and len(ours) == 20
+    pandas.testing.assert_frame_equal(ours.drop(columns="loss_curve"), frame.drop(columns="loss_curve"),
+                                      check_dtype=False)
+    assert result.to_pandas()["eps"].tolist() == frame["eps"].tolist()
+
+
+def test_files_with_a_meta_first_line_still_read_and_resume(uninterrupted, quadratic_task, tmp_path):
+    """The layout before the meta moved beside the records: {"meta": ...} on the first line."""
+    full_path, full, _ = uninterrupted
+    old = tmp_path / "old.jsonl"
+    meta = json.loads(meta_path(full_path).read_text())
+    old.write_text(json.dumps({"meta": meta}) + "\n" + "".join(full_path.read_text().splitlines(True)[:7]))
+    loaded = read_results(old)
+    assert loaded.meta_line and loaded.meta["run"] == full.meta["run"] and len(loaded.records) == 7
+    resumed = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, old, resume=True)
+    assert resumed.meta["resumed"] == 7 and resumed.records == full.records
+    assert old.read_text() == full_path.read_text()  # rewritten in the new layout: records only
+    assert json.loads(meta_path(old).read_text())["run"] == full.meta["run"]
+
+
+def test_the_meta_file_alone_is_not_mistaken_for_results(uninterrupted):
+    path, _, _ = uninterrupted
+    with pytest.raises(UserError, match="the meta of a streamed sweep; read its .jsonl file"):
+        read_results(meta_path(path))
 
 
 def test_resume_of_a_few_missing_settings_is_exact(mlp_task, tmp_path, chunk=4, dropped=(0, 9)):
@@ -186,22 +227,24 @@ def test_resume_of_a_few_missing_settings_is_exact(mlp_task, tmp_path, chunk=4, 
     full = stream_sweep(mlp_task, grid, config, full_path)
     lines = full_path.read_text().splitlines(keepends=True)
     holey = tmp_path / "holey.jsonl"
-    holey.write_text("".join(line for i, line in enumerate(lines) if i - 1 not in dropped))
+    holey.write_text("".join(line for i, line in enumerate(lines) if i not in dropped))
+    shutil.copy(meta_path(full_path), meta_path(holey))
     resumed = stream_sweep(mlp_task, grid, RunConfig(steps=20, batch_size=16), holey, resume=True)
     assert resumed.meta["trained"] == len(dropped) and resumed.records == full.records
-    assert holey.read_text().splitlines()[1:] == full_path.read_text().splitlines()[1:]
+    assert holey.read_text() == full_path.read_text()
 
 
 def test_resume_refuses_another_run_and_fresh_runs_keep_partial_files(uninterrupted, quadratic_task, tmp_path):
     full_path, _, _ = uninterrupted
     partial = tmp_path / "partial.jsonl"
-    partial.write_text("".join(full_path.read_text().splitlines(keepends=True)[:5]))
+    partial.write_text("".join(full_path.read_text().splitlines(keepends=True)[:4]))
+    shutil.copy(meta_path(full_path), meta_path(partial))
     with pytest.raises(UserError, match=r"different run \(steps 30 in the file, 40 now\)"):
         stream_sweep(quadratic_task, QUAD_GRID, RunConfig(steps=40, conventions=("optax", "tf1")), partial,
                      resume=True)
-    with pytest.raises(UserError, match="holds 4 of 20 settings of this run; add resume"):
+    with pytest.raises(UserError, match="holds 4 of 20 settings of this run; add resume to finish it, force to"):
         stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, partial)
-    assert len(partial.read_text().splitlines()) == 5  # untouched
+    assert len(partial.read_text().splitlines()) == 4  # untouched
 
 
 def test_results_do_not_depend_on_chunk_neighbours(mlp_task):
@@ -226,9 +269,12 @@ def test_json_and_csv_outputs_are_written_whole(quadratic_task, tmp_path, capsys
     for name in ("r.json", "r.csv"):
         target = tmp_path / name
         target.write_text("previous\n")
-        assert main(["grid", "--task", "quadratic", "--steps", "30", "--eps", "1e-8", "1", "-o", str(target),
-                     "-q"]) == 0
+        args = ["grid", "--task", "quadratic", "--steps", "30", "--eps", "1e-8", "1", "-o", str(target), "-q"]
+        assert main(args) == 2  # not epsweep results: not replaced
+        assert target.read_text() == "previous\n"
+        assert main([*args, "--force"]) == 0
         assert target.read_text() != "previous\n"
+        assert main(args) == 0  # this sweep's own results: replaced by a rerun
     assert len(read_results(tmp_path / "r.json").records) == 2
     assert sorted(p.name for p in tmp_path.iterdir()) == ["r.csv", "r.json"]
     capsys.readouterr()
@@ -237,8 +283,17 @@ def test_json_and_csv_outputs_are_written_whole(quadratic_task, tmp_path, capsys
 @pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (a disk that is always full)")
 def test_a_full_disk_never_costs_the_results(capsys):
     args = ["grid", "--task", "quadratic", "--steps", "5", "-q"]
-    assert main([*args, "-f", "jsonl", "-o", "/dev/full"]) == 2  # streaming: refused before training
-    assert capsys.readouterr().err == "epsweep: error: --output: cannot write /dev/full: No space left on device\n"
+    assert main([*args, "-f", "jsonl", "-o", "/dev/full"]) == 2  # streaming: the first chunk's write fails
+    err = capsys.readouterr().err
+    assert err.startswith("epsweep: error: --output: cannot write /dev/full: No space left on device; 2 of 2 "
+                          "finished settings saved to ") and err.count("\n") == 1
+    partial = Path(err.split(" saved to ")[1].split(" (finish with")[0])
+    try:
+        assert len(read_results(partial).records) == 2 and read_results(partial).meta["settings"] == 2
+    finally:
+        partial.unlink()
+        meta_path(partial).unlink()
+    assert not Path("/dev/full.meta.json").exists()  # no meta file beside a device
     assert main([*args, "-f", "json", "-o", "/dev/full"]) == 2  # written at the end: saved elsewhere
     err = capsys.readouterr().err
     assert err.startswith("epsweep: error: --output: cannot write /dev/full: No space left on device; the results "
@@ -276,14 +331,14 @@ def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
     saved = int(match.group(1))
     assert 1 <= saved < 12 and match.group(2) == str(out) and stdout == ""
     lines = lines_of(out)  # every line whole
-    assert "meta" in lines[0] and len(lines) == 1 + saved
+    assert len(lines) == saved and all("eps" in line for line in lines) and meta_path(out).exists()
 
     assert main([*SWEEP, "--output", str(out), "--resume", "-q"]) == 0
     reference = tmp_path / "reference.jsonl"
     assert main([*SWEEP, "--output", str(reference), "-q"]) == 0
     capsys.readouterr()
-    assert lines_of(out)[1:] == lines_of(reference)[1:]
-    assert len(lines_of(out)) == 13
+    assert lines_of(out) == lines_of(reference)
+    assert len(lines_of(out)) == 12
 
 
 def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_completes_it(
@@ -316,11 +371,11 @@ def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_com
     assert err.count("\n") == 1 and err.startswith("epsweep: error: out of memory while training")
     assert err.endswith(f"; 4 of 12 finished settings saved to {partial} (finish with --output {partial} "
                         f"--resume)\n")
-    assert not out.exists() and len(lines_of(partial)) == 1 + 4
+    assert not out.exists() and len(lines_of(partial)) == 4 and meta_path(partial).exists()
 
     monkeypatch.setattr(driver, "train_runs", real)
     assert main([*args, "-f", "jsonl", "-o", str(partial), "--resume"]) == 0
     reference = tmp_path / "reference.jsonl"
     assert main([*args, "-f", "jsonl", "-o", str(reference)]) == 0
     capsys.readouterr()
-    assert lines_of(partial)[1:] == lines_of(reference)[1:] and len(lines_of(partial)) == 13
+    assert lines_of(partial) == lines_of(reference) and len(lines_of(partial)) == 12

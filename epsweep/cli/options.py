@@ -18,6 +18,7 @@ FLAG_NAMES = {
     "optimizers": "--optimizer",
     "aux": "--aux",
     "model_spec": "--model",
+    "join_timeout_s": "--join-timeout",
 }
 
 
@@ -83,6 +84,9 @@ ChunkOpt = Annotated[Optional[int], typer.Option(
     "--chunk-size", metavar="N",
     help="Settings per compiled call, rounded up to a multiple of the device count "
          "[default: what fits the device, estimated from the model].")]
+ForceOpt = Annotated[bool, typer.Option(
+    "--force", help="Let --output replace a file holding another sweep's results (or anything that is not "
+                    "this sweep's).")]
 ResumeOpt = Annotated[bool, typer.Option(
     "--resume", help="With --output FILE.jsonl: train only the settings missing from FILE.")]
 NoCompileCacheOpt = Annotated[bool, typer.Option(
@@ -94,6 +98,9 @@ NumProcessesOpt = Annotated[Optional[int], typer.Option(
     "--num-processes", metavar="N", help="How many processes share the sweep.")]
 ProcessIdOpt = Annotated[Optional[int], typer.Option(
     "--process-id", metavar="N", help="This process's rank (0 writes results).")]
+JoinTimeoutOpt = Annotated[int, typer.Option(
+    "--join-timeout", metavar="SECONDS",
+    help="With several processes: how long to wait for the coordinator and the others before giving up.")]
 
 ResultsFileArg = Annotated[Path, typer.Argument(
     metavar="FILE", help="Results written by epsweep: .jsonl (also partial), .json or .csv.", show_default=False)]

@@ -4,7 +4,9 @@ stderr. User-provided text (paths, names from files) is always printed literally
 from __future__ import annotations
 
 import logging
+import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -12,12 +14,42 @@ from rich.console import Console
 from epsweep.cli.options import flag
 from epsweep.errors import UserError, param
 
-stderr = Console(stderr=True, highlight=False)
+MIN_WIDTH = 20  # a narrower COLUMNS (0, say) is no terminal's: tables then use DEFAULT_WIDTH
+DEFAULT_WIDTH = 80
+
+
+class _Console(Console):
+    """Rich's console with no markup (every string is shown literally: paths and names from
+    files may hold ``[/x]``), no emoji codes, and a usable width whatever ``COLUMNS`` says. A
+    closed pipe raises BrokenPipeError (handled by :func:`epsweep.cli.app.main`) instead of
+    Rich's exit with code 1."""
+
+    def __init__(self, **kwargs):
+        super().__init__(markup=False, emoji=False, highlight=False, **kwargs)
+        if self.width < MIN_WIDTH:
+            self.width = DEFAULT_WIDTH
+
+    def on_broken_pipe(self) -> None:
+        raise BrokenPipeError
+
+
+stderr = _Console(stderr=True)
 
 
 def log(text: str) -> None:
-    """A log line on stderr: never wrapped, no markup (paths may hold brackets)."""
-    stderr.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
+    """A log line on stderr: never wrapped, no markup (paths may hold brackets). A stderr that
+    cannot be written (a full disk) loses the line, never the run."""
+    try:
+        stderr.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
+    except OSError:
+        pass
+
+
+class _LineFormatter(logging.Formatter):
+    """``epsweep: warning: message`` on one line, as the error lines are."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"epsweep: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
 
 
 def setup_logging(quiet: bool) -> None:
@@ -26,7 +58,7 @@ def setup_logging(quiet: bool) -> None:
     logger = logging.getLogger("epsweep")
     if not any(getattr(h, "_epsweep", False) for h in logger.handlers):
         handler = logging.StreamHandler(sys.stderr)
-        handler.setFormatter(logging.Formatter("epsweep: %(levelname)s: %(message)s"))
+        handler.setFormatter(_LineFormatter())
         handler._epsweep = True
         logger.addHandler(handler)
         logger.propagate = False
@@ -57,7 +89,7 @@ def output_format(fmt: str | None, output: Path | None) -> tuple[str, str | None
 
 
 def stdout_console() -> Console:
-    return Console(highlight=False, emoji=False, markup=False)
+    return _Console()
 
 
 def print_prose(console: Console, text: str) -> None:
@@ -74,18 +106,43 @@ def write_stdout(text: str) -> None:
     sys.stdout.flush()
 
 
-def present_records(result, fmt: str) -> None:
-    """Records to stdout in ``fmt`` (table, markdown, csv, json, jsonl; "none": nothing)."""
+def stdout_failed(error: OSError, kept: Path | str | None = None, keep: Callable[[], str] | None = None) -> UserError:
+    """The error for results that could not reach standard output (a full disk, a closed
+    terminal): they are ``kept`` in a file already, or ``keep()`` gives their text (JSON),
+    saved to a temporary file that the message names. Standard output is pointed at
+    /dev/null, so that Python's flush at exit does not fail again."""
+    from epsweep.results.files import keep_elsewhere
+
+    with open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), sys.stdout.fileno())
+    reason = f"cannot write to standard output: {error.strerror or error}"
+    if kept is not None:
+        return UserError(f"{reason}; the results are in {kept}")
+    saved = keep_elsewhere(keep(), "json") if keep is not None else None
+    if saved is None:
+        return UserError(f"{reason}; the results could not be saved elsewhere either")
+    return UserError(f"{reason}; the results were saved to {saved}")
+
+
+def present_records(result, fmt: str, kept: Path | None = None) -> None:
+    """Records to stdout in ``fmt`` (table, markdown, csv, json, jsonl; "none": nothing). If
+    standard output cannot be written, a UserError says where the results are (``kept``: a file
+    holding them already; else they are saved to a temporary file)."""
     from epsweep.results.formats import render_machine
     from epsweep.views.table import records_markdown, records_table
 
-    if fmt == "table":
-        console = stdout_console()
-        console.print(records_table(result.records, result.meta, sparklines=True, max_width=console.width))
-    elif fmt == "markdown":
-        write_stdout(records_markdown(result.records, result.meta))
-    elif fmt in ("csv", "json", "jsonl"):
-        write_stdout(render_machine(fmt, result.meta, result.records))
+    try:
+        if fmt == "table":
+            console = stdout_console()
+            console.print(records_table(result.records, result.meta, sparklines=True, max_width=console.width))
+        elif fmt == "markdown":
+            write_stdout(records_markdown(result.records, result.meta))
+        elif fmt in ("csv", "json", "jsonl"):
+            write_stdout(render_machine(fmt, result.meta, result.records))
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise stdout_failed(error, kept, lambda: render_machine("json", result.meta, result.records)) from None
 
 
 def log_summary(meta: dict, quiet: bool) -> None:

@@ -9,8 +9,11 @@ import typer
 
 from epsweep.cli import options as o
 from epsweep.cli.app import app
-from epsweep.cli.present import log, output_format, print_prose, stdout_console, write_stdout
+from epsweep.cli.options import flag
+from epsweep.cli.present import log, output_format, print_prose, stdout_console, stdout_failed, write_stdout
 from epsweep.errors import UserError, param
+
+MAX_TABLE_ROWS = 1000  # a report's table; a longer one is unreadable, and Rich takes ~2 ms a row
 
 
 @app.command(short_help="Show a saved sweep: table, best per axis value, eps sensitivity.")
@@ -26,6 +29,7 @@ def report(
     where: o.WhereOpt = None,
     fmt: o.FormatOpt = None,
     output: o.OutputOpt = None,
+    force: o.ForceOpt = False,
     quiet: o.QuietOpt = False,
 ) -> None:
     """Show a saved sweep again: its table, the best setting per axis value, and how much
@@ -37,15 +41,29 @@ def report(
     from epsweep.results.reading import read_results
 
     out_fmt, file_fmt = output_format(fmt, output)
+    if output is not None and not force and _same_file(output, file):
+        raise UserError(f"{param('output')}: {output} is the file being reported on; the report would replace it "
+                        f"(add {param('force')} to do so, or choose another file)")
     loaded = read_results(file)
     result = build_report(loaded, where=where or (), sort=sort, reverse=reverse, top=top)
-    present_report(result, out_fmt, output, file_fmt, quiet)
+    present_report(result, out_fmt, output, file_fmt, quiet, source=file, force=force)
 
 
-def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, quiet: bool) -> None:
-    """A report to stdout in ``fmt`` and, when asked, atomically to ``output``."""
-    from epsweep.results.files import write_atomic
+def _same_file(a: Path, b: Path) -> bool:
+    try:
+        return a.exists() and b.exists() and a.samefile(b)
+    except OSError:
+        return False
+
+
+def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
+                   source: Path | None = None, force: bool = False) -> None:
+    """A report to stdout in ``fmt`` and, when asked, atomically to ``output`` (``source``: the
+    file reported on; ``force``: replace ``output`` even if it holds other results)."""
+    from epsweep.results.files import FileClaim, write_atomic
     from epsweep.results.formats import render_machine
+    from epsweep.results.guard import check_replace
+    from epsweep.results.records import setting_key
 
     def text(kind: str) -> str:
         return result.to_json() if kind == "json" else render_machine(kind, result.meta, result.records)
@@ -54,16 +72,40 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
         for note in result.notes:
             log(note)
     if output is not None and file_fmt is not None:
+        claim = FileClaim.take(output)
         try:
+            check_replace(output, result.meta.get("run"), {setting_key(r) for r in result.records}, fmt=file_fmt,
+                          force=force)
             write_atomic(output, text(file_fmt))
         except OSError as e:
             raise UserError(f"{param('output')}: cannot write {output}: {e.strerror or e}") from None
+        finally:
+            claim.release()
         if not quiet:
             log(f"wrote {len(result.records)} records to {output}")
-    if fmt in ("table", "markdown"):
-        show_report(result, fmt)
-    elif fmt in ("csv", "json", "jsonl"):
-        write_stdout(text(fmt))
+    try:
+        if fmt in ("table", "markdown"):
+            show_report(result, fmt)
+        elif fmt in ("csv", "json", "jsonl"):
+            write_stdout(text(fmt))
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise stdout_failed(error, kept=source) from None
+
+
+def table_rows(result) -> tuple[list[dict], str | None]:
+    """The rows a report's table shows, and its title note: at most :data:`MAX_TABLE_ROWS`
+    (best first, unless an order was asked for); csv, json and jsonl always carry every row."""
+    from epsweep.results.analysis import sort_records
+
+    rows, note = result.records, result.title()
+    if len(rows) <= MAX_TABLE_ROWS:
+        return rows, note
+    ordered = rows if result.ordered else sort_records(rows, "rank")
+    cut = (f"{'the first' if result.ordered else 'the best'} {MAX_TABLE_ROWS:,} of {len(rows):,} rows shown; "
+           f"{flag('top')} N for another number, {flag('format')} csv for all")
+    return ordered[:MAX_TABLE_ROWS], "; ".join(filter(None, [note, cut]))
 
 
 def show_report(result, fmt: str) -> None:
@@ -74,7 +116,8 @@ def show_report(result, fmt: str) -> None:
     from epsweep.views.table import records_sheet
 
     notation = axis_notation(result.records, result.meta)
-    sheets = [records_sheet(result.records, result.meta, sparklines=fmt == "table", note=result.title())]
+    rows, note = table_rows(result)
+    sheets = [records_sheet(rows, result.meta, sparklines=fmt == "table", note=note)]
     if result.best_per_axis:
         sheets.append(best_per_axis_sheet(result.best_per_axis, notation))
     if result.sensitivity:
@@ -144,13 +187,18 @@ def compare(
         for note in loaded[0].notes + loaded[1].notes:
             log(note)
     result = compare_results(*loaded, where=where or ())
-    if out_fmt in ("csv", "json", "jsonl"):
-        write_stdout({"csv": result.to_csv, "json": result.to_json, "jsonl": result.to_jsonl}[out_fmt]())
-        return
-    sheets = compare_sheets(result)
-    if out_fmt == "markdown":
-        write_stdout("\n".join(markdown(sheet) for sheet in sheets))
-        return
-    console = stdout_console()
-    for sheet in sheets:
-        console.print(rich_table(sheet, console.width))
+    try:
+        if out_fmt in ("csv", "json", "jsonl"):
+            write_stdout({"csv": result.to_csv, "json": result.to_json, "jsonl": result.to_jsonl}[out_fmt]())
+            return
+        sheets = compare_sheets(result)
+        if out_fmt == "markdown":
+            write_stdout("\n".join(markdown(sheet) for sheet in sheets))
+            return
+        console = stdout_console()
+        for sheet in sheets:
+            console.print(rich_table(sheet, console.width))
+    except BrokenPipeError:
+        raise
+    except OSError as error:
+        raise stdout_failed(error, kept=f"{file_a} and {file_b}") from None

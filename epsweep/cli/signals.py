@@ -77,3 +77,31 @@ def _exit_now(number: int, message: Callable[[], str], cleanup: Callable[[], Non
             sys.stderr.flush()
             os.write(2, f"epsweep: {text}\n".encode())
         os._exit(128 + number)
+
+
+@contextlib.contextmanager
+def deadline(seconds: float, message: Callable[[], str]) -> Iterator[None]:
+    """For command-line use: if the block has not finished within ``seconds``, exit the process
+    with code 2 and ``epsweep: error: <message()>`` on stderr. For calls that block inside a
+    library and cannot be interrupted (joining other processes: JAX itself would end the
+    process with a fatal error and a C++ stack trace)."""
+    finished = threading.Event()
+
+    def watch() -> None:
+        if finished.wait(seconds):
+            return
+        try:
+            text = message()
+        except Exception:  # noqa: BLE001 - the exit must happen whatever went wrong
+            text = f"gave up after {seconds:g} s"
+        with contextlib.suppress(OSError):
+            sys.stderr.flush()
+            os.write(2, f"epsweep: error: {' '.join(text.split())}\n".encode())
+        os._exit(2)
+
+    watcher = threading.Thread(target=watch, name="epsweep-deadline", daemon=True)
+    watcher.start()
+    try:
+        yield
+    finally:
+        finished.set()

@@ -3,6 +3,7 @@ call the runner, present. Everything they share is :func:`run_training`."""
 
 from __future__ import annotations
 
+import contextlib
 import sys
 from pathlib import Path
 from typing import Annotated, Optional
@@ -31,33 +32,53 @@ def _names(tokens: list[str] | None, default: str) -> tuple[str, ...]:
     return tuple(dict.fromkeys(names))
 
 
-def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None):
+def _runtime(no_compile_cache: bool, coordinator: str | None, num_processes: int | None, process_id: int | None,
+             join_timeout: int):
     """The JAX runtime the flags ask for (checked now, applied by the runner's setup)."""
     from epsweep.engine.runtime import Runtime  # no JAX: an argument error must not wait for it
 
     return Runtime(compile_cache=not no_compile_cache, coordinator=coordinator, num_processes=num_processes,
-                   process_id=process_id)
+                   process_id=process_id, join_timeout_s=join_timeout)
+
+
+def _setup(runtime, quiet: bool) -> None:
+    """Apply ``runtime``; joining other processes says so first, and gives up after
+    ``--join-timeout`` with one line (JAX alone would end the process with a fatal error)."""
+    from epsweep.cli.signals import deadline
+    from epsweep.engine.devices import setup
+
+    if not runtime.distributed:
+        setup(runtime)
+        return
+    where = f"through {runtime.coordinator}" if runtime.coordinator else "as the cluster environment says"
+    count = f"{runtime.num_processes} processes" if runtime.num_processes else "the other processes"
+    if not quiet:
+        log(f"joining {count} {where} (waiting up to {runtime.join_timeout_s} s)")
+    role = "the other processes did not join" if runtime.process_id in (0, None) else "could not join the others"
+    with deadline(runtime.join_timeout_s + 1, lambda: f"{role} within {runtime.join_timeout_s} s ({where}); "
+                                                  f"{o.flag('join_timeout_s')} sets how long to wait"):
+        setup(runtime)
 
 
 def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
-                 resume: bool = False) -> None:
+                 resume: bool = False, force: bool = False) -> None:
     """The part every training command shares: run with progress, log, present.
 
     A ``jsonl`` output file is streamed (a record per setting as each chunk finishes) and
     can be resumed; Ctrl-C exits at once with code 130 and one line saying what was kept.
     """
     from epsweep.cli.signals import exit_on_interrupt
-    from epsweep.engine.devices import is_primary, setup
+    from epsweep.engine.devices import is_primary
     from epsweep.results.writers import writer_for
-    from epsweep.runner import OutOfMemory, Runner, SweepInterrupted, WriteFailed
+    from epsweep.runner import Runner, SweepInterrupted, SweepStopped, WriteFailed
 
     if resume and output is None:
         raise UserError(f"{o.flag('resume')} needs {o.flag('output')} FILE.jsonl (the file to resume)")
     if resume and file_fmt != "jsonl":
         raise UserError(f"{o.flag('resume')} works with jsonl output only ({output} would be written whole, "
                         f"as {file_fmt})")
-    setup(runtime)
-    writers = [writer_for(output, file_fmt, resume=resume)] if output is not None and file_fmt else []
+    _setup(runtime, quiet)
+    writers = [writer_for(output, file_fmt, resume=resume, force=force)] if output is not None and file_fmt else []
     display = ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal)
     runner = Runner(task, grid, config, writers=writers, progress=display.sweep_callback, resume=resume)
     try:
@@ -66,18 +87,20 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     except SweepInterrupted as stopped:  # between compiled calls, or outside the main thread
         print(f"epsweep: {stop_text(stopped.report, output)}", file=sys.stderr, flush=True)
         raise typer.Exit(130) from None
-    except OutOfMemory as error:
+    except SweepStopped as error:  # out of memory, an output that failed: what finished is kept
         kept = stop_text(error.report, output, interrupted=False).split("; ", 1)[1]
         raise UserError(f"{error.message}; {kept}") from None
     except WriteFailed as error:
-        present_records(error.result, out_fmt)  # the results still reach stdout
+        with contextlib.suppress(UserError):  # the error says where the results went
+            present_records(error.result, out_fmt)  # the results still reach stdout
         raise
     if not is_primary():
         return
     log_summary(result.meta, quiet)
-    if output is not None and file_fmt and not quiet:
+    saved = output if output is not None and file_fmt else None
+    if saved is not None and not quiet:
         log(f"wrote {len(result.records)} records to {output}")
-    present_records(result, out_fmt)
+    present_records(result, out_fmt, kept=saved)
 
 
 def _grid_task(task: str | None, model: str | None, dataset: str, val_split: float, loss: str | None,
@@ -146,10 +169,12 @@ def grid(
     quiet: o.QuietOpt = False,
     chunk_size: o.ChunkOpt = None,
     resume: o.ResumeOpt = False,
+    force: o.ForceOpt = False,
     no_compile_cache: o.NoCompileCacheOpt = False,
     coordinator: o.CoordinatorOpt = None,
     num_processes: o.NumProcessesOpt = None,
     process_id: o.ProcessIdOpt = None,
+    join_timeout: o.JoinTimeoutOpt = 300,
 ) -> None:
     """Train a grid of RMSProp settings at once and print final loss and accuracy per setting.
 
@@ -159,7 +184,7 @@ def grid(
     from epsweep.grid import Grid
 
     setup_logging(quiet)
-    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id)
+    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
     out_fmt, file_fmt = output_format(fmt, output)
     axes = {"eps": eps, "decay": decay, "lr": lr, "momentum": momentum}
     the_grid = Grid(**{name: _values(tokens, name) for name, tokens in axes.items() if tokens is not None})
@@ -170,7 +195,7 @@ def grid(
     )
     the_task = _grid_task(task, model, dataset, val_split, loss, metric, image_size, quiet)
     run_training(runtime, the_task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
-                 resume=resume)
+                 resume=resume, force=force)
 
 
 @app.command(short_help="The same on Inception-v3 over your own images.")
@@ -223,11 +248,13 @@ def inception(
     output: o.OutputOpt = None,
     quiet: o.QuietOpt = False,
     resume: o.ResumeOpt = False,
+    force: o.ForceOpt = False,
     chunk_size: o.ChunkOpt = None,
     no_compile_cache: o.NoCompileCacheOpt = False,
     coordinator: o.CoordinatorOpt = None,
     num_processes: o.NumProcessesOpt = None,
     process_id: o.ProcessIdOpt = None,
+    join_timeout: o.JoinTimeoutOpt = 300,
 ) -> None:
     """Sweep RMSProp settings on Inception-v3 over your images: every setting trained at once.
 
@@ -237,10 +264,9 @@ def inception(
     from epsweep.data.images import load_image_dataset
     from epsweep.grid import Grid
     from epsweep.presets import apply_preset
-    from epsweep.tasks.inception import InceptionOptions, check_image_size, inception_task
 
     setup_logging(quiet)
-    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id)
+    runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
     out_fmt, file_fmt = output_format(fmt, output)
     given = {
         "eps": _values(eps, "eps"), "decay": _values(decay, "decay"), "lr": _values(lr, "lr"),
@@ -256,6 +282,9 @@ def inception(
         optimizers=_names(optimizer, "rmsprop"),
         clip_norm=values["clip_norm"], lr_decay_rate=values["lr_decay_rate"], lr_decay_epochs=values["lr_decay_epochs"],
     )
+    # imports JAX: after the checks above, so that their errors come at once
+    from epsweep.tasks.inception import InceptionOptions, check_image_size, inception_task
+
     options = InceptionOptions(head=head, aux_logits=aux, dropout_rate=dropout, dtype=dtype,
                                label_smoothing=values["label_smoothing"] or 0.0, weights=weights,
                                freeze_base=freeze_base, preset=preset)
@@ -269,4 +298,4 @@ def inception(
         log(f"{data.name}: {len(data.x_train)} training and {len(data.x_val)} validation images, "
             f"{data.num_classes} classes, {image_size}x{image_size}")
     run_training(runtime, task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
-                 resume=resume)
+                 resume=resume, force=force)

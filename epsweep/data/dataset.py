@@ -7,12 +7,52 @@ regression, float32 targets, split into training and validation parts with a fix
 from __future__ import annotations
 
 import dataclasses
+import os
 
 import numpy as np
 
 from epsweep.errors import UserError, param
 
 MAX_CLASSES = 100_000  # the output layer has one unit per class: labels must lie in 0..99,999
+FLOAT32_MAX = float(np.finfo(np.float32).max)
+FALLBACK_BUDGET = 4 * 1024**3  # when this machine's memory cannot be read
+
+
+def memory_budget() -> int:
+    """Bytes a dataset may take in memory, checked before it is read or decoded: half of this
+    machine's memory (or of its cgroup's limit, when lower); the other half is left for the
+    model, the optimizer states and the compiled programs."""
+    try:
+        total = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):  # pragma: no cover - not POSIX
+        return FALLBACK_BUDGET
+    try:
+        with open("/sys/fs/cgroup/memory.max") as f:
+            limit = f.read().strip()
+        if limit.isdigit():
+            total = min(total, int(limit))
+    except OSError:
+        pass
+    return max(total // 2, 1)
+
+
+def format_bytes(n: float) -> str:
+    """``n`` bytes in binary units: 512 B, 3.5 MiB, 7.2 GiB, 5.4e+06 TiB."""
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024:
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024
+    return f"{n:.1f} TiB" if n < 1e4 else f"{n:.2g} TiB"
+
+
+def check_budget(nbytes: int, what: str, source: str) -> None:
+    """Refuse, before anything is allocated, data that would take more than
+    :func:`memory_budget`: ``what`` says what would take ``nbytes`` (e.g. "60,000 images of
+    28 x 28")."""
+    budget = memory_budget()
+    if nbytes > budget:
+        raise UserError(f"{source}: {what} would take {format_bytes(nbytes)} in memory, more than the data budget "
+                        f"of {format_bytes(budget)} (half of this machine's memory)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,17 +223,22 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
 
 
 def as_images(x: np.ndarray, source: str) -> np.ndarray:
-    """Scale to float32: integer pixels by their range (0..255, or 0..16 for digits); add a
-    channel axis to (N, H, W) arrays. Inputs with no features, e.g. (N, 0), are refused."""
+    """Scale to float32: integer pixels by their range (0..16 for digits, 0..255, 0..65535 for
+    16-bit images, else the largest magnitude); add a channel axis to (N, H, W) arrays. Inputs
+    with no features, e.g. (N, 0), or beyond float32's range are refused."""
     if x.dtype.kind in "iub":
-        top = float(x.max()) if x.size else 1.0
-        x = x.astype(np.float32) / (255.0 if top > 16 else max(top, 1.0))
+        top = float(np.abs(x).max()) if x.size else 1.0
+        x = x.astype(np.float32) / _integer_scale(top)
     elif x.dtype.kind == "f":
+        if not np.all(np.isfinite(x)):
+            raise UserError(f"{source}: inputs contain NaN or infinite values")
+        top = float(np.abs(x).max()) if x.size else 0.0
+        if top > FLOAT32_MAX:  # checked before the cast, which would make it infinite
+            raise UserError(f"{source}: inputs reach {top:.3g}, beyond float32's range (±{FLOAT32_MAX:.3g}), "
+                            f"which the engine trains in")
         x = x.astype(np.float32)
     else:
         raise UserError(f"{source}: inputs have unsupported dtype {x.dtype}")
-    if not np.all(np.isfinite(x)):
-        raise UserError(f"{source}: inputs contain NaN or infinite values")
     given = x.shape
     if x.ndim == 3:
         x = x[..., None]
@@ -202,6 +247,15 @@ def as_images(x: np.ndarray, source: str) -> np.ndarray:
     if x[0].size == 0:
         raise UserError(f"{source}: inputs have no features (shape {given})")
     return x
+
+
+def _integer_scale(top: float) -> float:
+    """What integer inputs are divided by: their range as pixels (0..16 for the digits,
+    0..255 for 8-bit and 0..65535 for 16-bit images), else their largest magnitude."""
+    for scale in (255.0, 65535.0):
+        if top <= scale:
+            return scale if top > 16 else max(top, 1.0)
+    return top
 
 
 def as_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:

@@ -9,32 +9,62 @@ class folders, whether or not each has a readable image.
 
 from __future__ import annotations
 
+import math
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 
-from epsweep.data.dataset import Dataset, split
+from epsweep.data.dataset import Dataset, check_budget, split
 from epsweep.data.sources import load_arrays
 from epsweep.errors import UserError, param
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
+MAX_RESIZED_PIXELS = 4  # x size^2: an image resized whole may be up to 4:1 (beyond, only its square is)
 Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]
 
 
-def _fit(image, size: int):
-    """Resize the shorter side to ``size`` (bicubic) and centre-crop a square."""
+def _rgb(image):
+    """``image`` as 8-bit RGB. 16-bit (and 32-bit integer) greyscale is scaled down to 0..255
+    first: Pillow's own conversion would clip it, turning a 16-bit PNG white."""
     from PIL import Image
 
-    image = image.convert("RGB")
+    if image.mode.startswith("I"):
+        values = np.asarray(image, dtype=np.float64)
+        top = 65535.0 if image.mode.startswith("I;16") or values.max(initial=0) > 255 else 255.0
+        if values.max(initial=0) > 65535:
+            top = float(values.max())
+        image = Image.fromarray(np.clip(np.round(values * (255.0 / top)), 0, 255).astype(np.uint8), "L")
+    return image.convert("RGB")
+
+
+def _fit(image, size: int):
+    """Resize the shorter side to ``size`` (bicubic) and centre-crop a square. An image much
+    longer than it is wide (a thin strip: 10000 x 1 pixels would resize to 2990000 x 299) has
+    only the square's source region resampled, so no image costs more than
+    :data:`MAX_RESIZED_PIXELS` x ``size * size`` pixels on the way."""
+    from PIL import Image
+
+    image = _rgb(image)
     width, height = image.size
     scale = size / min(width, height)
     new = (max(size, round(width * scale)), max(size, round(height * scale)))
+    left, top = (new[0] - size) // 2, (new[1] - size) // 2
+    if new[0] * new[1] > MAX_RESIZED_PIXELS * size * size:
+        sx, sy = width / new[0], height / new[1]  # source pixels per resized pixel
+        box = (left * sx, top * sy, (left + size) * sx, (top + size) * sy)
+        return np.asarray(image.resize((size, size), Image.Resampling.BICUBIC, box=box), dtype=np.uint8)
     if new != image.size:
         image = image.resize(new, Image.Resampling.BICUBIC)
-    left, top = (new[0] - size) // 2, (new[1] - size) // 2
     return np.asarray(image.crop((left, top, left + size, top + size)), dtype=np.uint8)
+
+
+def check_images_budget(count: int, size: int, source: str) -> None:
+    """Refuse, before decoding any, ``count`` images of ``size x size`` RGB that would not fit
+    the data budget (see :func:`~epsweep.data.dataset.memory_budget`)."""
+    check_budget(count * size * size * 3, f"{count:,} images of {size:,} x {size:,} pixels", source)
 
 
 def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
@@ -61,12 +91,18 @@ def load_image_folder(root: Path, size: int, progress: Progress | None = None,
     from PIL import Image, UnidentifiedImageError
 
     files, labels, classes = scan_image_folder(root)
+    check_images_budget(len(files), size, str(root))
     images, kept = [], []
     for i, path in enumerate(files):
         try:
-            with Image.open(path) as image:
-                images.append(_fit(image, size))
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always", Image.DecompressionBombWarning)
+                with Image.open(path) as image:
+                    images.append(_fit(image, size))
             kept.append(i)
+            if warn is not None and any(issubclass(w.category, Image.DecompressionBombWarning) for w in caught):
+                warn(f"large image {path}: more than {Image.MAX_IMAGE_PIXELS:,} pixels (decoded; beyond "
+                     f"{2 * Image.MAX_IMAGE_PIXELS:,} an image is skipped as a decompression bomb)")
         except (UnidentifiedImageError, Image.DecompressionBombError, OSError, SyntaxError, ValueError) as e:
             if warn is not None:
                 warn(f"skipping unreadable image {path}: {' '.join(str(e).split()) or type(e).__name__}")
@@ -102,7 +138,7 @@ def resize_arrays(x: np.ndarray, size: int, progress: Progress | None = None, so
     from PIL import Image
 
     if x.ndim == 2:
-        side = int(round(np.sqrt(x.shape[1])))
+        side = math.isqrt(x.shape[1])
         if side * side != x.shape[1]:
             raise UserError(f"inputs of shape {x.shape} are not images")
         x = x.reshape(-1, side, side, 1)
@@ -113,6 +149,7 @@ def resize_arrays(x: np.ndarray, size: int, progress: Progress | None = None, so
         raise UserError(f"images must have 1 or 3 channels; got shape {x.shape}")
     if pixels.shape[1:3] == (size, size):
         return pixels
+    check_images_budget(len(pixels), size, source)
     out = np.empty((len(pixels), size, size, 3), np.uint8)
     for i, image in enumerate(pixels):
         out[i] = _fit(Image.fromarray(image), size)

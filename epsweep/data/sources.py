@@ -7,16 +7,19 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
-import zipfile
+import math
+import struct
+import zlib
 from pathlib import Path
 
 import numpy as np
 
-from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, split
+from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, check_budget, split
 from epsweep.errors import UserError
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+MAX_IDX_DIMS = 8  # MNIST files have 1 (labels) or 3 (images)
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -44,25 +47,36 @@ def toy(n: int = 100, features: int = 10, seed: int = 0) -> tuple[np.ndarray, np
 
 
 def read_idx(path: Path) -> np.ndarray:
-    """Read an IDX file (the MNIST format), plain or gzip-compressed."""
+    """Read an IDX file (the MNIST format), plain or gzip-compressed.
+
+    The header is read first and checked (magic number, at most :data:`MAX_IDX_DIMS`
+    dimensions, the size it announces against the data budget); then exactly that many bytes
+    are read, so neither a gzip bomb nor an endless file (``/dev/zero``) is read further.
+    """
     opener = gzip.open if path.suffix == ".gz" else open
     try:
         with opener(path, "rb") as f:
-            raw = f.read()
-    except (OSError, EOFError) as e:
-        raise UserError(f"{path}: cannot read IDX file ({e})") from None
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in IDX_DTYPES:
-        raise UserError(f"{path}: not an IDX file (bad magic number)")
-    ndim = raw[3]
-    header = 4 + 4 * ndim
-    if ndim == 0 or len(raw) < header:
-        raise UserError(f"{path}: truncated IDX header")
-    shape = tuple(int(d) for d in np.frombuffer(raw, ">u4", count=ndim, offset=4))
-    dtype = np.dtype(IDX_DTYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
-    if len(raw) - header != expected:
-        raise UserError(f"{path}: IDX data has {len(raw) - header} bytes, header says {expected}")
-    return np.frombuffer(raw, dtype, offset=header).reshape(shape).astype(dtype.newbyteorder("="))
+            magic = f.read(4)
+            if len(magic) < 4 or magic[0] != 0 or magic[1] != 0 or magic[2] not in IDX_DTYPES:
+                raise UserError(f"{path}: not an IDX file (bad magic number)")
+            ndim = magic[3]
+            if ndim == 0 or ndim > MAX_IDX_DIMS:
+                raise UserError(f"{path}: IDX header says {ndim} dimensions; at most {MAX_IDX_DIMS} are supported")
+            raw_shape = f.read(4 * ndim)
+            if len(raw_shape) < 4 * ndim:
+                raise UserError(f"{path}: truncated IDX header")
+            shape = struct.unpack(f">{ndim}I", raw_shape)
+            dtype = np.dtype(IDX_DTYPES[magic[2]])
+            expected = math.prod(shape) * dtype.itemsize  # a Python int: never wraps
+            what = f"the IDX header's {' x '.join(f'{d:,}' for d in shape)} values"
+            check_budget(math.prod(shape) * 4, what + " as float32", str(path))
+            data = f.read(expected + 1)
+    except (OSError, EOFError, zlib.error) as e:
+        raise UserError(f"{path}: cannot read IDX file ({' '.join(str(e).split())})") from None
+    if len(data) != expected:
+        held = "more data than" if len(data) > expected else f"{len(data):,} bytes of data, not"
+        raise UserError(f"{path}: IDX file holds {held} the {expected:,} bytes its header announces")
+    return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
 def _idx_pair(path: Path) -> tuple[Path, Path]:
@@ -81,18 +95,55 @@ def _idx_pair(path: Path) -> tuple[Path, Path]:
     return path, labels
 
 
+def _npz_arrays_size(arrays, names: tuple[str, str]) -> int:
+    """Elements of the arrays ``names`` of an open .npz, read from their headers (nothing is
+    decompressed); 0 for an array whose header cannot be read (loading it then fails)."""
+    total = 0
+    for name in names:
+        try:
+            with arrays.zip.open(f"{name}.npy") as member:
+                version = np.lib.format.read_magic(member)
+                read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+                shape, _, _ = read(member)
+        except Exception:  # noqa: BLE001 - unreadable: loading it fails, and says so
+            continue
+        total += math.prod(shape)
+    return total
+
+
+def _short(error: Exception) -> str:
+    """An exception as one short line: its type when its text says little."""
+    text = " ".join(str(error).split())[:160]
+    return text if len(text) > 12 else f"{type(error).__name__}: {text}".rstrip(": ")
+
+
 def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Keras-style ``x_train``/``y_train`` or plain ``x``/``y`` arrays; never unpickles."""
+    """Keras-style ``x_train``/``y_train`` or plain ``x``/``y`` arrays; never unpickles. The
+    arrays' sizes are read from their headers and checked against the data budget first."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(6)
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if start == b"\x93NUMPY":
+        raise UserError(f"{path}: a NumPy .npy file (one array), not an .npz of inputs and labels; "
+                        f"save one with numpy.savez(path, x=inputs, y=labels)")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             names = set(arrays.files)
             for xk, yk in (("x_train", "y_train"), ("x", "y")):
                 if {xk, yk} <= names:
+                    check_budget(_npz_arrays_size(arrays, (xk, yk)) * 4, f"arrays {xk} and {yk} as float32",
+                                 str(path))
                     return arrays[xk], arrays[yk]
-    except ValueError as e:  # object arrays need pickle: refused
-        raise UserError(f"{path}: cannot load without unpickling ({e})") from None
-    except (OSError, zipfile.BadZipFile, EOFError) as e:
-        raise UserError(f"{path}: not a readable .npz file ({e})") from None
+    except UserError:
+        raise
+    except ValueError as e:
+        if "allow_pickle" in str(e):  # object arrays need pickle: refused
+            raise UserError(f"{path}: cannot load without unpickling ({e})") from None
+        raise UserError(f"{path}: not a readable .npz file ({_short(e)})") from None
+    except Exception as e:  # noqa: BLE001 - a damaged archive makes zipfile, zlib and numpy raise almost anything
+        raise UserError(f"{path}: not a readable .npz file ({_short(e)})") from None
     raise UserError(f"{path}: .npz needs arrays x_train/y_train or x/y; found {', '.join(sorted(names)) or 'none'}")
 
 

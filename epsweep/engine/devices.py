@@ -8,7 +8,7 @@ the order of calls does not matter unless other code starts JAX first:
 - the persistent compilation cache, on by default in ``$EPSWEEP_COMPILE_CACHE`` or else
   ``$XDG_CACHE_HOME/epsweep/jax`` (``~/.cache/epsweep/jax``), so a rerun with other values of
   the same shapes loads its program instead of compiling it (``EPSWEEP_COMPILE_CACHE=off``
-  turns it off);
+  turns it off; see :mod:`epsweep.engine.cache`);
 - on CPU, one JAX device per core, so that the configuration axis is split across cores
   (many small independent programs beat one program split into threads);
 - several processes (``jax.distributed``): given a coordinator, a process count and an id, or
@@ -23,7 +23,9 @@ import contextlib
 import logging
 import os
 import resource
+import socket
 import sys
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -31,8 +33,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from epsweep.engine.runtime import CACHE_MAX_BYTES, Runtime, available_cores, default_cache_dir
-from epsweep.errors import UserError
+from epsweep.engine.cache import set_compile_cache
+from epsweep.engine.runtime import Runtime, available_cores, coordinator_address
+from epsweep.errors import UserError, param
 
 log = logging.getLogger(__name__)
 
@@ -55,28 +58,6 @@ def _backends_started() -> bool:
         return bool(xla_bridge.backends_are_initialized())
     except (ImportError, AttributeError):  # pragma: no cover - a JAX without it
         return False
-
-
-def _set_compile_cache(setting: bool | str | Path) -> Path | None:
-    from jax.experimental.compilation_cache import compilation_cache
-
-    path = default_cache_dir() if setting is True else (Path(setting).expanduser() if setting else None)
-    if path is not None:
-        try:
-            path.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            log.warning("compilation cache off: cannot create %s (%s)", path, e.strerror)
-            path = None
-    compilation_cache.reset_cache()  # let a new directory (or none) take effect
-    jax.config.update("jax_enable_compilation_cache", path is not None)
-    jax.config.update("jax_compilation_cache_dir", str(path) if path is not None else None)
-    if path is not None:
-        # every program is worth keeping: ours take seconds to compile on CPU, under one on a GPU
-        jax.config.update("jax_persistent_cache_min_compile_time_secs", 0.0)
-        jax.config.update("jax_persistent_cache_min_entry_size_bytes", 0)
-        if jax.config.jax_compilation_cache_max_size == -1:
-            jax.config.update("jax_compilation_cache_max_size", CACHE_MAX_BYTES)
-    return path
 
 
 def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
@@ -103,7 +84,7 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
 
     runtime = runtime or Runtime(**kwargs)
     install_listeners()
-    _cache_path = _set_compile_cache(runtime.compile_cache)
+    _cache_path = set_compile_cache(runtime.compile_cache)
     first = _applied is None
     _applied = runtime
     if not first:
@@ -121,14 +102,37 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
         if started:
             raise UserError("several processes were asked for after JAX had started; call setup() first")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
+        if runtime.coordinator is not None and runtime.process_id not in (None, 0):
+            _wait_for_coordinator(runtime.coordinator, runtime.join_timeout_s)
         try:
+            # JAX ends the whole process (a fatal error) when its own timeout passes: it is set a
+            # minute beyond join_timeout_s, so that a caller who watches the time (the CLI, with
+            # epsweep.cli.signals.deadline) can give up first, with one line
             jax.distributed.initialize(
                 coordinator_address=runtime.coordinator, num_processes=runtime.num_processes,
-                process_id=runtime.process_id,
+                process_id=runtime.process_id, initialization_timeout=runtime.join_timeout_s + 60,
             )
         except (RuntimeError, ValueError) as e:
             raise UserError(f"cannot join the other processes: {' '.join(str(e).split())}") from None
     return runtime
+
+
+def _wait_for_coordinator(address: str, timeout_s: float) -> None:
+    """Wait until process 0 accepts connections at ``address``; a UserError after
+    ``timeout_s`` (JAX itself would retry, then end the process with a fatal error)."""
+    host, port = coordinator_address(address)
+    deadline = time.monotonic() + timeout_s
+    reason = "no answer"
+    while True:
+        try:
+            with socket.create_connection((host, port), timeout=max(0.1, min(2.0, deadline - time.monotonic()))):
+                return
+        except OSError as e:
+            reason = e.strerror or str(e) or type(e).__name__
+        if time.monotonic() >= deadline:
+            raise UserError(f"{param('coordinator')}: cannot reach {address} within {timeout_s:g} s ({reason}); is "
+                            f"process 0 running there? ({param('join_timeout_s')} sets how long to wait)")
+        time.sleep(min(0.5, max(0.0, deadline - time.monotonic())))
 
 
 def ensure_setup() -> None:

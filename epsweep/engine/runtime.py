@@ -14,6 +14,8 @@ CACHE_ENV = "EPSWEEP_COMPILE_CACHE"
 CACHE_MAX_BYTES = 2 * 1024**3  # least recently used entries go beyond this
 _OFF = ("0", "off", "false", "no", "")
 _ADDRESS = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:(\d{1,9})$")
+DEFAULT_JOIN_TIMEOUT_S = 300  # JAX's own default for jax.distributed.initialize
+MAX_JOIN_TIMEOUT_S = 86_400
 
 
 @dataclasses.dataclass(frozen=True)
@@ -24,6 +26,7 @@ class Runtime:
     ``cpu_devices``: JAX devices to make of the CPU (default: one per available core).
     ``coordinator`` ("host:port" of process 0), ``num_processes`` and ``process_id``: run as
     one of several processes; what is left out is taken from the cluster environment.
+    ``join_timeout_s``: how long to wait for the coordinator and the other processes.
     Checked when made, without starting JAX; :func:`epsweep.setup` applies it.
 
     Example:
@@ -36,8 +39,13 @@ class Runtime:
     coordinator: str | None = None
     num_processes: int | None = None
     process_id: int | None = None
+    join_timeout_s: int = DEFAULT_JOIN_TIMEOUT_S
 
     def __post_init__(self) -> None:
+        if isinstance(self.join_timeout_s, bool) or not isinstance(self.join_timeout_s, int) or not (
+                1 <= self.join_timeout_s <= MAX_JOIN_TIMEOUT_S):
+            raise UserError(f"{param('join_timeout_s')}: {self.join_timeout_s!r} must be a whole number of seconds "
+                            f"from 1 to {MAX_JOIN_TIMEOUT_S:,}")
         if self.cpu_devices is not None and self.cpu_devices < 1:
             raise UserError(f"{param('cpu_devices')}: {self.cpu_devices} must be a positive integer")
         if self.num_processes is not None and self.num_processes < 1:
@@ -62,6 +70,12 @@ class Runtime:
             return self.num_processes != 1
         return launcher_process_count() > 1
 
+
+
+def coordinator_address(address: str) -> tuple[str, int]:
+    """``"host:port"`` (or ``"[ipv6]:port"``) as (host, port)."""
+    host, _, port = address.rpartition(":")
+    return host.strip("[]"), int(port)
 
 
 def launcher_process_count() -> int:

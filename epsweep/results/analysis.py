@@ -8,7 +8,6 @@ metric moves across the eps range at each other setting (sensitivity).
 from __future__ import annotations
 
 import dataclasses
-import json
 import math
 import re
 from collections.abc import Sequence
@@ -16,6 +15,7 @@ from typing import Any
 
 from epsweep.errors import UserError, param
 from epsweep.numbers import listing, matches, show, span
+from epsweep.results.formats import dumps
 from epsweep.results.reading import Loaded
 from epsweep.results.records import axis_notation, rank_key, usable
 from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, SHARES, is_number, label
@@ -132,14 +132,18 @@ def _sortable(value: Any) -> tuple:
 
 def best_per_axis(records: Sequence[dict], metric: str) -> list[dict]:
     """For every axis with more than one value: for each value, the best setting having it
-    (ranked as the starred row; ``best`` is None when all of them diverged)."""
+    (ranked as the starred row; ``best`` is None when all of them diverged). One pass over the
+    records per axis: linear in their number, however many values an axis has."""
     rows = []
     for axis in AXES:
-        values = [v for v in _values(records, axis) if v is not None]  # None: an axis the optimizer does not use
-        if len(values) < 2:
+        groups: dict[Any, list[dict]] = {}
+        for record in records:
+            if record.get(axis) is not None:  # None: an axis the optimizer does not use
+                groups.setdefault(record.get(axis), []).append(record)
+        if len(groups) < 2:
             continue
-        for value in sorted(values, key=_sortable):
-            group = [r for r in records if r.get(axis) == value]
+        for value in sorted(groups, key=_sortable):
+            group = groups[value]
             best = min(group, key=rank_key)
             ok = usable(best)
             rows.append({"axis": axis, "value": value, "metric": metric,
@@ -218,12 +222,13 @@ class Report:
     summary: str
     shown_of: tuple[int, int]  # (rows shown, records in the file)
     notes: list[str]
+    ordered: bool = False  # rows are sorted (a sort or top was asked for), not in file order
 
     def to_json(self) -> str:
         document = {"meta": self.meta, "results": self.records, "metric": self.metric,
                     "best_per_axis": self.best_per_axis, "sensitivity": self.sensitivity,
                     "summary": self.summary}
-        return json.dumps(document, indent=2, allow_nan=False) + "\n"
+        return dumps(document, indent=2) + "\n"
 
     def title(self) -> str | None:
         shown, total = self.shown_of
@@ -309,7 +314,8 @@ def build_report(
     if top is not None:
         shown = shown[:top]
     summary = sensitivity_summary(sens, varying, axis_notation(selected, loaded.meta))
-    return Report(loaded.meta, shown, metric, per_axis, sens, summary, (len(shown), len(records)), list(loaded.notes))
+    return Report(loaded.meta, shown, metric, per_axis, sens, summary, (len(shown), len(records)), list(loaded.notes),
+                  ordered=field is not None)
 
 
 def _listing(records: Sequence[dict], field: str, limit: int = 8) -> str:

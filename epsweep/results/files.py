@@ -68,6 +68,18 @@ def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None
             raise
 
 
+def keep_elsewhere(text: str, fmt: str) -> Path | None:
+    """Save results ``text`` to a new file in the temporary directory; its path, or None when
+    even that fails."""
+    try:
+        fd, fallback = tempfile.mkstemp(prefix="epsweep-results-", suffix=f".{fmt}")
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    except OSError:
+        return None
+    return Path(fallback)
+
+
 def write_or_keep(path: Path, text: str, fmt: str, option: str = "output") -> None:
     """Write ``text`` (results in format ``fmt``) to ``path`` atomically. If that fails (disk
     full, path gone), the text goes to a file in the temporary directory instead and the
@@ -76,11 +88,8 @@ def write_or_keep(path: Path, text: str, fmt: str, option: str = "output") -> No
         write_atomic(path, text)
     except OSError as e:
         reason = e.strerror or str(e)
-        try:
-            fd, fallback = tempfile.mkstemp(prefix="epsweep-results-", suffix=f".{fmt}")
-            with os.fdopen(fd, "w") as f:
-                f.write(text)
-        except OSError:
+        fallback = keep_elsewhere(text, fmt)
+        if fallback is None:
             raise UserError(f"{param(option)}: cannot write {path}: {reason}") from None
         raise UserError(f"{param(option)}: cannot write {path}: {reason}; "
                         f"the results were saved to {fallback}") from None

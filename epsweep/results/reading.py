@@ -9,12 +9,13 @@ from __future__ import annotations
 
 import csv
 import dataclasses
+import io
 import json
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from epsweep.errors import UserError
+from epsweep.results.meta import META_KEYS, clean_meta  # noqa: F401 - re-exported
 from epsweep.vocabulary import GRID_AXES, METRICS, SETTING_DEFAULTS, is_number
 
 STREAM_FORMAT = "epsweep-stream/1"
@@ -30,12 +31,14 @@ class Loaded:
     records: list[dict]
     notes: list[str]
     valid_bytes: int | None = None  # jsonl: the length of the whole, readable lines
+    meta_line: bool = False  # jsonl: the meta is the file's first line (as epsweep wrote it before 0.2)
 
     def to_pandas(self):
         """The records as a ``pandas.DataFrame`` (pandas is optional), one row per setting."""
         return records_frame(self.records)
 
 
+REQUIRED_FIELDS = ("eps", "decay", "lr", "final_loss", "diverged")  # what every record has
 _NUMBER_FIELDS = GRID_AXES
 _OPTIONAL_NUMBERS = tuple(f for m in METRICS for f in (m, f"{m}_std"))  # a number or null
 _COUNT_FIELDS = ("diverged_seeds", "seeds")  # whole numbers >= 0
@@ -103,7 +106,7 @@ def check_record(record: Any, where: str) -> dict:
     optional setting fields older or other files may lack."""
     if not isinstance(record, dict):
         raise UserError(f"{where}: a record must be a JSON object, not {type(record).__name__}")
-    missing = [k for k in ("eps", "decay", "lr", "final_loss", "diverged") if k not in record]
+    missing = [k for k in REQUIRED_FIELDS if k not in record]
     if missing:
         raise UserError(f"{where}: record has no {', '.join(missing)}")
     for key, default in SETTING_DEFAULTS.items():
@@ -153,14 +156,42 @@ def _shown(value: Any, limit: int = 40) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def meta_path(path: Path) -> Path:
+    """Where the meta of a ``.jsonl`` results file lives: beside it, ``NAME.meta.json`` for
+    ``NAME.jsonl``. The ``.jsonl`` itself holds one record per line and nothing else, so
+    ``pandas.read_json(path, lines=True)`` reads it as one row per setting."""
+    path = Path(path)
+    stem = path.name[: -len(".jsonl")] if path.name.lower().endswith(".jsonl") else path.name
+    return path.with_name(f"{stem}.meta.json")
+
+
+MAX_META_BYTES = 16 << 20  # a meta file is a few KiB
+
+
+def _read_meta_file(path: Path) -> dict:
+    try:
+        size = path.stat().st_size
+    except OSError as e:
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if size > MAX_META_BYTES:
+        raise UserError(f"{path}: {size:,} bytes is too big for the meta of a sweep")
+    meta = _parse_json(_read_bytes(path), str(path))
+    if not isinstance(meta, dict):
+        raise UserError(f"{path}: meta must be a JSON object")
+    return meta
+
+
 def read_stream(path: Path) -> Loaded:
-    """Read a ``.jsonl`` results file: an optional ``{"meta": ...}`` first line, then records.
+    """Read a ``.jsonl`` results file: one record per line, the meta beside it in
+    :func:`meta_path` (or, in files written before it moved there, on the first line as
+    ``{"meta": ...}``).
 
     A last line with no newline (the process died mid-write) is skipped with a note; any
     other unreadable line is an error naming it.
     """
     raw = _read_bytes(path)
     meta: dict = {}
+    meta_line = False
     records: list[dict] = []
     notes: list[str] = []
     offset = 0
@@ -178,14 +209,17 @@ def read_stream(path: Path) -> Loaded:
         where = f"{path}, line {number}"
         value = _parse_json(line, where)
         if isinstance(value, dict) and set(value) == {"meta"}:
-            if records or meta:
+            if records or meta_line:
                 raise UserError(f"{where}: a meta line can only be the first line")
             if not isinstance(value["meta"], dict):
                 raise UserError(f"{where}: meta must be a JSON object")
-            meta = value["meta"]
+            meta, meta_line = value["meta"], True
             continue
         records.append(check_record(value, where))
-    return Loaded(Path(path), meta, records, notes, valid_bytes=offset)
+    beside = meta_path(path)
+    if not meta_line and beside.is_file():
+        meta = _read_meta_file(beside)
+    return Loaded(Path(path), meta, records, notes, valid_bytes=offset, meta_line=meta_line)
 
 
 def _short(error: Exception) -> str:
@@ -229,6 +263,8 @@ def _read_json(path: Path) -> Loaded:
         meta, results = {}, document
     elif isinstance(document, dict) and "results" in document:
         meta, results = document.get("meta") or {}, document["results"]
+    elif isinstance(document, dict) and document.get("format") == STREAM_FORMAT:
+        raise UserError(f"{path}: the meta of a streamed sweep; read its .jsonl file (the records) instead")
     else:
         raise UserError(f"{path}: expected {{\"meta\": ..., \"results\": [...]}} as epsweep writes in JSON")
     if not isinstance(meta, dict) or not isinstance(results, list):
@@ -246,12 +282,21 @@ def _read_csv(path: Path) -> Loaded:
         text = raw.decode("utf-8")
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
-    rows = list(csv.reader(text.splitlines()))
+    reader = csv.reader(io.StringIO(text, newline=""))
+    rows = []  # (the line a row ends on, its cells)
+    try:
+        for row in reader:
+            rows.append((reader.line_num, row))
+    except csv.Error as e:  # a cell beyond csv.field_size_limit() (128 KiB), a stray NUL, ...
+        raise UserError(f"{path}, line {reader.line_num}: not readable as CSV ({e})") from None
     if not rows:
         raise UserError(f"{path}: file is empty")
-    header = rows[0]
+    header = rows[0][1]
+    missing = [name for name in REQUIRED_FIELDS if name not in header]
+    if missing:
+        raise UserError(f"{path}: the header row has no {', '.join(missing)} column{'s' * (len(missing) > 1)}")
     records = []
-    for number, row in enumerate(rows[1:], start=2):
+    for number, row in rows[1:]:
         where = f"{path}, line {number}"
         if not row:
             continue
@@ -285,11 +330,12 @@ def _csv_value(name: str, cell: str, where: str) -> Any:
     return int(value) if name in _CSV_INTS and value.is_integer() else value
 
 
-def read_results(path: Path) -> Loaded:
+def read_results(path: Path, fmt: str | None = None) -> Loaded:
     """Read a results file written by epsweep: ``.json``, ``.jsonl`` or ``.csv``.
 
     Args:
         path: the file; its suffix says the format.
+        fmt: ``"json"``, ``"jsonl"`` or ``"csv"`` to read it as that whatever its suffix.
 
     Returns:
         A :class:`Loaded`: ``meta``, ``records`` (validated), ``notes`` on anything skipped.
@@ -305,7 +351,7 @@ def read_results(path: Path) -> Loaded:
     """
     path = Path(path)
     _check_file(path)  # missing or a directory: say so before anything about its format
-    suffix = path.suffix.lower()
+    suffix = f".{fmt}" if fmt else path.suffix.lower()
     if suffix == ".jsonl":
         loaded = read_stream(path)
         if not loaded.records and not loaded.meta:
@@ -321,52 +367,17 @@ def read_results(path: Path) -> Loaded:
     return loaded
 
 
-def _whole(value: Any, least: int = 0) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) and value >= least
-
-
-def _names_list(value: Any) -> bool:
-    return isinstance(value, list) and all(isinstance(v, str) for v in value)
-
-
-# What a report or plot shows of the meta: each key's test and what it should hold.
-META_KEYS: dict[str, tuple[Callable[[Any], bool], str]] = {
-    "format": (lambda v: isinstance(v, str), "a name"),
-    "title": (lambda v: isinstance(v, str), "text"),
-    "task": (lambda v: isinstance(v, str), "a name"),
-    "data": (lambda v: isinstance(v, dict) and isinstance(v.get("name"), str)
-             and all(_whole(v.get(k)) for k in ("train", "val")),
-             'an object with "name", "train" and "val"'),
-    "steps": (lambda v: _whole(v, 1), "a positive whole number"),
-    "batch_size": (lambda v: _whole(v, 1), "a positive whole number"),
-    "seeds": (lambda v: isinstance(v, list) and all(_whole(s) for s in v), "a list of seeds"),
-    "settings": (_whole, "a whole number"),
-    "chunk_size": (lambda v: _whole(v, 1), "a positive whole number"),
-    "conventions": (_names_list, "a list of names"),
-    "optimizers": (_names_list, "a list of names"),
-}
-
-
-def clean_meta(meta: dict, where: str) -> tuple[dict, list[str]]:
-    """The meta of a file read back, without the shown keys (:data:`META_KEYS`) whose value
-    has the wrong type (null is kept: "not known"), and a note for each key dropped."""
-    kept, notes = {}, []
-    for key, value in meta.items():
-        check = META_KEYS.get(key)
-        if value is None or check is None or check[0](value):
-            kept[key] = value
-        else:
-            text = json.dumps(value)
-            text = text if len(text) <= 40 else text[:37] + "..."
-            notes.append(f"{where}: ignored meta {key} {text} (expected {check[1]})")
-    return kept, notes
-
-
 def records_frame(records: list[dict]):
     """Records as a ``pandas.DataFrame``: one row per setting, the axes and metrics as
-    columns (``loss_curve`` a column of lists). pandas is optional; without it, a UserError."""
+    columns (``loss_curve`` a column of lists); a missing number is NaN, as
+    ``pandas.read_json(path, lines=True)`` gives it. pandas is optional; without it, a UserError."""
     try:
         import pandas
     except ImportError:
         raise UserError("to_pandas() needs pandas: pip install pandas") from None
-    return pandas.DataFrame.from_records([dict(r) for r in records])
+    frame = pandas.DataFrame.from_records([dict(r) for r in records])
+    for column in frame.columns:
+        values = [v for v in frame[column] if v is not None]
+        if all(is_number(v) for v in values):  # numbers, or only nulls: a numeric column
+            frame[column] = pandas.to_numeric(frame[column])
+    return frame

@@ -195,3 +195,15 @@ def axis_notation(records: Sequence[dict], meta: dict | None = None) -> dict[str
                 values += g[axis]
         out[axis] = any(is_number(v) and needs_scientific(v) for v in values)
     return out
+
+
+# What a sweep's results take in memory (measured with tracemalloc): a record per setting, with
+# its loss curve, and a run per (setting, seed); a sweep keeps all of them until it returns.
+RECORD_BYTES = 1300
+CURVE_POINT_BYTES = 32
+RUN_BYTES = 800
+
+
+def results_bytes(settings: int, seeds: int, curve_points: int) -> int:
+    """About how much memory the results of ``settings`` settings x ``seeds`` seeds take."""
+    return settings * (RECORD_BYTES + CURVE_POINT_BYTES * curve_points) + settings * seeds * RUN_BYTES

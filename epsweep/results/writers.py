@@ -2,23 +2,26 @@
 
 The runner calls, for every writer it was given::
 
-    writer.open(meta)        # before training: claim the target, write a header
-    writer.write(records)    # each chunk's finished records, as soon as they exist
-    writer.close(result)     # at the end, with the whole result (records in grid order)
-    writer.abort()           # instead of close, when the sweep stopped early
+    writer.prepare(run, keys)  # optional, before anything else: claim the target, check it
+    writer.open(meta)          # before training: claim the target, write a header
+    writer.write(records)      # each chunk's finished records, as soon as they exist
+    writer.close(result)       # at the end, with the whole result (records in grid order)
+    writer.abort()             # instead of close, when the sweep stopped early (or never started)
 
 :class:`JsonlWriter` streams (a record per line, flushed per chunk) and can resume;
 :class:`JsonWriter` and :class:`CsvWriter` write whole files atomically at the end;
 :class:`MemoryWriter` keeps the records in a list. A writer to a file holds a
-:class:`~epsweep.results.files.FileClaim` on it from ``open`` to ``close``/``abort``, so two
-sweeps never write one file at once.
+:class:`~epsweep.results.files.FileClaim` on it from ``prepare`` (or ``open``) to
+``close``/``abort``, so two sweeps never write one file at once, and refuses in ``prepare`` to
+replace another sweep's results unless made with ``force=True`` (see
+:mod:`epsweep.results.guard`).
 """
 
 from __future__ import annotations
 
 import contextlib
-import json
 import os
+import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Protocol
@@ -26,7 +29,8 @@ from typing import Any, Protocol
 from epsweep.errors import UserError, param
 from epsweep.results.files import WRITE_LOCK, FileClaim, check_writable, write_atomic, write_or_keep
 from epsweep.results.formats import dumps, render_machine
-from epsweep.results.reading import STREAM_FORMAT, Loaded, read_stream
+from epsweep.results.guard import check_replace, differences, refusal, replace_problem
+from epsweep.results.reading import STREAM_FORMAT, Loaded, meta_path, read_stream
 from epsweep.results.records import SettingKey, setting_key
 
 
@@ -80,14 +84,24 @@ class _WholeFileWriter:
     streams = False
     fmt = ""
 
-    def __init__(self, path: Path | str, *, option: str = "output"):
+    def __init__(self, path: Path | str, *, force: bool = False, option: str = "output"):
         self.path = Path(path)
+        self.force = force
         self.option = option
         self._claim: FileClaim | None = None
 
+    def prepare(self, run: dict, keys: set[SettingKey]) -> dict:
+        """Claim the file and refuse to replace another sweep's results (unless ``force``)."""
+        check_writable(self.path, self.option)
+        if self._claim is None:
+            self._claim = FileClaim.take(self.path, self.option)
+        check_replace(self.path, run, keys, fmt=self.fmt, option=self.option, force=self.force)
+        return {}
+
     def open(self, meta: dict) -> None:
         check_writable(self.path, self.option)
-        self._claim = FileClaim.take(self.path, self.option)
+        if self._claim is None:
+            self._claim = FileClaim.take(self.path, self.option)
 
     def write(self, records: Sequence[dict]) -> None:
         pass  # the whole file is written at the end, from the result
@@ -135,31 +149,38 @@ class CsvWriter(_WholeFileWriter):
 
 
 class JsonlWriter:
-    """Streams records to a ``.jsonl`` file: a ``{"meta": ...}`` first line, then one record
-    per line, each chunk written and flushed as it finishes.
+    """Streams records to a ``.jsonl`` file, one record per line, each chunk written and
+    flushed as it finishes; the meta goes beside it, to ``NAME.meta.json`` (see
+    :func:`~epsweep.results.reading.meta_path`), so ``pandas.read_json(path, lines=True)``
+    reads one row per setting.
 
-    With ``resume``, :meth:`previous` returns the records already in the file (from a run with
+    With ``resume``, :meth:`prepare` returns the records already in the file (from a run with
     the same description) and :meth:`close` rewrites the file in grid order, so it equals the
-    file of an uninterrupted run. Without ``resume``, a file holding part of the same run is
-    refused rather than overwritten.
+    file of an uninterrupted run. Without ``resume``, a file holding part of the same run,
+    another sweep's results or anything else is refused rather than replaced, unless ``force``.
 
     Example:
         >>> import pathlib, tempfile
         >>> from epsweep import Grid, RunConfig, run
         >>> path = pathlib.Path(tempfile.mkdtemp()) / "sweep.jsonl"
         >>> _ = run("quadratic", Grid(eps=(1e-8,)), RunConfig(steps=10), writers=[JsonlWriter(path)])
+        >>> sorted(p.name for p in path.parent.iterdir())
+        ['sweep.jsonl', 'sweep.meta.json']
         >>> more = Grid(eps=(1e-8, 1.0))  # the grid grew: resume trains only the new setting
         >>> writer = JsonlWriter(path, resume=True)
         >>> again = run("quadratic", more, RunConfig(steps=10), writers=[writer], resume=True)
-        >>> again.meta["trained"], again.meta["resumed"]
-        (1, 1)
+        >>> again.meta["trained"], again.meta["resumed"], len(path.read_text().splitlines())
+        (1, 1, 2)
     """
 
     streams = True
+    resumable = True
 
-    def __init__(self, path: Path | str, *, resume: bool = False, option: str = "output"):
+    def __init__(self, path: Path | str, *, resume: bool = False, force: bool = False, option: str = "output"):
         self.path = Path(path)
+        self.meta_path = meta_path(self.path)
         self.resume = resume
+        self.force = force
         self.option = option
         self.existing: Loaded | None = None
         self.saved = 0
@@ -168,48 +189,71 @@ class JsonlWriter:
         self._resuming = False
         self._extras: list[dict] = []
         self._done = 0
-        self._meta: dict = {}
+        self.failed = False  # a write failed: the file no longer holds every finished record
 
-    # -- resume ----------------------------------------------------------------------------
+    # -- before training -------------------------------------------------------------------
 
-    def previous(self, description: dict, wanted: set[SettingKey]) -> dict[SettingKey, dict]:
-        """Records already in the file for settings in ``wanted`` (first record of a setting
-        wins), when resuming a run with this ``description``; ``{}`` otherwise. Raises a
-        UserError when the file cannot be resumed, or holds part of this run and
-        ``resume`` is off."""
+    @property
+    def _with_meta(self) -> bool:
+        """A device or pipe (``/dev/stdout``) gets the records only, and no meta file beside it."""
+        return not (self.path.exists() and not self.path.is_file())
+
+    def _take_claim(self) -> None:
         check_writable(self.path, self.option)
-        existing = None
-        if self.path.exists() and self.path.stat().st_size > 0:
-            try:
-                existing = read_stream(self.path)
-            except UserError:
-                if self.resume:
-                    raise
-        if existing is not None and existing.meta.get("format") != STREAM_FORMAT:
+        if self._claim is None:
+            self._claim = FileClaim.take(self.path, self.option)
+
+    def _read_existing(self) -> Loaded | None:
+        if not self.path.is_file() or self.path.stat().st_size == 0:
+            return None
+        try:
+            return read_stream(self.path)
+        except UserError as error:
             if self.resume:
-                raise UserError(f"{param('resume')}: {self.path} is not a streamed epsweep sweep (no meta line)")
-            existing = None
+                raise
+            if self.force:
+                return None
+            reason = error.message.removeprefix(str(self.path)).lstrip(":, ")
+            raise refusal(self.path, f"exists and is not epsweep results ({reason})", self.option) from None
+
+    def prepare(self, run: dict, keys: set[SettingKey]) -> dict[SettingKey, dict]:
+        """Claim the file; when resuming a run with description ``run``, the records already
+        in it for settings in ``keys`` (first record of a setting wins), else ``{}``. Raises a
+        UserError when the file cannot be resumed, or (without ``resume`` or ``force``) holds
+        anything a fresh sweep would lose."""
+        self._take_claim()
+        existing = self._read_existing()
+        if not self.resume:
+            ours = {setting_key(r) for r in existing.records} & keys if existing is not None else set()
+            if existing is not None and not self.force:
+                if existing.meta.get("run") == run and 0 < len(ours) < len(keys):
+                    raise UserError(f"{param(self.option)}: {self.path} holds {len(ours)} of {len(keys)} settings "
+                                    f"of this run; add {param('resume')} to finish it, {param('force')} to start "
+                                    f"over, or choose another file")
+                problem = replace_problem(existing, run, keys)
+                if problem is not None:
+                    raise refusal(self.path, problem, self.option, hint=f"{param('resume')} to keep them"
+                                  if existing.meta.get("run") == run else "")
+            return {}
         if existing is None:
             return {}
-        same_run = existing.meta.get("run") == description
-        in_grid = {setting_key(r) for r in existing.records} & wanted
-        if self.resume and not same_run:
-            diff = differences(existing.meta.get("run"), description)
+        if existing.meta.get("format") != STREAM_FORMAT:
+            raise UserError(f"{param('resume')}: {self.path} is not a streamed epsweep sweep (no meta: neither "
+                            f"{self.meta_path.name} beside it nor a meta first line)")
+        if existing.meta.get("run") != run:
+            diff = differences(existing.meta.get("run"), run)
             raise UserError(f"{param('resume')}: {self.path} comes from a different run ({'; '.join(diff[:2])})")
-        if not self.resume and same_run and 0 < len(in_grid) < len(wanted):
-            raise UserError(f"{param(self.option)}: {self.path} holds {len(in_grid)} of {len(wanted)} settings of "
-                            f"this run; add {param('resume')} to finish it, or remove the file to start over")
-        if not self.resume:
-            return {}
         self.existing = existing
         done: dict[SettingKey, dict] = {}
+        extra_keys: set[SettingKey] = set()
         for record in existing.records:
             key = setting_key(record)
-            if key in done or any(setting_key(e) == key for e in self._extras):
+            if key in done or key in extra_keys:
                 continue
-            if key in wanted:
+            if key in keys:
                 done[key] = record
             else:
+                extra_keys.add(key)
                 self._extras.append(record)
         self.saved = self._done = len(done)
         return done
@@ -217,10 +261,8 @@ class JsonlWriter:
     # -- writing ---------------------------------------------------------------------------
 
     def open(self, meta: dict) -> None:
-        check_writable(self.path, self.option)
-        self._claim = FileClaim.take(self.path, self.option)
+        self._take_claim()
         self._resuming = self.existing is not None
-        self._meta = meta
         try:
             with WRITE_LOCK:
                 if self._resuming:
@@ -228,12 +270,14 @@ class JsonlWriter:
                     self._file.truncate(self.existing.valid_bytes)
                     self._file.seek(0, os.SEEK_END)
                 else:
+                    if self._with_meta:  # first: the file is never without its meta
+                        write_atomic(self.meta_path, dumps(meta, indent=2) + "\n")
                     self._file = open(self.path, "wb")
-                    self._file.write((dumps({"meta": meta}) + "\n").encode())
                 self._file.flush()
         except OSError as e:
             self.abort()
-            raise UserError(f"{param(self.option)}: cannot write {self.path}: {e.strerror or e}") from None
+            where = e.filename or self.path
+            raise UserError(f"{param(self.option)}: cannot write {where}: {e.strerror or e}") from None
 
     def write(self, records: Sequence[dict]) -> None:
         text = "".join(dumps(r) + "\n" for r in records).encode()
@@ -242,20 +286,28 @@ class JsonlWriter:
                 self._file.write(text)
                 self._file.flush()
         except OSError as e:
-            raise UserError(f"{param(self.option)}: cannot write {self.path}: {e.strerror or e} "
-                            f"({self.saved} settings were saved before)") from None
+            self.failed = True
+            raise UserError(f"{param(self.option)}: cannot write {self.path}: {e.strerror or e}") from None
         self.saved += len(records)
 
     def close(self, result: Any) -> None:
+        """The final meta (counts, times) goes beside the file; a resumed file is rewritten
+        in grid order (and without the meta line of a file written before 0.2)."""
         try:
             self._close_file()
             old = self.existing
-            reordered = self._resuming and (result.meta.get("trained") or old.notes
+            reordered = self._resuming and (result.meta.get("trained") or old.notes or old.meta_line
                                             or len(old.records) != self._done + len(self._extras))
+            try:
+                if self._with_meta:
+                    write_atomic(self.meta_path, dumps(result.meta, indent=2) + "\n")
+            except OSError as e:
+                raise UserError(f"{param(self.option)}: cannot write {self.meta_path}: {e.strerror or e} (all "
+                                f"{len(result.records)} records are in {self.path})") from None
             if reordered:  # rewrite in grid order: the file now equals that of an uninterrupted run
-                lines = [dumps({"meta": self._meta})] + [dumps(r) for r in [*result.records, *self._extras]]
+                text = "".join(dumps(r) + "\n" for r in [*result.records, *self._extras])
                 try:
-                    write_atomic(self.path, "\n".join(lines) + "\n")
+                    write_atomic(self.path, text)
                 except OSError as e:
                     raise UserError(f"{param(self.option)}: cannot rewrite {self.path} in order: "
                                     f"{e.strerror or e} (all {len(result.records)} records are in it, "
@@ -275,32 +327,38 @@ class JsonlWriter:
             self._claim = None
 
 
-def writer_for(path: Path | str, fmt: str, *, resume: bool = False) -> Writer:
+def save_partial_stream(records: Sequence[dict], meta: dict, near: Sequence[Path | str | None]) -> Path | None:
+    """Keep ``records`` (a sweep that stopped early) as a resumable stream: ``NAME.partial.jsonl``
+    and its meta beside the first regular file of ``near`` (an output the sweep was to write),
+    else in the temporary directory. Its path, or None when nothing could be written."""
+    text = "".join(dumps(record) + "\n" for record in records)
+    meta_text = dumps(meta, indent=2) + "\n"
+    beside = next((Path(p) for p in near if p is not None and not (Path(p).exists() and not Path(p).is_file())),
+                  None)  # not beside a device such as /dev/full
+    if beside is not None:
+        path = beside.with_name(f"{beside.stem}.partial.jsonl")
+        try:
+            write_atomic(meta_path(path), meta_text)  # the meta first: the records are never without it
+            write_atomic(path, text)
+            return path
+        except OSError:
+            pass
+    try:
+        fd, name = tempfile.mkstemp(prefix="epsweep-partial-", suffix=".jsonl")
+        os.close(fd)
+        write_atomic(meta_path(Path(name)), meta_text)
+        write_atomic(Path(name), text)
+        return Path(name)
+    except OSError:
+        return None
+
+
+def writer_for(path: Path | str, fmt: str, *, resume: bool = False, force: bool = False) -> Writer:
     """The writer of ``fmt`` (jsonl, json or csv) for ``path``."""
     if fmt == "jsonl":
-        return JsonlWriter(path, resume=resume)
+        return JsonlWriter(path, resume=resume, force=force)
     if fmt == "json":
-        return JsonWriter(path)
+        return JsonWriter(path, force=force)
     if fmt == "csv":
-        return CsvWriter(path)
+        return CsvWriter(path, force=force)
     raise ValueError(f"no writer for format {fmt!r}")
-
-
-def differences(there: Any, here: Any, path: str = "") -> list[str]:
-    """What differs between two run descriptions, one phrase per difference."""
-    if isinstance(there, dict) and isinstance(here, dict):
-        out = []
-        for key in list(dict.fromkeys([*there, *here])):
-            out += differences(there.get(key), here.get(key), f"{path}.{key}" if path else key)
-        return out
-    if there == here:
-        return []
-
-    def show(v):
-        text = json.dumps(v)
-        return text if len(text) <= 40 else text[:37] + "..."
-
-    name = path.split(".", 1)[-1]  # task.data.train -> data.train, train.steps -> steps
-    if name == "data_fingerprint":
-        return ["the data's contents differ"]
-    return [f"{name} {show(there)} in the file, {show(here)} now"]

@@ -126,9 +126,9 @@ def build_task(name: str = "mlp", dataset: str = DEFAULT_DATASET, val_split: flo
         return toy_task(val_split, data_seed)
     if name not in TASKS:
         raise UserError(f"{param('task')}: unknown task {name!r}; choose from {', '.join(TASKS)}")
+    data = load_dataset(dataset, val_split, data_seed)  # first: a bad file is reported without importing flax
     from epsweep.models.small import CNN, MLP
 
-    data = load_dataset(dataset, val_split, data_seed)
     if name == "mlp":
         return classifier_task("mlp", MLP(data.num_classes), data)
     if len(data.input_shape) != 3:
