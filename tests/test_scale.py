@@ -136,15 +136,15 @@ def test_plan_width_follows_the_budget_never_the_grid(mlp_task, monkeypatch):
     est = memory.Estimate(per_config=1000, state=10, fixed=500)
     monkeypatch.setattr(memory, "estimate", lambda task, spec: est)
     monkeypatch.setattr(memory, "device_budget", lambda d: 500 + 3 * 1000)  # room for 3 per device
-    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: 10**9)
+    monkeypatch.setattr(memory, "cache_bytes_per_core", lambda: 10**9)
     monkeypatch.setattr(memory, "available_cores", lambda: 1)  # a CPU device per core
     assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * 2  # 3 per device, down to a power of two
     assert memory.plan_width(mlp_task, SETTINGS, devices, chunk_size=5) == 6  # rounded up to the devices
     est = memory.Estimate(per_config=1, state=10, fixed=0)  # the budget allows any number
     copies = memory.CACHE_STATE_COPIES
-    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: copies * 10 * 5)  # the cache holds 5 settings
+    monkeypatch.setattr(memory, "cache_bytes_per_core", lambda: copies * 10 * 5)  # the cache holds 5 settings
     assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * 4
-    monkeypatch.setattr(memory, "l2_cache_bytes", lambda: copies * 10 * 2)  # 2: the CPU minimum wins
+    monkeypatch.setattr(memory, "cache_bytes_per_core", lambda: copies * 10 * 2)  # 2: the CPU minimum wins
     assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * memory.CPU_MIN_PER_DEVICE
     monkeypatch.setattr(memory, "available_cores", lambda: 64)  # one device on many cores: no cache cap
     assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * memory.MAX_PER_DEVICE

@@ -131,21 +131,49 @@ def device_budget(device: jax.Device) -> int:
     return int(capacity * MEMORY_SHARE)
 
 
+def _cache_levels() -> list[tuple[int, int, int]]:
+    """(level, bytes, CPUs sharing it) of cpu0's data and unified caches, from sysfs."""
+    base = "/sys/devices/system/cpu/cpu0/cache"
+    levels = []
+    for index in sorted(name for name in os.listdir(base) if name.startswith("index")):
+        with open(f"{base}/{index}/type") as f:
+            if f.read().strip() == "Instruction":
+                continue
+        with open(f"{base}/{index}/level") as f:
+            level = int(f.read().strip())
+        with open(f"{base}/{index}/size") as f:
+            text = f.read().strip().upper()
+        size = int(text.rstrip("KMG")) * {"K": 1024, "M": 1024**2, "G": 1024**3}.get(text[-1], 1)
+        try:
+            with open(f"{base}/{index}/shared_cpu_list") as f:  # e.g. "0-1" or "0,2-3"
+                spans = [part.partition("-") for part in f.read().strip().split(",") if part]
+            shared = sum(int(high) - int(low) + 1 if high else 1 for low, _, high in spans)
+        except (OSError, ValueError):
+            shared = 1
+        levels.append((level, size, max(1, shared)))
+    return levels
+
+
 def l2_cache_bytes() -> int:
     """The CPU's per-core L2 cache size (1 MiB when it cannot be read)."""
     try:
-        base = "/sys/devices/system/cpu/cpu0/cache"
-        for index in sorted(os.listdir(base)):
-            with open(f"{base}/{index}/level") as f:
-                if f.read().strip() != "2":
-                    continue
-            with open(f"{base}/{index}/size") as f:
-                text = f.read().strip().upper()
-            scale = {"K": 1024, "M": 1024**2}.get(text[-1], 1)
-            return int(text.rstrip("KM")) * scale
+        return next(size for level, size, _ in _cache_levels() if level == 2)
+    except (OSError, ValueError, StopIteration):
+        return _DEFAULT_L2
+
+
+def cache_bytes_per_core() -> int:
+    """A core's L2 cache plus its share of the last-level (L3) cache: what one core's group
+    of settings can keep close. On this project's 2-core AMD EPYC (Zen 5: 1 MiB L2, 32 MiB
+    L3 for both cores) that is 17 MiB, and 32 MLP settings per core trained fastest (16 and
+    64 per core were 10-20% slower per setting, docs/performance.md)."""
+    try:
+        levels = _cache_levels()
     except (OSError, ValueError):
-        pass
-    return _DEFAULT_L2
+        return _DEFAULT_L2
+    l2 = next((size for level, size, _ in levels if level == 2), _DEFAULT_L2)
+    l3 = sum(size // shared for level, size, shared in levels if level >= 3)
+    return l2 + l3
 
 
 def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: int | None = None) -> int:
@@ -155,10 +183,11 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
     ``chunk_size``, when given, is rounded up to that multiple. Otherwise each device gets as
     many settings as fit its memory budget (:func:`device_budget`, by :func:`estimate`) and,
     when the CPU has a device per core, no more than keep CACHE_STATE_COPIES copies of their
-    training state within a core's L2 cache (but at least CPU_MIN_PER_DEVICE): on the default
-    task 4 settings per core train about 1.5x faster per setting than 128
-    (docs/performance.md). ``Task.settings_per_cpu_device`` caps the settings per CPU device for
-    models that run faster one at a time. The count per device is then rounded down to a power
+    training state within a core's cache (:func:`cache_bytes_per_core`: L2 and its share of
+    L3; but at least CPU_MIN_PER_DEVICE): on the default task 32 settings per core train
+    1.2-1.3x faster per setting than 4 or 64 on this project's machine (docs/performance.md).
+    ``Task.settings_per_cpu_device`` caps the settings per CPU device for models that run
+    faster one at a time. The count per device is then rounded down to a power
     of two, at most MAX_PER_DEVICE.
     """
     n = len(devices)
@@ -172,7 +201,7 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
                     est.per_config / 1024**3, max(0, budget) / 1024**3)
     fit = max(1, budget // est.per_config)
     if devices[0].platform == "cpu" and len(jax.local_devices(backend="cpu")) >= available_cores():
-        per_core = l2_cache_bytes() // (CACHE_STATE_COPIES * max(1, est.state))
+        per_core = cache_bytes_per_core() // (CACHE_STATE_COPIES * max(1, est.state))
         fit = min(fit, max(CPU_MIN_PER_DEVICE, per_core))
     if devices[0].platform == "cpu" and task.settings_per_cpu_device is not None:
         fit = min(fit, task.settings_per_cpu_device)

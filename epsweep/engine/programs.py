@@ -28,6 +28,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from epsweep.engine.spec import DIAGNOSTIC_POINTS, RunOutputs, TrainSpec
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
@@ -98,6 +99,11 @@ class _Plan:
     def has_denominator(self) -> bool:
         return self.spec.optimizer != "sgd"
 
+    def measured(self, t) -> jax.Array:
+        """Whether the eps diagnostics are measured at step ``t``: every ``diagnostic_every``
+        steps counted back from the last, which is always among them."""
+        return (self.spec.steps - 1 - t) % self.diagnostic_every == 0
+
     def optimizer(self, hc: dict) -> Any:
         spec = self.spec
         return make_optimizer(spec.optimizer, hc["lr"], hc["decay"], hc["eps"],
@@ -162,9 +168,10 @@ def _learning_rate(plan: _Plan, hc, t):
     return hc["lr"] * spec.lr_decay_rate ** jnp.floor(t / spec.lr_decay_steps)
 
 
-def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> _Carry:
-    """One step of one run: gradient (clipped), update, freezing on divergence, the loss
-    curve and, on sampled steps, the eps diagnostics."""
+def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool | None = None) -> _Carry:
+    """One step of one run: gradient (clipped), update, divergence, the loss curve and the eps
+    diagnostics: measured when ``measure`` is True, not when False, and on the sampled steps
+    (a branch on the shared step) when None."""
     spec = plan.spec
     (loss, model_state), grads = jax.value_and_grad(plan.task.loss, has_aux=True)(
         carry.params, carry.model_state, xb, yb, rng
@@ -178,22 +185,23 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> _Carry:
     updates, opt_state = plan.update_rule.update(grads, opt_state, carry.params)
     if plan.trainable is not None:  # frozen parameters never move
         updates = jax.tree.map(lambda u, train: u if train else jnp.zeros_like(u), updates, plan.trainable)
+    # A run diverges at the first step whose loss is not finite (an update that overflows shows
+    # in the next step's loss, or at the end in _finish). Nothing is frozen or checked per
+    # parameter: the update fuses with its application, and a diverged run's numbers are
+    # never used again (its losses, metrics and diagnostics are left out from there on).
     alive = carry.diverged_step < 0
-    finite = jnp.isfinite(loss) & _all_finite(updates)
+    finite = jnp.isfinite(loss)
     keep = alive & finite
-    # A run is frozen at the step its loss or update turns non-finite: its update is zeroed
-    # inside the same pass that applies it (p + 0 = p), and its model state kept. Its
-    # optimizer state is left to run on: nothing reads it once the run has diverged.
-    params = jax.tree.map(lambda p, u: (p + jnp.where(keep, u, 0)).astype(p.dtype), carry.params, updates)
-    model_state = jax.tree.map(lambda a, b: jnp.where(keep, a, b), model_state, carry.model_state)
+    params = optax.apply_updates(carry.params, updates)
     diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
     curve_sum = carry.curve_sum.at[t * spec.points // spec.steps].add(jnp.where(keep, loss, jnp.nan))
     eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
-    if plan.has_denominator:
-        # t is shared by every run, so under vmap this stays a branch: the cost is paid on
-        # about DIAGNOSTIC_POINTS steps only, the last one always among them
-        eps_dom = jax.lax.cond((spec.steps - 1 - t) % plan.diagnostic_every == 0,
-                               lambda _: _measure(plan, carry, grads, opt_state, keep, t), lambda _: eps_dom, None)
+    if plan.has_denominator and measure is not False:
+        if measure:
+            eps_dom = _measure(plan, carry, grads, opt_state, keep, t)
+        else:  # t is shared by every run, so under vmap this stays a branch
+            eps_dom = jax.lax.cond(plan.measured(t), lambda _: _measure(plan, carry, grads, opt_state, keep, t),
+                                   lambda _: eps_dom, None)
     return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom)
 
 
@@ -217,17 +225,24 @@ def _measure(plan: _Plan, carry: _Carry, grads, opt_state, keep, t) -> tuple:
 
 def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     """Steps ``t0 .. t1 - 1`` of every run (just ``t0`` when loop-free); returns the state and
-    the step reached."""
+    the step reached.
+
+    Looping, the steps between two measurements of the eps diagnostics (every
+    ``diagnostic_every`` steps, the last step among them) run in an inner loop with no branch
+    in its body, and each measured step after it: a branch inside every step would cost XLA's
+    CPU backend about a tenth of the step time even when not taken."""
     spec, n_train = plan.spec, plan.n_train
 
-    def step(t, state):
+    def new_order(t, order):
+        epoch = t // plan.batches_per_epoch
+        return jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train)
+
+    def step(t, state, measure=None, order_branch=True):
         runs, order = state
         if plan.has_data:
-            epoch, position = t // plan.batches_per_epoch, t % plan.batches_per_epoch
-            order = jax.lax.cond(  # a new epoch: a new order (shared predicate, a real branch)
-                (position == 0) & (t > 0),
-                lambda: jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train),
-                lambda: order)
+            position = t % plan.batches_per_epoch
+            if order_branch:  # a new epoch: a new order (shared predicate, a real branch)
+                order = jax.lax.cond((position == 0) & (t > 0), lambda: new_order(t, order), lambda: order)
             index = jax.lax.dynamic_slice_in_dim(order, position * spec.batch_size, spec.batch_size, 1)
         else:
             index = jnp.zeros((seeds.shape[0], 1), jnp.int32)
@@ -236,14 +251,33 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
             xb = x_train[index_s] if plan.has_data else None
             yb = y_train[index_s] if plan.has_data else None
             rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
-            one_step = functools.partial(_train_step, plan)
+            one_step = functools.partial(_train_step, plan, measure=measure)
             return jax.vmap(one_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
 
         return TrainState(jax.vmap(per_seed)(runs, index, seeds), order)
 
     if plan.loop_free:
         return step(t0, state), t0 + 1
-    return jax.lax.fori_loop(t0, t1, step, state), t1
+    every, first = plan.diagnostic_every, (spec.steps - 1) % plan.diagnostic_every  # measured: t % every == first
+    per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
+
+    def block(carry):
+        """Plain steps up to the next measured step or epoch start (no branch in the inner
+        loop's body), then the measured step if that came first."""
+        state, t = carry
+        measured = t + (first - t) % every
+        epoch_end = (t // per_epoch + 1) * per_epoch
+        stop = jnp.minimum(jnp.minimum(measured, epoch_end), t1)
+        if plan.has_data:  # the block starts a new epoch: its order, once
+            state = jax.lax.cond((t % per_epoch == 0) & (t > 0) & (t < stop),
+                                 lambda s: TrainState(s.runs, new_order(t, s.order)), lambda s: s, state)
+        state = jax.lax.fori_loop(t, stop, functools.partial(step, measure=False, order_branch=False), state)
+        at_measured = (stop == measured) & (measured < t1)
+        state = jax.lax.cond(at_measured, lambda s: step(measured, s, measure=True), lambda s: s, state)
+        return state, jnp.where(at_measured, measured + 1, stop)
+
+    state, _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, (state, t0))
+    return state, t1
 
 
 def _evaluate(plan: _Plan, state: TrainState, loss_sum, metric_sum, xb, yb, mb):
@@ -261,6 +295,10 @@ def _finish(plan: _Plan, state: TrainState, loss_sum, metric_sum, count) -> RunO
     segment of steps), and the eps diagnostics; NaN where a task has no such number."""
     task, runs = plan.task, state.runs
     curve = runs.curve_sum / plan.spec.steps_per_point().astype(np.float32)
+    # the last update's overflow shows in no loss: a run whose parameters end non-finite diverged there
+    ended_finite = jax.vmap(jax.vmap(_all_finite))(runs.params)
+    runs = runs._replace(diverged_step=jnp.where((runs.diverged_step < 0) & ~ended_finite, plan.spec.steps - 1,
+                                                 runs.diverged_step))
     final_loss = curve[..., -1]
     if plan.has_data and task.evaluate is not None:  # count is 0 without validation data: NaN
         val_loss, val_accuracy = loss_sum / count, metric_sum / count

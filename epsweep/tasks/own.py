@@ -343,7 +343,9 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
     # them (in this process and, via the fingerprint's text, in others); a change to any never does
     identity = ("flax_task", checked["fingerprint"] or _Unshared(), score.loss_name, score.metric_name,
                 data.num_classes)
-    return dataclasses.replace(task, details=details, loop_free_on_cpu=checked["convolves"], identity=identity)
+    # convolutions on CPU: one step per call and one setting per core (as the built-in cnn)
+    return dataclasses.replace(task, details=details, loop_free_on_cpu=checked["convolves"], identity=identity,
+                               settings_per_cpu_device=1 if checked["convolves"] else None)
 
 
 class _Unshared:
