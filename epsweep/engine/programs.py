@@ -13,8 +13,10 @@ minibatch also turns the first layer of every setting into one wide matrix produ
 - ``evaluate``: one validation batch, added to running sums;
 - ``finish``: validation loss and metric, the loss curve and the diagnostics.
 
-A run whose loss or update becomes non-finite is frozen at that step and reported with
-``diverged_step``; the other runs are untouched (``vmap`` keeps them independent).
+A run whose loss becomes non-finite is reported as diverged at that step (``diverged_step``;
+an update that overflows shows in the next step's loss, or for the last step in the final
+parameters); from there its numbers are left out. The other runs are untouched (``vmap``
+keeps them independent).
 :mod:`epsweep.engine.compiled` jits and shards these; :mod:`epsweep.engine.driver` calls them.
 """
 

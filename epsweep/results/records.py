@@ -7,7 +7,8 @@ metric is not accuracy adds ``val_<metric>`` and its ``_std`` (``val_accuracy`` 
 
 What can go wrong with a setting, each flagged in its record:
 
-- ``diverged``: a seed's loss or update became non-finite (it was frozen there).
+- ``diverged``: a seed's loss became non-finite (an update that overflows shows in the next
+  step's loss, or for the last step in the final parameters); its numbers are left out from there.
 - ``collapsed``: a seed stayed finite but ended worse than it started: its final loss (the last
   point of its loss curve) is more than :data:`COLLAPSE_MARGIN` (5 %) above the first point.
 - ``at_chance``: its mean validation accuracy is no better than guessing: at most the share
