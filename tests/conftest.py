@@ -17,7 +17,12 @@ atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
 
 import pytest  # noqa: E402
 
+import epsweep  # noqa: E402
 from epsweep.tasks import build_task  # noqa: E402
+
+# as a user's script would, before anything starts JAX: some tests call jax.jit themselves, and
+# JAX started by them would keep one CPU device for the whole session, whichever test runs first
+epsweep.setup()
 
 
 @pytest.fixture(scope="session")

@@ -130,7 +130,7 @@ def test_memory_estimate_bounds_what_xla_allocates(mlp_task):
 
 
 def test_plan_width_follows_the_budget_never_the_grid(mlp_task, monkeypatch):
-    """Settings per call: what fits the memory budget and (one device per core) the L2 cache,
+    """Settings per call: what fits the memory budget and the cache of the cores a CPU device runs on,
     rounded down to a power of two per device, whatever the grid's size."""
     devices = jax.devices()[:1] * 2  # two (aliased) devices: only the count matters here
     est = memory.Estimate(per_config=1000, state=10, fixed=500)
@@ -146,7 +146,11 @@ def test_plan_width_follows_the_budget_never_the_grid(mlp_task, monkeypatch):
     assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * 4
     monkeypatch.setattr(memory, "cache_bytes_per_core", lambda: copies * 10 * 2)  # 2: the CPU minimum wins
     assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * memory.CPU_MIN_PER_DEVICE
-    monkeypatch.setattr(memory, "available_cores", lambda: 64)  # one device on many cores: no cache cap
+    cpu_devices = len(jax.local_devices(backend="cpu"))
+    monkeypatch.setattr(memory, "cache_bytes_per_core", lambda: copies * 10 * 5)
+    monkeypatch.setattr(memory, "available_cores", lambda: 4 * cpu_devices)  # a device on 4 cores: 4 cores' cache
+    assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * 16  # 20 fit, down to a power of two
+    monkeypatch.setattr(memory, "cache_bytes_per_core", lambda: 10**12)  # only the cap is left
     assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * memory.MAX_PER_DEVICE
     one_at_a_time = dataclasses.replace(mlp_task, settings_per_cpu_device=1)  # a model best run one at a time
     assert memory.plan_width(one_at_a_time, SETTINGS, devices) == 2

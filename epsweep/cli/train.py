@@ -60,6 +60,15 @@ def _setup(runtime, quiet: bool) -> None:
         setup(runtime)
 
 
+def check_resume(resume: bool, output: Path | None, file_fmt: str | None) -> None:
+    """``--resume`` needs a ``.jsonl`` output: said before any data is loaded or JAX imported."""
+    if resume and output is None:
+        raise UserError(f"{o.flag('resume')} needs {o.flag('output')} FILE.jsonl (the file to resume)")
+    if resume and file_fmt != "jsonl":
+        raise UserError(f"{o.flag('resume')} works with jsonl output only ({output} would be written whole, "
+                        f"as {file_fmt})")
+
+
 def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | None, file_fmt: str | None, quiet: bool,
                  resume: bool = False, force: bool = False) -> None:
     """The part every training command shares: run with progress, log, present.
@@ -72,11 +81,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     from epsweep.results.writers import writer_for
     from epsweep.runner import Runner, SweepInterrupted, SweepStopped, WriteFailed
 
-    if resume and output is None:
-        raise UserError(f"{o.flag('resume')} needs {o.flag('output')} FILE.jsonl (the file to resume)")
-    if resume and file_fmt != "jsonl":
-        raise UserError(f"{o.flag('resume')} works with jsonl output only ({output} would be written whole, "
-                        f"as {file_fmt})")
+    check_resume(resume, output, file_fmt)
     _setup(runtime, quiet)
     writers = [writer_for(output, file_fmt, resume=resume, force=force)] if output is not None and file_fmt else []
     display = ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal)
@@ -186,6 +191,7 @@ def grid(
     setup_logging(quiet)
     runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
     out_fmt, file_fmt = output_format(fmt, output)
+    check_resume(resume, output, file_fmt)
     axes = {"eps": eps, "decay": decay, "lr": lr, "momentum": momentum}
     the_grid = Grid(**{name: _values(tokens, name) for name, tokens in axes.items() if tokens is not None})
     config = RunConfig(
@@ -268,6 +274,7 @@ def inception(
     setup_logging(quiet)
     runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
     out_fmt, file_fmt = output_format(fmt, output)
+    check_resume(resume, output, file_fmt)
     given = {
         "eps": _values(eps, "eps"), "decay": _values(decay, "decay"), "lr": _values(lr, "lr"),
         "momentum": _values(momentum, "momentum"), "convention": _names(convention, "optax") if convention else None,

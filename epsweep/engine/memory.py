@@ -182,9 +182,11 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
 
     ``chunk_size``, when given, is rounded up to that multiple. Otherwise each device gets as
     many settings as fit its memory budget (:func:`device_budget`, by :func:`estimate`) and,
-    when the CPU has a device per core, no more than keep CACHE_STATE_COPIES copies of their
-    training state within a core's cache (:func:`cache_bytes_per_core`: L2 and its share of
-    L3; but at least CPU_MIN_PER_DEVICE): on the default task 32 settings per core train
+    on CPU, no more than keep CACHE_STATE_COPIES copies of their training state within the
+    cache of the cores the device runs on (:func:`cache_bytes_per_core`: L2 and its share of
+    L3, times the cores per device; but at least CPU_MIN_PER_DEVICE): without this, a CPU
+    made one device (JAX started before :func:`epsweep.setup`) would train 1024 settings per
+    call, 16 times the work of a small grid. On the default task 32 settings per core train
     1.2-1.3x faster per setting than 4 or 64 on this project's machine (docs/performance.md).
     ``Task.settings_per_cpu_device`` caps the settings per CPU device for models that run
     faster one at a time. The count per device is then rounded down to a power
@@ -200,9 +202,10 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
                     "%.1f GiB planned per device; trying one setting per device",
                     est.per_config / 1024**3, max(0, budget) / 1024**3)
     fit = max(1, budget // est.per_config)
-    if devices[0].platform == "cpu" and len(jax.local_devices(backend="cpu")) >= available_cores():
-        per_core = cache_bytes_per_core() // (CACHE_STATE_COPIES * max(1, est.state))
-        fit = min(fit, max(CPU_MIN_PER_DEVICE, per_core))
+    if devices[0].platform == "cpu":
+        cores_per_device = max(1, available_cores() // len(jax.local_devices(backend="cpu")))
+        in_cache = cores_per_device * cache_bytes_per_core() // (CACHE_STATE_COPIES * max(1, est.state))
+        fit = min(fit, max(CPU_MIN_PER_DEVICE, in_cache))
     if devices[0].platform == "cpu" and task.settings_per_cpu_device is not None:
         fit = min(fit, task.settings_per_cpu_device)
     fit = min(fit, MAX_PER_DEVICE)
