@@ -86,36 +86,51 @@ def _sds(shape, dtype, sharding) -> jax.ShapeDtypeStruct:
     return jax.ShapeDtypeStruct(tuple(shape), jnp.dtype(dtype), sharding=sharding)
 
 
-def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int) -> dict[str, export.Exported]:
-    """Trace and export the four programs at their call shapes (one seed, ``width`` settings)."""
-    from epsweep.engine.compiled import CONFIG_AXIS, sharded_programs
+def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int,
+                init: export.Exported | None = None) -> dict[str, tuple]:
+    """The abstract arguments (shape, dtype, sharding) each program is called with at ``width``
+    settings and one seed: ``init``'s alone, or, given the exported ``init`` (its outputs are
+    the training state), every program's."""
+    from epsweep.engine.compiled import CONFIG_AXIS
     from epsweep.engine.driver import validation_batches
 
-    jitted = sharded_programs(task, spec, devices)
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
     runs = NamedSharding(mesh, P(None, CONFIG_AXIS))
     h = {name: _sds((width,), np.float32, by_config) for name in HPARAMS}
     seeds = _sds((1,), np.uint32, replicated)
     constants = jax.tree.map(lambda a: _sds(np.shape(a), np.asarray(a).dtype, replicated), task.constants)
-    out = {"init": export.export(jitted["init"])(h, seeds, constants)}
-    init = out["init"]
-    state = jax.tree.unflatten(init.out_tree, [_sds(a.shape, a.dtype, s)
-                                               for a, s in zip(init.out_avals, init.out_shardings_jax(mesh),
-                                                               strict=True)])
+    shapes: dict[str, tuple] = {"init": (h, seeds, constants)}
+    if init is None:
+        return shapes
+    state = jax.tree.unflatten(init.out_tree, init.out_avals)  # a TrainState, placed as init places it:
+    state = type(state)(runs=jax.tree.map(lambda a: _sds(a.shape, a.dtype, runs), state.runs),  # (S, G, ...)
+                        order=_sds(state.order.shape, state.order.dtype, replicated))
     if task.data is not None:
         x_train = _sds(task.data.x_train.shape, task.data.x_train.dtype, replicated)
         y_train = _sds(task.data.y_train.shape, task.data.y_train.dtype, replicated)
     else:
         x_train, y_train = _sds((1, 1), np.float32, replicated), _sds((1,), np.int32, replicated)
     step = _sds((), np.int32, replicated)
-    out["train"] = export.export(jitted["train"])(state, h, seeds, step, step, x_train, y_train)
+    shapes["train"] = (state, h, seeds, step, step, x_train, y_train)
     sums = _sds((1, width), np.float32, runs)
     x_val, y_val, mask = validation_batches(task, spec.eval_batch_size)
     if len(x_val):
         batch = [_sds(a.shape[1:], a.dtype, replicated) for a in (x_val, y_val, mask)]
-        out["evaluate"] = export.export(jitted["evaluate"])(state, sums, sums, *batch)
-    out["finish"] = export.export(jitted["finish"])(state, sums, sums, _sds((), np.float32, replicated))
+        shapes["evaluate"] = (state, sums, sums, *batch)
+    shapes["finish"] = (state, sums, sums, _sds((), np.float32, replicated))
+    return shapes
+
+
+def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int) -> dict[str, export.Exported]:
+    """Trace and export the four programs at their call shapes (one seed, ``width`` settings)."""
+    from epsweep.engine.compiled import sharded_programs
+
+    jitted = sharded_programs(task, spec, devices)
+    out = {"init": export.export(jitted["init"])(*call_shapes(task, spec, devices, width)["init"])}
+    for name, args in call_shapes(task, spec, devices, width, out["init"]).items():
+        if name != "init":
+            out[name] = export.export(jitted[name])(*args)
     return out
 
 
