@@ -45,20 +45,10 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from bench_sweep import _check, _installed, _last_json, _log, machine, run_process  # noqa: E402
+from bench_sweep import _check, _installed, _last_json, _log, eps_token, eps_values, machine, run_process  # noqa: E402
 
 LR, DECAY, BATCH, HIDDEN, VAL_SPLIT = 1e-3, 0.9, 32, 1024, 0.2
 HERE = Path(__file__).resolve()
-
-
-def eps_values(grid: int) -> list[float]:
-    import numpy as np
-
-    return [1e-8] if grid == 1 else [float(v) for v in np.logspace(-10, 0, grid)]
-
-
-def eps_token(grid: int) -> str:
-    return "1e-8" if grid == 1 else f"log:1e-10:1:{grid}"
 
 
 def synthetic_images(n: int, size: int, classes: int, seed: int = 0):

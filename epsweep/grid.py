@@ -189,10 +189,6 @@ class Grid:
         if self.size() > MAX_GRID_SIZE:
             raise UserError(f"the grid has {self.size():,} settings; the limit is {MAX_GRID_SIZE:,}")
 
-    def given(self) -> dict[str, tuple[float, ...]]:
-        """The axes the grid sets explicitly."""
-        return {axis: getattr(self, axis) for axis in GRID_AXES if getattr(self, axis) is not None}
-
     def values(self, axis: str, optimizer: str = "rmsprop") -> tuple[float | None, ...]:
         """The values ``axis`` takes for ``optimizer``: given, its default, or ``(None,)``
         when the optimizer does not use it."""

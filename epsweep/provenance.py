@@ -87,10 +87,11 @@ def run_description(task, config, spec) -> dict:
     })
 
 
-def run_meta(task, grid, config, spec, layout: dict) -> dict:
+def run_meta(task, grid, config, spec, layout: dict, description: dict | None = None) -> dict:
     """The meta of a sweep as it starts: what a report shows (task, data, steps, batch,
-    seeds, update rules, the grid), the device ``layout``, versions and the run description."""
-    description = run_description(task, config, spec)
+    seeds, update rules, the grid), the device ``layout``, versions and the run description
+    (``description``, when the caller has it: :func:`run_description` hashes the data)."""
+    description = description if description is not None else run_description(task, config, spec)
     rules = config.update_rules()
     return plain({
         "format": STREAM_FORMAT,

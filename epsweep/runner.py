@@ -202,7 +202,7 @@ class Runner:
         if chunk_size is None and self.resume:  # the interrupted run's call width: the same shapes
             chunk_size = self._resumed_width(len(mesh_devices))
         per_call = devices.agree(plan_width(trained, first, mesh_devices, chunk_size))
-        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call))
+        self.meta = provenance.run_meta(task, grid, config, first, devices.layout(mesh_devices, per_call), description)
         self.meta.update(devices=[str(d) for d in mesh_devices], backend=mesh_devices[0].platform,
                          processes=devices.process_count(), **({"features": features} if features else {}))
         return trained, specs, settings, order, per_call
@@ -242,6 +242,7 @@ class Runner:
         from epsweep.engine.spec import HPARAMS
 
         seeds = np.asarray(self.config.seed_list, dtype=np.uint32)
+        chance = (self.meta.get("chance") or {}).get("threshold")
         todo = {rule: [s for s in settings[rule] if setting_key({**s, **rule._asdict()}) not in self._done]
                 for rule in self.rules}
         total_steps = sum(len(todo[r]) * specs[r].steps for r in self.rules) * len(seeds)
@@ -260,7 +261,7 @@ class Runner:
                     metrics = named_metrics({name: getattr(out, name)[:, j] for name in METRICS},
                                             self.task.metric_name)
                     chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j],
-                                            chance=(self.meta.get("chance") or {}).get("threshold")))
+                                            chance=chance))
                     for k, seed in enumerate(seeds):
                         runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in metrics},
                                      "diverged_step": int(out.diverged_step[k, j])})

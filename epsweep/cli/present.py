@@ -40,7 +40,7 @@ def log(text: str) -> None:
     """A log line on stderr: never wrapped, no markup (paths may hold brackets). A stderr that
     cannot be written (a full disk) loses the line, never the run."""
     try:
-        stderr.print(text, soft_wrap=True, markup=False, highlight=False, emoji=False)
+        stderr.print(text, soft_wrap=True)  # the console shows text literally
     except OSError:
         pass
 
@@ -68,7 +68,7 @@ def setup_logging(quiet: bool) -> None:
 def output_format(fmt: str | None, output: Path | None) -> tuple[str, str | None]:
     """(stdout format, file format). A machine --format with --output goes to the file only."""
     from epsweep.results.files import check_writable
-    from epsweep.results.formats import FORMATS
+    from epsweep.results.formats import FORMATS, MACHINE_FORMATS
 
     if fmt is not None and fmt not in FORMATS:
         raise UserError(f"{param('format')}: unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
@@ -76,7 +76,7 @@ def output_format(fmt: str | None, output: Path | None) -> tuple[str, str | None
         return fmt or "table", None
     check_writable(output)  # before any training: a bad path must not cost the results
     suffix = output.suffix.lower().lstrip(".")
-    known = suffix in ("csv", "json", "jsonl")
+    known = suffix in MACHINE_FORMATS
     if fmt not in (None, "table", "markdown"):
         if known and suffix != fmt:
             raise UserError(f"{param('format')} {fmt} conflicts with {param('output')} {output.name} "
@@ -128,7 +128,7 @@ def present_records(result, fmt: str, kept: Path | None = None) -> None:
     """Records to stdout in ``fmt`` (table, markdown, csv, json, jsonl; "none": nothing). If
     standard output cannot be written, a UserError says where the results are (``kept``: a file
     holding them already; else they are saved to a temporary file)."""
-    from epsweep.results.formats import render_machine
+    from epsweep.results.formats import MACHINE_FORMATS, render_machine
     from epsweep.views.table import records_markdown, records_table
 
     try:
@@ -137,7 +137,7 @@ def present_records(result, fmt: str, kept: Path | None = None) -> None:
             console.print(records_table(result.records, result.meta, sparklines=True, max_width=console.width))
         elif fmt == "markdown":
             write_stdout(records_markdown(result.records, result.meta))
-        elif fmt in ("csv", "json", "jsonl"):
+        elif fmt in MACHINE_FORMATS:
             write_stdout(render_machine(fmt, result.meta, result.records))
     except BrokenPipeError:
         raise

@@ -61,7 +61,7 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
     """A report to stdout in ``fmt`` and, when asked, atomically to ``output`` (``source``: the
     file reported on; ``force``: replace ``output`` even if it holds other results)."""
     from epsweep.results.files import FileClaim, write_atomic
-    from epsweep.results.formats import render_machine
+    from epsweep.results.formats import HUMAN_FORMATS, MACHINE_FORMATS, render_machine
     from epsweep.results.guard import check_replace
     from epsweep.results.records import setting_key
 
@@ -84,9 +84,9 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
         if not quiet:
             log(f"wrote {len(result.records)} records to {output}")
     try:
-        if fmt in ("table", "markdown"):
+        if fmt in HUMAN_FORMATS:
             show_report(result, fmt)
-        elif fmt in ("csv", "json", "jsonl"):
+        elif fmt in MACHINE_FORMATS:
             write_stdout(text(fmt))
     except BrokenPipeError:
         raise
@@ -177,6 +177,7 @@ def compare(
     Example: epsweep compare optax.jsonl tf1.jsonl --where lr=0.01
     """
     from epsweep.results.compare import compare as compare_results
+    from epsweep.results.formats import MACHINE_FORMATS
     from epsweep.results.reading import read_results
     from epsweep.views.sheet import markdown, rich_table
     from epsweep.views.summaries import compare_sheets
@@ -188,7 +189,7 @@ def compare(
             log(note)
     result = compare_results(*loaded, where=where or ())
     try:
-        if out_fmt in ("csv", "json", "jsonl"):
+        if out_fmt in MACHINE_FORMATS:
             write_stdout({"csv": result.to_csv, "json": result.to_json, "jsonl": result.to_jsonl}[out_fmt]())
             return
         sheets = compare_sheets(result)

@@ -61,7 +61,8 @@ def _setup(runtime, quiet: bool) -> None:
 
 
 def check_resume(resume: bool, output: Path | None, file_fmt: str | None) -> None:
-    """``--resume`` needs a ``.jsonl`` output: said before any data is loaded or JAX imported."""
+    """``--resume`` needs a ``.jsonl`` output: said before any data is loaded or JAX imported
+    (each command checks it right after reading its output options)."""
     if resume and output is None:
         raise UserError(f"{o.flag('resume')} needs {o.flag('output')} FILE.jsonl (the file to resume)")
     if resume and file_fmt != "jsonl":
@@ -81,7 +82,6 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     from epsweep.results.writers import writer_for
     from epsweep.runner import Runner, SweepInterrupted, SweepStopped, WriteFailed
 
-    check_resume(resume, output, file_fmt)
     _setup(runtime, quiet)
     writers = [writer_for(output, file_fmt, resume=resume, force=force)] if output is not None and file_fmt else []
     display = ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal)

@@ -179,7 +179,9 @@ def load_any_dataset(spec: str, val_split: float = 0.2, seed: int = 0, *, target
         if image_size < 1:
             raise UserError(f"{param('image_size')}: {image_size} must be a positive integer")
         x, y, classes = load_image_folder(Path(spec), image_size, progress, warn)
-        return split(spec, x.astype(np.float32) / 255.0, y, val_split, seed, num_classes=len(classes))
+        x = x.astype(np.float32)
+        x /= 255.0  # in place: one float copy of the images, not two
+        return split(spec, x, y, val_split, seed, num_classes=len(classes))
     if image_size is not None:
         raise UserError(f"{param('image_size')} applies to ImageFolder directories only; {spec} is not one")
     name, x, y = load_arrays(spec, targets=targets)

@@ -20,7 +20,7 @@ from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
 from epsweep.engine.programs import TrainState, build_programs
-from epsweep.engine.spec import RunOutputs, TrainSpec
+from epsweep.engine.spec import RunOutputs, TrainSpec, program_shape
 from epsweep.tasks.task import Task
 
 log = logging.getLogger(__name__)
@@ -38,8 +38,7 @@ class Programs(NamedTuple):
     evaluate: Callable  # (state, loss sum, metric sum, x, y, mask of one validation batch) -> the sums + its
     finish: Callable  # (state, loss sum, metric sum, count) -> RunOutputs
     loop_free: bool  # train runs exactly one step per call (t0), the host looping; see build_programs
-    width: int  # settings per call
-    loaded: bool  # True when the lowered programs came from the disk cache (nothing was traced)
+    keep: tuple  # the task's functions, alive while the entry is: their ids are in its key (program_key)
 
 
 # --- compile counting ---------------------------------------------------------------
@@ -111,8 +110,7 @@ def program_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]) -> H
     else:
         functions = ("functions", id(task.init), id(task.loss), id(task.evaluate))
     trainable = None if task.trainable is None else ("trainable", id(task.trainable))
-    layout = (task.loop_free_on_cpu, task.settings_per_cpu_device, task.metric_name)
-    return (functions, trainable, task.data_signature(), layout, spec, tuple(d.id for d in devices))
+    return (functions, trainable, program_shape(task, spec), tuple(d.id for d in devices))
 
 
 # --- compiling ------------------------------------------------------------------------------
@@ -173,7 +171,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         if key in _programs:
             _programs.move_to_end(key)
             return _programs[key]
-    exported, loaded = exports.load_or_export(task, spec, devices, width)
+    exported, _ = exports.load_or_export(task, spec, devices, width)
     shapes = exports.call_shapes(task, spec, devices, width, exported["init"])
     jitted = {
         "init": jax.jit(exported["init"].call, compiler_options=_init_compiler_options(devices)),
@@ -188,8 +186,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         evaluate=ahead.get("evaluate"),
         finish=ahead["finish"],
         loop_free=task.loop_free_on_cpu and devices[0].platform == "cpu",
-        width=width,
-        loaded=loaded,
+        keep=(task.init, task.loss, task.evaluate, task.trainable),  # the programs hold only traces of them
     )
     with _programs_lock:
         _programs[key] = programs

@@ -37,7 +37,7 @@ from jax import export
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from epsweep.engine.spec import HPARAMS, TrainSpec
+from epsweep.engine.spec import HPARAMS, TrainSpec, program_shape
 from epsweep.tasks.task import Task
 
 log = logging.getLogger(__name__)
@@ -73,8 +73,7 @@ def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None
         trainable = f"{task.trainable.__module__}.{task.trainable.__qualname__}"
         if "<locals>" in trainable:
             return None
-    text = repr((FORMAT, task.identity, trainable, task.data_signature(), task.loop_free_on_cpu,
-                 task.settings_per_cpu_device, task.metric_name, spec,
+    text = repr((FORMAT, task.identity, trainable, *program_shape(task, spec),
                  (devices[0].platform, devices[0].device_kind, len(devices)) if devices else None,
                  width, _version("epsweep"), jax.__version__))
     if _ADDRESS.search(text):
@@ -92,7 +91,7 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
     settings and one seed: ``init``'s alone, or, given the exported ``init`` (its outputs are
     the training state), every program's."""
     from epsweep.engine.compiled import CONFIG_AXIS
-    from epsweep.engine.driver import validation_batches
+    from epsweep.engine.driver import validation_batch_size
 
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
@@ -114,10 +113,12 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
     step = _sds((), np.int32, replicated)
     shapes["train"] = (state, h, seeds, step, step, x_train, y_train)
     sums = _sds((1, width), np.float32, runs)
-    x_val, y_val, mask = validation_batches(task, spec.eval_batch_size)
-    if len(x_val):
-        batch = [_sds(a.shape[1:], a.dtype, replicated) for a in (x_val, y_val, mask)]
-        shapes["evaluate"] = (state, sums, sums, *batch)
+    batch = validation_batch_size(task, spec.eval_batch_size)  # the shapes of validation_batches' rows
+    if batch:
+        x_val, y_val = task.data.x_val, task.data.y_val
+        shapes["evaluate"] = (state, sums, sums, _sds((batch, *x_val.shape[1:]), x_val.dtype, replicated),
+                              _sds((batch, *y_val.shape[1:]), y_val.dtype, replicated),
+                              _sds((batch,), np.float32, replicated))
     shapes["finish"] = (state, sums, sums, _sds((), np.float32, replicated))
     return shapes
 

@@ -154,14 +154,6 @@ def _cache_levels() -> list[tuple[int, int, int]]:
     return levels
 
 
-def l2_cache_bytes() -> int:
-    """The CPU's per-core L2 cache size (1 MiB when it cannot be read)."""
-    try:
-        return next(size for level, size, _ in _cache_levels() if level == 2)
-    except (OSError, ValueError, StopIteration):
-        return _DEFAULT_L2
-
-
 def cache_bytes_per_core() -> int:
     """A core's L2 cache plus its share of the last-level (L3) cache: what one core's group
     of settings can keep close. On this project's 2-core AMD EPYC (Zen 5: 1 MiB L2, 32 MiB

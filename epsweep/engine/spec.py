@@ -73,6 +73,13 @@ class RunOutputs(NamedTuple):
     effective_lr: np.ndarray  # median of lr / denominator after the last step
 
 
+def program_shape(task: Task, spec: TrainSpec) -> tuple:
+    """What a task's compiled programs depend on besides its functions and the devices: the
+    data's shapes and dtypes, how it is trained on CPU, its metric and the training spec. One
+    tuple, so the in-memory program key and the on-disk export key never list different things."""
+    return (task.data_signature(), task.loop_free_on_cpu, task.settings_per_cpu_device, task.metric_name, spec)
+
+
 def resolve_spec(task: Task, config: RunConfig, rule: UpdateRule, momentum: bool = True) -> TrainSpec:
     """The engine's static :class:`~epsweep.engine.spec.TrainSpec` for ``rule``: the config's
     steps/epochs/batch size resolved against the task's data and defaults; ``momentum``: whether

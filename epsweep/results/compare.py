@@ -10,12 +10,12 @@ the axes alone, and the comparison says so.
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Sequence
 
 from epsweep.errors import UserError
 from epsweep.results.analysis import metric_of, parse_where, record_fields
-from epsweep.results.formats import plain, to_csv
+from epsweep.results.formats import dumps, to_csv
+from epsweep.results.guard import differences as run_differences
 from epsweep.results.reading import Loaded
 from epsweep.vocabulary import GRID_AXES, SETTING_AXES, SETTING_DEFAULTS, is_number
 
@@ -53,10 +53,10 @@ class Comparison:
                     "b": {"path": str(self.b.path), "meta": self.b.meta},
                     "metrics": self.metrics, "shared": self.rows, "only_a": self.only_a, "only_b": self.only_b,
                     "differences": self.differences, "matched_on": list(self.matched_on)}
-        return json.dumps(plain(document), indent=2, allow_nan=False) + "\n"
+        return dumps(document, indent=2) + "\n"
 
     def to_jsonl(self) -> str:
-        return "".join(json.dumps(plain(row), allow_nan=False) + "\n" for row in self.rows)
+        return "".join(dumps(row) + "\n" for row in self.rows)
 
     def to_csv(self) -> str:
         return to_csv(self.rows, self.fields())
@@ -66,31 +66,6 @@ class Comparison:
         sides = [f"{side}_{m}" for m in self.metrics for side in ("a", "b", "diff")]
         flags = [f"{side}_{flag}" for side in ("a", "b") for flag in ("diverged", "collapsed", "at_chance")]
         return [*SETTING_AXES, *sides, *flags]
-
-
-def _describe_differences(a: dict, b: dict) -> list[str]:
-    """How two run descriptions differ (``steps 100 in A, 200 in B``), a phrase each."""
-    out: list[str] = []
-
-    def walk(x, y, path):
-        if isinstance(x, dict) and isinstance(y, dict):
-            for key in dict.fromkeys([*x, *y]):
-                walk(x.get(key), y.get(key), f"{path}.{key}" if path else str(key))
-            return
-        if x != y:
-            name = path.split(".", 1)[-1] if "." in path else path
-            if name == "data_fingerprint":
-                out.append("the data's contents differ")
-            else:
-                out.append(f"{name} {_short(x)} in A, {_short(y)} in B")
-
-    walk(a, b, "")
-    return out
-
-
-def _short(value) -> str:
-    text = json.dumps(plain(value))
-    return text if len(text) <= 40 else text[:37] + "..."
 
 
 def compare(a: Loaded, b: Loaded, *, where: Sequence[str] = ()) -> Comparison:
@@ -146,5 +121,6 @@ def compare(a: Loaded, b: Loaded, *, where: Sequence[str] = ()) -> Comparison:
         rows.append(row)
     only_b = [r for r in right if match_key(r, axes) not in seen]
     run_a, run_b = a.meta.get("run"), b.meta.get("run")
-    differences = _describe_differences(run_a, run_b) if isinstance(run_a, dict) and isinstance(run_b, dict) else []
+    both = isinstance(run_a, dict) and isinstance(run_b, dict)
+    differences = run_differences(run_a, run_b, sides=("in A", "in B")) if both else []
     return Comparison(a, b, metrics, rows, only_a, only_b, differences, tuple(axes))

@@ -10,12 +10,13 @@ settings the new file keeps, of the same run (the same run description) or of an
 
 from __future__ import annotations
 
-import json
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
 
 from epsweep.errors import UserError, param
+from epsweep.results.formats import plain
+from epsweep.results.meta import short_json
 from epsweep.results.reading import Loaded, read_results
 from epsweep.results.records import SettingKey, setting_key
 
@@ -74,21 +75,17 @@ def refusal(path: Path, problem: str, option: str = "output", hint: str = "") ->
     return UserError(f"{param(option)}: {path} {problem}; add {ways}, or choose another file")
 
 
-def differences(there: Any, here: Any, path: str = "") -> list[str]:
-    """What differs between two run descriptions, one phrase per difference."""
+def differences(there: Any, here: Any, path: str = "", sides: tuple[str, str] = ("in the file", "now")) -> list[str]:
+    """What differs between two run descriptions, one phrase per difference, each value
+    followed by its side's name (``steps 100 in the file, 200 now``)."""
     if isinstance(there, dict) and isinstance(here, dict):
         out = []
         for key in list(dict.fromkeys([*there, *here])):
-            out += differences(there.get(key), here.get(key), f"{path}.{key}" if path else key)
+            out += differences(there.get(key), here.get(key), f"{path}.{key}" if path else key, sides)
         return out
     if there == here:
         return []
-
-    def show(v):
-        text = json.dumps(v)
-        return text if len(text) <= 40 else text[:37] + "..."
-
     name = path.split(".", 1)[-1]  # task.data.train -> data.train, train.steps -> steps
     if name == "data_fingerprint":
         return ["the data's contents differ"]
-    return [f"{name} {show(there)} in the file, {show(here)} now"]
+    return [f"{name} {short_json(plain(there))} {sides[0]}, {short_json(plain(here))} {sides[1]}"]

@@ -8,6 +8,12 @@ from collections.abc import Callable
 from typing import Any
 
 
+def short_json(value: Any) -> str:
+    """``value`` as JSON, cut to 40 characters: how messages quote a file's values."""
+    text = json.dumps(value)
+    return text if len(text) <= 40 else text[:37] + "..."
+
+
 def _whole(value: Any, least: int = 0) -> bool:
     return isinstance(value, int) and not isinstance(value, bool) and value >= least
 
@@ -43,7 +49,5 @@ def clean_meta(meta: dict, where: str) -> tuple[dict, list[str]]:
         if value is None or check is None or check[0](value):
             kept[key] = value
         else:
-            text = json.dumps(value)
-            text = text if len(text) <= 40 else text[:37] + "..."
-            notes.append(f"{where}: ignored meta {key} {text} (expected {check[1]})")
+            notes.append(f"{where}: ignored meta {key} {short_json(value)} (expected {check[1]})")
     return kept, notes

@@ -211,8 +211,6 @@ class JsonlWriter:
         except UserError as error:
             if self.resume:
                 raise
-            if self.force:
-                return None
             reason = error.message.removeprefix(str(self.path)).lstrip(":, ")
             raise refusal(self.path, f"exists and is not epsweep results ({reason})", self.option) from None
 
@@ -222,10 +220,12 @@ class JsonlWriter:
         UserError when the file cannot be resumed, or (without ``resume`` or ``force``) holds
         anything a fresh sweep would lose."""
         self._take_claim()
+        if not self.resume and self.force:
+            return {}  # replaced whatever it holds: nothing to read
         existing = self._read_existing()
         if not self.resume:
-            ours = {setting_key(r) for r in existing.records} & keys if existing is not None else set()
-            if existing is not None and not self.force:
+            if existing is not None:
+                ours = {setting_key(r) for r in existing.records} & keys
                 if existing.meta.get("run") == run and 0 < len(ours) < len(keys):
                     raise UserError(f"{param(self.option)}: {self.path} holds {len(ours)} of {len(keys)} settings "
                                     f"of this run; add {param('resume')} to finish it, {param('force')} to start "

@@ -180,8 +180,12 @@ def inception_task(data: Dataset, options: InceptionOptions = InceptionOptions()
 
 @functools.cache
 def _model_digest() -> str:
-    """A hash of the model's source: features cached by an older model are never reused."""
-    return hashlib.blake2b(Path(inception_model.__file__).read_bytes(), digest_size=8).hexdigest()
+    """A hash of the model's source and of this module (the preprocessing and the feature
+    extraction): features cached by an older version of either are never reused."""
+    digest = hashlib.blake2b(digest_size=8)
+    for source in (inception_model.__file__, __file__):
+        digest.update(Path(source).read_bytes())
+    return digest.hexdigest()
 
 
 def _split_head(tree: dict) -> tuple[dict, dict]:

@@ -23,7 +23,7 @@ from epsweep.numbers import column, show
 from epsweep.results.analysis import metric_of
 from epsweep.results.files import check_writable, write_atomic
 from epsweep.results.records import axis_notation, rank_key
-from epsweep.views.table import varying_axes
+from epsweep.views.table import rule_name, varying_axes
 from epsweep.views.titles import held_axes, run_title
 from epsweep.vocabulary import HIGHER_IS_BETTER, OPTIMIZER_NAMES, axis_title, label
 
@@ -46,11 +46,6 @@ def _matplotlib():
     return Figure, FigureCanvasAgg, colors, ScalarMappable
 
 
-def _rule(record: dict) -> str:
-    optimizer = str(record.get("optimizer"))
-    return f"{optimizer} {record.get('convention')}" if optimizer == "rmsprop" else optimizer
-
-
 def _order(value):
     return (0, value, "") if isinstance(value, (int, float)) else (1, 0, str(value))
 
@@ -70,11 +65,12 @@ class _Layout:
         self.records = records
         self.notation = axis_notation(records, meta)
         rank = {name: i for i, name in enumerate(OPTIMIZER_NAMES)}
-        self.rules = sorted({_rule(r) for r in records}, key=lambda rule: (rank.get(rule.split()[0], 9), rule))
+        rules = {rule_name(r, True) for r in records}
+        self.rules = sorted(rules, key=lambda rule: (rank.get(rule.split()[0], 9), rule))
         self.varying = [a for a in varying_axes(records) if a != "eps"]
         self.panels: dict[tuple, list[dict]] = {}
         for record in records:
-            key = (*(record.get(a) for a in self.varying), _rule(record))
+            key = (*(record.get(a) for a in self.varying), rule_name(record, True))
             self.panels.setdefault(key, []).append(record)
         used = sorted({r["eps"] for r in records if r.get("eps") is not None})
         self.eps_values = used + ([None] if any(r.get("eps") is None for r in records) else [])  # None: sgd
@@ -213,7 +209,7 @@ def _heatmaps(fig, layout: _Layout, metric: str, colors, ScalarMappable, ncols: 
     higher = metric in HIGHER_IS_BETTER
     grids = {}
     for rule in layout.rules:
-        records = [r for r in layout.records if _rule(r) == rule]
+        records = [r for r in layout.records if rule_name(r, True) == rule]
         eps_values = [e for e in layout.eps_values if any(r.get("eps") == e for r in records)]
         grids[rule] = (eps_values, _best_grid(records, layout, metric, eps_values))
     values = np.concatenate([g[np.isfinite(g)] for _, g in grids.values()])
