@@ -237,6 +237,25 @@ def test_a_different_model_never_reuses_a_compiled_program(mlp_task, build):
     assert again.meta["compilations"] == 0 and again.records[0]["final_loss"] == first.records[0]["final_loss"]
 
 
+def test_a_cached_program_keeps_alive_the_functions_its_key_names(mlp_task):
+    """A hand-built task's programs are keyed by the ids of its functions: while the programs
+    are cached, those functions stay alive, so no other model's functions can take their ids
+    (and with them a stale program) after the task is gone."""
+    import gc
+    import weakref
+
+    from epsweep.config import RunConfig
+    from epsweep.grid import Grid
+    from epsweep.runner import sweep
+
+    task = width_task(4, mlp_task.data)
+    sweep(task, Grid(eps=(1e-8,), lr=(1e-2,)), RunConfig(steps=5, batch_size=8))
+    refs = [weakref.ref(f) for f in (task.init, task.loss, task.evaluate)]
+    del task
+    gc.collect()
+    assert all(ref() is not None for ref in refs)
+
+
 def _spec(task):
     from epsweep.config import RunConfig
     from epsweep.runner import resolve_spec
