@@ -208,7 +208,9 @@ class CompiledAhead:
         self._done = threading.Event()
         self._compiled: Any = None
         self._error: BaseException | None = None
-        threading.Thread(target=self._compile, args=(args,), name="epsweep-compile", daemon=True).start()
+        # not a daemon: Python ends daemon threads abruptly at exit, and one inside XLA's compiler
+        # then aborts the process; an exit waits for a compilation still running instead
+        threading.Thread(target=self._compile, args=(args,), name="epsweep-compile", daemon=False).start()
 
     def _compile(self, args: tuple) -> None:
         try:
