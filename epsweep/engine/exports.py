@@ -16,6 +16,7 @@ programs' pytrees, registered for serialization before reading) and one member p
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import importlib
 import importlib.metadata
@@ -62,6 +63,18 @@ def _version(package: str) -> str:
         return "unknown"
 
 
+@functools.cache
+def source_digest() -> str:
+    """A hash of epsweep's own source files. Part of every stored program's key, so a program
+    traced by other code is never reused: an edited checkout keeps its version number."""
+    root = Path(__file__).resolve().parents[1]
+    digest = hashlib.sha256()
+    for path in sorted(root.rglob("*.py")):
+        digest.update(path.relative_to(root).as_posix().encode())
+        digest.update(path.read_bytes())
+    return digest.hexdigest()[:20]
+
+
 def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None, width: int | None) -> str | None:
     """A hash of what the lowered programs depend on, the same in every process; None when the
     task's identity (or its trainable rule) has no process-independent text. Without
@@ -75,7 +88,7 @@ def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None
             return None
     text = repr((FORMAT, task.identity, trainable, *program_shape(task, spec),
                  (devices[0].platform, devices[0].device_kind, len(devices)) if devices else None,
-                 width, _version("epsweep"), jax.__version__))
+                 width, _version("epsweep"), source_digest(), jax.__version__))
     if _ADDRESS.search(text):
         return None
     return hashlib.sha256(text.encode()).hexdigest()[:40]

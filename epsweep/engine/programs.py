@@ -71,6 +71,24 @@ def _flat(tree: Any) -> jax.Array:
     return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
 
 
+def _is_kernel(path: tuple, leaf: Any, lead: int) -> bool:
+    """A dense layer's weight matrix (named ``kernel``, as in flax linen and NNX), seen with
+    ``lead`` leading run axes."""
+    return jnp.ndim(leaf) == lead + 2 and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
+
+
+def _swap_kernels(tree: Any, lead: int = 0) -> Any:
+    """``tree`` with every dense kernel's two matrix axes swapped: (in, out) <-> (out, in).
+
+    Inside the training loop kernels (and their optimizer statistics) are kept as (out, in).
+    The settings of a seed share a minibatch, so XLA computes a first layer's gradient for
+    all of them as one matrix product, whose natural result is (settings x out, in); kept as
+    (in, out), every optimizer update read it transposed, element by element. The model sees
+    (in, out) as always: the swap is a layout, and XLA folds it into the matrix products."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.swapaxes(leaf, -1, -2) if _is_kernel(path, leaf, lead) else leaf, tree)
+
+
 def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(_flat(tree))))
 
@@ -92,6 +110,12 @@ class _Plan:
     n_train: int
     batches_per_epoch: int
     diagnostic_every: int
+
+    @property
+    def kernels_swapped(self) -> bool:
+        """Whether a step sees its kernels as (out, in) (:func:`_swap_kernels`): inside the
+        training loop, not in a loop-free program (one step per call: the swap would copy)."""
+        return not self.loop_free
 
     @property
     def has_data(self) -> bool:
@@ -175,9 +199,12 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool | 
     diagnostics: measured when ``measure`` is True, not when False, and on the sampled steps
     (a branch on the shared step) when None."""
     spec = plan.spec
+    params = _swap_kernels(carry.params) if plan.kernels_swapped else carry.params
     (loss, model_state), grads = jax.value_and_grad(plan.task.loss, has_aux=True)(
-        carry.params, carry.model_state, xb, yb, rng
+        params, carry.model_state, xb, yb, rng
     )
+    if plan.kernels_swapped:
+        grads = _swap_kernels(grads)
     if spec.clip_norm is not None:
         grad_norm = _global_norm(grads)
         factor = jnp.minimum(1.0, spec.clip_norm / jnp.maximum(grad_norm, 1e-30))
@@ -260,6 +287,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
 
     if plan.loop_free:
         return step(t0, state), t0 + 1
+    state = _swapped_layout(state)
     every, first = plan.diagnostic_every, (spec.steps - 1) % plan.diagnostic_every  # measured: t % every == first
     per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
 
@@ -279,7 +307,15 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         return state, jnp.where(at_measured, measured + 1, stop)
 
     state, _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, (state, t0))
-    return state, t1
+    return _swapped_layout(state), t1
+
+
+def _swapped_layout(state: TrainState) -> TrainState:
+    """The state with its kernels and their optimizer statistics in the other layout
+    (:func:`_swap_kernels`); every leaf has a leading (S, G) block."""
+    runs = state.runs
+    return TrainState(runs._replace(params=_swap_kernels(runs.params, 2), opt_state=_swap_kernels(runs.opt_state, 2)),
+                      state.order)
 
 
 def _evaluate(plan: _Plan, state: TrainState, loss_sum, metric_sum, xb, yb, mb):

@@ -1,0 +1,63 @@
+"""Programs kept on disk (jax.export beside the compilation cache) and the kernel layout inside
+the training loop: a stored program is reused only by the same code, shapes and devices, and
+a damaged file is a miss; the layout swap touches dense kernels only and undoes itself."""
+
+import jax
+import numpy as np
+import pytest
+
+from epsweep.engine import exports
+from epsweep.engine.programs import _swap_kernels
+from epsweep.engine.spec import TrainSpec
+
+SPEC = TrainSpec(steps=4, batch_size=8, curve_points=2)
+
+
+@pytest.fixture
+def export_folder(tmp_path, monkeypatch):
+    monkeypatch.setattr(exports, "export_dir", lambda: tmp_path)
+    return tmp_path
+
+
+def test_stored_programs_read_back_as_exported(mlp_task, export_folder):
+    devices = jax.devices()[:1]
+    fresh, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)
+    assert not loaded and len(list(export_folder.glob("*.zip"))) == 1
+    again, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)
+    assert loaded and set(again) == set(fresh) == set(exports.PROGRAMS)
+    for name in fresh:
+        assert again[name].mlir_module() == fresh[name].mlir_module(), name
+
+
+def test_a_stored_program_is_keyed_by_the_code_that_traced_it(mlp_task, monkeypatch):
+    devices = jax.devices()[:1]
+    key = exports.stable_key(mlp_task, SPEC, devices, 2)
+    assert key == exports.stable_key(mlp_task, SPEC, devices, 2)
+    assert key != exports.stable_key(mlp_task, SPEC, devices, 4)  # another width
+    monkeypatch.setattr(exports, "source_digest", lambda: "an edited checkout")
+    assert key != exports.stable_key(mlp_task, SPEC, devices, 2)
+
+
+def test_a_damaged_stored_program_is_a_miss_and_replaced(mlp_task, export_folder):
+    devices = jax.devices()[:1]
+    exports.load_or_export(mlp_task, SPEC, devices, 2)
+    (path,) = export_folder.glob("*.zip")
+    path.write_bytes(b"not a zip")
+    programs, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)
+    assert not loaded and set(programs) == set(exports.PROGRAMS)
+    assert exports.load_or_export(mlp_task, SPEC, devices, 2)[1]  # the rewritten file reads
+
+
+def test_kernel_swap_touches_dense_kernels_only_and_undoes_itself():
+    runs = (1, 3)  # (S, G)
+    tree = {"Dense_0": {"kernel": np.zeros((*runs, 4, 5)), "bias": np.zeros((*runs, 5))},
+            "Embed_0": {"embedding": np.zeros((*runs, 6, 2))},
+            "Conv_0": {"kernel": np.zeros((*runs, 3, 3, 1, 2))}}
+    swapped = _swap_kernels(tree, lead=2)
+    assert swapped["Dense_0"]["kernel"].shape == (*runs, 5, 4)
+    assert swapped["Dense_0"]["bias"].shape == (*runs, 5)
+    assert swapped["Embed_0"]["embedding"].shape == (*runs, 6, 2)
+    assert swapped["Conv_0"]["kernel"].shape == (*runs, 3, 3, 1, 2)
+    values = np.arange(3 * 4 * 5.0).reshape(*runs, 4, 5)
+    back = _swap_kernels(_swap_kernels({"kernel": values}, lead=2), lead=2)["kernel"]
+    np.testing.assert_array_equal(back, values)
