@@ -171,15 +171,15 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         if key in _programs:
             _programs.move_to_end(key)
             return _programs[key]
-    exported, _ = exports.load_or_export(task, spec, devices, width)
-    shapes = exports.call_shapes(task, spec, devices, width, exported["init"])
-    jitted = {
-        "init": jax.jit(exported["init"].call, compiler_options=_init_compiler_options(devices)),
-        "train": jax.jit(exported["train"].call, donate_argnums=0),
-        "evaluate": jax.jit(exported["evaluate"].call) if "evaluate" in exported else None,
-        "finish": jax.jit(exported["finish"].call),
-    }
-    ahead = {name: CompiledAhead(function, shapes[name]) for name, function in jitted.items() if function is not None}
+    ahead: dict[str, CompiledAhead] = {}
+
+    def start(name: str, program: Any, args: tuple) -> None:
+        """Compile a program in a thread of its own as soon as it is traced (or read back)."""
+        options = _init_compiler_options(devices) if name == "init" else None
+        donate = (0,) if name == "train" else ()  # the state: train returns the next one
+        ahead[name] = CompiledAhead(jax.jit(program.call, compiler_options=options, donate_argnums=donate), args)
+
+    exports.load_or_export(task, spec, devices, width, on_program=start)
     programs = Programs(
         init=ahead["init"],
         train=ahead["train"],
@@ -197,11 +197,12 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
 
 class CompiledAhead:
     """A jitted program whose compilation (or load from the persistent cache) starts at once,
-    in a thread of its own, for the call shapes ``args``: the four programs of a sweep then
-    compile at the same time (XLA does not hold Python's lock while it compiles: Inception-v3
-    at 75 x 75, 33 s one after another, 26 s at once, on this project's 2-core machine), and
-    a call skips jit's dispatch and lowering. A call whose arguments differ from ``args`` (in
-    shape, dtype or sharding) goes through the jitted function as before."""
+    in a thread of its own, for the call shapes ``args``. The four programs of a sweep then
+    compile at the same time, each from the moment it is traced, while the next one traces
+    (XLA does not hold Python's lock while it compiles: Inception-v3 at 75 x 75, 33 s one
+    after another, 26 s at once, on this project's 2-core machine), and a call skips jit's
+    dispatch and lowering. A call whose arguments differ from ``args`` (in shape, dtype or
+    sharding) goes through the jitted function as before."""
 
     def __init__(self, jitted: Callable, args: tuple) -> None:
         self.jitted = jitted

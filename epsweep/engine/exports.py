@@ -27,7 +27,7 @@ import os
 import re
 import tempfile
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -136,15 +136,26 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
     return shapes
 
 
-def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int) -> dict[str, export.Exported]:
-    """Trace and export the four programs at their call shapes (one seed, ``width`` settings)."""
+OnProgram = Callable[[str, export.Exported, tuple], None]  # (name, program, its call shapes)
+
+
+def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int,
+            on_program: OnProgram | None = None) -> dict[str, export.Exported]:
+    """Trace and export the four programs at their call shapes (one seed, ``width`` settings),
+    ``init`` first (its outputs give the others' shapes), then ``train``; ``on_program`` is
+    called as each is ready, so that its compilation can start while the next traces."""
     from epsweep.engine.compiled import sharded_programs
 
     jitted = sharded_programs(task, spec, devices)
-    out = {"init": export.export(jitted["init"])(*call_shapes(task, spec, devices, width)["init"])}
+    shapes = call_shapes(task, spec, devices, width)
+    out = {"init": export.export(jitted["init"])(*shapes["init"])}
+    if on_program is not None:
+        on_program("init", out["init"], shapes["init"])
     for name, args in call_shapes(task, spec, devices, width, out["init"]).items():
         if name != "init":
             out[name] = export.export(jitted[name])(*args)
+            if on_program is not None:
+                on_program(name, out[name], args)
     return out
 
 
@@ -220,19 +231,26 @@ def _load(path: Path) -> dict[str, export.Exported]:
                 for name in PROGRAMS if name in archive.namelist()}
 
 
-def load_or_export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device],
-                   width: int) -> tuple[dict[str, export.Exported], bool]:
+def load_or_export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int,
+                   on_program: OnProgram | None = None) -> tuple[dict[str, export.Exported], bool]:
     """The exported programs, read from the disk cache when it holds them (second value True),
-    else traced now and, when they can be, saved there."""
+    else traced now and, when they can be, saved there. ``on_program(name, program, call
+    shapes)`` is called for each program as soon as it is ready (``init`` first)."""
     key = stable_key(task, spec, devices, width)
     folder = export_dir()
     path = folder / f"{key}.zip" if key is not None and folder is not None else None
     if path is not None and path.is_file():
         try:
-            return _load(path), True
+            loaded = _load(path)
         except Exception as error:  # noqa: BLE001 - a damaged or foreign file is a miss, never a failure
             log.debug("ignoring exported programs %s: %s", path, error)
-    exported = _export(task, spec, devices, width)
+        else:
+            if on_program is not None:
+                shapes = call_shapes(task, spec, devices, width, loaded["init"])
+                for name, program in loaded.items():
+                    on_program(name, program, shapes[name])
+            return loaded, True
+    exported = _export(task, spec, devices, width, on_program)
     if path is not None:
         try:
             _save(path, exported)

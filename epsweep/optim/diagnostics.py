@@ -149,7 +149,42 @@ def effective_lr_median(terms: DenominatorTerms, learning_rate: jax.Array, where
     denominators, masks = _selected(terms.denominator, where)
     values = jnp.concatenate([jnp.ravel(learning_rate / d) for d in denominators])
     selected = jnp.concatenate([jnp.ravel(m) for m in masks])
-    return jnp.nanmedian(jnp.where(selected, values, jnp.nan))
+    return nanmedian(jnp.where(selected, values, jnp.nan))
+
+
+def _order_key(x: jax.Array) -> jax.Array:
+    """float32 -> uint32 with the same order (negatives reversed, then above every negative)."""
+    bits = jax.lax.bitcast_convert_type(x.astype(jnp.float32), jnp.uint32)
+    return jnp.where(bits >> 31 == 1, ~bits, bits | jnp.uint32(1 << 31))
+
+
+def _from_order_key(key: jax.Array) -> jax.Array:
+    bits = jnp.where(key >> 31 == 1, key & jnp.uint32(0x7FFFFFFF), ~key)
+    return jax.lax.bitcast_convert_type(bits, jnp.float32)
+
+
+def nanmedian(values: jax.Array) -> jax.Array:
+    """``jnp.nanmedian`` of a float32 vector without sorting it: the middle order statistics
+    found by bisection over their bit patterns (32 counting passes), then the mean of the two
+    middle values as ``jnp.nanmedian`` takes it (0.5 a + 0.5 b). XLA's CPU sort is slow: for
+    32 settings of the 9,610-parameter MLP, 50 ms a call against a few ms for this."""
+    valid = ~jnp.isnan(values)
+    keys = _order_key(values)
+    n = jnp.sum(valid, dtype=jnp.int32)
+    k = jnp.maximum(n - 1, 0) // 2  # the lower middle, 0-based
+
+    def halve(_, bounds):
+        lo, hi = bounds
+        mid = lo + (hi - lo) // 2
+        enough = jnp.sum(valid & (keys <= mid), dtype=jnp.int32) > k
+        return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
+
+    low_key, _ = jax.lax.fori_loop(0, 32, halve, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+    low = _from_order_key(low_key)
+    at_most_low = jnp.sum(valid & (keys <= low_key), dtype=jnp.int32)
+    above = jnp.min(jnp.where(valid & (keys > low_key), keys, jnp.uint32(0xFFFFFFFF)), initial=jnp.uint32(0xFFFFFFFF))
+    high = jnp.where((n % 2 == 1) | (at_most_low > k + 1), low, _from_order_key(above))
+    return jnp.where(n > 0, low * 0.5 + high * 0.5, jnp.nan).astype(jnp.float32)
 
 
 def eps_diagnostics(
