@@ -194,10 +194,11 @@ def _learning_rate(plan: _Plan, hc, t):
     return hc["lr"] * spec.lr_decay_rate ** jnp.floor(t / spec.lr_decay_steps)
 
 
-def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool | None = None) -> _Carry:
-    """One step of one run: gradient (clipped), update, divergence, the loss curve and the eps
-    diagnostics: measured when ``measure`` is True, not when False, and on the sampled steps
-    (a branch on the shared step) when None."""
+def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -> tuple[_Carry, Any]:
+    """One step of one run: gradient (clipped), update, divergence and the loss curve; returns
+    the new carry and the gradient. With ``measure``, the eps diagnostics too, on the sampled
+    steps (a branch on the shared step); without, the caller measures them after the step
+    (:func:`_measured_after`)."""
     spec = plan.spec
     params = _swap_kernels(carry.params) if plan.kernels_swapped else carry.params
     (loss, model_state), grads = jax.value_and_grad(plan.task.loss, has_aux=True)(
@@ -225,19 +226,25 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool | 
     diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
     curve_sum = carry.curve_sum.at[t * spec.points // spec.steps].add(jnp.where(keep, loss, jnp.nan))
     eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
-    if plan.has_denominator and measure is not False:
-        if measure:
-            eps_dom = _measure(plan, carry, grads, opt_state, keep, t)
-        else:  # t is shared by every run, so under vmap this stays a branch
-            eps_dom = jax.lax.cond(plan.measured(t), lambda _: _measure(plan, carry, grads, opt_state, keep, t),
-                                   lambda _: eps_dom, None)
-    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom)
+    if plan.has_denominator and measure:  # t is shared by every run, so under vmap this stays a branch
+        eps_dom = jax.lax.cond(plan.measured(t), lambda _: _measure(plan, carry, grads, opt_state, keep, t),
+                               lambda _: eps_dom, None)
+    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom), grads
+
+
+def _measured_after(plan: _Plan, carry: _Carry, grads, t) -> _Carry:
+    """The carry after step ``t`` (taken without measuring) with the eps diagnostics of that
+    step, from its gradient ``grads``: the step left them as they were, and the run kept the
+    step exactly when it is still alive."""
+    eps_dom = _measure(plan, carry, grads, carry.opt_state, carry.diverged_step < 0, t)
+    return carry._replace(eps_dom_sum=eps_dom[0], eps_dom_steps=eps_dom[1], eps_dom_last=eps_dom[2],
+                          effective_lr=eps_dom[3])
 
 
 def _measure(plan: _Plan, carry: _Carry, grads, opt_state, keep, t) -> tuple:
     """The eps diagnostics after this step, over the parameters the gradient moves: the
     eps-dominated share (summed for the mean, and the latest), and at the last step the
-    median effective step lr / denominator (a sort)."""
+    median effective step lr / denominator."""
     spec = plan.spec
     moving = _flat(moving_parameters(grads, plan.trainable))
     terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
@@ -256,18 +263,21 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     """Steps ``t0 .. t1 - 1`` of every run (just ``t0`` when loop-free); returns the state and
     the step reached.
 
-    Looping, the steps between two measurements of the eps diagnostics (every
-    ``diagnostic_every`` steps, the last step among them) run in an inner loop with no branch
-    in its body, and each measured step after it: a branch inside every step would cost XLA's
-    CPU backend about a tenth of the step time even when not taken."""
+    Looping, the steps run in an inner loop with no branch in its body (a branch inside every
+    step costs XLA's CPU backend about a tenth of the step time even when not taken) that
+    carries the last step's gradient. It stops at each sampled step of the eps diagnostics
+    (every ``diagnostic_every`` steps, the last step among them) and at each epoch's start;
+    the diagnostics are then measured from the state and that gradient. The step's code
+    appears once in the program: a second copy for the measured steps took about 40% of the
+    train program's compile time."""
     spec, n_train = plan.spec, plan.n_train
 
     def new_order(t, order):
         epoch = t // plan.batches_per_epoch
         return jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train)
 
-    def step(t, state, measure=None, order_branch=True):
-        runs, order = state
+    def step(t, carry, measure=False, order_branch=True):
+        (runs, order), _ = carry
         if plan.has_data:
             position = t % plan.batches_per_epoch
             if order_branch:  # a new epoch: a new order (shared predicate, a real branch)
@@ -283,30 +293,36 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
             one_step = functools.partial(_train_step, plan, measure=measure)
             return jax.vmap(one_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
 
-        return TrainState(jax.vmap(per_seed)(runs, index, seeds), order)
+        runs, grads = jax.vmap(per_seed)(runs, index, seeds)
+        return TrainState(runs, order), grads
 
     if plan.loop_free:
-        return step(t0, state), t0 + 1
+        return step(t0, (state, None), measure=True)[0], t0 + 1
     state = _swapped_layout(state)
     every, first = plan.diagnostic_every, (spec.steps - 1) % plan.diagnostic_every  # measured: t % every == first
     per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
 
+    def measured_after(state, grads, t):
+        after = functools.partial(_measured_after, plan, t=t)
+        return TrainState(jax.vmap(jax.vmap(after))(state.runs, grads), state.order)
+
     def block(carry):
-        """Plain steps up to the next measured step or epoch start (no branch in the inner
-        loop's body), then the measured step if that came first."""
-        state, t = carry
+        """Steps up to the next sampled step (included), epoch start or ``t1``, then the
+        diagnostics if the sampled step was reached."""
+        (state, grads), t = carry
         measured = t + (first - t) % every
         epoch_end = (t // per_epoch + 1) * per_epoch
-        stop = jnp.minimum(jnp.minimum(measured, epoch_end), t1)
+        stop = jnp.minimum(jnp.minimum(measured + 1, epoch_end), t1)
         if plan.has_data:  # the block starts a new epoch: its order, once
             state = jax.lax.cond((t % per_epoch == 0) & (t > 0) & (t < stop),
                                  lambda s: TrainState(s.runs, new_order(t, s.order)), lambda s: s, state)
-        state = jax.lax.fori_loop(t, stop, functools.partial(step, measure=False, order_branch=False), state)
-        at_measured = (stop == measured) & (measured < t1)
-        state = jax.lax.cond(at_measured, lambda s: step(measured, s, measure=True), lambda s: s, state)
-        return state, jnp.where(at_measured, measured + 1, stop)
+        state, grads = jax.lax.fori_loop(t, stop, functools.partial(step, order_branch=False), (state, grads))
+        if plan.has_denominator:
+            state = jax.lax.cond(stop == measured + 1, lambda s: measured_after(s, grads, measured), lambda s: s, state)
+        return (state, grads), stop
 
-    state, _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, (state, t0))
+    grads = jax.tree.map(jnp.zeros_like, state.runs.params)  # the last step's gradient, carried
+    (state, _), _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, ((state, grads), t0))
     return _swapped_layout(state), t1
 
 
