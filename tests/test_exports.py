@@ -59,5 +59,21 @@ def test_kernel_swap_touches_dense_kernels_only_and_undoes_itself():
     assert swapped["Embed_0"]["embedding"].shape == (*runs, 6, 2)
     assert swapped["Conv_0"]["kernel"].shape == (*runs, 3, 3, 1, 2)
     values = np.arange(3 * 4 * 5.0).reshape(*runs, 4, 5)
+    np.testing.assert_array_equal(_swap_kernels({"kernel": values}, lead=2)["kernel"], values.swapaxes(-1, -2))
     back = _swap_kernels(_swap_kernels({"kernel": values}, lead=2), lead=2)["kernel"]
     np.testing.assert_array_equal(back, values)
+
+
+def test_kernel_swap_reaches_optimizer_statistics_and_nnx_parameters():
+    """The optimizer's statistics mirror the parameters inside optax's NamedTuple states
+    (attribute keys), and NNX parameters sit under a ``value`` attribute: both are swapped."""
+    import optax
+    from flax import nnx
+
+    params = {"Dense_0": {"kernel": np.ones((4, 5)), "bias": np.ones(5)}}
+    state = optax.rmsprop(1e-3).init(params)
+    swapped = _swap_kernels(state)
+    shapes = [leaf.shape for leaf in jax.tree.leaves(swapped) if np.ndim(leaf) == 2]
+    assert shapes == [(5, 4)]  # the second moment of the kernel
+    _, nnx_params, _ = nnx.split(nnx.Linear(4, 5, rngs=nnx.Rngs(0)), nnx.Param, ...)
+    assert sorted(leaf.shape for leaf in jax.tree.leaves(_swap_kernels(nnx_params))) == [(5,), (5, 4)]

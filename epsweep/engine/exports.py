@@ -65,8 +65,9 @@ def _version(package: str) -> str:
 
 @functools.cache
 def source_digest() -> str:
-    """A hash of epsweep's own source files. Part of every stored program's key, so a program
-    traced by other code is never reused: an edited checkout keeps its version number."""
+    """A hash of epsweep's own source files. Part of every stored program's key (with the
+    versions of epsweep, JAX, optax and flax), so a program traced by other code is not
+    reused: an edited checkout keeps its version number."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
     for path in sorted(root.rglob("*.py")):
@@ -88,7 +89,7 @@ def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None
             return None
     text = repr((FORMAT, task.identity, trainable, *program_shape(task, spec),
                  (devices[0].platform, devices[0].device_kind, len(devices)) if devices else None,
-                 width, _version("epsweep"), source_digest(), jax.__version__))
+                 width, _version("epsweep"), source_digest(), jax.__version__, _version("optax"), _version("flax")))
     if _ADDRESS.search(text):
         return None
     return hashlib.sha256(text.encode()).hexdigest()[:40]

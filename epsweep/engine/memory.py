@@ -3,7 +3,8 @@ device can hold, and the chunk size that follows.
 
 The estimate is made from shapes alone (nothing is compiled): the training state of one
 configuration (parameters, model state, optimizer state) counted three times (the carried
-state, the new state, and the copy kept for runs that diverge), plus every intermediate value
+state, the new state, and the last step's gradient, carried to the steps where the eps
+diagnostics are measured), plus every intermediate value
 of one training step (the gradient and activations) or of one evaluation batch, whichever is
 larger. XLA frees and fuses most intermediates, so this is an upper bound in practice.
 """
@@ -27,7 +28,7 @@ from epsweep.optim import make_optimizer
 log = logging.getLogger(__name__)
 
 STATE_COPIES = 3
-CACHE_STATE_COPIES = 4  # state, gradient, new state, kept copy: what one step streams through
+CACHE_STATE_COPIES = 4  # state, gradient, new state, carried gradient: what one step streams through
 MEMORY_SHARE = 0.5  # of what a device has free, the share a sweep plans to use
 CPU_MIN_PER_DEVICE = 4  # below this, per-call overheads dominate on CPU
 MAX_PER_DEVICE = 1024  # wider calls gain nothing on any device measured; padding a small grid costs

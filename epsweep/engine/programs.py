@@ -204,12 +204,12 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -
     (loss, model_state), grads = jax.value_and_grad(plan.task.loss, has_aux=True)(
         params, carry.model_state, xb, yb, rng
     )
-    if plan.kernels_swapped:
-        grads = _swap_kernels(grads)
-    if spec.clip_norm is not None:
+    if spec.clip_norm is not None:  # before the swap: the norm sums in the model's layout, as loop-free
         grad_norm = _global_norm(grads)
         factor = jnp.minimum(1.0, spec.clip_norm / jnp.maximum(grad_norm, 1e-30))
         grads = jax.tree.map(lambda g: g * factor, grads)
+    if plan.kernels_swapped:
+        grads = _swap_kernels(grads)
     opt_state = carry.opt_state
     opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": _learning_rate(plan, hc, t)})
     updates, opt_state = plan.update_rule.update(grads, opt_state, carry.params)
@@ -294,7 +294,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
             return jax.vmap(one_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
 
         runs, grads = jax.vmap(per_seed)(runs, index, seeds)
-        return TrainState(runs, order), grads
+        return TrainState(runs, order), grads if plan.has_denominator else None  # sgd measures nothing
 
     if plan.loop_free:
         return step(t0, (state, None), measure=True)[0], t0 + 1
@@ -314,14 +314,15 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         epoch_end = (t // per_epoch + 1) * per_epoch
         stop = jnp.minimum(jnp.minimum(measured + 1, epoch_end), t1)
         if plan.has_data:  # the block starts a new epoch: its order, once
-            state = jax.lax.cond((t % per_epoch == 0) & (t > 0) & (t < stop),
+            state = jax.lax.cond((t % per_epoch == 0) & (t > 0),
                                  lambda s: TrainState(s.runs, new_order(t, s.order)), lambda s: s, state)
         state, grads = jax.lax.fori_loop(t, stop, functools.partial(step, order_branch=False), (state, grads))
         if plan.has_denominator:
             state = jax.lax.cond(stop == measured + 1, lambda s: measured_after(s, grads, measured), lambda s: s, state)
         return (state, grads), stop
 
-    grads = jax.tree.map(jnp.zeros_like, state.runs.params)  # the last step's gradient, carried
+    # the last step's gradient, carried to the measured steps (sgd measures nothing)
+    grads = jax.tree.map(jnp.zeros_like, state.runs.params) if plan.has_denominator else None
     (state, _), _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, ((state, grads), t0))
     return _swapped_layout(state), t1
 
