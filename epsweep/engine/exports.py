@@ -56,7 +56,9 @@ def export_dir() -> Path | None:
     return None if cache is None else cache.parent / f"{cache.name}-exports"
 
 
-def _version(package: str) -> str:
+@functools.cache
+def package_version(package: str) -> str:
+    """An installed package's version ("unknown" when it has no metadata), looked up once."""
     try:
         return importlib.metadata.version(package)
     except importlib.metadata.PackageNotFoundError:
@@ -89,7 +91,8 @@ def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None
             return None
     text = repr((FORMAT, task.identity, trainable, *program_shape(task, spec),
                  (devices[0].platform, devices[0].device_kind, len(devices)) if devices else None,
-                 width, _version("epsweep"), source_digest(), jax.__version__, _version("optax"), _version("flax")))
+                 width, package_version("epsweep"), source_digest(), jax.__version__, package_version("optax"),
+                 package_version("flax")))
     if _ADDRESS.search(text):
         return None
     return hashlib.sha256(text.encode()).hexdigest()[:40]
@@ -232,14 +235,24 @@ def _load(path: Path) -> dict[str, export.Exported]:
                 for name in PROGRAMS if name in archive.namelist()}
 
 
+def _stored(name: str, task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None,
+            width: int | None) -> Path | None:
+    """The file ``name`` (``{}`` standing for the :func:`stable_key`) in :func:`export_dir`;
+    None when nothing is stored (no cache, or no stable key). The key is only computed, and
+    the sources only hashed, when there is a folder to store in."""
+    folder = export_dir()
+    if folder is None:
+        return None
+    key = stable_key(task, spec, devices, width)
+    return None if key is None else folder / name.format(key)
+
+
 def load_or_export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int,
                    on_program: OnProgram | None = None) -> tuple[dict[str, export.Exported], bool]:
     """The exported programs, read from the disk cache when it holds them (second value True),
     else traced now and, when they can be, saved there. ``on_program(name, program, call
     shapes)`` is called for each program as soon as it is ready (``init`` first)."""
-    key = stable_key(task, spec, devices, width)
-    folder = export_dir()
-    path = folder / f"{key}.zip" if key is not None and folder is not None else None
+    path = _stored("{}.zip", task, spec, devices, width)
     if path is not None and path.is_file():
         try:
             loaded = _load(path)
@@ -265,9 +278,7 @@ def cached_estimate(task: Task, spec: TrainSpec, compute) -> Any:
     exported programs under the task's stable key so that a warm start does not trace."""
     from epsweep.engine.memory import Estimate
 
-    key = stable_key(task, spec, None, None)
-    folder = export_dir()
-    path = folder / f"{key}.estimate.json" if key is not None and folder is not None else None
+    path = _stored("{}.estimate.json", task, spec, None, None)
     if path is not None and path.is_file():
         try:
             fields = json.loads(path.read_text())

@@ -18,7 +18,6 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
-import importlib.metadata
 import math
 import threading
 import time
@@ -33,6 +32,7 @@ from jax.sharding import PartitionSpec as P
 
 from epsweep.data.dataset import Dataset
 from epsweep.engine.devices import broadcast, is_primary
+from epsweep.engine.exports import package_version
 from epsweep.tasks.task import Features, Task
 
 BATCH_AXIS = "batch"  # the mesh axis a batch of inputs is split across
@@ -140,12 +140,7 @@ def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | 
     if features is None or features.identity is None or task.data is None:
         return None
     local = _local(devices)
-    versions = []
-    for package in _VERSIONED:
-        try:
-            versions.append(importlib.metadata.version(package))
-        except importlib.metadata.PackageNotFoundError:
-            versions.append("unknown")
+    versions = [package_version(package) for package in _VERSIONED]
     digest = hashlib.blake2b(digest_size=16)
     digest.update(repr((KEY_FORMAT, features.identity, batch_width(features, local), len(local),
                         local[0].platform, local[0].device_kind, versions)).encode())

@@ -125,10 +125,10 @@ class _Plan:
     def has_denominator(self) -> bool:
         return self.spec.optimizer != "sgd"
 
-    def measured(self, t) -> jax.Array:
-        """Whether the eps diagnostics are measured at step ``t``: every ``diagnostic_every``
-        steps counted back from the last, which is always among them."""
-        return (self.spec.steps - 1 - t) % self.diagnostic_every == 0
+    def next_measured(self, t) -> jax.Array:
+        """The first step from ``t`` on at which the eps diagnostics are measured: every
+        ``diagnostic_every`` steps counted back from the last, which is always among them."""
+        return t + (self.spec.steps - 1 - t) % self.diagnostic_every
 
     def optimizer(self, hc: dict) -> Any:
         spec = self.spec
@@ -227,7 +227,7 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -
     curve_sum = carry.curve_sum.at[t * spec.points // spec.steps].add(jnp.where(keep, loss, jnp.nan))
     eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
     if plan.has_denominator and measure:  # t is shared by every run, so under vmap this stays a branch
-        eps_dom = jax.lax.cond(plan.measured(t), lambda _: _measure(plan, carry, grads, opt_state, keep, t),
+        eps_dom = jax.lax.cond(plan.next_measured(t) == t, lambda _: _measure(plan, carry, grads, opt_state, keep, t),
                                lambda _: eps_dom, None)
     return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom), grads
 
@@ -276,11 +276,13 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         epoch = t // plan.batches_per_epoch
         return jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train)
 
-    def step(t, carry, measure=False, order_branch=True):
+    def step(t, carry):
+        """One step of every run; loop-free, with the epoch's new order and the diagnostics
+        (branches on the shared step), which the loop below takes care of between steps."""
         (runs, order), _ = carry
         if plan.has_data:
             position = t % plan.batches_per_epoch
-            if order_branch:  # a new epoch: a new order (shared predicate, a real branch)
+            if plan.loop_free:  # a new epoch: a new order (shared predicate, a real branch)
                 order = jax.lax.cond((position == 0) & (t > 0), lambda: new_order(t, order), lambda: order)
             index = jax.lax.dynamic_slice_in_dim(order, position * spec.batch_size, spec.batch_size, 1)
         else:
@@ -290,16 +292,15 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
             xb = x_train[index_s] if plan.has_data else None
             yb = y_train[index_s] if plan.has_data else None
             rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
-            one_step = functools.partial(_train_step, plan, measure=measure)
+            one_step = functools.partial(_train_step, plan, measure=plan.loop_free)
             return jax.vmap(one_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
 
         runs, grads = jax.vmap(per_seed)(runs, index, seeds)
         return TrainState(runs, order), grads if plan.has_denominator else None  # sgd measures nothing
 
     if plan.loop_free:
-        return step(t0, (state, None), measure=True)[0], t0 + 1
+        return step(t0, (state, None))[0], t0 + 1
     state = _swapped_layout(state)
-    every, first = plan.diagnostic_every, (spec.steps - 1) % plan.diagnostic_every  # measured: t % every == first
     per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
 
     def measured_after(state, grads, t):
@@ -310,13 +311,13 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         """Steps up to the next sampled step (included), epoch start or ``t1``, then the
         diagnostics if the sampled step was reached."""
         (state, grads), t = carry
-        measured = t + (first - t) % every
+        measured = plan.next_measured(t)
         epoch_end = (t // per_epoch + 1) * per_epoch
         stop = jnp.minimum(jnp.minimum(measured + 1, epoch_end), t1)
         if plan.has_data:  # the block starts a new epoch: its order, once
             state = jax.lax.cond((t % per_epoch == 0) & (t > 0),
                                  lambda s: TrainState(s.runs, new_order(t, s.order)), lambda s: s, state)
-        state, grads = jax.lax.fori_loop(t, stop, functools.partial(step, order_branch=False), (state, grads))
+        state, grads = jax.lax.fori_loop(t, stop, step, (state, grads))
         if plan.has_denominator:
             state = jax.lax.cond(stop == measured + 1, lambda s: measured_after(s, grads, measured), lambda s: s, state)
         return (state, grads), stop
