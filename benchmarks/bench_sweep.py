@@ -397,7 +397,19 @@ def machine() -> dict:
     gpu = shutil.which("nvidia-smi")
     gpus = subprocess.run([gpu, "-L"], capture_output=True, text=True).stdout.strip() if gpu else ""
     return {"cpu": model, "cores": len(os.sched_getaffinity(0)), "memory_gib": round(mem / 1024**2, 1),
-            "gpus": gpus or None, "python": sys.version.split()[0]}
+            "gpus": gpus or None, "python": sys.version.split()[0], **import_time()}
+
+
+def import_time() -> dict:
+    """What every contender that uses JAX pays before its first line of work: ``import jax`` in
+    a fresh process (best of three), with the ml_dtypes release it loads (0.7.0 alone took
+    0.5-0.6 s to import on this project's machine)."""
+    import importlib.metadata
+
+    code = "import time; t = time.perf_counter(); import jax; print(time.perf_counter() - t)"
+    best = min(float(subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                                    check=True).stdout) for _ in range(3))
+    return {"import_jax_s": round(best, 3), "ml_dtypes": importlib.metadata.version("ml_dtypes")}
 
 
 def summarize(report: dict) -> dict:
@@ -456,7 +468,8 @@ def table(report: dict) -> str:
              + (f", {m['gpus']}" if m["gpus"] else "")
              + f"; matmul peak {report['matmul_peak']['peak_gflops']:.1f} GFLOP/s"
              + (f", memory {report['memory']['bandwidth_gbs']:.1f} GB/s" if report.get("memory") else "")
-             + f"; load {report['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after",
+             + f"; load {report['load_before'][0]:.1f} before, {report['load_after'][0]:.1f} after"
+             + (f"; import jax {m['import_jax_s']:.2f} s (ml_dtypes {m['ml_dtypes']})" if "import_jax_s" in m else ""),
              f"workload: mlp on digits, batch {BATCH}, {STEPS} steps, eps log-spaced, 1 seed; "
              f"{FLOP_PER_SETTING_STEP:,} FLOP per setting-step", "",
              "end to end (process start to final numbers)"]
