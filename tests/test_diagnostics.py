@@ -375,6 +375,43 @@ def test_engine_diagnostics_match_a_numpy_run(quadratic_task, optimizer, eps, lr
     assert diverged["diverged"] and diverged["eps_dominated"] is None and diverged["effective_lr"] is None
 
 
+@pytest.mark.parametrize("loop_free", [False, True])
+def test_engine_diagnostics_count_only_parameters_that_move(loop_free):
+    """x trains (f = x^2 + |y|^2); the four y are frozen (their gradient is not zero: their
+    statistic grows, their effective lr is the lowest); the two z train but their gradient is
+    always zero (their effective lr is the highest). The share and the median effective lr are
+    over x alone (counting either group moves the median off x); the median comes from the
+    final state (in ``finish``) and the last step's moving parameters, whichever way the
+    steps were driven."""
+    from epsweep.engine.driver import train_runs
+    from epsweep.engine.spec import TrainSpec
+    from epsweep.tasks.task import Task
+
+    def init(rng):
+        return {"x": jnp.float32(-4.5), "y": jnp.full(4, 3.0, jnp.float32), "z": jnp.ones(2, jnp.float32)}, {}
+
+    def loss(params, state, x, y, rng):
+        return params["x"] ** 2 + jnp.sum(params["y"] ** 2), state
+
+    task = Task("three", init, loss, None, None, metric_name=None, loop_free_on_cpu=loop_free,
+                trainable=lambda params: {"x": True, "y": False, "z": True})
+    steps, lr, decay = 40, 0.5, 0.9  # eps 10: 80% of the measured steps eps-dominated, eps 1: 30%; the
+    eps = np.array([10.0, 1.0])  # statistic stays >= 0.4% away from eps, so float32 agrees exactly
+    h = {"eps": eps, "lr": np.full(2, lr), "decay": np.full(2, decay), "momentum": np.zeros(2)}
+    out = train_runs(task, TrainSpec(steps=steps, batch_size=1, curve_points=4), h, np.array([0]))
+    for j, e in enumerate(eps):  # float64 NumPy, optax's rmsprop: nu = decay nu + (1 - decay) g^2
+        x, nu_x, every, shares = -4.5, 0.0, max(1, steps // DIAGNOSTIC_POINTS), []
+        for t in range(steps):
+            g = 2 * x
+            nu_x = decay * nu_x + (1 - decay) * g * g
+            x -= lr * g / np.sqrt(nu_x + e)
+            if (steps - 1 - t) % every == 0:
+                shares.append(float(e > nu_x))
+        assert out.eps_dominated[0, j] == pytest.approx(shares[-1])
+        assert out.eps_dominated_mean[0, j] == pytest.approx(np.mean(shares), abs=1e-6)
+        assert out.effective_lr[0, j] == pytest.approx(lr / np.sqrt(nu_x + e), rel=1e-4)
+
+
 def test_eps_one_dominates_and_tiny_eps_does_not_on_digits(mlp_task):
     """The folklore in numbers: at lr 1e-3 an eps of 1 is (almost) the whole denominator of every
     parameter, so the step is lr / sqrt(v + 1) ~ lr; an eps of 1e-8 is almost nowhere."""

@@ -11,7 +11,8 @@ minibatch also turns the first layer of every setting into one wide matrix produ
   minibatch order;
 - ``train``: steps ``t0 .. t1 - 1`` of every run at once (its state donated and returned);
 - ``evaluate``: one validation batch, added to running sums;
-- ``finish``: validation loss and metric, the loss curve and the diagnostics.
+- ``finish``: validation loss and metric, the loss curve and the diagnostics (the effective
+  lr's median among them, from the final state and the last step's moving parameters).
 
 A run whose loss becomes non-finite is reported as diverged at that step (``diverged_step``;
 an update that overflows shows in the next step's loss, or for the last step in the final
@@ -48,7 +49,7 @@ class _Carry(NamedTuple):
     eps_dom_sum: jax.Array  # sum over measured steps of the eps-dominated share
     eps_dom_steps: jax.Array  # how many steps that sum holds
     eps_dom_last: jax.Array  # the share at the last measured step
-    effective_lr: jax.Array  # median lr / denominator after the last step
+    moving: jax.Array  # (P,) bool, flat: the parameters the latest step's gradient moved (see _finish)
 
 
 class TrainState(NamedTuple):
@@ -94,8 +95,9 @@ def _global_norm(tree: Any) -> jax.Array:
 
 
 def _all_finite(tree: Any) -> jax.Array:
-    """Whether every element of a pytree is finite (one boolean reduction per leaf)."""
-    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(leaf)) for leaf in jax.tree.leaves(tree)]))
+    """Whether every element of a pytree is finite: one reduction over :func:`_flat` (a
+    reduction per leaf took Inception-v3's finish program 1 s to trace and longer to compile)."""
+    return jnp.all(jnp.isfinite(_flat(tree)))
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -175,15 +177,30 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
         init_key = jax.random.fold_in(jax.random.key(seed), 0)
         params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
 
+        moving = jnp.zeros(_moving_size(plan, params), bool)
+
         def init_config(hc):
             return _Carry(params, model_state, plan.optimizer(hc).init(params), jnp.int32(-1), jnp.zeros(points),
-                          jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), jnp.float32(jnp.nan))
+                          jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), moving)
 
         return jax.vmap(init_config)(h)
 
     runs = jax.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
     order = jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, jnp.int32(0), plan.n_train)
     return TrainState(runs, order)
+
+
+def _moving_size(plan: _Plan, params) -> int:
+    """Elements of the carried moving mask: every parameter, or none when nothing is measured (sgd)."""
+    return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params)) if plan.has_denominator else 0
+
+
+def _moving(plan: _Plan, grads) -> jax.Array:
+    """The parameters a gradient moves (:func:`~epsweep.optim.moving_parameters`), flat, in
+    the model's layout; empty when nothing is measured."""
+    if not plan.has_denominator:
+        return jnp.zeros(0, bool)
+    return _flat(moving_parameters(grads, plan.trainable))
 
 
 def _learning_rate(plan: _Plan, hc, t):
@@ -225,38 +242,41 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -
     params = optax.apply_updates(carry.params, updates)
     diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
     curve_sum = carry.curve_sum.at[t * spec.points // spec.steps].add(jnp.where(keep, loss, jnp.nan))
-    eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last, carry.effective_lr)
+    eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last)
+    moving = carry.moving
     if plan.has_denominator and measure:  # t is shared by every run, so under vmap this stays a branch
-        eps_dom = jax.lax.cond(plan.next_measured(t) == t, lambda _: _measure(plan, carry, grads, opt_state, keep, t),
+        # its inputs flattened outside it, every step: a branch that flattens the hundreds of
+        # arrays itself took XLA's CPU backend 3-4 s of CPU longer to compile for Inception-v3
+        moving, terms = _moving(plan, grads), _flat_stat(plan, opt_state)
+        eps_dom = jax.lax.cond(plan.next_measured(t) == t, lambda _: _measure(carry, moving, terms, keep),
                                lambda _: eps_dom, None)
-    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom), grads
+    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom, moving), grads
 
 
-def _measured_after(plan: _Plan, carry: _Carry, grads, t) -> _Carry:
-    """The carry after step ``t`` (taken without measuring) with the eps diagnostics of that
-    step, from its gradient ``grads``: the step left them as they were, and the run kept the
-    step exactly when it is still alive."""
-    eps_dom = _measure(plan, carry, grads, carry.opt_state, carry.diverged_step < 0, t)
-    return carry._replace(eps_dom_sum=eps_dom[0], eps_dom_steps=eps_dom[1], eps_dom_last=eps_dom[2],
-                          effective_lr=eps_dom[3])
+def _measured_after(plan: _Plan, carry: _Carry, grads) -> _Carry:
+    """The carry after a step (taken without measuring) with the eps diagnostics of that step,
+    from its gradient ``grads``: the step left them as they were, and the run kept the step
+    exactly when it is still alive."""
+    terms = _flat_stat(plan, carry.opt_state)
+    eps_dom = _measure(carry, _moving(plan, grads), terms, carry.diverged_step < 0)
+    return carry._replace(eps_dom_sum=eps_dom[0], eps_dom_steps=eps_dom[1], eps_dom_last=eps_dom[2])
 
 
-def _measure(plan: _Plan, carry: _Carry, grads, opt_state, keep, t) -> tuple:
-    """The eps diagnostics after this step, over the parameters the gradient moves: the
-    eps-dominated share (summed for the mean, and the latest), and at the last step the
-    median effective step lr / denominator."""
+def _flat_stat(plan: _Plan, opt_state):
+    """The optimizer's denominator terms with the statistic eps is compared with flat."""
     spec = plan.spec
-    moving = _flat(moving_parameters(grads, plan.trainable))
     terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
-    terms = terms._replace(stat=_flat(terms.stat), denominator=_flat(terms.denominator))
+    return terms._replace(stat=_flat(terms.stat))
+
+
+def _measure(carry: _Carry, moving, terms, keep) -> tuple:
+    """The eps-dominated share after this step over the ``moving`` parameters (flat; ``terms``
+    with a flat statistic): summed for the mean, and the latest. (The effective lr's median is
+    taken once, in _finish.)"""
     share = eps_dominated_share(terms, moving)
     counted = keep & jnp.isfinite(share)  # NaN when no parameter moved
-    effective_lr = jax.lax.cond(
-        t == spec.steps - 1,
-        lambda _: effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving),
-        lambda _: carry.effective_lr, None)
     return (carry.eps_dom_sum + jnp.where(counted, share, 0.0), carry.eps_dom_steps + counted,
-            jnp.where(keep, share, carry.eps_dom_last), jnp.where(keep, effective_lr, carry.effective_lr))
+            jnp.where(keep, share, carry.eps_dom_last))
 
 
 def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
@@ -303,9 +323,8 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     state = _swapped_layout(state)
     per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
 
-    def measured_after(state, grads, t):
-        after = functools.partial(_measured_after, plan, t=t)
-        return TrainState(jax.vmap(jax.vmap(after))(state.runs, grads), state.order)
+    def measured_after(state, grads):
+        return TrainState(jax.vmap(jax.vmap(functools.partial(_measured_after, plan)))(state.runs, grads), state.order)
 
     def block(carry):
         """Steps up to the next sampled step (included), epoch start or ``t1``, then the
@@ -319,13 +338,17 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
                                  lambda s: TrainState(s.runs, new_order(t, s.order)), lambda s: s, state)
         state, grads = jax.lax.fori_loop(t, stop, step, (state, grads))
         if plan.has_denominator:
-            state = jax.lax.cond(stop == measured + 1, lambda s: measured_after(s, grads, measured), lambda s: s, state)
+            state = jax.lax.cond(stop == measured + 1, lambda s: measured_after(s, grads), lambda s: s, state)
         return (state, grads), stop
 
     # the last step's gradient, carried to the measured steps (sgd measures nothing)
     grads = jax.tree.map(jnp.zeros_like, state.runs.params) if plan.has_denominator else None
-    (state, _), _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, ((state, grads), t0))
-    return _swapped_layout(state), t1
+    (state, grads), _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, ((state, grads), t0))
+    state = _swapped_layout(state)
+    if plan.has_denominator:  # the last step's moving parameters, for the effective lr (in _finish)
+        moving = jax.vmap(jax.vmap(lambda g: _moving(plan, g)))(_swap_kernels(grads, 2))
+        state = TrainState(state.runs._replace(moving=jnp.where(t1 > t0, moving, state.runs.moving)), state.order)
+    return state, t1
 
 
 def _swapped_layout(state: TrainState) -> TrainState:
@@ -346,6 +369,14 @@ def _evaluate(plan: _Plan, state: TrainState, loss_sum, metric_sum, xb, yb, mb):
     return loss_sum + losses, metric_sum + metric
 
 
+def _effective_lr(plan: _Plan, opt_state, moving) -> jax.Array:
+    """Median lr / denominator of one run over the ``moving`` parameters (flat)."""
+    spec = plan.spec
+    terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
+    terms = terms._replace(denominator=_flat(terms.denominator))
+    return effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving)
+
+
 def _finish(plan: _Plan, state: TrainState, loss_sum, metric_sum, count) -> RunOutputs:
     """Validation loss and metric (means over ``count`` examples), the loss curve (mean per
     segment of steps), and the eps diagnostics; NaN where a task has no such number."""
@@ -363,7 +394,10 @@ def _finish(plan: _Plan, state: TrainState, loss_sum, metric_sum, count) -> RunO
     else:
         val_loss = val_accuracy = jnp.full(final_loss.shape, jnp.nan)
     if plan.has_denominator:
-        effective_lr = runs.effective_lr
+        # the last step's median lr / denominator over the parameters it moved, for a run that kept
+        # that step (its diverged_step, before the final-parameters check above, is still -1)
+        effective_lr = jnp.where(state.runs.diverged_step < 0, jax.vmap(jax.vmap(
+            functools.partial(_effective_lr, plan)))(runs.opt_state, runs.moving), jnp.nan)
         eps_dominated = runs.eps_dom_last
         eps_dominated_mean = runs.eps_dom_sum / runs.eps_dom_steps
     else:
