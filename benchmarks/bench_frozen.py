@@ -219,7 +219,7 @@ def measure(args) -> dict:
                      "epochs": args.epochs, "grid": args.grid, "small_grid": args.small_grid,
                      "small_epochs": args.small_epochs, "batch": BATCH, "lr": LR, "decay": DECAY,
                      "head": f"GAP -> Dense({HIDDEN}, ReLU) -> Dense(classes)", "base": "frozen, inference mode"},
-        "machine": machine(), "load_before": os.getloadavg(), "rows": []}
+        "load_before": os.getloadavg(), "machine": machine(), "rows": []}  # the load before machine() times imports
     _log(f"machine: {report['machine']['cpu']}; {args.images} images of {args.image_size}x{args.image_size}")
     env = {"EPSWEEP_COMPILE_CACHE": str(work / "jax"), "EPSWEEP_FEATURE_CACHE": str(work / "features")}
 

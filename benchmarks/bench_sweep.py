@@ -312,9 +312,10 @@ def measure(args) -> dict:
     data = load_dataset("digits", 0.2, 0)
     data_path = work / "digits-split.npz"
     np.savez(data_path, x_train=data.x_train, y_train=data.y_train, x_val=data.x_val, y_val=data.y_val)
+    load_before = os.getloadavg()  # before machine() starts its import-timing processes
     report: dict = {"workload": {"task": "mlp", "data": "digits 1438/359", "steps": STEPS, "batch": BATCH,
                                  "lr": LR, "decay": DECAY, "flop_per_setting_step": FLOP_PER_SETTING_STEP},
-                    "machine": machine(), "load_before": os.getloadavg(), "rows": [], "steady": []}
+                    "load_before": load_before, "machine": machine(), "rows": [], "steady": []}
     peak = run_process(_worker_cmd("peak", 1, 1, data_path))
     report["matmul_peak"] = _last_json(peak["stdout"])
     _log(f"matmul peak: {report['matmul_peak']['peak_gflops']:.1f} GFLOP/s")

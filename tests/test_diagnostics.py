@@ -375,41 +375,55 @@ def test_engine_diagnostics_match_a_numpy_run(quadratic_task, optimizer, eps, lr
     assert diverged["diverged"] and diverged["eps_dominated"] is None and diverged["effective_lr"] is None
 
 
-@pytest.mark.parametrize("loop_free", [False, True])
-def test_engine_diagnostics_count_only_parameters_that_move(loop_free):
-    """x trains (f = x^2 + |y|^2); the four y are frozen (their gradient is not zero: their
-    statistic grows, their effective lr is the lowest); the two z train but their gradient is
-    always zero (their effective lr is the highest). The share and the median effective lr are
-    over x alone (counting either group moves the median off x); the median comes from the
-    final state (in ``finish``) and the last step's moving parameters, whichever way the
-    steps were driven."""
+@pytest.mark.parametrize("loop_free, several_calls", [(False, False), (False, True), (True, False)])
+def test_engine_diagnostics_count_only_parameters_that_move(loop_free, several_calls):
+    """Which parameters the eps diagnostics count: those that train and whose gradient at that
+    step is not zero. f = 3x + c . k[0] + |y|^2 + relu(w): x and the first row of the dense
+    kernel k train (the looping program keeps kernels transposed); the four y are frozen
+    (their gradient is not zero, their statistic grows); k's second row and z train with a
+    zero gradient; w moves until it crosses 0, then its gradient is 0. Counting any of these
+    wrongly moves the share or the median effective lr, which ``finish`` takes from the final
+    state and the last step's moving parameters: after one call or one per step."""
+    from epsweep.engine.compiled import compiled_programs
     from epsweep.engine.driver import train_runs
     from epsweep.engine.spec import TrainSpec
     from epsweep.tasks.task import Task
 
+    c = np.array([1.0, 2.0, 0.5])
+
     def init(rng):
-        return {"x": jnp.float32(-4.5), "y": jnp.full(4, 3.0, jnp.float32), "z": jnp.ones(2, jnp.float32)}, {}
+        return {"x": jnp.float32(-4.5), "k": {"kernel": jnp.ones((2, 3), jnp.float32)},
+                "y": jnp.full(4, 3.0, jnp.float32), "z": jnp.ones(2, jnp.float32), "w": jnp.float32(1.0)}, {}
 
     def loss(params, state, x, y, rng):
-        return params["x"] ** 2 + jnp.sum(params["y"] ** 2), state
+        return (3 * params["x"] + jnp.dot(c, params["k"]["kernel"][0]) + jnp.sum(params["y"] ** 2)
+                + jax.nn.relu(params["w"])), state
 
-    task = Task("three", init, loss, None, None, metric_name=None, loop_free_on_cpu=loop_free,
-                trainable=lambda params: {"x": True, "y": False, "z": True})
-    steps, lr, decay = 40, 0.5, 0.9  # eps 10: 80% of the measured steps eps-dominated, eps 1: 30%; the
-    eps = np.array([10.0, 1.0])  # statistic stays >= 0.4% away from eps, so float32 agrees exactly
+    task = Task("moving", init, loss, None, None, metric_name=None, loop_free_on_cpu=loop_free,
+                trainable=lambda params: {"x": True, "k": {"kernel": True}, "y": False, "z": True, "w": True})
+    steps, lr, decay = 40, 0.5, 0.9
+    spec = TrainSpec(steps=steps, batch_size=1, curve_points=4)
+    if jax.devices()[0].platform == "cpu":
+        assert compiled_programs(task, spec).loop_free == loop_free
+    eps = np.array([10.0, 1.0])
     h = {"eps": eps, "lr": np.full(2, lr), "decay": np.full(2, decay), "momentum": np.zeros(2)}
-    out = train_runs(task, TrainSpec(steps=steps, batch_size=1, curve_points=4), h, np.array([0]))
+    out = train_runs(task, spec, h, np.array([0]), progress=(lambda done, total: None) if several_calls else None)
     for j, e in enumerate(eps):  # float64 NumPy, optax's rmsprop: nu = decay nu + (1 - decay) g^2
-        x, nu_x, every, shares = -4.5, 0.0, max(1, steps // DIAGNOSTIC_POINTS), []
+        w, nu, nu_w, every, shares = 1.0, np.zeros(4), 0.0, max(1, steps // DIAGNOSTIC_POINTS), []
+        g = np.array([3.0, *c])  # x and k's first row: constant gradients
         for t in range(steps):
-            g = 2 * x
-            nu_x = decay * nu_x + (1 - decay) * g * g
-            x -= lr * g / np.sqrt(nu_x + e)
+            g_w = 1.0 if w > 0 else 0.0
+            nu = decay * nu + (1 - decay) * g**2
+            nu_w = decay * nu_w + (1 - decay) * g_w**2
+            w -= lr * g_w / np.sqrt(nu_w + e)
+            stats = np.append(nu, nu_w) if g_w else nu
+            assert np.min(np.abs(stats - e)) > 1e-3 * e  # float32 compares like float64 here
             if (steps - 1 - t) % every == 0:
-                shares.append(float(e > nu_x))
+                shares.append(np.mean(e > stats))
+        assert w < 0 and (e == 10.0 or 0 < shares[-1] < np.mean(shares) < 1)  # w stopped; eps 1: the share falls
         assert out.eps_dominated[0, j] == pytest.approx(shares[-1])
         assert out.eps_dominated_mean[0, j] == pytest.approx(np.mean(shares), abs=1e-6)
-        assert out.effective_lr[0, j] == pytest.approx(lr / np.sqrt(nu_x + e), rel=1e-4)
+        assert out.effective_lr[0, j] == pytest.approx(np.median(lr / np.sqrt(nu + e)), rel=1e-5)
 
 
 def test_eps_one_dominates_and_tiny_eps_does_not_on_digits(mlp_task):

@@ -2,9 +2,10 @@
 device can hold, and the chunk size that follows.
 
 The estimate is made from shapes alone (nothing is compiled): the training state of one
-configuration (parameters, model state, optimizer state) counted three times (the carried
-state, the new state, and the last step's gradient, carried to the steps where the eps
-diagnostics are measured), plus every intermediate value
+configuration (parameters, model state, optimizer state, and the one-byte-per-parameter
+mask of the parameters the last step moved, from which ``finish`` takes the median effective
+lr) counted three times (the carried state, the new state, and the last step's gradient,
+carried to the steps where the eps diagnostics are measured), plus every intermediate value
 of one training step (the gradient and activations) or of one evaluation batch, whichever is
 larger. XLA frees and fuses most intermediates, so this is an upper bound in practice.
 """
@@ -23,6 +24,7 @@ import jax
 import numpy as np
 
 from epsweep.engine.devices import available_cores
+from epsweep.engine.programs import moving_mask_size
 from epsweep.optim import make_optimizer
 
 log = logging.getLogger(__name__)
@@ -106,9 +108,9 @@ def _estimate(task: Any, spec: Any) -> Estimate:
     else:
         step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, None, None, key)
         work = _jaxpr_bytes(step.jaxpr)
-    # the carried mask of the last step's moving parameters (one byte each; not for sgd): it
-    # goes with the state from call to call, but no step of a training loop streams through it
-    moving = sum(int(np.prod(leaf.shape)) for leaf in jax.tree.leaves(params)) if spec.optimizer != "sgd" else 0
+    # the mask of the parameters the last step moved (one byte each): it goes with the state from
+    # call to call, but no step of a training loop streams through it (not in ``state``)
+    moving = moving_mask_size(params, spec.optimizer)
     return Estimate(per_config=STATE_COPIES * (state + moving) + work, state=state, fixed=fixed)
 
 

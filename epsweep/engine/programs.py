@@ -49,7 +49,7 @@ class _Carry(NamedTuple):
     eps_dom_sum: jax.Array  # sum over measured steps of the eps-dominated share
     eps_dom_steps: jax.Array  # how many steps that sum holds
     eps_dom_last: jax.Array  # the share at the last measured step
-    moving: jax.Array  # (P,) bool, flat: the parameters the latest step's gradient moved (see _finish)
+    moving: jax.Array  # (P,) bool, flat: the parameters the last step taken so far moved (see _finish)
 
 
 class TrainState(NamedTuple):
@@ -177,7 +177,7 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
         init_key = jax.random.fold_in(jax.random.key(seed), 0)
         params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
 
-        moving = jnp.zeros(_moving_size(plan, params), bool)
+        moving = jnp.zeros(moving_mask_size(params, plan.spec.optimizer), bool)
 
         def init_config(hc):
             return _Carry(params, model_state, plan.optimizer(hc).init(params), jnp.int32(-1), jnp.zeros(points),
@@ -190,9 +190,10 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
     return TrainState(runs, order)
 
 
-def _moving_size(plan: _Plan, params) -> int:
-    """Elements of the carried moving mask: every parameter, or none when nothing is measured (sgd)."""
-    return sum(int(np.size(leaf)) for leaf in jax.tree.leaves(params)) if plan.has_denominator else 0
+def moving_mask_size(params, optimizer: str) -> int:
+    """Elements of a run's moving mask (:class:`_Carry`): one per parameter, none for sgd (it
+    has no denominator: no eps diagnostics)."""
+    return 0 if optimizer == "sgd" else sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params))
 
 
 def _moving(plan: _Plan, grads) -> jax.Array:
@@ -320,7 +321,10 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
 
     if plan.loop_free:
         return step(t0, (state, None))[0], t0 + 1
+    # the moving mask stays out of the loops (a step never reads it): set once, after them
+    moving_before = state.runs.moving
     state = _swapped_layout(state)
+    state = TrainState(state.runs._replace(moving=jnp.zeros((*moving_before.shape[:2], 0), bool)), state.order)
     per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
 
     def measured_after(state, grads):
@@ -345,10 +349,10 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     grads = jax.tree.map(jnp.zeros_like, state.runs.params) if plan.has_denominator else None
     (state, grads), _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, ((state, grads), t0))
     state = _swapped_layout(state)
+    moving = moving_before
     if plan.has_denominator:  # the last step's moving parameters, for the effective lr (in _finish)
-        moving = jax.vmap(jax.vmap(lambda g: _moving(plan, g)))(_swap_kernels(grads, 2))
-        state = TrainState(state.runs._replace(moving=jnp.where(t1 > t0, moving, state.runs.moving)), state.order)
-    return state, t1
+        moving = jnp.where(t1 > t0, jax.vmap(jax.vmap(lambda g: _moving(plan, g)))(_swap_kernels(grads, 2)), moving)
+    return TrainState(state.runs._replace(moving=moving), state.order), t1
 
 
 def _swapped_layout(state: TrainState) -> TrainState:
