@@ -197,10 +197,7 @@ def moving_mask_size(params, optimizer: str) -> int:
 
 
 def _moving(plan: _Plan, grads) -> jax.Array:
-    """The parameters a gradient moves (:func:`~epsweep.optim.moving_parameters`), flat, in
-    the model's layout; empty when nothing is measured."""
-    if not plan.has_denominator:
-        return jnp.zeros(0, bool)
+    """The parameters a gradient moves (:func:`~epsweep.optim.moving_parameters`), flat."""
     return _flat(moving_parameters(grads, plan.trainable))
 
 
@@ -248,7 +245,7 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -
     if plan.has_denominator and measure:  # t is shared by every run, so under vmap this stays a branch
         # its inputs flattened outside it, every step: a branch that flattens the hundreds of
         # arrays itself took XLA's CPU backend 3-4 s of CPU longer to compile for Inception-v3
-        moving, terms = _moving(plan, grads), _flat_stat(plan, opt_state)
+        moving, terms = _share_inputs(plan, grads, opt_state)
         eps_dom = jax.lax.cond(plan.next_measured(t) == t, lambda _: _measure(carry, moving, terms, keep),
                                lambda _: eps_dom, None)
     return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom, moving), grads
@@ -258,16 +255,17 @@ def _measured_after(plan: _Plan, carry: _Carry, grads) -> _Carry:
     """The carry after a step (taken without measuring) with the eps diagnostics of that step,
     from its gradient ``grads``: the step left them as they were, and the run kept the step
     exactly when it is still alive."""
-    terms = _flat_stat(plan, carry.opt_state)
-    eps_dom = _measure(carry, _moving(plan, grads), terms, carry.diverged_step < 0)
+    moving, terms = _share_inputs(plan, grads, carry.opt_state)
+    eps_dom = _measure(carry, moving, terms, carry.diverged_step < 0)
     return carry._replace(eps_dom_sum=eps_dom[0], eps_dom_steps=eps_dom[1], eps_dom_last=eps_dom[2])
 
 
-def _flat_stat(plan: _Plan, opt_state):
-    """The optimizer's denominator terms with the statistic eps is compared with flat."""
+def _share_inputs(plan: _Plan, grads, opt_state) -> tuple:
+    """What the eps-dominated share is taken over: the parameters ``grads`` moves, flat, and
+    the optimizer's denominator terms with the statistic eps is compared with flat."""
     spec = plan.spec
     terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
-    return terms._replace(stat=_flat(terms.stat))
+    return _moving(plan, grads), terms._replace(stat=_flat(terms.stat))
 
 
 def _measure(carry: _Carry, moving, terms, keep) -> tuple:
