@@ -156,6 +156,18 @@ def test_plan_width_follows_the_budget_never_the_grid(mlp_task, monkeypatch):
     assert memory.plan_width(one_at_a_time, SETTINGS, devices) == 2
 
 
+@pytest.mark.parametrize("levels, expected_mib", [
+    ([(1, 48 << 10, 1), (2, 1 << 20, 1), (3, 32 << 20, 2)], 1 + 16),  # Zen 5 guest: L3 shared by 2
+    ([(1, 48 << 10, 1), (2, 2 << 20, 1), (3, 480 << 20, 2)], 2 + 16),  # Xeon guest reporting its host's L3: capped
+    ([(1, 48 << 10, 1), (2, 2 << 20, 1), (3, 105 << 20, 56)], 2 + 105 / 56),  # a whole 56-core Xeon
+    ([(1, 32 << 10, 1)], 1),  # no L2 reported: the default L2, no L3
+])
+def test_cache_per_core_is_l2_plus_a_plausible_l3_share(levels, expected_mib, monkeypatch):
+    """A core's cache: its L2 plus its share of L3, never more L3 than a core can have to itself."""
+    monkeypatch.setattr(memory, "_cache_levels", lambda: levels)
+    assert memory.cache_bytes_per_core() == pytest.approx(expected_mib * 2**20, rel=1e-6)
+
+
 def test_auto_chunks_equal_one_chunk(mlp_task, monkeypatch):
     """A grid larger than the budget allows is trained in several calls, with the same results."""
     h = hparams(5)

@@ -35,6 +35,12 @@ MEMORY_SHARE = 0.5  # of what a device has free, the share a sweep plans to use
 CPU_MIN_PER_DEVICE = 4  # below this, per-call overheads dominate on CPU
 MAX_PER_DEVICE = 1024  # wider calls gain nothing on any device measured; padding a small grid costs
 _DEFAULT_L2 = 1024**2
+# The most last-level cache a core is credited with: more than any shipping part gives one core
+# (12 MiB on AMD's 3D V-cache parts, 96 MiB per 8-core die), and enough to keep this project's
+# Zen 5 at its measured best. A virtual machine may report its host's whole L3 as shared by its few
+# virtual CPUs (480 MiB for 2 on this project's Intel Xeon guest): counted as such, a core "held"
+# 500 MLP settings, every call trained 1,024, and a 1-setting grid took 14 s instead of 0.4
+L3_PER_CORE_MAX = 16 * 1024**2
 
 
 def tree_bytes(tree: Any) -> int:
@@ -161,17 +167,19 @@ def _cache_levels() -> list[tuple[int, int, int]]:
 
 
 def cache_bytes_per_core() -> int:
-    """A core's L2 cache plus its share of the last-level (L3) cache: what one core's group
-    of settings can keep close. On this project's 2-core AMD EPYC (Zen 5: 1 MiB L2, 32 MiB
-    L3 for both cores) that is 17 MiB, and 32 MLP settings per core trained fastest (16 and
-    64 per core were 10-20% slower per setting, docs/performance.md)."""
+    """A core's L2 cache plus its share of the last-level (L3) cache, at most L3_PER_CORE_MAX:
+    what one core's group of settings can keep close. On this project's 2-core AMD EPYC (Zen 5:
+    1 MiB L2, 32 MiB L3 for both cores) that is 17 MiB, and 32 MLP settings per core trained
+    fastest (16 and 64 per core were 10-20% slower per setting); on its 2-core Intel Xeon guest
+    (2 MiB L2, a reported 480 MiB L3) 18 MiB, again 32 per core: 5% slower than 16 there, 12%
+    faster than 64 (docs/performance.md)."""
     try:
         levels = _cache_levels()
     except (OSError, ValueError):
         return _DEFAULT_L2
     l2 = next((size for level, size, _ in levels if level == 2), _DEFAULT_L2)
     l3 = sum(size // shared for level, size, shared in levels if level >= 3)
-    return l2 + l3
+    return l2 + min(l3, L3_PER_CORE_MAX)
 
 
 def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: int | None = None) -> int:
