@@ -168,6 +168,18 @@ def test_cache_per_core_is_l2_plus_a_plausible_l3_share(levels, expected_mib, mo
     assert memory.cache_bytes_per_core() == pytest.approx(expected_mib * 2**20, rel=1e-6)
 
 
+def test_a_guest_reporting_its_hosts_l3_plans_the_width_of_a_real_core(mlp_task, monkeypatch):
+    """The Intel Xeon guest's sysfs (2 MiB L2, 480 MiB L3 "shared" by 2 CPUs) gives the default MLP
+    32 settings per core, as the Zen 5 (1 MiB L2, 32 MiB L3 for 2) does; taken at its word it gave
+    every call 1,024 settings, whatever the grid."""
+    devices = jax.devices()[:1] * 2  # two (aliased) devices: only the count matters here
+    monkeypatch.setattr(memory, "available_cores", lambda: len(jax.local_devices(backend="cpu")))  # a core each
+    for l2, l3 in ((2, 480), (1, 32)):
+        levels = [(1, 48 << 10, 1), (2, l2 << 20, 1), (3, l3 << 20, 2)]
+        monkeypatch.setattr(memory, "_cache_levels", lambda levels=levels: levels)
+        assert memory.plan_width(mlp_task, SETTINGS, devices) == 2 * 32
+
+
 def test_auto_chunks_equal_one_chunk(mlp_task, monkeypatch):
     """A grid larger than the budget allows is trained in several calls, with the same results."""
     h = hparams(5)

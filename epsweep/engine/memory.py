@@ -35,11 +35,11 @@ MEMORY_SHARE = 0.5  # of what a device has free, the share a sweep plans to use
 CPU_MIN_PER_DEVICE = 4  # below this, per-call overheads dominate on CPU
 MAX_PER_DEVICE = 1024  # wider calls gain nothing on any device measured; padding a small grid costs
 _DEFAULT_L2 = 1024**2
-# The most last-level cache a core is credited with: more than any shipping part gives one core
-# (12 MiB on AMD's 3D V-cache parts, 96 MiB per 8-core die), and enough to keep this project's
-# Zen 5 at its measured best. A virtual machine may report its host's whole L3 as shared by its few
-# virtual CPUs (480 MiB for 2 on this project's Intel Xeon guest): counted as such, a core "held"
-# 500 MLP settings, every call trained 1,024, and a 1-setting grid took 14 s instead of 0.4
+# The most last-level cache a core is credited with: more than almost any part gives one core
+# (a few frequency-optimised EPYCs with 2-4 cores per 32 MiB excepted), and enough to keep this
+# project's Zen 5 at its measured best. A virtual machine may report its host's whole L3 as shared
+# by its few virtual CPUs (480 MiB for 2 on this project's Intel Xeon guest): counted as such, a
+# core "held" 550 MLP settings, every call trained 1,024, and a 1-setting grid took 14 s, not 0.5
 L3_PER_CORE_MAX = 16 * 1024**2
 
 
@@ -193,7 +193,7 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
     L3, times the cores per device; but at least CPU_MIN_PER_DEVICE): without this, a CPU
     made one device (JAX started before :func:`epsweep.setup`) would train 1024 settings per
     call, 16 times the work of a small grid. On the default task 32 settings per core train
-    1.2-1.3x faster per setting than 4 or 64 on this project's machine (docs/performance.md).
+    1.2-1.3x faster per setting than 4 or 64 on this project's Zen 5 (docs/performance.md).
     ``Task.settings_per_cpu_device`` caps the settings per CPU device for models that run
     faster one at a time. The count per device is then rounded down to a power
     of two, at most MAX_PER_DEVICE.
