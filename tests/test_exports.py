@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 from epsweep.engine import exports
-from epsweep.engine.programs import _swap_kernels
+from epsweep.engine.layout import swap_kernels as _swap_kernels
 from epsweep.engine.spec import TrainSpec
 
 SPEC = TrainSpec(steps=4, batch_size=8, curve_points=2)

@@ -33,6 +33,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
+from epsweep.engine import products
+from epsweep.engine.layout import LoopLayout, loop_layout
 from epsweep.engine.spec import DIAGNOSTIC_POINTS, RunOutputs, TrainSpec
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
 from epsweep.tasks.task import Task
@@ -72,24 +74,6 @@ def _flat(tree: Any) -> jax.Array:
     return jnp.concatenate([jnp.ravel(leaf) for leaf in jax.tree.leaves(tree)])
 
 
-def _is_kernel(path: tuple, leaf: Any, lead: int) -> bool:
-    """A dense layer's weight matrix (named ``kernel``, as in flax linen and NNX), seen with
-    ``lead`` leading run axes."""
-    return jnp.ndim(leaf) == lead + 2 and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
-
-
-def _swap_kernels(tree: Any, lead: int = 0) -> Any:
-    """``tree`` with every dense kernel's two matrix axes swapped: (in, out) <-> (out, in).
-
-    Inside the training loop kernels (and their optimizer statistics) are kept as (out, in).
-    The settings of a seed share a minibatch, so XLA computes a first layer's gradient for
-    all of them as one matrix product, whose natural result is (settings x out, in); kept as
-    (in, out), every optimizer update read it transposed, element by element. The model sees
-    (in, out) as always: the swap is a layout, and XLA folds it into the matrix products."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.swapaxes(leaf, -1, -2) if _is_kernel(path, leaf, lead) else leaf, tree)
-
-
 def _global_norm(tree: Any) -> jax.Array:
     return jnp.sqrt(jnp.sum(jnp.square(_flat(tree))))
 
@@ -112,12 +96,19 @@ class _Plan:
     n_train: int
     batches_per_epoch: int
     diagnostic_every: int
+    layout: LoopLayout = dataclasses.field(default_factory=LoopLayout)  # in the loop: see _train
 
     @property
     def kernels_swapped(self) -> bool:
-        """Whether a step sees its kernels as (out, in) (:func:`_swap_kernels`): inside the
+        """Whether a step sees its kernels as (out, in) (:mod:`epsweep.engine.layout`): inside the
         training loop, not in a loop-free program (one step per call: the swap would copy)."""
         return not self.loop_free
+
+    def loss(self, params, model_state, xb, yb, rng):
+        """The task's loss; in the loop, with its data products taken as the layout wants."""
+        if self.layout.found is not None:
+            return products.evaluate(self.layout.found, params, model_state, xb, yb, rng)
+        return self.task.loss(params, model_state, xb, yb, rng)
 
     @property
     def has_data(self) -> bool:
@@ -215,8 +206,8 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -
     steps (a branch on the shared step); without, the caller measures them after the step
     (:func:`_measured_after`)."""
     spec = plan.spec
-    params = _swap_kernels(carry.params) if plan.kernels_swapped else carry.params
-    (loss, model_state), grads = jax.value_and_grad(plan.task.loss, has_aux=True)(
+    params = plan.layout.swap_kernels(carry.params) if plan.kernels_swapped else carry.params
+    (loss, model_state), grads = jax.value_and_grad(plan.loss, has_aux=True)(
         params, carry.model_state, xb, yb, rng
     )
     if spec.clip_norm is not None:  # before the swap: the norm sums in the model's layout, as loop-free
@@ -224,7 +215,7 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -
         factor = jnp.minimum(1.0, spec.clip_norm / jnp.maximum(grad_norm, 1e-30))
         grads = jax.tree.map(lambda g: g * factor, grads)
     if plan.kernels_swapped:
-        grads = _swap_kernels(grads)
+        grads = plan.layout.swap_kernels(grads)
     opt_state = carry.opt_state
     opt_state = opt_state._replace(hyperparams={**opt_state.hyperparams, "learning_rate": _learning_rate(plan, hc, t)})
     updates, opt_state = plan.update_rule.update(grads, opt_state, carry.params)
@@ -288,8 +279,17 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     (every ``diagnostic_every`` steps, the last step among them) and at each epoch's start;
     the diagnostics are then measured from the state and that gradient. The step's code
     appears once in the program: a second copy for the measured steps took about 40% of the
-    train program's compile time."""
-    spec, n_train = plan.spec, plan.n_train
+    train program's compile time.
+
+    In the loop the runs' weights lie as :class:`~epsweep.engine.layout.LoopLayout` says (from
+    the task's loss, traced once for it); ``vmap`` maps each over the axis of its settings."""
+    if not plan.loop_free:
+        batch = [jax.ShapeDtypeStruct((plan.spec.batch_size, *a.shape[1:]), a.dtype) if plan.has_data else None
+                 for a in (x_train, y_train)]
+        plan = dataclasses.replace(plan, layout=loop_layout(plan.task.loss, state.runs, *batch))
+    spec, n_train, layout = plan.spec, plan.n_train, plan.layout
+    run_axes = layout.run_axes(jax.eval_shape(layout.to_loop, state.runs))
+    grad_axes = layout.run_axes(jax.eval_shape(layout.to_loop, state.runs.params))
 
     def new_order(t, order):
         epoch = t // plan.batches_per_epoch
@@ -312,7 +312,8 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
             yb = y_train[index_s] if plan.has_data else None
             rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
             one_step = functools.partial(_train_step, plan, measure=plan.loop_free)
-            return jax.vmap(one_step, in_axes=(0, 0, None, None, None, None))(runs_s, h, xb, yb, rng, t)
+            return jax.vmap(one_step, in_axes=(run_axes, 0, None, None, None, None),
+                            out_axes=(run_axes, grad_axes))(runs_s, h, xb, yb, rng, t)
 
         runs, grads = jax.vmap(per_seed)(runs, index, seeds)
         return TrainState(runs, order), grads if plan.has_denominator else None  # sgd measures nothing
@@ -321,12 +322,13 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         return step(t0, (state, None))[0], t0 + 1
     # the moving mask stays out of the loops (a step never reads it): set once, after them
     moving_before = state.runs.moving
-    state = _swapped_layout(state)
+    state = _in_layout(state, layout.to_loop)
     state = TrainState(state.runs._replace(moving=jnp.zeros((*moving_before.shape[:2], 0), bool)), state.order)
     per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
 
     def measured_after(state, grads):
-        return TrainState(jax.vmap(jax.vmap(functools.partial(_measured_after, plan)))(state.runs, grads), state.order)
+        measure = jax.vmap(functools.partial(_measured_after, plan), in_axes=(run_axes, grad_axes), out_axes=run_axes)
+        return TrainState(jax.vmap(measure)(state.runs, grads), state.order)
 
     def block(carry):
         """Steps up to the next sampled step (included), epoch start or ``t1``, then the
@@ -346,19 +348,18 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     # the last step's gradient, carried to the measured steps (sgd measures nothing)
     grads = jax.tree.map(jnp.zeros_like, state.runs.params) if plan.has_denominator else None
     (state, grads), _ = jax.lax.while_loop(lambda carry: carry[1] < t1, block, ((state, grads), t0))
-    state = _swapped_layout(state)
+    state = _in_layout(state, layout.from_loop)
     moving = moving_before
     if plan.has_denominator:  # the last step's moving parameters, for the effective lr (in _finish)
-        moving = jnp.where(t1 > t0, jax.vmap(jax.vmap(lambda g: _moving(plan, g)))(_swap_kernels(grads, 2)), moving)
+        moving = jnp.where(t1 > t0, jax.vmap(jax.vmap(lambda g: _moving(plan, g)))(layout.from_loop(grads)), moving)
     return TrainState(state.runs._replace(moving=moving), state.order), t1
 
 
-def _swapped_layout(state: TrainState) -> TrainState:
-    """The state with its kernels and their optimizer statistics in the other layout
-    (:func:`_swap_kernels`); every leaf has a leading (S, G) block."""
+def _in_layout(state: TrainState, convert) -> TrainState:
+    """The state with its weights and their optimizer statistics converted by ``convert``
+    (``LoopLayout.to_loop`` or ``LoopLayout.from_loop``)."""
     runs = state.runs
-    return TrainState(runs._replace(params=_swap_kernels(runs.params, 2), opt_state=_swap_kernels(runs.opt_state, 2)),
-                      state.order)
+    return TrainState(runs._replace(params=convert(runs.params), opt_state=convert(runs.opt_state)), state.order)
 
 
 def _evaluate(plan: _Plan, state: TrainState, loss_sum, metric_sum, xb, yb, mb):

@@ -1,0 +1,117 @@
+"""How the training loop lays out each run's weights and their optimizer statistics.
+
+Outside the loop every leaf of a state has a leading (S, G) block (seeds, settings) and the
+model's own layout. Inside, two layouts save XLA's CPU backend a transposed copy of a kernel at
+every step:
+
+- a dense kernel (in, out) is kept as (out, in) (:func:`swap_kernels`), the layout in which
+  XLA computes the gradient of a layer whose input differs per setting;
+- the weight of a product of data by weights (:mod:`epsweep.engine.products`: a first layer,
+  whose input the settings of a seed share) is kept as (in, settings, out), where the forward
+  product x (batch, in) times every setting's kernel reads it as one matrix and its gradient
+  x^T g writes it.
+
+The model always sees its own layout: ``vmap`` maps each leaf over the axis where its settings
+lie (:meth:`LoopLayout.run_axes`), and XLA folds the rest into the products.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+
+from epsweep.engine import products
+
+
+def is_kernel(path: tuple, leaf: Any, lead: int) -> bool:
+    """A dense layer's weight matrix (named ``kernel``, as in flax linen and NNX), seen with
+    ``lead`` leading run axes."""
+    return jnp.ndim(leaf) == lead + 2 and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
+
+
+def swap_kernels(tree: Any, lead: int = 0) -> Any:
+    """``tree`` with every dense kernel's two matrix axes swapped: (in, out) <-> (out, in).
+
+    Inside the training loop kernels (and their optimizer statistics) are kept as (out, in).
+    The settings of a seed share a minibatch, so XLA computes a first layer's gradient for
+    all of them as one matrix product, whose natural result is (settings x out, in); kept as
+    (in, out), every optimizer update read it transposed, element by element. The model sees
+    (in, out) as always: the swap is a layout, and XLA folds it into the matrix products."""
+    return jax.tree_util.tree_map_with_path(
+        lambda path, leaf: jnp.swapaxes(leaf, -1, -2) if is_kernel(path, leaf, lead) else leaf, tree)
+
+
+def _path_key(path: tuple) -> tuple[str, ...]:
+    return tuple(str(k) for k in path)
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class LoopLayout:
+    """How the training loop lays out the weights and their optimizer statistics, each run's
+    (every leaf of a state has a leading (S, G) block outside the loop).
+
+    - a weight that a data product reads (:mod:`epsweep.engine.products`), contracted over its
+      first k dimensions: (S, G, in..., out...) -> (S, in..., G, out...), where its forward
+      product and its gradient x^T g both read and write it without a copy;
+    - any other dense kernel: (out, in), swapped (:func:`swap_kernels`);
+    - everything else as it is.
+
+    ``data``: the data products' weights, by their path in the weights (``_path_key``): (k, the
+    weight's own number of dimensions). Optimizer statistics are found by the same path at the
+    end of theirs."""
+
+    data: dict = dataclasses.field(default_factory=dict)
+    found: products.DataProducts | None = None
+
+    def _data_weight(self, path: tuple, leaf: Any, lead: int) -> int | None:
+        """k for a leaf (seen with ``lead`` leading run axes) that is a data product's weight or
+        its statistic; None otherwise."""
+        key = _path_key(path)
+        for weight_path, (k, ndim) in self.data.items():
+            if jnp.ndim(leaf) == lead + ndim and key[len(key) - len(weight_path):] == weight_path:
+                return k
+        return None
+
+    def _map(self, tree: Any, lead: int, data_fn, kernel_fn, other_fn=lambda leaf: leaf) -> Any:
+        def one(path, leaf):
+            k = self._data_weight(path, leaf, lead)
+            if k is not None:
+                return data_fn(leaf, k)
+            return kernel_fn(leaf) if is_kernel(path, leaf, lead) else other_fn(leaf)
+        return jax.tree_util.tree_map_with_path(one, tree)
+
+    def to_loop(self, tree: Any) -> Any:
+        """(S, G, ...) leaves as the loop keeps them."""
+        return self._map(tree, 2, lambda leaf, k: jnp.moveaxis(leaf, 1, 1 + k), lambda leaf: jnp.swapaxes(leaf, -1, -2))
+
+    def from_loop(self, tree: Any) -> Any:
+        """The inverse of :meth:`to_loop`."""
+        return self._map(tree, 2, lambda leaf, k: jnp.moveaxis(leaf, 1 + k, 1), lambda leaf: jnp.swapaxes(leaf, -1, -2))
+
+    def swap_kernels(self, tree: Any) -> Any:
+        """One run's leaves, between the loop's view and the model's: the swapped kernels
+        swapped (a data product's weight looks the same in both)."""
+        return self._map(tree, 0, lambda leaf, k: leaf, lambda leaf: jnp.swapaxes(leaf, -1, -2))
+
+    def run_axes(self, tree: Any) -> Any:
+        """For (S, G, ...) leaves in the loop's layout: where the settings axis G lies once the
+        seed axis is mapped away (``vmap``'s axes for one seed's runs)."""
+        return self._map(tree, 2, lambda leaf, k: k, lambda leaf: 0, lambda leaf: 0) if self.data else 0
+
+
+def loop_layout(loss, runs: Any, xb, yb) -> LoopLayout:
+    """The loop's layout for ``runs`` (S, G, ...) trained on ``loss``, traced once for one run
+    (on a minibatch shaped as ``xb``, ``yb``; None without data) to find its data products."""
+    one_run = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[2:], leaf.dtype),
+                           (runs.params, runs.model_state))
+    batch = [None if b is None else jax.ShapeDtypeStruct(jnp.shape(b), b.dtype) for b in (xb, yb)]
+    found = products.find_data_products(loss, *one_run, *batch, jax.random.key(0))
+    if not found.equations:
+        return LoopLayout()
+    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(one_run[0])[0]]
+    weights = jax.tree.leaves(one_run[0])
+    data = {_path_key(paths[i]): (k, len(weights[i].shape)) for i, k in found.contracted.items()}
+    return LoopLayout(data, found)

@@ -1,0 +1,144 @@
+"""Products of data by weights (engine.products) and the loop's layout (engine.layout), against
+NumPy's closed form, JAX's own transpose rule and the loop-free program, which uses neither."""
+
+import dataclasses
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+
+from epsweep.engine import products
+from epsweep.engine.driver import train_runs
+from epsweep.engine.layout import LoopLayout, loop_layout
+from epsweep.engine.programs import _Carry
+from epsweep.engine.spec import TrainSpec
+
+RNG = np.random.default_rng(0)
+
+
+def product_equation(x, w, contract):
+    """The jaxpr equation of dot_general(x, w) contracting ``contract`` (x's dims, w's dims)."""
+    jaxpr = jax.make_jaxpr(lambda a, b: jax.lax.dot_general(a, b, (contract, ((), ()))))(x, w)
+    (equation,) = jaxpr.jaxpr.eqns
+    return equation
+
+
+# x shape, w shape, (x's contracted dims, w's contracted dims)
+PRODUCTS = [
+    ((5, 3), (3, 4), ((1,), (0,))),  # a dense layer
+    ((2, 5, 3), (3, 4), ((2,), (0,))),  # over a sequence
+    ((5, 2, 3), (2, 3, 4), ((1, 2), (0, 1))),  # two contracted dimensions
+    ((5, 3, 2), (2, 3, 4), ((2, 1), (0, 1))),  # ... met in the other order
+]
+
+
+@pytest.mark.parametrize("x_shape, w_shape, contract", PRODUCTS)
+def test_a_data_product_has_the_plain_products_value_and_gradients(x_shape, w_shape, contract):
+    x = RNG.normal(size=x_shape).astype(np.float32)
+    w = RNG.normal(size=w_shape).astype(np.float32)
+    product = products.data_product(product_equation(x, w, contract))
+    y = np.tensordot(x, w, axes=contract)
+    cotangent = RNG.normal(size=y.shape).astype(np.float32)
+    np.testing.assert_allclose(product(x, w), y, rtol=1e-5, atol=1e-5)
+
+    def plain(a, b):
+        return jnp.sum(jax.lax.dot_general(a, b, (contract, ((), ()))) * cotangent)
+
+    ours = jax.grad(lambda a, b: jnp.sum(product(a, b) * cotangent), argnums=(0, 1))(x, w)
+    theirs = jax.grad(plain, argnums=(0, 1))(x, w)
+    for mine, reference in zip(ours, theirs, strict=True):
+        assert mine.shape == reference.shape
+        np.testing.assert_allclose(mine, reference, rtol=1e-5, atol=1e-5)
+    if x.ndim == 2:  # closed form: dL/dW = x^T g
+        np.testing.assert_allclose(ours[1], x.T @ cotangent, rtol=1e-5, atol=1e-5)
+
+
+class MLP(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        hidden = nn.relu(nn.Dense(8)(x))
+        return nn.Dense(3)(hidden)
+
+
+def mlp_loss(params, state, x, y, key):
+    logits = MLP().apply({"params": params}, x)
+    return optax.softmax_cross_entropy_with_integer_labels(logits, y).mean(), state
+
+
+@pytest.fixture(scope="module")
+def mlp():
+    x = RNG.normal(size=(6, 4)).astype(np.float32)
+    y = np.array([0, 1, 2, 0, 1, 2])
+    params = MLP().init(jax.random.key(0), x)["params"]
+    return params, x, y
+
+
+def test_the_first_layer_is_a_data_product_and_the_second_is_not(mlp):
+    params, x, y = mlp
+    found = products.find_data_products(mlp_loss, params, {}, x, y, jax.random.key(1))
+    paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    assert {paths[i]: k for i, k in found.contracted.items()} == {"['Dense_0']['kernel']": 1}
+    assert len(found.equations) == 1
+
+
+@pytest.mark.parametrize("w_shape, loss, expected", [
+    ((4, 4), lambda w, x: jax.jit(lambda a, b: a @ b)(x, w), 1),  # inside a nested jit
+    ((4, 4), lambda w, x: x @ w.T, 0),  # the weight's trailing dimension contracted
+    ((4, 4), lambda w, x: x @ (2 * w), 0),  # not the weight itself
+    ((4, 4), lambda w, x: (x @ w) @ w.T, 1),  # the second product's left operand depends on the weight
+    ((6, 4, 4), lambda w, x: jax.lax.dot_general(x, w, (((1,), (1,)), ((0,), (0,)))), 0),  # a batch dimension
+])
+def test_which_products_count_as_data_products(w_shape, loss, expected):
+    w = RNG.normal(size=w_shape).astype(np.float32)
+    x = RNG.normal(size=(6, 4)).astype(np.float32)
+    found = products.find_data_products(lambda w, x: jnp.sum(loss(w, x)), w, x)
+    assert len(found.contracted) == expected
+
+
+def test_the_rewritten_loss_has_the_losss_value_and_gradient(mlp):
+    params, x, y = mlp
+    key = jax.random.key(1)
+    found = products.find_data_products(mlp_loss, params, {}, x, y, key)
+    (value, _), grads = jax.value_and_grad(lambda p: products.evaluate(found, p, {}, x, y, key), has_aux=True)(params)
+    (expected, _), expected_grads = jax.value_and_grad(mlp_loss, has_aux=True)(params, {}, x, y, key)
+    np.testing.assert_allclose(value, expected, rtol=1e-6)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-7), grads, expected_grads)
+
+
+def test_the_loop_layout_moves_data_weights_with_their_statistics_and_undoes_itself(mlp):
+    params, x, y = mlp
+    S, G = 2, 3  # noqa: N806
+    runs_params = jax.tree.map(lambda leaf: jnp.broadcast_to(leaf, (S, G, *leaf.shape)) + 0, params)
+    runs_params = jax.tree.map(lambda leaf: leaf + jnp.arange(leaf.size, dtype=leaf.dtype).reshape(leaf.shape),
+                               runs_params)
+    opt_state = jax.vmap(jax.vmap(optax.rmsprop(1e-3).init))(runs_params)
+    runs = _Carry(runs_params, {}, opt_state, *([None] * 6))
+    layout = loop_layout(mlp_loss, runs, x, y)
+    looped = layout.to_loop({"params": runs.params, "opt_state": runs.opt_state})
+    first, second = looped["params"]["Dense_0"]["kernel"], looped["params"]["Dense_1"]["kernel"]
+    assert first.shape == (S, 4, G, 8)  # (in, settings, out)
+    np.testing.assert_array_equal(first[:, :, 1], runs_params["Dense_0"]["kernel"][:, 1])
+    assert second.shape == (S, G, 3, 8)  # swapped: (out, in)
+    assert looped["opt_state"][0].nu["Dense_0"]["kernel"].shape == (S, 4, G, 8)
+    assert looped["params"]["Dense_0"]["bias"].shape == (S, G, 8)
+    back = layout.from_loop(looped)
+    jax.tree.map(np.testing.assert_array_equal, back, {"params": runs.params, "opt_state": runs.opt_state})
+    axes = layout.run_axes(looped["params"])
+    assert axes == {"Dense_0": {"kernel": 1, "bias": 0}, "Dense_1": {"kernel": 0, "bias": 0}}
+    assert LoopLayout().run_axes(looped["params"]) == 0  # nothing to map specially
+
+
+def test_the_looped_mlp_trains_as_the_loop_free_program_which_keeps_the_models_layout(mlp_task):
+    """The loop takes the first layer's gradient as x^T g with its kernel as (in, settings, out);
+    a loop-free program (one step per call) keeps every weight as the model has it."""
+    settings = TrainSpec(steps=12, batch_size=8, curve_points=4)
+    h = {"eps": np.array([1e-8, 1e-3, 1.0]), "lr": np.array([1e-2, 3e-3, 1e-2]), "decay": np.full(3, 0.9),
+         "momentum": np.zeros(3)}
+    loop_free = dataclasses.replace(mlp_task, loop_free_on_cpu=True)
+    looped = train_runs(mlp_task, settings, h, np.array([0, 3]))
+    stepped = train_runs(loop_free, settings, h, np.array([0, 3]))
+    for name in looped._fields:
+        np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)
