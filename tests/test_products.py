@@ -132,8 +132,9 @@ def test_the_loop_layout_moves_data_weights_with_their_statistics_and_undoes_its
 
 
 def test_the_looped_mlp_trains_as_the_loop_free_program_which_keeps_the_models_layout(mlp_task):
-    """The loop takes the first layer's gradient as x^T g with its kernel as (in, settings, out);
-    a loop-free program (one step per call) keeps every weight as the model has it."""
+    """The loop takes the first layer's gradient as x^T g with its kernel as (in, settings, out)
+    and sums the eps-dominated share array by array; a loop-free program (one step per call)
+    keeps every weight as the model has it and sums the share over one flat vector."""
     settings = TrainSpec(steps=12, batch_size=8, curve_points=4)
     h = {"eps": np.array([1e-8, 1e-3, 1.0]), "lr": np.array([1e-2, 3e-3, 1e-2]), "decay": np.full(3, 0.9),
          "momentum": np.zeros(3)}
