@@ -126,9 +126,9 @@ def test_the_loop_layout_moves_data_weights_with_their_statistics_and_undoes_its
     assert looped["params"]["Dense_0"]["bias"].shape == (S, G, 8)
     back = layout.from_loop(looped)
     jax.tree.map(np.testing.assert_array_equal, back, {"params": runs.params, "opt_state": runs.opt_state})
-    axes = layout.run_axes(looped["params"])
+    axes = layout.run_axes(runs.params)  # where G lies in the loop, from the model's layout
     assert axes == {"Dense_0": {"kernel": 1, "bias": 0}, "Dense_1": {"kernel": 0, "bias": 0}}
-    assert LoopLayout().run_axes(looped["params"]) == 0  # nothing to map specially
+    assert LoopLayout().run_axes(runs.params) == 0  # nothing to map specially
 
 
 def test_the_looped_mlp_trains_as_the_loop_free_program_which_keeps_the_models_layout(mlp_task):
@@ -143,3 +143,87 @@ def test_the_looped_mlp_trains_as_the_loop_free_program_which_keeps_the_models_l
     stepped = train_runs(loop_free, settings, h, np.array([0, 3]))
     for name in looped._fields:
         np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def looped_and_loop_free(task, settings=TrainSpec(steps=10, batch_size=8, curve_points=5)):
+    h = {"eps": np.array([1e-8, 1e-3, 1.0]), "lr": np.array([1e-2, 3e-3, 1e-2]), "decay": np.array([0.9, 0.5, 0.9]),
+         "momentum": np.zeros(3)}
+    return [train_runs(dataclasses.replace(task, loop_free_on_cpu=free), settings, h, np.array([0, 3]))
+            for free in (False, True)]
+
+
+def blobs(n=40, features=6):
+    from epsweep.data import Dataset
+
+    rng = np.random.default_rng(1)
+    centres = rng.normal(size=(3, features))
+    y = rng.integers(0, 3, n + 12)
+    x = (centres[y] + rng.normal(scale=0.8, size=(n + 12, features))).astype(np.float32)
+    return Dataset.from_arrays(x[:n], y[:n], x_val=x[n:], y_val=y[n:], name="blobs")
+
+
+class AveragedDense(nn.Module):
+    """A dense layer that keeps a moving average of its kernel in model state, under the same
+    name as the kernel (found by a helper probing the layout: state is not a weight)."""
+
+    features: int
+
+    @nn.compact
+    def __call__(self, x):
+        kernel = self.param("kernel", nn.initializers.lecun_normal(), (x.shape[-1], self.features))
+        average = self.variable("average", "kernel", lambda: jnp.zeros((x.shape[-1], self.features)))
+        if not self.is_initializing():
+            average.value = 0.9 * average.value + 0.1 * jax.lax.stop_gradient(kernel)
+        return x @ kernel + 0.01 * jnp.sum(average.value)
+
+
+class AveragingNet(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.tanh(AveragedDense(16, name="first")(x)))
+
+
+def bare_vector_task():
+    """Least squares with the weights one bare vector (path ()): only the weights and their
+    statistics may take the data product's layout, not the loss curve of the same rank."""
+    from epsweep.data import Dataset
+    from epsweep.tasks.task import Task
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(40, 6)).astype(np.float32)
+    y = (x @ rng.normal(size=6) + 0.1 * rng.normal(size=40)).astype(np.float32)
+    data = Dataset.from_arrays(x[:32], y[:32], x_val=x[32:], y_val=y[32:], name="lin")
+
+    def loss(w, state, xb, yb, key):
+        return jnp.mean((xb @ w - yb) ** 2), state
+
+    def evaluate(w, state, xb, yb):
+        error = (xb @ w - yb) ** 2
+        return error, error
+
+    return Task("bare", lambda key: (jax.random.normal(key, (6,)) * 0.1, {}), loss, evaluate, data, metric_name=None)
+
+
+@pytest.mark.parametrize("make_task", [lambda: __import__("epsweep").flax_task(AveragingNet(), blobs()),
+                                       bare_vector_task], ids=["state named like the kernel", "bare vector"])
+def test_only_weights_and_their_statistics_take_the_data_layout(make_task):
+    looped, stepped = looped_and_loop_free(make_task())
+    for name in looped._fields:
+        np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_a_data_weight_is_found_by_its_place_in_the_weights_not_by_its_name():
+    """A hidden layer named like the first one, deeper in the tree, keeps the (out, in) swap."""
+    S, G = 1, 2  # noqa: N806
+    weights = {"Dense_0": {"kernel": np.zeros((S, G, 4, 5))},
+               "Block_0": {"Dense_0": {"kernel": np.zeros((S, G, 5, 5))}}}
+    index = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(weights)[0]].index(
+        "['Dense_0']['kernel']")
+    layout = LoopLayout(jax.tree.structure(weights), {index: (1, (4, 5))})
+    looped = layout.to_loop({"weights": weights, "statistics": (optax.EmptyState(), weights)})
+    for tree in (looped["weights"], looped["statistics"][1]):
+        assert tree["Dense_0"]["kernel"].shape == (S, 4, G, 5)
+        assert tree["Block_0"]["Dense_0"]["kernel"].shape == (S, G, 5, 5)  # swapped (square here)
+    assert layout.run_axes(weights) == {"Dense_0": {"kernel": 1}, "Block_0": {"Dense_0": {"kernel": 0}}}
+    jax.tree.map(np.testing.assert_array_equal, layout.from_loop(looped),
+                 {"weights": weights, "statistics": (optax.EmptyState(), weights)})

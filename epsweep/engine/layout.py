@@ -44,14 +44,10 @@ def swap_kernels(tree: Any, lead: int = 0) -> Any:
         lambda path, leaf: jnp.swapaxes(leaf, -1, -2) if is_kernel(path, leaf, lead) else leaf, tree)
 
 
-def _path_key(path: tuple) -> tuple[str, ...]:
-    return tuple(str(k) for k in path)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoopLayout:
-    """How the training loop lays out the weights and their optimizer statistics, each run's
-    (every leaf of a state has a leading (S, G) block outside the loop).
+    """How the training loop lays out each run's weights and optimizer statistics (outside the
+    loop every leaf has a leading (S, G) block and the model's own layout):
 
     - a weight that a data product reads (:mod:`epsweep.engine.products`), contracted over its
       first k dimensions: (S, G, in..., out...) -> (S, in..., G, out...), where its forward
@@ -59,29 +55,47 @@ class LoopLayout:
     - any other dense kernel: (out, in), swapped (:func:`swap_kernels`);
     - everything else as it is.
 
-    ``data``: the data products' weights, by their path in the weights (``_path_key``): (k, the
-    weight's own number of dimensions). Optimizer statistics are found by the same path at the
-    end of theirs."""
+    Its methods take the weights, their gradient or the optimizer state, never the rest of a
+    run. ``weights``: the weights' tree structure; ``data``: the data products' weights, by
+    their index among its leaves: (k, the weight's shape). In an optimizer state, a statistic
+    of such a weight is the leaf at the same index of a subtree shaped as the weights, with the
+    weight's shape. ``found``: the traced loss (None outside the loop)."""
 
+    weights: Any = None
     data: dict = dataclasses.field(default_factory=dict)
     found: products.DataProducts | None = None
 
-    def _data_weight(self, path: tuple, leaf: Any, lead: int) -> int | None:
-        """k for a leaf (seen with ``lead`` leading run axes) that is a data product's weight or
-        its statistic; None otherwise."""
-        key = _path_key(path)
-        for weight_path, (k, ndim) in self.data.items():
-            if jnp.ndim(leaf) == lead + ndim and key[len(key) - len(weight_path):] == weight_path:
-                return k
-        return None
+    def _data_weight(self, index: int, leaf: Any, lead: int, looped: bool) -> int | None:
+        """k for the ``index``-th leaf of a weights-shaped subtree (``lead`` leading run axes;
+        ``looped``: in the loop's layout, G after the weight's first k dimensions) if it is a
+        data product's weight or its statistic; None otherwise."""
+        if index not in self.data:
+            return None
+        k, weight_shape = self.data[index]
+        shape = tuple(jnp.shape(leaf))
+        if looped:
+            own = shape[lead - 1:lead - 1 + k] + shape[lead + k:]
+            return k if len(shape) == lead + len(weight_shape) and own == weight_shape else None
+        return k if shape[lead:] == weight_shape else None
 
-    def _map(self, tree: Any, lead: int, data_fn, kernel_fn, other_fn=lambda leaf: leaf) -> Any:
-        def one(path, leaf):
-            k = self._data_weight(path, leaf, lead)
-            if k is not None:
-                return data_fn(leaf, k)
+    def _map(self, tree: Any, lead: int, data_fn, kernel_fn, other_fn=lambda leaf: leaf, looped=False) -> Any:
+        def plain(path, leaf):
             return kernel_fn(leaf) if is_kernel(path, leaf, lead) else other_fn(leaf)
-        return jax.tree_util.tree_map_with_path(one, tree)
+
+        def weights_like(node) -> bool:
+            return self.weights is not None and jax.tree.structure(node) == self.weights
+
+        def one(path, node):
+            if not weights_like(node):
+                return plain(path, node)
+            leaves, treedef = jax.tree_util.tree_flatten_with_path(node)
+            mapped = []
+            for index, (inner, leaf) in enumerate(leaves):
+                k = self._data_weight(index, leaf, lead, looped)
+                mapped.append(plain((*path, *inner), leaf) if k is None else data_fn(leaf, k))
+            return jax.tree.unflatten(treedef, mapped)
+
+        return jax.tree_util.tree_map_with_path(one, tree, is_leaf=weights_like)
 
     def to_loop(self, tree: Any) -> Any:
         """(S, G, ...) leaves as the loop keeps them."""
@@ -89,7 +103,8 @@ class LoopLayout:
 
     def from_loop(self, tree: Any) -> Any:
         """The inverse of :meth:`to_loop`."""
-        return self._map(tree, 2, lambda leaf, k: jnp.moveaxis(leaf, 1 + k, 1), lambda leaf: jnp.swapaxes(leaf, -1, -2))
+        return self._map(tree, 2, lambda leaf, k: jnp.moveaxis(leaf, 1 + k, 1), lambda leaf: jnp.swapaxes(leaf, -1, -2),
+                         looped=True)
 
     def swap_kernels(self, tree: Any) -> Any:
         """One run's leaves, between the loop's view and the model's: the swapped kernels
@@ -97,21 +112,20 @@ class LoopLayout:
         return self._map(tree, 0, lambda leaf, k: leaf, lambda leaf: jnp.swapaxes(leaf, -1, -2))
 
     def run_axes(self, tree: Any) -> Any:
-        """For (S, G, ...) leaves in the loop's layout: where the settings axis G lies once the
-        seed axis is mapped away (``vmap``'s axes for one seed's runs)."""
+        """For (S, G, ...) leaves (the model's layout): where the settings axis G lies in the
+        loop once the seed axis is mapped away (``vmap``'s axes for one seed's runs)."""
         return self._map(tree, 2, lambda leaf, k: k, lambda leaf: 0, lambda leaf: 0) if self.data else 0
 
 
 def loop_layout(loss, runs: Any, xb, yb) -> LoopLayout:
     """The loop's layout for ``runs`` (S, G, ...) trained on ``loss``, traced once for one run
-    (on a minibatch shaped as ``xb``, ``yb``; None without data) to find its data products."""
+    (on a minibatch shaped as ``xb``, ``yb``; None without data) to find its data products. The
+    loop replays that trace (:func:`epsweep.engine.products.evaluate`) rather than trace the
+    loss a second time."""
     one_run = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[2:], leaf.dtype),
                            (runs.params, runs.model_state))
     batch = [None if b is None else jax.ShapeDtypeStruct(jnp.shape(b), b.dtype) for b in (xb, yb)]
     found = products.find_data_products(loss, *one_run, *batch, jax.random.key(0))
-    if not found.equations:
-        return LoopLayout()
-    paths = [path for path, _ in jax.tree_util.tree_flatten_with_path(one_run[0])[0]]
     weights = jax.tree.leaves(one_run[0])
-    data = {_path_key(paths[i]): (k, len(weights[i].shape)) for i, k in found.contracted.items()}
-    return LoopLayout(data, found)
+    data = {i: (k, tuple(weights[i].shape)) for i, k in found.contracted.items()}
+    return LoopLayout(jax.tree.structure(one_run[0]), data, found)

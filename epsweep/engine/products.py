@@ -98,7 +98,7 @@ def _is_data_product(equation, weighted: list[bool]) -> bool:
         return False
     (_, rhs_contract), (lhs_batch, rhs_batch) = equation.params["dimension_numbers"]
     return (not lhs_batch and not rhs_batch and not weighted[0] and weighted[1]
-            and tuple(rhs_contract) == tuple(range(len(rhs_contract))))
+            and len(rhs_contract) > 0 and tuple(rhs_contract) == tuple(range(len(rhs_contract))))
 
 
 def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equations: set) -> list[bool]:

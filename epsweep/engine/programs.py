@@ -298,8 +298,9 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
                  for a in (x_train, y_train)]
         plan = dataclasses.replace(plan, layout=loop_layout(plan.task.loss, state.runs, *batch))
     spec, n_train, layout = plan.spec, plan.n_train, plan.layout
-    run_axes = layout.run_axes(jax.eval_shape(layout.to_loop, state.runs))
-    grad_axes = layout.run_axes(jax.eval_shape(layout.to_loop, state.runs.params))
+    grad_axes = layout.run_axes(state.runs.params)
+    run_axes = jax.tree.map(lambda _: 0, state.runs)._replace(params=grad_axes,
+                                                              opt_state=layout.run_axes(state.runs.opt_state))
 
     def new_order(t, order):
         epoch = t // plan.batches_per_epoch
