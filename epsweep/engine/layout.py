@@ -32,18 +32,6 @@ def is_kernel(path: tuple, leaf: Any, lead: int) -> bool:
     return jnp.ndim(leaf) == lead + 2 and any(getattr(k, "key", getattr(k, "name", None)) == "kernel" for k in path)
 
 
-def swap_kernels(tree: Any, lead: int = 0) -> Any:
-    """``tree`` with every dense kernel's two matrix axes swapped: (in, out) <-> (out, in).
-
-    Inside the training loop kernels (and their optimizer statistics) are kept as (out, in).
-    The settings of a seed share a minibatch, so XLA computes a first layer's gradient for
-    all of them as one matrix product, whose natural result is (settings x out, in); kept as
-    (in, out), every optimizer update read it transposed, element by element. The model sees
-    (in, out) as always: the swap is a layout, and XLA folds it into the matrix products."""
-    return jax.tree_util.tree_map_with_path(
-        lambda path, leaf: jnp.swapaxes(leaf, -1, -2) if is_kernel(path, leaf, lead) else leaf, tree)
-
-
 @dataclasses.dataclass(frozen=True, eq=False)
 class LoopLayout:
     """How the training loop lays out each run's weights and optimizer statistics (outside the
@@ -115,6 +103,17 @@ class LoopLayout:
         """For (S, G, ...) leaves (the model's layout): where the settings axis G lies in the
         loop once the seed axis is mapped away (``vmap``'s axes for one seed's runs)."""
         return self._map(tree, 2, lambda leaf, k: k, lambda leaf: 0, lambda leaf: 0) if self.data else 0
+
+
+def swap_kernels(tree: Any, lead: int = 0) -> Any:
+    """``tree`` with every dense kernel's two matrix axes swapped: (in, out) <-> (out, in).
+
+    Inside the training loop kernels (and their optimizer statistics) are kept as (out, in).
+    The settings of a seed share a minibatch, so XLA computes a first layer's gradient for
+    all of them as one matrix product, whose natural result is (settings x out, in); kept as
+    (in, out), every optimizer update read it transposed, element by element. The model sees
+    (in, out) as always: the swap is a layout, and XLA folds it into the matrix products."""
+    return LoopLayout()._map(tree, lead, lambda leaf, k: leaf, lambda leaf: jnp.swapaxes(leaf, -1, -2))
 
 
 def loop_layout(loss, runs: Any, xb, yb) -> LoopLayout:

@@ -34,7 +34,7 @@ class DataProducts(NamedTuple):
     ``contracted``: for each weight array (by its index in ``jax.tree.leaves(weights)``) that is
     the right operand of such a product, how many of its leading dimensions the product
     contracts (1 for a dense kernel (in, out)). ``equations``: ids of those products' equations
-    in ``jaxpr`` (or in a ``jit`` inside it)."""
+    in ``jaxpr`` or in a ``jit`` inside it, and of every ``jit`` equation that holds one."""
 
     jaxpr: ClosedJaxpr
     out_tree: Any
@@ -101,21 +101,26 @@ def _is_data_product(equation, weighted: list[bool]) -> bool:
             and len(rhs_contract) > 0 and tuple(rhs_contract) == tuple(range(len(rhs_contract))))
 
 
-def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equations: set) -> list[bool]:
-    """Mark ``jaxpr``'s data products (descending into ``jit``); ``weighted``: which inputs
-    depend on the weights, ``sources``: which are a weight array itself (its index) or None.
-    Returns which outputs depend on the weights."""
+def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equations: set) -> tuple[list[bool], bool]:
+    """Mark ``jaxpr``'s data products, and the ``jit`` equations that hold one (descending into
+    them); ``weighted``: which inputs depend on the weights, ``sources``: which are a weight
+    array itself (its index) or None. Returns which outputs depend on the weights, and whether
+    ``jaxpr`` holds a data product."""
     depends = dict(zip(jaxpr.invars, weighted, strict=True))
     source = dict(zip(jaxpr.invars, sources, strict=True))
 
     def weighted_var(var) -> bool:
         return not isinstance(var, Literal) and depends.get(var, False)
 
+    holds = False
     for equation in jaxpr.eqns:
         inputs = [weighted_var(var) for var in equation.invars]
         if equation.primitive.name == "jit":
             inner_sources = [None if isinstance(var, Literal) else source.get(var) for var in equation.invars]
-            outputs = _scan(equation.params["jaxpr"].jaxpr, inputs, inner_sources, found, equations)
+            outputs, inner_holds = _scan(equation.params["jaxpr"].jaxpr, inputs, inner_sources, found, equations)
+            if inner_holds:  # evaluate inlines it
+                equations.add(id(equation))
+                holds = True
         else:
             outputs = [any(inputs)] * len(equation.outvars)
             weight = None if isinstance(equation.invars[-1], Literal) else source.get(equation.invars[-1])
@@ -123,9 +128,10 @@ def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equati
                 (_, rhs_contract), _ = equation.params["dimension_numbers"]
                 found.setdefault(weight, set()).add(len(rhs_contract))
                 equations.add(id(equation))
+                holds = True
         for var, output in zip(equation.outvars, outputs, strict=True):
             depends[var] = output
-    return [weighted_var(var) for var in jaxpr.outvars]
+    return [weighted_var(var) for var in jaxpr.outvars], holds
 
 
 def evaluate(products: DataProducts, *args) -> Any:
@@ -145,7 +151,7 @@ def _evaluate(jaxpr: Jaxpr, consts, args, equations: frozenset[int]) -> list:
     env.update(zip(jaxpr.invars, args, strict=True))
     for equation in jaxpr.eqns:
         values = [read(var) for var in equation.invars]
-        if equation.primitive.name == "jit" and _holds(equation.params["jaxpr"].jaxpr, equations):
+        if equation.primitive.name == "jit" and id(equation) in equations:
             inner = equation.params["jaxpr"]
             outs = _evaluate(inner.jaxpr, inner.consts, values, equations)
         elif id(equation) in equations:
@@ -157,8 +163,3 @@ def _evaluate(jaxpr: Jaxpr, consts, args, equations: frozenset[int]) -> list:
         env.update(zip(equation.outvars, outs, strict=True))
     return [read(var) for var in jaxpr.outvars]
 
-
-def _holds(jaxpr: Jaxpr, equations: frozenset[int]) -> bool:
-    """Whether ``jaxpr`` (or a ``jit`` inside it) has one of ``equations``."""
-    return any(id(eq) in equations or (eq.primitive.name == "jit" and _holds(eq.params["jaxpr"].jaxpr, equations))
-               for eq in jaxpr.eqns)
