@@ -80,6 +80,67 @@ def test_matches_numpy_formula(case):
     np.testing.assert_allclose(ours, ref, rtol=2e-4, atol=2e-6)
 
 
+def bfloat16_reference(convention, eps, decay, momentum, centered, grads, p0):
+    """The same rules for bfloat16 parameters: each step computes in float32 from the stored
+    bfloat16 values (the hyperparameters exact in float32, not rounded to bfloat16) and stores
+    p, v, gbar and m rounded to bfloat16, as PyTorch keeps its state in the parameter's dtype."""
+    f32 = np.float32
+    rho, eps, mu, lr = f32(decay), f32(eps), f32(momentum), f32(LR)
+
+    def stored(x):
+        return np.asarray(x, f32).astype(jnp.bfloat16).astype(f32)
+
+    p = stored(p0)
+    v = np.ones_like(p) if convention == "tf1" else np.zeros_like(p)
+    gbar, m = np.zeros_like(p), np.zeros_like(p)
+    trajectory, second_moments = [], []
+    for g in grads:
+        g = stored(g)
+        v = (f32(1) - rho) * (g * g) + rho * v
+        gbar = (f32(1) - rho) * g + rho * gbar
+        var = v - gbar * gbar if centered else v
+        if convention == "pytorch":
+            m = mu * m + g / (np.sqrt(var) + eps)
+            step = -lr * m
+        else:
+            m = mu * m - lr * (g / np.sqrt(var + eps))
+            step = m
+        p, v, gbar, m = stored(p + step), stored(v), stored(gbar), stored(m)
+        trajectory.append(p)
+        second_moments.append(v)
+    return np.array(trajectory), np.array(second_moments)
+
+
+BFLOAT16_CASES = [dict(convention=c, eps=1e-8, decay=0.99, momentum=0.9, centered=cen)
+                  for c, cen in itertools.product(CONVENTIONS, (False, True))]
+
+
+@pytest.mark.parametrize("case", BFLOAT16_CASES, ids=case_id)
+def test_bfloat16_parameters_keep_bfloat16_statistics_and_exact_hyperparameters(case):
+    """A step inside lax.scan (as the engine's loop) must give back a state of the same types:
+    the statistics stay bfloat16 although the float32 hyperparameters promote the arithmetic."""
+    grads = fixed_gradients(steps=30)
+    p0 = np.linspace(-1, 1, 7)
+    opt = rmsprop(LR, case["decay"], case["eps"], convention=case["convention"],
+                  momentum=case["momentum"], centered=case["centered"])
+
+    def step(carry, g):
+        params, state = carry
+        updates, state = opt.update(g, state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, state), (params, state.inner_state[0].nu)
+
+    params = jnp.asarray(p0, jnp.bfloat16)
+    (_, state), (trajectory, nu) = jax.lax.scan(step, (params, opt.init(params)),
+                                                jnp.asarray(np.array(grads), jnp.bfloat16))
+    assert {leaf.dtype for leaf in jax.tree.leaves(state.inner_state)} == {jnp.dtype(jnp.bfloat16)}
+    assert state.hyperparams["eps"].dtype == jnp.float32 and float(state.hyperparams["eps"]) == np.float32(1e-8)
+    ref_trajectory, ref_nu = bfloat16_reference(grads=grads, p0=p0, **case)
+    # equal today; one bfloat16 rounding step of slack for XLA's freedom to keep excess precision
+    np.testing.assert_allclose(np.asarray(trajectory, np.float32), ref_trajectory, rtol=2**-8, atol=0)
+    np.testing.assert_allclose(np.asarray(nu, np.float32), ref_nu, rtol=2**-8, atol=0)
+
+
 def test_hyperparameters_are_traced_and_compile_once():
     """One jitted step serves every hyperparameter value: the second call does not recompile."""
     grads = jnp.ones(3)

@@ -204,10 +204,22 @@ def bare_vector_task():
     return Task("bare", lambda key: (jax.random.normal(key, (6,)) * 0.1, {}), loss, evaluate, data, metric_name=None)
 
 
+class HalfNet(nn.Module):
+    """bfloat16 weights: their optimizer statistics must stay bfloat16 from step to step, or the
+    loop's carry changes type (found as a crash in the looped program)."""
+
+    @nn.compact
+    def __call__(self, x):
+        x = nn.tanh(nn.Dense(16, param_dtype=jnp.bfloat16, dtype=jnp.bfloat16)(x))
+        return nn.Dense(3, param_dtype=jnp.bfloat16)(x)
+
+
 @pytest.mark.parametrize("make_task", [lambda: __import__("epsweep").flax_task(AveragingNet(), blobs()),
-                                       bare_vector_task], ids=["state named like the kernel", "bare vector"])
+                                       bare_vector_task, lambda: __import__("epsweep").flax_task(HalfNet(), blobs())],
+                         ids=["state named like the kernel", "bare vector", "bfloat16 weights"])
 def test_only_weights_and_their_statistics_take_the_data_layout(make_task):
     looped, stepped = looped_and_loop_free(make_task())
+    assert np.isfinite(looped.val_loss).all()
     for name in looped._fields:
         np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)
 

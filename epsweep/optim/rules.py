@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import jax
 import jax.numpy as jnp
 import optax
 
@@ -74,6 +75,21 @@ FRAMEWORK_DEFAULTS: dict[str, dict[str, float | None]] = {
 }
 
 
+def _stored_in_own_dtypes(inner: optax.GradientTransformation) -> optax.GradientTransformation:
+    """``inner`` with every state array stored back in the dtype it was created with.
+
+    optax and PyTorch create the statistics (v, m, gbar) in the parameters' dtype. The injected
+    hyperparameters are float32 arrays, so rho*v + (1-rho)*g^2 comes out float32 for bfloat16
+    parameters: each step here computes in float32 from the stored values and stores the new
+    statistics rounded to their own dtype (as optax's ``mu_dtype`` does for Adam), so the state
+    keeps one type from step to step. Where the dtypes agree (float32 models) nothing changes."""
+
+    def update(updates, state, params=None, **extra_args):
+        updates, new_state = inner.update(updates, state, params, **extra_args)
+        return updates, jax.tree.map(lambda new, old: new if new.dtype == old.dtype else new.astype(old.dtype),
+                                     new_state, state)
+
+    return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
 def rmsprop(
@@ -89,7 +105,9 @@ def rmsprop(
 
     ``learning_rate``, ``decay``, ``eps`` and ``momentum`` become traced hyperparameters in
     the optimizer state (``state.hyperparams``); ``learning_rate`` may be a schedule of the
-    step count. See each ``_<convention>_rule`` for the exact update.
+    step count. See each ``_<convention>_rule`` for the exact update. The statistics keep the
+    parameters' dtype: for bfloat16 parameters each step computes in float32 and stores them
+    rounded back to bfloat16.
 
     Args:
         learning_rate: lr, or a schedule of the step count.
@@ -110,9 +128,9 @@ def rmsprop(
         -0.1319
     """
     rule = CONVENTIONS[check_convention(convention)]
-    return optax.inject_hyperparams(rule)(
+    return _stored_in_own_dtypes(optax.inject_hyperparams(rule, hyperparam_dtype=jnp.float32)(
         learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=centered
-    )
+    ))
 
 
 # --- baselines: the grid's eps, decay, lr and momentum mapped onto other optimizers ----------
@@ -195,6 +213,6 @@ def make_optimizer(
     """
     if check_optimizer(name) == "rmsprop":
         return rmsprop(learning_rate, decay, eps, convention=convention, momentum=momentum, centered=centered)
-    return optax.inject_hyperparams(BASELINES[name])(
+    return _stored_in_own_dtypes(optax.inject_hyperparams(BASELINES[name], hyperparam_dtype=jnp.float32)(
         learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=False
-    )
+    ))
