@@ -34,6 +34,10 @@ def test_a_stored_program_is_keyed_by_the_code_that_traced_it(mlp_task, monkeypa
     key = exports.stable_key(mlp_task, SPEC, devices, 2)
     assert key == exports.stable_key(mlp_task, SPEC, devices, 2)
     assert key != exports.stable_key(mlp_task, SPEC, devices, 4)  # another width
+    installed = exports.versions()
+    monkeypatch.setattr(exports, "versions", lambda: (*installed, "another NumPy"))
+    assert key != exports.stable_key(mlp_task, SPEC, devices, 2)
+    monkeypatch.undo()
     monkeypatch.setattr(exports, "source_digest", lambda: "an edited checkout")
     assert key != exports.stable_key(mlp_task, SPEC, devices, 2)
 

@@ -24,6 +24,7 @@ import io
 import json
 import logging
 import os
+import platform
 import re
 import tempfile
 import zipfile
@@ -66,9 +67,17 @@ def package_version(package: str) -> str:
 
 
 @functools.cache
+def versions() -> tuple[str, ...]:
+    """What else traces a program, part of every stored program's key: Python and the versions
+    of JAX, jaxlib, NumPy, ml_dtypes, optax and flax (a model's constants are NumPy's work)."""
+    return (platform.python_version(), jax.__version__,
+            *(package_version(p) for p in ("jaxlib", "numpy", "ml_dtypes", "optax", "flax")))
+
+
+@functools.cache
 def source_digest() -> str:
     """A hash of epsweep's own source files. Part of every stored program's key (with the
-    versions of epsweep, JAX, optax and flax), so a program traced by other code is not
+    :func:`versions` of what else traces it), so a program traced by other code is not
     reused: an edited checkout keeps its version number."""
     root = Path(__file__).resolve().parents[1]
     digest = hashlib.sha256()
@@ -91,8 +100,7 @@ def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None
             return None
     text = repr((FORMAT, task.identity, trainable, *program_shape(task, spec),
                  (devices[0].platform, devices[0].device_kind, len(devices)) if devices else None,
-                 width, package_version("epsweep"), source_digest(), jax.__version__, package_version("optax"),
-                 package_version("flax")))
+                 width, package_version("epsweep"), source_digest(), versions()))
     if _ADDRESS.search(text):
         return None
     return hashlib.sha256(text.encode()).hexdigest()[:40]
