@@ -382,6 +382,8 @@ def test_flax_task_refuses_what_cannot_train():
 
 MODEL_FILE = """
 import flax.linen as nn
+import jax
+import numpy as np
 
 
 class Net(nn.Module):
@@ -404,6 +406,15 @@ class Broken(nn.Module):
     @nn.compact
     def __call__(self, x):
         return nn.Dense(3)(x) @ nn.Dense(5)(x)
+
+
+class Callback(nn.Module):  # traces alone, but not under vmap (a pure_callback without vmap_method)
+
+    @nn.compact
+    def __call__(self, x):
+        x = x.reshape(len(x), -1)
+        x = jax.pure_callback(np.asarray, jax.ShapeDtypeStruct(x.shape, x.dtype), x)
+        return nn.Dense(3)(x)
 """
 
 
@@ -457,6 +468,7 @@ CLI_CASES = [
     (["--model", "own_models.py:Nope"], "--model: own_models.py has no 'Nope'"),
     (["--model", "own_models.py"], "must look like FILE.py:NAME or package.module:NAME"),
     (["--model", "own_models.py:Broken"], "model Broken fails on inputs of shape (1, 4, 4, 1): TypeError: dot_general"),
+    (["--model", "own_models.py:Callback"], "model Callback fails on inputs of shape (32, 4, 4, 1): NotImplementedError: vmap"),
     (["--model", "own_models.py:nn"], "--model: expected a Flax linen or NNX module, a module class or a factory"),
     (["--model", "own_models.py:Net", "--task", "mlp"], "give --task or --model, not both"),
     (["--model", "own_models.py:Net", "--loss", "hinge"], "--loss: unknown loss 'hinge'"),

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import logging
 from collections.abc import Callable
 from typing import Any, NamedTuple
 
@@ -38,6 +39,8 @@ from epsweep.engine.layout import LoopLayout, loop_layout
 from epsweep.engine.spec import DIAGNOSTIC_POINTS, RunOutputs, TrainSpec
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
 from epsweep.tasks.task import Task
+
+log = logging.getLogger(__name__)
 
 # Between measured steps the loop sums the eps-dominated share of a model with at most this many
 # weight arrays array by array: no concatenated copy of the gradient and the statistic, which in
@@ -111,9 +114,17 @@ class _Plan:
         return not self.loop_free
 
     def loss(self, params, model_state, xb, yb, rng):
-        """The task's loss; in the loop, with its data products taken as the layout wants."""
+        """The task's loss; in the loop, with its data products taken as the layout wants.
+
+        The loop replays the loss's trace outside the model's own code, so what the model cannot
+        do under the loop's ``vmap`` (say, a ``pure_callback`` with no ``vmap_method``) fails in
+        the replay: the model is then called itself, to fail as it fails (a task built by
+        :func:`~epsweep.flax_task` names the model in one line), or to train as it traces."""
         if self.layout.found is not None:
-            return products.evaluate(self.layout.found, params, model_state, xb, yb, rng)
+            try:
+                return products.evaluate(self.layout.found, params, model_state, xb, yb, rng)
+            except Exception as error:  # noqa: BLE001 - the model's own call says what went wrong
+                log.debug("replaying the traced loss failed (%s); tracing it under the loop instead", error)
         return self.task.loss(params, model_state, xb, yb, rng)
 
     @property
