@@ -408,6 +408,17 @@ class Broken(nn.Module):
         return nn.Dense(3)(x) @ nn.Dense(5)(x)
 
 
+class Echo(nn.Module):  # Net, calling back to Python on the way (which jax.export cannot serialize)
+    num_classes: int
+
+    @nn.compact
+    def __call__(self, x, train: bool = False):
+        x = jax.pure_callback(np.asarray, jax.ShapeDtypeStruct(x.shape, x.dtype), x, vmap_method="sequential")
+        x = nn.Dense(8)(x.reshape(len(x), -1))
+        x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
+        return nn.Dense(self.num_classes)(x)
+
+
 class Callback(nn.Module):  # traces alone, but not under vmap (a pure_callback without vmap_method)
 
     @nn.compact
@@ -459,6 +470,22 @@ def test_a_model_named_by_module_with_regression_targets_from_a_file(model_dir, 
                                                                                             np.float32, None)
     np.testing.assert_allclose(np.sort(np.r_[task.data.y_train, task.data.y_val]),
                                np.sort(np.load(model_dir / "targets.npz")["y"]), rtol=1e-6)
+
+
+def test_a_model_that_calls_back_to_python_trains_as_without_the_call(model_dir, capsys, monkeypatch):
+    """A host callback (jax.debug.print, pure_callback) cannot be exported (jax.export refuses
+    it): such a model's programs are compiled as traced, and not stored. The identity callback
+    leaves Net's numbers as they are."""
+    monkeypatch.chdir(model_dir)
+    results = {}
+    for name in ("Net", "Echo"):
+        code = main(["grid", "--model", f"own_models.py:{name}", "--dataset", "data.npz", "--steps", "6",
+                     "--eps", "1e-8", "1", "-f", "json", "-q"])
+        out, err = capsys.readouterr()
+        assert code == 0 and err == "", err
+        results[name] = [{k: r[k] for k in ("eps", "final_loss", "val_loss", "eps_dominated")}
+                         for r in json.loads(out)["results"]]
+    assert results["Echo"] == results["Net"]
 
 
 CLI_CASES = [

@@ -30,7 +30,7 @@ import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -160,15 +160,36 @@ def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: i
 
     jitted = sharded_programs(task, spec, devices)
     shapes = call_shapes(task, spec, devices, width)
-    out = {"init": export.export(jitted["init"])(*shapes["init"])}
+    out = {"init": _export_one(jitted["init"], shapes["init"])}
     if on_program is not None:
         on_program("init", out["init"], shapes["init"])
     for name, args in call_shapes(task, spec, devices, width, out["init"]).items():
         if name != "init":
-            out[name] = export.export(jitted[name])(*args)
+            out[name] = _export_one(jitted[name], args)
             if on_program is not None:
                 on_program(name, out[name], args)
     return out
+
+
+class Unexported(NamedTuple):
+    """A program that ``jax.export`` cannot serialize (a model that calls back to Python:
+    ``jax.debug.print``, ``pure_callback``), called as it is traced: the exported module's
+    ``call``, ``out_tree`` and ``out_avals``, nothing to store."""
+
+    call: Callable
+    out_tree: Any
+    out_avals: tuple
+
+
+def _export_one(program: Callable, args: tuple) -> export.Exported | Unexported:
+    try:
+        return export.export(program)(*args)
+    except NotImplementedError as error:
+        if "host_callbacks" not in str(error):
+            raise
+        log.debug("not exporting %s: %s", program, error)
+        avals, out_tree = jax.tree.flatten(jax.eval_shape(program, *args))
+        return Unexported(program, out_tree, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
 
 
 def _namedtuple_types(treedef: Any, found: dict[str, type]) -> None:
@@ -273,7 +294,7 @@ def load_or_export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], w
                     on_program(name, program, shapes[name])
             return loaded, True
     exported = _export(task, spec, devices, width, on_program)
-    if path is not None:
+    if path is not None and not any(isinstance(p, Unexported) for p in exported.values()):
         try:
             _save(path, exported)
         except Exception as error:  # noqa: BLE001 - a program that cannot be saved still runs
