@@ -383,6 +383,7 @@ def test_flax_task_refuses_what_cannot_train():
 MODEL_FILE = """
 import flax.linen as nn
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 
@@ -417,6 +418,30 @@ class Echo(nn.Module):  # Net, calling back to Python on the way (which jax.expo
         x = nn.Dense(8)(x.reshape(len(x), -1))
         x = nn.Dropout(0.1, deterministic=not train)(nn.relu(x))
         return nn.Dense(self.num_classes)(x)
+
+
+class Still(nn.Module):  # nothing to train
+    @nn.compact
+    def __call__(self, x):
+        return x.reshape(len(x), -1)[:, :3]
+
+
+class Counted(nn.Module):  # an integer parameter: no gradient
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(x.reshape(len(x), -1)) * self.param("k", lambda key: jnp.ones((), jnp.int32))
+
+
+class Quits(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        raise SystemExit(5)
+
+
+class Rounded(nn.Module):  # integer outputs: no gradient reaches the parameters
+    @nn.compact
+    def __call__(self, x):
+        return jnp.round(nn.Dense(3)(x.reshape(len(x), -1))).astype(jnp.int32)
 
 
 class Callback(nn.Module):  # traces alone, but not under vmap (a pure_callback without vmap_method)
@@ -495,6 +520,10 @@ CLI_CASES = [
     (["--model", "own_models.py:Nope"], "--model: own_models.py has no 'Nope'"),
     (["--model", "own_models.py"], "must look like FILE.py:NAME or package.module:NAME"),
     (["--model", "own_models.py:Broken"], "model Broken fails on inputs of shape (1, 4, 4, 1): TypeError: dot_general"),
+    (["--model", "own_models.py:Still"], "model Still has no parameters to train"),
+    (["--model", "own_models.py:Quits"], "model Quits fails on inputs of shape (1, 4, 4, 1): SystemExit: 5"),
+    (["--model", "own_models.py:Counted"], "model Counted: parameter ['k'] is int32; only real floating-point"),
+    (["--model", "own_models.py:Rounded"], "model Rounded returns int32 outputs; it must return real floating-point"),
     (["--model", "own_models.py:Callback"], "model Callback fails on inputs of shape (32, 4, 4, 1): NotImplementedError: vmap"),
     (["--model", "own_models.py:nn"], "--model: expected a Flax linen or NNX module, a module class or a factory"),
     (["--model", "own_models.py:Net", "--task", "mlp"], "give --task or --model, not both"),

@@ -58,7 +58,7 @@ class _Guard:
             return function(*args, **kwargs)
         except UserError:
             raise
-        except Exception as error:  # the model's own failure, whatever it is
+        except (Exception, SystemExit) as error:  # the model's own failure, whatever it is (an exit too)
             where = f" on inputs of shape {tuple(shape)}" if shape is not None else ""
             raise UserError(f"{what or 'model ' + self.name} fails{where}: {_first_line(error)}") from None
 
@@ -245,6 +245,22 @@ def _shapes(tree) -> tuple:
     return str(treedef), tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
 
 
+def _check_parameters(params, name: str) -> None:
+    """A model must have parameters to train, and only floating-point ones (a gradient is taken
+    with respect to every one of them)."""
+    import jax
+    import jax.numpy as jnp
+
+    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
+    if sum(math.prod(leaf.shape) for _, leaf in leaves) == 0:
+        raise UserError(f"model {name} has no parameters to train")
+    for path, leaf in leaves:
+        if not jnp.issubdtype(leaf.dtype, jnp.floating):
+            hint = "" if jnp.issubdtype(leaf.dtype, jnp.complexfloating) else " (keep counters in another collection)"
+            raise UserError(f"model {name}: parameter {jax.tree_util.keystr(path) or '()'} is {leaf.dtype}; only "
+                            f"real floating-point parameters train{hint}")
+
+
 def check_task(task: Task, name: str) -> dict:
     """Trace ``task``'s functions on shapes alone (nothing runs, no JAX backend starts): the
     model must accept the data's inputs, its outputs must fit the loss and metric, and its
@@ -259,14 +275,15 @@ def check_task(task: Task, name: str) -> dict:
     key = jax.eval_shape(lambda: jax.random.key(0))
     args = (key,) if task.constants is None else (key, task.constants)
     init, (params, state) = jax.make_jaxpr(task.init, return_shape=True)(*args)
+    _check_parameters(params, name)
     batch = 2
     x = jax.ShapeDtypeStruct((batch, *data.input_shape), data.x_train.dtype)
     y = jax.ShapeDtypeStruct((batch, *data.target_shape), data.y_train.dtype)
     step, ((_, new_state), _) = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True), return_shape=True)(
         params, state, x, y, key)
     if _shapes(new_state) != _shapes(state):
-        raise UserError(f"model {name}: its state ({', '.join(map(str, state)) or 'none'}) changes shape from step "
-                        f"to step; only fixed-shape state (BatchNorm statistics, counters) can be carried")
+        raise UserError(f"model {name}: its state ({', '.join(map(str, state)) or 'none'}) changes shape or dtype "
+                        f"from step to step; only fixed-shape state (BatchNorm statistics, counters) can be carried")
     evaluate = jax.make_jaxpr(task.evaluate)(params, state, x, y)
     count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
     shapes = (_shapes(params), _shapes(state))
@@ -375,6 +392,9 @@ def _task(adapter, score: Scoring, data: Dataset, name: str) -> Task:
         if not hasattr(outputs, "shape") or not hasattr(outputs, "dtype"):
             raise UserError(f"model {name} returns {type(outputs).__name__}; it must return one array (logits or "
                             f"predictions)")
+        if not jnp.issubdtype(outputs.dtype, jnp.floating):  # int or bool: no gradient; complex: no order
+            raise UserError(f"model {name} returns {outputs.dtype} outputs; it must return real floating-point ones "
+                            f"(logits or predictions), through which a gradient reaches its parameters")
         return adapter.guard.call(function, outputs, y, what=f"scoring the outputs of model {name}")
 
     return Task(name, init, loss, evaluate, data, metric_name=score.metric_name, constants=adapter.constants)
