@@ -513,6 +513,22 @@ def test_a_model_that_calls_back_to_python_trains_as_without_the_call(model_dir,
     assert results["Echo"] == results["Net"]
 
 
+def test_resume_refuses_the_results_of_an_edited_model_of_the_same_shapes(tmp_path, capsys, monkeypatch):
+    """The run a results file belongs to includes what the model computes, not only its shapes."""
+    monkeypatch.chdir(tmp_path)
+    np.savez("data.npz", x=np.random.default_rng(0).random((40, 6)).astype(np.float32), y=np.arange(40) % 3)
+    edited = "return nn.Dense(3)(jnp.tanh(x) * 100)"
+    for step, body in enumerate(("return nn.Dense(3)(x)", edited)):
+        Path(f"net{step}.py").write_text(f"import flax.linen as nn\nimport jax.numpy as jnp\n\n\n"
+                                         f"class Net(nn.Module):\n    @nn.compact\n    def __call__(self, x):\n"
+                                         f"        {body}\n")
+        code = main(["grid", "--model", f"net{step}.py:Net", "--dataset", "data.npz", "--steps", "3", "-q",
+                     "--eps", "1e-8", *(["1", "--resume"] if step else []), "-o", "out.jsonl"])
+        out, err = capsys.readouterr()
+    assert code == 2 and "--resume: out.jsonl comes from a different run (model_fingerprint" in err, err
+    assert err.count("\n") == 1
+
+
 CLI_CASES = [
     (["--model", "missing.py:Net"], "--model: missing.py: no such file"),
     (["--model", "failing.py:Net"], "--model: cannot import failing.py: RuntimeError: no GPU here second line"),

@@ -355,7 +355,8 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
     task = _task(adapter, score, data, name)
     checked = check_task(task, name)
     details = {"model": name, "framework": adapter.framework, "parameters": checked["parameters"],
-               "model_shapes": checked["shapes"], "loss": score.loss_name, "metric": score.metric_name}
+               "model_shapes": checked["shapes"], "model_fingerprint": checked["fingerprint"],
+               "loss": score.loss_name, "metric": score.metric_name}
     # the programs are keyed by what the functions compute: the same model, loss and metric share
     # them (in this process and, via the fingerprint's text, in others); a change to any never does
     identity = ("flax_task", checked["fingerprint"] or _Unshared(), score.loss_name, score.metric_name,
