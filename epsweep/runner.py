@@ -125,6 +125,10 @@ class Runner:
                 return StopReport(0, self.total, None, False)
             path = save_partial_stream(finished, self.meta, [getattr(w, "path", None) for w in self.writers])
             self._partial = StopReport(len(finished) if path else 0, self.total, path, False)
+            if path is None:  # a stream that failed (a full disk) still holds what it wrote before
+                failed = next((w for w in self.writers if w.streams and getattr(w, "saved", 0) > 0), None)
+                if failed is not None:
+                    self._partial = StopReport(failed.saved, self.total, failed.path, True)
             return self._partial
 
     # -- running ----------------------------------------------------------------------------

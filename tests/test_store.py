@@ -306,6 +306,26 @@ def test_a_full_disk_never_costs_the_results(capsys):
     assert Path("/dev/full").is_char_device()
 
 
+def test_a_disk_that_fills_mid_stream_keeps_what_the_stream_holds_and_says_so(tmp_path):
+    """Files may grow to 3,072 bytes (``ulimit -f 3``): the meta fits, the stream takes four
+    records and fails on the fifth, and so does every fallback copy. The one line names what the
+    stream holds, which --resume finishes; no half-written fallback file is left behind."""
+    args = [sys.executable, "-m", "epsweep", "grid", "--task", "quadratic", "--steps", "5", "--eps", "log:1e-8:1:12",
+            "--chunk-size", "1", "-q", "-o", "q.jsonl"]
+    env = {**os.environ, "EPSWEEP_COMPILE_CACHE": "off", "TMPDIR": str(tmp_path)}
+    limited = ["bash", "-c", 'ulimit -f 3 && exec "$@"', "bash", *args]  # not preexec_fn: JAX has threads
+    done = subprocess.run(limited, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 2 and done.stdout == ""
+    assert done.stderr == ("epsweep: error: --output: cannot write q.jsonl: File too large; 4 of 12 settings saved "
+                           "to q.jsonl (resume with --resume)\n")
+    assert sorted(p.name for p in tmp_path.iterdir() if not p.name.startswith("epsweep-locks")) == [
+        "q.jsonl", "q.meta.json"]  # no partial copy (nor its meta) half written
+    assert len(read_results(tmp_path / "q.jsonl").records) == 4
+    finished = subprocess.run([*args, "--resume"], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert finished.returncode == 0, finished.stderr
+    assert len(read_results(tmp_path / "q.jsonl").records) == 12
+
+
 # --- Ctrl-C on a real sweep ------------------------------------------------------------------------
 
 SWEEP = ["grid", "--eps", "log:1e-8:1:6", "--lr", "1e-3", "1e-2", "--steps", "1500", "--batch-size", "16",

@@ -271,7 +271,11 @@ class JsonlWriter:
                     self._file.seek(0, os.SEEK_END)
                 else:
                     if self._with_meta:  # first: the file is never without its meta
-                        write_atomic(self.meta_path, dumps(meta, indent=2) + "\n")
+                        try:
+                            write_atomic(self.meta_path, dumps(meta, indent=2) + "\n")
+                        except OSError as e:
+                            e.filename = self.meta_path  # not the temporary file it was written to
+                            raise
                     self._file = open(self.path, "wb")
                 self._file.flush()
         except OSError as e:
@@ -335,22 +339,26 @@ def save_partial_stream(records: Sequence[dict], meta: dict, near: Sequence[Path
     meta_text = dumps(meta, indent=2) + "\n"
     beside = next((Path(p) for p in near if p is not None and not (Path(p).exists() and not Path(p).is_file())),
                   None)  # not beside a device such as /dev/full
-    if beside is not None:
-        path = beside.with_name(f"{beside.stem}.partial.jsonl")
+    def written(path: Path) -> bool:
+        """The meta, then the records (never records without their meta); neither when either fails."""
         try:
-            write_atomic(meta_path(path), meta_text)  # the meta first: the records are never without it
+            write_atomic(meta_path(path), meta_text)
             write_atomic(path, text)
-            return path
+            return True
         except OSError:
-            pass
+            for leftover in (meta_path(path), path):
+                with contextlib.suppress(OSError):
+                    leftover.unlink()
+            return False
+
+    if beside is not None and written(beside.with_name(f"{beside.stem}.partial.jsonl")):
+        return beside.with_name(f"{beside.stem}.partial.jsonl")
     try:
         fd, name = tempfile.mkstemp(prefix="epsweep-partial-", suffix=".jsonl")
         os.close(fd)
-        write_atomic(meta_path(Path(name)), meta_text)
-        write_atomic(Path(name), text)
-        return Path(name)
     except OSError:
         return None
+    return Path(name) if written(Path(name)) else None
 
 
 def writer_for(path: Path | str, fmt: str, *, resume: bool = False, force: bool = False) -> Writer:
