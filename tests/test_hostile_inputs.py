@@ -33,8 +33,8 @@ Q = "grid --task quadratic --steps 3 -q"  # a sweep that gets past validation tr
 class Case:
     """``args`` (one shell-quoted string; ``{d}``: the files' directory, ``{port}``: a free TCP
     port), the texts the one stderr line must hold, the exit code (0: the texts are looked for
-    on stdout instead), standard input (a file; default: none) and output (a file; default: a
-    pipe), and extra environment variables."""
+    on stdout instead), standard input (a file; default: none) and output (a file, or "closed";
+    default: a pipe), and extra environment variables."""
 
     args: str
     messages: tuple[str, ...]
@@ -225,6 +225,8 @@ CASES = [
       stdout="/dev/full"),
     C("report {d}/good.json", "cannot write to standard output: No space left on device; the results are in",
       stdout="/dev/full"),
+    C(f"{Q} -f json", "cannot write to standard output: it is closed; the results were saved to ", stdout="closed"),
+    C("report {d}/good.json", "cannot write to standard output: it is closed; the results are in", stdout="closed"),
     C(f"{Q} -f jsonl -o /dev/full", "--output: cannot write /dev/full: No space left on device; 2 of 2 finished "
       "settings saved to "),
     # --- one results file, one writer; nothing replaced that is not this sweep's ---
@@ -310,10 +312,11 @@ def _run(case: Case, fill: dict[str, str]) -> subprocess.CompletedProcess:
     argv = [_fill(a, fill) for a in shlex.split(case.args)]
     env = {**os.environ, "JAX_PLATFORMS": "cpu", **dict(case.env)}
     stdin = open(_fill(case.stdin, fill), "rb") if case.stdin else subprocess.DEVNULL
-    stdout = open(case.stdout, "w") if case.stdout else subprocess.PIPE
+    closed = case.stdout == "closed"  # started with standard output closed (>&-)
+    stdout = open(case.stdout, "w") if case.stdout and not closed else subprocess.PIPE
+    command = ["bash", "-c", 'exec "$@" >&-', "bash", EXE, *argv] if closed else [EXE, *argv]
     try:
-        done = subprocess.run([EXE, *argv], stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env,
-                              timeout=300)
+        done = subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=300)
     finally:
         for f in (stdin, stdout):
             if hasattr(f, "close"):

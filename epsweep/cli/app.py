@@ -82,6 +82,9 @@ def main(args: list[str] | None = None) -> int:
     """Entry point of the ``epsweep`` executable; returns the exit code."""
     import importlib
 
+    from epsweep.cli.present import open_standard_streams
+
+    open_standard_streams()
     for module in ("epsweep.cli.train", "epsweep.cli.saved"):  # registers the commands, in this order
         importlib.import_module(module)
 

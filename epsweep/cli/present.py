@@ -3,6 +3,8 @@ stderr. User-provided text (paths, names from files) is always printed literally
 
 from __future__ import annotations
 
+import errno
+import io
 import logging
 import os
 import sys
@@ -99,6 +101,31 @@ def print_prose(console: Console, text: str) -> None:
     from epsweep.views.sheet import prose
 
     console.print(Text(prose(text, console.width)), soft_wrap=True)
+
+
+class ClosedStdout(io.TextIOBase):
+    """Standard output for a process started with it closed (``>&-``): every write fails as on
+    a full disk, so the results are saved to a file that the error line names."""
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        raise OSError(errno.EBADF, "it is closed")
+
+    def fileno(self) -> int:
+        return 1
+
+    def flush(self) -> None:
+        pass
+
+
+def open_standard_streams() -> None:
+    """Stand-ins for standard streams the process started without (Python sets them to None)."""
+    if sys.stdout is None:
+        sys.stdout = ClosedStdout()
+    if sys.stderr is None:  # nowhere to say anything; the exit code still tells
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
 
 
 def write_stdout(text: str) -> None:
