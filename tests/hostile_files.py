@@ -78,6 +78,7 @@ def make_files(d: Path) -> Path:
     (d / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
     (d / "bad.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9,fast,0.5,False\n")
     (d / "ragged.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9\n")
+    (d / "excel.csv").write_bytes(b"\xef\xbb\xbfeps,decay,lr,final_loss,diverged\r\n1e-8,0.9,0.1,0.5,False\r\n")  # BOM
     (d / "nan.csv").write_text("eps,decay,lr,final_loss,diverged\nnan,0.9,0.1,0.5,False\n")
     (d / "good.json").write_text(json.dumps({"meta": {}, "results": [RECORD]}))
     (d / "results.xml").write_text("<results/>")

@@ -163,6 +163,7 @@ CASES = [
     C("report {d}/binary.jsonl", 'not UTF-8 text'),
     C("report {d}/bad.csv", "lr 'fast' is not a number"),
     C("report {d}/ragged.csv", '2 cells but the header has 5'),
+    C("report {d}/excel.csv", "0.5", code=0),  # Excel's "CSV UTF-8" starts with a byte-order mark
     C("report {d}/nan.csv", 'eps is nan; missing numbers must be empty cells'),
     C("report {d}/results.xml", 'cannot tell the format (expected .json, .jsonl or .csv)'),
     C("report {d}/deep.json", 'deep.json: nested more than 64 levels deep'),

@@ -279,7 +279,7 @@ _CSV_INTS = ("diverged_seeds", "diverged_step", "seeds")
 def _read_csv(path: Path) -> Loaded:
     raw = _read_bytes(path)
     try:
-        text = raw.decode("utf-8")
+        text = raw.decode("utf-8-sig")  # Excel's "CSV UTF-8" starts with a byte-order mark
     except UnicodeDecodeError:
         raise UserError(f"{path}: not UTF-8 text") from None
     reader = csv.reader(io.StringIO(text, newline=""))
