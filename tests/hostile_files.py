@@ -156,6 +156,10 @@ def make_files(d: Path) -> Path:
     (d / "other_sweep.jsonl").write_text(json.dumps(RECORD) + "\n")
     (d / "other_sweep.meta.json").write_text(json.dumps({"format": "epsweep-stream/1",
                                                                  "run": {"train": {"steps": 1}}}))
+    for name, meta in (("future", {"format": "epsweep-stream/99"}), ("no_run", {"format": "epsweep-stream/1",
+                                                                                "run": None})):
+        (d / f"{name}.jsonl").write_text(json.dumps(RECORD) + "\n")
+        (d / f"{name}.meta.json").write_text(json.dumps(meta))
     (d / "other.json").write_text(json.dumps({"meta": {"run": {"train": {"steps": 1}}}, "results": [RECORD]}))
     (d / "notes.csv").write_text("name,age\nbob,3\n")
     two = json.dumps({"meta": {}, "results": [RECORD, {**RECORD, "eps": 1.0}]})

@@ -236,6 +236,8 @@ CASES = [
     C(f"{Q} -o {{d}}/other_sweep.jsonl", "other_sweep.jsonl holds another sweep's results (steps 1 in the file, "
       "3 now;", "add --force to replace it, or choose another file"),
     C(f"{Q} -o {{d}}/other.json", "other.json holds another sweep's results (steps 1 in the file"),
+    C(f"{Q} -o {{d}}/future.jsonl --resume", 'future.jsonl is a stream of format "epsweep-stream/99", which this'),
+    C(f"{Q} -o {{d}}/no_run.jsonl --resume", "no_run.jsonl comes from a different run (run null in the file"),
     C(f"{Q} -o {{d}}/notes.jsonl", "notes.jsonl exists and is not epsweep results (line 1: not valid JSON"),
     C(f"{Q} -o {{d}}/notes.csv", "notes.csv exists and is not epsweep results (the header row has no eps, decay, lr"),
     C(f"{Q} -o {{d}}/force_me.json --force", "final loss", code=0),

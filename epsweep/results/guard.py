@@ -85,7 +85,7 @@ def differences(there: Any, here: Any, path: str = "", sides: tuple[str, str] = 
         return out
     if there == here:
         return []
-    name = path.split(".", 1)[-1]  # task.data.train -> data.train, train.steps -> steps
+    name = path.split(".", 1)[-1] or "run"  # task.data.train -> data.train, train.steps -> steps
     if name == "data_fingerprint":
         return ["the data's contents differ"]
     return [f"{name} {short_json(plain(there))} {sides[0]}, {short_json(plain(here))} {sides[1]}"]

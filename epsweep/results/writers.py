@@ -30,6 +30,7 @@ from epsweep.errors import UserError, param
 from epsweep.results.files import WRITE_LOCK, FileClaim, check_writable, write_atomic, write_or_keep
 from epsweep.results.formats import dumps, render_machine
 from epsweep.results.guard import check_replace, differences, refusal, replace_problem
+from epsweep.results.meta import short_json
 from epsweep.results.reading import STREAM_FORMAT, Loaded, meta_path, read_stream
 from epsweep.results.records import SettingKey, setting_key
 
@@ -237,9 +238,13 @@ class JsonlWriter:
             return {}
         if existing is None:
             return {}
-        if existing.meta.get("format") != STREAM_FORMAT:
-            raise UserError(f"{param('resume')}: {self.path} is not a streamed epsweep sweep (no meta: neither "
-                            f"{self.meta_path.name} beside it nor a meta first line)")
+        found = existing.meta.get("format")
+        if found != STREAM_FORMAT:
+            if found is None:
+                raise UserError(f"{param('resume')}: {self.path} is not a streamed epsweep sweep (no meta: neither "
+                                f"{self.meta_path.name} beside it nor a meta first line)")
+            raise UserError(f"{param('resume')}: {self.path} is a stream of format {short_json(found)}, which this "
+                            f"epsweep cannot resume (it writes {STREAM_FORMAT})")
         if existing.meta.get("run") != run:
             diff = differences(existing.meta.get("run"), run)
             raise UserError(f"{param('resume')}: {self.path} comes from a different run ({'; '.join(diff[:2])})")

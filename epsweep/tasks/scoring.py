@@ -173,7 +173,8 @@ def _metric(metric: str | Callable | None, loss: str | Callable, data: Dataset) 
     if loss == "cross_entropy" or (callable(loss) and data.num_classes is not None and data.target_shape == ()):
         return metric, _argmax_accuracy
     raise UserError(f"{param('metric')} accuracy needs class labels and a classification loss; with "
-                    f"{param('loss')} {_name_of(loss) if callable(loss) else loss} use metric None or a function")
+                    f"{param('loss')} {_name_of(loss) if callable(loss) else loss} use no metric (None; none on "
+                    f"the command line) or a function")
 
 
 def scoring(loss: str | Callable, metric: str | Callable | None, data: Dataset) -> Scoring:
