@@ -171,3 +171,26 @@ def test_loop_free_programs_train_like_the_looped_one(mlp_task):
     for name in engine.RunOutputs._fields:
         np.testing.assert_allclose(getattr(one_step_calls, name), getattr(one_loop, name), rtol=1e-5, atol=1e-6,
                                    err_msg=name)
+
+
+@pytest.mark.parametrize("size", [1, 3])
+def test_the_loop_free_programs_mapping_equals_vmap(size):
+    """Over axes of size 1 the loop-free init, evaluate and finish call the function unbatched
+    (it traces faster); any size, any prefix of axes, the result is vmap's."""
+    import jax.numpy as jnp
+
+    from epsweep.engine.layout import vmap_or_call as _vmap_or_call
+
+    def f(tree, scale, shared):
+        return {"sum": tree["w"].sum() * scale + shared, "w": tree["w"] * scale, "b": tree["b"]}, scale
+
+    rng = np.random.default_rng(0)
+    tree = {"w": rng.normal(size=(4, size, 2)), "b": rng.normal(size=(size, 3))}
+    args = (tree, jnp.arange(1.0, size + 1), 0.5)
+    in_axes = ({"w": 1, "b": 0}, 0, None)
+    out_axes = ({"sum": 0, "w": 2, "b": 0}, 0)
+    ours = _vmap_or_call(f, in_axes, out_axes)(*args)
+    theirs = jax.vmap(f, in_axes, out_axes)(*args)
+    assert jax.tree.structure(ours) == jax.tree.structure(theirs)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-6) or a.shape == b.shape, ours, theirs)
+    assert [a.shape for a in jax.tree.leaves(ours)] == [b.shape for b in jax.tree.leaves(theirs)]

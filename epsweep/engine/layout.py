@@ -18,6 +18,7 @@ lie (:meth:`LoopLayout.run_axes`), and XLA folds the rest into the products.
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Callable
 from typing import Any
 
 import jax
@@ -128,3 +129,28 @@ def loop_layout(loss, runs: Any, xb, yb) -> LoopLayout:
     weights = jax.tree.leaves(one_run[0])
     data = {i: (k, tuple(weights[i].shape)) for i, k in found.contracted.items()}
     return LoopLayout(jax.tree.structure(one_run[0]), data, found)
+
+
+def vmap_or_call(fun: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
+    """``jax.vmap(fun, in_axes, out_axes)``; over axes of size 1, a plain call of ``fun`` on the
+    arguments with those axes taken out, put back in its results (how the loop-free programs
+    map init, evaluate and finish: ``epsweep.engine.programs._Plan.vmap``)."""
+    mapped = jax.vmap(fun, in_axes=in_axes, out_axes=out_axes)
+
+    def per_leaf(axes, tree, f):
+        """f(leaf, axis) for every leaf of ``tree``; ``axes`` an int, None or a prefix tree of them."""
+        return jax.tree.map(lambda a, sub: jax.tree.map(lambda leaf: f(leaf, a), sub), axes, tree,
+                            is_leaf=lambda x: x is None)
+
+    def call(*args):
+        axes = tuple(in_axes) if isinstance(in_axes, (tuple, list)) else (in_axes,) * len(args)
+        sizes = set()
+        for arg, axis in zip(args, axes, strict=True):
+            per_leaf(axis, arg, lambda leaf, a: sizes.add(None if a is None else jnp.shape(leaf)[a]))
+        if sizes - {None} != {1}:
+            return mapped(*args)
+        squeezed = [per_leaf(axis, arg, lambda leaf, a: leaf if a is None else jnp.squeeze(leaf, a))
+                    for arg, axis in zip(args, axes, strict=True)]
+        return per_leaf(out_axes, fun(*squeezed), lambda leaf, a: jnp.expand_dims(leaf, a))
+
+    return call
