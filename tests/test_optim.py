@@ -141,6 +141,16 @@ def test_bfloat16_parameters_keep_bfloat16_statistics_and_exact_hyperparameters(
     np.testing.assert_allclose(np.asarray(nu, np.float32), ref_nu, rtol=2**-8, atol=0)
 
 
+def test_a_hyperparameter_set_in_the_state_as_optax_documents_is_used():
+    """optax's way to change an injected hyperparameter: assign it in ``state.hyperparams``."""
+    opt = rmsprop(0.1, 0.9, 1e-8)
+    params = {"w": jnp.ones(3)}
+    state = opt.init(params)
+    state.hyperparams["eps"] = 1e-3
+    updates, state = opt.update({"w": jnp.full(3, 0.1)}, state, params)
+    np.testing.assert_allclose(updates["w"], -0.1 * 0.1 / np.sqrt(0.1 * 0.01 + 1e-3), rtol=1e-5)
+
+
 def test_hyperparameters_are_traced_and_compile_once():
     """One jitted step serves every hyperparameter value: the second call does not recompile."""
     grads = jnp.ones(3)

@@ -529,6 +529,25 @@ def test_resume_refuses_the_results_of_an_edited_model_of_the_same_shapes(tmp_pa
     assert err.count("\n") == 1
 
 
+def test_with_standard_output_closed_a_model_that_prints_still_trains(model_dir, capsys, monkeypatch):
+    """Started with stdout closed (``>&-``, Python's sys.stdout is None), a model's own prints
+    are dropped as Python drops them; the results, which cannot go to stdout, are in the file
+    the error line names. main() leaves sys.stdout as it found it."""
+    monkeypatch.chdir(model_dir)
+    (model_dir / "printing.py").write_text(
+        "import flax.linen as nn\nimport jax\n\n\nclass Loud(nn.Module):\n    @nn.compact\n"
+        "    def __call__(self, x):\n        print('tracing')\n        jax.debug.print('mean {m}', m=x.mean())\n"
+        "        return nn.Dense(3)(x.reshape(len(x), -1))\n")
+    monkeypatch.setattr(sys, "stdout", None)
+    code = main(["grid", "--model", "printing.py:Loud", "--dataset", "data.npz", "--steps", "3", "--eps", "1e-8", "1",
+                 "-q", "-o", "loud.jsonl"])
+    assert sys.stdout is None
+    err = capsys.readouterr().err
+    assert code == 2 and err == "epsweep: error: cannot write to standard output: it is closed; the results are in " \
+                                "loud.jsonl\n", err
+    assert len((model_dir / "loud.jsonl").read_text().splitlines()) == 2
+
+
 CLI_CASES = [
     (["--model", "missing.py:Net"], "--model: missing.py: no such file"),
     (["--model", "failing.py:Net"], "--model: cannot import failing.py: RuntimeError: no GPU here second line"),

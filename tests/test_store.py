@@ -326,6 +326,27 @@ def test_a_disk_that_fills_mid_stream_keeps_what_the_stream_holds_and_says_so(tm
     assert len(read_results(tmp_path / "q.jsonl").records) == 12
 
 
+def test_a_partial_copy_that_cannot_be_written_leaves_an_earlier_one_as_it_was(tmp_path, monkeypatch):
+    from epsweep.results import writers
+
+    earlier = tmp_path / "out.partial.jsonl"
+    earlier.write_text('{"eps": 1e-8}\n')
+    meta_path(earlier).write_text('{"format": "epsweep-stream/1"}\n')
+    before = sorted((p.name, p.read_text()) for p in tmp_path.iterdir())
+
+    def full_disk(path, text):
+        Path(path).write_text(text[:1])  # a write that fails halfway
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(writers, "write_atomic", full_disk)
+    monkeypatch.setenv("TMPDIR", str(tmp_path / "tmp"))
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(writers.tempfile, "tempdir", None)
+    assert writers.save_partial_stream([{"eps": 1.0}], {"format": "x"}, [tmp_path / "out.csv"]) is None
+    assert sorted((p.name, p.read_text()) for p in tmp_path.iterdir() if p.is_file()) == before
+    assert list((tmp_path / "tmp").iterdir()) == []  # nor a temporary copy
+
+
 # --- Ctrl-C on a real sweep ------------------------------------------------------------------------
 
 SWEEP = ["grid", "--eps", "log:1e-8:1:6", "--lr", "1e-3", "1e-2", "--steps", "1500", "--batch-size", "16",

@@ -80,11 +80,18 @@ def error_line(message: str) -> None:
 
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``epsweep`` executable; returns the exit code."""
-    import importlib
-
     from epsweep.cli.present import open_standard_streams
 
-    open_standard_streams()
+    restore = open_standard_streams()
+    try:
+        return _main(args)
+    finally:
+        restore()
+
+
+def _main(args: list[str] | None) -> int:
+    import importlib
+
     for module in ("epsweep.cli.train", "epsweep.cli.saved"):  # registers the commands, in this order
         importlib.import_module(module)
 

@@ -91,6 +91,7 @@ def output_format(fmt: str | None, output: Path | None) -> tuple[str, str | None
 
 
 def stdout_console() -> Console:
+    results_stdout()  # refuses a closed standard output
     return _Console()
 
 
@@ -104,33 +105,45 @@ def print_prose(console: Console, text: str) -> None:
 
 
 class ClosedStdout(io.TextIOBase):
-    """Standard output for a process started with it closed (``>&-``): every write fails as on
-    a full disk, so the results are saved to a file that the error line names."""
+    """Standard output for a process started with it closed (``>&-``). Stray prints (a model's
+    own) are dropped, as Python drops them then; results refuse to go there
+    (:func:`results_stdout`), so that they are saved to a file that the error line names."""
 
     def writable(self) -> bool:
         return True
 
     def write(self, text: str) -> int:
-        raise OSError(errno.EBADF, "it is closed")
-
-    def fileno(self) -> int:
-        return 1
-
-    def flush(self) -> None:
-        pass
+        return len(text)
 
 
-def open_standard_streams() -> None:
-    """Stand-ins for standard streams the process started without (Python sets them to None)."""
+def open_standard_streams() -> Callable[[], None]:
+    """Stand-ins for standard streams the process started without (Python sets them to None);
+    returns what puts the streams back as they were (``main`` may run inside another program)."""
+    before = sys.stdout, sys.stderr
     if sys.stdout is None:
         sys.stdout = ClosedStdout()
     if sys.stderr is None:  # nowhere to say anything; the exit code still tells
-        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - for the life of the process
+        sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed by the restore
+
+    def restore() -> None:
+        if sys.stderr is not before[1] and before[1] is None:
+            sys.stderr.close()
+        sys.stdout, sys.stderr = before
+
+    return restore
+
+
+def results_stdout():
+    """Standard output, for results: an OSError when the process started with it closed."""
+    if isinstance(sys.stdout, ClosedStdout):
+        raise OSError(errno.EBADF, "it is closed")
+    return sys.stdout
 
 
 def write_stdout(text: str) -> None:
-    sys.stdout.write(text)
-    sys.stdout.flush()
+    out = results_stdout()
+    out.write(text)
+    out.flush()
 
 
 def stdout_failed(error: OSError, kept: Path | str | None = None, keep: Callable[[], str] | None = None) -> UserError:
@@ -140,8 +153,9 @@ def stdout_failed(error: OSError, kept: Path | str | None = None, keep: Callable
     /dev/null, so that Python's flush at exit does not fail again."""
     from epsweep.results.files import keep_elsewhere
 
-    with open(os.devnull, "w") as devnull:
-        os.dup2(devnull.fileno(), sys.stdout.fileno())
+    if not isinstance(sys.stdout, ClosedStdout):
+        with open(os.devnull, "w") as devnull:
+            os.dup2(devnull.fileno(), sys.stdout.fileno())
     reason = f"cannot write to standard output: {error.strerror or error}"
     if kept is not None:
         return UserError(f"{reason}; the results are in {kept}")

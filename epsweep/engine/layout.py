@@ -132,8 +132,8 @@ def loop_layout(loss, runs: Any, xb, yb) -> LoopLayout:
 
 
 def vmap_or_call(fun: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
-    """``jax.vmap(fun, in_axes, out_axes)``; over axes of size 1, a plain call of ``fun`` on the
-    arguments with those axes taken out, put back in its results (how the loop-free programs
+    """``jax.vmap(fun, in_axes, out_axes)`` (positional arguments); over axes of size 1, a plain
+    call of ``fun`` on the arguments with those axes taken out, put back in its results (how the loop-free programs
     map init, evaluate and finish: ``epsweep.engine.programs._Plan.vmap``)."""
     mapped = jax.vmap(fun, in_axes=in_axes, out_axes=out_axes)
 
@@ -151,6 +151,6 @@ def vmap_or_call(fun: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable
             return mapped(*args)
         squeezed = [per_leaf(axis, arg, lambda leaf, a: leaf if a is None else jnp.squeeze(leaf, a))
                     for arg, axis in zip(args, axes, strict=True)]
-        return per_leaf(out_axes, fun(*squeezed), lambda leaf, a: jnp.expand_dims(leaf, a))
+        return per_leaf(out_axes, fun(*squeezed), lambda leaf, a: leaf if a is None else jnp.expand_dims(leaf, a))
 
     return call

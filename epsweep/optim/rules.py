@@ -84,10 +84,15 @@ def _stored_in_own_dtypes(inner: optax.GradientTransformation) -> optax.Gradient
     statistics rounded to their own dtype (as optax's ``mu_dtype`` does for Adam), so the state
     keeps one type from step to step. Where the dtypes agree (float32 models) nothing changes."""
 
+    def stored(new, old):
+        dtype = getattr(old, "dtype", None)
+        return new if dtype is None or new.dtype == dtype else new.astype(dtype)
+
     def update(updates, state, params=None, **extra_args):
         updates, new_state = inner.update(updates, state, params, **extra_args)
-        return updates, jax.tree.map(lambda new, old: new if new.dtype == old.dtype else new.astype(old.dtype),
-                                     new_state, state)
+        # the statistics only: hyperparameters stay as inject_hyperparams gives them (float32)
+        return updates, new_state._replace(inner_state=jax.tree.map(stored, new_state.inner_state,
+                                                                    state.inner_state))
 
     return optax.GradientTransformationExtraArgs(inner.init, update)
 

@@ -344,14 +344,22 @@ def save_partial_stream(records: Sequence[dict], meta: dict, near: Sequence[Path
     meta_text = dumps(meta, indent=2) + "\n"
     beside = next((Path(p) for p in near if p is not None and not (Path(p).exists() and not Path(p).is_file())),
                   None)  # not beside a device such as /dev/full
-    def written(path: Path) -> bool:
-        """The meta, then the records (never records without their meta); neither when either fails."""
+
+    def written(path: Path, created: bool = False) -> bool:
+        """The meta and the records, each written whole beside its place and then renamed in,
+        the meta first (the records are never without it); on failure nothing is left of this
+        attempt (an earlier partial file at ``path`` stays as it was; ``created``: ``path`` is
+        this attempt's own empty file, removed too)."""
+        staged = [(Path(f"{target}.new"), target, body) for target, body in ((meta_path(path), meta_text),
+                                                                              (path, text))]
         try:
-            write_atomic(meta_path(path), meta_text)
-            write_atomic(path, text)
+            for new, _, body in staged:
+                write_atomic(new, body)
+            for new, target, _ in staged:
+                os.replace(new, target)
             return True
         except OSError:
-            for leftover in (meta_path(path), path):
+            for leftover in [new for new, _, _ in staged] + ([path] if created else []):
                 with contextlib.suppress(OSError):
                     leftover.unlink()
             return False
@@ -363,7 +371,7 @@ def save_partial_stream(records: Sequence[dict], meta: dict, near: Sequence[Path
         os.close(fd)
     except OSError:
         return None
-    return Path(name) if written(Path(name)) else None
+    return Path(name) if written(Path(name), created=True) else None
 
 
 def writer_for(path: Path | str, fmt: str, *, resume: bool = False, force: bool = False) -> Writer:
