@@ -97,6 +97,13 @@ def _stored_in_own_dtypes(inner: optax.GradientTransformation) -> optax.Gradient
     return optax.GradientTransformationExtraArgs(inner.init, update)
 
 
+def _injected(rule: Callable[..., optax.GradientTransformation]) -> Callable[..., optax.GradientTransformation]:
+    """``rule`` with its numeric hyperparameters injected as float32 arrays (exact grid values,
+    whatever the parameters' dtype) and its statistics stored in their own dtype."""
+    return lambda **hyperparams: _stored_in_own_dtypes(
+        optax.inject_hyperparams(rule, hyperparam_dtype=jnp.float32)(**hyperparams))
+
+
 def rmsprop(
     learning_rate: float | jnp.ndarray | Schedule,
     decay: float | jnp.ndarray,
@@ -133,9 +140,7 @@ def rmsprop(
         -0.1319
     """
     rule = CONVENTIONS[check_convention(convention)]
-    return _stored_in_own_dtypes(optax.inject_hyperparams(rule, hyperparam_dtype=jnp.float32)(
-        learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=centered
-    ))
+    return _injected(rule)(learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=centered)
 
 
 # --- baselines: the grid's eps, decay, lr and momentum mapped onto other optimizers ----------
@@ -218,6 +223,5 @@ def make_optimizer(
     """
     if check_optimizer(name) == "rmsprop":
         return rmsprop(learning_rate, decay, eps, convention=convention, momentum=momentum, centered=centered)
-    return _stored_in_own_dtypes(optax.inject_hyperparams(BASELINES[name], hyperparam_dtype=jnp.float32)(
-        learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=False
-    ))
+    return _injected(BASELINES[name])(learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum,
+                                      centered=False)

@@ -245,20 +245,22 @@ def _shapes(tree) -> tuple:
     return str(treedef), tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
 
 
-def _check_parameters(params, name: str) -> None:
+def _check_parameters(params, name: str) -> int:
     """A model must have parameters to train, and only floating-point ones (a gradient is taken
-    with respect to every one of them)."""
+    with respect to every one of them). Returns how many it has."""
     import jax
     import jax.numpy as jnp
 
     leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    if sum(math.prod(leaf.shape) for _, leaf in leaves) == 0:
+    count = sum(math.prod(leaf.shape) for _, leaf in leaves)
+    if count == 0:
         raise UserError(f"model {name} has no parameters to train")
     for path, leaf in leaves:
         if not jnp.issubdtype(leaf.dtype, jnp.floating):
             hint = "" if jnp.issubdtype(leaf.dtype, jnp.complexfloating) else " (keep counters in another collection)"
             raise UserError(f"model {name}: parameter {jax.tree_util.keystr(path) or '()'} is {leaf.dtype}; only "
                             f"real floating-point parameters train{hint}")
+    return count
 
 
 def check_task(task: Task, name: str) -> dict:
@@ -275,7 +277,7 @@ def check_task(task: Task, name: str) -> dict:
     key = jax.eval_shape(lambda: jax.random.key(0))
     args = (key,) if task.constants is None else (key, task.constants)
     init, (params, state) = jax.make_jaxpr(task.init, return_shape=True)(*args)
-    _check_parameters(params, name)
+    count = _check_parameters(params, name)
     batch = 2
     x = jax.ShapeDtypeStruct((batch, *data.input_shape), data.x_train.dtype)
     y = jax.ShapeDtypeStruct((batch, *data.target_shape), data.y_train.dtype)
@@ -285,7 +287,6 @@ def check_task(task: Task, name: str) -> dict:
         raise UserError(f"model {name}: its state ({', '.join(map(str, state)) or 'none'}) changes shape or dtype "
                         f"from step to step; only fixed-shape state (BatchNorm statistics, counters) can be carried")
     evaluate = jax.make_jaxpr(task.evaluate)(params, state, x, y)
-    count = sum(math.prod(leaf.shape) for leaf in jax.tree.leaves(params))
     shapes = (_shapes(params), _shapes(state))
     digest = hashlib.sha256(repr(shapes).encode())
     for jaxpr in (init, step, evaluate):
