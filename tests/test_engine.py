@@ -153,7 +153,9 @@ def test_batchnorm_and_dropout_runs_are_independent_per_configuration(mlp_task):
 
 def test_loop_free_programs_train_like_the_looped_one(mlp_task):
     """On CPU, convolutional tasks take one step per compiled call (XLA runs convolutions in
-    loops slowly); the numbers must be those of the program that loops over steps."""
+    loops slowly), their eps diagnostics measured by a program of their own after the sampled
+    steps (every second step of 102 here); the numbers must be those of the program that loops
+    over steps."""
     import dataclasses
 
     from epsweep.tasks import build_task
@@ -161,10 +163,13 @@ def test_loop_free_programs_train_like_the_looped_one(mlp_task):
     cnn = build_task("cnn", "digits", 0.2)
     assert cnn.loop_free_on_cpu
     looped = dataclasses.replace(cnn, loop_free_on_cpu=False)
-    settings = TrainSpec(steps=6, batch_size=8, curve_points=3)
+    settings = TrainSpec(steps=102, batch_size=8, curve_points=3)
+    assert settings.diagnostic_every == 2 and settings.measured(101) and not settings.measured(100)
     h = hparams([1e-8, 1.0], lr=[1e-2, 1e-1])
-    assert engine.compiled_programs(cnn, settings).loop_free
+    loop_free = engine.compiled_programs(cnn, settings)
+    assert loop_free.loop_free and loop_free.measure is not None
     assert not engine.compiled_programs(looped, settings).loop_free
+    assert engine.compiled_programs(looped, settings).measure is None
     # one setting per device: XLA's CPU backend runs vmapped convolutions in a loop very slowly
     one_step_calls = train_runs(cnn, settings, h, np.array([0]), chunk_size=2)
     one_loop = train_runs(looped, settings, h, np.array([0]), chunk_size=2)

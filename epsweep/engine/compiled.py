@@ -37,6 +37,7 @@ class Programs(NamedTuple):
     train: Callable  # (state, h, seeds, t0, t1, x_train, y_train) -> (state, t1)
     evaluate: Callable  # (state, loss sum, metric sum, x, y, mask of one validation batch) -> the sums + its
     finish: Callable  # (state, loss sum, metric sum, count) -> RunOutputs
+    measure: Callable | None  # loop-free: (state) -> the eps diagnostics' sums after the step just taken
     loop_free: bool  # train runs exactly one step per call (t0), the host looping; see build_programs
     keep: tuple  # the task's functions, alive while the entry is: their ids are in its key (program_key)
 
@@ -142,13 +143,16 @@ def sharded_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device])
         return jax.shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
 
     loop_free = task.loop_free_on_cpu and devices[0].platform == "cpu"
-    init, train, evaluate, finish = build_programs(task, spec, loop_free)
-    return {
+    init, train, evaluate, finish, measure = build_programs(task, spec, loop_free)
+    programs = {
         "init": jax.jit(sharded(init, (config, P(), P()), state)),
         "train": jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())), donate_argnums=0),
         "evaluate": jax.jit(sharded(evaluate, (state, runs, runs, P(), P(), P()), (runs, runs))),
         "finish": jax.jit(sharded(finish, (state, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
     }
+    if measure is not None:
+        programs["measure"] = jax.jit(sharded(measure, (state,), (runs, runs, runs)))
+    return programs
 
 
 def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None = None,
@@ -189,6 +193,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         train=ahead["train"],
         evaluate=ahead.get("evaluate"),
         finish=ahead["finish"],
+        measure=ahead.get("measure"),
         loop_free=task.loop_free_on_cpu and devices[0].platform == "cpu",
         keep=(task.init, task.loss, task.evaluate, task.trainable),  # the programs hold only traces of them
     )
@@ -201,7 +206,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
 
 class CompiledAhead:
     """A jitted program whose compilation (or load from the persistent cache) starts at once,
-    in a thread of its own, for the call shapes ``args``. The four programs of a sweep then
+    in a thread of its own, for the call shapes ``args``. The programs of a sweep then
     compile at the same time, each from the moment it is traced, while the next one traces
     (XLA does not hold Python's lock while it compiles: Inception-v3 at 75 x 75, 33 s one
     after another, 26 s at once, on this project's 2-core machine), and a call skips jit's

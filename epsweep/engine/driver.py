@@ -149,6 +149,8 @@ def train_runs(
         reached = None
         for call, (t0, t1) in enumerate(bounds):
             state, done = programs.train(state, h, seed, place(np.int32(t0)), place(np.int32(t1)), *train_data)
+            if programs.measure is not None and spec.measured(t0):  # loop-free: t0 is the step taken
+                state = _with_measures(state, programs.measure(state))
             if progress is not None and (call + 1) % report_every == 0:
                 if reached is not None:  # wait for the previous segment while this one runs
                     report(item, int(reached))
@@ -164,6 +166,12 @@ def train_runs(
         pending = (item, out)
     collect(*pending)
     return RunOutputs(*(np.concatenate(parts, axis=1) for parts in zip(*pieces, strict=True)))
+
+
+def _with_measures(state: Any, measures: tuple) -> Any:
+    """The training state with the eps diagnostics ``measure`` returned (sum, steps, last)."""
+    total, steps, last = measures
+    return state._replace(runs=state.runs._replace(eps_dom_sum=total, eps_dom_steps=steps, eps_dom_last=last))
 
 
 def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:

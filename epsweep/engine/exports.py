@@ -45,7 +45,7 @@ from epsweep.tasks.task import Task
 log = logging.getLogger(__name__)
 
 FORMAT = 1
-PROGRAMS = ("init", "train", "evaluate", "finish")
+PROGRAMS = ("init", "train", "evaluate", "finish", "measure")  # measure: loop-free only
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # an object's address: its text differs between processes
 
 
@@ -145,6 +145,7 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
                               _sds((batch, *y_val.shape[1:]), y_val.dtype, replicated),
                               _sds((batch,), np.float32, replicated))
     shapes["finish"] = (state, sums, sums, _sds((), np.float32, replicated))
+    shapes["measure"] = (state,)
     return shapes
 
 
@@ -153,7 +154,7 @@ OnProgram = Callable[[str, export.Exported, tuple], None]  # (name, program, its
 
 def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int,
             on_program: OnProgram | None = None) -> dict[str, export.Exported]:
-    """Trace and export the four programs at their call shapes (one seed, ``width`` settings),
+    """Trace and export the programs at their call shapes (one seed, ``width`` settings),
     ``init`` first (its outputs give the others' shapes), then ``train``; ``on_program`` is
     called as each is ready, so that its compilation can start while the next traces."""
     from epsweep.engine.compiled import sharded_programs
@@ -164,7 +165,7 @@ def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: i
     if on_program is not None:
         on_program("init", out["init"], shapes["init"])
     for name, args in call_shapes(task, spec, devices, width, out["init"]).items():
-        if name != "init":
+        if name != "init" and name in jitted:
             out[name] = _export_one(jitted[name], args)
             if on_program is not None:
                 on_program(name, out[name], args)

@@ -24,8 +24,8 @@ import jax
 import numpy as np
 
 from epsweep.engine.devices import available_cores
-from epsweep.engine.programs import moving_mask_size
 from epsweep.optim import make_optimizer
+from epsweep.optim.diagnostics import moving_mask_size
 
 log = logging.getLogger(__name__)
 

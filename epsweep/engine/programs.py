@@ -12,7 +12,9 @@ minibatch also turns the first layer of every setting into one wide matrix produ
 - ``train``: steps ``t0 .. t1 - 1`` of every run at once (its state donated and returned);
 - ``evaluate``: one validation batch, added to running sums;
 - ``finish``: validation loss and metric, the loss curve and the diagnostics (the effective
-  lr's median among them, from the final state and the last step's moving parameters).
+  lr's median among them, from the final state and the last step's moving parameters);
+- ``measure`` (loop-free only): the eps diagnostics of the step just taken, called by the
+  host after the sampled steps.
 
 A run whose loss becomes non-finite is reported as diverged at that step (``diverged_step``;
 an update that overflows shows in the next step's loss, or for the last step in the final
@@ -36,8 +38,9 @@ import optax
 
 from epsweep.engine import products, trees
 from epsweep.engine.layout import LoopLayout, loop_layout, vmap_or_call
-from epsweep.engine.spec import DIAGNOSTIC_POINTS, RunOutputs, TrainSpec
+from epsweep.engine.spec import RunOutputs, TrainSpec
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
+from epsweep.optim.diagnostics import moving_mask_size
 from epsweep.tasks.task import Task
 
 log = logging.getLogger(__name__)
@@ -60,7 +63,8 @@ class _Carry(NamedTuple):
     eps_dom_sum: jax.Array  # sum over measured steps of the eps-dominated share
     eps_dom_steps: jax.Array  # how many steps that sum holds
     eps_dom_last: jax.Array  # the share at the last measured step
-    moving: jax.Array  # (P,) bool, flat: the parameters the last step taken so far moved (see _finish)
+    moving: Any  # bool: the parameters the last step taken so far moved (see _finish); flat (P,) in
+    # the loop (set once, after it), loop-free a pytree like the params (set by every step: no concatenation)
 
 
 class TrainState(NamedTuple):
@@ -87,7 +91,6 @@ class _Plan:
     trainable: Any  # pytree of Python bools, or None: every parameter trains
     n_train: int
     batches_per_epoch: int
-    diagnostic_every: int
     layout: LoopLayout = dataclasses.field(default_factory=LoopLayout)  # in the loop: see _train
 
     @property
@@ -125,8 +128,9 @@ class _Plan:
 
     def next_measured(self, t) -> jax.Array:
         """The first step from ``t`` on at which the eps diagnostics are measured: every
-        ``diagnostic_every`` steps counted back from the last, which is always among them."""
-        return t + (self.spec.steps - 1 - t) % self.diagnostic_every
+        ``diagnostic_every`` steps counted back from the last, which is always among them
+        (:meth:`~epsweep.engine.spec.TrainSpec.measured`)."""
+        return t + (self.spec.steps - 1 - t) % self.spec.diagnostic_every
 
     def optimizer(self, hc: dict) -> Any:
         spec = self.spec
@@ -137,7 +141,8 @@ class _Plan:
 
 def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tuple[Callable, ...]:
     """The pure functions behind :class:`~epsweep.engine.compiled.Programs` (unjitted,
-    unsharded): init, train, evaluate, finish, with the task and spec bound.
+    unsharded): init, train, evaluate, finish and measure (None unless loop-free with a
+    denominator), with the task and spec bound.
 
     Minibatches: each epoch visits the training examples in a fresh random order per seed;
     step t takes the ``t % (n_train // batch)``-th batch of epoch ``t // (n_train // batch)``
@@ -147,8 +152,8 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
     XLA's CPU backend runs convolutions inside a loop several times slower than the same
     convolutions outside one (jax-ml/jax#12868; an Inception-v3 step here: 1.3 s alone, 7.4 s
     as the body of a one-iteration ``fori_loop``), so on CPU the engine drives models with
-    convolutions one step per call (``Task.loop_free_on_cpu``). Everything else is the same
-    program, and so are the numbers.
+    convolutions one step per call (``Task.loop_free_on_cpu``), and measures the eps
+    diagnostics with ``measure``. Everything else is the same program, and so are the numbers.
     """
     if task.features is not None:
         raise ValueError(f"task {task.name} has frozen features: train it on them (engine.features.on_features)")
@@ -159,9 +164,9 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
                                    convention=spec.convention, centered=spec.centered),
         trainable=task.trainable_mask(), n_train=n_train,
         batches_per_epoch=max(1, n_train // spec.batch_size),
-        diagnostic_every=max(1, spec.steps // DIAGNOSTIC_POINTS),
     )
-    return tuple(functools.partial(f, plan) for f in (_init, _train, _evaluate, _finish))
+    measure = functools.partial(_measure_program, plan) if loop_free and plan.has_denominator else None
+    return (*(functools.partial(f, plan) for f in (_init, _train, _evaluate, _finish)), measure)
 
 
 def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
@@ -172,8 +177,9 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
     def init_run(seed, h, constants):
         init_key = jax.random.fold_in(jax.random.key(seed), 0)
         params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
-
-        moving = jnp.zeros(moving_mask_size(params, plan.spec.optimizer), bool)
+        per_array = plan.loop_free and plan.has_denominator  # the moving mask's form: see _Carry
+        moving = (jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params) if per_array
+                  else jnp.zeros(moving_mask_size(params, plan.spec.optimizer), bool))
 
         def init_config(hc):
             return _Carry(params, model_state, plan.optimizer(hc).init(params), jnp.int32(-1), jnp.zeros(points),
@@ -186,17 +192,6 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
     return TrainState(runs, order)
 
 
-def moving_mask_size(params, optimizer: str) -> int:
-    """Elements of a run's moving mask (:class:`_Carry`): one per parameter, none for sgd (it
-    has no denominator: no eps diagnostics)."""
-    return 0 if optimizer == "sgd" else sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params))
-
-
-def _moving(plan: _Plan, grads) -> jax.Array:
-    """The parameters a gradient moves (:func:`~epsweep.optim.moving_parameters`), flat."""
-    return trees.flat(moving_parameters(grads, plan.trainable))
-
-
 def _learning_rate(plan: _Plan, hc, t):
     """lr * lr_decay_rate ** floor(t / lr_decay_steps) (TF's staircase decay), or lr."""
     spec = plan.spec
@@ -205,11 +200,11 @@ def _learning_rate(plan: _Plan, hc, t):
     return hc["lr"] * spec.lr_decay_rate ** jnp.floor(t / spec.lr_decay_steps)
 
 
-def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -> tuple[_Carry, Any]:
+def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> tuple[_Carry, Any]:
     """One step of one run: gradient (clipped), update, divergence and the loss curve; returns
-    the new carry and the gradient. With ``measure``, the eps diagnostics too, on the sampled
-    steps (a branch on the shared step); without, the caller measures them after the step
-    (:func:`_measured_after`)."""
+    the new carry and the gradient. Loop-free it stores the parameters the step moved (the
+    host then measures the eps diagnostics with :func:`_measure_program` after the sampled
+    steps); in the loop, :func:`_train` measures them from the gradient it carries."""
     spec = plan.spec
     params = plan.layout.swap_kernels(carry.params) if plan.kernels_swapped else carry.params
     (loss, model_state), grads = jax.value_and_grad(plan.loss, has_aux=True)(
@@ -236,36 +231,35 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t, measure: bool) -
     params = optax.apply_updates(carry.params, updates)
     diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
     curve_sum = carry.curve_sum.at[t * spec.points // spec.steps].add(jnp.where(keep, loss, jnp.nan))
-    eps_dom = (carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last)
     moving = carry.moving
-    if plan.has_denominator and measure:  # t is shared by every run, so under vmap this stays a branch
-        # its inputs flattened outside it, every step: a branch that flattens the hundreds of
-        # arrays itself took XLA's CPU backend 3-4 s of CPU longer to compile for Inception-v3
-        moving, terms = _share_inputs(plan, grads, opt_state)
-        eps_dom = jax.lax.cond(plan.next_measured(t) == t, lambda _: _measure(carry, moving, terms, keep),
-                               lambda _: eps_dom, None)
-    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, *eps_dom, moving), grads
+    if plan.loop_free and plan.has_denominator:  # per array: a flat copy cost every step
+        moving = moving_parameters(grads, plan.trainable)
+    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, carry.eps_dom_sum, carry.eps_dom_steps,
+                  carry.eps_dom_last, moving), grads
 
 
-def _measured_after(plan: _Plan, carry: _Carry, grads) -> _Carry:
-    """The carry after a step (taken without measuring) with the eps diagnostics of that step,
-    from its gradient ``grads``: the step left them as they were, and the run kept the step
-    exactly when it is still alive."""
-    flat = len(jax.tree.leaves(grads)) > PER_ARRAY_SHARE_UP_TO
-    moving, terms = _share_inputs(plan, grads, carry.opt_state, flat)
+def _measured_after(plan: _Plan, carry: _Carry, moving, flat: bool) -> _Carry:
+    """The carry after a step with its eps diagnostics, over ``moving`` (the parameters it moved,
+    a pytree like the params) from the optimizer's statistics after it; the run kept the step
+    exactly when it is still alive. ``flat``: the share sums one vector of each, else array by array."""
+    spec = plan.spec
+    terms = denominator_terms(carry.opt_state, spec.optimizer, spec.convention)
+    if flat:
+        moving, terms = trees.flat(moving), terms._replace(stat=trees.flat(terms.stat))
     eps_dom = _measure(carry, moving, terms, carry.diverged_step < 0)
     return carry._replace(eps_dom_sum=eps_dom[0], eps_dom_steps=eps_dom[1], eps_dom_last=eps_dom[2])
 
 
-def _share_inputs(plan: _Plan, grads, opt_state, flat: bool = True) -> tuple:
-    """What the eps-dominated share is taken over: the parameters ``grads`` moves and the
-    optimizer's denominator terms, with the statistic eps is compared with; ``flat``: each of
-    the two in one vector (:func:`~epsweep.engine.trees.flat`), else as pytrees (the share then sums each array)."""
-    spec = plan.spec
-    terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
-    if not flat:
-        return moving_parameters(grads, plan.trainable), terms
-    return _moving(plan, grads), terms._replace(stat=trees.flat(terms.stat))
+def _measure_program(plan: _Plan, state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """Loop-free, after a sampled step: every run's eps diagnostics of that step
+    (:func:`_measured_after`, over the parameters the step stored as moved), the new
+    ``eps_dom_sum``, ``eps_dom_steps`` and ``eps_dom_last`` (S, G); the host calls it after
+    the sampled steps (a branch in ``train`` slowed every step: docs/scale.md)."""
+    def measured(carry):
+        carry = _measured_after(plan, carry, carry.moving, flat=True)
+        return carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last
+
+    return plan.vmap(plan.vmap(measured))(state.runs)
 
 
 def _measure(carry: _Carry, moving, terms, keep) -> tuple:
@@ -321,7 +315,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
             xb = x_train[index_s] if plan.has_data else None
             yb = y_train[index_s] if plan.has_data else None
             rng = jax.random.fold_in(jax.random.fold_in(jax.random.key(seed), 2), t)
-            one_step = functools.partial(_train_step, plan, measure=plan.loop_free)
+            one_step = functools.partial(_train_step, plan)
             return jax.vmap(one_step, in_axes=(run_axes, 0, None, None, None, None),
                             out_axes=(run_axes, grad_axes))(runs_s, h, xb, yb, rng, t)
 
@@ -337,7 +331,12 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     per_epoch = plan.batches_per_epoch if plan.has_data else spec.steps + 1
 
     def measured_after(state, grads):
-        measure = jax.vmap(functools.partial(_measured_after, plan), in_axes=(run_axes, grad_axes), out_axes=run_axes)
+        flat = len(jax.tree.leaves(grads)) > PER_ARRAY_SHARE_UP_TO
+
+        def one(carry, g):
+            return _measured_after(plan, carry, moving_parameters(g, plan.trainable), flat)
+
+        measure = jax.vmap(one, in_axes=(run_axes, grad_axes), out_axes=run_axes)
         return TrainState(jax.vmap(measure)(state.runs, grads), state.order)
 
     def block(carry):
@@ -361,7 +360,8 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     state = _in_layout(state, layout.from_loop)
     moving = moving_before
     if plan.has_denominator:  # the last step's moving parameters, for the effective lr (in _finish)
-        moving = jnp.where(t1 > t0, jax.vmap(jax.vmap(lambda g: _moving(plan, g)))(layout.from_loop(grads)), moving)
+        last = jax.vmap(jax.vmap(lambda g: trees.flat(moving_parameters(g, plan.trainable))))(layout.from_loop(grads))
+        moving = jnp.where(t1 > t0, last, moving)
     return TrainState(state.runs._replace(moving=moving), state.order), t1
 
 
@@ -383,11 +383,12 @@ def _evaluate(plan: _Plan, state: TrainState, loss_sum, metric_sum, xb, yb, mb):
 
 
 def _effective_lr(plan: _Plan, opt_state, moving) -> jax.Array:
-    """Median lr / denominator of one run over the ``moving`` parameters (flat)."""
+    """Median lr / denominator of one run over the ``moving`` parameters (flat, or a pytree
+    like the params)."""
     spec = plan.spec
     terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
     terms = terms._replace(denominator=trees.flat(terms.denominator))
-    return effective_lr_median(terms, opt_state.hyperparams["learning_rate"], moving)
+    return effective_lr_median(terms, opt_state.hyperparams["learning_rate"], trees.flat(moving))
 
 
 def _finish(plan: _Plan, state: TrainState, loss_sum, metric_sum, count) -> RunOutputs:

@@ -52,6 +52,16 @@ class TrainSpec:
     def points(self) -> int:
         return max(1, min(self.curve_points, self.steps))
 
+    @property
+    def diagnostic_every(self) -> int:
+        """Steps between two measurements of the eps diagnostics."""
+        return max(1, self.steps // DIAGNOSTIC_POINTS)
+
+    def measured(self, t: int) -> bool:
+        """Whether the eps diagnostics are measured after step ``t``: every ``diagnostic_every``
+        steps counted back from the last, which is always among them."""
+        return (self.steps - 1 - t) % self.diagnostic_every == 0
+
     def steps_per_point(self) -> np.ndarray:
         """How many steps each point of the loss curve averages: step t belongs to point
         ``t * points // steps``."""

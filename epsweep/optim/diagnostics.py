@@ -10,6 +10,7 @@ from typing import Any, NamedTuple
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
 
 from epsweep.vocabulary import check_convention, check_optimizer
@@ -132,6 +133,12 @@ def moving_parameters(grads: Any, trainable: Any = None) -> Any:
     if trainable is None:
         return jax.tree.map(lambda g: g != 0, grads)
     return jax.tree.map(lambda g, t: (g != 0) & t, grads, trainable)
+
+
+def moving_mask_size(params: Any, optimizer: str) -> int:
+    """Elements of a run's mask of :func:`moving_parameters` (kept by the engine for the
+    effective lr): one per parameter, none for sgd (no denominator, no eps diagnostics)."""
+    return 0 if optimizer == "sgd" else sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params))
 
 
 def eps_dominated_share(terms: DenominatorTerms, where: Any = None) -> jax.Array:
