@@ -23,6 +23,7 @@ from epsweep.engine.compiled import CONFIG_AXIS, compiled_programs
 from epsweep.engine.devices import agree, config_devices, ensure_setup, gather
 from epsweep.engine.features import on_features
 from epsweep.engine.memory import plan_width
+from epsweep.engine.programs import with_measures
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
 from epsweep.tasks.task import Task
 
@@ -150,7 +151,7 @@ def train_runs(
         for call, (t0, t1) in enumerate(bounds):
             state, done = programs.train(state, h, seed, place(np.int32(t0)), place(np.int32(t1)), *train_data)
             if programs.measure is not None and spec.measured(t0):  # loop-free: t0 is the step taken
-                state = _with_measures(state, programs.measure(state))
+                state = with_measures(state, programs.measure(state))
             if progress is not None and (call + 1) % report_every == 0:
                 if reached is not None:  # wait for the previous segment while this one runs
                     report(item, int(reached))
@@ -166,12 +167,6 @@ def train_runs(
         pending = (item, out)
     collect(*pending)
     return RunOutputs(*(np.concatenate(parts, axis=1) for parts in zip(*pieces, strict=True)))
-
-
-def _with_measures(state: Any, measures: tuple) -> Any:
-    """The training state with the eps diagnostics ``measure`` returned (sum, steps, last)."""
-    total, steps, last = measures
-    return state._replace(runs=state.runs._replace(eps_dom_sum=total, eps_dom_steps=steps, eps_dom_last=last))
 
 
 def _global_array(value: Any, sharding: NamedSharding) -> jax.Array:

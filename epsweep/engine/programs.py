@@ -63,8 +63,7 @@ class _Carry(NamedTuple):
     eps_dom_sum: jax.Array  # sum over measured steps of the eps-dominated share
     eps_dom_steps: jax.Array  # how many steps that sum holds
     eps_dom_last: jax.Array  # the share at the last measured step
-    moving: Any  # bool: the parameters the last step taken so far moved (see _finish); flat (P,) in
-    # the loop (set once, after it), loop-free a pytree like the params (set by every step: no concatenation)
+    moving: Any  # bool, what the last step moved (_finish): flat (P,) in the loop, per array loop-free
 
 
 class TrainState(NamedTuple):
@@ -126,11 +125,10 @@ class _Plan:
     def has_denominator(self) -> bool:
         return self.spec.optimizer != "sgd"
 
-    def next_measured(self, t) -> jax.Array:
-        """The first step from ``t`` on at which the eps diagnostics are measured: every
-        ``diagnostic_every`` steps counted back from the last, which is always among them
-        (:meth:`~epsweep.engine.spec.TrainSpec.measured`)."""
-        return t + (self.spec.steps - 1 - t) % self.spec.diagnostic_every
+    @property
+    def measured_by_host(self) -> bool:
+        """Loop-free with eps diagnostics: steps store their moving mask per array, ``measure`` measures."""
+        return self.loop_free and self.has_denominator
 
     def optimizer(self, hc: dict) -> Any:
         spec = self.spec
@@ -165,7 +163,7 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
         trainable=task.trainable_mask(), n_train=n_train,
         batches_per_epoch=max(1, n_train // spec.batch_size),
     )
-    measure = functools.partial(_measure_program, plan) if loop_free and plan.has_denominator else None
+    measure = functools.partial(_measure_program, plan) if plan.measured_by_host else None
     return (*(functools.partial(f, plan) for f in (_init, _train, _evaluate, _finish)), measure)
 
 
@@ -177,8 +175,7 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
     def init_run(seed, h, constants):
         init_key = jax.random.fold_in(jax.random.key(seed), 0)
         params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
-        per_array = plan.loop_free and plan.has_denominator  # the moving mask's form: see _Carry
-        moving = (jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params) if per_array
+        moving = (jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params) if plan.measured_by_host
                   else jnp.zeros(moving_mask_size(params, plan.spec.optimizer), bool))
 
         def init_config(hc):
@@ -232,7 +229,7 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> tuple[_Carry,
     diverged_step = jnp.where(alive & ~finite, t, carry.diverged_step)
     curve_sum = carry.curve_sum.at[t * spec.points // spec.steps].add(jnp.where(keep, loss, jnp.nan))
     moving = carry.moving
-    if plan.loop_free and plan.has_denominator:  # per array: a flat copy cost every step
+    if plan.measured_by_host:  # per array: a flat copy cost every step
         moving = moving_parameters(grads, plan.trainable)
     return _Carry(params, model_state, opt_state, diverged_step, curve_sum, carry.eps_dom_sum, carry.eps_dom_steps,
                   carry.eps_dom_last, moving), grads
@@ -250,15 +247,18 @@ def _measured_after(plan: _Plan, carry: _Carry, moving, flat: bool) -> _Carry:
     return carry._replace(eps_dom_sum=eps_dom[0], eps_dom_steps=eps_dom[1], eps_dom_last=eps_dom[2])
 
 
+def with_measures(state: TrainState, measures: tuple) -> TrainState:
+    """``state`` with the eps diagnostics ``measure`` returned (sum, steps, last)."""
+    total, steps, last = measures
+    return state._replace(runs=state.runs._replace(eps_dom_sum=total, eps_dom_steps=steps, eps_dom_last=last))
+
+
 def _measure_program(plan: _Plan, state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
-    """Loop-free, after a sampled step: every run's eps diagnostics of that step
-    (:func:`_measured_after`, over the parameters the step stored as moved), the new
-    ``eps_dom_sum``, ``eps_dom_steps`` and ``eps_dom_last`` (S, G); the host calls it after
-    the sampled steps (a branch in ``train`` slowed every step: docs/scale.md)."""
+    """Loop-free, called by the host after each sampled step (a branch in ``train`` slowed every
+    step: docs/scale.md): every run's new eps_dom_sum, eps_dom_steps and eps_dom_last (S, G)."""
     def measured(carry):
         carry = _measured_after(plan, carry, carry.moving, flat=True)
         return carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last
-
     return plan.vmap(plan.vmap(measured))(state.runs)
 
 
@@ -343,7 +343,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         """Steps up to the next sampled step (included), epoch start or ``t1``, then the
         diagnostics if the sampled step was reached."""
         (state, grads), t = carry
-        measured = plan.next_measured(t)
+        measured = spec.next_measured(t)
         epoch_end = (t // per_epoch + 1) * per_epoch
         stop = jnp.minimum(jnp.minimum(measured + 1, epoch_end), t1)
         if plan.has_data:  # the block starts a new epoch: its order, once

@@ -57,10 +57,15 @@ class TrainSpec:
         """Steps between two measurements of the eps diagnostics."""
         return max(1, self.steps // DIAGNOSTIC_POINTS)
 
+    def next_measured(self, t):
+        """The first step from ``t`` on (an int or a traced array) after which the eps diagnostics
+        are measured: every ``diagnostic_every`` steps counted back from the last, which is
+        always among them."""
+        return t + (self.steps - 1 - t) % self.diagnostic_every
+
     def measured(self, t: int) -> bool:
-        """Whether the eps diagnostics are measured after step ``t``: every ``diagnostic_every``
-        steps counted back from the last, which is always among them."""
-        return (self.steps - 1 - t) % self.diagnostic_every == 0
+        """Whether the eps diagnostics are measured after step ``t``."""
+        return self.next_measured(t) == t
 
     def steps_per_point(self) -> np.ndarray:
         """How many steps each point of the loss curve averages: step t belongs to point
