@@ -37,6 +37,7 @@ import numpy as np
 import optax
 
 from epsweep.engine import products, trees
+from epsweep.engine.draws import batched_draws
 from epsweep.engine.layout import LoopLayout, loop_layout, vmap_or_call
 from epsweep.engine.spec import RunOutputs, TrainSpec
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
@@ -168,13 +169,13 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
 
 
 def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
-    """Initial weights per seed (shared by its settings), optimizer states per setting, and
-    the first epoch's minibatch order per seed."""
+    """Initial weights per seed (shared by its settings; keys and draws made together: :mod:`.draws`),
+    optimizer states per setting, and the first epoch's minibatch order per seed."""
     task, points = plan.task, plan.spec.points
 
     def init_run(seed, h, constants):
         init_key = jax.random.fold_in(jax.random.key(seed), 0)
-        params, model_state = task.init(init_key) if constants is None else task.init(init_key, constants)
+        params, model_state = batched_draws(task.init)(init_key, *(() if constants is None else (constants,)))
         moving = (jax.tree.map(lambda p: jnp.zeros(jnp.shape(p), bool), params) if plan.measured_by_host
                   else jnp.zeros(moving_mask_size(params, plan.spec.optimizer), bool))
 
@@ -204,9 +205,7 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> tuple[_Carry,
     steps); in the loop, :func:`_train` measures them from the gradient it carries."""
     spec = plan.spec
     params = plan.layout.swap_kernels(carry.params) if plan.kernels_swapped else carry.params
-    (loss, model_state), grads = jax.value_and_grad(plan.loss, has_aux=True)(
-        params, carry.model_state, xb, yb, rng
-    )
+    (loss, model_state), grads = jax.value_and_grad(plan.loss, has_aux=True)(params, carry.model_state, xb, yb, rng)
     if spec.clip_norm is not None:  # before the swap: the norm sums in the model's layout, as loop-free
         grad_norm = trees.global_norm(grads)
         factor = jnp.minimum(1.0, spec.clip_norm / jnp.maximum(grad_norm, 1e-30))
