@@ -1,6 +1,7 @@
 """The CLI end to end, through the installed ``epsweep`` executable and in-process."""
 
 import csv
+import dataclasses
 import io
 import json
 import os
@@ -143,3 +144,13 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
     with caplog.at_level(logging.WARNING, logger="epsweep"):
         assert memory.plan_width(build_task("quadratic"), TrainSpec(steps=1, batch_size=1), devices) == 1
     assert "needs about 5.0 GiB by the memory estimate" in caplog.text
+    # a task trained one setting per CPU device is not estimated to plan it, and checked once it is traced
+    caplog.clear()
+    one_each = dataclasses.replace(build_task("quadratic"), settings_per_cpu_device=1)
+    with caplog.at_level(logging.WARNING, logger="epsweep"):
+        monkeypatch.setattr(memory, "estimate", lambda task, spec: pytest.fail("estimated to plan the width"))
+        assert memory.plan_width(one_each, TrainSpec(steps=1, batch_size=1), devices) == 1
+        monkeypatch.setattr(memory, "estimate", lambda task, spec: memory.Estimate(per_config=6 * 1024**3, state=1,
+                                                                                    fixed=0))
+        memory.check_fits(one_each, TrainSpec(steps=1, batch_size=1), devices, 1)
+    assert "needs about 6.0 GiB by the memory estimate" in caplog.text

@@ -114,3 +114,14 @@ def test_draws_hashed_in_several_groups_give_the_same_bits(monkeypatch):
     for a, b in zip(_run(_flax, options), _run(batched_draws(_flax), options), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _primitives(batched_draws(_flax))["threefry2x32"] == 4  # the keys, then 3 groups of draws
+
+
+def test_a_function_with_side_effects_runs_once_as_it_is(capfd):
+    def noisy(key):
+        jax.debug.print("drawing")
+        return jax.random.normal(key, (3,))
+
+    key = jax.random.key(1)
+    np.testing.assert_array_equal(jax.jit(batched_draws(noisy))(key), jax.random.normal(key, (3,)))
+    jax.effects_barrier()
+    assert capfd.readouterr().out.count("drawing") == 1

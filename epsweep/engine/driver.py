@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from epsweep.engine.compiled import CONFIG_AXIS, compiled_programs
 from epsweep.engine.devices import agree, config_devices, ensure_setup, gather
 from epsweep.engine.features import on_features
-from epsweep.engine.memory import plan_width
+from epsweep.engine.memory import check_fits, plan_width
 from epsweep.engine.programs import with_measures
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
 from epsweep.tasks.task import Task
@@ -95,6 +95,7 @@ def train_runs(
     task = on_features(task, devices)[0]  # frozen features: computed once (or kept from before)
     chunk = agree(plan_width(task, spec, devices, chunk_size))  # several processes run the same programs
     programs = compiled_programs(task, spec, devices, chunk)
+    check_fits(task, spec, devices, chunk)  # once the programs are traced, while they compile
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
     if task.data is not None:

@@ -196,17 +196,16 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
     1.2-1.3x faster per setting than 4 or 64 on this project's Zen 5 (docs/performance.md).
     ``Task.settings_per_cpu_device`` caps the settings per CPU device for models that run
     faster one at a time. The count per device is then rounded down to a power
-    of two, at most MAX_PER_DEVICE.
+    of two, at most MAX_PER_DEVICE. A task capped at one setting per CPU device gets one without
+    an estimate (:func:`check_fits` warns later when even that does not fit).
     """
     n = len(devices)
     if chunk_size is not None:
         return math.ceil(chunk_size / n) * n
+    if _one_per_device(task, devices):
+        return n  # whatever the memory: check_fits warns once the programs are traced
     est = estimate(task, spec)
-    budget = min(device_budget(d) for d in devices) - est.fixed
-    if budget < est.per_config:
-        log.warning("one setting needs about %.1f GiB by the memory estimate (an upper bound), more than the "
-                    "%.1f GiB planned per device; trying one setting per device",
-                    est.per_config / 1024**3, max(0, budget) / 1024**3)
+    budget = _checked_budget(est, devices)
     fit = max(1, budget // est.per_config)
     if devices[0].platform == "cpu":
         cores_per_device = max(1, available_cores() // len(jax.local_devices(backend="cpu")))
@@ -216,3 +215,27 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
         fit = min(fit, task.settings_per_cpu_device)
     fit = min(fit, MAX_PER_DEVICE)
     return 2 ** int(math.log2(fit)) * n
+
+
+def _one_per_device(task: Any, devices: Sequence[jax.Device]) -> bool:
+    """Whether ``task`` trains one setting per device whatever its memory needs (on CPU, capped at one)."""
+    return devices[0].platform == "cpu" and task.settings_per_cpu_device == 1
+
+
+def _checked_budget(est: Estimate, devices: Sequence[jax.Device]) -> int:
+    """The bytes per device left for the settings; warns when not even one setting fits."""
+    budget = min(device_budget(d) for d in devices) - est.fixed
+    if budget < est.per_config:
+        log.warning("one setting needs about %.1f GiB by the memory estimate (an upper bound), more than the "
+                    "%.1f GiB planned per device; trying one setting per device",
+                    est.per_config / 1024**3, max(0, budget) / 1024**3)
+    return budget
+
+
+def check_fits(task: Any, spec: Any, devices: Sequence[jax.Device], width: int) -> None:
+    """Warn when one setting of a task trained one per device (``width`` settings a call, and
+    :func:`plan_width` did not estimate its memory) needs more than a device's budget. Called
+    once the programs are traced: the estimate traces the model too (2.7 s of Inception-v3's
+    cold start on this project's Intel Xeon), and then no longer delays them."""
+    if _one_per_device(task, devices) and width == len(devices):
+        _checked_budget(estimate(task, spec), devices)
