@@ -58,13 +58,19 @@ def _rbg(key):  # another generator: drawn as it is
     return jax.random.normal(jax.random.fold_in(k, 1), (4,)), jax.random.normal(key, (2,))
 
 
+def _not_partitionable(key):  # the older Threefry scheme, chosen inside the function
+    with jax.threefry_partitionable(False):
+        return jax.random.normal(jax.random.fold_in(key, 1), (5,)), jax.jit(lambda k: jax.random.uniform(k, (2,)))(key)
+
+
 def _nothing_random(key):
     return jnp.arange(3.0) * 2, key
 
 
 CASES = {"flax conv net (BatchNorm, Dropout)": _flax, "key from a draw": _tainted, "split, vmap": _split_and_vmap,
          "8, 16 bits, bernoulli, permutation": _widths, "draws in a scan": _in_a_loop, "raw uint32 keys": _raw_keys,
-         "rbg keys": _rbg, "no draws": _nothing_random}
+         "rbg keys": _rbg, "not partitionable": _not_partitionable,
+         "no draws": _nothing_random}
 
 
 def _run(function, options, seed=3):
@@ -117,11 +123,29 @@ def test_draws_hashed_in_several_groups_give_the_same_bits(monkeypatch):
 
 
 def test_a_function_with_side_effects_runs_once_as_it_is(capfd):
+    traced = []
+
     def noisy(key):
+        traced.append(1)
         jax.debug.print("drawing")
         return jax.random.normal(key, (3,))
 
     key = jax.random.key(1)
     np.testing.assert_array_equal(jax.jit(batched_draws(noisy))(key), jax.random.normal(key, (3,)))
     jax.effects_barrier()
-    assert capfd.readouterr().out.count("drawing") == 1
+    assert capfd.readouterr().out.count("drawing") == 1 and len(traced) == 1  # run once, traced once
+
+
+def test_a_custom_derivative_rule_around_a_draw_is_kept():
+    @jax.custom_vjp
+    def clipped(x):
+        return x * 2
+
+    clipped.defvjp(lambda x: (x * 2, None), lambda _, g: (jnp.clip(g, -0.1, 0.1),))
+
+    def scaled_draw(key, scale):
+        return clipped(scale * jax.random.normal(jax.random.fold_in(key, 1), (3,))).sum()
+
+    key = jax.random.key(4)
+    alone, together = (jax.jit(jax.grad(f, argnums=1))(key, 1.0) for f in (scaled_draw, batched_draws(scaled_draw)))
+    np.testing.assert_array_equal(alone, together)

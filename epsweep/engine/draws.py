@@ -12,9 +12,11 @@ for a key ``(k1, k2)``: ``fold_in(key, m)`` is ``threefry2x32(k1, k2, 0, m)``, a
 ``(b1, b2) = threefry2x32(k1, k2, 0, i)``, giving ``b1 ^ b2`` (32 bits; 8 and 16: that,
 narrowed; 64: ``b1 << 32 | b2``). The hash is elementwise, so hashing the concatenated
 (key, message) pairs of many derivations or draws at once and slicing the result gives each
-its own bits.
+its own bits. The weights are then computed from them by the same operations: identical at
+``init``'s compile options on CPU (tests/test_draws.py); XLA may compile the changed program
+into a different fusion elsewhere (a float step apart at most, as eager and jitted JAX can be).
 
-How: the function is traced to a jaxpr, evaluated twice, calls (``jit``, ``custom_jvp``...)
+How: the function is traced to a jaxpr, evaluated twice, calls (``jit``, ``remat``...)
 inlined. In the first pass a ``fold_in`` records its parent and message instead of hashing
 (a key "not yet computed"), and a draw records its key (zeros stand in for its bits; nothing
 else of that pass is used, and XLA drops it). The recorded keys are then computed depth by
@@ -23,9 +25,11 @@ time). The second pass evaluates the jaxpr with each key and draw taken from tho
 
 Whatever cannot be gathered is computed as before, on its own: a key used by anything but
 ``fold_in`` and draws (it is computed there), a key or draw that depends on another draw's
-bits (the first pass could not know them), one inside a loop or branch (not inlined), a key
-that is not Threefry's, a draw of 2**32 elements or more. A function with side effects
-(``jax.debug.print``, callbacks) is called as it is: two passes would repeat them.
+bits (the first pass could not know them), one inside a loop, branch or custom-derivative
+function (not inlined: their rules would be lost), a key that is not Threefry's, a draw of
+2**32 elements or more or of a symbolic shape. A function with side effects (``jax.debug.print``,
+callbacks) or traced with ``jax_threefry_partitionable`` off is evaluated as traced, once.
+Meant for ``init`` under ``jit`` (eagerly, the first pass would really run on the zeros).
 """
 
 from __future__ import annotations
@@ -43,8 +47,8 @@ from jax.extend.random import threefry2x32_p
 
 GROUP_ELEMENTS = 1 << 24  # draw elements hashed per call: bounds its temporaries at 64 MiB an array
 _INLINED = ("jaxpr", "call_jaxpr")  # the parameter holding an inlinable call's body
-_INLINED_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "custom_jvp_call", "custom_vjp_call",
-                            "remat", "checkpoint"})
+# calls whose body is evaluated in place; custom_jvp/vjp calls are not (their derivative rules would be lost)
+_INLINED_CALLS = frozenset({"jit", "pjit", "closed_call", "core_call", "remat", "checkpoint"})
 _UINT = {8: jnp.uint8, 16: jnp.uint16, 32: jnp.uint32, 64: jnp.uint64}
 
 
@@ -62,9 +66,9 @@ def batched_draws(function: Callable) -> Callable:
         if not jax.config.jax_threefry_partitionable:
             return function(*args)
         closed, out_shape = jax.make_jaxpr(function, return_shape=True)(*args)
-        if closed.effects:
-            return function(*args)
         flat_args = jax.tree.leaves(args)
+        if closed.effects or not _partitionable(closed.jaxpr):  # as traced, once: its effects happen once
+            return jax.tree.unflatten(jax.tree.structure(out_shape), jcore.jaxpr_as_fun(closed)(*flat_args))
         first = _Pass(None)
         out, _ = first.evaluate(closed.jaxpr, closed.consts, flat_args, frozenset())
         if first.draws:  # else the first pass computed everything as it is (no bits stood in)
@@ -123,7 +127,7 @@ class _Pass:
     def draw(self, eqn: Any, keys: Any, tainted: bool) -> Any:
         shape, width = tuple(eqn.params["shape"]), eqn.params["bit_width"]
         if self.first is None:
-            gather = not tainted and math.prod(shape) < 2**32 and (
+            gather = not tainted and _hashable_size(shape) and (
                 isinstance(keys, _Key) and not keys.tainted or not isinstance(keys, _Key) and _is_threefry(keys))
             self.draws.append((keys if gather else None, shape, width))
             return jnp.zeros((*(() if isinstance(keys, _Key) else jnp.shape(keys)), *shape), _UINT[width])
@@ -180,6 +184,17 @@ class _Pass:
 
     def _root(self, key: Any, tainted: bool) -> _Key:
         return _Key(None, None, jax.random.key_data(key), tainted)
+
+
+def _hashable_size(shape: tuple) -> bool:
+    """Whether a draw of ``shape`` counts its elements in 32 bits (and its shape is known)."""
+    return all(isinstance(d, int) for d in shape) and math.prod(shape) < 2**32
+
+
+def _partitionable(jaxpr: Any) -> bool:
+    """Whether every random equation of ``jaxpr`` was traced with ``jax_threefry_partitionable``."""
+    return all((not eqn.primitive.name.startswith("random_") or getattr(eqn.ctx, "threefry_partitionable", True))
+               and all(_partitionable(sub) for sub in jcore.jaxprs_in_params(eqn.params)) for eqn in jaxpr.eqns)
 
 
 def _is_threefry(keys: Any) -> bool:
