@@ -63,8 +63,6 @@ def batched_draws(function: Callable) -> Callable:
     """``function``, its keys and random draws computed together (the same values: see the module)."""
 
     def wrapped(*args):
-        if not jax.config.jax_threefry_partitionable:
-            return function(*args)
         closed, out_shape = jax.make_jaxpr(function, return_shape=True)(*args)
         flat_args = jax.tree.leaves(args)
         if closed.effects or not _partitionable(closed.jaxpr):  # as traced, once: its effects happen once
@@ -117,10 +115,8 @@ class _Pass:
         """A key array for ``value`` (a :class:`_Key` computed on its own if needed), or ``value``."""
         if not isinstance(value, _Key):
             return value
-        if value.data is None:
-            parent = jax.random.key_data(self.materialize(value.parent))
-            b1, b2 = threefry2x32(parent[0], parent[1], np.uint32(0), jnp.asarray(value.msg).astype(jnp.uint32))
-            value.data = jnp.stack([b1, b2])
+        if value.data is None:  # JAX's own fold_in, on its own
+            value.data = jax.random.key_data(jax.random.fold_in(self.materialize(value.parent), value.msg))
         return jax.random.wrap_key_data(value.data, impl="threefry2x32")
 
     # --- draws ------------------------------------------------------------------------
@@ -162,7 +158,8 @@ class _Pass:
                 outs, taint_out = [self.draw(eqn, invals[0], taint)], [True]
             elif (name == "random_fold_in" and jnp.shape(invals[1]) == () and (
                     isinstance(invals[0], _Key) or jnp.shape(invals[0]) == () and _is_threefry(invals[0]))):
-                parent = invals[0] if isinstance(invals[0], _Key) else self._root(invals[0], is_tainted(eqn.invars[0]))
+                parent = invals[0] if isinstance(invals[0], _Key) else _Key(
+                    None, None, jax.random.key_data(invals[0]), is_tainted(eqn.invars[0]))  # a key array: a root
                 outs, taint_out = [self.fold_in(parent, invals[1], is_tainted(eqn.invars[1]))], [taint]
             elif isinstance(body, (jcore.ClosedJaxpr, jcore.Jaxpr)):
                 inner, inner_consts = (body.jaxpr, body.consts) if isinstance(body, jcore.ClosedJaxpr) else (body, [])
@@ -181,9 +178,6 @@ class _Pass:
                     if t:
                         tainted.add(var)
         return [read(v) for v in jaxpr.outvars], list(map(is_tainted, jaxpr.outvars))
-
-    def _root(self, key: Any, tainted: bool) -> _Key:
-        return _Key(None, None, jax.random.key_data(key), tainted)
 
 
 def _hashable_size(shape: tuple) -> bool:
