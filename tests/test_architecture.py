@@ -264,10 +264,19 @@ def _spec(task):
     return resolve_spec(task, RunConfig(steps=5), UpdateRule("rmsprop", "optax"))
 
 
-def test_the_program_cache_is_bounded(mlp_task):
+def test_the_program_cache_is_bounded_least_recently_used_first_out(quadratic_task, monkeypatch):
+    """At most MAX_CACHED program sets (2 here, so that the test compiles only three); a set used
+    again moves to the back of the queue, and the one used longest ago leaves first."""
     from epsweep.engine import compiled
     from epsweep.engine.spec import TrainSpec
 
-    for steps in range(1, compiled.MAX_CACHED + 3):
-        compiled.compiled_programs(mlp_task, TrainSpec(steps=steps, batch_size=4))  # jitted, never called
-    assert compiled.cached_program_sets() == compiled.MAX_CACHED
+    monkeypatch.setattr(compiled, "MAX_CACHED", 2)
+    a, b, c = (TrainSpec(steps=steps, batch_size=4) for steps in (11, 12, 13))  # jitted, never called
+    first_a = compiled.compiled_programs(quadratic_task, a)
+    first_b = compiled.compiled_programs(quadratic_task, b)
+    assert compiled.compiled_programs(quadratic_task, a) is first_a  # kept, and now the most recent
+    compiled.compiled_programs(quadratic_task, c)
+    assert compiled.cached_program_sets() == 2
+    assert compiled.compiled_programs(quadratic_task, a) is first_a  # still there
+    assert compiled.compiled_programs(quadratic_task, b) is not first_b  # b left when c came: built again
+    assert compiled.cached_program_sets() == 2

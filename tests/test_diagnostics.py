@@ -215,19 +215,23 @@ def test_nanmedian_without_sorting_equals_the_order_statistics():
     for bit: edge cases (empty, all NaN, ties, signed zeros, infinities, values near the float32
     maximum; not a lone subnormal, which XLA's CPU flushes to zero, nor two values whose sum
     overflows, which XLA's simplifier turns into (a + b) / 2: as in jnp.nanmedian) and
-    random vectors over 60 decades with NaNs and ties, alone and vmapped."""
+    random vectors over 60 decades with NaNs and ties (NaN-padded to one length, vmapped),
+    edge cases alone."""
     from epsweep.optim.diagnostics import nanmedian
 
     rng = np.random.default_rng(0)
-    cases = [np.array(c, np.float32) for c in MEDIAN_CASES]
-    for _ in range(200):
+    random_rows = np.full((200, 64), np.nan, np.float32)  # NaN-padded: one compiled call for every length
+    for row in random_rows:
         x = (rng.standard_normal(rng.integers(1, 60)) * 10.0 ** rng.integers(-30, 30)).astype(np.float32)
         x[rng.random(len(x)) < rng.choice([0.0, 0.3])] = np.nan
-        cases.append(np.round(x) if rng.random() < 0.3 else x)
+        row[:len(x)] = np.round(x) if rng.random() < 0.3 else x
+        row[:] = rng.permutation(row)  # the padding anywhere, not only at the end
     median = jax.jit(nanmedian)
     with np.errstate(all="ignore"):
-        for x in cases:
+        for x in (np.array(c, np.float32) for c in MEDIAN_CASES):  # each at its own length
             np.testing.assert_array_equal(_bits(median(x)), _bits(_median_reference(x)), err_msg=str(x))
+        np.testing.assert_array_equal(_bits(jax.jit(jax.vmap(nanmedian))(random_rows)),
+                                      _bits([_median_reference(row) for row in random_rows]))
         block = rng.random((4, 1001)).astype(np.float32)
         block[1, ::3] = np.nan
         np.testing.assert_array_equal(_bits(jax.jit(jax.vmap(nanmedian))(block)),
