@@ -19,7 +19,7 @@ Names are imported on first use: ``import epsweep`` starts no JAX.
 
 from __future__ import annotations
 
-import importlib
+from epsweep.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -41,14 +41,4 @@ _EXPORTS = {
 
 __all__ = sorted(_EXPORTS)
 
-
-def __getattr__(name: str):
-    if name in _EXPORTS:
-        value = getattr(importlib.import_module(_EXPORTS[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'epsweep' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted({*globals(), *_EXPORTS})
+__getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

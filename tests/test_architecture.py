@@ -18,6 +18,7 @@ PACKAGE = ROOT / "epsweep"
 # layer -> what it may import (besides itself), as in docs/architecture.md
 ALLOWED = {
     "errors": set(),
+    "lazy": set(),
     "numbers": set(),
     "vocabulary": {"errors"},
     "grid": {"vocabulary", "numbers", "errors"},
@@ -25,8 +26,8 @@ ALLOWED = {
     "presets": {"vocabulary", "numbers", "errors"},
     "optim": {"vocabulary", "errors"},
     "data": {"errors"},
-    "models": {"errors"},
-    "tasks": {"data", "models", "optim", "vocabulary", "errors"},
+    "models": {"lazy", "errors"},
+    "tasks": {"data", "models", "optim", "vocabulary", "lazy", "errors"},
     "results": {"vocabulary", "numbers", "errors"},
     "engine": {"tasks", "data", "optim", "config", "vocabulary", "numbers", "errors"},
     "provenance": {"results", "vocabulary", "numbers", "errors"},
@@ -175,6 +176,10 @@ def test_importing_starts_nothing_heavy_and_listeners_come_with_setup():
         except SystemExit:
             pass
         assert "jax" not in sys.modules, "epsweep --help imported jax"
+        for argv in (["inception", "--dropout", "nan"], ["inception", "--image-size", "64"],
+                     ["inception", "--dataset", "/no/such/dir"], ["inception", "--image-size", "100000"]):
+            assert main(argv) == 2  # the options, then the images: checked before JAX
+        assert "jax" not in sys.modules and "flax" not in sys.modules, "an inception argument error imported jax"
         from epsweep.engine import compiled
         listening = compiled._listening
         epsweep.setup()

@@ -270,6 +270,7 @@ def inception(
     from epsweep.data.images import load_image_dataset
     from epsweep.grid import Grid
     from epsweep.presets import apply_preset
+    from epsweep.tasks.inception_options import InceptionOptions, check_image_size
 
     setup_logging(quiet)
     runtime = _runtime(no_compile_cache, coordinator, num_processes, process_id, join_timeout)
@@ -289,9 +290,6 @@ def inception(
         optimizers=_names(optimizer, "rmsprop"),
         clip_norm=values["clip_norm"], lr_decay_rate=values["lr_decay_rate"], lr_decay_epochs=values["lr_decay_epochs"],
     )
-    # imports JAX: after the checks above, so that their errors come at once
-    from epsweep.tasks.inception import InceptionOptions, check_image_size, inception_task
-
     options = InceptionOptions(head=head, aux_logits=aux, dropout_rate=dropout, dtype=dtype,
                                label_smoothing=values["label_smoothing"] or 0.0, weights=weights,
                                freeze_base=freeze_base, preset=preset)
@@ -300,6 +298,9 @@ def inception(
     with ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal) as display:
         on_image = (lambda done, total: display.items("loading", done, total, "images")) if display.enabled else None
         data = load_image_dataset(dataset, image_size, val_split, progress=on_image, warn=warn)
+    # imports JAX: after every check above and the images, so that their errors come at once
+    from epsweep.tasks.inception import inception_task
+
     task = inception_task(data, options)
     if not quiet:
         log(f"{data.name}: {len(data.x_train)} training and {len(data.x_val)} validation images, "

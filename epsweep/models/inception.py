@@ -31,12 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-MIN_INPUT_SIZE = 75
-"""Smallest height/width the main path accepts (as torchvision)."""
-
-AUX_MIN_INPUT_SIZE = 299
-"""Smallest height/width for which the auxiliary classifier can run (its 5x5 conv needs a
-17x17 Mixed_6e map); PyTorch fails below it too."""
+from epsweep.models.inception_sizes import AUX_MIN_INPUT_SIZE, MIN_INPUT_SIZE  # noqa: F401 - part of this module's API
 
 HEAD_MODULES = ("fc", "head_hidden", "head_out")
 """Top-level parameter groups that form the classifier head."""

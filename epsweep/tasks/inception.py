@@ -18,7 +18,6 @@ on them, loss for loss the full model with that frozen base.
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import hashlib
 from pathlib import Path
@@ -32,56 +31,13 @@ from flax import traverse_util
 from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError, param
 from epsweep.models import inception as inception_model
-from epsweep.models.inception import (
-    AUX_FEATURES,
-    AUX_MIN_INPUT_SIZE,
-    FEATURES,
-    MIN_INPUT_SIZE,
-    InceptionV3,
-    is_head_param,
-)
+from epsweep.models.inception import AUX_FEATURES, FEATURES, InceptionV3, is_head_param
+from epsweep.tasks.inception_options import DTYPE_NAMES, InceptionOptions, check_image_size
 from epsweep.tasks.task import Features, Task
 
 AUX_LOSS_WEIGHT = 0.4
-DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16}
+DTYPES = {name: getattr(jnp, name) for name in DTYPE_NAMES}  # jnp.float32, jnp.bfloat16
 FEATURE_BATCH = 32  # images per call of the frozen base
-
-
-@dataclasses.dataclass(frozen=True)
-class InceptionOptions:
-    """Model choices for :func:`inception_task`."""
-
-    head: str = "linear"
-    aux_logits: bool = False
-    dropout_rate: float = 0.5
-    dtype: str = "float32"
-    label_smoothing: float = 0.0
-    weights: Path | None = None
-    freeze_base: bool = False
-    preset: str | None = None  # recorded in the results; the preset's values arrive as the others
-
-    def __post_init__(self) -> None:
-        if self.head not in ("linear", "mlp"):
-            raise UserError(f"{param('head')}: unknown head {self.head!r}; choose linear or mlp")
-        if self.dtype not in DTYPES:
-            raise UserError(f"{param('dtype')}: unknown dtype {self.dtype!r}; choose {' or '.join(DTYPES)}")
-        if not 0 <= self.label_smoothing < 1:
-            raise UserError(f"{param('label_smoothing')}: {self.label_smoothing:g} must lie in [0, 1)")
-        if not 0 <= self.dropout_rate < 1:
-            raise UserError(f"{param('dropout')}: {self.dropout_rate:g} must lie in [0, 1)")
-        if self.freeze_base and self.weights is None:
-            raise UserError(f"{param('freeze_base')} needs {param('weights')} (a frozen random base learns nothing)")
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise UserError(f"{param('weights')}: {self.weights}: no such file")
-
-
-def check_image_size(size: int, options: InceptionOptions) -> None:
-    """Refuse an image size the model cannot take (before any image is decoded)."""
-    if size < MIN_INPUT_SIZE:
-        raise UserError(f"{param('image_size')}: Inception-v3 needs at least {MIN_INPUT_SIZE}; got {size}")
-    if options.aux_logits and size < AUX_MIN_INPUT_SIZE:
-        raise UserError(f"{param('aux')}: the auxiliary classifier needs {param('image_size')} >= "
-                        f"{AUX_MIN_INPUT_SIZE}; got {size}")
 
 
 def _preprocess(x: jax.Array) -> jax.Array:
