@@ -55,6 +55,9 @@ def imports_of(path: Path) -> set[str]:
             found.update(f"epsweep.{alias.name}" for alias in node.names)
         elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
             found.add(node.module)
+        elif (isinstance(node, ast.Assign) and [getattr(t, "id", None) for t in node.targets] == ["_EXPORTS"]
+              and isinstance(node.value, ast.Dict)):  # a lazy package's names: imported on first use
+            found.update(value.value for value in node.value.values if isinstance(value, ast.Constant))
     return found
 
 
@@ -87,6 +90,22 @@ def docstring_positions(tree) -> set[tuple[int, int]]:
     return {(n.body[0].value.lineno, n.body[0].value.col_offset) for n in ast.walk(tree)
             if isinstance(n, kinds) and n.body and isinstance(n.body[0], ast.Expr)
             and isinstance(n.body[0].value, ast.Constant)}
+
+
+@pytest.mark.parametrize("package", ["epsweep", "epsweep.tasks", "epsweep.models"])
+def test_lazy_packages_export_what_they_list_and_their_submodules(package):
+    """Each name of ``__all__`` is the object of the module ``_EXPORTS`` names, a submodule is
+    an attribute once asked for (as when the package imported it eagerly), and anything else
+    is an AttributeError."""
+    import importlib
+
+    module = importlib.import_module(package)
+    assert sorted(module.__all__) == sorted(module._EXPORTS)
+    for name, source in module._EXPORTS.items():
+        assert getattr(module, name) is getattr(importlib.import_module(source), name)
+    submodule = {"epsweep": "data", "epsweep.tasks": "builtin", "epsweep.models": "small"}[package]
+    assert getattr(module, submodule) is importlib.import_module(f"{package}.{submodule}")
+    assert not hasattr(module, "no_such_name") and not hasattr(module, "__wrapped__")
 
 
 def test_no_flag_spelling_outside_the_cli():

@@ -5,7 +5,14 @@ Names are imported on first use: a module of its own that needs no JAX
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from epsweep.lazy import lazy_exports
+
+if TYPE_CHECKING:  # what type checkers and editors see: the names as their modules define them
+    from epsweep.tasks.builtin import DEFAULT_DATASET, TASKS, build_task, classifier_task, quadratic_task, toy_task
+    from epsweep.tasks.own import flax_task
+    from epsweep.tasks.task import Features, Task
 
 _EXPORTS = {
     "DEFAULT_DATASET": "epsweep.tasks.builtin", "TASKS": "epsweep.tasks.builtin",
@@ -15,6 +22,9 @@ _EXPORTS = {
     "Features": "epsweep.tasks.task", "Task": "epsweep.tasks.task",
 }
 
-__all__ = sorted(_EXPORTS)
+__all__ = [
+    "DEFAULT_DATASET", "TASKS", "Features", "Task", "build_task", "classifier_task", "flax_task", "quadratic_task",
+    "toy_task",
+]
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -32,6 +32,7 @@ from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError, param
 from epsweep.models import inception as inception_model
 from epsweep.models.inception import AUX_FEATURES, FEATURES, InceptionV3, is_head_param
+from epsweep.models.inception_sizes import AUX_MIN_INPUT_SIZE, MIN_INPUT_SIZE  # noqa: F401 - importable from here as before
 from epsweep.tasks.inception_options import DTYPE_NAMES, InceptionOptions, check_image_size
 from epsweep.tasks.task import Features, Task
 

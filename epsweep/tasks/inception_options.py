@@ -15,7 +15,7 @@ DTYPE_NAMES = ("float32", "bfloat16")
 
 @dataclasses.dataclass(frozen=True)
 class InceptionOptions:
-    """Model choices for :func:`inception_task`."""
+    """Model choices for :func:`epsweep.tasks.inception.inception_task`."""
 
     head: str = "linear"
     aux_logits: bool = False
