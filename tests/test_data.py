@@ -212,3 +212,16 @@ def test_16_bit_greyscale_images_are_scaled_not_clipped(tmp_path):
 def test_integer_inputs_are_scaled_by_their_range(dtype, top, scale):
     x = np.array([[0, top // 2, top]], dtype)
     np.testing.assert_allclose(as_images(x, "x"), np.array([[0, top // 2, top]]) / scale, rtol=1e-6)
+
+
+@pytest.mark.parametrize("load", ["load_dataset", "load_any_dataset", "load_image_dataset"])
+def test_the_validation_fraction_is_checked_before_any_file_is_read(load):
+    """A wrong --val-split is said at once, not after minutes of decoding images: the loaders
+    refuse it before they look for the file (which does not exist here)."""
+    from epsweep.data import images, sources
+
+    loader = getattr(images if load != "load_dataset" else sources, load)
+    args = ("/no/such/file.npz", 75, 1.5) if load == "load_image_dataset" else ("/no/such/file.npz", 1.5)
+    with pytest.raises(UserError, match=r"val_split: 1.5 is out of range"):
+        loader(*args)
+

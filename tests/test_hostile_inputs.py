@@ -212,6 +212,7 @@ CASES = [
     C("inception --lr-decay-rate 0.9 --lr-decay-epochs inf", "--lr-decay-epochs: inf is not a finite number"),
     C("inception --lr-decay-rate 0.9 --lr-decay-epochs 1e300", "--lr-decay-epochs: 1e+300 must lie in (0, 10,000,000]"),
     C("inception --dropout nan", "--dropout: nan must lie in [0, 1)"),
+    C("inception --val-split 2", "--val-split: 2 is out of range"),  # before the images are read
     C("inception --label-smoothing inf", "--label-smoothing: inf must lie in [0, 1)"),
     C("grid --val-split inf", "--val-split: inf is out of range"),
     C("grid --val-split -inf", "--val-split: -inf is out of range"),

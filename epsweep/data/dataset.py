@@ -194,6 +194,12 @@ def _checked_targets(y, n: int, name: str) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def check_val_split(val_split: float) -> None:
+    """Refuse a validation fraction outside [0, 1): the loaders call it before they read a file."""
+    if not 0 <= val_split < 1:
+        raise UserError(f"{param('val_split')}: {val_split:g} is out of range (0 <= val_split < 1)")
+
+
 def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int = 0,
           num_classes: int | None = None) -> Dataset:
     """Shuffle with ``seed`` and hold out a ``val_split`` fraction for validation.
@@ -202,8 +208,7 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     readable image) defaults to the largest label + 1; always at least 2. Floating ``y`` are
     regression targets: no classes.
     """
-    if not 0 <= val_split < 1:
-        raise UserError(f"{param('val_split')}: {val_split:g} is out of range (0 <= val_split < 1)")
+    check_val_split(val_split)
     n = len(x)
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_split))

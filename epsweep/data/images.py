@@ -16,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epsweep.data.dataset import Dataset, check_budget, split
+from epsweep.data.dataset import Dataset, check_budget, check_val_split, split
 from epsweep.data.sources import load_arrays
 from epsweep.errors import UserError, param
 
@@ -170,6 +170,7 @@ def load_any_dataset(spec: str, val_split: float = 0.2, seed: int = 0, *, target
     """Every format the tool reads, for a model of the user's: ``digits``, ``synthetic``, .npz,
     MNIST IDX, or an ImageFolder tree (its images resized to ``image_size`` and scaled to
     float32 in [0, 1]). With ``targets`` a file's second array holds regression targets."""
+    check_val_split(val_split)
     if is_image_folder(spec):
         if targets:
             raise UserError(f"{spec}: an ImageFolder directory holds class labels, not regression targets")
@@ -192,6 +193,7 @@ def load_image_dataset(spec: str, size: int, val_split: float = 0.2, seed: int =
                        progress: Progress | None = None, warn: Warn | None = None) -> Dataset:
     """``digits``, ``synthetic``, an ImageFolder directory or an .npz of images and labels,
     as uint8 RGB images of ``size x size``, split for validation."""
+    check_val_split(val_split)
     if is_image_folder(spec):
         x, y, classes = load_image_folder(Path(spec), size, progress, warn)
         return split(str(Path(spec)), x, y, val_split, seed, num_classes=len(classes))

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, check_budget, split
+from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, check_budget, check_val_split, split
 from epsweep.errors import UserError
 
 BUILTIN_DATASETS = ("digits", "synthetic")
@@ -178,5 +178,6 @@ def load_arrays(spec: str, targets: bool = False) -> tuple[str, np.ndarray, np.n
 
 def load_dataset(spec: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
     """Load ``spec`` (``digits``, ``synthetic``, or a path) and split off validation data."""
+    check_val_split(val_split)
     name, x, y = load_arrays(spec)
     return split(name, x, y, val_split, seed)
