@@ -224,4 +224,3 @@ def test_the_validation_fraction_is_checked_before_any_file_is_read(load):
     args = ("/no/such/file.npz", 75, 1.5) if load == "load_image_dataset" else ("/no/such/file.npz", 1.5)
     with pytest.raises(UserError, match=r"val_split: 1.5 is out of range"):
         loader(*args)
-

@@ -9,10 +9,10 @@ from typing import TYPE_CHECKING
 from epsweep.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what type checkers and editors see: the names as their modules define them
-    from epsweep.models.small import CNN, MLP, ToyNet
+    from epsweep.models.small import CNN, MLP, ToyNet  # noqa: F401 - in __all__
 
 _EXPORTS = {"CNN": "epsweep.models.small", "MLP": "epsweep.models.small", "ToyNet": "epsweep.models.small"}
 
-__all__ = ["CNN", "MLP", "ToyNet"]
+__all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)

@@ -31,7 +31,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from epsweep.models.inception_sizes import AUX_MIN_INPUT_SIZE, MIN_INPUT_SIZE  # noqa: F401 - part of this module's API
+from epsweep.models.inception_sizes import AUX_MIN_INPUT_SIZE, MIN_INPUT_SIZE
 
 HEAD_MODULES = ("fc", "head_hidden", "head_out")
 """Top-level parameter groups that form the classifier head."""

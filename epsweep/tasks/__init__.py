@@ -10,9 +10,16 @@ from typing import TYPE_CHECKING
 from epsweep.lazy import lazy_exports
 
 if TYPE_CHECKING:  # what type checkers and editors see: the names as their modules define them
-    from epsweep.tasks.builtin import DEFAULT_DATASET, TASKS, build_task, classifier_task, quadratic_task, toy_task
-    from epsweep.tasks.own import flax_task
-    from epsweep.tasks.task import Features, Task
+    from epsweep.tasks.builtin import (  # noqa: F401 - in __all__
+        DEFAULT_DATASET,
+        TASKS,
+        build_task,
+        classifier_task,
+        quadratic_task,
+        toy_task,
+    )
+    from epsweep.tasks.own import flax_task  # noqa: F401 - in __all__
+    from epsweep.tasks.task import Features, Task  # noqa: F401 - in __all__
 
 _EXPORTS = {
     "DEFAULT_DATASET": "epsweep.tasks.builtin", "TASKS": "epsweep.tasks.builtin",
@@ -22,9 +29,6 @@ _EXPORTS = {
     "Features": "epsweep.tasks.task", "Task": "epsweep.tasks.task",
 }
 
-__all__ = [
-    "DEFAULT_DATASET", "TASKS", "Features", "Task", "build_task", "classifier_task", "flax_task", "quadratic_task",
-    "toy_task",
-]
+__all__ = sorted(_EXPORTS)
 
 __getattr__, __dir__ = lazy_exports(__name__, _EXPORTS)
