@@ -132,8 +132,9 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
     import logging
 
     import jax
+    import numpy as np
 
-    from epsweep.engine import memory
+    from epsweep.engine import compiled, driver, memory
     from epsweep.engine.spec import TrainSpec
     from epsweep.tasks import build_task
 
@@ -144,13 +145,26 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
     with caplog.at_level(logging.WARNING, logger="epsweep"):
         assert memory.plan_width(build_task("quadratic"), TrainSpec(steps=1, batch_size=1), devices) == 1
     assert "needs about 5.0 GiB by the memory estimate" in caplog.text
-    # a task trained one setting per CPU device is not estimated to plan it, and checked once it is traced
+    # a task trained one setting per CPU device is not estimated (the model is not traced again):
+    # once its programs compile, the sweep checks XLA's own figure for the largest of them
     caplog.clear()
     one_each = dataclasses.replace(build_task("quadratic"), settings_per_cpu_device=1)
+    spec = TrainSpec(steps=2, batch_size=1)
+    monkeypatch.setattr(memory, "estimate", lambda task, spec: pytest.fail("estimated"))
+    assert memory.plan_width(one_each, spec, devices) == 1
+    programs = compiled.compiled_programs(one_each, spec, devices, 1)
+    sizes = {name: getattr(programs, name).memory_bytes() for name in ("init", "train", "evaluate", "finish")
+             if getattr(programs, name) is not None}
+    assert sizes["train"] >= memory._estimate(one_each, spec).state  # its arguments hold the training state
+    largest = max(sizes, key=sizes.get)
+    monkeypatch.setattr(memory, "device_budget", lambda device: sizes[largest])  # fits exactly: no warning
     with caplog.at_level(logging.WARNING, logger="epsweep"):
-        monkeypatch.setattr(memory, "estimate", lambda task, spec: pytest.fail("estimated to plan the width"))
-        assert memory.plan_width(one_each, TrainSpec(steps=1, batch_size=1), devices) == 1
-        monkeypatch.setattr(memory, "estimate", lambda task, spec: memory.Estimate(per_config=6 * 1024**3, state=1,
-                                                                                    fixed=0))
-        memory.check_fits(one_each, TrainSpec(steps=1, batch_size=1), devices, 1)
-    assert "needs about 6.0 GiB by the memory estimate" in caplog.text
+        memory.check_fits(one_each, devices, 1, programs)
+    assert not caplog.records
+    monkeypatch.setattr(memory, "device_budget", lambda device: sizes[largest] - 1)
+    h = {name: np.full(1, value, np.float32) for name, value in
+         {"eps": 1e-8, "lr": 1e-2, "decay": 0.9, "momentum": 0.0}.items()}
+    with caplog.at_level(logging.WARNING, logger="epsweep"):
+        driver.train_runs(one_each, spec, h, np.array([0]), devices=devices)  # the sweep checks
+    warned = [r.getMessage() for r in caplog.records]
+    assert len(warned) == 1 and f"(XLA's figure for its {largest} program)" in warned[0], warned

@@ -235,6 +235,22 @@ class CompiledAhead:
             self.lowered.set()
             self._done.set()
 
+    def memory_bytes(self) -> int | None:
+        """Bytes one call needs on each device by XLA's buffer assignment: arguments, outputs and
+        temporaries, less the donated arguments the outputs reuse. Waits for the compilation;
+        None when it failed or the backend does not say."""
+        self._done.wait()
+        if self._compiled is None:
+            return None
+        try:
+            stats = self._compiled.memory_analysis()
+        except (NotImplementedError, jax.errors.JaxRuntimeError):  # pragma: no cover - backend-specific
+            return None
+        if stats is None:  # pragma: no cover - backend-specific
+            return None
+        return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
+                   + stats.temp_size_in_bytes)
+
     def __call__(self, *args: Any) -> Any:
         self._done.wait()
         if self._error is not None:

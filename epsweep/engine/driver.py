@@ -95,7 +95,6 @@ def train_runs(
     task = on_features(task, devices)[0]  # frozen features: computed once (or kept from before)
     chunk = agree(plan_width(task, spec, devices, chunk_size))  # several processes run the same programs
     programs = compiled_programs(task, spec, devices, chunk)
-    check_fits(task, spec, devices, chunk)  # once the programs are traced, while they compile
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
     if task.data is not None:
@@ -148,6 +147,8 @@ def train_runs(
         h = {name: _global_array(np.asarray(hparams[name], np.float32)[index], by_config) for name in HPARAMS}
         seed = seed_arrays[k]
         state = programs.init(h, seed, constants)
+        if item == 0:  # the first init runs while the programs' memory is checked
+            check_fits(task, devices, chunk, programs)
         reached = None
         for call, (t0, t1) in enumerate(bounds):
             state, done = programs.train(state, h, seed, place(np.int32(t0)), place(np.int32(t1)), *train_data)
