@@ -580,3 +580,33 @@ def test_cli_model_errors_exit_2_with_one_line(args, message, model_dir, capsys,
     out, err = capsys.readouterr()
     assert code == 2 and out == "", err
     assert err.startswith("epsweep: error: ") and err.count("\n") == 1 and message in err, err
+
+
+class Wide(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(nn.Dense(2048)(nn.relu(nn.Dense(2048)(x))))
+
+
+def test_a_large_models_settings_start_from_the_weights_its_own_jitted_init_gives():
+    """The ``init`` program of a model with a large training state (4.2 M parameters a setting)
+    is compiled as XLA compiles any jitted function, so every setting starts from exactly the
+    weights ``jax.jit(task.init)`` gives for its seed. (A small model's compiles at low
+    optimisation, whose truncated-normal draws may differ in the last bit.)"""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from epsweep.engine import compiled
+    from epsweep.engine.spec import HPARAMS, TrainSpec
+
+    task = epsweep.flax_task(Wide(), classification_data())
+    devices = jax.devices()[:1]
+    programs = compiled.compiled_programs(task, TrainSpec(steps=1, batch_size=8), devices, 2)
+    mesh = Mesh(np.array(devices), (compiled.CONFIG_AXIS,))
+    h = {name: jax.device_put(np.full(2, 0.5, np.float32), NamedSharding(mesh, P(compiled.CONFIG_AXIS)))
+         for name in HPARAMS}
+    state = programs.init(h, jax.device_put(np.array([5], np.uint32), NamedSharding(mesh, P())), None)
+    params, _ = jax.jit(task.init)(jax.random.fold_in(jax.random.key(5), 0))
+    for ours, theirs in zip(jax.tree.leaves(state.runs.params), jax.tree.leaves(params), strict=True):
+        for setting in (0, 1):
+            np.testing.assert_array_equal(np.asarray(ours)[0, setting], np.asarray(theirs))
