@@ -210,15 +210,20 @@ def _bits(x) -> np.ndarray:
     return np.where(x == 0, np.float32(0), x).view(np.uint32)
 
 
-def test_nanmedian_without_sorting_equals_the_order_statistics():
-    """The bisection median (XLA's CPU sort is slow) against NumPy's sorted middle values, bit
-    for bit: edge cases (empty, all NaN, ties, signed zeros, infinities, values near the float32
-    maximum; not a lone subnormal, which XLA's CPU flushes to zero, nor two values whose sum
-    overflows, which XLA's simplifier turns into (a + b) / 2: as in jnp.nanmedian) and
-    random vectors over 60 decades with NaNs and ties (NaN-padded to one length, vmapped),
-    edge cases alone."""
+@pytest.mark.parametrize("counting", ["bisection", "histograms"])
+def test_nanmedian_without_sorting_equals_the_order_statistics(counting, monkeypatch):
+    """The median found by bisection, or by histograms (CPU, large vectors), without sorting
+    (XLA's CPU sort is slow) against NumPy's sorted middle values, bit for bit: edge cases
+    (empty, all NaN, ties, signed zeros, infinities, values near the float32 maximum; not a
+    lone subnormal, which XLA's CPU flushes to zero, nor two values whose sum overflows, which
+    XLA's simplifier turns into (a + b) / 2: as in jnp.nanmedian), random vectors over 60
+    decades with NaNs and ties (NaN-padded to one length, vmapped), and a vector past
+    HISTOGRAM_FROM."""
+    from epsweep.optim import diagnostics
     from epsweep.optim.diagnostics import nanmedian
 
+    if counting == "histograms":
+        monkeypatch.setattr(diagnostics, "HISTOGRAM_FROM", 0)  # every vector, not only from 2**20 values
     rng = np.random.default_rng(0)
     random_rows = np.full((200, 64), np.nan, np.float32)  # NaN-padded: one compiled call for every length
     for row in random_rows:
@@ -238,6 +243,9 @@ def test_nanmedian_without_sorting_equals_the_order_statistics():
                                       _bits([_median_reference(row) for row in block]))
         random = rng.random(1000).astype(np.float32)  # and numpy's own nanmedian where it cannot overflow
         np.testing.assert_array_equal(_bits(median(random)), _bits(np.nanmedian(random)))
+        large = rng.lognormal(-8, 3, 2**20 + 3).astype(np.float32)  # histograms on CPU whatever the variant
+        large[::7] = np.nan
+        np.testing.assert_array_equal(_bits(median(large)), _bits(_median_reference(large)))
 
 
 def test_sgd_has_no_denominator():

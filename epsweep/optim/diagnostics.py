@@ -170,18 +170,12 @@ def _from_order_key(key: jax.Array) -> jax.Array:
     return jax.lax.bitcast_convert_type(bits, jnp.float32)
 
 
-def nanmedian(values: jax.Array) -> jax.Array:
-    """``jnp.nanmedian`` of a float32 vector without sorting it: the middle order statistics
-    found by bisection over their bit patterns (32 counting passes); for an odd count the
-    middle value, for an even one the two middle values' mean as ``jnp.nanmedian`` takes it
-    (0.5 a + 0.5 b). Equal to ``jnp.nanmedian`` bit for bit, except that a zero median is
-    always +0. XLA's CPU sort is slow: for 32 settings of the 9,610-parameter MLP, 50 ms a
-    call against a few ms for this."""
-    values = jnp.where(values == 0, jnp.float32(0), values.astype(jnp.float32))  # -0 and +0: one key
-    valid = ~jnp.isnan(values)
-    keys = _order_key(values)
-    n = jnp.sum(valid, dtype=jnp.int32)
-    k = jnp.maximum(n - 1, 0) // 2  # the lower middle, 0-based
+HISTOGRAM_FROM = 1 << 20  # values from which, on CPU, nanmedian counts by histogram rather than bisection
+
+
+def _kth_key_by_bisection(keys: jax.Array, valid: jax.Array, k: jax.Array) -> jax.Array:
+    """The k-th smallest (0-based) of the valid keys: bisection over the 32 bits, one counting
+    pass over the keys per bit."""
 
     def halve(_, bounds):
         lo, hi = bounds
@@ -189,7 +183,44 @@ def nanmedian(values: jax.Array) -> jax.Array:
         enough = jnp.sum(valid & (keys <= mid), dtype=jnp.int32) > k
         return jnp.where(enough, lo, mid + 1), jnp.where(enough, mid, hi)
 
-    low_key, _ = jax.lax.fori_loop(0, 32, halve, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))
+    return jax.lax.fori_loop(0, 32, halve, (jnp.uint32(0), jnp.uint32(0xFFFFFFFF)))[0]
+
+
+def _kth_key_by_histogram(keys: jax.Array, valid: jax.Array, k: jax.Array) -> jax.Array:
+    """The k-th smallest (0-based) of the valid keys: a 65,536-bin histogram of the high 16 bits
+    gives the bin holding it, c1[b - 1] <= k < c1[b] (c1 the cumulative counts), then one of the
+    low 16 bits of the keys in that bin gives the rest: two scatter-add passes instead of 32."""
+    high = (keys >> 16).astype(jnp.int32)
+    bins = jnp.zeros(1 << 16, jnp.int32)
+    below = jnp.cumsum(bins.at[high].add(valid.astype(jnp.int32), mode="promise_in_bounds"))
+    b = jnp.argmax(below > k)
+    before = jnp.where(b > 0, below[jnp.maximum(b - 1, 0)], 0)
+    low = (keys & jnp.uint32(0xFFFF)).astype(jnp.int32)
+    in_bin = jnp.cumsum(bins.at[low].add((valid & (high == b)).astype(jnp.int32), mode="promise_in_bounds"))
+    d = jnp.argmax(before + in_bin > k)
+    return (b.astype(jnp.uint32) << 16) | d.astype(jnp.uint32)
+
+
+def nanmedian(values: jax.Array) -> jax.Array:
+    """``jnp.nanmedian`` of a float32 vector without sorting it: the middle order statistics
+    found from their bit patterns (order keys), by bisection (32 counting passes) or, on CPU
+    from HISTOGRAM_FROM values, by two 16-bit histograms; for an odd count the middle value,
+    for an even one the two middle values' mean as ``jnp.nanmedian`` takes it (0.5 a + 0.5 b).
+    Equal to ``jnp.nanmedian`` bit for bit, except that a zero median is always +0. XLA's CPU
+    sort is slow: for 32 settings of the 9,610-parameter MLP, 50 ms a call against a few ms
+    for this; the histograms halve the time of Inception-v3's 24 M values (0.42-0.47 s against
+    0.86-0.89 s on this project's Intel Xeon); on accelerators the bisection's passes are
+    plain reductions, where many-to-one scatters are not a good fit."""
+    values = jnp.where(values == 0, jnp.float32(0), values.astype(jnp.float32))  # -0 and +0: one key
+    valid = ~jnp.isnan(values)
+    keys = _order_key(values)
+    n = jnp.sum(valid, dtype=jnp.int32)
+    k = jnp.maximum(n - 1, 0) // 2  # the lower middle, 0-based
+    if values.size >= HISTOGRAM_FROM:
+        low_key = jax.lax.platform_dependent(keys, valid, k, cpu=_kth_key_by_histogram,
+                                             default=_kth_key_by_bisection)
+    else:
+        low_key = _kth_key_by_bisection(keys, valid, k)
     low = _from_order_key(low_key)
     at_most_low = jnp.sum(valid & (keys <= low_key), dtype=jnp.int32)
     above = jnp.min(jnp.where(valid & (keys > low_key), keys, jnp.uint32(0xFFFFFFFF)), initial=jnp.uint32(0xFFFFFFFF))
