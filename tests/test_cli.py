@@ -130,11 +130,12 @@ def test_out_of_device_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
 
 def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, capsys, caplog):
     import logging
+    import types
 
     import jax
     import numpy as np
 
-    from epsweep.engine import compiled, driver, memory
+    from epsweep.engine import driver, memory
     from epsweep.engine.spec import TrainSpec
     from epsweep.tasks import build_task
 
@@ -146,25 +147,37 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
         assert memory.plan_width(build_task("quadratic"), TrainSpec(steps=1, batch_size=1), devices) == 1
     assert "needs about 5.0 GiB by the memory estimate" in caplog.text
     # a task trained one setting per CPU device is not estimated (the model is not traced again):
-    # once its programs compile, the sweep checks XLA's own figure for the largest of them
+    # the sweep checks XLA's own figures, init's before its first call, the others before the first step
     caplog.clear()
     one_each = dataclasses.replace(build_task("quadratic"), settings_per_cpu_device=1)
     spec = TrainSpec(steps=2, batch_size=1)
     monkeypatch.setattr(memory, "estimate", lambda task, spec: pytest.fail("estimated"))
     assert memory.plan_width(one_each, spec, devices) == 1
-    programs = compiled.compiled_programs(one_each, spec, devices, 1)
-    sizes = {name: getattr(programs, name).memory_bytes() for name in ("init", "train", "evaluate", "finish")
-             if getattr(programs, name) is not None}
-    assert sizes["train"] >= memory._estimate(one_each, spec).state  # its arguments hold the training state
-    largest = max(sizes, key=sizes.get)
-    monkeypatch.setattr(memory, "device_budget", lambda device: sizes[largest])  # fits exactly: no warning
-    with caplog.at_level(logging.WARNING, logger="epsweep"):
-        memory.check_fits(one_each, devices, 1, programs)
-    assert not caplog.records
-    monkeypatch.setattr(memory, "device_budget", lambda device: sizes[largest] - 1)
     h = {name: np.full(1, value, np.float32) for name, value in
          {"eps": 1e-8, "lr": 1e-2, "decay": 0.9, "momentum": 0.0}.items()}
-    with caplog.at_level(logging.WARNING, logger="epsweep"):
-        driver.train_runs(one_each, spec, h, np.array([0]), devices=devices)  # the sweep checks
-    warned = [r.getMessage() for r in caplog.records]
-    assert len(warned) == 1 and f"(XLA's figure for its {largest} program)" in warned[0], warned
+    warned = {}
+    for budget in (10 * 1024**3, 1):
+        monkeypatch.setattr(memory, "device_budget", lambda device, budget=budget: budget)
+        with caplog.at_level(logging.WARNING, logger="epsweep"):
+            driver.train_runs(one_each, spec, h, np.array([0]), devices=devices)
+        warned[budget] = [r.getMessage() for r in caplog.records]
+        caplog.clear()
+    assert warned[10 * 1024**3] == []
+    assert len(warned[1]) == 1 and "while its init program runs (XLA's figure" in warned[1][0], warned
+
+    # the arithmetic: the state (init's outputs) and the data stay on the device; each program adds
+    # its temporaries and its outputs less the donated inputs they reuse
+    def program(out, temp, alias=0):
+        stats = types.SimpleNamespace(argument_size_in_bytes=99, output_size_in_bytes=out, alias_size_in_bytes=alias,
+                                      temp_size_in_bytes=temp)
+        return types.SimpleNamespace(memory_stats=lambda: stats)
+
+    programs = types.SimpleNamespace(init=program(out=100, temp=50), train=program(out=100, temp=30, alias=100),
+                                     evaluate=None, finish=program(out=4, temp=40), measure=None)
+    rest = ("train", "evaluate", "finish", "measure")
+    for budget, names, expected in [(1000 + 100 + 150, ("init",), False), (1000 + 100 + 149, ("init",), True),
+                                    (1000 + 100 + 44, rest, False), (1000 + 100 + 43, rest, True)]:
+        monkeypatch.setattr(memory, "device_budget", lambda device, budget=budget: budget)
+        assert memory.check_fits(one_each, devices, 1, programs, 1000, names) is expected, (budget, names)
+    assert "while its finish program runs" in caplog.records[-1].getMessage()
+    assert not memory.check_fits(one_each, devices, 2, programs, 1000, rest)  # not one setting per device

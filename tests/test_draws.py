@@ -83,7 +83,7 @@ def _run(function, options, seed=3):
 @pytest.mark.parametrize(("name", "options"), [(name, "init's options") for name in CASES]
                          + [("flax conv net (BatchNorm, Dropout)", "XLA's defaults")])
 def test_batched_draws_give_the_same_bits(name, options):
-    options = _init_compiler_options(jax.devices()) if options == "init's options" else None
+    options = _init_compiler_options(jax.devices(), 0) if options == "init's options" else None
     alone, together = _run(CASES[name], options), _run(batched_draws(CASES[name]), options)
     assert len(alone) == len(together)
     for a, b in zip(alone, together, strict=True):
@@ -116,7 +116,7 @@ def test_a_models_keys_and_draws_take_one_hash_per_depth_and_one_for_the_draws()
 def test_draws_hashed_in_several_groups_give_the_same_bits(monkeypatch):
     from epsweep.engine import draws
     monkeypatch.setattr(draws, "GROUP_ELEMENTS", 40)  # the net's kernels hold 36, 800 and 24 elements
-    options = _init_compiler_options(jax.devices())
+    options = _init_compiler_options(jax.devices(), 0)
     for a, b in zip(_run(_flax, options), _run(batched_draws(_flax), options), strict=True):
         np.testing.assert_array_equal(a, b)
     assert _primitives(batched_draws(_flax))["threefry2x32"] == 4  # the keys, then 3 groups of draws

@@ -123,7 +123,7 @@ _programs_lock = threading.Lock()
 LARGE_INIT_BYTES = 32 * 1024**2  # initial state per device from which init is compiled as optimised as the rest
 
 
-def _init_compiler_options(devices: Sequence[jax.Device], state_bytes: int = 0) -> dict | None:
+def _init_compiler_options(devices: Sequence[jax.Device], state_bytes: int) -> dict | None:
     """XLA options for the ``init`` program, whose outputs (the initial training state) take
     ``state_bytes``. On CPU, for a small state, a quick compile at low optimisation: the MLP's
     compiles in 0.9 s instead of 1.5 s at the default level, and runs in 10 ms either way. A
@@ -246,21 +246,17 @@ class CompiledAhead:
             self.lowered.set()
             self._done.set()
 
-    def memory_bytes(self) -> int | None:
-        """Bytes one call needs on each device by XLA's buffer assignment: arguments, outputs and
-        temporaries, less the donated arguments the outputs reuse. Waits for the compilation;
-        None when it failed or the backend does not say."""
+    def memory_stats(self) -> Any:
+        """XLA's buffer assignment of one call on each device (``memory_analysis()``: argument,
+        output, alias and temp sizes in bytes). Waits for the compilation; None when it failed
+        or the backend does not say."""
         self._done.wait()
         if self._compiled is None:
             return None
         try:
-            stats = self._compiled.memory_analysis()
+            return self._compiled.memory_analysis()
         except (NotImplementedError, jax.errors.JaxRuntimeError):  # pragma: no cover - backend-specific
             return None
-        if stats is None:  # pragma: no cover - backend-specific
-            return None
-        return int(stats.argument_size_in_bytes + stats.output_size_in_bytes - stats.alias_size_in_bytes
-                   + stats.temp_size_in_bytes)
 
     def __call__(self, *args: Any) -> Any:
         self._done.wait()

@@ -13,8 +13,9 @@ for a key ``(k1, k2)``: ``fold_in(key, m)`` is ``threefry2x32(k1, k2, 0, m)``, a
 narrowed; 64: ``b1 << 32 | b2``). The hash is elementwise, so hashing the concatenated
 (key, message) pairs of many derivations or draws at once and slicing the result gives each
 its own bits. The weights are then computed from them by the same operations: identical at
-``init``'s compile options on CPU (tests/test_draws.py); XLA may compile the changed program
-into a different fusion elsewhere (a float step apart at most, as eager and jitted JAX can be).
+both of ``init``'s compile options on CPU (XLA's lowest level for a small state, its default
+for a large one: tests/test_draws.py); XLA may compile the changed program into a different
+fusion elsewhere (a float step apart at most, as eager and jitted JAX can be).
 
 How: the function is traced to a jaxpr, evaluated twice, calls (``jit``, ``remat``...)
 inlined. In the first pass a ``fold_in`` records its parent and message instead of hashing

@@ -22,7 +22,7 @@ from jax.sharding import PartitionSpec as P
 from epsweep.engine.compiled import CONFIG_AXIS, compiled_programs
 from epsweep.engine.devices import agree, config_devices, ensure_setup, gather
 from epsweep.engine.features import on_features
-from epsweep.engine.memory import check_fits, plan_width
+from epsweep.engine.memory import check_fits, plan_width, tree_bytes
 from epsweep.engine.programs import with_measures
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
 from epsweep.tasks.task import Task
@@ -109,6 +109,7 @@ def train_runs(
     val_count = place(np.float32(val_mask.sum()))
     zeros = _global_array(np.zeros((1, chunk), np.float32), NamedSharding(mesh, P(None, CONFIG_AXIS)))
     constants = jax.tree.map(place, task.constants)
+    resident = tree_bytes((train_data, val_batches, constants))  # on every device for the whole sweep
     starts = list(range(0, total, chunk))
     items = [(start, k) for start in starts for k in range(len(seeds))]  # one call sequence each
     if programs.loop_free:  # one step per call (see build_programs)
@@ -146,9 +147,10 @@ def train_runs(
         index = np.minimum(np.arange(start, start + chunk), total - 1)
         h = {name: _global_array(np.asarray(hparams[name], np.float32)[index], by_config) for name in HPARAMS}
         seed = seed_arrays[k]
+        warned = item == 0 and check_fits(task, devices, chunk, programs, resident, ("init",))
         state = programs.init(h, seed, constants)
-        if item == 0:  # the first init runs while the programs' memory is checked
-            check_fits(task, devices, chunk, programs)
+        if item == 0 and not warned:  # while the first init runs
+            check_fits(task, devices, chunk, programs, resident, ("train", "evaluate", "finish", "measure"))
         reached = None
         for call, (t0, t1) in enumerate(bounds):
             state, done = programs.train(state, h, seed, place(np.int32(t0)), place(np.int32(t1)), *train_data)

@@ -232,25 +232,35 @@ def _checked_budget(est: Estimate, devices: Sequence[jax.Device]) -> int:
     return budget
 
 
-def check_fits(task: Any, devices: Sequence[jax.Device], width: int, programs: Any) -> None:
+def check_fits(task: Any, devices: Sequence[jax.Device], width: int, programs: Any, resident_bytes: int,
+               names: Sequence[str]) -> bool:
     """Warn when one setting of a task trained one per device (``width`` settings a call, and
-    :func:`plan_width` did not estimate its memory) needs more than a device's budget, by XLA's
-    own buffer assignment of each compiled program (:meth:`CompiledAhead.memory_bytes`: arguments,
-    outputs and temporaries, less the donated arguments the outputs reuse). Waits for every
-    program to compile or load; the driver calls it once the first ``init`` is dispatched, just
-    before the first step, which waits for ``train`` anyway (the largest program, and the last to
-    compile). Tracing the model for :func:`estimate` instead cost 2.7-11.6 s of one core while the
-    programs compiled on Inception-v3's cold start on this project's Intel Xeon."""
+    :func:`plan_width` did not estimate its memory) needs more than a device's budget while one
+    of the programs ``names`` runs, by XLA's own buffer assignment: what stays on the device
+    between calls (the training state, ``init``'s outputs, and ``resident_bytes`` of data and
+    constants) plus the program's temporaries and outputs less the donated inputs they reuse
+    (for ``init``, a new state beside the last chunk's). Returns whether it warned. The driver
+    checks ``init`` just before its first call (which waits for that compilation anyway) and
+    the others once it is dispatched, before the first step. Tracing the model again for
+    :func:`estimate` instead cost 2.7-10 s of one core while Inception-v3's programs compiled."""
     if not (_one_per_device(task, devices) and width == len(devices)):
-        return
-    sizes = {name: program.memory_bytes() for name, program in programs._asdict().items()
-             if hasattr(program, "memory_bytes")}
-    sizes = {name: size for name, size in sizes.items() if size is not None}
-    if not sizes:
-        return
-    name = max(sizes, key=sizes.get)
+        return False
+    init = programs.init.memory_stats()
+    stats = {name: getattr(programs, name).memory_stats() for name in names if getattr(programs, name) is not None}
+    stats = {name: m for name, m in stats.items() if m is not None}
+    if init is None or not stats:
+        return False
+    work = {name: m.temp_size_in_bytes + m.output_size_in_bytes - m.alias_size_in_bytes for name, m in stats.items()}
+    name = max(work, key=work.get)
+    need = resident_bytes + init.output_size_in_bytes + work[name]
     budget = min(device_budget(d) for d in devices)
-    if sizes[name] > budget:
-        log.warning("one setting needs %.1f GiB per device (XLA's figure for its %s program), more than the "
-                    "%.1f GiB planned per device; training one setting per device anyway",
-                    sizes[name] / 1024**3, name, budget / 1024**3)
+    if need <= budget:
+        return False
+    log.warning("one setting needs about %s per device while its %s program runs (XLA's figure, with the "
+                "training state and the data), more than the %s planned per device; training one setting per "
+                "device anyway", _size(need), name, _size(budget))
+    return True
+
+
+def _size(n: int) -> str:
+    return f"{n / 1024**3:.1f} GiB" if n >= 1024**3 else f"{n / 1024**2:.0f} MiB"
