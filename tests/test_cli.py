@@ -178,6 +178,7 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
     for budget, names, expected in [(1000 + 100 + 150, ("init",), False), (1000 + 100 + 149, ("init",), True),
                                     (1000 + 100 + 44, rest, False), (1000 + 100 + 43, rest, True)]:
         monkeypatch.setattr(memory, "device_budget", lambda device, budget=budget: budget)
-        assert memory.check_fits(one_each, devices, 1, programs, 1000, names) is expected, (budget, names)
+        with caplog.at_level(logging.WARNING, logger="epsweep"):
+            assert memory.check_fits(one_each, devices, 1, programs, 1000, names) is expected, (budget, names)
     assert "while its finish program runs" in caplog.records[-1].getMessage()
     assert not memory.check_fits(one_each, devices, 2, programs, 1000, rest)  # not one setting per device

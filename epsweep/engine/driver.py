@@ -97,13 +97,10 @@ def train_runs(
     programs = compiled_programs(task, spec, devices, chunk)
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
-    if task.data is not None:
-        x_train, y_train = task.data.x_train, task.data.y_train
-    else:
-        x_train, y_train = np.zeros((1, 1), np.float32), np.zeros((1,), np.int32)
+    no_data = (np.zeros((1, 1), np.float32), np.zeros((1,), np.int32))
     place = functools.partial(_global_array, sharding=replicated)
     seed_arrays = [place(np.asarray([seed], np.uint32)) for seed in seeds]
-    train_data = (place(x_train), place(y_train))
+    train_data = tuple(map(place, no_data if task.data is None else (task.data.x_train, task.data.y_train)))
     x_val, y_val, val_mask = validation_batches(task, spec.eval_batch_size)
     val_batches = [tuple(place(a[i]) for a in (x_val, y_val, val_mask)) for i in range(len(x_val))]
     val_count = place(np.float32(val_mask.sum()))
