@@ -19,6 +19,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from epsweep.engine.memory import tree_bytes
 from epsweep.engine.programs import TrainState, build_programs
 from epsweep.engine.spec import RunOutputs, TrainSpec, program_shape
 from epsweep.tasks.task import Task
@@ -188,7 +189,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         once it is lowered: lowering holds Python's lock, and lowered while the next program
         traced, the train program reached XLA's compiler 0.2-0.3 s later (the MLP's cold
         G = 256 run, 5.54-5.59 s against 5.27-5.37 s when each is lowered before the next traces)."""
-        options = _init_compiler_options(devices, _output_bytes(program)) if name == "init" else None
+        options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
         donate = (0,) if name == "train" else ()  # the state: train returns the next one
         ahead[name] = CompiledAhead(jax.jit(program.call, compiler_options=options, donate_argnums=donate), args)
         ahead[name].lowered.wait()
@@ -208,11 +209,6 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         while len(_programs) > MAX_CACHED:
             _programs.popitem(last=False)
     return programs
-
-
-def _output_bytes(program: Any) -> int:
-    """Bytes of an exported program's outputs, on all devices together."""
-    return sum(int(np.prod(a.shape, dtype=np.int64)) * a.dtype.itemsize for a in program.out_avals)
 
 
 class CompiledAhead:
