@@ -463,6 +463,10 @@ def model_dir(tmp_path_factory):
     np.savez(d / "data.npz", x=rng.random((48, 4, 4)).astype(np.float32), y=np.arange(48) % 3)
     np.savez(d / "targets.npz", x=rng.random((48, 5)).astype(np.float32), y=rng.normal(size=48))
     (d / "photos" / "cats").mkdir(parents=True)
+    (d / "printing.py").write_text(
+        "import flax.linen as nn\nimport jax\n\n\nclass Loud(nn.Module):\n    @nn.compact\n"
+        "    def __call__(self, x):\n        print('tracing')\n        jax.debug.print('mean {m}', m=x.mean())\n"
+        "        return nn.Dense(3)(x.reshape(len(x), -1))\n")
     return d
 
 
@@ -529,22 +533,31 @@ def test_resume_refuses_the_results_of_an_edited_model_of_the_same_shapes(tmp_pa
     assert err.count("\n") == 1
 
 
+def test_a_models_own_prints_go_to_stderr_and_stdout_holds_only_results(model_dir):
+    """stdout carries results: a model that prints as it is traced (``print``) and as it runs
+    (``jax.debug.print``) leaves ``-f jsonl`` output that parses line by line, its prints on
+    stderr (through the installed executable, as in a shell pipeline)."""
+    done = subprocess.run([EXE, "grid", "--model", "printing.py:Loud", "--dataset", "data.npz", "--steps", "3",
+                           "--eps", "1e-8", "1", "-q", "-f", "jsonl"], capture_output=True, text=True, timeout=300,
+                          cwd=model_dir, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["eps"] for line in done.stdout.splitlines()] == [1e-8, 1.0], done.stdout
+    assert "tracing\n" in done.stderr and "mean " in done.stderr, done.stderr
+
+
 def test_with_standard_output_closed_a_model_that_prints_still_trains(model_dir, capsys, monkeypatch):
     """Started with stdout closed (``>&-``, Python's sys.stdout is None), a model's own prints
-    are dropped as Python drops them; the results, which cannot go to stdout, are in the file
-    the error line names. main() leaves sys.stdout as it found it."""
+    go to stderr as always; the results, which cannot go to stdout, are in the file the error
+    line (the last) names. main() leaves sys.stdout as it found it."""
     monkeypatch.chdir(model_dir)
-    (model_dir / "printing.py").write_text(
-        "import flax.linen as nn\nimport jax\n\n\nclass Loud(nn.Module):\n    @nn.compact\n"
-        "    def __call__(self, x):\n        print('tracing')\n        jax.debug.print('mean {m}', m=x.mean())\n"
-        "        return nn.Dense(3)(x.reshape(len(x), -1))\n")
     monkeypatch.setattr(sys, "stdout", None)
     code = main(["grid", "--model", "printing.py:Loud", "--dataset", "data.npz", "--steps", "3", "--eps", "1e-8", "1",
                  "-q", "-o", "loud.jsonl"])
     assert sys.stdout is None
-    err = capsys.readouterr().err
-    assert code == 2 and err == "epsweep: error: cannot write to standard output: it is closed; the results are in " \
-                                "loud.jsonl\n", err
+    *prints, last = capsys.readouterr().err.splitlines()
+    assert code == 2 and last == "epsweep: error: cannot write to standard output: it is closed; the results are in " \
+                                 "loud.jsonl", last
+    assert "tracing" in prints and any(line.startswith("mean ") for line in prints), prints
     assert len((model_dir / "loud.jsonl").read_text().splitlines()) == 2
 
 

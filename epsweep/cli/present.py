@@ -3,6 +3,7 @@ stderr. User-provided text (paths, names from files) is always printed literally
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import io
 import logging
@@ -131,6 +132,16 @@ def open_standard_streams() -> Callable[[], None]:
         sys.stdout, sys.stderr = before
 
     return restore
+
+
+@contextlib.contextmanager
+def prints_to_stderr():
+    """Within: whatever writes to ``sys.stdout`` (a user's model printing as it is traced, or
+    ``jax.debug.print`` as it runs) goes to stderr instead, since stdout carries results only
+    (``-f jsonl | jq`` must parse). Results are written after it, to the real stdout. The
+    library leaves prints where they are; only the CLI moves them."""
+    with contextlib.redirect_stdout(sys.stderr):
+        yield
 
 
 def results_stdout():

@@ -13,7 +13,16 @@ import typer
 from epsweep.cli import options as o
 from epsweep.cli.app import app
 from epsweep.cli.argv import stdin_for
-from epsweep.cli.present import log, log_summary, output_format, present_records, setup_logging, stderr, stop_text
+from epsweep.cli.present import (
+    log,
+    log_summary,
+    output_format,
+    present_records,
+    prints_to_stderr,
+    setup_logging,
+    stderr,
+    stop_text,
+)
 from epsweep.cli.progress import ProgressDisplay
 from epsweep.errors import UserError
 
@@ -87,7 +96,8 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     display = ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal)
     runner = Runner(task, grid, config, writers=writers, progress=display.sweep_callback, resume=resume)
     try:
-        with display, exit_on_interrupt(lambda: stop_text(runner.save_partial(), output), cleanup=display.stop):
+        interrupts = exit_on_interrupt(lambda: stop_text(runner.save_partial(), output), cleanup=display.stop)
+        with prints_to_stderr(), display, interrupts:
             result = runner.run()
     except SweepInterrupted as stopped:  # between compiled calls, or outside the main thread
         print(f"epsweep: {stop_text(stopped.report, output)}", file=sys.stderr, flush=True)
@@ -199,7 +209,8 @@ def grid(
         conventions=_names(convention, "optax"), centered=centered, chunk_size=chunk_size,
         optimizers=_names(optimizer, "rmsprop"),
     )
-    the_task = _grid_task(task, model, dataset, val_split, loss, metric, image_size, quiet)
+    with prints_to_stderr():  # a model file may print as it is imported and traced
+        the_task = _grid_task(task, model, dataset, val_split, loss, metric, image_size, quiet)
     run_training(runtime, the_task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
                  resume=resume, force=force)
 
