@@ -3,6 +3,7 @@ training loop of the same model (same initial weights, minibatches and dropout k
 by setting; a closed form for regression; the command line with a model file; hostile input."""
 
 import functools
+import io
 import json
 import os
 import shutil
@@ -559,6 +560,17 @@ def test_with_standard_output_closed_a_model_that_prints_still_trains(model_dir,
                                  "loud.jsonl", last
     assert "tracing" in prints and any(line.startswith("mean ") for line in prints), prints
     assert len((model_dir / "loud.jsonl").read_text().splitlines()) == 2
+
+    class Full(io.StringIO):  # a stderr on a full disk
+        def write(self, text):
+            raise OSError(28, "No space left on device")
+
+    out = io.StringIO()
+    monkeypatch.setattr(sys, "stdout", out)
+    monkeypatch.setattr(sys, "stderr", Full())
+    code = main(["grid", "--model", "printing.py:Loud", "--dataset", "data.npz", "--steps", "3", "--eps", "1e-8", "1",
+                 "-q", "-f", "jsonl"])  # the prints are lost, not the run
+    assert code == 0 and [json.loads(line)["eps"] for line in out.getvalue().splitlines()] == [1e-8, 1.0]
 
 
 CLI_CASES = [

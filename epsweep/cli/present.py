@@ -9,6 +9,7 @@ import io
 import logging
 import os
 import sys
+import threading
 from collections.abc import Callable
 from pathlib import Path
 
@@ -106,9 +107,10 @@ def print_prose(console: Console, text: str) -> None:
 
 
 class ClosedStdout(io.TextIOBase):
-    """Standard output for a process started with it closed (``>&-``). Stray prints (a model's
-    own) are dropped, as Python drops them then; results refuse to go there
-    (:func:`results_stdout`), so that they are saved to a file that the error line names."""
+    """Standard output for a process started with it closed (``>&-``). Stray prints are
+    dropped, as Python drops them then (a model's own go to stderr: :func:`prints_to_stderr`);
+    results refuse to go there (:func:`results_stdout`), so that they are saved to a file that
+    the error line names."""
 
     def writable(self) -> bool:
         return True
@@ -134,13 +136,37 @@ def open_standard_streams() -> Callable[[], None]:
     return restore
 
 
+class _PrintsToStderr(io.TextIOBase):
+    """Writes go to ``stream`` (stderr); one that cannot be written (a full disk, a closed
+    pipe) loses the text, never the run, as :func:`log` does."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text: str) -> int:
+        with contextlib.suppress(OSError, ValueError):  # ValueError: a closed file
+            self.stream.write(text)
+        return len(text)
+
+    def flush(self) -> None:
+        with contextlib.suppress(OSError, ValueError):
+            self.stream.flush()
+
+
 @contextlib.contextmanager
 def prints_to_stderr():
-    """Within: whatever writes to ``sys.stdout`` (a user's model printing as it is traced, or
-    ``jax.debug.print`` as it runs) goes to stderr instead, since stdout carries results only
+    """Within: Python's ``sys.stdout`` (a user's model calling ``print`` as it is traced, or
+    ``jax.debug.print`` as it runs) writes to stderr instead, since stdout carries results only
     (``-f jsonl | jq`` must parse). Results are written after it, to the real stdout. The
-    library leaves prints where they are; only the CLI moves them."""
-    with contextlib.redirect_stdout(sys.stderr):
+    library leaves prints where they are; only the CLI moves them. ``sys.stdout`` is the whole
+    process's, so ``main`` run in another thread of someone's program leaves it alone."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    with contextlib.redirect_stdout(_PrintsToStderr(sys.stderr)):
         yield
 
 
