@@ -204,3 +204,26 @@ def test_extreme_but_allowed_numbers_report_and_plot(tmp_path, capsys):
     assert main(["report", str(path)]) == 0 and "Traceback" not in capsys.readouterr().err
     pytest.importorskip("matplotlib")
     assert main(["plot", str(path), "-o", str(tmp_path / "x.png"), "-q"]) == 0
+
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
+def test_a_setting_read_twice_counts_once_as_resume_reads_it(tmp_path, capsys, fmt):
+    """A file holding a setting twice (appended to twice, or two files joined): the first
+    record of each setting counts, a note says how many later ones were skipped and how many
+    of those differ, and the report ranks each setting once."""
+    from epsweep.results.formats import render_machine
+
+    changed = {**RECORDS[1], "final_loss": 0.001, "val_accuracy": 0.99}  # would rank first
+    path = tmp_path / f"twice.{fmt}"
+    path.write_text(render_machine(fmt, META, [*RECORDS, RECORDS[0], changed]))
+    loaded = read_results(path)
+    assert [(r["lr"], r["eps"], r["final_loss"]) for r in loaded.records] == \
+        [(r["lr"], r["eps"], r["final_loss"]) for r in RECORDS]
+    assert loaded.notes[-1] == (f"{path}: skipped 2 later records of settings already read (the first of each "
+                                "counts, as resuming the sweep would); 1 of them with other results")
+    assert main(["report", str(path), "-f", "csv", "--sort", "final_loss"]) == 0
+    out, err = capsys.readouterr()
+    rows = list(csv.DictReader(io.StringIO(out)))
+    assert len(rows) == len(RECORDS) and float(rows[0]["final_loss"]) > 0.001
+    assert "skipped 2 later records" in err

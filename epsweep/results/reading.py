@@ -338,7 +338,8 @@ def read_results(path: Path, fmt: str | None = None) -> Loaded:
         fmt: ``"json"``, ``"jsonl"`` or ``"csv"`` to read it as that whatever its suffix.
 
     Returns:
-        A :class:`Loaded`: ``meta``, ``records`` (validated), ``notes`` on anything skipped.
+        A :class:`Loaded`: ``meta``, ``records`` (validated; the first of each setting, as
+        ``--resume`` reads them), ``notes`` on anything skipped.
 
     Example:
         >>> import json, pathlib, tempfile
@@ -364,7 +365,30 @@ def read_results(path: Path, fmt: str | None = None) -> Loaded:
         raise UserError(f"{path}: cannot tell the format (expected .json, .jsonl or .csv)")
     loaded.meta, notes = clean_meta(loaded.meta, str(path))
     loaded.notes += notes
+    _first_of_each_setting(loaded)
     return loaded
+
+
+def _first_of_each_setting(loaded: Loaded) -> None:
+    """Keep the first record of each setting, as ``--resume`` does, noting how many later
+    ones were skipped (a file appended to twice, or two files joined with ``cat``) and how
+    many of those differ from the first: a report of one setting twice would rank it twice."""
+    from epsweep.results.records import setting_key
+
+    first: dict = {}
+    for record in loaded.records:
+        first.setdefault(setting_key(record), record)
+    skipped = len(loaded.records) - len(first)
+    if not skipped:
+        return
+    differ = sum(record is not first[setting_key(record)] and record != first[setting_key(record)]
+                 for record in loaded.records)
+    kept = set(map(id, first.values()))
+    loaded.records = [record for record in loaded.records if id(record) in kept]
+    plural = "s" if skipped != 1 else ""
+    loaded.notes.append(f"{loaded.path}: skipped {skipped} later record{plural} of settings already read (the "
+                        "first of each counts, as resuming the sweep would)"
+                        + (f"; {differ} of them with other results" if differ else ""))
 
 
 def records_frame(records: list[dict]):
