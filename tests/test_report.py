@@ -206,7 +206,6 @@ def test_extreme_but_allowed_numbers_report_and_plot(tmp_path, capsys):
     assert main(["plot", str(path), "-o", str(tmp_path / "x.png"), "-q"]) == 0
 
 
-
 @pytest.mark.parametrize("fmt", ["jsonl", "json", "csv"])
 def test_a_setting_read_twice_counts_once_as_resume_reads_it(tmp_path, capsys, fmt):
     """A file holding a setting twice (appended to twice, or two files joined): the first

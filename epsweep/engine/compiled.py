@@ -212,6 +212,9 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
     return programs
 
 
+_UNASKED = object()
+
+
 class CompiledAhead:
     """A jitted program whose compilation (or load from the persistent cache) starts at once,
     in a thread of its own, for the call shapes ``args``. The programs of a sweep then
@@ -228,7 +231,7 @@ class CompiledAhead:
         self.lowered = threading.Event()
         self._compiled: Any = None
         self._error: BaseException | None = None
-        self._memory: Any = self  # memory_stats() once asked (self: not yet)
+        self._memory: Any = _UNASKED  # memory_stats(), once asked
         # not a daemon: Python ends daemon threads abruptly at exit, and one inside XLA's compiler
         # then aborts the process; an exit waits for a compilation still running instead
         threading.Thread(target=self._compile, args=(args,), name="epsweep-compile", daemon=False).start()
@@ -249,7 +252,7 @@ class CompiledAhead:
         output, alias and temp sizes in bytes). Waits for the compilation; None when it failed
         or the backend does not say. Asked once (Inception-v3's ``init``: 77 ms a call), then kept."""
         self._done.wait()
-        if self._memory is self:
+        if self._memory is _UNASKED:
             self._memory = None
             if self._compiled is not None:
                 with contextlib.suppress(NotImplementedError, jax.errors.JaxRuntimeError):  # backend-specific

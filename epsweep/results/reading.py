@@ -376,15 +376,18 @@ def _first_of_each_setting(loaded: Loaded) -> None:
     from epsweep.results.records import setting_key
 
     first: dict = {}
+    kept, differ = [], 0
     for record in loaded.records:
-        first.setdefault(setting_key(record), record)
-    skipped = len(loaded.records) - len(first)
+        key = setting_key(record)
+        if key in first:
+            differ += record != first[key]
+        else:
+            first[key] = record
+            kept.append(record)
+    skipped = len(loaded.records) - len(kept)
     if not skipped:
         return
-    differ = sum(record is not first[setting_key(record)] and record != first[setting_key(record)]
-                 for record in loaded.records)
-    kept = set(map(id, first.values()))
-    loaded.records = [record for record in loaded.records if id(record) in kept]
+    loaded.records = kept
     plural = "s" if skipped != 1 else ""
     loaded.notes.append(f"{loaded.path}: skipped {skipped} later record{plural} of settings already read (the "
                         "first of each counts, as resuming the sweep would)"
