@@ -20,6 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
+from epsweep.engine import xla_options
 from epsweep.engine.memory import tree_bytes
 from epsweep.engine.programs import TrainState, build_programs
 from epsweep.engine.spec import RunOutputs, TrainSpec, program_shape
@@ -190,9 +191,11 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         once it is lowered: lowering holds Python's lock, and lowered while the next program
         traced, the train program reached XLA's compiler 0.2-0.3 s later (the MLP's cold
         G = 256 run, 5.54-5.59 s against 5.27-5.37 s when each is lowered before the next traces)."""
-        options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
+        own = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
+        options = {**xla_options.cpu_options(devices), **(own or {})}
         donate = (0,) if name == "train" else ()  # the state: train returns the next one
-        ahead[name] = CompiledAhead(jax.jit(program.call, compiler_options=options, donate_argnums=donate), args)
+        ahead[name] = CompiledAhead(jax.jit(program.call, compiler_options=options or None, donate_argnums=donate),
+                                    args, fallback=jax.jit(program.call, compiler_options=own, donate_argnums=donate))
         ahead[name].lowered.wait()
 
     exports.load_or_export(task, spec, devices, width, on_program=start)
@@ -223,10 +226,12 @@ class CompiledAhead:
     after another, 26 s at once, on this project's 2-core machine), and a call skips jit's
     dispatch and lowering. A call whose arguments differ from ``args`` (in shape, dtype or
     sharding) goes through the jitted function as before. ``lowered`` is set once the program
-    is lowered (or failed to), when XLA's compiler takes over."""
+    is lowered (or failed to), when XLA's compiler takes over. ``fallback``, the same program
+    without :mod:`.xla_options`, replaces ``jitted`` if XLA refuses those options."""
 
-    def __init__(self, jitted: Callable, args: tuple) -> None:
+    def __init__(self, jitted: Callable, args: tuple, fallback: Callable | None = None) -> None:
         self.jitted = jitted
+        self._fallback = fallback
         self._done = threading.Event()
         self.lowered = threading.Event()
         self._compiled: Any = None
@@ -240,7 +245,14 @@ class CompiledAhead:
         try:
             lowered = self.jitted.lower(*args)
             self.lowered.set()
-            self._compiled = lowered.compile()
+            try:
+                self._compiled = lowered.compile()
+            except jax.errors.JaxRuntimeError as error:
+                if self._fallback is None or not xla_options.rejected(error):
+                    raise
+                log.debug("XLA refused %s; compiling with its defaults: %s", xla_options.YNN_FUSION_OPTION, error)
+                self.jitted = self._fallback
+                self._compiled = self.jitted.lower(*args).compile()
         except BaseException as error:  # noqa: BLE001 - raised again by the first call
             self._error = error
         finally:

@@ -31,6 +31,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from epsweep.data.dataset import Dataset
+from epsweep.engine import xla_options
 from epsweep.engine.devices import broadcast, is_primary
 from epsweep.engine.exports import package_version
 from epsweep.tasks.task import Features, Task
@@ -73,13 +74,35 @@ def _program(features: Features, devices: list[jax.Device]) -> tuple[Callable, M
             _programs.move_to_end(key)
             return _programs[key][:2]
     mesh = Mesh(np.array(devices), (BATCH_AXIS,))
-    program = jax.jit(features.apply, in_shardings=(NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXIS))),
-                      out_shardings=NamedSharding(mesh, P(BATCH_AXIS)))
+    program = _jit(features, mesh, xla_options.cpu_options(devices))
     with _lock:
         _programs[key] = (program, mesh, features.apply)  # the function stays alive with its key
         while len(_programs) > MAX_PROGRAMS:
             _programs.popitem(last=False)
     return program, mesh
+
+
+def _jit(features: Features, mesh: Mesh, options: dict) -> Callable:
+    """``features.apply`` jitted with the batch split across the mesh, compiled with ``options``
+    (:mod:`.xla_options`); without them if XLA refuses them."""
+    shardings = {"in_shardings": (NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXIS))),
+                 "out_shardings": NamedSharding(mesh, P(BATCH_AXIS))}
+    program = jax.jit(features.apply, compiler_options=options or None, **shardings)
+    if not options:
+        return program
+    plain = jax.jit(features.apply, **shardings)
+
+    def call(constants: Any, x: Any) -> Any:
+        nonlocal program
+        try:
+            return program(constants, x)
+        except jax.errors.JaxRuntimeError as error:
+            if program is plain or not xla_options.rejected(error):
+                raise
+            program = plain
+            return program(constants, x)
+
+    return call
 
 
 def batch_width(features: Features, devices: Sequence[jax.Device] | None = None) -> int:
@@ -134,8 +157,8 @@ def _digest_array(digest: Any, array: Any) -> None:
 def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | None:
     """A hex key of everything ``task``'s features depend on: the extractor's identity (the
     model, its options, the dtype), every byte of the training and validation inputs and of the
-    constants (the weights), the batch per call, the device kind and the library versions.
-    None when the extractor has no identity (then nothing is stored)."""
+    constants (the weights), the batch per call, the device kind, the library versions and the
+    XLA options (:mod:`.xla_options`). None when the extractor has no identity (then nothing is stored)."""
     features = task.features
     if features is None or features.identity is None or task.data is None:
         return None
@@ -143,7 +166,8 @@ def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | 
     versions = [package_version(package) for package in _VERSIONED]
     digest = hashlib.blake2b(digest_size=16)
     digest.update(repr((KEY_FORMAT, features.identity, batch_width(features, local), len(local),
-                        local[0].platform, local[0].device_kind, versions)).encode())
+                        local[0].platform, local[0].device_kind, versions,
+                        sorted(xla_options.cpu_options(local).items()))).encode())
     for array in (task.data.x_train, task.data.x_val, *jax.tree.leaves(features.constants)):
         _digest_array(digest, array)
     return digest.hexdigest()

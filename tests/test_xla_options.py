@@ -1,0 +1,101 @@
+"""The XLA options epsweep compiles with on CPU (epsweep/engine/xla_options.py): convolutions
+stay out of YNNPACK, everything else compiles as XLA would by default, the options reach every
+program of a sweep and the frozen-feature program, and an XLA that refuses them still trains."""
+
+import re
+import threading
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from epsweep.engine import compiled, features, xla_options
+from epsweep.engine.driver import train_runs
+from epsweep.engine.spec import TrainSpec
+from epsweep.tasks.task import Features
+
+CPU = jax.devices("cpu")
+
+
+def ynnpack_fusions(text: str) -> tuple[int, int]:
+    """(YNNPACK fusions holding a convolution, all YNNPACK fusions) in an optimised HLO module."""
+    bodies = {m.group(1): m.group(2) for m in re.finditer(r"^%?([\w.]+) \([^\n]*\{\n(.*?)\n\}", text, re.S | re.M)}
+    called = re.findall(r"kind=kCustom, calls=%?([\w.]+)[^\n]*__ynn_fusion", text)
+    return sum(" convolution(" in bodies.get(name, "") for name in called), len(called)
+
+
+def optimised(function, *args, options=None) -> str:
+    return jax.jit(function, compiler_options=options or None).lower(*args).compile().as_text()
+
+
+def conv(x, w):  # the first convolution of Inception-v3 at 75 x 75: XLA gives it to YNNPACK by default
+    return jax.lax.conv_general_dilated(x, w, (2, 2), "VALID", dimension_numbers=("NHWC", "HWIO", "NHWC"))
+
+
+def dense(a, b):
+    return jnp.tanh(a @ b).sum(0)
+
+
+@pytest.fixture
+def fresh_refusal(monkeypatch):
+    """A process in which XLA has not refused the options yet (and is left so afterwards)."""
+    monkeypatch.setattr(xla_options, "_refused", threading.Event())
+    monkeypatch.delenv("XLA_FLAGS", raising=False)
+
+
+def test_convolutions_leave_ynnpack_and_a_model_without_them_compiles_as_by_default(fresh_refusal):
+    options = xla_options.cpu_options(CPU)
+    assert options
+    x, w = jnp.ones((8, 75, 75, 3)), jnp.ones((3, 3, 3, 32))
+    assert ynnpack_fusions(optimised(conv, x, w)) == (1, 1)  # if not, XLA's defaults changed: measure again
+    assert ynnpack_fusions(optimised(conv, x, w, options=options)) == (0, 0)
+    a, b = jnp.ones((16, 32)), jnp.ones((32, 8))
+    assert ynnpack_fusions(optimised(dense, a, b))[1] >= 1  # XLA's own YNNPACK dot: kept
+    assert optimised(dense, a, b, options=options) == optimised(dense, a, b)
+
+
+def test_the_options_are_off_the_cpu_and_when_xla_flags_name_them(monkeypatch, fresh_refusal):
+    class Accelerator:
+        platform = "gpu"
+
+    assert xla_options.cpu_options([Accelerator()]) == {}
+    monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.YNN_FUSION_OPTION}=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
+    assert xla_options.cpu_options(CPU) == {}
+
+
+def test_every_program_of_a_sweep_compiles_with_the_options(mlp_task, monkeypatch, fresh_refusal):
+    """YNNPACK off altogether through the options: the MLP's programs, which XLA's defaults give
+    a YNNPACK dot, then hold none (a training spec of its own, so that nothing comes from a cache)."""
+    monkeypatch.setattr(xla_options, "YNN_FUSION_TYPES", "")
+    monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())
+    programs = compiled.compiled_programs(mlp_task, TrainSpec(steps=3, batch_size=5, curve_points=3), CPU[:1])
+    for name in ("init", "train", "evaluate", "finish"):
+        getattr(programs, name).memory_stats()  # waits for the compilation
+        assert ynnpack_fusions(getattr(programs, name)._compiled.as_text()) == (0, 0), name
+
+
+def test_an_xla_that_refuses_the_options_trains_with_its_defaults(mlp_task, monkeypatch, fresh_refusal):
+    spec = TrainSpec(steps=4, batch_size=6, curve_points=2)
+    h = {"eps": np.array([1e-8, 1.0]), "lr": np.full(2, 1e-2), "decay": np.full(2, 0.9), "momentum": np.zeros(2)}
+    monkeypatch.setattr(xla_options, "YNN_FUSION_TYPES", "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
+    monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())
+    refused = train_runs(mlp_task, spec, h, np.array([0]))
+    assert xla_options.cpu_options(CPU) == {}  # later programs go without the options at once
+    monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())  # compile again, with XLA's defaults
+    monkeypatch.setattr(xla_options, "cpu_options", lambda devices: {})
+    plain = train_runs(mlp_task, spec, h, np.array([0]))
+    for name in ("final_loss", "val_loss", "val_accuracy", "curve", "effective_lr"):
+        np.testing.assert_array_equal(getattr(refused, name), getattr(plain, name), err_msg=name)
+
+
+def test_frozen_features_compile_with_the_options_and_without_them_when_refused(monkeypatch, fresh_refusal):
+    weights = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+    extractor = Features(apply=lambda w, x: jnp.tanh(x @ w), constants=weights, batch_size=4)
+    x = np.arange(30, dtype=np.float32).reshape(10, 3) / 30
+    expected = np.tanh(x @ weights)
+    monkeypatch.setattr(xla_options, "YNN_FUSION_TYPES", "LIBRARY_FUSION_TYPE_NO_SUCH_TYPE")
+    monkeypatch.setattr(features, "_programs", type(features._programs)())
+    (got,) = features.extract(extractor, [x], CPU[:1])
+    np.testing.assert_allclose(got, expected, rtol=1e-6)
+    assert xla_options.cpu_options(CPU) == {}
