@@ -72,6 +72,14 @@ def _count_compile(event: str, duration: float, **kwargs: Any) -> None:
                 _compile_seconds += duration
 
 
+def _uncount_refused_compile() -> None:
+    """Take back the compilation XLA reported for a compile that refused its options (it
+    still sends a compile duration), so that the fallback's compile counts once."""
+    global _compile_count
+    with _compile_lock:
+        _compile_count = max(0, _compile_count - 1)
+
+
 def install_listeners() -> None:
     """Start counting compilations (JAX monitoring listeners); once per process, by
     :func:`epsweep.setup`."""
@@ -191,11 +199,13 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         once it is lowered: lowering holds Python's lock, and lowered while the next program
         traced, the train program reached XLA's compiler 0.2-0.3 s later (the MLP's cold
         G = 256 run, 5.54-5.59 s against 5.27-5.37 s when each is lowered before the next traces)."""
-        own = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
-        options = {**xla_options.cpu_options(devices), **(own or {})}
+        init_options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
+        options = {**xla_options.cpu_options(devices), **(init_options or {})}
         donate = (0,) if name == "train" else ()  # the state: train returns the next one
-        ahead[name] = CompiledAhead(jax.jit(program.call, compiler_options=options or None, donate_argnums=donate),
-                                    args, fallback=jax.jit(program.call, compiler_options=own, donate_argnums=donate))
+        jitted = jax.jit(program.call, compiler_options=options or None, donate_argnums=donate)
+        # should XLA refuse our options: its defaults
+        fallback = jax.jit(program.call, compiler_options=init_options, donate_argnums=donate)
+        ahead[name] = CompiledAhead(jitted, args, fallback=fallback)
         ahead[name].lowered.wait()
 
     exports.load_or_export(task, spec, devices, width, on_program=start)
@@ -251,6 +261,7 @@ class CompiledAhead:
                 if self._fallback is None or not xla_options.rejected(error):
                     raise
                 log.debug("XLA refused %s; compiling with its defaults: %s", xla_options.YNN_FUSION_OPTION, error)
+                _uncount_refused_compile()
                 self.jitted = self._fallback
                 self._compiled = self.jitted.lower(*args).compile()
         except BaseException as error:  # noqa: BLE001 - raised again by the first call

@@ -165,9 +165,10 @@ def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | 
     local = _local(devices)
     versions = [package_version(package) for package in _VERSIONED]
     digest = hashlib.blake2b(digest_size=16)
-    digest.update(repr((KEY_FORMAT, features.identity, batch_width(features, local), len(local),
-                        local[0].platform, local[0].device_kind, versions,
-                        sorted(xla_options.cpu_options(local).items()))).encode())
+    described = (KEY_FORMAT, features.identity, batch_width(features, local), len(local), local[0].platform,
+                 local[0].device_kind, versions)
+    kernels = xla_options.in_effect(local)
+    digest.update(repr(described if kernels is None else (*described, kernels)).encode())
     for array in (task.data.x_train, task.data.x_val, *jax.tree.leaves(features.constants)):
         _digest_array(digest, array)
     return digest.hexdigest()

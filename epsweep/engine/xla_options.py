@@ -1,18 +1,15 @@
-"""The XLA options every program of a sweep compiles with on CPU: YNNPACK for XLA's own
-choice of products and reductions, but not for convolutions.
+"""The XLA options every program of a sweep compiles with on CPU: YNNPACK for single dot
+products and reductions, but not for convolutions.
 
-XLA's CPU backend (jaxlib 0.10) hands three kinds of operation to YNNPACK by default:
-single dot products, reductions and convolutions (``xla_cpu_experimental_ynn_fusion_type`` =
-INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION). For Inception-v3 on this project's 2-core
-Intel Xeon, YNNPACK's convolutions made a training step at 299 x 299 slower (9.3-11.1 s
-against 6.0-7.1 s, batch 8, two settings), its compile longer (44 s against 33 s) and every
-warm start wait for them: more YNNPACK fusions to read back from the cache (748 against 473),
-each found by a scan of the whole program, and each planned at its first call (at 75 x 75
-the first step took 2.1 s against 1.1-1.4 s). A model without convolutions compiles to the
-very same program either way (docs/performance.md, twelfth stop).
+jaxlib 0.10's CPU backend gives all three to YNNPACK by default (``xla_cpu_experimental_ynn_fusion_type``
+= INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION). On this project's 2-core Intel Xeon,
+YNNPACK's convolutions made Inception-v3's training step at 299 x 299 about 1.5 times as
+slow, its compile longer and its warm start slower (docs/performance.md, twelfth stop). A
+model without convolutions compiles to the same program either way.
 
-``XLA_FLAGS`` naming the option wins (a user's own choice), and an XLA that no longer knows
-it (:func:`rejected`) compiles with its own defaults.
+``XLA_FLAGS`` naming the option wins (read at each compile; XLA itself reads it once, when
+its backend starts), and an XLA that no longer knows the option (:func:`rejected`) compiles
+with its own defaults.
 """
 
 from __future__ import annotations
@@ -30,17 +27,36 @@ YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUC
 _refused = threading.Event()  # set once XLA refused the option: every later program goes without it
 
 
+def _user_value() -> str | None:
+    """The option's value in ``XLA_FLAGS`` ("" when named without one); None when not named."""
+    for flag in os.environ.get("XLA_FLAGS", "").split():
+        name, _, value = flag.lstrip("-").partition("=")
+        if name == YNN_FUSION_OPTION:
+            return value
+    return None
+
+
 def cpu_options(devices: Sequence[jax.Device]) -> dict[str, Any]:
     """The compiler options for a program on ``devices``: {} off CPU, when ``XLA_FLAGS``
     sets the option itself, or once this XLA has refused it."""
-    if devices[0].platform != "cpu" or _refused.is_set() or YNN_FUSION_OPTION in os.environ.get("XLA_FLAGS", ""):
+    if devices[0].platform != "cpu" or _refused.is_set() or _user_value() is not None:
         return {}
     return {YNN_FUSION_OPTION: YNN_FUSION_TYPES}
 
 
+def in_effect(devices: Sequence[jax.Device]) -> str | None:
+    """The YNNPACK fusion types that programs on ``devices`` are meant to compile with, for
+    keys of stored results: ``XLA_FLAGS``'s value when it names the option, else ours on CPU;
+    None off CPU. Whether this XLA refused the option does not change it."""
+    if devices[0].platform != "cpu":
+        return None
+    user = _user_value()
+    return YNN_FUSION_TYPES if user is None else user
+
+
 def rejected(error: BaseException) -> bool:
-    """Whether ``error`` is XLA refusing the option (an XLA that renamed or dropped it); if so,
-    later calls of :func:`cpu_options` leave it out."""
+    """Whether ``error`` is XLA refusing the option (an XLA that renamed or dropped it, or its
+    values); if so, later calls of :func:`cpu_options` leave it out."""
     if isinstance(error, jax.errors.JaxRuntimeError) and YNN_FUSION_OPTION in str(error):
         _refused.set()
         return True
