@@ -72,14 +72,6 @@ def _count_compile(event: str, duration: float, **kwargs: Any) -> None:
                 _compile_seconds += duration
 
 
-def _uncount_refused_compile() -> None:
-    """Take back the compilation XLA reported for a compile that refused its options (it
-    still sends a compile duration), so that the fallback's compile counts once."""
-    global _compile_count
-    with _compile_lock:
-        _compile_count = max(0, _compile_count - 1)
-
-
 def install_listeners() -> None:
     """Start counting compilations (JAX monitoring listeners); once per process, by
     :func:`epsweep.setup`."""
@@ -94,8 +86,9 @@ def install_listeners() -> None:
 
 def compile_count() -> int:
     """How many XLA programs this process has compiled since :func:`epsweep.setup` (all of
-    JAX, not just ours); programs loaded from the persistent compilation cache are not counted."""
-    return _compile_count
+    JAX, not just ours); programs loaded from the persistent compilation cache are not counted,
+    nor compiles XLA refused for their options (:func:`.xla_options.refusals`)."""
+    return max(0, _compile_count - xla_options.refusals())
 
 
 def compile_seconds() -> float:
@@ -255,20 +248,19 @@ class CompiledAhead:
         try:
             lowered = self.jitted.lower(*args)
             self.lowered.set()
-            try:
+            if self._fallback is None:
                 self._compiled = lowered.compile()
-            except jax.errors.JaxRuntimeError as error:
-                if self._fallback is None or not xla_options.rejected(error):
-                    raise
-                log.debug("XLA refused %s; compiling with its defaults: %s", xla_options.YNN_FUSION_OPTION, error)
-                _uncount_refused_compile()
-                self.jitted = self._fallback
-                self._compiled = self.jitted.lower(*args).compile()
+            else:
+                self._compiled = xla_options.or_without_options(lowered.compile, lambda: self._compile_fallback(args))
         except BaseException as error:  # noqa: BLE001 - raised again by the first call
             self._error = error
         finally:
             self.lowered.set()
             self._done.set()
+
+    def _compile_fallback(self, args: tuple) -> Any:
+        self.jitted = self._fallback  # calls of other shapes too
+        return self.jitted.lower(*args).compile()
 
     def memory_stats(self) -> Any:
         """XLA's buffer assignment of one call on each device (``memory_analysis()``: argument,

@@ -92,15 +92,13 @@ def _jit(features: Features, mesh: Mesh, options: dict) -> Callable:
         return program
     plain = jax.jit(features.apply, **shardings)
 
-    def call(constants: Any, x: Any) -> Any:
+    def without_options(constants: Any, x: Any) -> Any:
         nonlocal program
-        try:
-            return program(constants, x)
-        except jax.errors.JaxRuntimeError as error:
-            if program is plain or not xla_options.rejected(error):
-                raise
-            program = plain
-            return program(constants, x)
+        program = plain
+        return plain(constants, x)
+
+    def call(constants: Any, x: Any) -> Any:
+        return xla_options.or_without_options(lambda: program(constants, x), lambda: without_options(constants, x))
 
     return call
 

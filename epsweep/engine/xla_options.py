@@ -14,17 +14,23 @@ with its own defaults.
 
 from __future__ import annotations
 
+import logging
 import os
 import threading
-from collections.abc import Sequence
-from typing import Any
+from collections.abc import Callable, Sequence
+from typing import Any, TypeVar
 
 import jax
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
 
+log = logging.getLogger(__name__)
+T = TypeVar("T")
+
 _refused = threading.Event()  # set once XLA refused the option: every later program goes without it
+_refusals = 0  # compiles XLA refused (each still reported a compilation)
+_refusals_lock = threading.Lock()
 
 
 def _user_value() -> str | None:
@@ -56,8 +62,30 @@ def in_effect(devices: Sequence[jax.Device]) -> str | None:
 
 def rejected(error: BaseException) -> bool:
     """Whether ``error`` is XLA refusing the option (an XLA that renamed or dropped it, or its
-    values); if so, later calls of :func:`cpu_options` leave it out."""
+    values); if so, later calls of :func:`cpu_options` leave it out, and it counts in
+    :func:`refusals`."""
+    global _refusals
     if isinstance(error, jax.errors.JaxRuntimeError) and YNN_FUSION_OPTION in str(error):
         _refused.set()
+        with _refusals_lock:
+            _refusals += 1
         return True
     return False
+
+
+def refusals() -> int:
+    """How many compiles XLA refused for the option in this process. XLA reports each as a
+    compilation too, which the compile count takes back."""
+    return _refusals
+
+
+def or_without_options(attempt: Callable[[], T], without_options: Callable[[], T]) -> T:
+    """``attempt()`` (which compiles with :func:`cpu_options`), or ``without_options()`` if XLA
+    refuses those options."""
+    try:
+        return attempt()
+    except jax.errors.JaxRuntimeError as error:
+        if not rejected(error):
+            raise
+        log.debug("XLA refused %s; compiling with its defaults: %s", YNN_FUSION_OPTION, error)
+        return without_options()
