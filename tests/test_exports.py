@@ -2,6 +2,10 @@
 the training loop: a stored program is reused only by the same code, shapes and devices, and
 a damaged file is a miss; the layout swap touches dense kernels only and undoes itself."""
 
+import json
+import sys
+import zipfile
+
 import jax
 import numpy as np
 import pytest
@@ -51,6 +55,89 @@ def test_a_damaged_stored_program_is_a_miss_and_replaced(mlp_task, export_folder
     programs, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)
     assert not loaded and set(programs) == LOOPED
     assert exports.load_or_export(mlp_task, SPEC, devices, 2)[1]  # the rewritten file reads
+
+
+def _rewrite(path, members=None, meta=None):
+    """The zip at ``path`` with its meta.json updated by ``meta`` and only ``members`` kept."""
+    with zipfile.ZipFile(path) as archive:
+        contents = {name: archive.read(name) for name in archive.namelist()}
+    stored = {**json.loads(contents.pop("meta.json")), **(meta or {})}
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("meta.json", json.dumps(stored))
+        for name, data in contents.items():
+            if members is None or name in members:
+                archive.writestr(name, data)
+
+
+@pytest.mark.parametrize("damage", ["another width's file", "another key's meta", "no train", "train is finish",
+                                    "imports a module"])
+def test_a_foreign_or_incomplete_stored_file_is_a_miss_and_replaced(mlp_task, export_folder, damage):
+    """A file that reads but is not this key's whole set of programs is never used: not a
+    file copied from another key, nor one missing a program or holding another in its place,
+    nor one naming a type from a module this process has not imported (reading a file never
+    imports anything)."""
+    devices = jax.devices()[:1]
+    exports.load_or_export(mlp_task, SPEC, devices, 2)
+    (path,) = export_folder.glob("*.zip")
+    if damage == "another width's file":
+        exports.load_or_export(mlp_task, SPEC, devices, 4)
+        (other,) = set(export_folder.glob("*.zip")) - {path}
+        path.write_bytes(other.read_bytes())
+    elif damage == "another key's meta":
+        _rewrite(path, meta={"key": "0" * 40})
+    elif damage == "no train":
+        _rewrite(path, members=set(exports.PROGRAMS) - {"train"})
+    elif damage == "train is finish":
+        with zipfile.ZipFile(path) as archive:
+            finish = archive.read("finish")
+        _rewrite(path, members=set(exports.PROGRAMS) - {"train"})
+        with zipfile.ZipFile(path, "a") as archive:
+            archive.writestr("train", finish)
+    else:
+        sys.modules.pop("this", None)
+        _rewrite(path, meta={"types": ["this.nothing"]})
+    programs, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)
+    assert not loaded and set(programs) == LOOPED
+    assert "this" not in sys.modules
+    again, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)  # the file was replaced
+    assert loaded and all(again[n].mlir_module() == programs[n].mlir_module() for n in programs)
+
+
+@pytest.mark.parametrize("stored", ['{"per_config": 0, "state": 0, "fixed": 0}',
+                                    '{"per_config": Infinity, "state": 1, "fixed": 1}',
+                                    '{"per_config": true, "state": true, "fixed": true}',
+                                    '{"per_config": 1e30, "state": 1, "fixed": 1}',
+                                    '{"per_config": -5, "state": 1, "fixed": 1}',
+                                    '{"per_config": 7, "state": 1, "fixed": 1}',  # no key: not this one's
+                                    '[1, 2, 3]'])
+def test_a_stored_memory_estimate_that_is_not_byte_counts_of_this_key_is_computed_again(mlp_task, export_folder,
+                                                                                         stored):
+    """The estimate sets the call width, and with it the numbers: only this key's own whole
+    byte counts are reused."""
+    from epsweep.engine.memory import Estimate
+
+    computed = []
+
+    def compute():
+        computed.append(1)
+        return Estimate(per_config=1000, state=500, fixed=100)
+
+    assert exports.cached_estimate(mlp_task, SPEC, compute) == Estimate(1000, 500, 100)
+    (path,) = export_folder.glob("*.estimate.json")
+    assert exports.cached_estimate(mlp_task, SPEC, compute) == Estimate(1000, 500, 100) and len(computed) == 1
+    path.write_text(stored)
+    assert exports.cached_estimate(mlp_task, SPEC, compute) == Estimate(1000, 500, 100) and len(computed) == 2
+    assert exports.cached_estimate(mlp_task, SPEC, compute) == Estimate(1000, 500, 100) and len(computed) == 2
+
+
+def test_a_store_whose_name_the_system_refuses_is_no_store(mlp_task, tmp_path, monkeypatch):
+    """A folder name longer than the system allows (``<cache>-exports`` past 255 bytes) stores
+    nothing, and costs nothing."""
+    monkeypatch.setattr(exports, "export_dir", lambda: tmp_path / ("m" * 300))
+    programs, loaded = exports.load_or_export(mlp_task, SPEC, jax.devices()[:1], 2)
+    assert not loaded and set(programs) == LOOPED
+    from epsweep.engine.memory import Estimate
+    assert exports.cached_estimate(mlp_task, SPEC, lambda: Estimate(1, 2, 3)) == Estimate(1, 2, 3)
 
 
 def test_kernel_swap_touches_dense_kernels_only_and_undoes_itself():

@@ -18,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import hashlib
-import importlib
 import importlib.metadata
 import io
 import json
@@ -26,6 +25,7 @@ import logging
 import os
 import platform
 import re
+import sys
 import tempfile
 import zipfile
 from collections.abc import Callable, Sequence
@@ -212,18 +212,19 @@ def _register(types: dict[str, type]) -> None:
 
 
 def _resolve(name: str) -> type:
+    """The type ``name`` (module.qualname) from a module this process has imported already: the
+    programs' types come from the task's own modules, and a stored file never imports one."""
     module, _, qualname = name.rpartition(".")
-    while module:
-        try:
-            value: Any = importlib.import_module(module)
-            break
-        except ImportError:
-            module, _, head = module.rpartition(".")
-            qualname = f"{head}.{qualname}"
-    else:
+    while module and module not in sys.modules:
+        module, _, head = module.rpartition(".")
+        qualname = f"{head}.{qualname}"
+    if not module:
         raise LookupError(name)
+    value: Any = sys.modules[module]
     for part in qualname.split("."):
         value = getattr(value, part)
+    if not (isinstance(value, type) and issubclass(value, tuple) and hasattr(value, "_fields")):
+        raise LookupError(f"{name} is not a NamedTuple")
     return value
 
 
@@ -241,7 +242,7 @@ def _write_atomic(path: Path, data: bytes) -> None:
         raise
 
 
-def _save(path: Path, exported: dict[str, export.Exported]) -> None:
+def _save(path: Path, key: str, exported: dict[str, export.Exported]) -> None:
     types: dict[str, type] = {}
     for program in exported.values():
         _namedtuple_types(program.in_tree, types)
@@ -249,77 +250,113 @@ def _save(path: Path, exported: dict[str, export.Exported]) -> None:
     _register(types)
     buffer = io.BytesIO()
     with zipfile.ZipFile(buffer, "w", zipfile.ZIP_DEFLATED) as archive:
-        archive.writestr("meta.json", json.dumps({"format": FORMAT, "types": sorted(types)}))
+        archive.writestr("meta.json", json.dumps({"format": FORMAT, "key": key, "programs": sorted(exported),
+                                                  "types": sorted(types)}))
         for name, program in exported.items():
             archive.writestr(name, bytes(program.serialize()))
     _write_atomic(path, buffer.getvalue())
 
 
-def _load(path: Path) -> dict[str, export.Exported]:
+def _load(path: Path, key: str) -> dict[str, export.Exported]:
+    """The programs stored in ``path``, which must hold exactly what its ``meta.json`` names,
+    saved under ``key`` (a file copied from another key is not this key's)."""
     with zipfile.ZipFile(path) as archive:
         meta = json.loads(archive.read("meta.json"))
-        if meta.get("format") != FORMAT:
-            raise ValueError(f"format {meta.get('format')}")
+        if meta.get("format") != FORMAT or meta.get("key") != key:
+            raise ValueError(f"format {meta.get('format')!r}, key {meta.get('key')!r}")
+        names = meta.get("programs")
+        if not isinstance(names, list) or not {"init", "train", "finish"} <= set(names) <= set(PROGRAMS):
+            raise ValueError(f"programs {names!r}")
         _register({name: _resolve(name) for name in meta["types"]})
-        return {name: export.deserialize(bytearray(archive.read(name)))
-                for name in PROGRAMS if name in archive.namelist()}
+        return {name: export.deserialize(bytearray(archive.read(name))) for name in PROGRAMS if name in names}
+
+
+def _check_calls(loaded: dict[str, export.Exported], shapes: dict[str, tuple]) -> None:
+    """Raise ValueError unless every loaded program takes the shapes and dtypes it is called with."""
+    for name, program in loaded.items():
+        if name not in shapes:
+            raise ValueError(f"{name}: not a program of this sweep")
+        expected = [(tuple(a.shape), np.dtype(a.dtype)) for a in jax.tree.leaves(shapes[name])]
+        stored = [(tuple(a.shape), np.dtype(a.dtype)) for a in program.in_avals]
+        if stored != expected:
+            raise ValueError(f"{name}: takes other shapes than it is called with")
 
 
 def _stored(name: str, task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None,
-            width: int | None) -> Path | None:
-    """The file ``name`` (``{}`` standing for the :func:`stable_key`) in :func:`export_dir`;
-    None when nothing is stored (no cache, or no stable key). The key is only computed, and
-    the sources only hashed, when there is a folder to store in."""
+            width: int | None) -> tuple[Path, str] | None:
+    """The file ``name`` (``{}`` standing for the :func:`stable_key`) in :func:`export_dir`, and
+    that key; None when nothing is stored (no cache, or no stable key). The key is only
+    computed, and the sources only hashed, when there is a folder to store in."""
     folder = export_dir()
     if folder is None:
         return None
     key = stable_key(task, spec, devices, width)
-    return None if key is None else folder / name.format(key)
+    return None if key is None else (folder / name.format(key), key)
+
+
+def _is_file(path: Path) -> bool:
+    """Whether ``path`` is a file; False when the system cannot say (a name too long, a
+    parent that is a file): nothing is read from there then."""
+    try:
+        return path.is_file()
+    except OSError:
+        return False
 
 
 def load_or_export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int,
                    on_program: OnProgram | None = None) -> tuple[dict[str, export.Exported], bool]:
     """The exported programs, read from the disk cache when it holds them (second value True),
     else traced now and, when they can be, saved there. ``on_program(name, program, call
-    shapes)`` is called for each program as soon as it is ready (``init`` first)."""
-    path = _stored("{}.zip", task, spec, devices, width)
-    if path is not None and path.is_file():
+    shapes)`` is called for each program as soon as it is ready (``init`` first). A stored
+    file that is damaged, saved under another key, or whose programs take other shapes than
+    this sweep calls them with is a miss, and replaced."""
+    stored = _stored("{}.zip", task, spec, devices, width)
+    if stored is not None and _is_file(stored[0]):
         try:
-            loaded = _load(path)
+            loaded = _load(*stored)
+            shapes = call_shapes(task, spec, devices, width, loaded["init"])
+            _check_calls(loaded, shapes)
         except Exception as error:  # noqa: BLE001 - a damaged or foreign file is a miss, never a failure
-            log.debug("ignoring exported programs %s: %s", path, error)
+            log.debug("ignoring exported programs %s: %s", stored[0], error)
         else:
             if on_program is not None:
-                shapes = call_shapes(task, spec, devices, width, loaded["init"])
                 for name, program in loaded.items():
                     on_program(name, program, shapes[name])
             return loaded, True
     exported = _export(task, spec, devices, width, on_program)
-    if path is not None and not any(isinstance(p, Unexported) for p in exported.values()):
+    if stored is not None and not any(isinstance(p, Unexported) for p in exported.values()):
         try:
-            _save(path, exported)
+            _save(*stored, exported)
         except Exception as error:  # noqa: BLE001 - a program that cannot be saved still runs
-            log.debug("not saving exported programs to %s: %s", path, error)
+            log.debug("not saving exported programs to %s: %s", stored[0], error)
     return exported, False
 
 
 def cached_estimate(task: Task, spec: TrainSpec, compute) -> Any:
     """``compute()`` (the memory estimate, a tracing of the model), kept as JSON beside the
-    exported programs under the task's stable key so that a warm start does not trace."""
+    exported programs under the task's stable key so that a warm start does not trace. A file
+    saved under another key, or holding anything but byte counts (whole numbers, at least one
+    byte a setting), is computed again and replaced: the estimate sets the call width, and
+    with it a setting's numbers."""
     from epsweep.engine.memory import Estimate
 
-    path = _stored("{}.estimate.json", task, spec, None, None)
-    if path is not None and path.is_file():
+    stored = _stored("{}.estimate.json", task, spec, None, None)
+    if stored is not None and _is_file(stored[0]):
         try:
-            fields = json.loads(path.read_text())
-            return Estimate(**{name: int(fields[name]) for name in ("per_config", "state", "fixed")})
-        except (OSError, ValueError, KeyError, TypeError) as error:
-            log.debug("ignoring memory estimate %s: %s", path, error)
+            fields = json.loads(stored[0].read_text())
+            values = {name: fields[name] for name in ("per_config", "state", "fixed")}
+            if fields.get("key") != stored[1] or not all(type(v) is int and v >= 0 for v in values.values()):
+                raise ValueError(fields)
+            if values["per_config"] < 1:
+                raise ValueError(fields)
+            return Estimate(**values)
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as error:
+            log.debug("ignoring memory estimate %s: %s", stored[0], error)
     value = compute()
-    if path is not None:
+    if stored is not None:
         try:
-            _write_atomic(path, json.dumps({"per_config": value.per_config, "state": value.state,
-                                            "fixed": value.fixed}).encode())
+            _write_atomic(stored[0], json.dumps({"key": stored[1], "per_config": value.per_config,
+                                                 "state": value.state, "fixed": value.fixed}).encode())
         except OSError as error:
-            log.debug("not saving memory estimate %s: %s", path, error)
+            log.debug("not saving memory estimate %s: %s", stored[0], error)
     return value
