@@ -279,6 +279,41 @@ def test_a_corrupt_cache_entry_is_replaced_after_one_warning(tmp_path):
     assert third["compilations"] == 0 and third["compile_cache_loads"] == len(entries)
 
 
+@pytest.mark.parametrize("damage", ["decompresses, does not load", "a directory", "its access time a directory"])
+def test_an_unreadable_cache_entry_goes_alone(tmp_path, damage):
+    """One program's entry that cannot be read (data that decompresses but does not load,
+    a directory in place of the entry or of its access time) is the only entry removed:
+    the same program at another width keeps its own, and every run after the next compiles
+    nothing."""
+    from jax._src.compilation_cache import compress_executable, decompress_executable
+
+    cache = tmp_path / "cache"
+    _cache_run(cache)
+    first = set(cache.glob("jit_epsweep_train-*-cache"))
+    _, other = _cache_run(cache, "--chunk-size", "4")  # the same programs, 4 settings a call
+    assert other["compilations"] > 0
+    (entry,) = first
+    (kept,) = set(cache.glob("jit_epsweep_train-*-cache")) - first
+    entries = len(list(cache.glob("*-cache")))
+    if damage == "a directory":
+        entry.unlink()
+        entry.mkdir()
+    elif damage == "its access time a directory":
+        stamp = entry.with_name(entry.name.replace("-cache", "-atime"))
+        stamp.unlink()
+        stamp.mkdir()
+    else:
+        data = decompress_executable(entry.read_bytes())
+        entry.write_bytes(compress_executable(data[: len(data) // 2]))
+    err, second = _cache_run(cache)
+    assert len(err) == 2 and "jit_epsweep_train" in err[0] and "removed 1 unreadable entry" in err[0], err
+    assert second["compilations"] == 1 and kept.is_file()
+    assert len(list(cache.glob("*-cache"))) == entries
+    for extra in ((), ("--chunk-size", "4")):
+        err, again = _cache_run(cache, *extra)
+        assert len(err) == 1 and again["compilations"] == 0, err
+
+
 def test_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("EPSWEEP_COMPILE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

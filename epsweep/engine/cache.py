@@ -18,6 +18,7 @@ import importlib.util
 import logging
 import os
 import re
+import shutil
 import tempfile
 import warnings
 from pathlib import Path
@@ -146,33 +147,42 @@ class _CacheGuard:
         return None
 
     def remove_unreadable(self, program: str) -> int:
-        """Remove ``program``'s entries whose data does not decompress (or, when none of them
-        is, all of its entries: one of them did not load); returns how many went."""
+        """Remove ``program``'s entries that cannot be read: those whose data does not
+        decompress or is not a file, or whose access time is not a file; when every entry
+        reads, the one JAX read last (it stamps an entry's access time as it reads it), which
+        decompressed but did not load. Returns how many went."""
         if self.directory is None:
             return 0
         entries = sorted(self.directory.glob(f"{glob.escape(program)}-*-cache"))
         try:
             from jax._src.compilation_cache import decompress_executable
-        except ImportError:  # pragma: no cover - JAX moved it: every entry of the program goes
+        except ImportError:  # pragma: no cover - JAX moved it: the entry read last goes
             decompress_executable = None
-        broken = []
+        broken, read_at = [], {}
         for entry in entries:
             try:
-                if decompress_executable is None:
-                    raise ValueError
-                decompress_executable(entry.read_bytes())
+                if decompress_executable is not None:
+                    decompress_executable(entry.read_bytes())
+                stamp = _access_time(entry)
+                if stamp.is_file():
+                    read_at[entry] = int.from_bytes(stamp.read_bytes()[:8], "little")
+                elif stamp.exists():
+                    raise IsADirectoryError(stamp)
+                else:  # JAX stamps only a capped cache
+                    read_at[entry] = entry.stat().st_mtime_ns
             except Exception:  # noqa: BLE001 - whatever the library raises, the entry is unusable
                 broken.append(entry)
-        broken = broken or entries
+        if not broken and read_at:
+            broken = [max(read_at, key=read_at.get)]
         removed = 0
         try:
             with self._locked():
                 for entry in broken:
                     with contextlib.suppress(OSError):
-                        entry.unlink()
+                        _remove(entry)
                         removed += 1
                     with contextlib.suppress(OSError):
-                        entry.with_name(entry.name[: -len("-cache")] + "-atime").unlink()
+                        _remove(_access_time(entry))
         except (TimeoutError, OSError):  # filelock.Timeout is a TimeoutError
             pass
         return removed
@@ -184,6 +194,19 @@ class _CacheGuard:
         except ImportError:
             return contextlib.nullcontext()
         return filelock.FileLock(self.directory / ".lockfile", timeout=2)
+
+
+def _access_time(entry: Path) -> Path:
+    """The file beside a cache entry where JAX stamps when it was last read or written."""
+    return entry.with_name(entry.name[: -len("-cache")] + "-atime")
+
+
+def _remove(path: Path) -> None:
+    """Remove a cache entry's file, or a directory in its place."""
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path)
+    else:
+        path.unlink()
 
 
 _cache_guard = _CacheGuard()

@@ -195,9 +195,10 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         init_options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
         options = {**xla_options.cpu_options(devices), **(init_options or {})}
         donate = (0,) if name == "train" else ()  # the state: train returns the next one
-        jitted = jax.jit(program.call, compiler_options=options or None, donate_argnums=donate)
+        call = _named(program.call, name)
+        jitted = jax.jit(call, compiler_options=options or None, donate_argnums=donate)
         # should XLA refuse our options: its defaults
-        fallback = jax.jit(program.call, compiler_options=init_options, donate_argnums=donate)
+        fallback = jax.jit(call, compiler_options=init_options, donate_argnums=donate)
         ahead[name] = CompiledAhead(jitted, args, fallback=fallback)
         ahead[name].lowered.wait()
 
@@ -216,6 +217,17 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         while len(_programs) > MAX_CACHED:
             _programs.popitem(last=False)
     return programs
+
+
+def _named(call: Callable, name: str) -> Callable:
+    """``call`` under the name ``epsweep_<name>``, which names its XLA module (``jit_epsweep_train``)
+    and so its entries in the persistent compilation cache: an entry that cannot be read is
+    reported by that name, and found among that program's entries alone (:mod:`.cache`)."""
+    def named(*args: Any) -> Any:
+        return call(*args)
+
+    named.__name__ = named.__qualname__ = f"epsweep_{name}"
+    return named
 
 
 _UNASKED = object()
