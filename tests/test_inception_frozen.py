@@ -13,6 +13,7 @@ import functools
 import io
 import json
 import os
+import zipfile
 from contextlib import redirect_stdout
 
 import jax
@@ -258,6 +259,32 @@ def test_array_cache_evicts_least_recently_used_and_ignores_bad_files(tmp_path):
     assert cache.load("dd" * 8) is None and cache.load("ee" * 8) is None
     with pytest.raises(ValueError, match="not a hex key"):
         cache.load("../escape")
+
+
+def test_array_cache_misses_a_file_claiming_an_impossible_shape_and_says_one_line_for_a_bad_store(tmp_path, caplog):
+    """An entry whose header claims more than memory can hold is a miss, not a crash; a store
+    that is a file, or an entry that is a directory, costs one line in all (the failed save)."""
+    cache = ArrayCache(tmp_path / "store")
+    cache.save("aa" * 8, {"x_train": np.zeros((3, 4), np.float32)})
+    path = cache.path("aa" * 8)
+    with zipfile.ZipFile(path) as archive:
+        member = archive.read("x_train.npy")
+    header_end = member.index(b"\n") + 1
+    header = member[:header_end].replace(b"(3, 4)", b"(9000000000000, 2048)")
+    header = header[:-1].ljust(header_end - 1 + 64 - (len(header) % 64 or 64), b" ") + b"\n"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("x_train.npy", header + member[header_end:])
+    assert cache.load("aa" * 8) is None  # a 65 PiB claim: unreadable
+    for store in (tmp_path / "a file", tmp_path / "dirs"):
+        if store.name == "a file":
+            store.write_bytes(b"")
+        else:
+            (store / f"{'bb' * 8}.npz").mkdir(parents=True)
+        caplog.clear()
+        bad = ArrayCache(store)
+        assert bad.load("bb" * 8) is None
+        bad.save("bb" * 8, {"x": np.zeros(2)})
+        assert len([r for r in caplog.records if r.levelname == "WARNING"]) == 1, caplog.records
 
 
 def test_frozen_aux_needs_the_aux_convolutions_in_the_file(files):

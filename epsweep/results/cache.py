@@ -72,9 +72,9 @@ class ArrayCache:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except FileNotFoundError:
-            return None
-        except (OSError, ValueError, EOFError, zipfile.BadZipFile) as e:
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+            return None  # nothing there: saving says why, if it cannot keep them either
+        except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:  # MemoryError: a header's shape
             log.warning("ignoring unreadable cached features %s (%s)", path, e)
             return None
         with contextlib.suppress(OSError):
