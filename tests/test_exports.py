@@ -2,6 +2,7 @@
 the training loop: a stored program is reused only by the same code, shapes and devices, and
 a damaged file is a miss; the layout swap touches dense kernels only and undoes itself."""
 
+import dataclasses
 import json
 import sys
 import zipfile
@@ -70,7 +71,7 @@ def _rewrite(path, members=None, meta=None):
 
 
 @pytest.mark.parametrize("damage", ["another width's file", "another key's meta", "no train", "train is finish",
-                                    "imports a module"])
+                                    "imports a module", "imports a lazy submodule"])
 def test_a_foreign_or_incomplete_stored_file_is_a_miss_and_replaced(mlp_task, export_folder, damage):
     """A file that reads but is not this key's whole set of programs is never used: not a
     file copied from another key, nor one missing a program or holding another in its place,
@@ -93,14 +94,30 @@ def test_a_foreign_or_incomplete_stored_file_is_a_miss_and_replaced(mlp_task, ex
         _rewrite(path, members=set(exports.PROGRAMS) - {"train"})
         with zipfile.ZipFile(path, "a") as archive:
             archive.writestr("train", finish)
-    else:
+    elif damage == "imports a module":
         sys.modules.pop("this", None)
         _rewrite(path, meta={"types": ["this.nothing"]})
+    else:  # numpy imports numpy.f2py when its attribute is first asked for (a module __getattr__)
+        for name in [m for m in sys.modules if m.startswith("numpy.f2py")]:
+            sys.modules.pop(name)
+        _rewrite(path, meta={"types": ["numpy.f2py.Nothing"]})
     programs, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)
     assert not loaded and set(programs) == LOOPED
-    assert "this" not in sys.modules
+    assert "this" not in sys.modules and "numpy.f2py" not in sys.modules
     again, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)  # the file was replaced
     assert loaded and all(again[n].mlir_module() == programs[n].mlir_module() for n in programs)
+
+
+def test_data_of_a_wider_dtype_than_jax_computes_in_reads_back(mlp_task, export_folder):
+    """Float64 inputs and int64 labels are called as JAX narrows them (float32, int32), as
+    the stored programs record them: the second sweep reads them back."""
+    data = mlp_task.data
+    wide = dataclasses.replace(mlp_task, data=dataclasses.replace(
+        data, x_train=data.x_train.astype(np.float64), y_train=data.y_train.astype(np.int64),
+        x_val=data.x_val.astype(np.float64), y_val=data.y_val.astype(np.int64)))
+    devices = jax.devices()[:1]
+    assert not exports.load_or_export(wide, SPEC, devices, 2)[1]
+    assert exports.load_or_export(wide, SPEC, devices, 2)[1]
 
 
 @pytest.mark.parametrize("stored", ['{"per_config": 0, "state": 0, "fixed": 0}',

@@ -314,6 +314,23 @@ def test_an_unreadable_cache_entry_goes_alone(tmp_path, damage):
         assert len(err) == 1 and again["compilations"] == 0, err
 
 
+def test_the_entry_jax_failed_on_goes_even_when_another_was_read_since(tmp_path):
+    """Another process may read (stamp) or write an entry of the same program between JAX's
+    failed read and the warning: the guard removes the entry whose key the failed read noted,
+    whatever the others' stamps or contents."""
+    from epsweep.engine.cache import _CacheGuard
+
+    for name, stamp in (("bad", 1), ("healthy", 2), ("half-written", 3)):
+        (tmp_path / f"jit_epsweep_train-{name}-cache").write_bytes(b"not zstd")
+        (tmp_path / f"jit_epsweep_train-{name}-atime").write_bytes(stamp.to_bytes(8, "little"))
+    guard = _CacheGuard()
+    guard.directory = tmp_path
+    assert guard.remove_unreadable("jit_epsweep_train", "jit_epsweep_train-bad") == 1
+    assert sorted(p.name for p in tmp_path.glob("jit_*")) == [
+        "jit_epsweep_train-half-written-atime", "jit_epsweep_train-half-written-cache",
+        "jit_epsweep_train-healthy-atime", "jit_epsweep_train-healthy-cache"]
+
+
 def test_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     monkeypatch.delenv("EPSWEEP_COMPILE_CACHE", raising=False)
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))

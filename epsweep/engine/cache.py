@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import tempfile
+import threading
 import warnings
 from pathlib import Path
 
@@ -121,6 +122,7 @@ class _CacheGuard:
     def install(self) -> None:
         if self._previous is not None:
             return
+        _record_failed_reads()
         self._previous = warnings.showwarning
         warnings.showwarning = self.show
         warnings.filterwarnings("always", message=r"Error (reading|writing) persistent compilation cache entry",
@@ -132,7 +134,8 @@ class _CacheGuard:
             return self._previous(message, category, filename, lineno, file, line)
         kind, program, reason = match.groups()
         reason = " ".join(reason.split())[:160]
-        removed = self.remove_unreadable(program) if kind == "reading" else 0
+        removed = self.remove_unreadable(program, getattr(_failed_read, "key", None)) if kind == "reading" else 0
+        _failed_read.key = None
         if self.warned:
             return None
         self.warned = True
@@ -146,34 +149,19 @@ class _CacheGuard:
                         program, self.directory, reason)
         return None
 
-    def remove_unreadable(self, program: str) -> int:
-        """Remove ``program``'s entries that cannot be read: those whose data does not
-        decompress or is not a file, or whose access time is not a file; when every entry
-        reads, the one JAX read last (it stamps an entry's access time as it reads it), which
-        decompressed but did not load. Returns how many went."""
+    def remove_unreadable(self, program: str, key: str | None = None) -> int:
+        """Remove the entry that could not be read: ``key``'s (the one JAX failed to read in
+        this thread, or the warning's ``program`` when that names an entry), else
+        ``program``'s entries whose data does not decompress. Returns how many went."""
         if self.directory is None:
             return 0
-        entries = sorted(self.directory.glob(f"{glob.escape(program)}-*-cache"))
-        try:
-            from jax._src.compilation_cache import decompress_executable
-        except ImportError:  # pragma: no cover - JAX moved it: the entry read last goes
-            decompress_executable = None
-        broken, read_at = [], {}
-        for entry in entries:
-            try:
-                if decompress_executable is not None:
-                    decompress_executable(entry.read_bytes())
-                stamp = _access_time(entry)
-                if stamp.is_file():
-                    read_at[entry] = int.from_bytes(stamp.read_bytes()[:8], "little")
-                elif stamp.exists():
-                    raise IsADirectoryError(stamp)
-                else:  # JAX stamps only a capped cache
-                    read_at[entry] = entry.stat().st_mtime_ns
-            except Exception:  # noqa: BLE001 - whatever the library raises, the entry is unusable
-                broken.append(entry)
-        if not broken and read_at:
-            broken = [max(read_at, key=read_at.get)]
+        if key is None and _is_entry(self.directory / f"{program}-cache"):
+            key = program  # JAX's warning named the entry itself
+        if key is not None:
+            broken = [self.directory / f"{key}-cache"]
+        else:  # pragma: no cover - JAX no longer reads entries through get_executable_and_time
+            broken = [entry for entry in sorted(self.directory.glob(f"{glob.escape(program)}-*-cache"))
+                      if not _decompresses(entry)]
         removed = 0
         try:
             with self._locked():
@@ -182,7 +170,7 @@ class _CacheGuard:
                         _remove(entry)
                         removed += 1
                     with contextlib.suppress(OSError):
-                        _remove(_access_time(entry))
+                        _remove(entry.with_name(entry.name[: -len("-cache")] + "-atime"))
         except (TimeoutError, OSError):  # filelock.Timeout is a TimeoutError
             pass
         return removed
@@ -196,9 +184,47 @@ class _CacheGuard:
         return filelock.FileLock(self.directory / ".lockfile", timeout=2)
 
 
-def _access_time(entry: Path) -> Path:
-    """The file beside a cache entry where JAX stamps when it was last read or written."""
-    return entry.with_name(entry.name[: -len("-cache")] + "-atime")
+_failed_read = threading.local()  # .key: the entry JAX last failed to read in this thread
+
+
+def _record_failed_reads() -> None:
+    """Have JAX's reads of the persistent cache note, in this thread, the key of an entry they
+    fail on (JAX's warning that follows names only the program, which several entries share:
+    every width of a model's ``train``), so that the guard removes that entry and no other."""
+    try:
+        from jax._src import compilation_cache
+    except ImportError:  # pragma: no cover - JAX moved it: entries that do not decompress go
+        return
+    read = compilation_cache.get_executable_and_time
+    if getattr(read, "epsweep_records", False):
+        return
+
+    def recording(cache_key: str, *args, **kwargs):  # noqa: ANN202 - JAX's own signature
+        try:
+            return read(cache_key, *args, **kwargs)
+        except Exception:
+            _failed_read.key = cache_key
+            raise
+
+    recording.epsweep_records = True
+    compilation_cache.get_executable_and_time = recording
+
+
+def _is_entry(path: Path) -> bool:
+    try:
+        return path.exists()
+    except OSError:
+        return False
+
+
+def _decompresses(entry: Path) -> bool:
+    try:
+        from jax._src.compilation_cache import decompress_executable
+
+        decompress_executable(entry.read_bytes())
+        return True
+    except Exception:  # noqa: BLE001 - whatever the library raises, the entry is unusable
+        return False
 
 
 def _remove(path: Path) -> None:

@@ -9,8 +9,9 @@ compiles (or loads) it without tracing the model. Only tasks with an ``identity`
 is the same in every process are saved; the others are exported in memory only. Anything
 unreadable in the directory is ignored and replaced.
 
-A file is a zip (no pickle): ``meta.json`` (format, the names of the NamedTuple types in the
-programs' pytrees, registered for serialization before reading) and one member per program.
+A file is a zip (no pickle): ``meta.json`` (format, the key it was saved under, the programs it
+holds, the names of the NamedTuple types in the programs' pytrees, registered for serialization
+before reading, from modules already imported) and one member per program.
 """
 
 from __future__ import annotations
@@ -221,8 +222,8 @@ def _resolve(name: str) -> type:
     if not module:
         raise LookupError(name)
     value: Any = sys.modules[module]
-    for part in qualname.split("."):
-        value = getattr(value, part)
+    for part in qualname.split("."):  # what is defined there, never a module's lazy __getattr__
+        value = vars(value).get(part)
     if not (isinstance(value, type) and issubclass(value, tuple) and hasattr(value, "_fields")):
         raise LookupError(f"{name} is not a NamedTuple")
     return value
@@ -276,8 +277,8 @@ def _check_calls(loaded: dict[str, export.Exported], shapes: dict[str, tuple]) -
     for name, program in loaded.items():
         if name not in shapes:
             raise ValueError(f"{name}: not a program of this sweep")
-        expected = [(tuple(a.shape), np.dtype(a.dtype)) for a in jax.tree.leaves(shapes[name])]
-        stored = [(tuple(a.shape), np.dtype(a.dtype)) for a in program.in_avals]
+        expected = [(tuple(a.shape), jax.dtypes.canonicalize_dtype(a.dtype)) for a in jax.tree.leaves(shapes[name])]
+        stored = [(tuple(a.shape), a.dtype) for a in program.in_avals]  # as JAX narrowed them
         if stored != expected:
             raise ValueError(f"{name}: takes other shapes than it is called with")
 

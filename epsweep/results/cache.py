@@ -72,7 +72,7 @@ class ArrayCache:
         try:
             with np.load(path, allow_pickle=False) as stored:
                 arrays = {name: stored[name] for name in stored.files}
-        except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
             return None  # nothing there: saving says why, if it cannot keep them either
         except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:  # MemoryError: a header's shape
             log.warning("ignoring unreadable cached features %s (%s)", path, e)
