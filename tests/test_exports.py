@@ -103,7 +103,10 @@ def test_a_foreign_or_incomplete_stored_file_is_a_miss_and_replaced(mlp_task, ex
         _rewrite(path, meta={"types": ["numpy.f2py.Nothing"]})
     programs, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)
     assert not loaded and set(programs) == LOOPED
-    assert "this" not in sys.modules and "numpy.f2py" not in sys.modules
+    if damage == "imports a module":  # only what this case removed: other tests may import either
+        assert "this" not in sys.modules
+    if damage == "imports a lazy submodule":
+        assert "numpy.f2py" not in sys.modules
     again, loaded = exports.load_or_export(mlp_task, SPEC, devices, 2)  # the file was replaced
     assert loaded and all(again[n].mlir_module() == programs[n].mlir_module() for n in programs)
 
