@@ -5,9 +5,18 @@ The estimate is made from shapes alone (nothing is compiled): the training state
 configuration (parameters, model state, optimizer state, and the one-byte-per-parameter
 mask of the parameters the last step moved, from which ``finish`` takes the median effective
 lr) counted three times (the carried state, the new state, and the last step's gradient,
-carried to the steps where the eps diagnostics are measured), plus every intermediate value
-of one training step (the gradient and activations) or of one evaluation batch, whichever is
-larger. XLA frees and fuses most intermediates, so this is an upper bound in practice.
+carried to the steps where the eps diagnostics are measured), plus the most bytes that one
+training step (the gradient and activations) or one evaluation batch holds at once when its
+operations run one after another, each value freed after its last use (:func:`peak_bytes`).
+
+Summing every intermediate instead, as this module once did, counted Inception-v3's training
+step at 299 x 299 (bfloat16, batch 32) as 25.6 GB per setting where this peak is 3.3 GB, and on
+an H200 (139 GiB) a sweep trained 2 settings per call with 3.8 GiB of the device in use
+(docs/performance.md, "On a GPU"). XLA fuses elementwise chains (fewer bytes than this peak)
+but may add layout copies and, for vmapped convolutions, grouped-convolution temporaries (on
+the CPU, Inception-v3 at 75 x 75 and batch 8, 128 MiB per setting at 4 settings a call against
+a peak of 116 MiB); the three copies of the state cover that, and tests/test_scale.py checks
+the whole estimate against XLA's own buffer assignment.
 """
 
 from __future__ import annotations
@@ -49,20 +58,48 @@ def tree_bytes(tree: Any) -> int:
                    for x in jax.tree.leaves(tree) if hasattr(x, "shape")))
 
 
-def _jaxpr_bytes(jaxpr: Any) -> int:
-    """Bytes of every value a jaxpr computes, sub-jaxprs included (a bound on its temporaries)."""
+def _sub_jaxprs(eqn: Any) -> list:
+    """The jaxprs an equation runs (a jit's body, a scan's or a loop's body, a cond's branches,
+    a remat's or custom derivative's function)."""
     from jax.extend.core import ClosedJaxpr, Jaxpr
 
-    total = 0
-    for eqn in jaxpr.eqns:
-        total += sum(tree_bytes(v.aval) for v in eqn.outvars if hasattr(v.aval, "shape"))
-        for param in eqn.params.values():
-            for sub in param if isinstance(param, (tuple, list)) else (param,):
-                if isinstance(sub, ClosedJaxpr):
-                    total += _jaxpr_bytes(sub.jaxpr)
-                elif isinstance(sub, Jaxpr):
-                    total += _jaxpr_bytes(sub)
-    return total
+    found = []
+    for param in eqn.params.values():
+        for sub in param if isinstance(param, (tuple, list)) else (param,):
+            if isinstance(sub, ClosedJaxpr):
+                found.append(sub.jaxpr)
+            elif isinstance(sub, Jaxpr):
+                found.append(sub)
+    return found
+
+
+def peak_bytes(jaxpr: Any) -> int:
+    """The most bytes of values a jaxpr computes that are live at once when its equations run
+    in order: at equation i, what earlier equations made that a later one (or the result) still
+    reads, plus the peak of the jaxprs equation i runs, plus its outputs. Its inputs (the
+    caller's parameters, state and data) are not counted; a value is freed after its last use."""
+    from jax.extend.core import Var
+
+    eqns = jaxpr.eqns
+    last_use: dict = {}
+    for i, eqn in enumerate(eqns):
+        for v in eqn.invars:
+            if isinstance(v, Var):
+                last_use[v] = i
+    for v in jaxpr.outvars:
+        if isinstance(v, Var):
+            last_use[v] = len(eqns)
+    inputs = set(jaxpr.invars) | set(jaxpr.constvars)
+    live = peak = 0
+    for i, eqn in enumerate(eqns):
+        inner = max((peak_bytes(sub) for sub in _sub_jaxprs(eqn)), default=0)
+        made = [(v, tree_bytes(v.aval)) for v in eqn.outvars if hasattr(v.aval, "shape")]
+        peak = max(peak, live + inner + sum(size for _, size in made))
+        live += sum(size for v, size in made if last_use.get(v, -1) > i)  # unused outputs go at once
+        for v in {v for v in eqn.invars if isinstance(v, Var)}:
+            if last_use[v] == i and v not in inputs:
+                live -= tree_bytes(v.aval)
+    return peak
 
 
 @dataclasses.dataclass(frozen=True)
@@ -105,15 +142,15 @@ def _estimate(task: Any, spec: Any) -> Estimate:
         xb = jax.ShapeDtypeStruct((spec.batch_size, *data.input_shape), data.x_train.dtype)
         yb = jax.ShapeDtypeStruct((spec.batch_size, *data.y_train.shape[1:]), data.y_train.dtype)
         step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, xb, yb, key)
-        work = _jaxpr_bytes(step.jaxpr)
+        work = peak_bytes(step.jaxpr)
         if task.evaluate is not None and len(data.x_val):
             n = min(spec.eval_batch_size, len(data.x_val))
             xe = jax.ShapeDtypeStruct((n, *data.input_shape), data.x_val.dtype)
             ye = jax.ShapeDtypeStruct((n, *data.y_val.shape[1:]), data.y_val.dtype)
-            work = max(work, _jaxpr_bytes(jax.make_jaxpr(task.evaluate)(params, model_state, xe, ye).jaxpr))
+            work = max(work, peak_bytes(jax.make_jaxpr(task.evaluate)(params, model_state, xe, ye).jaxpr))
     else:
         step = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True))(params, model_state, None, None, key)
-        work = _jaxpr_bytes(step.jaxpr)
+        work = peak_bytes(step.jaxpr)
     # the mask of the parameters the last step moved (one byte each): it goes with the state from
     # call to call, but no step of a training loop streams through it (not in ``state``)
     moving = moving_mask_size(params, spec.optimizer)
