@@ -306,8 +306,10 @@ def measure(args) -> dict:
     from epsweep.data import load_dataset
 
     exe = shutil.which("epsweep", path=str(Path(sys.executable).parent)) or shutil.which("epsweep")
+    # without the executable (a checkout on PYTHONPATH, as benchmarks/gpu.sh falls back to), the module
+    prefix = [exe] if exe is not None else [sys.executable, "-m", "epsweep"]
     if exe is None:
-        sys.exit("bench_sweep: the epsweep executable is not installed (pip install -e .)")
+        _log("the epsweep executable is not installed: timing python -m epsweep from this checkout")
     work = Path(tempfile.mkdtemp(prefix="epsweep-bench-"))
     data = load_dataset("digits", 0.2, 0)
     data_path = work / "digits-split.npz"
@@ -330,15 +332,16 @@ def measure(args) -> dict:
         cache = work / f"cache-{grid}"
         env = {"EPSWEEP_COMPILE_CACHE": str(cache)}
         for label, shift in (("epsweep cold", 0), ("epsweep warm", 1)):
-            cmd = [exe, "grid", "--eps", eps_token(grid, shift), "--steps", str(STEPS), "--batch-size", str(BATCH),
-                   "-f", "json", "-q"]
+            cmd = [*prefix, "grid", "--eps", eps_token(grid, shift), "--steps", str(STEPS), "--batch-size",
+                   str(BATCH), "-f", "json", "-q"]
             r = run_process(cmd, env)
             _check(r, label)
             meta = json.loads(r["stdout"])["meta"]
             report["rows"].append({"grid": grid, "contender": label, "wall_s": r["wall_s"],
                                    "peak_rss_mib": r["peak_rss_mib"], "compilations": meta["compilations"],
                                    "compile_s": meta.get("compile_time_s"), "devices": len(meta["devices"]),
-                                   "settings_timed": grid, "extrapolated": False, "command": " ".join(cmd[1:])})
+                                   "settings_timed": grid, "extrapolated": False,
+                                   "command": " ".join(cmd[len(prefix):])})
             _log(f"G={grid} {label}: {r['wall_s']:.2f} s ({meta['compilations']} compilations)")
         loops = [("jax loop", "jax", {}), ("torch loop", "torch", {}),
                  ("keras loop", "keras", {"KERAS_BACKEND": args.keras_backend})]

@@ -1,16 +1,19 @@
 #!/usr/bin/env bash
-# The GPU figures in one go (about 8.5 minutes on one H200, at most 10): the MLP comparison at
-# G = 1, 256, 1024, 4096 (epsweep against the jax and torch loops; about 5 minutes there), and
-# Inception-v3 in bfloat16 at 299 x 299 with 8 and 64 settings, full model and frozen base.
+# The GPU figures in one go (about 8 minutes on one H200): the MLP comparison at G = 1, 256,
+# 1024, 4096 (epsweep against the jax and torch loops; about 4.5 minutes there), and Inception-v3
+# in bfloat16 at 299 x 299 with 8 and 64 settings, full model and frozen base. Each step has a
+# time limit of its own (together 12 minutes); under a shorter lease, wrap the whole script in
+# `timeout`: the MLP comparison writes its JSON at the end, but its progress log as it goes.
 #
 #   OUT=benchmarks/results/gpu bash benchmarks/gpu.sh
 #
 # Needs a Python with JAX for CUDA, PyTorch, timm, flax, optax, typer, rich, pillow,
 # safetensors and flatbuffers already installed (nothing is downloaded: epsweep itself is
 # installed from this checkout without dependencies, or imported from it when that fails).
-# A short preflight sweep runs first and ends the script at once when it fails, so that a
-# broken environment costs seconds of a lease, not minutes. Every figure lands under $OUT
-# with the devices named (nvidia-smi -L); docs/performance.md says how to read them.
+# A short preflight runs first and ends the script at once when JAX has no GPU or a sweep
+# fails, so that a broken environment costs seconds of a lease, not minutes. Every figure lands
+# under $OUT with the devices named (nvidia-smi -L); docs/performance.md says how to read them.
+# The exit status is the number of steps that failed.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-benchmarks/results/gpu}
@@ -19,6 +22,8 @@ PY=${PYTHON:-python3}
 export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export EPSWEEP_COMPILE_CACHE="$OUT/gpu-cache"
 started=$(date +%s)
+failed=0
+trap 'rm -rf "$OUT/gpu-cache" "$OUT/gpu-cache-exports" "$OUT"/*.safetensors "$OUT"/*.rss' EXIT
 log() { echo "[gpu.sh $(( $(date +%s) - started ))s] $*" >&2; }
 
 # timed NAME LIMIT_S COMMAND...: stdout to $OUT/NAME.json, stderr to $OUT/NAME.log, and one
@@ -30,23 +35,31 @@ timed() {
     if [ -x /usr/bin/time ]; then
         /usr/bin/time -f "%M" -o "$OUT/$name.rss" timeout "$limit" "$@" >"$OUT/$name.json" 2>"$OUT/$name.log"
         status=$?
-        rss=", peak RSS $(( $(tail -n 1 "$OUT/$name.rss" 2>/dev/null || echo 0) / 1024 )) MiB"
+        local kib
+        kib=$(tail -n 1 "$OUT/$name.rss" 2>/dev/null)
+        [[ $kib =~ ^[0-9]+$ ]] && rss=", peak RSS $(( kib / 1024 )) MiB"
     else
         timeout "$limit" "$@" >"$OUT/$name.json" 2>"$OUT/$name.log"
         status=$?
     fi
     log "$name: exit $status in $(awk "BEGIN { printf \"%.1f\", $(date +%s.%N) - $t0 }") s$rss" \
         "| $(grep -E '^trained|^extracted|compilation' "$OUT/$name.log" | tail -n 2 | tr '\n' ' ')"
+    [ "$status" = 0 ] || failed=$((failed + 1))
     return $status
 }
 
 nvidia-smi -L | tee "$OUT/gpu-devices.txt"
 nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.sm,clocks.max.sm --format=csv | tee -a "$OUT/gpu-devices.txt"
-$PY -m pip install -q --no-deps --no-build-isolation -e . >"$OUT/pip.log" 2>&1 || log "pip install -e . failed; importing from the checkout"
+timeout 120 $PY -m pip install -q --no-deps --no-build-isolation --no-index --disable-pip-version-check -e . \
+    >"$OUT/pip.log" 2>&1 || log "pip install -e . failed; running python -m epsweep from the checkout"
 $PY -c "import jax, flax, optax; print('jax', jax.__version__, 'flax', flax.__version__, 'optax', optax.__version__, jax.devices())" \
     | tee -a "$OUT/gpu-devices.txt"
 
-log "preflight: a 2-setting MLP sweep on the GPU"
+log "preflight: JAX on the GPU, then a 2-setting MLP sweep there"
+if ! $PY -c 'import jax, sys; sys.exit(jax.default_backend() != "gpu")'; then
+    log "JAX has no GPU here (default backend: $($PY -c 'import jax; print(jax.default_backend())' 2>&1 | tail -n 1)): stopping"
+    exit 1
+fi
 if ! timed gpu-preflight 90 $PY -m epsweep grid --eps 1e-8 1 --steps 50 -f json; then
     tail -n 40 "$OUT/gpu-preflight.log" >&2
     log "preflight failed: stopping here"
@@ -55,7 +68,7 @@ fi
 
 log "MLP comparison"
 timeout 330 $PY benchmarks/bench_sweep.py --grids 1 256 1024 4096 --skip keras --subset 8 \
-    --output "$OUT/gpu-mlp.json" > "$OUT/gpu-mlp.txt" 2> "$OUT/gpu-mlp.log" || log "MLP comparison: exit $?"
+    --output "$OUT/gpu-mlp.json" > "$OUT/gpu-mlp.txt" 2> "$OUT/gpu-mlp.log" || { log "MLP comparison: exit $?"; failed=$((failed + 1)); }
 cat "$OUT/gpu-mlp.txt"
 
 log "Inception-v3 bf16 299x299, full model"
@@ -65,7 +78,7 @@ timed gpu-inception-64 90 $PY -m epsweep inception --dataset synthetic --image-s
     --eps "log:1e-8:1:64" --steps 20 --batch-size 32 -f json
 
 log "Inception-v3 bf16 299x299, frozen base (random weights in the torchvision/timm layout)"
-$PY - "$OUT/gpu-inception-weights.safetensors" <<'PY' || log "weights: exit $?"
+$PY - "$OUT/gpu-inception-weights.safetensors" <<'PY' || { log "weights: exit $?"; failed=$((failed + 1)); }
 import sys, safetensors.torch, timm
 safetensors.torch.save_file(timm.create_model("inception_v3", pretrained=False).state_dict(), sys.argv[1])
 PY
@@ -74,6 +87,5 @@ for n in 8 64; do
         --weights "$OUT/gpu-inception-weights.safetensors" --freeze-base \
         --eps "log:1e-8:1:$n" --epochs 2 --batch-size 32 -f json
 done
-rm -f "$OUT/gpu-inception-weights.safetensors" "$OUT"/*.rss
-rm -rf "$OUT/gpu-cache" "$OUT/gpu-cache-exports"
-log "done"
+log "done: $failed step(s) failed"
+exit "$failed"
