@@ -10,13 +10,14 @@ training step (the gradient and activations) or one evaluation batch holds at on
 operations run one after another, each value freed after its last use (:func:`peak_bytes`).
 
 Summing every intermediate instead, as this module once did, counted Inception-v3's training
-step at 299 x 299 (bfloat16, batch 32) as 25.6 GB per setting where this peak is 3.3 GB, and on
+step at 299 x 299 (bfloat16, batch 32) as 25.0 GiB per setting where this peak is 3.2 GiB, and on
 an H200 (139 GiB) a sweep trained 2 settings per call with 3.8 GiB of the device in use
 (docs/performance.md, "On a GPU"). XLA fuses elementwise chains (fewer bytes than this peak)
 but may add layout copies and, for vmapped convolutions, grouped-convolution temporaries (on
-the CPU, Inception-v3 at 75 x 75 and batch 8, 128 MiB per setting at 4 settings a call against
-a peak of 116 MiB); the three copies of the state cover that, and tests/test_scale.py checks
-the whole estimate against XLA's own buffer assignment.
+the CPU, Inception-v3 at 75 x 75 and batch 8: XLA's temporaries of the vmapped gradient came to
+128 MiB per setting at 4 settings a call against a peak of 116 MiB, docs/scale.md); the three
+copies of the state cover that, and tests/test_scale.py checks the whole estimate against XLA's
+own buffer assignment.
 """
 
 from __future__ import annotations
@@ -59,8 +60,9 @@ def tree_bytes(tree: Any) -> int:
 
 
 def _sub_jaxprs(eqn: Any) -> list:
-    """The jaxprs an equation runs (a jit's body, a scan's or a loop's body, a cond's branches,
-    a remat's or custom derivative's function)."""
+    """The jaxprs an equation runs (a jit's body, a scan's or a loop's condition and body, a
+    cond's branches, a remat's function, a custom derivative's primal; its forward and backward
+    rules are thunks, not walked: under differentiation they are traced inline)."""
     from jax.extend.core import ClosedJaxpr, Jaxpr
 
     found = []
@@ -73,13 +75,17 @@ def _sub_jaxprs(eqn: Any) -> list:
     return found
 
 
-def peak_bytes(jaxpr: Any) -> int:
+def peak_bytes(jaxpr: Any, _known: dict | None = None) -> int:
     """The most bytes of values a jaxpr computes that are live at once when its equations run
     in order: at equation i, what earlier equations made that a later one (or the result) still
     reads, plus the peak of the jaxprs equation i runs, plus its outputs. Its inputs (the
-    caller's parameters, state and data) are not counted; a value is freed after its last use."""
+    caller's parameters, state and data) are not counted; a value is freed after its last use.
+    A sub-jaxpr called from several places is walked once (its peak does not depend on where)."""
     from jax.extend.core import Var
 
+    known = {} if _known is None else _known
+    if id(jaxpr) in known:
+        return known[id(jaxpr)][1]
     eqns = jaxpr.eqns
     last_use: dict = {}
     for i, eqn in enumerate(eqns):
@@ -92,13 +98,14 @@ def peak_bytes(jaxpr: Any) -> int:
     inputs = set(jaxpr.invars) | set(jaxpr.constvars)
     live = peak = 0
     for i, eqn in enumerate(eqns):
-        inner = max((peak_bytes(sub) for sub in _sub_jaxprs(eqn)), default=0)
+        inner = max((peak_bytes(sub, known) for sub in _sub_jaxprs(eqn)), default=0)
         made = [(v, tree_bytes(v.aval)) for v in eqn.outvars if hasattr(v.aval, "shape")]
         peak = max(peak, live + inner + sum(size for _, size in made))
         live += sum(size for v, size in made if last_use.get(v, -1) > i)  # unused outputs go at once
         for v in {v for v in eqn.invars if isinstance(v, Var)}:
             if last_use[v] == i and v not in inputs:
                 live -= tree_bytes(v.aval)
+    known[id(jaxpr)] = (jaxpr, peak)  # the jaxpr itself kept, so that its id is not reused
     return peak
 
 
@@ -263,7 +270,7 @@ def _checked_budget(est: Estimate, devices: Sequence[jax.Device]) -> int:
     """The bytes per device left for the settings; warns when not even one setting fits."""
     budget = min(device_budget(d) for d in devices) - est.fixed
     if budget < est.per_config:
-        log.warning("one setting needs about %.1f GiB by the memory estimate (an upper bound), more than the "
+        log.warning("one setting needs about %.1f GiB by the memory estimate, more than the "
                     "%.1f GiB planned per device; trying one setting per device",
                     est.per_config / 1024**3, max(0, budget) / 1024**3)
     return budget
