@@ -134,7 +134,6 @@ def test_memory_estimate_bounds_what_xla_allocates(name, request):
     programs = compiled.sharded_programs(task, settings, one)  # shape-generic: lowered at two widths
     x_val, y_val, mask = driver.validation_batches(task, settings.eval_batch_size)
     used = {}
-    label = name
     for g in (2, 10):
         h = {k: jnp.zeros((g,), jnp.float32) for k in HPARAMS}
         seeds = jnp.zeros((1,), jnp.uint32)
@@ -147,12 +146,12 @@ def test_memory_estimate_bounds_what_xla_allocates(name, request):
             "finish": programs["finish"].lower(state, sums, sums, 359.0),
         }
         used[g] = {}
-        for name, low in lowered.items():
+        for program, low in lowered.items():
             m = low.compile().memory_analysis()
-            used[g][name] = (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
+            used[g][program] = (m.temp_size_in_bytes + m.argument_size_in_bytes + m.output_size_in_bytes
                              - m.alias_size_in_bytes)
     per_config = max((used[10][program] - used[2][program]) / 8 for program in used[2])
-    print(f"{label}: estimate {est.per_config} bytes a setting, XLA {per_config:.0f}")
+    print(f"{name}: estimate {est.per_config} bytes a setting, XLA {per_config:.0f}")
     assert per_config <= est.per_config <= 4 * per_config
     assert est.fixed >= task.data.x_train.nbytes
 

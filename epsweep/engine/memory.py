@@ -95,16 +95,19 @@ def peak_bytes(jaxpr: Any, _known: dict | None = None) -> int:
     for v in jaxpr.outvars:
         if isinstance(v, Var):
             last_use[v] = len(eqns)
-    inputs = set(jaxpr.invars) | set(jaxpr.constvars)
+    held: dict = {}  # values this jaxpr made that a later equation still reads: their bytes
     live = peak = 0
     for i, eqn in enumerate(eqns):
         inner = max((peak_bytes(sub, known) for sub in _sub_jaxprs(eqn)), default=0)
-        made = [(v, tree_bytes(v.aval)) for v in eqn.outvars if hasattr(v.aval, "shape")]
-        peak = max(peak, live + inner + sum(size for _, size in made))
-        live += sum(size for v, size in made if last_use.get(v, -1) > i)  # unused outputs go at once
+        made = {v: tree_bytes(v.aval) for v in eqn.outvars if hasattr(v.aval, "shape")}
+        peak = max(peak, live + inner + sum(made.values()))
+        for v, size in made.items():
+            if last_use.get(v, -1) > i:  # unused outputs go at once
+                held[v] = size
+                live += size
         for v in {v for v in eqn.invars if isinstance(v, Var)}:
-            if last_use[v] == i and v not in inputs:
-                live -= tree_bytes(v.aval)
+            if last_use[v] == i and v in held:  # inputs were never held
+                live -= held.pop(v)
     known[id(jaxpr)] = (jaxpr, peak)  # the jaxpr itself kept, so that its id is not reused
     return peak
 
