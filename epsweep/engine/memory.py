@@ -59,29 +59,14 @@ def tree_bytes(tree: Any) -> int:
                    for x in jax.tree.leaves(tree) if hasattr(x, "shape")))
 
 
-def _sub_jaxprs(eqn: Any) -> list:
-    """The jaxprs an equation runs (a jit's body, a scan's or a loop's condition and body, a
-    cond's branches, a remat's function, a custom derivative's primal; its forward and backward
-    rules are thunks, not walked: under differentiation they are traced inline)."""
-    from jax.extend.core import ClosedJaxpr, Jaxpr
-
-    found = []
-    for param in eqn.params.values():
-        for sub in param if isinstance(param, (tuple, list)) else (param,):
-            if isinstance(sub, ClosedJaxpr):
-                found.append(sub.jaxpr)
-            elif isinstance(sub, Jaxpr):
-                found.append(sub)
-    return found
-
-
 def peak_bytes(jaxpr: Any, _known: dict | None = None) -> int:
     """The most bytes of values a jaxpr computes that are live at once when its equations run
     in order: at equation i, what earlier equations made that a later one (or the result) still
-    reads, plus the peak of the jaxprs equation i runs, plus its outputs. Its inputs (the
+    reads, plus the peak of the jaxprs equation i runs (a jit's body, a loop's, a cond's branches,
+    a custom derivative's primal; JAX's ``jaxprs_in_params``), plus its outputs. Its inputs (the
     caller's parameters, state and data) are not counted; a value is freed after its last use.
     A sub-jaxpr called from several places is walked once (its peak does not depend on where)."""
-    from jax.extend.core import Var
+    from jax.extend.core import Var, jaxprs_in_params
 
     known = {} if _known is None else _known
     if id(jaxpr) in known:
@@ -98,7 +83,7 @@ def peak_bytes(jaxpr: Any, _known: dict | None = None) -> int:
     held: dict = {}  # values this jaxpr made that a later equation still reads: their bytes
     live = peak = 0
     for i, eqn in enumerate(eqns):
-        inner = max((peak_bytes(sub, known) for sub in _sub_jaxprs(eqn)), default=0)
+        inner = max((peak_bytes(sub, known) for sub in jaxprs_in_params(eqn.params)), default=0)
         made = {v: tree_bytes(v.aval) for v in eqn.outvars if hasattr(v.aval, "shape")}
         peak = max(peak, live + inner + sum(made.values()))
         for v, size in made.items():

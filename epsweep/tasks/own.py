@@ -224,17 +224,13 @@ def adapt_model(model, data: Dataset, name: str):
 
 def _walk_primitives(jaxpr) -> set[str]:
     """The names of every primitive a jaxpr uses, sub-jaxprs included."""
-    from jax.extend.core import ClosedJaxpr, Jaxpr
+    from jax.extend.core import jaxprs_in_params
 
     names = set()
     for eqn in jaxpr.eqns:
         names.add(eqn.primitive.name)
-        for value in eqn.params.values():
-            for sub in value if isinstance(value, (tuple, list)) else (value,):
-                if isinstance(sub, ClosedJaxpr):
-                    names |= _walk_primitives(sub.jaxpr)
-                elif isinstance(sub, Jaxpr):
-                    names |= _walk_primitives(sub)
+        for sub in jaxprs_in_params(eqn.params):
+            names |= _walk_primitives(sub)
     return names
 
 
