@@ -35,6 +35,19 @@ def test_stored_programs_read_back_as_exported(mlp_task, export_folder):
         assert again[name].mlir_module() == fresh[name].mlir_module(), name
 
 
+def test_evaluate_and_finish_take_only_the_state_they_read(mlp_task, export_folder):
+    """XLA compiles for every array a program takes: evaluate takes the weights and model state,
+    finish all of the runs but their model state, neither the epoch order (the rest: the two
+    running sums, the batch and its mask, or the example count)."""
+    programs, _ = exports.load_or_export(mlp_task, SPEC, jax.devices()[:1], 2)
+    state = jax.tree.unflatten(programs["init"].out_tree, programs["init"].out_avals)
+    weights = len(jax.tree.leaves((state.runs.params, state.runs.model_state)))
+    assert 0 < weights < len(jax.tree.leaves(state.runs))
+    assert len(programs["evaluate"].in_avals) == weights + 5
+    unread = len(jax.tree.leaves(state.runs.model_state))
+    assert len(programs["finish"].in_avals) == len(jax.tree.leaves(state.runs)) - unread + 3
+
+
 def test_a_stored_program_is_keyed_by_the_code_that_traced_it(mlp_task, monkeypatch):
     devices = jax.devices()[:1]
     key = exports.stable_key(mlp_task, SPEC, devices, 2)

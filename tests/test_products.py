@@ -13,8 +13,8 @@ import pytest
 from epsweep.engine import products
 from epsweep.engine.driver import train_runs
 from epsweep.engine.layout import LoopLayout, loop_layout
-from epsweep.engine.programs import _Carry
 from epsweep.engine.spec import TrainSpec
+from epsweep.engine.state import Carry
 
 RNG = np.random.default_rng(0)
 
@@ -115,7 +115,7 @@ def test_the_loop_layout_moves_data_weights_with_their_statistics_and_undoes_its
     runs_params = jax.tree.map(lambda leaf: leaf + jnp.arange(leaf.size, dtype=leaf.dtype).reshape(leaf.shape),
                                runs_params)
     opt_state = jax.vmap(jax.vmap(optax.rmsprop(1e-3).init))(runs_params)
-    runs = _Carry(runs_params, {}, opt_state, *([None] * 6))
+    runs = Carry(runs_params, {}, opt_state, *([None] * 6))
     layout = loop_layout(mlp_loss, runs, x, y)
     looped = layout.to_loop({"params": runs.params, "opt_state": runs.opt_state})
     first, second = looped["params"]["Dense_0"]["kernel"], looped["params"]["Dense_1"]["kernel"]

@@ -20,6 +20,7 @@ from epsweep.config import RunConfig
 from epsweep.engine import compiled, driver, memory, runtime
 from epsweep.engine.driver import train_runs
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
+from epsweep.engine.state import program_input
 from epsweep.errors import UserError
 from epsweep.grid import Grid
 from epsweep.runner import sweep
@@ -142,8 +143,9 @@ def test_memory_estimate_bounds_what_xla_allocates(name, request):
         lowered = {
             "init": programs["init"].lower(h, seeds, None),
             "train": programs["train"].lower(state, h, seeds, 0, 5, task.data.x_train, task.data.y_train),
-            "evaluate": programs["evaluate"].lower(state, sums, sums, x_val[0], y_val[0], mask[0]),
-            "finish": programs["finish"].lower(state, sums, sums, 359.0),
+            "evaluate": programs["evaluate"].lower(program_input("evaluate", state), sums, sums, x_val[0], y_val[0],
+                                                   mask[0]),
+            "finish": programs["finish"].lower(program_input("finish", state), sums, sums, 359.0),
         }
         used[g] = {}
         for program, low in lowered.items():

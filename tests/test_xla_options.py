@@ -2,6 +2,7 @@
 stay out of YNNPACK, everything else compiles as XLA would by default, the options reach every
 program of a sweep and the frozen-feature program, and an XLA that refuses them still trains."""
 
+import dataclasses
 import re
 import threading
 
@@ -84,10 +85,11 @@ def test_an_xla_that_refuses_the_options_trains_with_its_defaults(mlp_task, monk
                                                                   value):
     """Bit for bit as with XLA's defaults, and each program counted as one compilation."""
     h = {"eps": np.array([1e-8, 1.0]), "lr": np.full(2, 1e-2), "decay": np.full(2, 0.9), "momentum": np.zeros(2)}
-    spec = TrainSpec(steps=4, batch_size=6 + len(option) % 5, curve_points=2)  # programs of their own
+    # programs of their own (evaluate's depend on the validation batch alone)
+    spec = TrainSpec(steps=4, batch_size=6 + len(option) % 5, curve_points=2, eval_batch_size=300 + len(option))
     monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())
     before = compiled.compile_count()
-    train_runs(mlp_task, TrainSpec(steps=5, batch_size=spec.batch_size, curve_points=2), h, np.array([0]))
+    train_runs(mlp_task, dataclasses.replace(spec, steps=5), h, np.array([0]))
     compilations = compiled.compile_count() - before  # of a sweep whose options XLA takes
     monkeypatch.setattr(xla_options, "YNN_FUSION_OPTION", option)
     monkeypatch.setattr(xla_options, "YNN_FUSION_TYPES", value)

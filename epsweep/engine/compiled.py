@@ -22,8 +22,9 @@ from jax.sharding import PartitionSpec as P
 
 from epsweep.engine import xla_options
 from epsweep.engine.memory import tree_bytes
-from epsweep.engine.programs import TrainState, build_programs
+from epsweep.engine.programs import build_programs
 from epsweep.engine.spec import RunOutputs, TrainSpec, program_shape
+from epsweep.engine.state import TrainState
 from epsweep.tasks.task import Task
 
 log = logging.getLogger(__name__)
@@ -38,9 +39,10 @@ class Programs(NamedTuple):
 
     init: Callable  # (h, seeds, constants) -> TrainState
     train: Callable  # (state, h, seeds, t0, t1, x_train, y_train) -> (state, t1)
-    evaluate: Callable  # (state, loss sum, metric sum, x, y, mask of one validation batch) -> the sums + its
-    finish: Callable  # (state, loss sum, metric sum, count) -> RunOutputs
-    measure: Callable | None  # loop-free: (state) -> the eps diagnostics' sums after the step just taken
+    # evaluate, finish and measure take what they read of the state: state.program_input(name, state)
+    evaluate: Callable  # (runs, loss sum, metric sum, x, y, mask of one validation batch) -> the sums + its
+    finish: Callable  # (runs, loss sum, metric sum, count) -> RunOutputs
+    measure: Callable | None  # loop-free: (runs) -> the eps diagnostics' sums after the step just taken
     loop_free: bool  # train runs exactly one step per call (t0), the host looping; see build_programs
     keep: tuple  # the task's functions, alive while the entry is: their ids are in its key (program_key)
 
@@ -157,11 +159,11 @@ def sharded_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device])
     programs = {
         "init": jax.jit(sharded(init, (config, P(), P()), state)),
         "train": jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())), donate_argnums=0),
-        "evaluate": jax.jit(sharded(evaluate, (state, runs, runs, P(), P(), P()), (runs, runs))),
-        "finish": jax.jit(sharded(finish, (state, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
+        "evaluate": jax.jit(sharded(evaluate, (runs, runs, runs, P(), P(), P()), (runs, runs))),
+        "finish": jax.jit(sharded(finish, (runs, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
     }
     if measure is not None:
-        programs["measure"] = jax.jit(sharded(measure, (state,), (runs, runs, runs)))
+        programs["measure"] = jax.jit(sharded(measure, (runs,), (runs, runs, runs)))
     return programs
 
 

@@ -23,8 +23,8 @@ from epsweep.engine.compiled import CONFIG_AXIS, compiled_programs
 from epsweep.engine.devices import agree, config_devices, ensure_setup, gather
 from epsweep.engine.features import on_features
 from epsweep.engine.memory import check_fits, plan_width, tree_bytes
-from epsweep.engine.programs import with_measures
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
+from epsweep.engine.state import program_input, with_measures
 from epsweep.tasks.task import Task
 
 PROGRESS_UPDATES = 100  # with a progress display, about this many updates over a whole call
@@ -152,15 +152,15 @@ def train_runs(
         for call, (t0, t1) in enumerate(bounds):
             state, done = programs.train(state, h, seed, place(np.int32(t0)), place(np.int32(t1)), *train_data)
             if programs.measure is not None and spec.measured(t0):  # loop-free: t0 is the step taken
-                state = with_measures(state, programs.measure(state))
+                state = with_measures(state, programs.measure(program_input("measure", state)))
             if progress is not None and (call + 1) % report_every == 0:
                 if reached is not None:  # wait for the previous segment while this one runs
                     report(item, int(reached))
                 reached = done
         sums = (zeros, zeros)
         for batch in val_batches:
-            sums = programs.evaluate(state, *sums, *batch)
-        out = programs.finish(state, *sums, val_count)
+            sums = programs.evaluate(program_input("evaluate", state), *sums, *batch)
+        out = programs.finish(program_input("finish", state), *sums, val_count)
         if pending is not None:
             collect(*pending)
         if progress is not None:

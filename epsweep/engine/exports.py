@@ -41,6 +41,7 @@ from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
 from epsweep.engine.spec import HPARAMS, TrainSpec, program_shape
+from epsweep.engine.state import program_input
 from epsweep.tasks.task import Task
 
 log = logging.getLogger(__name__)
@@ -142,11 +143,12 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
     batch = validation_batch_size(task, spec.eval_batch_size)  # the shapes of validation_batches' rows
     if batch:
         x_val, y_val = task.data.x_val, task.data.y_val
-        shapes["evaluate"] = (state, sums, sums, _sds((batch, *x_val.shape[1:]), x_val.dtype, replicated),
+        shapes["evaluate"] = (program_input("evaluate", state), sums, sums,
+                              _sds((batch, *x_val.shape[1:]), x_val.dtype, replicated),
                               _sds((batch, *y_val.shape[1:]), y_val.dtype, replicated),
                               _sds((batch,), np.float32, replicated))
-    shapes["finish"] = (state, sums, sums, _sds((), np.float32, replicated))
-    shapes["measure"] = (state,)
+    shapes["finish"] = (program_input("finish", state), sums, sums, _sds((), np.float32, replicated))
+    shapes["measure"] = (program_input("measure", state),)
     return shapes
 
 

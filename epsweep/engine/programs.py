@@ -29,7 +29,7 @@ import dataclasses
 import functools
 import logging
 from collections.abc import Callable
-from typing import Any, NamedTuple
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -40,6 +40,7 @@ from epsweep.engine import products, trees
 from epsweep.engine.draws import batched_draws
 from epsweep.engine.layout import LoopLayout, loop_layout, vmap_or_call
 from epsweep.engine.spec import RunOutputs, TrainSpec
+from epsweep.engine.state import Carry, TrainState
 from epsweep.optim import denominator_terms, effective_lr_median, eps_dominated_share, make_optimizer, moving_parameters
 from epsweep.optim.diagnostics import moving_mask_size
 from epsweep.tasks.task import Task
@@ -51,27 +52,6 @@ log = logging.getLogger(__name__)
 # the loop's layout (engine.layout) are gathered across settings (the MLP: 0.6 ms a measurement
 # for 32 settings against 0.1 ms). More arrays, one flat sum: compile time (Inception-v3 has 472).
 PER_ARRAY_SHARE_UP_TO = 16
-
-
-class _Carry(NamedTuple):
-    """One run's training state; in the programs every leaf has a leading (S, G) block."""
-
-    params: Any
-    model_state: Any
-    opt_state: Any
-    diverged_step: jax.Array
-    curve_sum: jax.Array
-    eps_dom_sum: jax.Array  # sum over measured steps of the eps-dominated share
-    eps_dom_steps: jax.Array  # how many steps that sum holds
-    eps_dom_last: jax.Array  # the share at the last measured step
-    moving: Any  # bool, what the last step moved (_finish): flat (P,) in the loop, per array loop-free
-
-
-class TrainState(NamedTuple):
-    """What the ``train`` program carries from one call to the next."""
-
-    runs: _Carry  # (S, G, ...)
-    order: jax.Array  # (S, n_train): the current epoch's example order, per seed
 
 
 def _epoch_order(seed: jax.Array, epoch: jax.Array, n_train: int) -> jax.Array:
@@ -180,7 +160,7 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
                   else jnp.zeros(moving_mask_size(params, plan.spec.optimizer), bool))
 
         def init_config(hc):
-            return _Carry(params, model_state, plan.optimizer(hc).init(params), jnp.int32(-1), jnp.zeros(points),
+            return Carry(params, model_state, plan.optimizer(hc).init(params), jnp.int32(-1), jnp.zeros(points),
                           jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), moving)
 
         return plan.vmap(init_config)(h)
@@ -198,7 +178,7 @@ def _learning_rate(plan: _Plan, hc, t):
     return hc["lr"] * spec.lr_decay_rate ** jnp.floor(t / spec.lr_decay_steps)
 
 
-def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> tuple[_Carry, Any]:
+def _train_step(plan: _Plan, carry: Carry, hc, xb, yb, rng, t) -> tuple[Carry, Any]:
     """One step of one run: gradient (clipped), update, divergence and the loss curve; returns
     the new carry and the gradient. Loop-free it stores the parameters the step moved (the
     host then measures the eps diagnostics with :func:`_measure_program` after the sampled
@@ -230,11 +210,11 @@ def _train_step(plan: _Plan, carry: _Carry, hc, xb, yb, rng, t) -> tuple[_Carry,
     moving = carry.moving
     if plan.measured_by_host:  # per array: a flat copy cost every step
         moving = moving_parameters(grads, plan.trainable)
-    return _Carry(params, model_state, opt_state, diverged_step, curve_sum, carry.eps_dom_sum, carry.eps_dom_steps,
+    return Carry(params, model_state, opt_state, diverged_step, curve_sum, carry.eps_dom_sum, carry.eps_dom_steps,
                   carry.eps_dom_last, moving), grads
 
 
-def _measured_after(plan: _Plan, carry: _Carry, moving, flat: bool) -> _Carry:
+def _measured_after(plan: _Plan, carry: Carry, moving, flat: bool) -> Carry:
     """The carry after a step with its eps diagnostics, over ``moving`` (the parameters it moved,
     a pytree like the params) from the optimizer's statistics after it; the run kept the step
     exactly when it is still alive. ``flat``: the share sums one vector of each, else array by array."""
@@ -246,22 +226,17 @@ def _measured_after(plan: _Plan, carry: _Carry, moving, flat: bool) -> _Carry:
     return carry._replace(eps_dom_sum=eps_dom[0], eps_dom_steps=eps_dom[1], eps_dom_last=eps_dom[2])
 
 
-def with_measures(state: TrainState, measures: tuple) -> TrainState:
-    """``state`` with the eps diagnostics ``measure`` returned (sum, steps, last)."""
-    total, steps, last = measures
-    return state._replace(runs=state.runs._replace(eps_dom_sum=total, eps_dom_steps=steps, eps_dom_last=last))
-
-
-def _measure_program(plan: _Plan, state: TrainState) -> tuple[jax.Array, jax.Array, jax.Array]:
+def _measure_program(plan: _Plan, runs: Carry) -> tuple[jax.Array, jax.Array, jax.Array]:
     """Loop-free, called by the host after each sampled step (a branch in ``train`` slowed every
-    step: docs/scale.md): every run's new eps_dom_sum, eps_dom_steps and eps_dom_last (S, G)."""
+    step: docs/scale.md) with ``program_input("measure", state)``: every run's new eps_dom_sum,
+    eps_dom_steps and eps_dom_last (S, G)."""
     def measured(carry):
         carry = _measured_after(plan, carry, carry.moving, flat=True)
         return carry.eps_dom_sum, carry.eps_dom_steps, carry.eps_dom_last
-    return plan.vmap(plan.vmap(measured))(state.runs)
+    return plan.vmap(plan.vmap(measured))(runs)
 
 
-def _measure(carry: _Carry, moving, terms, keep) -> tuple:
+def _measure(carry: Carry, moving, terms, keep) -> tuple:
     """The eps-dominated share after this step over the ``moving`` parameters (flat; ``terms``
     with a flat statistic): summed for the mean, and the latest. (The effective lr's median is
     taken once, in _finish.)"""
@@ -371,13 +346,14 @@ def _in_layout(state: TrainState, convert) -> TrainState:
     return TrainState(runs._replace(params=convert(runs.params), opt_state=convert(runs.opt_state)), state.order)
 
 
-def _evaluate(plan: _Plan, state: TrainState, loss_sum, metric_sum, xb, yb, mb):
-    """One validation batch (mask ``mb`` for its padding) added to every run's running sums."""
+def _evaluate(plan: _Plan, runs: Carry, loss_sum, metric_sum, xb, yb, mb):
+    """One validation batch (mask ``mb`` for its padding) added to every run's running sums;
+    ``runs``: ``program_input("evaluate", state)``."""
     def run_sums(params, model_state):
         losses, metric = plan.task.evaluate(params, model_state, xb, yb)
         return jnp.sum(losses * mb), jnp.sum(metric * mb)
 
-    losses, metric = plan.vmap(plan.vmap(run_sums))(state.runs.params, state.runs.model_state)
+    losses, metric = plan.vmap(plan.vmap(run_sums))(runs.params, runs.model_state)
     return loss_sum + losses, metric_sum + metric
 
 
@@ -390,10 +366,11 @@ def _effective_lr(plan: _Plan, opt_state, moving) -> jax.Array:
     return effective_lr_median(terms, opt_state.hyperparams["learning_rate"], trees.flat(moving))
 
 
-def _finish(plan: _Plan, state: TrainState, loss_sum, metric_sum, count) -> RunOutputs:
+def _finish(plan: _Plan, runs: Carry, loss_sum, metric_sum, count) -> RunOutputs:
     """Validation loss and metric (means over ``count`` examples), the loss curve (mean per
-    segment of steps), and the eps diagnostics; NaN where a task has no such number."""
-    task, runs = plan.task, state.runs
+    segment of steps), and the eps diagnostics; NaN where a task has no such number.
+    ``runs``: ``program_input("finish", state)``."""
+    task, kept_last_step = plan.task, runs.diverged_step < 0  # before the final-parameters check below
     curve = runs.curve_sum / plan.spec.steps_per_point().astype(np.float32)
     # the last update's overflow shows in no loss: a run whose parameters end non-finite diverged there
     ended_finite = plan.vmap(plan.vmap(trees.all_finite))(runs.params)
@@ -409,7 +386,7 @@ def _finish(plan: _Plan, state: TrainState, loss_sum, metric_sum, count) -> RunO
     if plan.has_denominator:
         # the last step's median lr / denominator over the parameters it moved, for a run that kept
         # that step (its diverged_step, before the final-parameters check above, is still -1)
-        effective_lr = jnp.where(state.runs.diverged_step < 0, plan.vmap(plan.vmap(
+        effective_lr = jnp.where(kept_last_step, plan.vmap(plan.vmap(
             functools.partial(_effective_lr, plan)))(runs.opt_state, runs.moving), jnp.nan)
         eps_dominated = runs.eps_dom_last
         eps_dominated_mean = runs.eps_dom_sum / runs.eps_dom_steps
