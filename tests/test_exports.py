@@ -14,6 +14,7 @@ import pytest
 from epsweep.engine import exports
 from epsweep.engine.layout import swap_kernels as _swap_kernels
 from epsweep.engine.spec import TrainSpec
+from epsweep.tasks.own import flax_task
 
 SPEC = TrainSpec(steps=4, batch_size=8, curve_points=2)
 LOOPED = set(exports.PROGRAMS) - {"measure"}  # measure: loop-free programs only
@@ -35,17 +36,31 @@ def test_stored_programs_read_back_as_exported(mlp_task, export_folder):
         assert again[name].mlir_module() == fresh[name].mlir_module(), name
 
 
-def test_evaluate_and_finish_take_only_the_state_they_read(mlp_task, export_folder):
-    """XLA compiles for every array a program takes: evaluate takes the weights and model state,
-    finish all of the runs but their model state, neither the epoch order (the rest: the two
-    running sums, the batch and its mask, or the example count)."""
-    programs, _ = exports.load_or_export(mlp_task, SPEC, jax.devices()[:1], 2)
-    state = jax.tree.unflatten(programs["init"].out_tree, programs["init"].out_avals)
-    weights = len(jax.tree.leaves((state.runs.params, state.runs.model_state)))
-    assert 0 < weights < len(jax.tree.leaves(state.runs))
-    assert len(programs["evaluate"].in_avals) == weights + 5
-    unread = len(jax.tree.leaves(state.runs.model_state))
-    assert len(programs["finish"].in_avals) == len(jax.tree.leaves(state.runs)) - unread + 3
+def test_evaluate_finish_and_measure_take_only_the_state_they_read(mlp_task, export_folder):
+    """The compiled program has a parameter for every array it takes, read or not: evaluate
+    takes the weights and model state, finish all of the runs but their model state, measure
+    the optimizer state, the moving mask, the divergence step and the diagnostics' three
+    values; none the epoch order. (The rest: the running sums, the batch and its mask, the
+    example count.) A model with BatchNorm statistics, driven loop-free to have a measure."""
+    import flax.linen as nn
+
+    class Net(nn.Module):
+        @nn.compact
+        def __call__(self, x, train: bool = False):
+            x = nn.Dense(8)(x.reshape(len(x), -1))
+            return nn.Dense(10)(nn.relu(nn.BatchNorm(use_running_average=not train)(x)))
+
+    task = dataclasses.replace(flax_task(Net(), mlp_task.data), loop_free_on_cpu=True)
+    programs, _ = exports.load_or_export(task, SPEC, jax.devices()[:1], 2)
+    runs = jax.tree.unflatten(programs["init"].out_tree, programs["init"].out_avals).runs
+
+    def count(*trees):
+        return len(jax.tree.leaves(trees))
+
+    assert count(runs.model_state) > 0
+    assert len(programs["evaluate"].in_avals) == count(runs.params, runs.model_state) + 5
+    assert len(programs["finish"].in_avals) == count(runs) - count(runs.model_state) + 3
+    assert len(programs["measure"].in_avals) == count(runs.opt_state, runs.moving) + 4
 
 
 def test_a_stored_program_is_keyed_by_the_code_that_traced_it(mlp_task, monkeypatch):

@@ -39,9 +39,10 @@ _READS = {
 
 def program_input(program: str, state: TrainState) -> Carry:
     """What ``program`` ("evaluate", "finish" or "measure") is called with: the runs of ``state``
-    with the fields it does not read set to None. XLA compiles for every array a program takes,
-    read or not: Inception-v3's evaluate compiled in about 2.1 s alone instead of 3.0 s taking
-    the whole state, and finish in 3.1 s instead of 3.7 s (docs/performance.md, sixteenth stop).
+    with the fields it does not read set to None. ``jax.export`` leaves the unread arrays out of
+    its module, but the jit that compiles the exported call (:mod:`.compiled`) keeps a parameter
+    for each: Inception-v3's evaluate compiled in about 2.1 s alone instead of 3.0 s taking the
+    whole state, and finish in 3.1 s instead of 3.7 s (docs/performance.md, sixteenth stop).
     The numbers are the same."""
     keep = _READS[program]
     return Carry(*(getattr(state.runs, field) if field in keep else None for field in Carry._fields))
