@@ -157,9 +157,9 @@ def train_runs(
                 if reached is not None:  # wait for the previous segment while this one runs
                     report(item, int(reached))
                 reached = done
-        sums = (zeros, zeros)
+        sums, evaluated = (zeros, zeros), program_input("evaluate", state)
         for batch in val_batches:
-            sums = programs.evaluate(program_input("evaluate", state), *sums, *batch)
+            sums = programs.evaluate(evaluated, *sums, *batch)
         out = programs.finish(program_input("finish", state), *sums, val_count)
         if pending is not None:
             collect(*pending)

@@ -161,7 +161,7 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
 
         def init_config(hc):
             return Carry(params, model_state, plan.optimizer(hc).init(params), jnp.int32(-1), jnp.zeros(points),
-                          jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), moving)
+                         jnp.float32(0), jnp.int32(0), jnp.float32(jnp.nan), moving)
 
         return plan.vmap(init_config)(h)
 
@@ -211,7 +211,7 @@ def _train_step(plan: _Plan, carry: Carry, hc, xb, yb, rng, t) -> tuple[Carry, A
     if plan.measured_by_host:  # per array: a flat copy cost every step
         moving = moving_parameters(grads, plan.trainable)
     return Carry(params, model_state, opt_state, diverged_step, curve_sum, carry.eps_dom_sum, carry.eps_dom_steps,
-                  carry.eps_dom_last, moving), grads
+                 carry.eps_dom_last, moving), grads
 
 
 def _measured_after(plan: _Plan, carry: Carry, moving, flat: bool) -> Carry:
