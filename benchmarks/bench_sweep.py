@@ -27,6 +27,11 @@ matmul peak is the best of a jitted 2048 x 2048 float32 matmul in JAX.
     python benchmarks/bench_sweep.py                   # table on stdout
     python benchmarks/bench_sweep.py --json            # one JSON object on stdout
     python benchmarks/bench_sweep.py --grids 1 16 --skip keras
+    python benchmarks/bench_sweep.py --repeat 3         # medians of three runs of each
+
+With --repeat N, every end-to-end contender runs N times (fresh processes, and for epsweep
+fresh caches; the contenders of a grid interleaved) and each row is its median run, with the
+other runs' wall times beside it; the jax loop's steady time is the median over its processes.
 
 A contender whose framework is not installed is skipped with a message. Loops that would take
 longer than --subset-above settings are timed on --subset settings and extrapolated linearly
@@ -329,47 +334,53 @@ def measure(args) -> dict:
             _log(f"skipping the {name} loop: {module} is not installed")
             skip.add(name)
     for grid in args.grids:
-        cache = work / f"cache-{grid}"
-        env = {"EPSWEEP_COMPILE_CACHE": str(cache)}
-        for label, shift in (("epsweep cold", 0), ("epsweep warm", 1)):
-            cmd = [*prefix, "grid", "--eps", eps_token(grid, shift), "--steps", str(STEPS), "--batch-size",
-                   str(BATCH), "-f", "json", "-q"]
-            r = run_process(cmd, env)
-            _check(r, label)
-            meta = json.loads(r["stdout"])["meta"]
-            report["rows"].append({"grid": grid, "contender": label, "wall_s": r["wall_s"],
-                                   "peak_rss_mib": r["peak_rss_mib"], "compilations": meta["compilations"],
-                                   "compile_s": meta.get("compile_time_s"), "devices": len(meta["devices"]),
-                                   "settings_timed": grid, "extrapolated": False,
-                                   "command": " ".join(cmd[len(prefix):])})
-            _log(f"G={grid} {label}: {r['wall_s']:.2f} s ({meta['compilations']} compilations)")
-        loops = [("jax loop", "jax", {}), ("torch loop", "torch", {}),
-                 ("keras loop", "keras", {"KERAS_BACKEND": args.keras_backend})]
-        for label, name, extra_env in loops:
-            if name in skip:
-                continue
-            settings = grid if grid <= args.subset_above else args.subset
-            if name == "jax":
-                settings = grid  # fast enough to run in full
-            r = run_process(_worker_cmd(name, grid, settings, data_path), extra_env)
-            _check(r, label)
-            w = _last_json(r["stdout"])
-            startup = r["wall_s"] - w["loop_s"]
-            wall = startup + w["loop_s"] * grid / settings
-            row = {"grid": grid, "contender": label, "wall_s": wall, "peak_rss_mib": r["peak_rss_mib"],
-                   "compilations": w.get("compilations"), "compile_s": w.get("compile_s"),
-                   "settings_timed": settings, "extrapolated": settings < grid,
-                   "measured_wall_s": r["wall_s"], "startup_s": startup}
-            if name == "keras":
-                row["backend"] = w["backend"]
-            if name == "torch":
-                row["threads"] = w["threads"]
-            report["rows"].append(row)
-            note = f" (measured {settings} settings in {r['wall_s']:.1f} s, extrapolated)" if settings < grid else ""
-            _log(f"G={grid} {label}: {wall:.2f} s{note}")
-            if name == "jax" and w.get("steady_per_setting_s") is not None:
-                report["steady"].append({"grid": grid, "contender": "jax loop",
-                                         "train_s": w["steady_per_setting_s"] * grid})
+        runs: dict[str, list[dict]] = {}  # contender -> one row per attempt
+        loop_steady: list[float] = []
+        for attempt in range(args.repeat):  # contenders interleaved: the machine's drift spreads over all
+            cache = work / f"cache-{grid}-{attempt}"
+            env = {"EPSWEEP_COMPILE_CACHE": str(cache)}
+            for label, shift in (("epsweep cold", 0), ("epsweep warm", 1)):
+                cmd = [*prefix, "grid", "--eps", eps_token(grid, shift), "--steps", str(STEPS), "--batch-size",
+                       str(BATCH), "-f", "json", "-q"]
+                r = run_process(cmd, env)
+                _check(r, label)
+                meta = json.loads(r["stdout"])["meta"]
+                runs.setdefault(label, []).append({
+                    "grid": grid, "contender": label, "wall_s": r["wall_s"], "peak_rss_mib": r["peak_rss_mib"],
+                    "compilations": meta["compilations"], "compile_s": meta.get("compile_time_s"),
+                    "devices": len(meta["devices"]), "settings_timed": grid, "extrapolated": False,
+                    "command": " ".join(cmd[len(prefix):])})
+                _log(f"G={grid} {label}: {r['wall_s']:.2f} s ({meta['compilations']} compilations)")
+            loops = [("jax loop", "jax", {}), ("torch loop", "torch", {}),
+                     ("keras loop", "keras", {"KERAS_BACKEND": args.keras_backend})]
+            for label, name, extra_env in loops:
+                if name in skip:
+                    continue
+                settings = grid if grid <= args.subset_above else args.subset
+                if name == "jax":
+                    settings = grid  # fast enough to run in full
+                r = run_process(_worker_cmd(name, grid, settings, data_path), extra_env)
+                _check(r, label)
+                w = _last_json(r["stdout"])
+                startup = r["wall_s"] - w["loop_s"]
+                wall = startup + w["loop_s"] * grid / settings
+                row = {"grid": grid, "contender": label, "wall_s": wall, "peak_rss_mib": r["peak_rss_mib"],
+                       "compilations": w.get("compilations"), "compile_s": w.get("compile_s"),
+                       "settings_timed": settings, "extrapolated": settings < grid,
+                       "measured_wall_s": r["wall_s"], "startup_s": startup}
+                if name == "keras":
+                    row["backend"] = w["backend"]
+                if name == "torch":
+                    row["threads"] = w["threads"]
+                runs.setdefault(label, []).append(row)
+                note = f" (measured {settings} settings in {r['wall_s']:.1f} s, extrapolated)"
+                _log(f"G={grid} {label}: {wall:.2f} s{note if settings < grid else ''}")
+                if name == "jax" and w.get("steady_per_setting_s") is not None:
+                    loop_steady.append(w["steady_per_setting_s"])
+        report["rows"] += [median_run(attempts) for attempts in runs.values()]
+        if loop_steady:
+            report["steady"].append({"grid": grid, "contender": "jax loop",
+                                     "train_s": statistics.median(loop_steady) * grid})
         r = run_process(_worker_cmd("epsweep-steady", grid, grid, data_path))
         _check(r, "epsweep steady")
         w = _last_json(r["stdout"])
@@ -379,6 +390,14 @@ def measure(args) -> dict:
     report["load_after"] = os.getloadavg()
     shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def median_run(attempts: list[dict]) -> dict:
+    """The attempt with the median wall time (the lower of the middle two for an even count),
+    with every attempt's wall time in run order: one process start of a few seconds moves by
+    10-30% on a shared 2-core machine, and a ratio of two such starts by more."""
+    row = sorted(attempts, key=lambda a: a["wall_s"])[(len(attempts) - 1) // 2]
+    return {**row, "attempts": len(attempts), "wall_s_attempts": [a["wall_s"] for a in attempts]}
 
 
 def _check(result: dict, label: str) -> None:
@@ -488,6 +507,9 @@ def table(report: dict) -> str:
             note.append(f"backend {r['backend']}")
         if r.get("devices"):
             note.append(f"{r['devices']} device(s)")
+        if r.get("attempts", 1) > 1:
+            walls = r["wall_s_attempts"]
+            note.append(f"median of {r['attempts']} runs, {min(walls):.2f}-{max(walls):.2f} s")
         compiles = "-" if r.get("compilations") is None else str(r["compilations"])
         compile_s = "-" if r.get("compile_s") is None else f"{r['compile_s']:.2f}"
         lines.append(f"{r['grid']:>5} {r['contender']:<13} {r['wall_s']:>9.2f} {r['setting_steps_per_s']:>12,.0f} "
@@ -523,12 +545,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--subset-above", type=int, default=64,
                         help="torch/keras loops over more settings than this are timed on --subset and extrapolated")
     parser.add_argument("--subset", type=int, default=16, help="settings timed when extrapolating")
+    parser.add_argument("--repeat", type=int, default=1,
+                        help="run every end-to-end contender this many times (fresh processes and caches, "
+                             "interleaved) and report the median run")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--grid", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--settings", type=int, default=1, help=argparse.SUPPRESS)
     parser.add_argument("--data", type=Path, help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
     if args.worker:
         WORKERS[args.worker](args)
         return
