@@ -30,8 +30,9 @@ matmul peak is the best of a jitted 2048 x 2048 float32 matmul in JAX.
     python benchmarks/bench_sweep.py --repeat 3         # medians of three runs of each
 
 With --repeat N, every end-to-end contender runs N times (fresh processes, and for epsweep
-fresh caches; the contenders of a grid interleaved) and each row is its median run, with the
-other runs' wall times beside it; the jax loop's steady time is the median over its processes.
+fresh caches; the contenders of a grid interleaved, in a fixed order) and each row is its
+median run (the lower middle one for an even N), with every run's wall time beside it; the two
+steady-state figures are likewise the median over N processes each.
 
 A contender whose framework is not installed is skipped with a message. Loops that would take
 longer than --subset-above settings are timed on --subset settings and extrapolated linearly
@@ -378,15 +379,20 @@ def measure(args) -> dict:
                 if name == "jax" and w.get("steady_per_setting_s") is not None:
                     loop_steady.append(w["steady_per_setting_s"])
         report["rows"] += [median_run(attempts) for attempts in runs.values()]
-        if loop_steady:
+        if loop_steady:  # the lower middle, as median_run takes
             report["steady"].append({"grid": grid, "contender": "jax loop",
-                                     "train_s": statistics.median(loop_steady) * grid})
-        r = run_process(_worker_cmd("epsweep-steady", grid, grid, data_path))
-        _check(r, "epsweep steady")
-        w = _last_json(r["stdout"])
+                                     "train_s": statistics.median_low(loop_steady) * grid,
+                                     "train_s_attempts": [t * grid for t in loop_steady]})
+        steady = []
+        for _ in range(args.repeat):  # as often as the jax loop's, which it is compared with
+            r = run_process(_worker_cmd("epsweep-steady", grid, grid, data_path))
+            _check(r, "epsweep steady")
+            steady.append(_last_json(r["stdout"]))
+            _log(f"G={grid} epsweep steady state: {steady[-1]['loop_s']:.3f} s")
+        w = sorted(steady, key=lambda a: a["loop_s"])[(len(steady) - 1) // 2]
         report["steady"].append({"grid": grid, "contender": "epsweep", "train_s": w["loop_s"],
-                                 "compilations": w["compilations"], "devices": w["devices"]})
-        _log(f"G={grid} epsweep steady state: {w['loop_s']:.3f} s")
+                                 "compilations": w["compilations"], "devices": w["devices"],
+                                 "train_s_attempts": [a["loop_s"] for a in steady]})
     report["load_after"] = os.getloadavg()
     shutil.rmtree(work, ignore_errors=True)
     return report
@@ -546,8 +552,8 @@ def main(argv: list[str] | None = None) -> None:
                         help="torch/keras loops over more settings than this are timed on --subset and extrapolated")
     parser.add_argument("--subset", type=int, default=16, help="settings timed when extrapolating")
     parser.add_argument("--repeat", type=int, default=1,
-                        help="run every end-to-end contender this many times (fresh processes and caches, "
-                             "interleaved) and report the median run")
+                        help="run every contender this many times (fresh processes, epsweep with fresh "
+                             "caches, interleaved) and report the median run (the lower middle for even N)")
     parser.add_argument("--output", type=Path, help="also write the JSON report to this file")
     parser.add_argument("--worker", choices=sorted(WORKERS), help=argparse.SUPPRESS)
     parser.add_argument("--grid", type=int, default=1, help=argparse.SUPPRESS)
