@@ -9,7 +9,8 @@ minibatch also turns the first layer of every setting into one wide matrix produ
 
 - ``init``: initial weights per seed, optimizer states per setting, the first epoch's
   minibatch order;
-- ``train``: steps ``t0 .. t1 - 1`` of every run at once (its state donated and returned);
+- ``train``: steps ``t0 .. t1 - 1`` of every run at once (its state donated, except
+  loop-free, and returned);
 - ``evaluate``: one validation batch, added to running sums;
 - ``finish``: validation loss and metric, the loss curve and the diagnostics (the effective
   lr's median among them, from the final state and the last step's moving parameters);
