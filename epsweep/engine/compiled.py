@@ -147,12 +147,13 @@ def _loop_free(task: Task, devices: Sequence[jax.Device]) -> bool:
     return task.loop_free_on_cpu and devices[0].platform == "cpu"
 
 
-def _train_donates(loop_free: bool) -> tuple[int, ...]:
-    """The arguments ``train`` donates: its state, which it returns updated, except loop-free.
-    There XLA's copy insertion, to update the donated arrays in place while their old values
-    are still read, copied inputs every step (Inception-v3 at 75 x 75: 268 copies, 87 MB a step)
-    and a step took 307-326 ms instead of 250-261 ms, the same numbers to the bit; the new state
-    then lies beside the old during a call, which the memory estimate counts anyway."""
+def _train_donate_argnums(loop_free: bool) -> tuple[int, ...]:
+    """The arguments ``train`` donates: its state (argument 0), which it returns updated, except
+    loop-free (one step per call). Donated there, the state made XLA's copy insertion copy the
+    inputs it updates in place while their old values are still read: Inception-v3 at 75 x 75
+    copied 268 arrays (87 MB) a step, and a step took 300-326 ms instead of 250-261 ms, with the
+    same numbers to the bit. Not donated, the new state lies beside the old during a call (XLA:
+    81 MiB more a device), which the memory estimate counts anyway."""
     return () if loop_free else (0,)
 
 
@@ -173,7 +174,7 @@ def sharded_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device])
     programs = {
         "init": jax.jit(sharded(init, (config, P(), P()), state)),
         "train": jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())),
-                         donate_argnums=_train_donates(loop_free)),
+                         donate_argnums=_train_donate_argnums(loop_free)),
         "evaluate": jax.jit(sharded(evaluate, (runs, runs, runs, P(), P(), P()), (runs, runs))),
         "finish": jax.jit(sharded(finish, (runs, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
     }
@@ -211,7 +212,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         G = 256 run, 5.54-5.59 s against 5.27-5.37 s when each is lowered before the next traces)."""
         init_options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
         options = {**xla_options.cpu_options(devices), **(init_options or {})}
-        donate = _train_donates(_loop_free(task, devices)) if name == "train" else ()
+        donate = _train_donate_argnums(_loop_free(task, devices)) if name == "train" else ()
         call = _named(program.call, name)
         jitted = jax.jit(call, compiler_options=options or None, donate_argnums=donate)
         # should XLA refuse our options: its defaults

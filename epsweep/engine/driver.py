@@ -160,6 +160,7 @@ def train_runs(
         sums, evaluated = (zeros, zeros), program_input("evaluate", state)
         for batch in val_batches:
             sums = programs.evaluate(evaluated, *sums, *batch)
+        del evaluated  # the chunk's weights: not kept through the next chunk's steps
         out = programs.finish(program_input("finish", state), *sums, val_count)
         if pending is not None:
             collect(*pending)
