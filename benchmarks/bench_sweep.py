@@ -379,9 +379,9 @@ def measure(args) -> dict:
                 if name == "jax" and w.get("steady_per_setting_s") is not None:
                     loop_steady.append(w["steady_per_setting_s"])
         report["rows"] += [median_run(attempts) for attempts in runs.values()]
-        if loop_steady:  # the lower middle, as median_run takes
+        if loop_steady:
             report["steady"].append({"grid": grid, "contender": "jax loop",
-                                     "train_s": statistics.median_low(loop_steady) * grid,
+                                     "train_s": lower_median(loop_steady) * grid,
                                      "train_s_attempts": [t * grid for t in loop_steady]})
         steady = []
         for _ in range(args.repeat):  # as often as the jax loop's, which it is compared with
@@ -389,7 +389,7 @@ def measure(args) -> dict:
             _check(r, "epsweep steady")
             steady.append(_last_json(r["stdout"]))
             _log(f"G={grid} epsweep steady state: {steady[-1]['loop_s']:.3f} s")
-        w = sorted(steady, key=lambda a: a["loop_s"])[(len(steady) - 1) // 2]
+        w = lower_median(steady, key=lambda a: a["loop_s"])
         report["steady"].append({"grid": grid, "contender": "epsweep", "train_s": w["loop_s"],
                                  "compilations": w["compilations"], "devices": w["devices"],
                                  "train_s_attempts": [a["loop_s"] for a in steady]})
@@ -402,8 +402,14 @@ def median_run(attempts: list[dict]) -> dict:
     """The attempt with the median wall time (the lower of the middle two for an even count),
     with every attempt's wall time in run order: one process start of a few seconds moves by
     10-30% on a shared 2-core machine, and a ratio of two such starts by more."""
-    row = sorted(attempts, key=lambda a: a["wall_s"])[(len(attempts) - 1) // 2]
+    row = lower_median(attempts, key=lambda a: a["wall_s"])
     return {**row, "attempts": len(attempts), "wall_s_attempts": [a["wall_s"] for a in attempts]}
+
+
+def lower_median(items: list, key=None):
+    """The median item by ``key`` (the lower of the middle two for an even count): always one
+    of the items, so a row keeps the figures of the run it came from."""
+    return sorted(items, key=key)[(len(items) - 1) // 2]
 
 
 def _check(result: dict, label: str) -> None:
