@@ -181,4 +181,18 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
         with caplog.at_level(logging.WARNING, logger="epsweep"):
             assert memory.check_fits(one_each, devices, 1, programs, 1000, names) is expected, (budget, names)
     assert "while its finish program runs" in caplog.records[-1].getMessage()
-    assert not memory.check_fits(one_each, devices, 2, programs, 1000, rest)  # not one setting per device
+    # a chunk size the user chose is not estimated either: checked the same way, for its settings per device
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="epsweep"):
+        assert memory.check_fits(one_each, devices, 2, programs, 1000, rest)
+    assert "2 settings per device need about" in caplog.records[-1].getMessage()
+    chosen = build_task("quadratic")
+    h2 = {name: np.repeat(values, 2) for name, values in h.items()}
+    for budget in (10 * 1024**3, 1):
+        monkeypatch.setattr(memory, "device_budget", lambda device, budget=budget: budget)
+        caplog.clear()
+        with caplog.at_level(logging.WARNING, logger="epsweep"):
+            driver.train_runs(chosen, spec, h2, np.array([0]), devices=devices, chunk_size=2)
+        warned[budget] = [r.getMessage() for r in caplog.records]
+    assert warned[10 * 1024**3] == []
+    assert len(warned[1]) == 1 and warned[1][0].startswith("2 settings per device need about"), warned

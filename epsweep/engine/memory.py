@@ -266,17 +266,17 @@ def _checked_budget(est: Estimate, devices: Sequence[jax.Device]) -> int:
 
 def check_fits(task: Any, devices: Sequence[jax.Device], width: int, programs: Any, resident_bytes: int,
                names: Sequence[str]) -> bool:
-    """Warn when one setting of a task trained one per device (``width`` settings a call, and
-    :func:`plan_width` did not estimate its memory) needs more than a device's budget while one
-    of the programs ``names`` runs, by XLA's own buffer assignment: what stays on the device
+    """Warn when a call of ``width`` settings needs more than a device's budget while one of
+    the programs ``names`` runs, by XLA's own buffer assignment: what stays on the device
     between calls (the training state, ``init``'s outputs, and ``resident_bytes`` of data and
     constants) plus the program's temporaries and outputs less the donated inputs they reuse
     (for ``init``, a new state beside the last chunk's). Returns whether it warned. The driver
     checks ``init`` just before its first call (which waits for that compilation anyway) and
-    the others once it is dispatched, before the first step. Tracing the model again for
-    :func:`estimate` instead cost 2.7-10 s of one core while Inception-v3's programs compiled."""
-    if not (_one_per_device(task, devices) and width == len(devices)):
-        return False
+    the others once it is dispatched, before the first step. This is the only check of a width
+    :func:`plan_width` did not estimate: one setting per device (tracing the model again for
+    :func:`estimate` cost 2.7-10 s of one core while Inception-v3's programs compiled), or a
+    chunk size the user chose. A width planned by the estimate passes it (the estimate is
+    1-4x XLA's figure)."""
     init = programs.init.memory_stats()
     stats = {name: getattr(programs, name).memory_stats() for name in names if getattr(programs, name) is not None}
     stats = {name: m for name, m in stats.items() if m is not None}
@@ -288,9 +288,16 @@ def check_fits(task: Any, devices: Sequence[jax.Device], width: int, programs: A
     budget = min(device_budget(d) for d in devices)
     if need <= budget:
         return False
-    log.warning("one setting needs about %s per device while its %s program runs (XLA's figure, with the "
-                "training state and the data), more than the %s planned per device; training one setting per "
-                "device anyway", _size(need), name, _size(budget))
+    per_device = max(1, width // len(devices))
+    if _one_per_device(task, devices) and per_device == 1:
+        log.warning("one setting needs about %s per device while its %s program runs (XLA's figure, with the "
+                    "training state and the data), more than the %s planned per device; training one setting per "
+                    "device anyway", _size(need), name, _size(budget))
+    else:
+        log.warning("%d setting%s per device need%s about %s per device while the %s program runs (XLA's figure, "
+                    "with the training state and the data), more than the %s planned per device; training them "
+                    "anyway (a smaller chunk size trains fewer at once)", per_device, "" if per_device == 1 else "s",
+                    "s" if per_device == 1 else "", _size(need), name, _size(budget))
     return True
 
 
