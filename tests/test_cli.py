@@ -196,3 +196,17 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
         warned[budget] = [r.getMessage() for r in caplog.records]
     assert warned[10 * 1024**3] == []
     assert len(warned[1]) == 1 and warned[1][0].startswith("2 settings per device need about"), warned
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="epsweep"):  # one setting a device: no advice to lower it
+        driver.train_runs(chosen, spec, h, np.array([0]), devices=devices, chunk_size=1)
+    assert [r.getMessage()[:36] for r in caplog.records] == ["one setting needs about 0 MiB per de"]
+    # a width the estimate planned passes: the MLP, the budget of exactly its 4 settings by the estimate
+    monkeypatch.undo()
+    mlp, mlp_spec = build_task("mlp"), TrainSpec(steps=2, batch_size=32)
+    est = memory.estimate(mlp, mlp_spec)
+    monkeypatch.setattr(memory, "device_budget", lambda device: est.fixed + 4 * est.per_config)
+    assert memory.plan_width(mlp, mlp_spec, devices) == 4
+    caplog.clear()
+    with caplog.at_level(logging.WARNING, logger="epsweep"):
+        driver.train_runs(mlp, mlp_spec, {k: np.repeat(v, 4) for k, v in h.items()}, np.array([0]), devices=devices)
+    assert caplog.records == []

@@ -218,7 +218,8 @@ def plan_width(task: Any, spec: Any, devices: Sequence[jax.Device], chunk_size: 
     """Settings per compiled call (a multiple of the device count), the same for every sweep
     of this task and spec on these devices, whatever the grid's size.
 
-    ``chunk_size``, when given, is rounded up to that multiple. Otherwise each device gets as
+    ``chunk_size``, when given, is rounded up to that multiple (not estimated: :func:`check_fits`
+    compares it with XLA's figures once compiled). Otherwise each device gets as
     many settings as fit its memory budget (:func:`device_budget`, by :func:`estimate`) and,
     on CPU, no more than keep CACHE_STATE_COPIES copies of their training state within the
     cache of the cores the device runs on (:func:`cache_bytes_per_core`: L2 and its share of
@@ -272,11 +273,13 @@ def check_fits(task: Any, devices: Sequence[jax.Device], width: int, programs: A
     constants) plus the program's temporaries and outputs less the donated inputs they reuse
     (for ``init``, a new state beside the last chunk's). Returns whether it warned. The driver
     checks ``init`` just before its first call (which waits for that compilation anyway) and
-    the others once it is dispatched, before the first step. This is the only check of a width
-    :func:`plan_width` did not estimate: one setting per device (tracing the model again for
-    :func:`estimate` cost 2.7-10 s of one core while Inception-v3's programs compiled), or a
-    chunk size the user chose. A width planned by the estimate passes it (the estimate is
-    1-4x XLA's figure)."""
+    the others once it is dispatched, before the first step. Every width is checked; this is
+    the only check of one :func:`plan_width` did not estimate: one setting per device (tracing
+    the model again for :func:`estimate` cost 2.7-10 s of one core while Inception-v3's
+    programs compiled), a chunk size the user chose, or the width a resumed run reuses. A
+    width planned by the estimate usually passes: the estimate covers what each setting adds
+    (1-4x XLA's figure for the MLP and the cnn), not temporaries that do not grow with the
+    width, such as ``init``'s random draws."""
     init = programs.init.memory_stats()
     stats = {name: getattr(programs, name).memory_stats() for name in names if getattr(programs, name) is not None}
     stats = {name: m for name, m in stats.items() if m is not None}
@@ -289,15 +292,14 @@ def check_fits(task: Any, devices: Sequence[jax.Device], width: int, programs: A
     if need <= budget:
         return False
     per_device = max(1, width // len(devices))
-    if _one_per_device(task, devices) and per_device == 1:
+    if per_device == 1:
         log.warning("one setting needs about %s per device while its %s program runs (XLA's figure, with the "
                     "training state and the data), more than the %s planned per device; training one setting per "
                     "device anyway", _size(need), name, _size(budget))
     else:
-        log.warning("%d setting%s per device need%s about %s per device while the %s program runs (XLA's figure, "
+        log.warning("%d settings per device need about %s per device while the %s program runs (XLA's figure, "
                     "with the training state and the data), more than the %s planned per device; training them "
-                    "anyway (a smaller chunk size trains fewer at once)", per_device, "" if per_device == 1 else "s",
-                    "s" if per_device == 1 else "", _size(need), name, _size(budget))
+                    "anyway (a smaller chunk size trains fewer at once)", per_device, _size(need), name, _size(budget))
     return True
 
 
