@@ -63,13 +63,17 @@ def _not_partitionable(key):  # the older Threefry scheme, chosen inside the fun
         return jax.random.normal(jax.random.fold_in(key, 1), (5,)), jax.jit(lambda k: jax.random.uniform(k, (2,)))(key)
 
 
+def _many_sizes(key):  # segments of every size, empty ones too, in a count that is not a power of two
+    return [jax.random.uniform(jax.random.fold_in(key, n), (n,)) for n in (0, 1, 2, 0, 3, 5, 8, 1, 13, 0, 21)]
+
+
 def _nothing_random(key):
     return jnp.arange(3.0) * 2, key
 
 
 CASES = {"flax conv net (BatchNorm, Dropout)": _flax, "key from a draw": _tainted, "split, vmap": _split_and_vmap,
          "8, 16 bits, bernoulli, permutation": _widths, "draws in a scan": _in_a_loop, "raw uint32 keys": _raw_keys,
-         "rbg keys": _rbg, "not partitionable": _not_partitionable,
+         "rbg keys": _rbg, "not partitionable": _not_partitionable, "sizes 0 to 21": _many_sizes,
          "no draws": _nothing_random}
 
 
