@@ -387,15 +387,17 @@ def test_engine_diagnostics_match_a_numpy_run(quadratic_task, optimizer, eps, lr
     assert diverged["diverged"] and diverged["eps_dominated"] is None and diverged["effective_lr"] is None
 
 
-@pytest.mark.parametrize("loop_free, several_calls", [(False, False), (False, True), (True, False)])
-def test_engine_diagnostics_count_only_parameters_that_move(loop_free, several_calls):
+@pytest.mark.parametrize("loop_free, several_calls, one_per_device",
+                         [(False, False, False), (False, True, False), (True, False, False), (True, False, True)])
+def test_engine_diagnostics_count_only_parameters_that_move(loop_free, several_calls, one_per_device):
     """Which parameters the eps diagnostics count: those that train and whose gradient at that
     step is not zero. f = 3x + c . k[0] + |y|^2 + relu(w): x and the first row of the dense
     kernel k train (the looping program keeps kernels transposed); the four y are frozen
     (their gradient is not zero, their statistic grows); k's second row and z train with a
     zero gradient; w moves until it crosses 0, then its gradient is 0. Counting any of these
     wrongly moves the share or the median effective lr, which ``finish`` takes from the final
-    state and the last step's moving parameters: after one call or one per step."""
+    state and the last step's moving parameters: after one call or one per step (loop-free,
+    vmapped over several settings a device, or one a device: every program a plain call)."""
     from epsweep.engine.compiled import compiled_programs
     from epsweep.engine.driver import train_runs
     from epsweep.engine.spec import TrainSpec
@@ -412,6 +414,7 @@ def test_engine_diagnostics_count_only_parameters_that_move(loop_free, several_c
                 + jax.nn.relu(params["w"])), state
 
     task = Task("moving", init, loss, None, None, metric_name=None, loop_free_on_cpu=loop_free,
+                settings_per_cpu_device=1 if one_per_device else None,
                 trainable=lambda params: {"x": True, "k": {"kernel": True}, "y": False, "z": True, "w": True})
     steps, lr, decay = 40, 0.5, 0.9
     spec = TrainSpec(steps=steps, batch_size=1, curve_points=4)

@@ -180,8 +180,8 @@ def test_loop_free_programs_train_like_the_looped_one(mlp_task):
 
 @pytest.mark.parametrize("size", [1, 3])
 def test_the_loop_free_programs_mapping_equals_vmap(size):
-    """Over axes of size 1 the loop-free init, evaluate and finish call the function unbatched
-    (it traces faster); any size, any prefix of axes, the result is vmap's."""
+    """Over axes of size 1 the loop-free programs (init, train, evaluate, finish, measure) call
+    the function unbatched (it traces faster); any size, any prefix of axes, the result is vmap's."""
     import jax.numpy as jnp
 
     from epsweep.engine.layout import vmap_or_call as _vmap_or_call

@@ -134,7 +134,7 @@ def loop_layout(loss, runs: Any, xb, yb) -> LoopLayout:
 def vmap_or_call(fun: Callable, in_axes: Any = 0, out_axes: Any = 0) -> Callable:
     """``jax.vmap(fun, in_axes, out_axes)`` (positional arguments); over axes of size 1, a plain
     call of ``fun`` on the arguments with those axes taken out, put back in its results (how the loop-free programs
-    map init, evaluate and finish: ``epsweep.engine.programs._Plan.vmap``)."""
+    map over seeds and settings: ``epsweep.engine.programs._Plan.vmap``)."""
     mapped = jax.vmap(fun, in_axes=in_axes, out_axes=out_axes)
 
     def per_leaf(axes, tree, f):
