@@ -151,6 +151,28 @@ def test_batchnorm_and_dropout_runs_are_independent_per_configuration(mlp_task):
     assert len({round(float(v), 6) for v in together.val_loss[0]}) == 3  # the statistics differ per run
 
 
+@pytest.mark.parametrize("name", ["toy", "quadratic"])  # data of its own, and none
+def test_loop_free_sgd_trains_like_the_looped_program(name):
+    """sgd measures no eps diagnostics: a loop-free step returns no gradient to measure. One
+    setting per device, every loop-free program is a plain call; the numbers must be the
+    looped program's."""
+    import dataclasses
+
+    from epsweep.tasks import build_task
+
+    task = build_task(name)
+    one_each = dataclasses.replace(task, loop_free_on_cpu=True, settings_per_cpu_device=1)
+    looped = dataclasses.replace(task, loop_free_on_cpu=False)
+    settings = TrainSpec(steps=6, batch_size=2, curve_points=3, optimizer="sgd")
+    if jax.devices()[0].platform == "cpu":
+        assert engine.compiled_programs(one_each, settings).loop_free
+    h = hparams([1e-8, 1.0], lr=[1e-2, 1e-1])
+    plain, loop = (train_runs(t, settings, h, np.array([0, 1])) for t in (one_each, looped))
+    for field in engine.RunOutputs._fields:
+        np.testing.assert_allclose(getattr(plain, field), getattr(loop, field), rtol=1e-5, atol=1e-6, err_msg=field)
+    assert np.all(np.isfinite(plain.final_loss)) and plain.final_loss[0, 0] != plain.final_loss[0, 1]  # lr differs
+
+
 def test_loop_free_programs_train_like_the_looped_one(mlp_task):
     """On CPU, convolutional tasks take one step per compiled call (XLA runs convolutions in
     loops slowly), their eps diagnostics measured by a program of their own after the sampled
