@@ -334,6 +334,9 @@ def measure(args) -> dict:
         if name not in skip and not _installed(module):
             _log(f"skipping the {name} loop: {module} is not installed")
             skip.add(name)
+    loops = [(label, name, env) for label, name, env in (
+        ("jax loop", "jax", {}), ("torch loop", "torch", {}),
+        ("keras loop", "keras", {"KERAS_BACKEND": args.keras_backend})) if name not in skip]
     for grid in args.grids:
         runs: dict[str, list[dict]] = {}  # contender -> one row per attempt
         loop_steady: list[float] = []
@@ -352,11 +355,7 @@ def measure(args) -> dict:
                     "devices": len(meta["devices"]), "settings_timed": grid, "extrapolated": False,
                     "command": " ".join(cmd[len(prefix):])})
                 _log(f"G={grid} {label}: {r['wall_s']:.2f} s ({meta['compilations']} compilations)")
-            loops = [("jax loop", "jax", {}), ("torch loop", "torch", {}),
-                     ("keras loop", "keras", {"KERAS_BACKEND": args.keras_backend})]
             for label, name, extra_env in loops:
-                if name in skip:
-                    continue
                 settings = grid if grid <= args.subset_above else args.subset
                 if name == "jax":
                     settings = grid  # fast enough to run in full

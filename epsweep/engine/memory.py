@@ -292,14 +292,13 @@ def check_fits(task: Any, devices: Sequence[jax.Device], width: int, programs: A
     if need <= budget:
         return False
     per_device = max(1, width // len(devices))
-    if per_device == 1:
-        log.warning("one setting needs about %s per device while its %s program runs (XLA's figure, with the "
-                    "training state and the data), more than the %s planned per device; training one setting per "
-                    "device anyway", _size(need), name, _size(budget))
-    else:
-        log.warning("%d settings per device need about %s per device while the %s program runs (XLA's figure, "
-                    "with the training state and the data), more than the %s planned per device; training them "
-                    "anyway (a smaller chunk size trains fewer at once)", per_device, _size(need), name, _size(budget))
+    one = per_device == 1
+    log.warning("%s about %s per device while %s %s program runs (XLA's figure, with the training state and the "
+                "data), more than the %s planned per device; %s",
+                "one setting needs" if one else f"{per_device} settings per device need", _size(need),
+                "its" if one else "the", name, _size(budget),
+                "training one setting per device anyway" if one
+                else "training them anyway (a smaller chunk size trains fewer at once)")
     return True
 
 

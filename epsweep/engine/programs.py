@@ -95,14 +95,11 @@ class _Plan:
     def vmap(self) -> Callable:
         """How the programs map over seeds and settings: loop-free, a plain call over axes of
         size 1 (the default: one seed and one setting per device and call), else ``jax.vmap``.
-        Unbatched traces faster: Inception-v3 at 75 x 75, init 1.5 s instead of 2.0 and
-        evaluate 0.6 instead of 1.1 (the same numbers; the Zen 5, fifth stop), train 3.6-3.7 s
-        instead of 5.5 and a cold run 3.9 s shorter on average over eight pairs (the EPYC family
-        25 model 17, eighteenth stop). ``train`` had kept ``jax.vmap`` while it donated its state,
-        when unbatched made its step slower (530 ms against 460 at the fifth stop); not donating,
-        241-245 ms against 248. Its numbers differ from the vmapped program's at float rounding,
-        so a loop-free setting's numbers depend on the width (default or a chunk size), not on
-        the grid (docs/performance.md)."""
+        Unbatched traces faster (Inception-v3's train: 3.6 s instead of 5.5, a cold run about
+        4 s shorter) and steps as fast now that train does not donate its state. ``train``'s
+        numbers differ from the vmapped program's at float rounding, so a loop-free setting's
+        numbers depend on the width (default or a chunk size), not on the grid
+        (docs/performance.md, fifth and eighteenth stops)."""
         return vmap_or_call if self.loop_free else jax.vmap
 
     @property
