@@ -247,13 +247,15 @@ def test_compile_cache_serves_a_rerun_with_new_values(tmp_path):
     assert sorted(p.name for p in cache.iterdir()) == entries  # --no-compile-cache wrote nothing
 
 
-def _cache_run(cache, *extra, tmp=None):
-    """The quadratic task through the executable with ``cache``: (stderr lines, meta)."""
+def _cache_run(cache, *extra, tmp=None, results=False):
+    """The quadratic task through the executable with ``cache``: (stderr lines, meta), and
+    with ``results`` the runs' rows too."""
     env = _env(EPSWEEP_COMPILE_CACHE=str(cache), **({"TMPDIR": str(tmp)} if tmp else {}))
     r = subprocess.run([EXE, "grid", "--task", "quadratic", "--steps", "3", "-f", "json", *extra],
                        capture_output=True, text=True, timeout=300, env=env)
     assert r.returncode == 0, r.stderr
-    return r.stderr.splitlines(), json.loads(r.stdout)["meta"]
+    out = json.loads(r.stdout)
+    return (r.stderr.splitlines(), out["meta"], *((out["results"],) if results else ()))
 
 
 def _unwritable_directory(tmp_path):
@@ -308,6 +310,25 @@ def test_a_corrupt_cache_entry_is_replaced_after_one_warning(tmp_path):
     err, third = _cache_run(cache)  # the programs compiled in their place were saved
     assert len(err) == 1 and err[0].startswith("trained 2 settings"), err
     assert third["compilations"] == 0 and third["compile_cache_loads"] == len(entries)
+
+
+def test_entries_swapped_between_programs_are_replaced_after_one_warning(tmp_path):
+    """An entry holding another program (files renamed or copied over each other) is not
+    loaded: JAX would fail on it with an AssertionError and a traceback. Both entries go,
+    once, with one warning; the run's numbers are those of a run from scratch."""
+    cache = tmp_path / "cache"
+    _, first, rows = _cache_run(cache, results=True)
+    (init,), (train,) = cache.glob("jit_epsweep_init-*-cache"), cache.glob("jit_epsweep_train-*-cache")
+    init_bytes = init.read_bytes()
+    init.write_bytes(train.read_bytes())
+    train.write_bytes(init_bytes)
+    err, second, again = _cache_run(cache, results=True)
+    assert again == rows
+    assert len(err) == 2 and err[0].startswith("epsweep: warning: compilation cache: an entry for jit_epsweep_"), err
+    assert "the entry holds the program jit_epsweep_" in err[0] and "removed 1 unreadable entry" in err[0], err
+    assert second["compilations"] == 2 and second["compile_cache_loads"] == first["compilations"] - 2
+    err, third = _cache_run(cache)
+    assert len(err) == 1 and third["compilations"] == 0, err
 
 
 @pytest.mark.parametrize("damage", ["decompresses, does not load", "a directory", "its access time a directory"])

@@ -5,7 +5,8 @@ A directory that cannot be written costs one warning, the first time, and runs w
 cache (JAX would warn twice per program, on every run, and may wait seconds on its lock file
 for each). An entry that cannot be read (a corrupt or truncated file) costs one warning; it is
 removed, so the program compiled in its place is saved and later runs load it (JAX would warn
-about it on every run, since it never replaces an entry that exists). The cache's size cap
+about it on every run, since it never replaces an entry that exists). An entry that holds another
+program (files renamed over each other) counts as unreadable. The cache's size cap
 uses ``filelock``, a dependency.
 """
 
@@ -23,6 +24,7 @@ import tempfile
 import threading
 import warnings
 from pathlib import Path
+from typing import Any
 
 import jax
 
@@ -201,13 +203,30 @@ def _record_failed_reads() -> None:
 
     def recording(cache_key: str, *args, **kwargs):  # noqa: ANN202 - JAX's own signature
         try:
-            return read(cache_key, *args, **kwargs)
+            executable, compile_time = read(cache_key, *args, **kwargs)
+            _check_program(cache_key, executable)
         except Exception:
             _failed_read.key = cache_key
             raise
+        return executable, compile_time
 
     recording.epsweep_records = True
     compilation_cache.get_executable_and_time = recording
+
+
+def _check_program(cache_key: str, executable: Any) -> None:
+    """Raise if ``executable``, read from the entry ``cache_key`` (JAX's ``<program>-<hash>``),
+    is not that program: an entry renamed or copied over another's, which JAX would load and
+    then fail on with an AssertionError. Raised inside JAX's read, this goes JAX's way for an
+    unreadable entry: a warning (one line, :class:`_CacheGuard`), the entry removed, the
+    program compiled and saved in its place."""
+    if executable is None:
+        return
+    expected = cache_key.rsplit("-", 1)[0]
+    modules = executable.hlo_modules()
+    found = modules[0].name if modules else None
+    if found != expected:
+        raise ValueError(f"the entry holds the program {found}, not {expected}")
 
 
 def _is_entry(path: Path) -> bool:
