@@ -389,8 +389,11 @@ def test_cache_directory_follows_the_environment(monkeypatch, tmp_path):
     assert runtime.default_cache_dir() == tmp_path / "epsweep" / "jax"
     monkeypatch.delenv("XDG_CACHE_HOME")
     assert runtime.default_cache_dir() == Path.home() / ".cache" / "epsweep" / "jax"
-    monkeypatch.setenv("EPSWEEP_COMPILE_CACHE", "off")
-    assert runtime.default_cache_dir() is None
+    for off in ("off", "0", "false", "No", "NONE", " none ", ""):
+        monkeypatch.setenv("EPSWEEP_COMPILE_CACHE", off)
+        assert runtime.default_cache_dir() is None, off
+    monkeypatch.setenv("EPSWEEP_COMPILE_CACHE", "./none")
+    assert runtime.default_cache_dir() == Path("none")
 
 
 def test_launcher_detection(monkeypatch):

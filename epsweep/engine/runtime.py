@@ -12,7 +12,7 @@ from epsweep.errors import UserError, param
 
 CACHE_ENV = "EPSWEEP_COMPILE_CACHE"
 CACHE_MAX_BYTES = 2 * 1024**3  # least recently used entries go beyond this
-_OFF = ("0", "off", "false", "no", "")
+_OFF = ("0", "off", "false", "no", "none", "")  # any case; a directory so named: ./none
 _ADDRESS = re.compile(r"^\[?[A-Za-z0-9_.:-]+\]?:(\d{1,9})$")
 DEFAULT_JOIN_TIMEOUT_S = 300  # JAX's own default for jax.distributed.initialize
 MAX_JOIN_TIMEOUT_S = 86_400
