@@ -223,8 +223,10 @@ def _check_program(cache_key: str, executable: Any) -> None:
     if executable is None:
         return
     expected = cache_key.rsplit("-", 1)[0]
-    modules = executable.hlo_modules()
-    found = modules[0].name if modules else None
+    try:
+        found = executable.hlo_modules()[0].name
+    except Exception:  # noqa: BLE001 - a backend that does not say: loaded unchecked, as JAX loads it
+        return
     if found != expected:
         raise ValueError(f"the entry holds the program {found}, not {expected}")
 
