@@ -49,6 +49,7 @@ def C(args: str, *messages: str, code: int = 2, stdin=None, stdout=None, env=Non
 
 
 G = "grid --task quadratic --steps 5"
+LONG = "x" * 300  # a file name longer than any file system takes
 
 CASES = [
     # bad numbers
@@ -216,10 +217,20 @@ CASES = [
     C("inception --label-smoothing inf", "--label-smoothing: inf must lie in [0, 1)"),
     C("grid --val-split inf", "--val-split: inf is out of range"),
     C("grid --val-split -inf", "--val-split: -inf is out of range"),
+    # names the system cannot even look up (ENAMETOOLONG)
+    C(f"{Q} -o {{d}}/{LONG}.jsonl", "--output: cannot write", "File name too long"),
+    C(f"report {{d}}/{LONG}.jsonl", "cannot read (File name too long)"),
+    C(f"report {{d}}/good.json -o {{d}}/{LONG}.csv", "--output: cannot write", "File name too long"),
+    C(f"grid --steps 3 --dataset {{d}}/{LONG}.npz", "cannot read (File name too long)"),
+    C(f"grid --steps 3 --model {{d}}/{LONG}.py:Net", "--model", "cannot read (File name too long)"),
+    C(f"inception --dataset {{d}}/{LONG}", "cannot read (File name too long)"),
+    C(f"inception --weights {{d}}/{LONG}.safetensors", "--weights", "cannot read (File name too long)"),
     # --- any terminal width, any stdout ---
     C(Q, "final loss", code=0, env={"COLUMNS": "0"}),
     C("report {d}/good.json", "final loss", code=0, env={"COLUMNS": "0"}),
     C("report {d}/good.json", "final loss", code=0, env={"COLUMNS": "3"}),
+    C(f"{Q} --seeds 2", "| * 1e-8 |", "~", "+----", code=0, env={"PYTHONIOENCODING": "ascii"}),  # not ★ ± ┏
+    C("report {d}/good.json", "final loss", code=0, env={"PYTHONIOENCODING": "latin-1"}),
     C(Q, "cannot write to standard output: No space left on device; the results were saved to ", stdout="/dev/full"),
     C(f"{Q} -f csv", "cannot write to standard output: No space left on device; the results were saved to ",
       stdout="/dev/full"),

@@ -3,6 +3,7 @@ stderr. User-provided text (paths, names from files) is always printed literally
 
 from __future__ import annotations
 
+import codecs
 import contextlib
 import errno
 import io
@@ -119,12 +120,45 @@ class ClosedStdout(io.TextIOBase):
         return len(text)
 
 
+# one-cell ASCII stand-ins for the characters tables use, for a standard output whose encoding
+# lacks them (PYTHONIOENCODING=ascii, a Latin-1 locale): columns stay aligned
+ASCII_STAND_INS = {"★": "*", "±": "~", "×": "x", "—": "-", "–": "-", "…": ".", "→": ">", "≤": "<", "≥": ">",
+                   **dict(zip("▁▂▃▄▅▆▇█", "_.:-=+*#", strict=True))}
+_STAND_IN_ERRORS = "epsweep-ascii-stand-ins"
+
+
+def _stand_in(error: UnicodeError) -> tuple[str, int]:
+    """The codec error handler behind ASCII_STAND_INS: a stand-in, else ``?``, per character."""
+    if not isinstance(error, UnicodeEncodeError):
+        raise error
+    text = error.object[error.start:error.end]
+    return "".join(ASCII_STAND_INS.get(c, "?") for c in text), error.end
+
+
+codecs.register_error(_STAND_IN_ERRORS, _stand_in)
+
+
+def _encodes_tables(stream) -> bool:
+    encoding = getattr(stream, "encoding", None)
+    try:
+        "".join(ASCII_STAND_INS).encode(encoding or "utf-8")
+    except (UnicodeEncodeError, LookupError):
+        return False
+    return True
+
+
 def open_standard_streams() -> Callable[[], None]:
-    """Stand-ins for standard streams the process started without (Python sets them to None);
-    returns what puts the streams back as they were (``main`` may run inside another program)."""
+    """Stand-ins for standard streams the process started without (Python sets them to None),
+    and for the table characters a standard output cannot encode (the results would otherwise
+    fail to print after training); returns what puts the streams back as they were (``main``
+    may run inside another program)."""
     before = sys.stdout, sys.stderr
+    errors_before = None
     if sys.stdout is None:
         sys.stdout = ClosedStdout()
+    elif not _encodes_tables(sys.stdout) and hasattr(sys.stdout, "reconfigure"):
+        errors_before = sys.stdout.errors
+        sys.stdout.reconfigure(errors=_STAND_IN_ERRORS)
     if sys.stderr is None:  # nowhere to say anything; the exit code still tells
         sys.stderr = open(os.devnull, "w")  # noqa: SIM115 - closed by the restore
 
@@ -132,6 +166,9 @@ def open_standard_streams() -> Callable[[], None]:
         if sys.stderr is not before[1] and before[1] is None:
             sys.stderr.close()
         sys.stdout, sys.stderr = before
+        if errors_before is not None:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stdout.reconfigure(errors=errors_before)
 
     return restore
 

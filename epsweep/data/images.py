@@ -161,7 +161,10 @@ def resize_arrays(x: np.ndarray, size: int, progress: Progress | None = None, so
 def is_image_folder(spec: str) -> bool:
     """Whether ``spec`` names an ImageFolder tree (a directory that is not an MNIST IDX one)."""
     path = Path(spec)
-    return spec not in ("digits", "synthetic") and path.is_dir() and not any(path.glob("*idx*-ubyte*"))
+    try:
+        return spec not in ("digits", "synthetic") and path.is_dir() and not any(path.glob("*idx*-ubyte*"))
+    except OSError:  # a name too long, say: not a folder; reading it as a file says why it fails
+        return False
 
 
 def load_any_dataset(spec: str, val_split: float = 0.2, seed: int = 0, *, targets: bool = False,

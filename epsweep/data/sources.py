@@ -157,11 +157,15 @@ def load_arrays(spec: str, targets: bool = False) -> tuple[str, np.ndarray, np.n
         x, y = synthetic()
         return "synthetic", x, y
     path = Path(spec)
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as e:  # a name too long, say: the system cannot even look it up
+        raise UserError(f"dataset {spec!r}: cannot read ({e.strerror or e})") from None
+    if not exists:
         raise UserError(f"dataset {spec!r}: no such file or directory (built in: {', '.join(BUILTIN_DATASETS)})")
     if path.suffix == ".npz":
         x, y = read_npz(path)
-    elif path.is_dir() or "idx" in path.name:
+    elif is_dir or "idx" in path.name:
         images, labels = _idx_pair(path)
         x, y = read_idx(images), read_idx(labels)
     else:

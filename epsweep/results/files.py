@@ -97,7 +97,13 @@ def write_or_keep(path: Path, text: str, fmt: str, option: str = "output") -> No
 
 def check_writable(path: Path, option: str = "output") -> None:
     """Refuse early (before any training) an output path that cannot be written."""
-    path = Path(path)
+    try:
+        _check_writable(Path(path), option)
+    except OSError as e:  # a name too long, say: the system cannot even look it up
+        raise UserError(f"{param(option)}: cannot write {path}: {e.strerror or e}") from None
+
+
+def _check_writable(path: Path, option: str) -> None:
     if path.is_dir():
         raise UserError(f"{param(option)}: {path} is a directory")
     if path.exists() and not path.is_file():  # a device or pipe such as /dev/stdout

@@ -239,9 +239,13 @@ def _parse_json(raw: bytes, where: str) -> Any:
 
 
 def _check_file(path: Path) -> None:
-    if not path.exists():
+    try:
+        exists, is_dir = path.exists(), path.is_dir()
+    except OSError as e:  # a name too long, say: the system cannot even look it up
+        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
+    if not exists:
         raise UserError(f"{path}: no such file")
-    if path.is_dir():
+    if is_dir:
         raise UserError(f"{path}: is a directory, not a results file")
 
 

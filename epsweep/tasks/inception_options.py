@@ -37,8 +37,13 @@ class InceptionOptions:
             raise UserError(f"{param('dropout')}: {self.dropout_rate:g} must lie in [0, 1)")
         if self.freeze_base and self.weights is None:
             raise UserError(f"{param('freeze_base')} needs {param('weights')} (a frozen random base learns nothing)")
-        if self.weights is not None and not Path(self.weights).is_file():
-            raise UserError(f"{param('weights')}: {self.weights}: no such file")
+        if self.weights is not None:
+            try:
+                is_file = Path(self.weights).is_file()
+            except OSError as e:  # a name too long, say: the system cannot even look it up
+                raise UserError(f"{param('weights')}: {self.weights}: cannot read ({e.strerror or e})") from None
+            if not is_file:
+                raise UserError(f"{param('weights')}: {self.weights}: no such file")
 
 
 def check_image_size(size: int, options: InceptionOptions) -> None:

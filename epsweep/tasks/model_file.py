@@ -28,11 +28,14 @@ def _last_line(error: BaseException) -> str:
 
 
 def _import_file(path: Path) -> ModuleType:
-    if not path.exists():
+    try:
+        exists, is_file, resolved = path.exists(), path.is_file(), path.resolve()
+    except OSError as e:  # a name too long, say: the system cannot even look it up
+        raise UserError(f"{param('model_spec')}: {path}: cannot read ({e.strerror or e})") from None
+    if not exists:
         raise UserError(f"{param('model_spec')}: {path}: no such file")
-    if not path.is_file():
+    if not is_file:
         raise UserError(f"{param('model_spec')}: {path} is not a file")
-    resolved = path.resolve()
     name = "epsweep_model_" + hashlib.blake2b(str(resolved).encode(), digest_size=6).hexdigest()
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
