@@ -382,6 +382,25 @@ def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
     assert len(lines_of(out)) == 12
 
 
+def test_a_hangup_keeps_what_finished_as_an_interrupt_does(tmp_path):
+    """SIGHUP (the terminal or ssh session closed) ends a sweep as SIGTERM does: what finished
+    is kept, every line whole, exit code 129; it used to end the process with nothing said."""
+    assert EXE, "the epsweep executable is not installed"
+    out = tmp_path / "h.jsonl"
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([EXE, *SWEEP, "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env=env)
+    deadline = time.monotonic() + 240
+    while not (out.exists() and out.read_text().count("\n") >= 2):
+        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGHUP)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 129, stderr
+    assert re.fullmatch(r"epsweep: terminated; \d+ of 12 settings saved to .+ \(resume with --resume\)\n", stderr)
+    assert stdout == "" and all("eps" in line for line in lines_of(out))
+
+
 def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_completes_it(
         tmp_path, monkeypatch, capsys):
     """Out of memory (or Ctrl-C) after some chunks of a sweep written only at the end: the

@@ -1,5 +1,5 @@
-"""Ctrl-C and SIGTERM for the command line: exit at once, even inside a compiled call, with one
-line saying what was kept. Exiting the process is the CLI's business, never the library's.
+"""Ctrl-C, SIGTERM and SIGHUP for the command line: exit at once, even inside a compiled call,
+with one line saying what was kept. Exiting the process is the CLI's business, never the library's.
 """
 
 from __future__ import annotations
@@ -16,8 +16,10 @@ from epsweep.results.files import WRITE_LOCK
 
 @contextlib.contextmanager
 def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | None = None) -> Iterator[None]:
-    """For command-line use: on SIGINT (or SIGTERM), exit the process at once with code 130
-    (143), printing ``epsweep: <message()>`` on stderr, even while a compiled program runs.
+    """For command-line use: on SIGINT (or SIGTERM, or SIGHUP: the terminal or ssh session
+    closed), exit the process at once with code 130 (143, 129), printing ``epsweep:
+    <message()>`` on stderr, even while a compiled program runs. A SIGHUP that the process
+    ignores (``nohup``) stays ignored.
 
     A compiled XLA call does not return to Python until it finishes, so the usual
     KeyboardInterrupt would wait for the whole chunk. Here the signal wakes a thread instead,
@@ -30,7 +32,9 @@ def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | 
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    signals = (signal.SIGINT, signal.SIGTERM)
+    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
+    signals = (signal.SIGINT, signal.SIGTERM,
+               *((hangup,) if hangup is not None and signal.getsignal(hangup) != signal.SIG_IGN else ()))
     previous = {s: signal.getsignal(s) for s in signals}
 
     def watch() -> None:
