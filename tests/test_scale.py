@@ -296,6 +296,19 @@ def test_an_unwritable_cache_costs_one_line_once_and_runs_without_it(tmp_path):
     assert len(err) == 2
 
 
+def test_a_quiet_run_does_not_use_up_the_once_only_warning(tmp_path):
+    """--quiet hides the warning that the cache is off; the next run that is not quiet says it."""
+    state = tmp_path / "tmp"
+    state.mkdir()
+    (tmp_path / "a_file").write_text("not a directory")
+    err, _ = _cache_run(tmp_path / "a_file", "-q", tmp=state)
+    assert err == []
+    err, _ = _cache_run(tmp_path / "a_file", tmp=state)
+    assert err[0].startswith("epsweep: warning: compilation cache off:") and len(err) == 2, err
+    err, _ = _cache_run(tmp_path / "a_file", tmp=state)
+    assert len(err) == 1, err
+
+
 def test_a_corrupt_cache_entry_is_replaced_after_one_warning(tmp_path):
     cache = tmp_path / "cache"
     _, first = _cache_run(cache)

@@ -91,6 +91,8 @@ def _warn_once(key: str, message: str, *args) -> None:
         log.info(message, *args)
         return
     log.warning(message, *args)
+    if not log.isEnabledFor(logging.WARNING):  # not shown (--quiet): not said yet
+        return
     try:
         marker.parent.mkdir(mode=0o700, exist_ok=True)
         marker.touch()
