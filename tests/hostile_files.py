@@ -81,6 +81,7 @@ def make_files(d: Path) -> Path:
     (d / "excel.csv").write_bytes(b"\xef\xbb\xbfeps,decay,lr,final_loss,diverged\r\n1e-8,0.9,0.1,0.5,False\r\n")  # BOM
     (d / "nan.csv").write_text("eps,decay,lr,final_loss,diverged\nnan,0.9,0.1,0.5,False\n")
     (d / "good.json").write_text(json.dumps({"meta": {}, "results": [RECORD]}))
+    (d / "taken.meta.json").write_text(json.dumps({"meta": {}, "results": [RECORD]}))  # results, named as a meta
     (d / "results.xml").write_text("<results/>")
     (d / "other_run.jsonl").write_text(json.dumps({"meta": {"format": "epsweep-stream/1", "run": {"steps": 1}}})
                                        + "\n" + json.dumps(RECORD) + "\n")

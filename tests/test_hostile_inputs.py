@@ -217,6 +217,9 @@ CASES = [
     C("inception --label-smoothing inf", "--label-smoothing: inf must lie in [0, 1)"),
     C("grid --val-split inf", "--val-split: inf is out of range"),
     C("grid --val-split -inf", "--val-split: -inf is out of range"),
+    # a stream's meta would go over a file that is not one (NAME.meta.json beside NAME.jsonl)
+    C(f"{Q} -o {{d}}/taken.jsonl", "{d}/taken.meta.json exists and is not the meta of a streamed sweep", "--force"),
+    C(f"{Q} -o {{d}}/taken.jsonl --resume", "{d}/taken.meta.json exists and is not the meta of a streamed sweep"),
     # names the system cannot even look up (ENAMETOOLONG)
     C(f"{Q} -o {{d}}/{LONG}.jsonl", "--output: cannot write", "File name too long"),
     C(f"report {{d}}/{LONG}.jsonl", "cannot read (File name too long)"),

@@ -20,6 +20,7 @@ replace another sweep's results unless made with ``force=True`` (see
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -215,6 +216,23 @@ class JsonlWriter:
             reason = error.message.removeprefix(str(self.path)).lstrip(":, ")
             raise refusal(self.path, f"exists and is not epsweep results ({reason})", self.option) from None
 
+    def _check_meta_file(self) -> None:
+        """Refuse to write the meta over a file that is not a streamed sweep's meta (a sweep's
+        ``.json`` results named ``NAME.meta.json``, any file of the user's) when the records
+        file is new or empty: the meta of a stream holds no records, anything else may."""
+        if not self._with_meta:
+            return
+        try:
+            if not self.meta_path.is_file():
+                return
+            found = json.loads(self.meta_path.read_bytes())
+        except (OSError, ValueError):
+            found = None
+        if not (isinstance(found, dict) and str(found.get("format", "")).startswith("epsweep-stream/")
+                and "results" not in found):
+            raise refusal(self.meta_path, f"exists and is not the meta of a streamed sweep ({self.path.name} "
+                                          f"writes its meta there)", self.option)
+
     def prepare(self, run: dict, keys: set[SettingKey]) -> dict[SettingKey, dict]:
         """Claim the file; when resuming a run with description ``run``, the records already
         in it for settings in ``keys`` (first record of a setting wins), else ``{}``. Raises a
@@ -224,6 +242,8 @@ class JsonlWriter:
         if not self.resume and self.force:
             return {}  # replaced whatever it holds: nothing to read
         existing = self._read_existing()
+        if existing is None:
+            self._check_meta_file()
         if not self.resume:
             if existing is not None:
                 ours = {setting_key(r) for r in existing.records} & keys
