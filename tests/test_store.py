@@ -433,6 +433,14 @@ def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_com
                         f"--resume)\n")
     assert not out.exists() and len(lines_of(partial)) == 4 and meta_path(partial).exists()
 
+    # stopped again: the earlier partial file is never replaced; this stop's goes beside it
+    before = partial.read_text(), meta_path(partial).read_text()
+    assert main([*args, "-f", "json", "-o", str(out)]) == 2
+    second = tmp_path / "f.partial-2.jsonl"
+    assert capsys.readouterr().err.endswith(f"saved to {second} (finish with --output {second} --resume)\n")
+    assert (partial.read_text(), meta_path(partial).read_text()) == before
+    assert lines_of(second) == lines_of(partial) and meta_path(second).exists()
+
     monkeypatch.setattr(driver, "train_runs", real)
     assert main([*args, "-f", "jsonl", "-o", str(partial), "--resume"]) == 0
     reference = tmp_path / "reference.jsonl"

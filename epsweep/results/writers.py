@@ -356,10 +356,14 @@ class JsonlWriter:
             self._claim = None
 
 
+PARTIAL_NAMES = 20  # names tried beside the output for a stopped sweep's records before the temporary directory
+
+
 def save_partial_stream(records: Sequence[dict], meta: dict, near: Sequence[Path | str | None]) -> Path | None:
     """Keep ``records`` (a sweep that stopped early) as a resumable stream: ``NAME.partial.jsonl``
-    and its meta beside the first regular file of ``near`` (an output the sweep was to write),
-    else in the temporary directory. Its path, or None when nothing could be written."""
+    and its meta beside the first regular file of ``near`` (an output the sweep was to write;
+    ``NAME.partial-2.jsonl`` and so on when an earlier one is there, never replaced), else in
+    the temporary directory. Its path, or None when nothing could be written."""
     text = "".join(dumps(record) + "\n" for record in records)
     meta_text = dumps(meta, indent=2) + "\n"
     beside = next((Path(p) for p in near if p is not None and not (Path(p).exists() and not Path(p).is_file())),
@@ -384,8 +388,20 @@ def save_partial_stream(records: Sequence[dict], meta: dict, near: Sequence[Path
                     leftover.unlink()
             return False
 
-    if beside is not None and written(beside.with_name(f"{beside.stem}.partial.jsonl")):
-        return beside.with_name(f"{beside.stem}.partial.jsonl")
+    if beside is not None:
+        for n in range(1, PARTIAL_NAMES + 1):  # NAME.partial.jsonl, else NAME.partial-2.jsonl, ...
+            path = beside.with_name(f"{beside.stem}.partial{'' if n == 1 else f'-{n}'}.jsonl")
+            try:
+                if meta_path(path).exists():  # an earlier stop's (or anyone's) file: never replaced
+                    continue
+                os.close(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            except FileExistsError:
+                continue
+            except OSError:
+                break
+            if written(path, created=True):
+                return path
+            break
     try:
         fd, name = tempfile.mkstemp(prefix="epsweep-partial-", suffix=".jsonl")
         os.close(fd)
