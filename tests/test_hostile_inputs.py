@@ -432,3 +432,26 @@ def test_a_second_sweep_on_the_same_output_exits_2_naming_the_first(tmp_path):
         if first.poll() is None:
             first.kill()
     assert len(read_results(out).records) == 4 and len(out.read_text().splitlines()) == 4
+
+
+@pytest.mark.parametrize("command", [f"{Q} -f csv", Q, "report {d}/good.json"])
+def test_a_reader_that_stops_early_ends_the_run_quietly_and_keeps_the_results(command, files, tmp_path):
+    """`epsweep ... | head -1`: the reader closes the pipe before the results are written. Exit
+    code 0 and no traceback (Click alone exits with 1); a sweep's results, which exist nowhere
+    else, are saved and a warning names the file (one from a file, report's, needs none)."""
+    read, write = os.pipe()
+    os.close(read)  # the reader is gone before anything is written: every write fails (EPIPE)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu", "TMPDIR": str(tmp_path)}
+    try:
+        done = subprocess.run([EXE, *shlex.split(command.format(d=files))], stdout=write, stderr=subprocess.PIPE,
+                              text=True, env=env, timeout=300)
+    finally:
+        os.close(write)
+    assert done.returncode == 0, done.stderr
+    if command.startswith("report"):
+        assert done.stderr == ""
+        return
+    (line,) = done.stderr.splitlines()  # -q: the summary line is not there, the warning is
+    saved = re.fullmatch(r"epsweep: warning: standard output was closed before all 2 records were read; "
+                         r"they were saved to (\S+)", line)
+    assert saved and len(read_results(Path(saved.group(1))).records) == 2, line

@@ -111,7 +111,7 @@ def _main(args: list[str] | None) -> int:
     except KeyboardInterrupt:
         print("epsweep: interrupted", file=sys.stderr, flush=True)
         return 130
-    except BrokenPipeError:  # e.g. `epsweep grid -f csv | head -1`
+    except BrokenPipeError:  # a closed pipe outside the commands' own handling (present.reader_left)
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return 0
     return code if isinstance(code, int) else 0

@@ -220,6 +220,17 @@ def write_stdout(text: str) -> None:
     out.flush()
 
 
+def reader_left() -> Exception:
+    """The exit for a standard output whose reader stopped early (`| head -1`): code 0 and
+    nothing said, as Unix tools do (Click would exit with 1). Standard output is pointed at
+    /dev/null, so that Python's flush at exit does not fail again."""
+    import typer
+
+    with contextlib.suppress(OSError, ValueError), open(os.devnull, "w") as devnull:
+        os.dup2(devnull.fileno(), sys.stdout.fileno())
+    return typer.Exit(0)
+
+
 def stdout_failed(error: OSError, kept: Path | str | None = None, keep: Callable[[], str] | None = None) -> UserError:
     """The error for results that could not reach standard output (a full disk, a closed
     terminal): they are ``kept`` in a file already, or ``keep()`` gives their text (JSON),
@@ -254,8 +265,15 @@ def present_records(result, fmt: str, kept: Path | None = None) -> None:
             write_stdout(records_markdown(result.records, result.meta))
         elif fmt in MACHINE_FORMATS:
             write_stdout(render_machine(fmt, result.meta, result.records))
-    except BrokenPipeError:
-        raise
+    except BrokenPipeError:  # the reader stopped early (`| head -1`): not an error, but keep them
+        if kept is None:
+            from epsweep.results.files import keep_elsewhere
+
+            saved = keep_elsewhere(render_machine("json", result.meta, result.records), "json")
+            if saved is not None:  # said even with --quiet: results nobody read would be lost without a word
+                log(f"epsweep: warning: standard output was closed before all {len(result.records)} records were "
+                    f"read; they were saved to {saved}")
+        raise reader_left() from None
     except OSError as error:
         raise stdout_failed(error, kept, lambda: render_machine("json", result.meta, result.records)) from None
 

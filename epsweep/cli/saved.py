@@ -10,7 +10,15 @@ import typer
 from epsweep.cli import options as o
 from epsweep.cli.app import app
 from epsweep.cli.options import flag
-from epsweep.cli.present import log, output_format, print_prose, stdout_console, stdout_failed, write_stdout
+from epsweep.cli.present import (
+    log,
+    output_format,
+    print_prose,
+    reader_left,
+    stdout_console,
+    stdout_failed,
+    write_stdout,
+)
 from epsweep.errors import UserError, param
 
 MAX_TABLE_ROWS = 1000  # a report's table; a longer one is unreadable, and Rich takes ~2 ms a row
@@ -89,7 +97,7 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
         elif fmt in MACHINE_FORMATS:
             write_stdout(text(fmt))
     except BrokenPipeError:
-        raise
+        raise reader_left() from None
     except OSError as error:
         raise stdout_failed(error, kept=source) from None
 
@@ -200,6 +208,6 @@ def compare(
         for sheet in sheets:
             console.print(rich_table(sheet, console.width))
     except BrokenPipeError:
-        raise
+        raise reader_left() from None
     except OSError as error:
         raise stdout_failed(error, kept=f"{file_a} and {file_b}") from None
