@@ -153,6 +153,18 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
                             f"use at most {BELOW_ONE:.8g}")
 
 
+def _check_distinct_in_float32(name: str, values: Sequence[float]) -> None:
+    """Refuse two values that differ but are one float32 (``1e-8`` and ``1.0000000001e-8``):
+    the engine would train the same setting twice, under two names."""
+    seen: dict[float, float] = {}
+    for value in values:
+        single = float(np.float32(value))
+        if single in seen and seen[single] != value:
+            raise UserError(f"{param(name)}: {value!r} and {seen[single]!r} are the same float32, which the engine "
+                            f"trains in; give one of them")
+        seen.setdefault(single, value)
+
+
 @dataclasses.dataclass(frozen=True)
 class Grid:
     """The hyperparameter axes of a sweep; every combination is one setting.
@@ -180,12 +192,13 @@ class Grid:
             given = getattr(self, axis)
             if given is None:
                 continue
-            values = tuple(float(v) for v in given)
+            values = tuple(float(v) + 0.0 for v in given)  # + 0.0: -0.0 is 0.0
             if not values:
                 raise UserError(f"{param(axis)}: the grid is empty")
             object.__setattr__(self, axis, values)
             _check(axis, values, *_RANGES[axis])
             _check_float32(axis, values, below_one=axis in ("decay", "momentum"))
+            _check_distinct_in_float32(axis, values)
         if self.size() > MAX_GRID_SIZE:
             raise UserError(f"the grid has {self.size():,} settings; the limit is {MAX_GRID_SIZE:,}")
 

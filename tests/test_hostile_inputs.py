@@ -54,6 +54,8 @@ LONG = "x" * 300  # a file name longer than any file system takes
 CASES = [
     # bad numbers
     C('grid --eps nan', "--eps: 'nan' is not a finite number"),
+    C('grid --eps 1e-8 1.0000000001e-8', "--eps: 1.0000000001e-08 and 1e-08 are the same float32"),
+    C('grid --lr 0.1,0.10000000001', "--lr: 0.10000000001 and 0.1 are the same float32"),
     C('grid --eps inf', "--eps: 'inf' is not a finite number"),
     C('grid --lr -inf', "--lr: '-inf' is not a finite number"),
     C('grid --eps 1e-8,abc', "'abc' is not a number"),
