@@ -234,6 +234,9 @@ CASES = [
     C(Q, "final loss", code=0, env={"COLUMNS": "0"}),
     C("report {d}/good.json", "final loss", code=0, env={"COLUMNS": "0"}),
     C("report {d}/good.json", "final loss", code=0, env={"COLUMNS": "3"}),
+    C(f"{Q} --lr 1e-3 1e-2", "│ 0.001 │", "│  0.01 │", "30.30", "Left out at 45 columns: loss curve", code=0,
+      env={"COLUMNS": "45"}),  # narrower than the table: columns give way, no value is cut
+    C(f"{Q} --lr 1e-3 1e-2", " 0.001 ", "  0.01 ", "30.30", "Left out at 20", code=0, env={"COLUMNS": "20"}),
     C(f"{Q} --seeds 2", "| * 1e-8 |", "~", "+----", code=0, env={"PYTHONIOENCODING": "ascii"}),  # not ★ ± ┏
     C("report {d}/good.json", "final loss", code=0, env={"PYTHONIOENCODING": "latin-1"}),
     C(Q, "cannot write to standard output: No space left on device; the results were saved to ", stdout="/dev/full"),

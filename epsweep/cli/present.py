@@ -25,7 +25,7 @@ DEFAULT_WIDTH = 80
 
 class _Console(Console):
     """Rich's console with no markup (every string is shown literally: paths and names from
-    files may hold ``[/x]``), no emoji codes, and a usable width whatever ``COLUMNS`` says. A
+    files may hold ``[/x]``), no emoji codes, no cropping, and a usable width whatever ``COLUMNS`` says. A
     closed pipe raises BrokenPipeError (handled by :func:`epsweep.cli.app.main`) instead of
     Rich's exit with code 1."""
 
@@ -36,6 +36,11 @@ class _Console(Console):
 
     def on_broken_pipe(self) -> None:
         raise BrokenPipeError
+
+    def print(self, *objects, crop: bool = False, **kwargs) -> None:
+        """Rich's print, not cropped to the terminal's width: a table too wide for it (it gives
+        way first: :func:`epsweep.views.sheet.rich_table`) runs over and wraps, never cut."""
+        super().print(*objects, crop=crop, **kwargs)
 
 
 stderr = _Console(stderr=True)

@@ -22,8 +22,9 @@ from rich.text import Text
 COMPACT = 45
 """Steps of lower priority than this come after the table has lost its borders and padding."""
 
-MIN_WIDTH = 60
-"""The narrowest terminal a table is fitted to; no setting's axis value is cut at this width or more."""
+MIN_WIDTH = 20
+"""The narrowest width a table is fitted to. No cell is cut at any width: a table that cannot
+give way enough is printed wider than the terminal."""
 
 
 @dataclasses.dataclass
@@ -127,8 +128,8 @@ class SheetTable(Table):
     def __rich_console__(self, console, options):
         width = options.max_width
         yield Text(wrap_pieces(self.pieces, width), no_wrap=False)
-        if self.columns:
-            yield from super().__rich_console__(console, options)
+        if self.columns:  # never narrower than its cells: wider than the terminal, not cut
+            yield from super().__rich_console__(console, options.update(max_width=max(width, measure(self))))
         if self.notes:
             yield Text(prose(" ".join(self.notes), width))
 
