@@ -222,6 +222,8 @@ CASES = [
     # a stream's meta would go over a file that is not one (NAME.meta.json beside NAME.jsonl)
     C(f"{Q} -o {{d}}/taken.jsonl", "{d}/taken.meta.json exists and is not the meta of a streamed sweep", "--force"),
     C(f"{Q} -o {{d}}/taken.jsonl --resume", "{d}/taken.meta.json exists and is not the meta of a streamed sweep"),
+    # control characters in a name are written out, never sent to the terminal
+    C("report '{d}/no\x1b[31mred\x07.jsonl'", "{d}/no\\x1b[31mred\\x07.jsonl: no such file"),
     # names the system cannot even look up (ENAMETOOLONG)
     C(f"{Q} -o {{d}}/{LONG}.jsonl", "--output: cannot write", "File name too long"),
     C(f"report {{d}}/{LONG}.jsonl", "cannot read (File name too long)"),

@@ -74,8 +74,10 @@ def _commands(
 
 
 def error_line(message: str) -> None:
-    """One plain line on stderr (never wrapped, never styled)."""
-    print(f"epsweep: error: {' '.join(message.split())}", file=sys.stderr, flush=True)
+    """One plain line on stderr (never wrapped, never styled, control characters written out)."""
+    from epsweep.views.sheet import visible
+
+    print(f"epsweep: error: {visible(' '.join(message.split()))}", file=sys.stderr, flush=True)
 
 
 def main(args: list[str] | None = None) -> int:

@@ -49,8 +49,10 @@ stderr = _Console(stderr=True)
 def log(text: str) -> None:
     """A log line on stderr: never wrapped, no markup (paths may hold brackets). A stderr that
     cannot be written (a full disk) loses the line, never the run."""
+    from epsweep.views.sheet import visible
+
     try:
-        stderr.print(text, soft_wrap=True)  # the console shows text literally
+        stderr.print(visible(text), soft_wrap=True)  # the console shows text literally
     except OSError:
         pass
 
@@ -59,7 +61,9 @@ class _LineFormatter(logging.Formatter):
     """``epsweep: warning: message`` on one line, as the error lines are."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"epsweep: {record.levelname.lower()}: {' '.join(record.getMessage().split())}"
+        from epsweep.views.sheet import visible
+
+        return f"epsweep: {record.levelname.lower()}: {visible(' '.join(record.getMessage().split()))}"
 
 
 def setup_logging(quiet: bool) -> None:

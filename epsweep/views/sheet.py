@@ -19,6 +19,15 @@ from rich.cells import cell_len
 from rich.table import Table
 from rich.text import Text
 
+_CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
+
+
+def visible(text: str) -> str:
+    """``text`` with its control characters written out (``\\x1b``), so that a name from a file
+    or a path shows as typed instead of steering the terminal (an escape sequence, a bell)."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+
+
 COMPACT = 45
 """Steps of lower priority than this come after the table has lost its borders and padding."""
 
@@ -127,11 +136,11 @@ class SheetTable(Table):
 
     def __rich_console__(self, console, options):
         width = options.max_width
-        yield Text(wrap_pieces(self.pieces, width), no_wrap=False)
+        yield Text(visible(wrap_pieces(self.pieces, width)), no_wrap=False)
         if self.columns:  # never narrower than its cells: wider than the terminal, not cut
             yield from super().__rich_console__(console, options.update(max_width=max(width, measure(self))))
         if self.notes:
-            yield Text(prose(" ".join(self.notes), width))
+            yield Text(visible(prose(" ".join(self.notes), width)))
 
     @property
     def title_text(self) -> str:
@@ -146,11 +155,11 @@ def _build(sheet: Sheet, columns: list[tuple[Column, list[str]]], compact: bool,
     table.pieces, table.notes = sheet.title_pieces(), list(notes)
     for column, _ in columns:
         wraps = column.wrap or (column.squeeze and compact)
-        table.add_column(Text(column.header), justify=column.justify, no_wrap=not wraps,
+        table.add_column(Text(visible(column.header)), justify=column.justify, no_wrap=not wraps,
                          overflow="crop" if column.crop else "fold")
     for i in range(sheet.rows):
         style = sheet.styles[i] if i < len(sheet.styles) else None
-        table.add_row(*(Text(cells[i]) for _, cells in columns), style=style)
+        table.add_row(*(Text(visible(cells[i])) for _, cells in columns), style=style)
     return table
 
 
@@ -215,7 +224,7 @@ _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~$&])")
 
 def markdown_text(text: str) -> str:
     """``text`` for markdown, shown literally (every special character escaped)."""
-    return _MARKDOWN_SPECIAL.sub(r"\\\1", text).replace("\n", " ")
+    return _MARKDOWN_SPECIAL.sub(r"\\\1", visible(text)).replace("\n", " ")
 
 
 def markdown(sheet: Sheet) -> str:
