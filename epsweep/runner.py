@@ -13,6 +13,7 @@ the same from another thread, for a caller that must stop the process at once.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Sequence
@@ -40,6 +41,8 @@ from epsweep.results.records import fold_seeds, named_metrics, results_bytes, se
 from epsweep.results.writers import Writer, save_partial_stream
 from epsweep.tasks import Task, build_task
 from epsweep.vocabulary import METRICS
+
+log = logging.getLogger(__name__)
 
 
 def results_budget() -> int:
@@ -189,6 +192,9 @@ class Runner:
         specs = {rule: resolve_spec(task, config, rule, any(grid.values("momentum", rule.optimizer)))
                  for rule in self.rules}
         first = specs[self.rules[0]]
+        if config.batch_size is not None and first.batch_size < config.batch_size:
+            log.warning("batch size %d is more than the %d training examples: every step takes all %d",
+                        config.batch_size, first.batch_size, first.batch_size)
         settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
         order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
         description = provenance.run_description(task, config, first)

@@ -297,8 +297,10 @@ def log_summary(meta: dict, quiet: bool) -> None:
     value = peak.get("device_peak_mib") or peak.get("host_peak_mib")
     memory = f", peak memory {value:.0f} MiB" if value else ""
     layout = meta.get("layout") or {}
-    log(f"trained {meta.get('trained', meta['settings'])} settings{resumed} x {seeds} seed{'s' * (seeds != 1)} x "
-        f"{meta['steps']} steps in {meta['wall_time_s']:.2f} s on {layout.get('backend', '?')} "
+    trained = meta.get("trained", meta["settings"])
+    log(f"trained {trained} setting{'s' * (trained != 1)}{resumed} x {seeds} seed{'s' * (seeds != 1)} x "
+        f"{meta['steps']} step{'s' * (meta['steps'] != 1)} in {meta['wall_time_s']:.2f} s "
+        f"on {layout.get('backend', '?')} "
         f"({meta['compilations']} compilation{'s' * (meta['compilations'] != 1)}{memory})")
 
 

@@ -78,7 +78,7 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
 
     if not quiet:
         for note in result.notes:
-            log(note)
+            log(f"epsweep: warning: {note}")
     if output is not None and file_fmt is not None:
         claim = FileClaim.take(output)
         try:
@@ -90,7 +90,7 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
         finally:
             claim.release()
         if not quiet:
-            log(f"wrote {len(result.records)} records to {output}")
+            log(f"wrote {len(result.records)} record{'s' * (len(result.records) != 1)} to {output}")
     try:
         if fmt in HUMAN_FORMATS:
             show_report(result, fmt)
@@ -164,7 +164,7 @@ def plot(
     panels, heatmaps = save_plot(selected.meta, selected.records, output)
     if not quiet:
         for note in selected.notes:
-            log(note)
+            log(f"epsweep: warning: {note}")
         maps = "a heatmap" if heatmaps == 1 else f"{heatmaps} heatmaps (one per update rule)"
         log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and {maps}")
 
@@ -194,7 +194,7 @@ def compare(
     loaded = [read_results(file_a), read_results(file_b)]
     if not quiet:
         for note in loaded[0].notes + loaded[1].notes:
-            log(note)
+            log(f"epsweep: warning: {note}")
     result = compare_results(*loaded, where=where or ())
     try:
         if out_fmt in MACHINE_FORMATS:

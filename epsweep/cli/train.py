@@ -114,7 +114,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     log_summary(result.meta, quiet)
     saved = output if output is not None and file_fmt else None
     if saved is not None and not quiet:
-        log(f"wrote {len(result.records)} records to {output}")
+        log(f"wrote {len(result.records)} record{'s' * (len(result.records) != 1)} to {output}")
     present_records(result, out_fmt, kept=saved)
 
 
@@ -141,7 +141,7 @@ def _grid_task(task: str | None, model: str | None, dataset: str, val_split: flo
         metric = "accuracy" if loss in CLASSIFICATION_LOSSES else "none"
     if metric not in ("accuracy", "none"):
         raise UserError(f"{o.flag('metric')}: unknown metric {metric!r}; choose accuracy or none")
-    warn = None if quiet else (lambda message: log(f"warning: {message}"))
+    warn = None if quiet else (lambda message: log(f"epsweep: warning: {message}"))
     return model_task(model, dataset, loss=loss, metric=None if metric == "none" else metric, val_split=val_split,
                       image_size=image_size, warn=warn)
 
@@ -305,7 +305,7 @@ def inception(
                                label_smoothing=values["label_smoothing"] or 0.0, weights=weights,
                                freeze_base=freeze_base, preset=preset)
     check_image_size(image_size, options)  # before minutes of decoding images
-    warn = None if quiet else (lambda message: log(f"warning: {message}"))
+    warn = None if quiet else (lambda message: log(f"epsweep: warning: {message}"))
     with ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal) as display:
         on_image = (lambda done, total: display.items("loading", done, total, "images")) if display.enabled else None
         data = load_image_dataset(dataset, image_size, val_split, progress=on_image, warn=warn)

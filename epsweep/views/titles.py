@@ -52,7 +52,7 @@ def run_parts(meta: dict) -> list[str]:
         sizes = f" ({data['train']} train / {data['val']} val)" if "train" in data and "val" in data else ""
         parts.append(f"data {data['name']}{sizes}")
     if _count(meta.get("steps")):
-        parts.append(f"{meta['steps']} steps")
+        parts.append(f"{meta['steps']} step{'s' * (meta['steps'] != 1)}")
     if _count(meta.get("batch_size")):
         parts.append(f"batch {meta['batch_size']}")
     seeds = meta.get("seeds")
