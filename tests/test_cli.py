@@ -212,16 +212,18 @@ def test_a_setting_bigger_than_the_memory_budget_is_warned_about(monkeypatch, ca
     assert caplog.records == []
 
 
-def test_a_batch_larger_than_the_training_set_is_said(tmp_path, capsys):
+def test_a_batch_larger_than_the_training_set_is_said(tmp_path):
     """--batch-size above the training examples trains on all of them a step, and says so on
     stderr (it was clamped without a word); the results' batch size is the one trained with."""
     import numpy as np
 
     data = tmp_path / "small.npz"
     np.savez(data, x=np.random.default_rng(0).random((20, 4), dtype=np.float32), y=np.arange(20) % 2)
-    assert main(["grid", "--dataset", str(data), "--steps", "2", "--batch-size", "64", "--eps", "1e-8",
-                 "-f", "json"]) == 0
-    out, err = capsys.readouterr()
+    done = subprocess.run([EXE, "grid", "--dataset", str(data), "--steps", "2", "--batch-size", "64", "--eps",
+                           "1e-8", "-f", "json"], capture_output=True, text=True, timeout=300,
+                          env={**os.environ, "JAX_PLATFORMS": "cpu"})
+    assert done.returncode == 0, done.stderr
+    out, err = done.stdout, done.stderr
     train = json.loads(out)["meta"]["data"]["train"]
     assert f"epsweep: warning: batch size 64 is more than the {train} training examples: every step takes " \
            f"all {train}\n" in err

@@ -66,12 +66,21 @@ class _LineFormatter(logging.Formatter):
         return f"epsweep: {record.levelname.lower()}: {visible(' '.join(record.getMessage().split()))}"
 
 
+class _StderrHandler(logging.StreamHandler):
+    """Writes to the ``sys.stderr`` of the moment, not the one it was made with (``main`` may
+    run several times in a process that swaps it: a notebook, a test harness)."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.stream = sys.stderr
+        super().emit(record)
+
+
 def setup_logging(quiet: bool) -> None:
     """The library's warnings (logger ``epsweep``) as ``epsweep: warning: ...`` lines on stderr;
     with --quiet, errors only."""
     logger = logging.getLogger("epsweep")
     if not any(getattr(h, "_epsweep", False) for h in logger.handlers):
-        handler = logging.StreamHandler(sys.stderr)
+        handler = _StderrHandler()
         handler.setFormatter(_LineFormatter())
         handler._epsweep = True
         logger.addHandler(handler)

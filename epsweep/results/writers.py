@@ -220,16 +220,14 @@ class JsonlWriter:
         """Refuse to write the meta over a file that is not a streamed sweep's meta (a sweep's
         ``.json`` results named ``NAME.meta.json``, any file of the user's) when the records
         file is new or empty: the meta of a stream holds no records, anything else may."""
-        if not self._with_meta:
+        if not (self._with_meta and self.meta_path.is_file()):
             return
         try:
-            if not self.meta_path.is_file():
-                return
             found = json.loads(self.meta_path.read_bytes())
         except (OSError, ValueError):
             found = None
-        if not (isinstance(found, dict) and str(found.get("format", "")).startswith("epsweep-stream/")
-                and "results" not in found):
+        if not (isinstance(found, dict) and "results" not in found
+                and str(found.get("format", "")).startswith("epsweep-stream/")):
             raise refusal(self.meta_path, f"exists and is not the meta of a streamed sweep ({self.path.name} "
                                           f"writes its meta there)", self.option)
 
