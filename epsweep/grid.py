@@ -153,16 +153,14 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
                             f"use at most {BELOW_ONE:.8g}")
 
 
-def _check_distinct_in_float32(name: str, values: Sequence[float]) -> None:
-    """Refuse two values that differ but are one float32 (``1e-8`` and ``1.0000000001e-8``):
-    the engine would train the same setting twice, under two names."""
-    seen: dict[float, float] = {}
+def _unique_in_float32(values: tuple[float, ...]) -> tuple[float, ...]:
+    """``values`` without those that are the same float32 as an earlier one (``1e-5`` after
+    ``log:1e-10:1e-2:9``'s 9.999999999999999e-06): the engine trains in float32, so they
+    would be one setting trained twice under two names. The first is kept."""
+    first: dict[float, float] = {}
     for value in values:
-        single = float(np.float32(value))
-        if single in seen and seen[single] != value:
-            raise UserError(f"{param(name)}: {value!r} and {seen[single]!r} are the same float32, which the engine "
-                            f"trains in; give one of them")
-        seen.setdefault(single, value)
+        first.setdefault(float(np.float32(value)), value)
+    return tuple(first.values())
 
 
 @dataclasses.dataclass(frozen=True)
@@ -195,10 +193,9 @@ class Grid:
             values = tuple(float(v) + 0.0 for v in given)  # + 0.0: -0.0 is 0.0
             if not values:
                 raise UserError(f"{param(axis)}: the grid is empty")
-            object.__setattr__(self, axis, values)
             _check(axis, values, *_RANGES[axis])
             _check_float32(axis, values, below_one=axis in ("decay", "momentum"))
-            _check_distinct_in_float32(axis, values)
+            object.__setattr__(self, axis, _unique_in_float32(values))
         if self.size() > MAX_GRID_SIZE:
             raise UserError(f"the grid has {self.size():,} settings; the limit is {MAX_GRID_SIZE:,}")
 

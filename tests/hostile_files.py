@@ -82,6 +82,9 @@ def make_files(d: Path) -> Path:
     (d / "nan.csv").write_text("eps,decay,lr,final_loss,diverged\nnan,0.9,0.1,0.5,False\n")
     (d / "good.json").write_text(json.dumps({"meta": {}, "results": [RECORD]}))
     (d / "taken.meta.json").write_text(json.dumps({"meta": {}, "results": [RECORD]}))  # results, named as a meta
+    (d / "clash.jsonl").write_text(json.dumps(RECORD) + "\n")  # records, and beside them results named as its meta
+    (d / "clash.meta.json").write_text(json.dumps({"meta": {}, "results": [RECORD]}))
+    (d / ("a" * 249 + ".jsonl")).write_text(json.dumps(RECORD) + "\n")  # its NAME.meta.json is too long a name
     (d / "results.xml").write_text("<results/>")
     (d / "other_run.jsonl").write_text(json.dumps({"meta": {"format": "epsweep-stream/1", "run": {"steps": 1}}})
                                        + "\n" + json.dumps(RECORD) + "\n")

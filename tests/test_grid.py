@@ -120,3 +120,16 @@ def test_normalize_argv_spreads_values_over_repeated_flags(flag, values, rest):
 def test_normalize_argv_leaves_single_values_and_equals_forms_alone():
     argv = ["grid", "--eps=1e-8", "--lr", "0.1", "--steps", "5", "--", "--eps", "1", "2"]
     assert normalize_argv(argv) == argv
+
+
+@pytest.mark.parametrize("eps, kept", [
+    ((1e-8, 1.0000000001e-8, 1.0), (1e-8, 1.0)),  # one float32: the first is kept
+    ((*parse_values(["log:1e-10:1e-2:9"], "eps"), 1e-5), parse_values(["log:1e-10:1e-2:9"], "eps")),
+    ((-0.0, 0.0, 1e-8), (0.0, 1e-8)),
+])
+def test_values_that_are_one_float32_are_one_setting(eps, kept):
+    """The engine trains in float32: values it cannot tell apart are one setting (a range's
+    9.999999999999999e-06 and a typed 1e-5 used to train twice, or be refused)."""
+    grid = Grid(eps=eps)
+    assert grid.eps == tuple(kept) and grid.size() == len(kept)
+    assert str(grid.eps[0]) != "-0.0"

@@ -12,6 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from epsweep.results.files import WRITE_LOCK
+from epsweep.views.sheet import visible
 
 
 @contextlib.contextmanager
@@ -59,7 +60,8 @@ def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | 
     finally:
         signal.set_wakeup_fd(old_wakeup)
         for s, handler in previous.items():
-            signal.signal(s, handler)
+            if handler is not None:  # None: installed outside Python, which cannot be put back from here
+                signal.signal(s, handler)
         os.close(write_fd)
         watcher.join(timeout=5)
         os.close(read_fd)
@@ -79,7 +81,7 @@ def _exit_now(number: int, message: Callable[[], str], cleanup: Callable[[], Non
             text = text.replace("interrupted", "terminated", 1)
         with contextlib.suppress(OSError):
             sys.stderr.flush()
-            os.write(2, f"epsweep: {text}\n".encode())
+            os.write(2, f"epsweep: {visible(text)}\n".encode(errors="backslashreplace"))
         os._exit(128 + number)
 
 
@@ -100,7 +102,7 @@ def deadline(seconds: float, message: Callable[[], str]) -> Iterator[None]:
             text = f"gave up after {seconds:g} s"
         with contextlib.suppress(OSError):
             sys.stderr.flush()
-            os.write(2, f"epsweep: error: {' '.join(text.split())}\n".encode())
+            os.write(2, f"epsweep: error: {visible(' '.join(text.split()))}\n".encode(errors="backslashreplace"))
         os._exit(2)
 
     watcher = threading.Thread(target=watch, name="epsweep-deadline", daemon=True)

@@ -217,7 +217,11 @@ def read_stream(path: Path) -> Loaded:
             continue
         records.append(check_record(value, where))
     beside = meta_path(path)
-    if not meta_line and beside.is_file():
+    try:
+        has_meta_file = not meta_line and beside.is_file()
+    except OSError:  # a name too long for the system (NAME.meta.json is 4 bytes longer): no meta beside
+        has_meta_file = False
+    if has_meta_file:
         meta = _read_meta_file(beside)
     return Loaded(Path(path), meta, records, notes, valid_bytes=offset, meta_line=meta_line)
 

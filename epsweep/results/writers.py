@@ -218,12 +218,16 @@ class JsonlWriter:
 
     def _check_meta_file(self) -> None:
         """Refuse to write the meta over a file that is not a streamed sweep's meta (a sweep's
-        ``.json`` results named ``NAME.meta.json``, any file of the user's) when the records
-        file is new or empty: the meta of a stream holds no records, anything else may."""
-        if not (self._with_meta and self.meta_path.is_file()):
+        ``.json`` results named ``NAME.meta.json``, any file of the user's): the meta of a
+        stream is small and holds no records, anything else may hold results."""
+        try:
+            if not (self._with_meta and self.meta_path.is_file()):
+                return
+            small = self.meta_path.stat().st_size <= META_BYTES
+        except OSError:  # a name too long, say: open() says so when it writes
             return
         try:
-            found = json.loads(self.meta_path.read_bytes())
+            found = json.loads(self.meta_path.read_bytes()) if small else None
         except (OSError, ValueError):
             found = None
         if not (isinstance(found, dict) and "results" not in found
@@ -240,7 +244,7 @@ class JsonlWriter:
         if not self.resume and self.force:
             return {}  # replaced whatever it holds: nothing to read
         existing = self._read_existing()
-        if existing is None:
+        if not self.force:
             self._check_meta_file()
         if not self.resume:
             if existing is not None:
@@ -354,6 +358,7 @@ class JsonlWriter:
             self._claim = None
 
 
+META_BYTES = 1 << 20  # a stream's meta is a few kB; a larger NAME.meta.json is something else
 PARTIAL_NAMES = 20  # names tried beside the output for a stopped sweep's records before the temporary directory
 
 

@@ -136,11 +136,11 @@ class SheetTable(Table):
 
     def __rich_console__(self, console, options):
         width = options.max_width
-        yield Text(visible(wrap_pieces(self.pieces, width)), no_wrap=False)
+        yield Text(wrap_pieces([visible(p) for p in self.pieces], width), no_wrap=False)
         if self.columns:  # never narrower than its cells: wider than the terminal, not cut
             yield from super().__rich_console__(console, options.update(max_width=max(width, measure(self))))
         if self.notes:
-            yield Text(visible(prose(" ".join(self.notes), width)))
+            yield Text(prose(visible(" ".join(self.notes)), width))
 
     @property
     def title_text(self) -> str:
