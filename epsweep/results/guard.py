@@ -10,6 +10,7 @@ settings the new file keeps, of the same run (the same run description) or of an
 
 from __future__ import annotations
 
+import json
 from collections.abc import Collection
 from pathlib import Path
 from typing import Any
@@ -89,3 +90,24 @@ def differences(there: Any, here: Any, path: str = "", sides: tuple[str, str] = 
     if name == "data_fingerprint":
         return ["the data's contents differ"]
     return [f"{name} {short_json(plain(there))} {sides[0]}, {short_json(plain(here))} {sides[1]}"]
+
+
+META_BYTES = 1 << 20  # a stream's meta is a few kB; a larger NAME.meta.json is something else
+
+
+def is_stream_meta_or_absent(path: Path) -> bool:
+    """Whether a stream may write its meta to ``path`` (``NAME.meta.json``): nothing is there,
+    or a streamed sweep's meta (small, no records). A sweep's ``.json`` results so named, or
+    any file of the user's, may hold results."""
+    try:
+        if not path.is_file():
+            return True
+        size = path.stat().st_size
+    except OSError:  # cannot even be looked up (a name too long): writing it says why
+        return True
+    try:
+        found = json.loads(path.read_bytes()) if size <= META_BYTES else None
+    except (OSError, ValueError):
+        found = None
+    return (isinstance(found, dict) and "results" not in found
+            and str(found.get("format", "")).startswith("epsweep-stream/"))

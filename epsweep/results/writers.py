@@ -20,7 +20,6 @@ replace another sweep's results unless made with ``force=True`` (see
 from __future__ import annotations
 
 import contextlib
-import json
 import os
 import tempfile
 from collections.abc import Sequence
@@ -30,7 +29,7 @@ from typing import Any, Protocol
 from epsweep.errors import UserError, param
 from epsweep.results.files import WRITE_LOCK, FileClaim, check_writable, write_atomic, write_or_keep
 from epsweep.results.formats import dumps, render_machine
-from epsweep.results.guard import check_replace, differences, refusal, replace_problem
+from epsweep.results.guard import check_replace, differences, is_stream_meta_or_absent, refusal, replace_problem
 from epsweep.results.meta import short_json
 from epsweep.results.reading import STREAM_FORMAT, Loaded, meta_path, read_stream
 from epsweep.results.records import SettingKey, setting_key
@@ -216,25 +215,6 @@ class JsonlWriter:
             reason = error.message.removeprefix(str(self.path)).lstrip(":, ")
             raise refusal(self.path, f"exists and is not epsweep results ({reason})", self.option) from None
 
-    def _check_meta_file(self) -> None:
-        """Refuse to write the meta over a file that is not a streamed sweep's meta (a sweep's
-        ``.json`` results named ``NAME.meta.json``, any file of the user's): the meta of a
-        stream is small and holds no records, anything else may hold results."""
-        try:
-            if not (self._with_meta and self.meta_path.is_file()):
-                return
-            small = self.meta_path.stat().st_size <= META_BYTES
-        except OSError:  # a name too long, say: open() says so when it writes
-            return
-        try:
-            found = json.loads(self.meta_path.read_bytes()) if small else None
-        except (OSError, ValueError):
-            found = None
-        if not (isinstance(found, dict) and "results" not in found
-                and str(found.get("format", "")).startswith("epsweep-stream/")):
-            raise refusal(self.meta_path, f"exists and is not the meta of a streamed sweep ({self.path.name} "
-                                          f"writes its meta there)", self.option)
-
     def prepare(self, run: dict, keys: set[SettingKey]) -> dict[SettingKey, dict]:
         """Claim the file; when resuming a run with description ``run``, the records already
         in it for settings in ``keys`` (first record of a setting wins), else ``{}``. Raises a
@@ -244,8 +224,9 @@ class JsonlWriter:
         if not self.resume and self.force:
             return {}  # replaced whatever it holds: nothing to read
         existing = self._read_existing()
-        if not self.force:
-            self._check_meta_file()
+        if not self.force and self._with_meta and not is_stream_meta_or_absent(self.meta_path):
+            raise refusal(self.meta_path, f"exists and is not the meta of a streamed sweep ({self.path.name} "
+                                          f"writes its meta there)", self.option)
         if not self.resume:
             if existing is not None:
                 ours = {setting_key(r) for r in existing.records} & keys
@@ -358,7 +339,6 @@ class JsonlWriter:
             self._claim = None
 
 
-META_BYTES = 1 << 20  # a stream's meta is a few kB; a larger NAME.meta.json is something else
 PARTIAL_NAMES = 20  # names tried beside the output for a stopped sweep's records before the temporary directory
 
 
