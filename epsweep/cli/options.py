@@ -78,7 +78,8 @@ ValSplitOpt = Annotated[float, typer.Option(
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", "-f", metavar="FORMAT", help="table, markdown (a GitHub table), csv, json or jsonl [default: table].")]
 OutputOpt = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", metavar="FILE", help="Also write the records to FILE (.csv, .json or .jsonl).")]
+    "--output", "-o", metavar="FILE",
+    help="Also write the records to FILE (.csv, .json or .jsonl); with a csv, json or jsonl --format, to FILE only.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
 ChunkOpt = Annotated[Optional[int], typer.Option(
     "--chunk-size", metavar="N",
