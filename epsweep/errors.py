@@ -8,6 +8,8 @@ instead, so no flag spelling lives outside :mod:`epsweep.cli`.
 
 from __future__ import annotations
 
+import errno
+import os
 import re
 from collections.abc import Callable
 
@@ -55,3 +57,18 @@ class UserError(ValueError):
 
     def __str__(self) -> str:
         return self.render()
+
+
+_ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF)  # what ``Path.exists()`` calls "not there"
+
+
+def looked_up(path: str | os.PathLike, where: str) -> os.stat_result | None:
+    """``path``'s status (links followed), None when nothing is there (as ``Path.exists()``
+    says), or a UserError ``where: cannot read (reason)`` when the system cannot even look the
+    name up (a name too long for it), where ``Path.exists()`` would raise."""
+    try:
+        return os.stat(path)
+    except OSError as e:
+        if e.errno in _ABSENT:
+            return None
+        raise UserError(f"{where}: cannot read ({e.strerror or e})") from None

@@ -353,9 +353,10 @@ SWEEP = ["grid", "--eps", "log:1e-8:1:6", "--lr", "1e-3", "1e-2", "--steps", "15
          "--chunk-size", "1"]
 
 
-def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
+def _stopped_after_a_record(out, signal_number):
+    """SWEEP streamed to ``out`` by the executable, sent ``signal_number`` once ``out`` holds a
+    first record: (exit code, stdout, stderr)."""
     assert EXE, "the epsweep executable is not installed"
-    out = tmp_path / "f.jsonl"
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([EXE, *SWEEP, "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                             text=True, env=env)
@@ -363,9 +364,15 @@ def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
     while not (out.exists() and out.read_text().count("\n") >= 2):  # the meta line and a first record
         assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
         time.sleep(0.005)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signal_number)
     stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130, stderr
+    return proc.returncode, stdout, stderr
+
+
+def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
+    out = tmp_path / "f.jsonl"
+    code, stdout, stderr = _stopped_after_a_record(out, signal.SIGINT)
+    assert code == 130, stderr
     match = re.fullmatch(r"epsweep: interrupted; (\d+) of 12 settings saved to (.+) \(resume with --resume\)\n",
                          stderr)
     assert match, stderr
@@ -385,18 +392,9 @@ def test_sigint_keeps_what_finished_and_resume_completes_it(tmp_path, capsys):
 def test_a_hangup_keeps_what_finished_as_an_interrupt_does(tmp_path):
     """SIGHUP (the terminal or ssh session closed) ends a sweep as SIGTERM does: what finished
     is kept, every line whole, exit code 129; it used to end the process with nothing said."""
-    assert EXE, "the epsweep executable is not installed"
     out = tmp_path / "h.jsonl"
-    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
-    proc = subprocess.Popen([EXE, *SWEEP, "--output", str(out)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env=env)
-    deadline = time.monotonic() + 240
-    while not (out.exists() and out.read_text().count("\n") >= 2):
-        assert proc.poll() is None and time.monotonic() < deadline, proc.stderr.read() if proc.stderr else ""
-        time.sleep(0.005)
-    proc.send_signal(signal.SIGHUP)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 129, stderr
+    code, stdout, stderr = _stopped_after_a_record(out, signal.SIGHUP)
+    assert code == 129, stderr
     assert re.fullmatch(r"epsweep: terminated; \d+ of 12 settings saved to .+ \(resume with --resume\)\n", stderr)
     assert stdout == "" and all("eps" in line for line in lines_of(out))
 

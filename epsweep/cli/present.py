@@ -18,6 +18,7 @@ from rich.console import Console
 
 from epsweep.cli.options import flag
 from epsweep.errors import UserError, param
+from epsweep.views.sheet import visible
 
 MIN_WIDTH = 20  # a narrower COLUMNS (0, say) is no terminal's: tables then use DEFAULT_WIDTH
 DEFAULT_WIDTH = 80
@@ -47,22 +48,24 @@ stderr = _Console(stderr=True)
 
 
 def log(text: str) -> None:
-    """A log line on stderr: never wrapped, no markup (paths may hold brackets). A stderr that
-    cannot be written (a full disk) loses the line, never the run."""
-    from epsweep.views.sheet import visible
-
+    """A log line on stderr: never wrapped, no markup (paths may hold brackets), control
+    characters written out. A stderr that cannot be written (a full disk) loses the line,
+    never the run."""
     try:
         stderr.print(visible(text), soft_wrap=True)  # the console shows text literally
     except OSError:
         pass
 
 
+def warning(text: str) -> None:
+    """``epsweep: warning: text`` on stderr, as the library's warnings read (:class:`_LineFormatter`)."""
+    log(f"epsweep: warning: {text}")
+
+
 class _LineFormatter(logging.Formatter):
     """``epsweep: warning: message`` on one line, as the error lines are."""
 
     def format(self, record: logging.LogRecord) -> str:
-        from epsweep.views.sheet import visible
-
         return f"epsweep: {record.levelname.lower()}: {visible(' '.join(record.getMessage().split()))}"
 
 
@@ -289,8 +292,8 @@ def present_records(result, fmt: str, kept: Path | None = None) -> None:
 
             saved = keep_elsewhere(render_machine("json", result.meta, result.records), "json")
             if saved is not None:  # said even with --quiet: results nobody read would be lost without a word
-                log(f"epsweep: warning: standard output was closed before all {len(result.records)} records were "
-                    f"read; they were saved to {saved}")
+                warning(f"standard output was closed before all {len(result.records)} records were read; they "
+                        f"were saved to {saved}")
         raise reader_left() from None
     except OSError as error:
         raise stdout_failed(error, kept, lambda: render_machine("json", result.meta, result.records)) from None

@@ -17,6 +17,7 @@ from epsweep.cli.present import (
     reader_left,
     stdout_console,
     stdout_failed,
+    warning,
     write_stdout,
 )
 from epsweep.errors import UserError, param
@@ -78,7 +79,7 @@ def present_report(result, fmt: str, output: Path | None, file_fmt: str | None, 
 
     if not quiet:
         for note in result.notes:
-            log(f"epsweep: warning: {note}")
+            warning(note)
     if output is not None and file_fmt is not None:
         claim = FileClaim.take(output)
         try:
@@ -164,7 +165,7 @@ def plot(
     panels, heatmaps = save_plot(selected.meta, selected.records, output)
     if not quiet:
         for note in selected.notes:
-            log(f"epsweep: warning: {note}")
+            warning(note)
         maps = "a heatmap" if heatmaps == 1 else f"{heatmaps} heatmaps (one per update rule)"
         log(f"wrote {output}: {panels} loss-curve panel{'s' if panels != 1 else ''} and {maps}")
 
@@ -194,7 +195,7 @@ def compare(
     loaded = [read_results(file_a), read_results(file_b)]
     if not quiet:
         for note in loaded[0].notes + loaded[1].notes:
-            log(f"epsweep: warning: {note}")
+            warning(note)
     result = compare_results(*loaded, where=where or ())
     try:
         if out_fmt in MACHINE_FORMATS:

@@ -22,6 +22,7 @@ from epsweep.cli.present import (
     setup_logging,
     stderr,
     stop_text,
+    warning,
 )
 from epsweep.cli.progress import ProgressDisplay
 from epsweep.errors import UserError
@@ -141,7 +142,7 @@ def _grid_task(task: str | None, model: str | None, dataset: str, val_split: flo
         metric = "accuracy" if loss in CLASSIFICATION_LOSSES else "none"
     if metric not in ("accuracy", "none"):
         raise UserError(f"{o.flag('metric')}: unknown metric {metric!r}; choose accuracy or none")
-    warn = None if quiet else (lambda message: log(f"epsweep: warning: {message}"))
+    warn = None if quiet else warning
     return model_task(model, dataset, loss=loss, metric=None if metric == "none" else metric, val_split=val_split,
                       image_size=image_size, warn=warn)
 
@@ -305,7 +306,7 @@ def inception(
                                label_smoothing=values["label_smoothing"] or 0.0, weights=weights,
                                freeze_base=freeze_base, preset=preset)
     check_image_size(image_size, options)  # before minutes of decoding images
-    warn = None if quiet else (lambda message: log(f"epsweep: warning: {message}"))
+    warn = None if quiet else warning
     with ProgressDisplay(stderr, enabled=not quiet and stderr.is_terminal) as display:
         on_image = (lambda done, total: display.items("loading", done, total, "images")) if display.enabled else None
         data = load_image_dataset(dataset, image_size, val_split, progress=on_image, warn=warn)

@@ -8,6 +8,7 @@ from __future__ import annotations
 import gzip
 import importlib.resources
 import math
+import stat
 import struct
 import zlib
 from pathlib import Path
@@ -15,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, check_budget, check_val_split, split
-from epsweep.errors import UserError
+from epsweep.errors import UserError, looked_up
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -157,15 +158,12 @@ def load_arrays(spec: str, targets: bool = False) -> tuple[str, np.ndarray, np.n
         x, y = synthetic()
         return "synthetic", x, y
     path = Path(spec)
-    try:
-        exists, is_dir = path.exists(), path.is_dir()
-    except OSError as e:  # a name too long, say: the system cannot even look it up
-        raise UserError(f"dataset {spec!r}: cannot read ({e.strerror or e})") from None
-    if not exists:
+    status = looked_up(path, f"dataset {spec!r}")
+    if status is None:
         raise UserError(f"dataset {spec!r}: no such file or directory (built in: {', '.join(BUILTIN_DATASETS)})")
     if path.suffix == ".npz":
         x, y = read_npz(path)
-    elif is_dir or "idx" in path.name:
+    elif stat.S_ISDIR(status.st_mode) or "idx" in path.name:
         images, labels = _idx_pair(path)
         x, y = read_idx(images), read_idx(labels)
     else:

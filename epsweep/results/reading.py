@@ -11,10 +11,11 @@ import csv
 import dataclasses
 import io
 import json
+import stat
 from pathlib import Path
 from typing import Any
 
-from epsweep.errors import UserError
+from epsweep.errors import UserError, looked_up
 from epsweep.results.meta import META_KEYS, clean_meta  # noqa: F401 - re-exported
 from epsweep.vocabulary import GRID_AXES, METRICS, SETTING_DEFAULTS, is_number
 
@@ -243,13 +244,10 @@ def _parse_json(raw: bytes, where: str) -> Any:
 
 
 def _check_file(path: Path) -> None:
-    try:
-        exists, is_dir = path.exists(), path.is_dir()
-    except OSError as e:  # a name too long, say: the system cannot even look it up
-        raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
-    if not exists:
+    status = looked_up(path, str(path))
+    if status is None:
         raise UserError(f"{path}: no such file")
-    if is_dir:
+    if stat.S_ISDIR(status.st_mode):
         raise UserError(f"{path}: is a directory, not a results file")
 
 

@@ -5,9 +5,10 @@ before it imports JAX, so that an argument error comes at once."""
 from __future__ import annotations
 
 import dataclasses
+import stat
 from pathlib import Path
 
-from epsweep.errors import UserError, param
+from epsweep.errors import UserError, looked_up, param
 from epsweep.models.inception_sizes import AUX_MIN_INPUT_SIZE, MIN_INPUT_SIZE
 
 DTYPE_NAMES = ("float32", "bfloat16")
@@ -38,11 +39,8 @@ class InceptionOptions:
         if self.freeze_base and self.weights is None:
             raise UserError(f"{param('freeze_base')} needs {param('weights')} (a frozen random base learns nothing)")
         if self.weights is not None:
-            try:
-                is_file = Path(self.weights).is_file()
-            except OSError as e:  # a name too long, say: the system cannot even look it up
-                raise UserError(f"{param('weights')}: {self.weights}: cannot read ({e.strerror or e})") from None
-            if not is_file:
+            status = looked_up(self.weights, f"{param('weights')}: {self.weights}")
+            if status is None or not stat.S_ISREG(status.st_mode):
                 raise UserError(f"{param('weights')}: {self.weights}: no such file")
 
 

@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import stat
 import sys
 import traceback
 from collections.abc import Callable
@@ -15,7 +16,7 @@ from types import ModuleType
 from typing import Any
 
 from epsweep.data.images import load_any_dataset
-from epsweep.errors import UserError, param
+from epsweep.errors import UserError, looked_up, param
 from epsweep.tasks.own import flax_task
 from epsweep.tasks.scoring import CLASSIFICATION_LOSSES
 from epsweep.tasks.task import Task
@@ -28,14 +29,12 @@ def _last_line(error: BaseException) -> str:
 
 
 def _import_file(path: Path) -> ModuleType:
-    try:
-        exists, is_file, resolved = path.exists(), path.is_file(), path.resolve()
-    except OSError as e:  # a name too long, say: the system cannot even look it up
-        raise UserError(f"{param('model_spec')}: {path}: cannot read ({e.strerror or e})") from None
-    if not exists:
+    status = looked_up(path, f"{param('model_spec')}: {path}")
+    if status is None:
         raise UserError(f"{param('model_spec')}: {path}: no such file")
-    if not is_file:
+    if not stat.S_ISREG(status.st_mode):
         raise UserError(f"{param('model_spec')}: {path} is not a file")
+    resolved = path.resolve()
     name = "epsweep_model_" + hashlib.blake2b(str(resolved).encode(), digest_size=6).hexdigest()
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
