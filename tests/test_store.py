@@ -445,3 +445,36 @@ def test_a_sweep_not_streamed_saves_finished_chunks_when_it_fails_and_resume_com
     assert main([*args, "-f", "jsonl", "-o", str(reference)]) == 0
     capsys.readouterr()
     assert lines_of(partial) == lines_of(reference) and len(lines_of(partial)) == 12
+
+
+def test_run_differences_name_each_part_and_never_cut_a_whole_part_one_side_lacks():
+    from epsweep.results.guard import differences
+
+    image = {"task": "mlp", "data": {"name": "digits", "train": 1438, "val": 359, "input_shape": [8, 8, 1]}}
+    quadratic = {"task": "quadratic", "data": None}
+    assert differences(image, quadratic) == ['task "mlp" in the file, "quadratic" now',
+                                             "data given in the file, none now"]
+    assert differences(quadratic, image)[1] == "data none in the file, given now"
+    assert differences({"steps": 30}, {"steps": 40}) == ["steps 30 in the file, 40 now"]
+    assert differences(None, image) == ["run none in the file, given now"]
+
+
+def test_the_saved_line_after_a_resume_says_what_the_file_holds(tmp_path, capsys):
+    """A resumed file keeps the records of settings outside the new grid: the closing line
+    counts them instead of claiming the file got only this grid's records."""
+    out = str(tmp_path / "r.jsonl")
+    quadratic = ["grid", "--task", "quadratic", "--steps", "3", "-f", "jsonl", "-o", out]
+    assert main([*quadratic, "--eps", "1e-8", "1"]) == 0
+    assert capsys.readouterr().err.splitlines()[-1] == f"wrote 2 records to {out}"
+    assert main([*quadratic, "--eps", "1e-8", "1e-4", "--resume"]) == 0
+    last = capsys.readouterr().err.splitlines()[-1]
+    assert last == f"{out} holds 2 records of this grid and 1 of settings outside it"
+    assert len(lines_of(Path(out))) == 3
+
+
+def test_an_output_that_cannot_be_opened_leaves_no_meta_behind(tmp_path, capsys):
+    loop = tmp_path / "loop.jsonl"
+    loop.symlink_to(loop)  # opening it fails (ELOOP) after training, where the meta used to be written first
+    assert main(["grid", "--task", "quadratic", "--steps", "3", "-q", "-o", str(loop)]) == 2
+    assert "Too many levels of symbolic links" in capsys.readouterr().err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.jsonl"]

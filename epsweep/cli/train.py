@@ -6,7 +6,7 @@ from __future__ import annotations
 import contextlib
 import sys
 from pathlib import Path
-from typing import Annotated, Optional
+from typing import Annotated, Any, Optional
 
 import typer
 
@@ -115,8 +115,17 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     log_summary(result.meta, quiet)
     saved = output if output is not None and file_fmt else None
     if saved is not None and not quiet:
-        log(f"wrote {len(result.records)} record{'s' * (len(result.records) != 1)} to {output}")
+        log(_saved_text(result, output, writers[0].others_kept if resume else 0))
     present_records(result, out_fmt, kept=saved)
+
+
+def _saved_text(result: Any, output: Path, others: int) -> str:
+    """What the output file now holds (after a resume, not all of it written now)."""
+    count = len(result.records)
+    if not result.meta.get("resumed") and not others:
+        return f"wrote {count} record{'s' * (count != 1)} to {output}"
+    return (f"{output} holds {count} record{'s' * (count != 1)} of this grid"
+            + (f" and {others} of settings outside it" if others else ""))
 
 
 def _grid_task(task: str | None, model: str | None, dataset: str, val_split: float, loss: str | None,
@@ -241,7 +250,8 @@ def inception(
     dropout: Annotated[float, typer.Option(
         "--dropout", metavar="RATE", help="Dropout before the linear classifier.")] = 0.5,
     weights: Annotated[Optional[Path], typer.Option(
-        "--weights", metavar="FILE", help="Pretrained .safetensors in torchvision/timm key layout.")] = None,
+        "--weights", metavar="FILE", parser=o.path_value,
+        help="Pretrained .safetensors in torchvision/timm key layout.")] = None,
     freeze_base: Annotated[bool, typer.Option(
         "--freeze-base", help="Train only the head, on the base's features computed once (base in inference "
         "mode, as Keras; needs --weights).")] = False,

@@ -89,6 +89,9 @@ def differences(there: Any, here: Any, path: str = "", sides: tuple[str, str] = 
     name = path.split(".", 1)[-1] or "run"  # task.data.train -> data.train, train.steps -> steps
     if name == "data_fingerprint":
         return ["the data's contents differ"]
+    if None in (there, here) and isinstance(there if here is None else here, dict):  # a whole part one side lacks
+        given, none = ("given", "none") if here is None else ("none", "given")
+        return [f"{name} {given} {sides[0]}, {none} {sides[1]}"]
     return [f"{name} {short_json(plain(there))} {sides[0]}, {short_json(plain(here))} {sides[1]}"]
 
 

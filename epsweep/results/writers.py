@@ -266,6 +266,11 @@ class JsonlWriter:
         self.saved = self._done = len(done)
         return done
 
+    @property
+    def others_kept(self) -> int:
+        """Records of the file being resumed whose settings this grid does not have (kept after its own)."""
+        return len(self._extras)
+
     # -- writing ---------------------------------------------------------------------------
 
     def open(self, meta: dict) -> None:
@@ -278,13 +283,17 @@ class JsonlWriter:
                     self._file.truncate(self.existing.valid_bytes)
                     self._file.seek(0, os.SEEK_END)
                 else:
-                    if self._with_meta:  # first: the file is never without its meta
+                    created = not os.path.lexists(self.path)
+                    self._file = open(self.path, "ab")  # opened before the meta is written, emptied after
+                    if self._with_meta:  # the file is never without its meta
                         try:
                             write_atomic(self.meta_path, dumps(meta, indent=2) + "\n")
                         except OSError as e:
                             e.filename = self.meta_path  # not the temporary file it was written to
+                            if created:
+                                self.path.unlink(missing_ok=True)
                             raise
-                    self._file = open(self.path, "wb")
+                        self._file.truncate(0)
                 self._file.flush()
         except OSError as e:
             self.abort()
