@@ -33,6 +33,7 @@ def make_files(d: Path) -> Path:
     np.savez(good, x=rng.random((40, 8, 8)).astype(np.float32), y=np.arange(40) % 3)
     (d / "truncated.npz").write_bytes(good.getvalue()[: len(good.getvalue()) // 2])
     (d / "empty.npz").write_bytes(b"")
+    (d / "text.npz").write_text("x,y\n1,2\n")  # a CSV given the wrong name
     np.savez(d / "flat.npz", x=rng.random(40), y=np.arange(40) % 3)  # inputs of shape (40,)
     np.savez(d / "five_d.npz", x=rng.random((4, 2, 2, 2, 2)), y=np.arange(4) % 2)
     np.savez(d / "mismatch.npz", x=rng.random((40, 8, 8)), y=np.arange(39) % 3)

@@ -65,7 +65,9 @@ CASES = [
     C('grid --eps log:1e-8:1:x', 'is not an integer'),
     C('grid --steps 0', '--steps: 0 must be a positive integer'),
     C('grid --steps -3', '--steps: -3 must be a positive integer'),
-    C('grid --steps ten', "Invalid value for '--steps'"),
+    C('grid --steps ten', "--steps: 'ten' is not a whole number"),
+    C('grid --steps 1e3', "--steps: '1e3' is not a whole number"),
+    C('grid --val-split half', "--val-split: 'half' is not a number"),
     C('grid --batch-size 0', '--batch-size: 0 must be a positive integer'),
     C('grid --seeds 0', '--seeds: 0 must be a positive integer'),
     C('grid --seed -1', '--seed: -1 must lie in [0, 2^32 - 1]'),
@@ -92,7 +94,8 @@ CASES = [
     C('grid --convention ,', "unknown convention ''"),
     # data files: missing, empty, truncated, wrong shape
     C("grid --dataset {d}/missing.npz", 'no such file or directory'),
-    C("grid --dataset {d}/empty.npz", 'not a readable .npz file'),
+    C("grid --dataset {d}/empty.npz", 'empty.npz: not an .npz file (not a zip archive)'),
+    C("grid --dataset {d}/text.npz", 'text.npz: not an .npz file (not a zip archive); save one with numpy.savez'),
     C("grid --dataset {d}/truncated.npz", 'not a readable .npz file'),
     C("grid --dataset {d}/flat.npz", 'inputs must have shape (N, features), (N, H, W) or (N, H, W, C)'),
     C("grid --dataset {d}/five_d.npz", 'inputs must have shape'),
@@ -181,13 +184,14 @@ CASES = [
     C('report', 'Missing argument'),
     # report: bad options
     C("report {d}/good.json --top 0", '--top: 0 must be a positive integer'),
-    C("report {d}/good.json --top many", "Invalid value for '--top'"),
+    C("report {d}/good.json --top many", "--top: 'many' is not a whole number"),
     C("report {d}/good.json --sort speed", "--sort: unknown field 'speed'"),
     C("report {d}/good.json --where 'lr~0.1'", 'must look like FIELD=VALUE'),
     C("report {d}/good.json --where lr=", 'must look like FIELD=VALUE'),
     C("report {d}/good.json --where speed=1", "--where: unknown field 'speed'"),
     C("report {d}/good.json --where 'lr<nan'", "'nan' in 'lr<nan' is not a finite number"),
     C("report {d}/good.json --where lr=fast", "'fast' in 'lr=fast' is not a number"),
+    C("report {d}/good.json --where diverged=maybe", "--where: diverged is true or false, not 'maybe'"),
     C("report {d}/good.json --where lr=0.5", 'no settings match (lr in the file: 0.01)'),
     C("report {d}/good.json --reverse", '--reverse needs --sort'),
     C("report {d}/good.json -o {d}/a_file/r.csv", 'is not a directory'),
@@ -200,7 +204,7 @@ CASES = [
     C("plot {d}/missing.json -o {d}/p.png", 'no such file'),
     # --- user text is shown literally (Rich markup, matplotlib mathtext) ---
     C("grid --dataset '{d}/br[/x]/a.npz' --steps 3 -q", "/br[/x]/a.npz", code=0),
-    C("grid --dataset '{d}/[bold]x.npz'", "{d}/[bold]x.npz: not a readable .npz file"),
+    C("grid --dataset '{d}/[bold]x.npz'", "{d}/[bold]x.npz: not an .npz file"),
     C("report {d}/markup.json", "cost [v2] [/] [bold]x", code=0),
     C("report {d}/markup_convention.json", "[/]", code=0),
     C("plot {d}/dollar_convention.json -o {d}/dollar_convention.png -q", "", code=0),
@@ -223,6 +227,11 @@ CASES = [
     C(f"{Q} -o {{d}}/clash.jsonl", "{d}/clash.meta.json exists and is not the meta of a streamed sweep"),
     # control characters in a name are written out, never sent to the terminal
     C("report '{d}/no\x1b[31mred\x07.jsonl'", "{d}/no\\x1b[31mred\\x07.jsonl: no such file"),
+    # an empty path is not the current folder
+    C("report ''", "FILE: an empty path"),
+    C(f"{Q} -o ''", "--output: an empty path"),
+    C("grid --dataset ''", "--dataset: an empty path (built in: digits, synthetic)"),
+    C("report '{d}/cod\u202egnp.jsonl'", "{d}/cod\\u202egnp.jsonl: no such file"),  # a right-to-left override
     # names the system cannot even look up (ENAMETOOLONG)
     C(f"{Q} -o {{d}}/{LONG}.jsonl", "--output: cannot write", "File name too long"),
     C(f"report {{d}}/{LONG}.jsonl", "cannot read (File name too long)"),
@@ -260,7 +269,8 @@ CASES = [
       "3 now;", "add --force to replace it, or choose another file"),
     C(f"{Q} -o {{d}}/other.json", "other.json holds another sweep's results (steps 1 in the file"),
     C(f"{Q} -o {{d}}/future.jsonl --resume", 'future.jsonl is a stream of format "epsweep-stream/99", which this'),
-    C(f"{Q} -o {{d}}/no_run.jsonl --resume", "no_run.jsonl comes from a different run (run null in the file"),
+    C(f"{Q} -o {{d}}/no_run.jsonl --resume", "no_run.jsonl comes from a different run (run none in the file, given "
+                                            "now)"),
     C(f"{Q} -o {{d}}/notes.jsonl", "notes.jsonl exists and is not epsweep results (line 1: not valid JSON"),
     C(f"{Q} -o {{d}}/notes.csv", "notes.csv exists and is not epsweep results (the header row has no eps, decay, lr"),
     C(f"{Q} -o {{d}}/force_me.json --force", "final loss", code=0),
@@ -298,6 +308,7 @@ CASES = [
     # --- several processes: a bad address, nobody there ---
     C("grid --coordinator 127.0.0.1:99999 --num-processes 2 --process-id 0", "port 99999 is not a TCP port"),
     C("grid --coordinator nohost --num-processes 2", "--coordinator: 'nohost' is not host:port"),
+    C(f"{Q} --process-id 1", "cannot join the other processes: no --coordinator given, and no cluster launcher"),
     C("grid --join-timeout 0", "--join-timeout: 0 must be a whole number of seconds from 1 to 86,400"),
     C(f"{Q} --coordinator 127.0.0.1:{{port}} --num-processes 2 --process-id 1 --join-timeout 1",
       "--coordinator: cannot reach 127.0.0.1:{port} within 1 s (Connection refused)"),

@@ -80,6 +80,28 @@ def error_line(message: str) -> None:
     print(f"epsweep: error: {visible(' '.join(message.split()))}", file=sys.stderr, flush=True)
 
 
+_NOT_PARSED = {"int_parsing": "is not a whole number", "float_parsing": "is not a number"}
+
+
+def _click_message(error: ClickException) -> str:
+    """Click's message, or for a value Typer could not parse (its pydantic check, whose own
+    words are "Input should be a valid integer, unable to parse string as an integer") the
+    value and what it should be: ``--steps: '1e3' is not a whole number``."""
+    parameter, cause = getattr(error, "param", None), error.__cause__
+    problems = cause.errors() if hasattr(cause, "errors") and callable(cause.errors) else []
+    if parameter is not None and len(problems) == 1 and problems[0].get("type") in _NOT_PARSED:
+        return f"{_shown_name(parameter)}: {problems[0].get('input')!r} {_NOT_PARSED[problems[0]['type']]}"
+    if parameter is not None and type(error).__name__ == "BadParameter" and cause is None:  # ours (path_value)
+        return f"{_shown_name(parameter)}: {error.message}"
+    return error.format_message()
+
+
+def _shown_name(parameter) -> str:
+    """An option's longest flag (``--steps``), an argument's metavar (``FILE``)."""
+    flags = [name for name in getattr(parameter, "opts", ()) if name.startswith("-")]
+    return max(flags, key=len) if flags else parameter.metavar or parameter.human_readable_name
+
+
 def main(args: list[str] | None = None) -> int:
     """Entry point of the ``epsweep`` executable; returns the exit code."""
     from epsweep.cli.present import open_standard_streams
@@ -108,7 +130,7 @@ def _main(args: list[str] | None) -> int:
         if type(e).__name__ == "NoArgsIsHelpError":
             sys.stdout.write(e.ctx.get_help() + "\n")
             return 0
-        error_line(e.format_message())
+        error_line(_click_message(e))
         return 2
     except KeyboardInterrupt:
         print("epsweep: interrupted", file=sys.stderr, flush=True)

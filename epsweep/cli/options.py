@@ -11,6 +11,14 @@ import typer
 
 from epsweep.vocabulary import EPS_DOM_DEFINITION
 
+
+def path_value(text: str) -> Path:
+    """A path argument; an empty one is refused (``Path("")`` would be the current folder)."""
+    if not text:
+        raise typer.BadParameter("an empty path")
+    return Path(text)
+
+
 # Library parameter -> flag, where the flag is not simply --name-with-dashes.
 FLAG_NAMES = {
     "first_seed": "--seed",
@@ -78,7 +86,7 @@ ValSplitOpt = Annotated[float, typer.Option(
 FormatOpt = Annotated[Optional[str], typer.Option(
     "--format", "-f", metavar="FORMAT", help="table, markdown (a GitHub table), csv, json or jsonl [default: table].")]
 OutputOpt = Annotated[Optional[Path], typer.Option(
-    "--output", "-o", metavar="FILE",
+    "--output", "-o", metavar="FILE", parser=path_value,
     help="Also write the records to FILE (.csv, .json or .jsonl); with a csv, json or jsonl --format, to FILE only.")]
 QuietOpt = Annotated[bool, typer.Option("--quiet", "-q", help="No progress or log lines on stderr.")]
 ChunkOpt = Annotated[Optional[int], typer.Option(
@@ -104,7 +112,8 @@ JoinTimeoutOpt = Annotated[int, typer.Option(
     help="With several processes: how long to wait for the coordinator and the others before giving up.")]
 
 ResultsFileArg = Annotated[Path, typer.Argument(
-    metavar="FILE", help="Results written by epsweep: .jsonl (also partial), .json or .csv.", show_default=False)]
+    metavar="FILE", parser=path_value, help="Results written by epsweep: .jsonl (also partial), .json or .csv.",
+    show_default=False)]
 WhereOpt = Annotated[Optional[list[str]], typer.Option(
     "--where", metavar="EXPR",
     help="Keep settings where FIELD=VALUE (also !=, <, <=, >, >=; lr=0.01,0.1 for any of). "

@@ -145,7 +145,8 @@ def show_report(result, fmt: str) -> None:
 @app.command(short_help="Draw a saved sweep: loss curves and a heatmap, into an image.")
 def plot(
     file: o.ResultsFileArg,
-    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", help="Image to write: .png, .svg or .pdf.",
+    output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", parser=o.path_value,
+                                         help="Image to write: .png, .svg or .pdf.",
                                          show_default=False)],
     where: o.WhereOpt = None,
     quiet: o.QuietOpt = False,
@@ -172,9 +173,11 @@ def plot(
 
 @app.command(short_help="Two saved sweeps side by side, with the difference in each metric.")
 def compare(
-    file_a: Annotated[Path, typer.Argument(metavar="A", help="A results file (.jsonl, .json or .csv).",
+    file_a: Annotated[Path, typer.Argument(metavar="A", parser=o.path_value,
+                                           help="A results file (.jsonl, .json or .csv).",
                                            show_default=False)],
-    file_b: Annotated[Path, typer.Argument(metavar="B", help="Another results file, compared with A.",
+    file_b: Annotated[Path, typer.Argument(metavar="B", parser=o.path_value,
+                                           help="Another results file, compared with A.",
                                            show_default=False)],
     where: o.WhereOpt = None,
     fmt: o.FormatOpt = None,

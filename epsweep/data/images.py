@@ -162,7 +162,7 @@ def is_image_folder(spec: str) -> bool:
     """Whether ``spec`` names an ImageFolder tree (a directory that is not an MNIST IDX one)."""
     path = Path(spec)
     try:
-        return spec not in ("digits", "synthetic") and path.is_dir() and not any(path.glob("*idx*-ubyte*"))
+        return spec not in ("", "digits", "synthetic") and path.is_dir() and not any(path.glob("*idx*-ubyte*"))
     except OSError:  # a name too long, say: not a folder; reading it as a file says why it fails
         return False
 

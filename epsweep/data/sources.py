@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 
 from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, check_budget, check_val_split, split
-from epsweep.errors import UserError, looked_up
+from epsweep.errors import UserError, looked_up, param
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -129,6 +129,9 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     if start == b"\x93NUMPY":
         raise UserError(f"{path}: a NumPy .npy file (one array), not an .npz of inputs and labels; "
                         f"save one with numpy.savez(path, x=inputs, y=labels)")
+    if not start.startswith(b"PK"):  # every zip archive, so every .npz, starts so; NumPy would try pickle
+        raise UserError(f"{path}: not an .npz file (not a zip archive); save one with "
+                        f"numpy.savez(path, x=inputs, y=labels)")
     try:
         with np.load(path, allow_pickle=False) as arrays:
             names = set(arrays.files)
@@ -157,6 +160,8 @@ def load_arrays(spec: str, targets: bool = False) -> tuple[str, np.ndarray, np.n
     if spec == "synthetic":
         x, y = synthetic()
         return "synthetic", x, y
+    if not spec:  # Path("") is the current folder
+        raise UserError(f"{param('dataset')}: an empty path (built in: {', '.join(BUILTIN_DATASETS)})")
     path = Path(spec)
     status = looked_up(path, f"dataset {spec!r}")
     if status is None:

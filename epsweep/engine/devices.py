@@ -113,6 +113,9 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
                 process_id=runtime.process_id, initialization_timeout=runtime.join_timeout_s + 60,
             )
         except (RuntimeError, ValueError) as e:
+            if runtime.coordinator is None and "coordinator_address" in str(e):  # no cluster JAX knows
+                raise UserError(f"cannot join the other processes: no {param('coordinator')} given, and no cluster "
+                                "launcher (Slurm, Open MPI, ...) says where process 0 is") from None
             raise UserError(f"cannot join the other processes: {' '.join(str(e).split())}") from None
     return runtime
 

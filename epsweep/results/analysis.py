@@ -17,7 +17,7 @@ from epsweep.errors import UserError, param
 from epsweep.numbers import listing, matches, show, span
 from epsweep.results.formats import dumps
 from epsweep.results.reading import Loaded
-from epsweep.results.records import axis_notation, rank_key, usable
+from epsweep.results.records import FLAGS, axis_notation, rank_key, usable
 from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, SHARES, is_number, label
 
 AXES = SETTING_AXES
@@ -88,6 +88,8 @@ def _parse_value(text: str, field: str, where: str) -> Any:
     except ValueError:
         if field in ("optimizer", "convention"):
             return text
+        if field.removeprefix("a_").removeprefix("b_") in FLAGS:
+            raise UserError(f"{param('where')}: {field} is true or false, not {text!r} (in {where!r})") from None
         raise UserError(f"{param('where')}: {text!r} in {where!r} is not a number") from None
     if not math.isfinite(value):
         raise UserError(f"{param('where')}: {text!r} in {where!r} is not a finite number")

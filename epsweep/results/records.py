@@ -36,6 +36,8 @@ FIELDS = (
     "diverged", "diverged_seeds", "diverged_step", "collapsed", "collapsed_seeds", "at_chance", "seeds",
 )
 CSV_FIELDS = FIELDS  # every field but the loss curve
+FLAGS = ("diverged", "collapsed", "at_chance")
+"""The true-or-false fields."""
 
 SettingKey = tuple
 

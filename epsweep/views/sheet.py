@@ -20,12 +20,15 @@ from rich.table import Table
 from rich.text import Text
 
 _CONTROL = re.compile(r"[\x00-\x08\x0b-\x1f\x7f-\x9f]")  # C0 but tab and newline, DEL, C1
+_BIDI = re.compile("[\u061c\u200e\u200f\u202a-\u202e\u2066-\u2069]")  # marks, embeddings, overrides, isolates
 
 
 def visible(text: str) -> str:
-    """``text`` with its control characters written out (``\\x1b``), so that a name from a file
-    or a path shows as typed instead of steering the terminal (an escape sequence, a bell)."""
-    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    """``text`` with its control characters written out (``\\x1b``, ``\\u202e``), so that a name
+    from a file or a path shows as typed instead of steering the terminal (an escape sequence,
+    a bell) or reordering the text around it (a bidirectional override)."""
+    text = _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", text)
+    return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
 COMPACT = 45
