@@ -231,6 +231,7 @@ CASES = [
     C("report ''", "FILE: an empty path"),
     C(f"{Q} -o ''", "--output: an empty path"),
     C("grid --dataset ''", "--dataset: an empty path (built in: digits, synthetic)"),
+    C("report '{d}/two  spaces '", "{d}/two  spaces : no such file"),  # blanks kept as typed
     C("report '{d}/cod\u202egnp.jsonl'", "{d}/cod\\u202egnp.jsonl: no such file"),  # a right-to-left override
     # names the system cannot even look up (ENAMETOOLONG)
     C(f"{Q} -o {{d}}/{LONG}.jsonl", "--output: cannot write", "File name too long"),

@@ -75,9 +75,9 @@ def _commands(
 
 def error_line(message: str) -> None:
     """One plain line on stderr (never wrapped, never styled, control characters written out)."""
-    from epsweep.views.sheet import visible
+    from epsweep.views.sheet import visible_line
 
-    print(f"epsweep: error: {visible(' '.join(message.split()))}", file=sys.stderr, flush=True)
+    print(f"epsweep: error: {visible_line(message)}", file=sys.stderr, flush=True)
 
 
 _NOT_PARSED = {"int_parsing": "is not a whole number", "float_parsing": "is not a number"}

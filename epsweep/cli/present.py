@@ -18,7 +18,7 @@ from rich.console import Console
 
 from epsweep.cli.options import flag
 from epsweep.errors import UserError, param
-from epsweep.views.sheet import visible
+from epsweep.views.sheet import visible, visible_line
 
 MIN_WIDTH = 20  # a narrower COLUMNS (0, say) is no terminal's: tables then use DEFAULT_WIDTH
 DEFAULT_WIDTH = 80
@@ -66,7 +66,7 @@ class _LineFormatter(logging.Formatter):
     """``epsweep: warning: message`` on one line, as the error lines are."""
 
     def format(self, record: logging.LogRecord) -> str:
-        return f"epsweep: {record.levelname.lower()}: {visible(' '.join(record.getMessage().split()))}"
+        return f"epsweep: {record.levelname.lower()}: {visible_line(record.getMessage())}"
 
 
 class _StderrHandler(logging.StreamHandler):

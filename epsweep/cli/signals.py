@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from epsweep.results.files import WRITE_LOCK
-from epsweep.views.sheet import visible
+from epsweep.views.sheet import visible, visible_line
 
 
 @contextlib.contextmanager
@@ -102,7 +102,7 @@ def deadline(seconds: float, message: Callable[[], str]) -> Iterator[None]:
             text = f"gave up after {seconds:g} s"
         with contextlib.suppress(OSError):
             sys.stderr.flush()
-            os.write(2, f"epsweep: error: {visible(' '.join(text.split()))}\n".encode(errors="backslashreplace"))
+            os.write(2, f"epsweep: error: {visible_line(text)}\n".encode(errors="backslashreplace"))
         os._exit(2)
 
     watcher = threading.Thread(target=watch, name="epsweep-deadline", daemon=True)

@@ -31,6 +31,12 @@ def visible(text: str) -> str:
     return _BIDI.sub(lambda m: f"\\u{ord(m.group()):04x}", text)
 
 
+def visible_line(text: str) -> str:
+    """:func:`visible` on one line: line breaks, with the blanks around them, become one space;
+    other spaces stay as they are (a name ``"a  b "`` keeps both of its inner and its last)."""
+    return visible(re.sub(r"[ \t]*[\r\n]+[ \t]*", " ", text.strip("\r\n")))
+
+
 COMPACT = 45
 """Steps of lower priority than this come after the table has lost its borders and padding."""
 
