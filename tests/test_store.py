@@ -468,7 +468,7 @@ def test_the_saved_line_after_a_resume_says_what_the_file_holds(tmp_path, capsys
     assert capsys.readouterr().err.splitlines()[-1] == f"wrote 2 records to {out}"
     assert main([*quadratic, "--eps", "1e-8", "1e-4", "--resume"]) == 0
     last = capsys.readouterr().err.splitlines()[-1]
-    assert last == f"{out} holds 2 records of this grid and 1 of settings outside it"
+    assert last == f"{out} holds 2 records of this grid and 1 other it held before"
     assert len(lines_of(Path(out))) == 3
 
 
@@ -478,3 +478,22 @@ def test_an_output_that_cannot_be_opened_leaves_no_meta_behind(tmp_path, capsys)
     assert main(["grid", "--task", "quadratic", "--steps", "3", "-q", "-o", str(loop)]) == 2
     assert "Too many levels of symbolic links" in capsys.readouterr().err
     assert sorted(p.name for p in tmp_path.iterdir()) == ["loop.jsonl"]
+
+
+def test_resume_keeps_a_later_record_with_other_results_and_says_so(tmp_path, capsys):
+    """The first record of a setting counts; a later one that differs (two files joined with
+    cat, a hand edit) is results too: kept after the others, with a warning. An identical
+    repeat carries nothing and goes."""
+    out = tmp_path / "d.jsonl"
+    quadratic = ["grid", "--task", "quadratic", "--steps", "3", "--eps", "1e-8", "1e-4", "-o", str(out)]
+    assert main([*quadratic, "-q"]) == 0
+    first, second = lines_of(out)
+    edited = {**first, "final_loss": 999.0}
+    with open(out, "a") as f:
+        f.write(json.dumps(edited) + "\n" + json.dumps(second) + "\n")
+    capsys.readouterr()
+    assert main([*quadratic, "--resume", "-f", "jsonl"]) == 0
+    err = capsys.readouterr().err
+    assert "epsweep: warning: " in err
+    assert "holds 1 later record(s) of settings it already had, with other results" in err
+    assert lines_of(out) == [first, second, edited]

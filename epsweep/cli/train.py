@@ -125,7 +125,7 @@ def _saved_text(result: Any, output: Path, others: int) -> str:
     if not result.meta.get("resumed") and not others:
         return f"wrote {count} record{'s' * (count != 1)} to {output}"
     return (f"{output} holds {count} record{'s' * (count != 1)} of this grid"
-            + (f" and {others} of settings outside it" if others else ""))
+            + (f" and {others} other{'s' * (others != 1)} it held before" if others else ""))
 
 
 def _grid_task(task: str | None, model: str | None, dataset: str, val_split: float, loss: str | None,

@@ -210,3 +210,22 @@ RUN_BYTES = 800
 def results_bytes(settings: int, seeds: int, curve_points: int) -> int:
     """About how much memory the results of ``settings`` settings x ``seeds`` seeds take."""
     return settings * (RECORD_BYTES + CURVE_POINT_BYTES * curve_points) + settings * seeds * RUN_BYTES
+
+
+def resumed_records(records: Sequence[dict], keys: set[SettingKey]) -> tuple[dict[SettingKey, dict], list[dict], int]:
+    """A resumed file's records: the first of each setting in ``keys`` (by key), the records
+    kept after them (settings not in ``keys``, and later records of a setting whose results
+    differ from its first; an identical repeat is dropped), and how many of the latter there are."""
+    first: dict[SettingKey, dict] = {}
+    after: list[dict] = []
+    differing = 0
+    for record in records:
+        key = setting_key(record)
+        if key not in first:
+            first[key] = record
+            if key not in keys:
+                after.append(record)
+        elif record != first[key]:
+            differing += 1
+            after.append(record)
+    return {k: r for k, r in first.items() if k in keys}, after, differing

@@ -20,6 +20,7 @@ replace another sweep's results unless made with ``force=True`` (see
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 import tempfile
 from collections.abc import Sequence
@@ -32,7 +33,9 @@ from epsweep.results.formats import dumps, render_machine
 from epsweep.results.guard import check_replace, differences, is_stream_meta_or_absent, refusal, replace_problem
 from epsweep.results.meta import short_json
 from epsweep.results.reading import STREAM_FORMAT, Loaded, meta_path, read_stream
-from epsweep.results.records import SettingKey, setting_key
+from epsweep.results.records import SettingKey, resumed_records, setting_key
+
+log = logging.getLogger(__name__)
 
 
 class Writer(Protocol):
@@ -252,23 +255,16 @@ class JsonlWriter:
             diff = differences(existing.meta.get("run"), run)
             raise UserError(f"{param('resume')}: {self.path} comes from a different run ({'; '.join(diff[:2])})")
         self.existing = existing
-        done: dict[SettingKey, dict] = {}
-        extra_keys: set[SettingKey] = set()
-        for record in existing.records:
-            key = setting_key(record)
-            if key in done or key in extra_keys:
-                continue
-            if key in keys:
-                done[key] = record
-            else:
-                extra_keys.add(key)
-                self._extras.append(record)
+        done, self._extras, differing = resumed_records(existing.records, keys)
+        if differing:
+            log.warning("%s holds %d later record(s) of settings it already had, with other results; the first of "
+                        "each counts, the later ones are kept after the others", self.path, differing)
         self.saved = self._done = len(done)
         return done
 
     @property
     def others_kept(self) -> int:
-        """Records of the file being resumed whose settings this grid does not have (kept after its own)."""
+        """Records kept after this grid's own: other settings', later ones with other results."""
         return len(self._extras)
 
     # -- writing ---------------------------------------------------------------------------
