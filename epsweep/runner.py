@@ -219,17 +219,24 @@ class Runner:
 
     def _stopped(self, error: BaseException, writers: Sequence[Writer]) -> None:
         """A sweep that stopped early: keep what finished, release the writers, and turn
-        Ctrl-C, out of memory and an output that failed into what callers catch (other errors
-        go on as they are)."""
-        keep = isinstance(error, (KeyboardInterrupt, UserError)) or _is_out_of_memory(error)
-        kept = self.save_partial() if keep else None
+        Ctrl-C, out of memory and an output that failed into what callers catch (other errors,
+        a progress callback's own say, go on as they are, with a note of where the finished
+        settings went)."""
+        kept = self.save_partial()
         for writer in writers:
             writer.abort()
+        if not isinstance(error, (KeyboardInterrupt, UserError)) and not _is_out_of_memory(error):
+            if kept.saved and kept.path is not None:
+                note = (f"{kept.saved} of {kept.total} settings had finished; they are in {kept.path} (resume it "
+                        f"to finish)")
+                log.warning("the sweep stopped (%s); %s", type(error).__name__, note)
+                error.add_note(f"epsweep: {note}")
+            return
         if isinstance(error, KeyboardInterrupt):
             raise SweepInterrupted(kept) from None
         if isinstance(error, UserError):  # an output that failed mid-sweep: what finished is kept elsewhere
             raise SweepStopped(error.message, kept) from None
-        if kept is not None:
+        if _is_out_of_memory(error):
             first_line = str(error).splitlines()[0][:200]
             raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
                               f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",

@@ -497,3 +497,26 @@ def test_resume_keeps_a_later_record_with_other_results_and_says_so(tmp_path, ca
     assert "epsweep: warning: " in err
     assert "holds 1 later record(s) of settings it already had, with other results" in err
     assert lines_of(out) == [first, second, edited]
+
+
+def test_any_error_mid_sweep_keeps_what_finished(quadratic_task, tmp_path):
+    """Not only Ctrl-C and out of memory: a progress callback's own exception (or a
+    MemoryError, a SystemExit) stops the sweep as it is, and the finished chunks of an output
+    that is not streamed are saved for resume, named in a note on the exception."""
+    from epsweep.results.writers import CsvWriter
+
+    def failing(event):
+        if event.saved >= 2:
+            raise RuntimeError("a bug in the caller's callback")
+
+    grid = Grid(eps=(1e-8, 1e-6, 1e-4, 1e-2, 0.1, 1.0))
+    with pytest.raises(RuntimeError, match="a bug in the caller's callback") as raised:
+        run(quadratic_task, grid, RunConfig(steps=5, chunk_size=2), writers=[CsvWriter(tmp_path / "m.csv")],
+            progress=failing)
+    partial = tmp_path / "m.partial.jsonl"
+    assert raised.value.__notes__ == [f"epsweep: 2 of 6 settings had finished; they are in {partial} (resume it "
+                                      f"to finish)"]
+    assert len(lines_of(partial)) == 2 and not (tmp_path / "m.csv").exists()
+    finished = run(quadratic_task, grid, RunConfig(steps=5, chunk_size=2), writers=[JsonlWriter(partial, resume=True)],
+                   resume=True)
+    assert finished.meta["resumed"] == 2 and len(lines_of(partial)) == 6
