@@ -77,6 +77,8 @@ def make_files(d: Path) -> Path:
     (d / "meta_late.jsonl").write_text(json.dumps(RECORD) + "\n" + json.dumps({"meta": {}}) + "\n")
     (d / "only_meta.jsonl").write_text(json.dumps({"meta": {"format": "epsweep-stream/1"}}) + "\n")
     (d / "binary.jsonl").write_bytes(b"\xff\xfe\x00garbage\n")
+    (d / "garbage.jsonl").write_bytes(b"\x00\x01\x02 no newline")  # no whole line: not a stream cut short
+    (d / "no_newline.jsonl").write_text(json.dumps(RECORD))  # one whole record, no newline after it
     (d / "bad.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9,fast,0.5,False\n")
     (d / "ragged.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9\n")
     (d / "excel.csv").write_bytes(b"\xef\xbb\xbfeps,decay,lr,final_loss,diverged\r\n1e-8,0.9,0.1,0.5,False\r\n")  # BOM

@@ -165,6 +165,8 @@ CASES = [
     C("report {d}/meta_late.jsonl", 'a meta line can only be the first line'),
     C("report {d}/only_meta.jsonl", 'no results in the file yet'),
     C("report {d}/binary.jsonl", 'not UTF-8 text'),
+    C("report {d}/garbage.jsonl", 'garbage.jsonl, line 1: not valid JSON'),
+    C("report {d}/no_newline.jsonl -f csv", "0.5", code=0),  # a whole last record is read without its newline
     C("report {d}/bad.csv", "lr 'fast' is not a number"),
     C("report {d}/ragged.csv", '2 cells but the header has 5'),
     C("report {d}/excel.csv", "0.5", code=0),  # Excel's "CSV UTF-8" starts with a byte-order mark

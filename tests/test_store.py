@@ -520,3 +520,21 @@ def test_any_error_mid_sweep_keeps_what_finished(quadratic_task, tmp_path):
     finished = run(quadratic_task, grid, RunConfig(steps=5, chunk_size=2), writers=[JsonlWriter(partial, resume=True)],
                    resume=True)
     assert finished.meta["resumed"] == 2 and len(lines_of(partial)) == 6
+
+
+def test_a_whole_last_record_without_its_newline_is_read_and_resumed(uninterrupted, quadratic_task, tmp_path):
+    """A file cut just before its last newline (by hand, or by another tool) holds every
+    record whole: read them all, and a resume appends after a newline of its own."""
+    full_path, full, _ = uninterrupted
+    cut = tmp_path / "cut.jsonl"
+    lines = full_path.read_text().splitlines(keepends=True)
+    cut.write_text("".join(lines[:5])[:-1])  # five records, the fifth without its newline
+    shutil.copy(meta_path(full_path), meta_path(cut))
+    loaded = read_stream(cut)
+    assert len(loaded.records) == 5 and loaded.notes == [] and loaded.newline_missing
+    resumed = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, cut, resume=True)
+    assert resumed.meta["resumed"] == 5 and cut.read_text() == full_path.read_text()
+    half = tmp_path / "half.jsonl"
+    half.write_text("".join(lines[:5]) + lines[5][:40])  # cut mid-record: skipped with a note
+    kept = read_stream(half)
+    assert len(kept.records) == 5 and "skipped a truncated last line (line 6)" in kept.notes[0]

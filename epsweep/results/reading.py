@@ -32,6 +32,7 @@ class Loaded:
     records: list[dict]
     notes: list[str]
     valid_bytes: int | None = None  # jsonl: the length of the whole, readable lines
+    newline_missing: bool = False  # jsonl: the last of them is a whole record with no newline after it
     meta_line: bool = False  # jsonl: the meta is the file's first line (as epsweep wrote it before 0.2)
 
     def to_pandas(self):
@@ -187,8 +188,9 @@ def read_stream(path: Path) -> Loaded:
     :func:`meta_path` (or, in files written before it moved there, on the first line as
     ``{"meta": ...}``).
 
-    A last line with no newline (the process died mid-write) is skipped with a note; any
-    other unreadable line is an error naming it.
+    A last line with no newline is read when it is a whole record (a file cut by hand, or
+    written by another tool), else skipped with a note (the process died mid-write); any other
+    unreadable line is an error naming it, as is a file whose only line is unreadable.
     """
     raw = _read_bytes(path)
     meta: dict = {}
@@ -196,18 +198,26 @@ def read_stream(path: Path) -> Loaded:
     records: list[dict] = []
     notes: list[str] = []
     offset = 0
+    newline_missing = False
     lines = raw.split(b"\n")
     for number, line in enumerate(lines, start=1):
-        last = number == len(lines)
-        if last and line.strip():  # no newline after it: cut off mid-write
-            notes.append(f"{path}: skipped a truncated last line (line {number})")
-            break
-        if last:
+        where = f"{path}, line {number}"
+        if number == len(lines):  # after the last newline
+            if not line.strip():
+                break
+            try:
+                value = check_record(_parse_json(line, where), where)
+            except UserError:
+                if number == 1:  # no line is whole: not a stream cut short
+                    raise
+                notes.append(f"{path}: skipped a truncated last line (line {number})")
+                break
+            records.append(value)
+            offset, newline_missing = offset + len(line), True
             break
         offset += len(line) + 1
         if not line.strip():
             continue
-        where = f"{path}, line {number}"
         value = _parse_json(line, where)
         if isinstance(value, dict) and set(value) == {"meta"}:
             if records or meta_line:
@@ -224,7 +234,8 @@ def read_stream(path: Path) -> Loaded:
         has_meta_file = False
     if has_meta_file:
         meta = _read_meta_file(beside)
-    return Loaded(Path(path), meta, records, notes, valid_bytes=offset, meta_line=meta_line)
+    return Loaded(Path(path), meta, records, notes, valid_bytes=offset, meta_line=meta_line,
+                  newline_missing=newline_missing)
 
 
 def _short(error: Exception) -> str:
@@ -379,21 +390,13 @@ def _first_of_each_setting(loaded: Loaded) -> None:
     """Keep the first record of each setting, as ``--resume`` does, noting how many later
     ones were skipped (a file appended to twice, or two files joined with ``cat``) and how
     many of those differ from the first: a report of one setting twice would rank it twice."""
-    from epsweep.results.records import setting_key
+    from epsweep.results.records import first_of_each
 
-    first: dict = {}
-    kept, differ = [], 0
-    for record in loaded.records:
-        key = setting_key(record)
-        if key in first:
-            differ += record != first[key]
-        else:
-            first[key] = record
-            kept.append(record)
-    skipped = len(loaded.records) - len(kept)
+    first, differing = first_of_each(loaded.records)
+    skipped, differ = len(loaded.records) - len(first), len(differing)
     if not skipped:
         return
-    loaded.records = kept
+    loaded.records = list(first.values())
     plural = "s" if skipped != 1 else ""
     loaded.notes.append(f"{loaded.path}: skipped {skipped} later record{plural} of settings already read (the "
                         "first of each counts, as resuming the sweep would)"

@@ -212,20 +212,24 @@ def results_bytes(settings: int, seeds: int, curve_points: int) -> int:
     return settings * (RECORD_BYTES + CURVE_POINT_BYTES * curve_points) + settings * seeds * RUN_BYTES
 
 
-def resumed_records(records: Sequence[dict], keys: set[SettingKey]) -> tuple[dict[SettingKey, dict], list[dict], int]:
-    """A resumed file's records: the first of each setting in ``keys`` (by key), the records
-    kept after them (settings not in ``keys``, and later records of a setting whose results
-    differ from its first; an identical repeat is dropped), and how many of the latter there are."""
+def first_of_each(records: Sequence[dict]) -> tuple[dict[SettingKey, dict], list[dict]]:
+    """The first record of each setting (by key, in order) and the later records whose results
+    differ from their setting's first; an identical repeat is in neither."""
     first: dict[SettingKey, dict] = {}
-    after: list[dict] = []
-    differing = 0
+    differing: list[dict] = []
     for record in records:
         key = setting_key(record)
         if key not in first:
             first[key] = record
-            if key not in keys:
-                after.append(record)
         elif record != first[key]:
-            differing += 1
-            after.append(record)
-    return {k: r for k, r in first.items() if k in keys}, after, differing
+            differing.append(record)
+    return first, differing
+
+
+def resumed_records(records: Sequence[dict], keys: set[SettingKey]) -> tuple[dict[SettingKey, dict], list[dict], int]:
+    """A resumed file's records: the first of each setting in ``keys`` (by key), the records
+    kept after them (settings not in ``keys``, then later records of a setting whose results
+    differ from its first), and how many of the latter there are."""
+    first, differing = first_of_each(records)
+    others = [r for k, r in first.items() if k not in keys]
+    return {k: r for k, r in first.items() if k in keys}, [*others, *differing], len(differing)

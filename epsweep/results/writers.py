@@ -278,6 +278,8 @@ class JsonlWriter:
                     self._file = open(self.path, "r+b")
                     self._file.truncate(self.existing.valid_bytes)
                     self._file.seek(0, os.SEEK_END)
+                    if self.existing.newline_missing:  # its last record ends the line before the next
+                        self._file.write(b"\n")
                 else:
                     created = not os.path.lexists(self.path)
                     self._file = open(self.path, "ab")  # opened before the meta is written, emptied after
