@@ -317,6 +317,10 @@ CASES = [
       "--coordinator: cannot reach 127.0.0.1:{port} within 1 s (Connection refused)"),
     C(f"{Q} --coordinator 127.0.0.1:{{port2}} --num-processes 2 --process-id 0 --join-timeout 1",
       "the other processes did not join within 1 s (through 127.0.0.1:{port2})"),
+    # --- a JAX backend that cannot start ---
+    C(Q, "JAX cannot start: Unable to initialize backend 'tpu'", env={"JAX_PLATFORMS": "tpu"}),
+    C(Q, "JAX cannot start: Unable to initialize backend 'cpu'",
+      env={"XLA_FLAGS": "--xla_force_host_platform_device_count=0"}),
     # --- clear messages ---
     C("grid --dataset {d}/huge_values.npz", "inputs reach 1e+300, beyond float32's range (±3.4e+38)"),
     C("inception --dataset {d}/uint16.npz --image-size 75 --val-split 0.9", "has 4 examples: too few to hold out 0.9"),

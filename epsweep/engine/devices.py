@@ -140,9 +140,15 @@ def _wait_for_coordinator(address: str, timeout_s: float) -> None:
 
 def ensure_setup() -> None:
     """Apply the defaults unless :func:`setup` has already run: the cache and the CPU devices,
-    but never joining other processes (that takes an explicit :func:`setup` or the CLI)."""
+    but never joining other processes (that takes an explicit :func:`setup` or the CLI). Then
+    start JAX's backend: one that cannot start (``JAX_PLATFORMS`` naming a platform this
+    install lacks, a device count of 0 in ``XLA_FLAGS``) is a UserError naming JAX's reason."""
     if _applied is None:
         setup(num_processes=1)
+    try:
+        jax.devices()
+    except RuntimeError as e:
+        raise UserError(f"JAX cannot start: {str(e).splitlines()[0] if str(e) else type(e).__name__}") from None
 
 
 def process_count() -> int:
