@@ -538,3 +538,19 @@ def test_a_whole_last_record_without_its_newline_is_read_and_resumed(uninterrupt
     half.write_text("".join(lines[:5]) + lines[5][:40])  # cut mid-record: skipped with a note
     kept = read_stream(half)
     assert len(kept.records) == 5 and "skipped a truncated last line (line 6)" in kept.notes[0]
+
+
+def test_ctrl_c_ends_a_sweep_blocked_on_an_output_no_one_reads(tmp_path):
+    """A FIFO as --output blocks the open until a reader comes; Ctrl-C must still end the
+    process (it waited for the open, as for any write, forever), after a bounded wait."""
+    fifo = tmp_path / "fifo.jsonl"
+    os.mkfifo(fifo)
+    env = {**os.environ, "JAX_PLATFORMS": "cpu"}
+    proc = subprocess.Popen([EXE, "grid", "--task", "quadratic", "--steps", "3", "-q", "-o", str(fifo)],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    time.sleep(6)  # started, planned, and blocked opening the FIFO
+    assert proc.poll() is None
+    proc.send_signal(signal.SIGINT)
+    stdout, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130 and stdout == ""
+    assert stderr == "epsweep: interrupted; a results file was blocked (no reader?) for 3 s, nothing more was saved\n"

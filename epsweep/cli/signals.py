@@ -67,22 +67,30 @@ def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | 
         os.close(read_fd)
 
 
+WRITE_WAIT_S = 3.0
+"""How long an exit waits for a results-file write (or open) to finish: one that blocks (a
+FIFO no one reads, a stalled pipe) must not keep Ctrl-C from working."""
+
+
 def _exit_now(number: int, message: Callable[[], str], cleanup: Callable[[], None] | None) -> None:
-    with WRITE_LOCK:  # held for good: no write can start after this
-        if cleanup is not None:
-            helper = threading.Thread(target=cleanup, daemon=True)
-            helper.start()
-            helper.join(timeout=1)
+    locked = WRITE_LOCK.acquire(timeout=WRITE_WAIT_S)  # held for good: no write can start after this
+    if cleanup is not None:
+        helper = threading.Thread(target=cleanup, daemon=True)
+        helper.start()
+        helper.join(timeout=1)
+    if not locked:  # saving anything now would wait on the same blocked file
+        text = f"interrupted; a results file was blocked (no reader?) for {WRITE_WAIT_S:g} s, nothing more was saved"
+    else:
         try:
             text = message()
         except Exception:  # noqa: BLE001 - the exit must happen whatever went wrong
             text = "interrupted"
-        if number != signal.SIGINT:
-            text = text.replace("interrupted", "terminated", 1)
-        with contextlib.suppress(OSError):
-            sys.stderr.flush()
-            os.write(2, f"epsweep: {visible(text)}\n".encode(errors="backslashreplace"))
-        os._exit(128 + number)
+    if number != signal.SIGINT:
+        text = text.replace("interrupted", "terminated", 1)
+    with contextlib.suppress(OSError):
+        sys.stderr.flush()
+        os.write(2, f"epsweep: {visible(text)}\n".encode(errors="backslashreplace"))
+    os._exit(128 + number)
 
 
 @contextlib.contextmanager
