@@ -7,7 +7,10 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 from collections.abc import Sequence
+
+import numpy as np
 
 from epsweep.errors import UserError, param
 from epsweep.vocabulary import UpdateRule, check_convention, check_optimizer
@@ -51,13 +54,22 @@ class RunConfig:
     optimizers: Sequence[str] = ("rmsprop",)  # rmsprop, adam, adagrad, sgd
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "conventions", tuple(self.conventions))
-        object.__setattr__(self, "optimizers", tuple(self.optimizers))
+        for name in ("conventions", "optimizers"):  # one name alone is one name, not its letters
+            given = getattr(self, name)
+            object.__setattr__(self, name, (given,) if isinstance(given, str) else tuple(given))
+        if not isinstance(self.centered, (bool, np.bool_)):
+            raise UserError(f"{param('centered')}: {self.centered!r} must be True or False")
+        object.__setattr__(self, "centered", bool(self.centered))
         if self.steps is not None and self.epochs is not None:
             raise UserError(f"give {param('steps')} or {param('epochs')}, not both")
-        for name in ("steps", "epochs", "batch_size", "seeds", "curve_points", "chunk_size"):
+        for name in ("steps", "epochs", "batch_size", "seeds", "curve_points", "chunk_size", "first_seed"):
             value = getattr(self, name)
-            if value is not None and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            if value is None:
+                continue
+            if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # NumPy's integers too
+                raise UserError(f"{param(name)}: {value!r} must be a whole number")
+            object.__setattr__(self, name, int(value))
+            if name != "first_seed" and value < 1:
                 raise UserError(f"{param(name)}: {value!r} must be a positive integer")
         if self.seeds > MAX_SEEDS:
             raise UserError(f"{param('seeds')}: {self.seeds} is more than {MAX_SEEDS:,} seeds")

@@ -153,6 +153,26 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
                             f"use at most {BELOW_ONE:.8g}")
 
 
+def _axis_values(axis: str, given: object) -> tuple[float, ...]:
+    """An axis as floats: a sequence (or 1-d array) of real numbers, or one number alone; not
+    text (``parse_values`` reads ``"1e-8,1"`` and ``"log:1e-8:1:5"``), not True/False."""
+    if isinstance(given, (str, bytes)):
+        raise UserError(f"{param(axis)}: {given!r} is text; give numbers, e.g. (1e-8, 1.0) (parse_values reads text)")
+    if hasattr(given, "__iter__") and not hasattr(given, "__array__"):  # a generator, a range: its items
+        given = list(given)
+    array = np.asarray(given, dtype=object)
+    if array.ndim > 1:
+        raise UserError(f"{param(axis)}: a flat sequence of numbers, not an array of shape {array.shape}")
+    values = []
+    for value in array.reshape(-1):
+        if hasattr(value, "__array__") and np.ndim(value) == 0:  # a NumPy or JAX scalar array
+            value = np.asarray(value).item()
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+            raise UserError(f"{param(axis)}: {value!r} is not a real number")
+        values.append(float(value) + 0.0)  # + 0.0: -0.0 is 0.0
+    return tuple(values)
+
+
 def _unique_in_float32(values: tuple[float, ...]) -> tuple[float, ...]:
     """``values`` without those that are the same float32 as an earlier one (``1e-5`` after
     ``log:1e-10:1e-2:9``'s 9.999999999999999e-06): the engine trains in float32, so they
@@ -190,7 +210,7 @@ class Grid:
             given = getattr(self, axis)
             if given is None:
                 continue
-            values = tuple(float(v) + 0.0 for v in given)  # + 0.0: -0.0 is 0.0
+            values = _axis_values(axis, given)
             if not values:
                 raise UserError(f"{param(axis)}: the grid is empty")
             _check(axis, values, *_RANGES[axis])

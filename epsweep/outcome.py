@@ -98,6 +98,6 @@ class SweepResult:
 
     def to_pandas(self):
         """The records as a ``pandas.DataFrame`` (pandas is optional), one row per setting."""
-        from epsweep.results.reading import records_frame
+        from epsweep.results.records import records_frame
 
         return records_frame(self.records)

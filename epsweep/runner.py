@@ -13,10 +13,12 @@ the same from another thread, for a caller that must stop the process at once.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Iterable, Mapping, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -81,10 +83,12 @@ class Runner:
         progress: ProgressFn | None = None,
         resume: bool = False,
     ):
-        self.task = build_task(task) if isinstance(task, str) else task
-        self.grid = grid or Grid()
-        self.config = config or RunConfig()
-        self.writers = list(writers)
+        self.task = build_task(task) if isinstance(task, str) else _checked(task, Task, "task", "a task's name")
+        self.grid = _made(grid, Grid, "grid")
+        self.config = _made(config, RunConfig, "config")
+        self.writers = _writers(writers)
+        if progress is not None and not callable(progress):
+            raise UserError(f"progress: {progress!r} is not callable (a function of one ProgressEvent)")
         self.progress = progress
         self.resume = resume
         self.rules = self.config.update_rules()
@@ -299,6 +303,38 @@ class Runner:
             steps_before += len(chosen) * spec.steps * len(seeds)
 
 
+def _checked(value: Any, kind: type, name: str, other: str) -> Any:
+    if not isinstance(value, kind):
+        raise UserError(f"{name}: a {kind.__name__} or {other}, not {type(value).__name__} {value!r:.60}")
+    return value
+
+
+def _made(value: Any, kind: type, name: str) -> Any:
+    """``value``, the default ``kind()`` for None, or ``kind(**value)`` for a dict of its fields."""
+    if value is None or isinstance(value, Mapping):
+        fields = {f.name for f in dataclasses.fields(kind)}
+        unknown = sorted(set(value or {}) - fields)
+        if unknown:
+            raise UserError(f"{name}: unknown field{'s' * (len(unknown) > 1)} {', '.join(map(repr, unknown))}; "
+                            f"{kind.__name__} has {', '.join(sorted(fields))}")
+        return kind(**(value or {}))
+    return _checked(value, kind, name, "a dict of its fields")
+
+
+def _writers(writers: Any) -> list:
+    """The writers as a list (one writer alone is a list of one); each must be a writer object."""
+    if hasattr(writers, "open") and hasattr(writers, "write"):
+        writers = [writers]
+    if isinstance(writers, (str, bytes)) or not isinstance(writers, Iterable):
+        raise UserError(f"writers: a list of writers (JsonlWriter(path), MemoryWriter(), ...), not {writers!r:.60}")
+    writers = list(writers)
+    for writer in writers:
+        if not all(hasattr(writer, m) for m in ("open", "write", "close", "abort")):
+            raise UserError(f"writers: {writer!r:.60} is not a writer (JsonlWriter(path), CsvWriter(path), "
+                            f"MemoryWriter(), ...: open, write, close and abort)")
+    return writers
+
+
 def run(
     task: Task | str = "mlp",
     grid: Grid | None = None,
@@ -312,8 +348,9 @@ def run(
 
     Args:
         task: a :class:`~epsweep.tasks.Task` or a built-in task's name (``"mlp"``).
-        grid: the hyperparameter axes (default: eps 1e-8 and 1).
-        config: how to train (default: the task's default length, one seed, optax RMSProp).
+        grid: the hyperparameter axes (default: eps 1e-8 and 1); a dict of them is made a Grid.
+        config: how to train (default: the task's default length, one seed, optax RMSProp); a
+            dict of its fields is made a RunConfig.
         writers: where records go as chunks finish (:mod:`epsweep.results.writers`).
         progress: called with a :class:`ProgressEvent` as training advances.
         resume: take the settings already in a streaming writer's file (same run) as done.

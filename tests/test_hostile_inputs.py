@@ -481,3 +481,47 @@ def test_a_reader_that_stops_early_ends_the_run_quietly_and_keeps_the_results(co
     saved = re.fullmatch(r"epsweep: warning: standard output was closed before all 2 records were read; "
                          r"they were saved to (\S+)", line)
     assert saved and len(read_results(Path(saved.group(1))).records) == 2, line
+
+
+# --- the library: wrong arguments are a UserError naming them, before anything trains ---------
+LIBRARY_CASES = [  # an expression (names from _library_names) and what the UserError says
+    ("Grid(eps='1e-8')", "eps: '1e-8' is text; give numbers"),
+    ("Grid(eps=np.ones((1, 2)))", "eps: a flat sequence of numbers, not an array of shape (1, 2)"),
+    ("Grid(eps=(True,))", "eps: True is not a real number"),
+    ("Grid(lr=(1j,))", "lr: 1j is not a real number"),
+    ("RunConfig(first_seed=1.5)", "first_seed: 1.5 must be a whole number"),
+    ("RunConfig(steps='10')", "steps: '10' must be a whole number"),
+    ("RunConfig(centered='no')", "centered: 'no' must be True or False"),
+    ("RunConfig(conventions='tf2')", "unknown convention 'tf2'"),  # one name, not its letters
+    ("epsweep.sweep(3)", "task: a Task or a task's name, not int 3"),
+    ("epsweep.sweep('quadratic', [1e-8])", "grid: a Grid or a dict of its fields, not list"),
+    ("epsweep.sweep('quadratic', {'epsilon': [1e-8]})", "grid: unknown field 'epsilon'; Grid has decay, eps"),
+    ("epsweep.sweep('quadratic', None, {'step': 3})", "config: unknown field 'step'"),
+    ("epsweep.run('quadratic', None, QUICK, writers='x.jsonl')", "writers: a list of writers"),
+    ("epsweep.run('quadratic', None, QUICK, writers=['x.jsonl'])", "writers: 'x.jsonl' is not a writer"),
+    ("epsweep.sweep('quadratic', None, QUICK, progress=3)", "progress: 3 is not callable"),
+    ("build_report('sweep.jsonl')", "build_report takes what read_results(path) returns, not str"),
+    ("epsweep.read_results(None)", "a results file's path, not NoneType None"),
+    ("Dataset.from_arrays(*XY, seed=-1)", "seed: -1 must be a whole number >= 0"),
+    ("epsweep.run('quadratic', None, QUICK, writers=MemoryWriter(), resume=True)", "resume needs a streamed"),
+]
+
+
+def _library_names() -> dict:
+    import numpy as np
+
+    import epsweep
+    from epsweep import Dataset, Grid, MemoryWriter, RunConfig
+    from epsweep.results import build_report
+
+    return {"np": np, "epsweep": epsweep, "Dataset": Dataset, "Grid": Grid, "MemoryWriter": MemoryWriter,
+            "RunConfig": RunConfig, "build_report": build_report, "QUICK": RunConfig(steps=2),
+            "XY": (np.zeros((10, 4), np.float32), np.arange(10) % 2)}
+
+
+@pytest.mark.parametrize(("expression", "message"), LIBRARY_CASES, ids=[c[0] for c in LIBRARY_CASES])
+def test_library_refuses_wrong_arguments_with_one_message(expression, message):
+    from epsweep.errors import UserError
+
+    with pytest.raises(UserError, match=re.escape(message)):
+        eval(expression, _library_names())

@@ -209,6 +209,8 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     regression targets: no classes.
     """
     check_val_split(val_split)
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed: {seed!r} must be a whole number >= 0 (the shuffle's seed)")
     n = len(x)
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_split))

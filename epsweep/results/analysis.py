@@ -292,11 +292,16 @@ def build_report(
         >>> report.records[0]["eps"], round(report.sensitivity[0]["spread"], 6)
         (1e-08, 0.2)
     """
+    if not isinstance(loaded, Loaded):
+        raise UserError(f"build_report takes what read_results(path) returns, not {type(loaded).__name__} "
+                        f"{loaded!r:.60}")
     records = loaded.records
     if not records:
         raise UserError(f"{loaded.path}: no results in the file yet")
     fields = record_fields(records)
-    conditions = [parse_where(w, fields) for w in where]
+    conditions = [parse_where(w, fields) for w in ((where,) if isinstance(where, str) else where)]
+    if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
+        raise UserError(f"{param('top')}: {top!r} must be a whole number")
     if top is not None and top < 1:
         raise UserError(f"{param('top')}: {top} must be a positive integer")
     field = sort_field(sort, fields) if sort is not None else None

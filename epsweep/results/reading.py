@@ -12,7 +12,7 @@ import dataclasses
 import io
 import json
 import stat
-from pathlib import Path
+from pathlib import Path, PurePath
 from typing import Any
 
 from epsweep.errors import UserError, looked_up
@@ -37,6 +37,8 @@ class Loaded:
 
     def to_pandas(self):
         """The records as a ``pandas.DataFrame`` (pandas is optional), one row per setting."""
+        from epsweep.results.records import records_frame
+
         return records_frame(self.records)
 
 
@@ -262,8 +264,14 @@ def _check_file(path: Path) -> None:
         raise UserError(f"{path}: is a directory, not a results file")
 
 
+def _path(path: Any) -> Path:
+    if isinstance(path, (str, PurePath)):
+        return Path(path)
+    raise UserError(f"a results file's path, not {type(path).__name__} {path!r:.60}")
+
+
 def _read_bytes(path: Path) -> bytes:
-    path = Path(path)
+    path = _path(path)
     _check_file(path)
     try:
         return path.read_bytes()
@@ -367,7 +375,7 @@ def read_results(path: Path, fmt: str | None = None) -> Loaded:
         >>> loaded.meta["task"], loaded.records[0]["convention"]
         ('mlp', 'optax')
     """
-    path = Path(path)
+    path = _path(path)
     _check_file(path)  # missing or a directory: say so before anything about its format
     suffix = f".{fmt}" if fmt else path.suffix.lower()
     if suffix == ".jsonl":
@@ -401,19 +409,3 @@ def _first_of_each_setting(loaded: Loaded) -> None:
     loaded.notes.append(f"{loaded.path}: skipped {skipped} later record{plural} of settings already read (the "
                         "first of each counts, as resuming the sweep would)"
                         + (f"; {differ} of them with other results" if differ else ""))
-
-
-def records_frame(records: list[dict]):
-    """Records as a ``pandas.DataFrame``: one row per setting, the axes and metrics as
-    columns (``loss_curve`` a column of lists); a missing number is NaN, as
-    ``pandas.read_json(path, lines=True)`` gives it. pandas is optional; without it, a UserError."""
-    try:
-        import pandas
-    except ImportError:
-        raise UserError("to_pandas() needs pandas: pip install pandas") from None
-    frame = pandas.DataFrame.from_records([dict(r) for r in records])
-    for column in frame.columns:
-        values = [v for v in frame[column] if v is not None]
-        if all(is_number(v) for v in values):  # numbers, or only nulls: a numeric column
-            frame[column] = pandas.to_numeric(frame[column])
-    return frame

@@ -25,6 +25,7 @@ from collections.abc import Sequence
 
 import numpy as np
 
+from epsweep.errors import UserError
 from epsweep.numbers import needs_scientific
 from epsweep.vocabulary import GRID_AXES, SETTING_AXES, SETTING_DEFAULTS, is_number
 
@@ -233,3 +234,19 @@ def resumed_records(records: Sequence[dict], keys: set[SettingKey]) -> tuple[dic
     first, differing = first_of_each(records)
     others = [r for k, r in first.items() if k not in keys]
     return {k: r for k, r in first.items() if k in keys}, [*others, *differing], len(differing)
+
+
+def records_frame(records: list[dict]):
+    """Records as a ``pandas.DataFrame``: one row per setting, the axes and metrics as
+    columns (``loss_curve`` a column of lists); a missing number is NaN, as
+    ``pandas.read_json(path, lines=True)`` gives it. pandas is optional; without it, a UserError."""
+    try:
+        import pandas
+    except ImportError:
+        raise UserError("to_pandas() needs pandas: pip install pandas") from None
+    frame = pandas.DataFrame.from_records([dict(r) for r in records])
+    for column in frame.columns:
+        values = [v for v in frame[column] if v is not None]
+        if all(is_number(v) for v in values):  # numbers, or only nulls: a numeric column
+            frame[column] = pandas.to_numeric(frame[column])
+    return frame
