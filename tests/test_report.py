@@ -166,6 +166,22 @@ def test_plot_draws_panels_and_heatmap(saved, tmp_path, capsys):
     assert (tmp_path / "one.svg").read_text().lstrip().startswith("<?xml")
 
 
+def test_plot_names_with_control_characters_and_missing_glyphs(saved, tmp_path, capsys):
+    """A name from the file is drawn as typed (``\\x1b`` written out); characters the font lacks
+    are one epsweep warning, not matplotlib's own lines (with the raw name) on stderr."""
+    pytest.importorskip("matplotlib")
+    loaded = read_results(saved)
+    named = tmp_path / "named.json"
+    named.write_text(json.dumps({"meta": {**loaded.meta, "task": "a\x1b[2J\x07 数据"}, "results": loaded.records}))
+    assert main(["plot", str(named), "-o", str(tmp_path / "named.png")]) == 0
+    err = capsys.readouterr().err
+    assert err.splitlines()[0] == (f"epsweep: warning: {tmp_path / 'named.png'}: the font has no glyph for 2 "
+                                   f"characters of the names drawn (shown as boxes)")
+    assert "\x1b" not in err and len(err.splitlines()) == 2
+    assert main(["plot", str(named), "-o", str(tmp_path / "named.png"), "-q"]) == 0
+    assert capsys.readouterr().err == ""
+
+
 def test_plot_without_matplotlib_says_how_to_get_it(saved, tmp_path, monkeypatch, capsys):
     for name in [m for m in sys.modules if m == "matplotlib" or m.startswith("matplotlib.")]:
         monkeypatch.delitem(sys.modules, name)

@@ -15,6 +15,7 @@ from epsweep.cli.present import (
     output_format,
     print_prose,
     reader_left,
+    setup_logging,
     stdout_console,
     stdout_failed,
     warning,
@@ -46,6 +47,7 @@ def report(
 
     Example: epsweep report sweep.jsonl --top 5 --where decay=0.9
     """
+    setup_logging(quiet)
     from epsweep.results.analysis import build_report
     from epsweep.results.reading import read_results
 
@@ -157,6 +159,7 @@ def plot(
 
     Example: epsweep plot sweep.jsonl -o sweep.png
     """
+    setup_logging(quiet)
     from epsweep.results.analysis import build_report
     from epsweep.results.reading import read_results
     from epsweep.views.plot import save_plot
@@ -188,6 +191,7 @@ def compare(
 
     Example: epsweep compare optax.jsonl tf1.jsonl --where lr=0.01
     """
+    setup_logging(quiet)
     from epsweep.results.compare import compare as compare_results
     from epsweep.results.formats import MACHINE_FORMATS
     from epsweep.results.reading import read_results

@@ -12,7 +12,9 @@ through its object-oriented API (no pyplot, no global state, no display).
 
 from __future__ import annotations
 
+import logging
 import math
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,9 +25,12 @@ from epsweep.numbers import column, show
 from epsweep.results.analysis import metric_of
 from epsweep.results.files import check_writable, write_atomic
 from epsweep.results.records import axis_notation, rank_key
+from epsweep.views.sheet import visible
 from epsweep.views.table import rule_name, varying_axes
 from epsweep.views.titles import held_axes, run_title
 from epsweep.vocabulary import HIGHER_IS_BETTER, OPTIMIZER_NAMES, axis_title, label
+
+log = logging.getLogger(__name__)
 
 MAX_PANELS = 24
 MAX_TICKS = 12  # labels on an axis or a colour bar; more are thinned out
@@ -110,7 +115,7 @@ def make_figure(meta: dict, records: Sequence[dict]):
     heat_height = max(2.6, 0.32 * len(layout.lr_values) + 1.6)
     fig = Figure(figsize=(width, 3.4 * curve_rows + heat_height * heat_rows + 0.9), layout="constrained")
     held = held_axes(records, [*layout.varying, "eps"] + (["lr"] if len(layout.lr_values) > 1 else []), meta)
-    fig.suptitle(run_title(meta, records) + (f"\n{', '.join(held)}" if held else ""), **LITERAL)
+    fig.suptitle(visible(run_title(meta, records) + (f"\n{', '.join(held)}" if held else "")), **LITERAL)
     if n_curve:
         top, bottom = fig.subfigures(2, 1, height_ratios=[3.4 * curve_rows, heat_height * heat_rows])
         _curves(top, layout, meta, colors, ScalarMappable, ncols)
@@ -157,7 +162,7 @@ def _curves(fig, layout: _Layout, meta: dict, colors, ScalarMappable, ncols: int
         if log_y and len(axes) == 1:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(_formatter())
-        ax.set_title(layout.panel_title(key), fontsize=10, **LITERAL)
+        ax.set_title(visible(layout.panel_title(key)), fontsize=10, **LITERAL)
         ax.set_xlabel("step" if steps else "curve point")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
@@ -238,7 +243,7 @@ def _heatmaps(fig, layout: _Layout, metric: str, colors, ScalarMappable, ncols: 
         title = f"{label(metric)} over eps × lr" + (f", {rule}" if len(grids) > 1 else "")
         if others:
             title += f"\n(best over {', '.join(others)})"
-        ax.set_title(title, fontsize=10, **LITERAL)
+        ax.set_title(visible(title), fontsize=10, **LITERAL)
         if cell >= 0.4 and len(layout.lr_values) <= 16:
             _annotate(ax, grid, shade, norm, cmap)
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9, aspect=20)
@@ -283,7 +288,15 @@ def save_plot(meta: dict, records: Sequence[dict], path: Path | str, *, dpi: int
     fig = make_figure(meta, records)
     FigureCanvasAgg(fig)
     try:
-        write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
+        with warnings.catch_warnings(record=True) as caught:  # not matplotlib's own lines on stderr
+            warnings.simplefilter("always")
+            write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     except OSError as e:
         raise UserError(f"{param('output')}: cannot write {path}: {e.strerror or e}") from None
+    missing = {str(w.message) for w in caught if "missing from font" in str(w.message)}
+    if missing:
+        log.warning("%s: the font has no glyph for %d character%s of the names drawn (shown as boxes)", path,
+                    len(missing), "s" * (len(missing) != 1))
+    for other in (w for w in caught if "missing from font" not in str(w.message)):
+        log.warning("%s: %s", path, other.message)
     return fig.curve_panels, fig.heatmaps
