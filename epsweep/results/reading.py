@@ -7,10 +7,12 @@ naming the file and line. Meta keys of the wrong type are dropped with a note.
 
 from __future__ import annotations
 
+import codecs
 import csv
 import dataclasses
 import io
 import json
+import re
 import stat
 from pathlib import Path, PurePath
 from typing import Any
@@ -199,9 +201,9 @@ def read_stream(path: Path) -> Loaded:
     meta_line = False
     records: list[dict] = []
     notes: list[str] = []
-    offset = 0
+    offset = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # an editor's byte-order mark
     newline_missing = False
-    lines = raw.split(b"\n")
+    lines = raw[offset:].split(b"\n")
     for number, line in enumerate(lines, start=1):
         where = f"{path}, line {number}"
         if number == len(lines):  # after the last newline
@@ -280,7 +282,7 @@ def _read_bytes(path: Path) -> bytes:
 
 
 def _read_json(path: Path) -> Loaded:
-    raw = _read_bytes(path)
+    raw = _read_bytes(path).removeprefix(codecs.BOM_UTF8)
     if not raw.strip():
         raise UserError(f"{path}: file is empty")
     document = _parse_json(raw, str(path))
@@ -329,7 +331,8 @@ def _read_csv(path: Path) -> Loaded:
             raise UserError(f"{where}: {len(row)} cells but the header has {len(header)}")
         record: dict[str, Any] = {}
         for name, cell in zip(header, row, strict=True):
-            record[name] = _csv_value(name, cell, where)
+            if name and not name.startswith("Unnamed: "):  # pandas' unnamed index column is left out
+                record[name] = _csv_value(name, cell, where)
         records.append(check_record(record, where))
     return Loaded(Path(path), {}, records, [])
 
@@ -340,6 +343,8 @@ def _csv_value(name: str, cell: str, where: str) -> Any:
         return None
     if name in ("convention", "optimizer"):
         return cell
+    if name == "loss_curve" and cell.startswith("["):  # as pandas writes a list: [2.3, 1.1, nan]
+        return _parse_json(re.sub(r"\bnan\b", "null", cell).encode(), f"{where}: {name}")
     if cell in ("True", "False", "true", "false"):
         return cell.lower() == "true"
     try:
