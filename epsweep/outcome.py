@@ -57,6 +57,11 @@ class SweepInterrupted(KeyboardInterrupt):
         super().__init__(report)
         self.report = report
 
+    def __str__(self) -> str:
+        kept = self.report
+        where = f"; they are in {kept.path} (resume it to finish)" if kept.path is not None and kept.saved else ""
+        return f"interrupted: {kept.saved} of {kept.total} settings had finished{where}"
+
 
 class WriteFailed(UserError):
     """Training finished but an output could not be written; ``result`` holds every record

@@ -103,6 +103,8 @@ class Runner:
                             f"{param('seeds')} or update rules")
         if resume and not any(getattr(w, "resumable", False) for w in self.writers):
             raise UserError(f"{param('resume')} needs a streamed {param('output')} (a .jsonl file to resume)")
+        if not resume and any(getattr(w, "resume", False) is True for w in self.writers):
+            raise UserError("a writer made with resume=True resumes only when the run is: run(..., resume=True)")
         self.meta: dict = {}
         self._lock = threading.RLock()
         self._done: dict[tuple, dict] = {}  # from the file being resumed

@@ -508,6 +508,8 @@ LIBRARY_CASES = [  # an expression (names from _library_names) and what the User
     ("epsweep.read_results(None)", "a results file's path, not NoneType None"),
     ("Dataset.from_arrays(*XY, seed=-1)", "seed: -1 must be a whole number >= 0"),
     ("epsweep.run('quadratic', None, QUICK, writers=MemoryWriter(), resume=True)", "resume needs a streamed"),
+    ("epsweep.run('quadratic', None, QUICK, writers=[JsonlWriter('r.jsonl', resume=True)])", "only when the run is"),
+    ("JsonlWriter('out.csv')", "out.csv: JsonlWriter writes JSON lines (.jsonl); CsvWriter and JsonWriter write .csv"),
 ]
 
 
@@ -515,10 +517,11 @@ def _library_names() -> dict:
     import numpy as np
 
     import epsweep
-    from epsweep import Dataset, Grid, MemoryWriter, RunConfig
+    from epsweep import Dataset, Grid, JsonlWriter, MemoryWriter, RunConfig
     from epsweep.results import build_report
 
     return {"np": np, "epsweep": epsweep, "Dataset": Dataset, "Grid": Grid, "MemoryWriter": MemoryWriter,
+            "JsonlWriter": JsonlWriter,
             "RunConfig": RunConfig, "build_report": build_report, "QUICK": RunConfig(steps=2),
             "XY": (np.zeros((10, 4), np.float32), np.arange(10) % 2)}
 

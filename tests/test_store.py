@@ -554,3 +554,12 @@ def test_ctrl_c_ends_a_sweep_blocked_on_an_output_no_one_reads(tmp_path):
     stdout, stderr = proc.communicate(timeout=60)
     assert proc.returncode == 130 and stdout == ""
     assert stderr == "epsweep: interrupted; a results file was blocked (no reader?) for 3 s, nothing more was saved\n"
+
+
+def test_an_interrupted_sweep_says_what_it_kept_in_words():
+    from epsweep.outcome import StopReport, SweepInterrupted
+
+    stopped = SweepInterrupted(StopReport(2, 6, Path("a.partial.jsonl"), False))
+    assert str(stopped) == ("interrupted: 2 of 6 settings had finished; they are in a.partial.jsonl (resume it "
+                            "to finish)")
+    assert str(SweepInterrupted(StopReport(0, 6, None, False))) == "interrupted: 0 of 6 settings had finished"

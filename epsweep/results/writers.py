@@ -182,6 +182,9 @@ class JsonlWriter:
 
     def __init__(self, path: Path | str, *, resume: bool = False, force: bool = False, option: str = "output"):
         self.path = Path(path)
+        if self.path.suffix.lower() in (".csv", ".json"):  # read back as that format, it would not parse
+            raise UserError(f"{self.path}: JsonlWriter writes JSON lines (.jsonl); CsvWriter and JsonWriter write "
+                            f"{self.path.suffix}")
         self.meta_path = meta_path(self.path)
         self.resume = resume
         self.force = force
