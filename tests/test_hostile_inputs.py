@@ -199,6 +199,7 @@ CASES = [
     C("report {d}/good.json --where lr=fast", "'fast' in 'lr=fast' is not a number"),
     C("report {d}/good.json --where diverged=maybe", "--where: diverged is true or false, not 'maybe'"),
     C("report {d}/good.json --where lr=0.5", 'no settings match (lr in the file: 0.01)'),
+    C("compare {d}/good.json {d}/good.json --where lr=0.5", '--where: no settings match in either file (lr=0.5)'),
     C("report {d}/good.json --reverse", '--reverse needs --sort'),
     C("report {d}/good.json -o {d}/a_file/r.csv", 'is not a directory'),
     C("report {d}/good.json -f yaml", "unknown format 'yaml'"),

@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Sequence
 
-from epsweep.errors import UserError
+from epsweep.errors import UserError, param
 from epsweep.results.analysis import metric_of, parse_where, record_fields
 from epsweep.results.formats import dumps, to_csv
 from epsweep.results.guard import differences as run_differences
@@ -89,6 +89,8 @@ def compare(a: Loaded, b: Loaded, *, where: Sequence[str] = ()) -> Comparison:
         conditions = [parse_where(w, fields) for w in where]
         records.append([r for r in side.records if all(c.test(r) for c in conditions)])
     left, right = records
+    if where and not left and not right:  # as report says it: nothing to compare is not a comparison
+        raise UserError(f"{param('where')}: no settings match in either file ({'; '.join(where)})")
     metric = metric_of(left + right)
     metrics = [m for m in COMPARED if any(r.get(m) is not None for r in left + right)]
     if metric in metrics:  # the metric that decides "best" first
