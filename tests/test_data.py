@@ -224,3 +224,17 @@ def test_the_validation_fraction_is_checked_before_any_file_is_read(load):
     args = ("/no/such/file.npz", 75, 1.5) if load == "load_image_dataset" else ("/no/such/file.npz", 1.5)
     with pytest.raises(UserError, match=r"val_split: 1.5 is out of range"):
         loader(*args)
+
+
+def test_degenerate_data_trains_with_a_warning_each(caplog):
+    """Two examples leave none for validation at 0.2, and one class makes accuracy trivial:
+    both train (a smoke test of a pipeline may want exactly that), each with one warning."""
+    from epsweep.data.dataset import Dataset
+
+    with caplog.at_level("WARNING", logger="epsweep"):
+        data = Dataset.from_arrays(np.zeros((2, 4), np.float32), np.zeros(2, int), val_split=0.2)
+    assert len(data.x_val) == 0
+    assert [r.getMessage() for r in caplog.records] == [
+        "dataset 'arrays' has 2 examples: holding out 0.2 of them rounds to none, so nothing is validated (no val "
+        "loss or accuracy)",
+        "dataset 'arrays': every label is 0, one class; accuracy and loss say little"]

@@ -171,6 +171,7 @@ CASES = [
     C("report {d}/ragged.csv", '2 cells but the header has 5'),
     C("report {d}/excel.csv", "0.5", code=0),  # Excel's "CSV UTF-8" starts with a byte-order mark
     C("report {d}/bom.jsonl -f csv", "0.5", code=0),
+    C("report {d}/long_number.jsonl", "long_number.jsonl, line 1: a number of more than 4,300 digits"),
     C("report {d}/pandas.csv -f jsonl", '{"eps": 1e-08, "decay"', '"loss_curve": [1.0, null, 0.5]',
       code=0),  # DataFrame.to_csv(): its index column left out, its list of a curve read back
     C("report {d}/bom.json -f csv", "0.5", code=0),

@@ -7,11 +7,14 @@ regression, float32 targets, split into training and validation parts with a fix
 from __future__ import annotations
 
 import dataclasses
+import logging
 import os
 
 import numpy as np
 
 from epsweep.errors import UserError, param
+
+log = logging.getLogger(__name__)
 
 MAX_CLASSES = 100_000  # the output layer has one unit per class: labels must lie in 0..99,999
 FLOAT32_MAX = float(np.finfo(np.float32).max)
@@ -217,6 +220,11 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     if n - n_val < 1:
         raise UserError(f"dataset {name!r} has {n} examples: too few to hold out {val_split:g} for validation")
     train, val = order[: n - n_val], order[n - n_val :]
+    if n_val == 0 and val_split > 0:
+        log.warning("dataset %r has %d example%s: holding out %g of them rounds to none, so nothing is validated "
+                    "(no val loss or accuracy)", name, n, "s" * (n != 1), val_split)
+    if y.dtype.kind != "f" and n and np.all(y == y.flat[0]):
+        log.warning("dataset %r: every label is %d, one class; accuracy and loss say little", name, int(y.flat[0]))
     if y.dtype.kind == "f":
         return Dataset(name, x[train], y[train], x[val], y[val], None)
     labelled = int(y.max()) + 1 if len(y) else 0

@@ -14,6 +14,7 @@ import io
 import json
 import re
 import stat
+import sys
 from pathlib import Path, PurePath
 from typing import Any
 
@@ -255,6 +256,8 @@ def _parse_json(raw: bytes, where: str) -> Any:
     except NotReadable as e:
         raise UserError(f"{where}: {e}") from None
     except ValueError as e:
+        if "int_max_str_digits" in str(e):  # Python's guard against quadratic-time parsing
+            raise UserError(f"{where}: a number of more than {sys.get_int_max_str_digits():,} digits") from None
         raise UserError(f"{where}: not valid JSON ({_short(e)})") from None
 
 
