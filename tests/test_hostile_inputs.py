@@ -124,6 +124,7 @@ CASES = [
     C("grid --model {d}/:Net", "--model: {d} is not a file"),
     C("grid --model no_such_package.models:Net", "cannot import no_such_package.models: ModuleNotFoundError"),
     C("grid --model Net", "--model: 'Net' must look like FILE.py:NAME or package.module:NAME"),
+    C("grid --model models.py:Net:extra", "--model: 'models.py:Net:extra' must look like FILE.py:NAME or"),
     C("grid --metric none", "--metric applies to --model only"),
     # images for inception: a decompression bomb is skipped (here: nothing else to read); 0..1 or 0..255 only
     C("inception --dataset {d}/bombs --image-size 75 --steps 1 -q", 'none of the 1 images could be read'),

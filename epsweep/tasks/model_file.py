@@ -77,7 +77,7 @@ def load_model(model_spec: str) -> tuple[Any, str]:
         (the object, its NAME).
     """
     where, colon, name = model_spec.rpartition(":")
-    if not colon or not where or not name:
+    if not colon or not where or not name or ".py:" in where:  # FILE.py:NAME:MORE names no file
         raise UserError(f"{param('model_spec')}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
     is_file = where.endswith(".py") or "/" in where or "\\" in where
     module = _import_file(Path(where)) if is_file else _import_module(where)

@@ -80,7 +80,8 @@ def _cross_entropy(num_classes: int):
 
         if outputs.ndim != 2 or outputs.shape[0] != y.shape[0] or outputs.shape[1] < num_classes:
             raise UserError(f"cross_entropy needs logits of shape (batch, {num_classes}) for {num_classes} "
-                            f"classes; the model gives outputs of shape {tuple(outputs.shape)}")
+                            f"classes (or more columns: classes the data lacks); the model gives outputs of shape "
+                            f"{tuple(outputs.shape)}")
         return optax.softmax_cross_entropy_with_integer_labels(outputs.astype(jnp.float32), y)
 
     return cross_entropy
