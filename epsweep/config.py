@@ -26,6 +26,11 @@ def _finite(name: str, value: float | None) -> None:
         raise UserError(f"{param(name)}: {value!r} is not a finite number")
 
 
+def _scalar(value: object) -> object:
+    """A NumPy or JAX 0-d array as its Python value; anything else as it is."""
+    return np.asarray(value).item() if hasattr(value, "__array__") and np.ndim(value) == 0 else value
+
+
 @dataclasses.dataclass(frozen=True)
 class RunConfig:
     """How every setting of a sweep is trained.
@@ -57,13 +62,14 @@ class RunConfig:
         for name in ("conventions", "optimizers"):  # one name alone is one name, not its letters
             given = getattr(self, name)
             object.__setattr__(self, name, (given,) if isinstance(given, str) else tuple(given))
-        if not isinstance(self.centered, (bool, np.bool_)):
+        centered = _scalar(self.centered)
+        if not (isinstance(centered, (bool, np.bool_)) or isinstance(centered, int) and centered in (0, 1)):
             raise UserError(f"{param('centered')}: {self.centered!r} must be True or False")
-        object.__setattr__(self, "centered", bool(self.centered))
+        object.__setattr__(self, "centered", bool(centered))
         if self.steps is not None and self.epochs is not None:
             raise UserError(f"give {param('steps')} or {param('epochs')}, not both")
         for name in ("steps", "epochs", "batch_size", "seeds", "curve_points", "chunk_size", "first_seed"):
-            value = getattr(self, name)
+            value = _scalar(getattr(self, name))
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # NumPy's integers too

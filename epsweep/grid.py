@@ -18,6 +18,7 @@ from __future__ import annotations
 import dataclasses
 import itertools
 import math
+import numbers
 from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
@@ -167,7 +168,9 @@ def _axis_values(axis: str, given: object) -> tuple[float, ...]:
     for value in array.reshape(-1):
         if hasattr(value, "__array__") and np.ndim(value) == 0:  # a NumPy or JAX scalar array
             value = np.asarray(value).item()
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
+        if isinstance(value, str):
+            raise UserError(f"{param(axis)}: {value!r} is text; give numbers (parse_values reads text)")
+        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
             raise UserError(f"{param(axis)}: {value!r} is not a real number")
         values.append(float(value) + 0.0)  # + 0.0: -0.0 is 0.0
     return tuple(values)

@@ -83,8 +83,11 @@ def make_files(d: Path) -> Path:
     (d / "ragged.csv").write_text("eps,decay,lr,final_loss,diverged\n1e-8,0.9\n")
     (d / "excel.csv").write_bytes(b"\xef\xbb\xbfeps,decay,lr,final_loss,diverged\r\n1e-8,0.9,0.1,0.5,False\r\n")  # BOM
     (d / "pandas.csv").write_text(",eps,decay,lr,final_loss,diverged,loss_curve\n"  # DataFrame.to_csv()
-                                  '0,1e-8,0.9,0.1,0.5,False,"[1.0, nan, 0.5]"\n')
+                                  '0,1e-8,0.9,0.1,0.5,False,"[1.0, nan, None, inf, 0.5]"\n')
     (d / "long_number.jsonl").write_text('{"eps": ' + "1" * 5000 + "}\n")  # beyond Python's int parsing guard
+    (d / "bom_meta.jsonl").write_text(json.dumps(RECORD) + "\n")  # its meta, saved by an editor, has a BOM too
+    (d / "bom_meta.meta.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"format": "epsweep-stream/1",
+                                                                        "title": "from an editor"}).encode())
     (d / "bom.jsonl").write_bytes(b"\xef\xbb\xbf" + json.dumps(RECORD).encode() + b"\n")  # an editor's byte-order mark
     (d / "bom.json").write_bytes(b"\xef\xbb\xbf" + json.dumps({"meta": {}, "results": [RECORD]}).encode())
     (d / "nan.csv").write_text("eps,decay,lr,final_loss,diverged\nnan,0.9,0.1,0.5,False\n")

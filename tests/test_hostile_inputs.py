@@ -172,8 +172,9 @@ CASES = [
     C("report {d}/ragged.csv", '2 cells but the header has 5'),
     C("report {d}/excel.csv", "0.5", code=0),  # Excel's "CSV UTF-8" starts with a byte-order mark
     C("report {d}/bom.jsonl -f csv", "0.5", code=0),
+    C("report {d}/bom_meta.jsonl", "from an editor", code=0),
     C("report {d}/long_number.jsonl", "long_number.jsonl, line 1: a number of more than 4,300 digits"),
-    C("report {d}/pandas.csv -f jsonl", '{"eps": 1e-08, "decay"', '"loss_curve": [1.0, null, 0.5]',
+    C("report {d}/pandas.csv -f jsonl", '{"eps": 1e-08, "decay"', '"loss_curve": [1.0, null, null, null, 0.5]',
       code=0),  # DataFrame.to_csv(): its index column left out, its list of a curve read back
     C("report {d}/bom.json -f csv", "0.5", code=0),
     C("report {d}/nan.csv", 'eps is nan; missing numbers must be empty cells'),
@@ -241,6 +242,7 @@ CASES = [
     C(f"{Q} -o ''", "--output: an empty path"),
     C("grid --dataset ''", "--dataset: an empty path (built in: digits, synthetic)"),
     C("report '{d}/two  spaces '", "{d}/two  spaces : no such file"),  # blanks kept as typed
+    C("report '{d}/two\u2028lines.jsonl'", "{d}/two\\u2028lines.jsonl: no such file"),  # a Unicode line break
     C("report '{d}/cod\u202egnp.jsonl'", "{d}/cod\\u202egnp.jsonl: no such file"),  # a right-to-left override
     # names the system cannot even look up (ENAMETOOLONG)
     C(f"{Q} -o {{d}}/{LONG}.jsonl", "--output: cannot write", "File name too long"),

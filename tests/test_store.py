@@ -534,6 +534,12 @@ def test_a_whole_last_record_without_its_newline_is_read_and_resumed(uninterrupt
     assert len(loaded.records) == 5 and loaded.notes == [] and loaded.newline_missing
     resumed = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, cut, resume=True)
     assert resumed.meta["resumed"] == 5 and cut.read_text() == full_path.read_text()
+    first = tmp_path / "first.jsonl"  # cut inside its first line (killed while writing the first chunk)
+    first.write_text(lines[0][:40])
+    shutil.copy(meta_path(full_path), meta_path(first))
+    assert read_stream(first).records == [] and read_stream(first).valid_bytes == 0
+    again = stream_sweep(quadratic_task, QUAD_GRID, QUAD_CONFIG, first, resume=True)
+    assert again.meta["trained"] == 20 and first.read_text() == full_path.read_text()
     half = tmp_path / "half.jsonl"
     half.write_text("".join(lines[:5]) + lines[5][:40])  # cut mid-record: skipped with a note
     kept = read_stream(half)
@@ -542,18 +548,17 @@ def test_a_whole_last_record_without_its_newline_is_read_and_resumed(uninterrupt
 
 def test_ctrl_c_ends_a_sweep_blocked_on_an_output_no_one_reads(tmp_path):
     """A FIFO as --output blocks the open until a reader comes; Ctrl-C must still end the
-    process (it waited for the open, as for any write, forever), after a bounded wait."""
+    process at once (the exit waited for the open, as for a write to a file, forever)."""
     fifo = tmp_path / "fifo.jsonl"
     os.mkfifo(fifo)
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([EXE, "grid", "--task", "quadratic", "--steps", "3", "-q", "-o", str(fifo)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(6)  # started, planned, and blocked opening the FIFO
+    time.sleep(6)  # started, planned, and (all but surely) blocked opening the FIFO
     assert proc.poll() is None
     proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130 and stdout == ""
-    assert stderr == "epsweep: interrupted; a results file was blocked (no reader?) for 3 s, nothing more was saved\n"
+    stdout, stderr = proc.communicate(timeout=20)
+    assert proc.returncode == 130 and stdout == "" and stderr.startswith("epsweep: interrupted"), stderr
 
 
 def test_an_interrupted_sweep_says_what_it_kept_in_words():

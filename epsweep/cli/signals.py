@@ -12,7 +12,7 @@ import threading
 from collections.abc import Callable, Iterator
 
 from epsweep.results.files import WRITE_LOCK
-from epsweep.views.sheet import visible, visible_line
+from epsweep.views.sheet import visible_line
 
 
 @contextlib.contextmanager
@@ -67,9 +67,9 @@ def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | 
         os.close(read_fd)
 
 
-WRITE_WAIT_S = 3.0
-"""How long an exit waits for a results-file write (or open) to finish: one that blocks (a
-FIFO no one reads, a stalled pipe) must not keep Ctrl-C from working."""
+WRITE_WAIT_S = 60.0
+"""How long an exit waits for a write to a results file (a regular file: writes to a pipe or
+device, which may block for good, are not waited for) before it exits all the same."""
 
 
 def _exit_now(number: int, message: Callable[[], str], cleanup: Callable[[], None] | None) -> None:
@@ -78,8 +78,9 @@ def _exit_now(number: int, message: Callable[[], str], cleanup: Callable[[], Non
         helper = threading.Thread(target=cleanup, daemon=True)
         helper.start()
         helper.join(timeout=1)
-    if not locked:  # saving anything now would wait on the same blocked file
-        text = f"interrupted; a results file was blocked (no reader?) for {WRITE_WAIT_S:g} s, nothing more was saved"
+    if not locked:  # saving anything now would wait on the same stalled file system
+        text = (f"interrupted; a write to a results file did not finish within {WRITE_WAIT_S:g} s (a stalled file "
+                f"system?); its last line may be cut, and nothing more was saved")
     else:
         try:
             text = message()
@@ -89,7 +90,7 @@ def _exit_now(number: int, message: Callable[[], str], cleanup: Callable[[], Non
         text = text.replace("interrupted", "terminated", 1)
     with contextlib.suppress(OSError):
         sys.stderr.flush()
-        os.write(2, f"epsweep: {visible(text)}\n".encode(errors="backslashreplace"))
+        os.write(2, f"epsweep: {visible_line(text)}\n".encode(errors="backslashreplace"))
     os._exit(128 + number)
 
 

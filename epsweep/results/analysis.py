@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import numbers
 import re
 from collections.abc import Sequence
 from typing import Any
@@ -300,7 +301,7 @@ def build_report(
         raise UserError(f"{loaded.path}: no results in the file yet")
     fields = record_fields(records)
     conditions = [parse_where(w, fields) for w in ((where,) if isinstance(where, str) else where)]
-    if top is not None and (isinstance(top, bool) or not isinstance(top, int)):
+    if top is not None and (isinstance(top, bool) or not isinstance(top, numbers.Integral)):
         raise UserError(f"{param('top')}: {top!r} must be a whole number")
     if top is not None and top < 1:
         raise UserError(f"{param('top')}: {top} must be a positive integer")

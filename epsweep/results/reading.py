@@ -182,10 +182,17 @@ def _read_meta_file(path: Path) -> dict:
         raise UserError(f"{path}: cannot read ({e.strerror or e})") from None
     if size > MAX_META_BYTES:
         raise UserError(f"{path}: {size:,} bytes is too big for the meta of a sweep")
-    meta = _parse_json(_read_bytes(path), str(path))
+    meta = _parse_json(_read_bytes(path).removeprefix(codecs.BOM_UTF8), str(path))
     if not isinstance(meta, dict):
         raise UserError(f"{path}: meta must be a JSON object")
     return meta
+
+
+def _has_file(path: Path) -> bool:
+    try:
+        return path.is_file()
+    except OSError:  # a name too long for the system (NAME.meta.json is 4 bytes longer): none there
+        return False
 
 
 def read_stream(path: Path) -> Loaded:
@@ -195,15 +202,13 @@ def read_stream(path: Path) -> Loaded:
 
     A last line with no newline is read when it is a whole record (a file cut by hand, or
     written by another tool), else skipped with a note (the process died mid-write); any other
-    unreadable line is an error naming it, as is a file whose only line is unreadable.
+    unreadable line is an error naming it, as is an only line with no stream meta beside it.
     """
     raw = _read_bytes(path)
-    meta: dict = {}
-    meta_line = False
+    meta, meta_line, newline_missing = {}, False, False
     records: list[dict] = []
     notes: list[str] = []
     offset = len(codecs.BOM_UTF8) if raw.startswith(codecs.BOM_UTF8) else 0  # an editor's byte-order mark
-    newline_missing = False
     lines = raw[offset:].split(b"\n")
     for number, line in enumerate(lines, start=1):
         where = f"{path}, line {number}"
@@ -213,7 +218,7 @@ def read_stream(path: Path) -> Loaded:
             try:
                 value = check_record(_parse_json(line, where), where)
             except UserError:
-                if number == 1:  # no line is whole: not a stream cut short
+                if number == 1 and not _has_file(meta_path(path)):  # no whole line, no meta: not a stream
                     raise
                 notes.append(f"{path}: skipped a truncated last line (line {number})")
                 break
@@ -232,13 +237,8 @@ def read_stream(path: Path) -> Loaded:
             meta, meta_line = value["meta"], True
             continue
         records.append(check_record(value, where))
-    beside = meta_path(path)
-    try:
-        has_meta_file = not meta_line and beside.is_file()
-    except OSError:  # a name too long for the system (NAME.meta.json is 4 bytes longer): no meta beside
-        has_meta_file = False
-    if has_meta_file:
-        meta = _read_meta_file(beside)
+    if not meta_line and _has_file(meta_path(path)):
+        meta = _read_meta_file(meta_path(path))
     return Loaded(Path(path), meta, records, notes, valid_bytes=offset, meta_line=meta_line,
                   newline_missing=newline_missing)
 
@@ -347,7 +347,7 @@ def _csv_value(name: str, cell: str, where: str) -> Any:
     if name in ("convention", "optimizer"):
         return cell
     if name == "loss_curve" and cell.startswith("["):  # as pandas writes a list: [2.3, 1.1, nan]
-        return _parse_json(re.sub(r"\bnan\b", "null", cell).encode(), f"{where}: {name}")
+        return _parse_json(re.sub(r"-?\b(?:nan|None|inf)\b", "null", cell).encode(), f"{where}: {name}")
     if cell in ("True", "False", "true", "false"):
         return cell.lower() == "true"
     try:

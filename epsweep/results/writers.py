@@ -194,6 +194,7 @@ class JsonlWriter:
         self._file = None
         self._claim: FileClaim | None = None
         self._resuming = False
+        self._regular = True
         self._extras: list[dict] = []
         self._done = 0
         self.failed = False  # a write failed: the file no longer holds every finished record
@@ -276,16 +277,16 @@ class JsonlWriter:
         self._take_claim()
         self._resuming = self.existing is not None
         try:
+            created = not os.path.lexists(self.path)
+            self._file = open(self.path, "r+b" if self._resuming else "ab")  # no write yet, so not locked: a
+            self._regular = self.path.is_file()  # FIFO blocks here until a reader comes, and Ctrl-C must work
             with WRITE_LOCK:
                 if self._resuming:
-                    self._file = open(self.path, "r+b")
                     self._file.truncate(self.existing.valid_bytes)
                     self._file.seek(0, os.SEEK_END)
                     if self.existing.newline_missing:  # its last record ends the line before the next
                         self._file.write(b"\n")
-                else:
-                    created = not os.path.lexists(self.path)
-                    self._file = open(self.path, "ab")  # opened before the meta is written, emptied after
+                else:  # opened before the meta is written, emptied after
                     if self._with_meta:  # the file is never without its meta
                         try:
                             write_atomic(self.meta_path, dumps(meta, indent=2) + "\n")
@@ -303,8 +304,8 @@ class JsonlWriter:
 
     def write(self, records: Sequence[dict]) -> None:
         text = "".join(dumps(r) + "\n" for r in records).encode()
-        try:
-            with WRITE_LOCK:
+        try:  # a pipe or device may block for good (a reader that stopped): not under the exit's lock
+            with WRITE_LOCK if self._regular else contextlib.nullcontext():
                 self._file.write(text)
                 self._file.flush()
         except OSError as e:

@@ -289,7 +289,7 @@ def save_plot(meta: dict, records: Sequence[dict], path: Path | str, *, dpi: int
     FigureCanvasAgg(fig)
     try:
         with warnings.catch_warnings(record=True) as caught:  # not matplotlib's own lines on stderr
-            warnings.simplefilter("always")
+            warnings.simplefilter("always", UserWarning)
             write_atomic(path, lambda tmp: fig.savefig(tmp, format=fmt, dpi=dpi))
     except OSError as e:
         raise UserError(f"{param('output')}: cannot write {path}: {e.strerror or e}") from None
