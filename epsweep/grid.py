@@ -95,7 +95,7 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
     Duplicates are dropped, first occurrence kept, so the grid never trains one setting twice.
 
     Args:
-        tokens: the tokens as typed, e.g. ``["1e-8,1e-4", "log:1e-2:1:3"]``.
+        tokens: the tokens as typed, e.g. ``["1e-8,1e-4", "log:1e-2:1:3"]``; one string is one token.
         name: the parameter they are for (``"eps"``), named in errors.
         read_stdin: returns standard input's text, for the token ``-``.
 
@@ -107,7 +107,7 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
         [1e-08, 1.0, 0.0001, 0.001, 0.01]
     """
     values: list[float] = []
-    for token in tokens:
+    for token in [tokens] if isinstance(tokens, str) else tokens:
         token = token.strip()
         if token == "-":
             if read_stdin is None:

@@ -495,6 +495,7 @@ def test_a_reader_that_stops_early_ends_the_run_quietly_and_keeps_the_results(co
 # --- the library: wrong arguments are a UserError naming them, before anything trains ---------
 LIBRARY_CASES = [  # an expression (names from _library_names) and what the UserError says
     ("Grid(eps='1e-8')", "eps: '1e-8' is text; give numbers"),
+    ("epsweep.parse_values('log:1e-8:1:abc', 'eps')", "is not an integer"),  # one token, not letters
     ("Grid(eps=np.ones((1, 2)))", "eps: a flat sequence of numbers, not an array of shape (1, 2)"),
     ("Grid(eps=(True,))", "eps: True is not a real number"),
     ("Grid(lr=(1j,))", "lr: 1j is not a real number"),
