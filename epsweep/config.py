@@ -10,10 +10,8 @@ import math
 import numbers
 from collections.abc import Sequence
 
-import numpy as np
-
 from epsweep.errors import UserError, param
-from epsweep.vocabulary import UpdateRule, check_convention, check_optimizer
+from epsweep.vocabulary import UpdateRule, check_convention, check_optimizer, plain_scalar
 
 MAX_SEEDS = 10_000
 MAX_STEPS = 10_000_000  # step indices and curve buckets stay exact in int32 below this (engine.spec)
@@ -24,11 +22,6 @@ MAX_CHUNK_SIZE = 1_000_000
 def _finite(name: str, value: float | None) -> None:
     if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
         raise UserError(f"{param(name)}: {value!r} is not a finite number")
-
-
-def _scalar(value: object) -> object:
-    """A NumPy or JAX 0-d array as its Python value; anything else as it is."""
-    return np.asarray(value).item() if hasattr(value, "__array__") and np.ndim(value) == 0 else value
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +55,14 @@ class RunConfig:
         for name in ("conventions", "optimizers"):  # one name alone is one name, not its letters
             given = getattr(self, name)
             object.__setattr__(self, name, (given,) if isinstance(given, str) else tuple(given))
-        centered = _scalar(self.centered)
-        if not (isinstance(centered, (bool, np.bool_)) or isinstance(centered, int) and centered in (0, 1)):
+        centered = plain_scalar(self.centered)
+        if not (isinstance(centered, bool) or isinstance(centered, int) and centered in (0, 1)):
             raise UserError(f"{param('centered')}: {self.centered!r} must be True or False")
         object.__setattr__(self, "centered", bool(centered))
         if self.steps is not None and self.epochs is not None:
             raise UserError(f"give {param('steps')} or {param('epochs')}, not both")
         for name in ("steps", "epochs", "batch_size", "seeds", "curve_points", "chunk_size", "first_seed"):
-            value = _scalar(getattr(self, name))
+            value = plain_scalar(getattr(self, name))
             if value is None:
                 continue
             if isinstance(value, bool) or not isinstance(value, numbers.Integral):  # NumPy's integers too

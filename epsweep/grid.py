@@ -25,7 +25,7 @@ import numpy as np
 
 from epsweep.errors import UserError, param
 from epsweep.numbers import show
-from epsweep.vocabulary import AXIS_DEFAULTS, AXIS_ROLES, GRID_AXES
+from epsweep.vocabulary import AXIS_DEFAULTS, AXIS_ROLES, GRID_AXES, plain_scalar
 
 MAX_RANGE_COUNT = 100_000
 MAX_GRID_SIZE = 1_000_000
@@ -165,12 +165,10 @@ def _axis_values(axis: str, given: object) -> tuple[float, ...]:
     if array.ndim > 1:
         raise UserError(f"{param(axis)}: a flat sequence of numbers, not an array of shape {array.shape}")
     values = []
-    for value in array.reshape(-1):
-        if hasattr(value, "__array__") and np.ndim(value) == 0:  # a NumPy or JAX scalar array
-            value = np.asarray(value).item()
+    for value in map(plain_scalar, array.reshape(-1)):  # NumPy and JAX scalars as Python numbers
         if isinstance(value, str):
             raise UserError(f"{param(axis)}: {value!r} is text; give numbers (parse_values reads text)")
-        if isinstance(value, (bool, np.bool_)) or not isinstance(value, numbers.Real):
+        if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise UserError(f"{param(axis)}: {value!r} is not a real number")
         values.append(float(value) + 0.0)  # + 0.0: -0.0 is 0.0
     return tuple(values)

@@ -231,7 +231,8 @@ class Runner:
         kept = self.save_partial()
         for writer in writers:
             writer.abort()
-        if not isinstance(error, (KeyboardInterrupt, UserError)) and not _is_out_of_memory(error):
+        out_of_memory = _is_out_of_memory(error)
+        if not isinstance(error, (KeyboardInterrupt, UserError)) and not out_of_memory:
             if kept.saved and kept.path is not None:
                 note = (f"{kept.saved} of {kept.total} settings had finished; they are in {kept.path} (resume it "
                         f"to finish)")
@@ -242,7 +243,7 @@ class Runner:
             raise SweepInterrupted(kept) from None
         if isinstance(error, UserError):  # an output that failed mid-sweep: what finished is kept elsewhere
             raise SweepStopped(error.message, kept) from None
-        if _is_out_of_memory(error):
+        if out_of_memory:
             first_line = str(error).splitlines()[0][:200]
             raise OutOfMemory(f"out of memory while training: {first_line} (use a smaller {param('batch_size')} or "
                               f"{param('chunk_size')}, fewer {param('seeds')}, or a smaller model or input)",
@@ -325,15 +326,15 @@ def _made(value: Any, kind: type, name: str) -> Any:
 
 def _writers(writers: Any) -> list:
     """The writers as a list (one writer alone is a list of one); each must be a writer object."""
-    if hasattr(writers, "open") and hasattr(writers, "write"):
+    if isinstance(writers, Writer):
         writers = [writers]
     if isinstance(writers, (str, bytes)) or not isinstance(writers, Iterable):
         raise UserError(f"writers: a list of writers (JsonlWriter(path), MemoryWriter(), ...), not {writers!r:.60}")
     writers = list(writers)
     for writer in writers:
-        if not all(hasattr(writer, m) for m in ("open", "write", "close", "abort")):
+        if not isinstance(writer, Writer):
             raise UserError(f"writers: {writer!r:.60} is not a writer (JsonlWriter(path), CsvWriter(path), "
-                            f"MemoryWriter(), ...: open, write, close and abort)")
+                            f"MemoryWriter(), ...: streams, open, write, close and abort)")
     return writers
 
 

@@ -131,6 +131,17 @@ def label(field: str) -> str:
     return LABELS.get(field, field.replace("_", " "))
 
 
+def plain_scalar(value: Any) -> Any:
+    """A NumPy or JAX scalar (a 0-d array) as its Python value; anything else as it is.
+
+    Example:
+        >>> import numpy as np
+        >>> plain_scalar(np.int64(3)), plain_scalar(np.array(0.5)), plain_scalar([1])
+        (3, 0.5, [1])
+    """
+    return value.item() if hasattr(value, "__array__") and getattr(value, "ndim", None) == 0 else value
+
+
 def is_number(value: Any) -> bool:
     """A real number: an int or float, but not a bool.
 

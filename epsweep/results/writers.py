@@ -25,7 +25,7 @@ import os
 import tempfile
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 from epsweep.errors import UserError, param
 from epsweep.results.files import WRITE_LOCK, FileClaim, check_writable, write_atomic, write_or_keep
@@ -38,6 +38,7 @@ from epsweep.results.records import SettingKey, resumed_records, setting_key
 log = logging.getLogger(__name__)
 
 
+@runtime_checkable
 class Writer(Protocol):
     """What the runner needs of a destination for records."""
 
@@ -194,7 +195,6 @@ class JsonlWriter:
         self._file = None
         self._claim: FileClaim | None = None
         self._resuming = False
-        self._regular = True
         self._extras: list[dict] = []
         self._done = 0
         self.failed = False  # a write failed: the file no longer holds every finished record
@@ -278,8 +278,8 @@ class JsonlWriter:
         self._resuming = self.existing is not None
         try:
             created = not os.path.lexists(self.path)
-            self._file = open(self.path, "r+b" if self._resuming else "ab")  # no write yet, so not locked: a
-            self._regular = self.path.is_file()  # FIFO blocks here until a reader comes, and Ctrl-C must work
+            # no write yet, so not under the exit's lock: a FIFO blocks here until a reader comes
+            self._file = open(self.path, "r+b" if self._resuming else "ab")
             with WRITE_LOCK:
                 if self._resuming:
                     self._file.truncate(self.existing.valid_bytes)
@@ -305,7 +305,7 @@ class JsonlWriter:
     def write(self, records: Sequence[dict]) -> None:
         text = "".join(dumps(r) + "\n" for r in records).encode()
         try:  # a pipe or device may block for good (a reader that stopped): not under the exit's lock
-            with WRITE_LOCK if self._regular else contextlib.nullcontext():
+            with WRITE_LOCK if self._with_meta else contextlib.nullcontext():
                 self._file.write(text)
                 self._file.flush()
         except OSError as e:
