@@ -513,6 +513,7 @@ LIBRARY_CASES = [  # an expression (names from _library_names) and what the User
     ("build_report('sweep.jsonl')", "build_report takes what read_results(path) returns, not str"),
     ("epsweep.read_results(None)", "a results file's path, not NoneType None"),
     ("Dataset.from_arrays(*XY, seed=-1)", "seed: -1 must be a whole number >= 0"),
+    ("epsweep.build_task('toy', data_seed=-1)", "seed: -1 must be a whole number >= 0"),
     ("epsweep.run('quadratic', None, QUICK, writers=MemoryWriter(), resume=True)", "resume needs a streamed"),
     ("epsweep.run('quadratic', None, QUICK, writers=[JsonlWriter('r.jsonl', resume=True)])", "only when the run is"),
     ("JsonlWriter('out.csv')", "out.csv: JsonlWriter writes JSON lines (.jsonl); CsvWriter and JsonWriter write .csv"),

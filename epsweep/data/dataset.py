@@ -203,6 +203,12 @@ def check_val_split(val_split: float) -> None:
         raise UserError(f"{param('val_split')}: {val_split:g} is out of range (0 <= val_split < 1)")
 
 
+def check_seed(seed) -> None:
+    """Refuse a data seed that is not a whole number >= 0 (NumPy's generators take no other)."""
+    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise UserError(f"seed: {seed!r} must be a whole number >= 0 (the shuffle's seed)")
+
+
 def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int = 0,
           num_classes: int | None = None) -> Dataset:
     """Shuffle with ``seed`` and hold out a ``val_split`` fraction for validation.
@@ -212,8 +218,7 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     regression targets: no classes.
     """
     check_val_split(val_split)
-    if isinstance(seed, (bool, np.bool_)) or not isinstance(seed, (int, np.integer)) or seed < 0:
-        raise UserError(f"seed: {seed!r} must be a whole number >= 0 (the shuffle's seed)")
+    check_seed(seed)
     n = len(x)
     order = np.random.default_rng(seed).permutation(n)
     n_val = int(round(n * val_split))

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from epsweep.data.dataset import Dataset, split
+from epsweep.data.dataset import Dataset, check_seed, split
 from epsweep.data.sources import load_dataset, toy
 from epsweep.errors import UserError, param
 from epsweep.tasks.task import Task
@@ -58,6 +58,7 @@ def toy_task(val_split: float, data_seed: int = 0) -> Task:
 
     from epsweep.models.small import ToyNet
 
+    check_seed(data_seed)  # before toy() draws with it
     x, y = toy(seed=data_seed)
     data = split("toy", x, y, val_split, data_seed)
     model = ToyNet()
