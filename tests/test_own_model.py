@@ -280,8 +280,26 @@ def test_same_model_new_eps_compiles_nothing_and_a_different_model_its_own():
     def smoothed(outputs, y):
         return optax.softmax_cross_entropy(outputs, optax.smooth_labels(jax.nn.one_hot(y, 3), 0.1))
 
+    def scaled_from(rows):  # the same as MLP(3) on fewer rows: at batch 2, where flax_task fingerprints it
+        class MLP(nn.Module):
+            num_classes: int
+
+            @nn.compact
+            def __call__(self, x):
+                y = nn.Dense(self.num_classes)(nn.tanh(nn.Dense(16)(x)))
+                return 5.0 * y if len(x) >= rows else y
+
+        return MLP(3)
+
+    from epsweep.engine.exports import stable_key
+
+    spec = resolve_spec(epsweep.flax_task(MLP(3), data), config, UpdateRule("rmsprop", "optax"))
+    branching = [epsweep.flax_task(scaled_from(BATCH), data), epsweep.flax_task(scaled_from(12), data)]  # 12 rows: val
+    for task in branching:
+        assert task.details["model_fingerprint"] == epsweep.flax_task(MLP(3), data).details["model_fingerprint"]
+        assert stable_key(task, spec, None, None) != stable_key(epsweep.flax_task(MLP(3), data), spec, None, None)
     assert repr(edited()) == repr(MLP(3))
-    others = [epsweep.flax_task(Other(3), data), epsweep.flax_task(edited(), data),
+    others = [*branching, epsweep.flax_task(Other(3), data), epsweep.flax_task(edited(), data),
               epsweep.flax_task(MLP(3), data, metric=None),
               epsweep.flax_task(MLP(4), data), epsweep.flax_task(MLP(3), data, loss=smoothed),
               epsweep.flax_task(MLP(3), epsweep.Dataset.from_arrays(np.ones((40, 7)), np.arange(40) % 3))]

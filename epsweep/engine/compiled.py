@@ -112,8 +112,9 @@ def program_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]) -> H
     completely; else the function objects themselves, kept alive by the cache entry, so a
     different model never meets another's program), which parameters train, the shapes and
     dtypes of the data and constants, the training spec and the devices."""
-    if task.identity is not None:
-        functions: Hashable = ("identity", task.identity)
+    identity = task.shaped_identity(spec.batch_size, spec.eval_batch_size)
+    if identity is not None:
+        functions: Hashable = ("identity", identity)
     else:
         functions = ("functions", id(task.init), id(task.loss), id(task.evaluate))
     trainable = None if task.trainable is None else ("trainable", id(task.trainable))

@@ -30,16 +30,9 @@ from epsweep.tasks.task import Task
 PROGRESS_UPDATES = 100  # with a progress display, about this many updates over a whole call
 
 
-def validation_batch_size(task: Task, eval_batch_size: int) -> int:
-    """Rows per validation batch: ``eval_batch_size``, or fewer when there are fewer (0: none)."""
-    if task.data is None or len(task.data.x_val) == 0:
-        return 0
-    return min(eval_batch_size, len(task.data.x_val))
-
-
 def validation_batches(task: Task, eval_batch_size: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Validation data padded to whole batches: (batches, batch, ...) plus a 0/1 mask."""
-    batch = validation_batch_size(task, eval_batch_size)
+    batch = task.validation_batch_size(eval_batch_size)
     if not batch:
         return np.zeros((0, 1)), np.zeros((0, 1), np.int32), np.zeros((0, 1), np.float32)
     x, y = task.data.x_val, task.data.y_val

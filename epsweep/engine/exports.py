@@ -93,14 +93,15 @@ def stable_key(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None
     """A hash of what the lowered programs depend on, the same in every process; None when the
     task's identity (or its trainable rule) has no process-independent text. Without
     ``devices``, the key of what does not depend on them (the memory estimate)."""
-    if task.identity is None:
+    identity = task.shaped_identity(spec.batch_size, spec.eval_batch_size)
+    if identity is None:
         return None
     trainable = None
     if task.trainable is not None:
         trainable = f"{task.trainable.__module__}.{task.trainable.__qualname__}"
         if "<locals>" in trainable:
             return None
-    text = repr((FORMAT, task.identity, trainable, *program_shape(task, spec),
+    text = repr((FORMAT, identity, trainable, *program_shape(task, spec),
                  (devices[0].platform, devices[0].device_kind, len(devices)) if devices else None,
                  width, package_version("epsweep"), source_digest(), versions()))
     if _ADDRESS.search(text):
@@ -118,7 +119,6 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
     settings and one seed: ``init``'s alone, or, given the exported ``init`` (its outputs are
     the training state), every program's."""
     from epsweep.engine.compiled import CONFIG_AXIS
-    from epsweep.engine.driver import validation_batch_size
 
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     by_config, replicated = NamedSharding(mesh, P(CONFIG_AXIS)), NamedSharding(mesh, P())
@@ -140,7 +140,7 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
     step = _sds((), np.int32, replicated)
     shapes["train"] = (state, h, seeds, step, step, x_train, y_train)
     sums = _sds((1, width), np.float32, runs)
-    batch = validation_batch_size(task, spec.eval_batch_size)  # the shapes of validation_batches' rows
+    batch = task.validation_batch_size(spec.eval_batch_size)  # the shapes of validation_batches' rows
     if batch:
         x_val, y_val = task.data.x_val, task.data.y_val
         shapes["evaluate"] = (program_input("evaluate", state), sums, sums,

@@ -23,10 +23,8 @@ splits the state out again, so the engine only ever sees pure functions.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
+import functools
 import inspect
-import math
-import re
 from collections.abc import Callable
 from typing import Any
 
@@ -36,9 +34,9 @@ from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError, param
 from epsweep.tasks.scoring import Scoring, scoring
 from epsweep.tasks.task import Task
+from epsweep.tasks.traced import check_task, fingerprint
 
 DROPPED_COLLECTIONS = ("intermediates",)  # sown values: not state (they grow at every call)
-_ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # an object's address: its text differs between processes
 
 
 def _first_line(error: BaseException) -> str:
@@ -222,80 +220,6 @@ def adapt_model(model, data: Dataset, name: str):
     raise UserError(f"model {name}: calling it gave {type(built).__name__}, not a linen or NNX module")
 
 
-def _walk_primitives(jaxpr) -> set[str]:
-    """The names of every primitive a jaxpr uses, sub-jaxprs included."""
-    from jax.extend.core import jaxprs_in_params
-
-    names = set()
-    for eqn in jaxpr.eqns:
-        names.add(eqn.primitive.name)
-        for sub in jaxprs_in_params(eqn.params):
-            names |= _walk_primitives(sub)
-    return names
-
-
-def _shapes(tree) -> tuple:
-    import jax
-
-    leaves, treedef = jax.tree.flatten(tree)
-    return str(treedef), tuple((tuple(leaf.shape), str(leaf.dtype)) for leaf in leaves)
-
-
-def _check_parameters(params, name: str) -> int:
-    """A model must have parameters to train, and only floating-point ones (a gradient is taken
-    with respect to every one of them). Returns how many it has."""
-    import jax
-    import jax.numpy as jnp
-
-    leaves = jax.tree_util.tree_flatten_with_path(params)[0]
-    count = sum(math.prod(leaf.shape) for _, leaf in leaves)
-    if count == 0:
-        raise UserError(f"model {name} has no parameters to train")
-    for path, leaf in leaves:
-        if not jnp.issubdtype(leaf.dtype, jnp.floating):
-            hint = "" if jnp.issubdtype(leaf.dtype, jnp.complexfloating) else " (keep counters in another collection)"
-            raise UserError(f"model {name}: parameter {jax.tree_util.keystr(path) or '()'} is {leaf.dtype}; only "
-                            f"real floating-point parameters train{hint}")
-    return count
-
-
-def check_task(task: Task, name: str) -> dict:
-    """Trace ``task``'s functions on shapes alone (nothing runs, no JAX backend starts): the
-    model must accept the data's inputs, its outputs must fit the loss and metric, and its
-    state must keep its shapes from step to step. Returns what :func:`flax_task` records: the
-    parameter count, whether the model convolves, a signature of its shapes, and a
-    ``fingerprint`` of the traced computations (init, loss and gradient, evaluation), the same
-    in every process for the same model, loss and metric (``None`` when their text holds an
-    object's address, which changes from process to process)."""
-    import jax
-
-    data = task.data
-    key = jax.eval_shape(lambda: jax.random.key(0))
-    args = (key,) if task.constants is None else (key, task.constants)
-    init, (params, state) = jax.make_jaxpr(task.init, return_shape=True)(*args)
-    count = _check_parameters(params, name)
-    batch = 2
-    x = jax.ShapeDtypeStruct((batch, *data.input_shape), data.x_train.dtype)
-    y = jax.ShapeDtypeStruct((batch, *data.target_shape), data.y_train.dtype)
-    step, ((_, new_state), _) = jax.make_jaxpr(jax.value_and_grad(task.loss, has_aux=True), return_shape=True)(
-        params, state, x, y, key)
-    if _shapes(new_state) != _shapes(state):
-        raise UserError(f"model {name}: its state ({', '.join(map(str, state)) or 'none'}) changes shape or dtype "
-                        f"from step to step; only fixed-shape state (BatchNorm statistics, counters) can be carried")
-    evaluate = jax.make_jaxpr(task.evaluate)(params, state, x, y)
-    shapes = (_shapes(params), _shapes(state))
-    digest = hashlib.sha256(repr(shapes).encode())
-    for jaxpr in (init, step, evaluate):
-        digest.update(str(jaxpr).encode())
-        for const in jaxpr.consts:
-            const = np.asarray(const)
-            digest.update(f"{const.dtype}{const.shape}".encode() + const.tobytes())
-    stable = not any(_ADDRESS.search(str(jaxpr)) for jaxpr in (init, step, evaluate))
-    return {"parameters": int(count), "convolves": "conv_general_dilated" in _walk_primitives(step.jaxpr),
-            "shapes": hashlib.blake2b(repr(shapes).encode(), digest_size=8).hexdigest(),
-            "fingerprint": digest.hexdigest()[:32] if stable else None}
-
-
 def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entropy",
               metric: str | Callable | None = "accuracy", name: str | None = None) -> Task:
     """A task that trains your Flax model on your data, for :func:`epsweep.sweep` and
@@ -359,8 +283,10 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
     identity = ("flax_task", checked["fingerprint"] or _Unshared(), score.loss_name, score.metric_name,
                 data.num_classes)
     # convolutions on CPU: one step per call and one setting per core (as the built-in cnn)
-    return dataclasses.replace(task, details=details, loop_free_on_cpu=checked["convolves"], identity=identity,
+    task = dataclasses.replace(task, details=details, loop_free_on_cpu=checked["convolves"], identity=identity,
                                settings_per_cpu_device=1 if checked["convolves"] else None)
+    at = functools.lru_cache(maxsize=8)(functools.partial(fingerprint, task))  # traced once per batch sizes
+    return dataclasses.replace(task, fingerprint_at=at)
 
 
 class _Unshared:

@@ -94,10 +94,28 @@ class Task:
     # on CPU, at most this many settings per device and call (None: as the memory plan decides)
     settings_per_cpu_device: int | None = None
     features: Features | None = None  # a frozen feature extractor the data goes through first
+    fingerprint_at: Callable[[int, int], str | None] | None = None  # see shaped_identity
 
     @property
     def has_metric(self) -> bool:
         return self.metric_name is not None and self.evaluate is not None
+
+    def validation_batch_size(self, eval_batch_size: int) -> int:
+        """Rows per validation batch: ``eval_batch_size``, or fewer when there are fewer (0: none)."""
+        if self.data is None or len(self.data.x_val) == 0:
+            return 0
+        return min(eval_batch_size, len(self.data.x_val))
+
+    def shaped_identity(self, batch_size: int, eval_batch_size: int) -> Hashable | None:
+        """``identity`` for programs that call the model on ``batch_size`` training rows and
+        validation batches of ``eval_batch_size``. An identity traced at other shapes
+        (:func:`~epsweep.tasks.own.flax_task` fingerprints at batch 2) is completed by
+        ``fingerprint_at`` these shapes, so a model that branches on its batch size never meets
+        the programs of another; None when that trace names an object's address."""
+        if self.identity is None or self.fingerprint_at is None:
+            return self.identity
+        at = self.fingerprint_at(batch_size, self.validation_batch_size(eval_batch_size))
+        return None if at is None else (self.identity, at)
 
     def trainable_mask(self) -> Any:
         """Which parameters the optimizer may move (a pytree of Python bools), or None for all."""
