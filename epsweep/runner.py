@@ -58,7 +58,8 @@ def results_budget() -> int:
 def _is_out_of_memory(error: BaseException) -> bool:
     from jax.errors import JaxRuntimeError
 
-    return isinstance(error, JaxRuntimeError) and "RESOURCE_EXHAUSTED" in str(error)
+    text = str(error)  # a GPU's allocator says RESOURCE_EXHAUSTED; XLA's CPU backend "Out of memory allocating"
+    return isinstance(error, JaxRuntimeError) and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
 
 
 class Runner:

@@ -112,19 +112,23 @@ def test_in_process_table(capsys):
     assert "★" in out and "val acc" in out and "1e-8" in out
 
 
-def test_out_of_device_memory_is_one_line_not_a_traceback(monkeypatch, capsys):
+@pytest.mark.parametrize("message", [
+    "RESOURCE_EXHAUSTED: Out of memory while trying to allocate 99.00GiB.\nmore",  # a GPU's allocator
+    "INTERNAL: Error dispatching computation: Out of memory allocating 25600000000 bytes.",  # XLA's CPU backend
+])
+def test_out_of_device_memory_is_one_line_not_a_traceback(message, monkeypatch, capsys):
     """A device that runs out of memory (sizes the user chose) exits 2 with advice."""
     from jax.errors import JaxRuntimeError
 
     from epsweep.engine import driver
 
     def exhausted(*args, **kwargs):
-        raise JaxRuntimeError("RESOURCE_EXHAUSTED: Out of memory while trying to allocate 99.00GiB.\nmore")
+        raise JaxRuntimeError(message)
 
     monkeypatch.setattr(driver, "train_runs", exhausted)
     assert main(["grid", "--task", "quadratic", "--steps", "3", "-q"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and err[0].startswith("epsweep: error: out of memory while training: RESOURCE_EXHAUSTED")
+    assert len(err) == 1 and err[0].startswith(f"epsweep: error: out of memory while training: {message[:30]}")
     assert "--batch-size" in err[0]
 
 
