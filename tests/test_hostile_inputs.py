@@ -516,6 +516,7 @@ LIBRARY_CASES = [  # an expression (names from _library_names) and what the User
     ("epsweep.build_task('toy', data_seed=-1)", "seed: -1 must be a whole number >= 0"),
     ("epsweep.run('quadratic', None, QUICK, writers=MemoryWriter(), resume=True)", "resume needs a streamed"),
     ("epsweep.run('quadratic', None, QUICK, writers=[JsonlWriter('r.jsonl', resume=True)])", "only when the run is"),
+    ("epsweep.flax_task(None, Dataset.from_arrays(*XY), metric=accuracy)", "your function 'accuracy' would be"),
     ("JsonlWriter('out.csv')", "out.csv: JsonlWriter writes JSON lines (.jsonl); CsvWriter and JsonWriter write .csv"),
 ]
 
@@ -530,7 +531,11 @@ def _library_names() -> dict:
     return {"np": np, "epsweep": epsweep, "Dataset": Dataset, "Grid": Grid, "MemoryWriter": MemoryWriter,
             "JsonlWriter": JsonlWriter,
             "RunConfig": RunConfig, "build_report": build_report, "QUICK": RunConfig(steps=2),
-            "XY": (np.zeros((10, 4), np.float32), np.arange(10) % 2)}
+            "XY": (np.zeros((10, 4), np.float32), np.arange(10) % 2), "accuracy": accuracy}
+
+
+def accuracy(outputs, y):  # a user's own metric that happens to share the built-in's name
+    return -1.0
 
 
 @pytest.mark.parametrize(("expression", "message"), LIBRARY_CASES, ids=[c[0] for c in LIBRARY_CASES])

@@ -12,7 +12,8 @@ function gives one number per example, shape (B,); training minimises the batch 
 - ``accuracy``: [argmax outputs = y] after ``cross_entropy``; the mean over an example's
   elements of [o > 0] = [y > 1/2] after ``binary_cross_entropy``;
 - a callable ``(outputs, y) -> per-example values``, as loss or metric; a metric is reported
-  under its ``__name__`` (records: ``val_<name>``).
+  under its ``__name__`` (records: ``val_<name>``), which may not be ``loss`` or ``accuracy``
+  (the built-in fields ``val_loss`` and ``val_accuracy``).
 
 The shape checks run while JAX traces (shapes are static), so a model whose outputs do not fit
 the data fails before anything is compiled, with a :class:`~epsweep.errors.UserError`.
@@ -34,6 +35,7 @@ CLASSIFICATION_LOSSES = ("cross_entropy", "binary_cross_entropy")
 METRICS = ("accuracy",)
 _METRIC_NAME = re.compile(r"[A-Za-z][A-Za-z0-9_]*")
 _TAKEN = ("loss",)  # val_loss is a field already
+_BUILT_IN = METRICS  # val_accuracy is the built-in metric's field: a function of that name would pose as it
 
 
 @dataclasses.dataclass(frozen=True)
@@ -162,6 +164,10 @@ def _metric(metric: str | Callable | None, loss: str | Callable, data: Dataset) 
         return None, None
     if callable(metric):
         name = _name_of(metric)
+        if name in _BUILT_IN:
+            raise UserError(f"{param('metric')}: your function {name!r} would be reported as val_{name}, the field of "
+                            f"the built-in {name} (chance level, at-chance marks); rename the function, or pass "
+                            f"the text {name!r} for the built-in {name}")
         if not _METRIC_NAME.fullmatch(name) or name.endswith("_std") or name in _TAKEN:
             raise UserError(f"{param('metric')}: a metric is reported under its function's name; {name!r} cannot "
                             f"name a result field (use a def with a name of letters, digits and _, not loss)")
