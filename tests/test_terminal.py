@@ -218,6 +218,24 @@ def test_compare_two_sweeps(tmp_path):
     assert run("compare", a, tmp_path / "none.jsonl").returncode == 2
 
 
+def test_compare_says_every_difference_the_data_first_or_how_many_more():
+    from epsweep.results.compare import by_weight
+    from epsweep.results.guard import differences
+    from epsweep.views.summaries import differences_note
+
+    task = {"task": "Net", "model": "Net", "parameters": 10, "model_fingerprint": "0e94d6", "loss": "mse"}
+    a = {"task": task, "data_fingerprint": "1", "train": {"steps": 3}, "seeds": [0]}
+    b = {"task": {**task, "task": "Bin", "model": "Bin", "parameters": 5, "model_fingerprint": "8e11df",
+                  "loss": "cross_entropy"}, "data_fingerprint": "2", "train": {"steps": 4}, "seeds": [0, 1]}
+    phrases = by_weight(differences(a, b, sides=("in A", "in B")))
+    assert [p.split()[0] for p in phrases] == ["the", "loss", "steps", "seeds", "task", "model", "parameters",
+                                               "model_fingerprint"]
+    assert differences_note(phrases).count(";") == 7  # markdown, or no width: all of them
+    note = differences_note(phrases, width=80)
+    assert note.startswith("The runs differ: the data's contents differ; loss") and len(note) <= 240
+    assert note.endswith("more (-f json lists all).") and "model_fingerprint" not in note
+
+
 def test_random_values_are_seeded_sorted_and_documented():
     from epsweep.grid import parse_values
 

@@ -208,11 +208,11 @@ def compare(
         if out_fmt in MACHINE_FORMATS:
             write_stdout({"csv": result.to_csv, "json": result.to_json, "jsonl": result.to_jsonl}[out_fmt]())
             return
-        sheets = compare_sheets(result)
         if out_fmt == "markdown":
-            write_stdout("\n".join(markdown(sheet) for sheet in sheets))
+            write_stdout("\n".join(markdown(sheet) for sheet in compare_sheets(result)))
             return
         console = stdout_console()
+        sheets = compare_sheets(result, console.width)
         for sheet in sheets:
             console.print(rich_table(sheet, console.width))
     except BrokenPipeError:

@@ -32,11 +32,27 @@ def match_key(record: dict, axes: Sequence[str] = SETTING_AXES) -> tuple:
     return tuple(key)
 
 
+# what a reader weighs first when two sweeps differ: the data, then what is measured (loss, metric),
+# then how it is trained (steps, batch size, clipping, seeds: any part not named here), then the model
+_WEIGHTS = {"data": 0, "the data's contents differ": 0, "loss": 1, "metric": 1, "task": 3, "model": 4,
+            "framework": 4, "parameters": 4, "model_shapes": 5, "model_fingerprint": 5}
+
+
+def by_weight(differences: list[str]) -> list[str]:
+    """Phrases of :func:`~epsweep.results.guard.differences` ordered by what decides most (data,
+    loss and metric, training; the model's name and fingerprints last), ties kept in order."""
+    def weight(phrase: str) -> int:
+        return _WEIGHTS.get(phrase, _WEIGHTS.get(phrase.split(" ", 1)[0].split(".", 1)[0], 2))
+
+    return sorted(differences, key=weight)
+
+
 @dataclasses.dataclass
 class Comparison:
     """``rows``: one per setting both sweeps have (axes, then ``a_M``, ``b_M``, ``diff_M`` for
     each metric M of :attr:`metrics`, plus each side's status flags); ``only_a``/``only_b``:
-    the records of settings just one sweep has; ``differences``: how the runs differ;
+    the records of settings just one sweep has; ``differences``: how the runs differ (the data
+    first: :func:`by_weight`);
     ``matched_on``: the fields settings were matched by."""
 
     a: Loaded
@@ -124,5 +140,5 @@ def compare(a: Loaded, b: Loaded, *, where: Sequence[str] = ()) -> Comparison:
     only_b = [r for r in right if match_key(r, axes) not in seen]
     run_a, run_b = a.meta.get("run"), b.meta.get("run")
     both = isinstance(run_a, dict) and isinstance(run_b, dict)
-    differences = run_differences(run_a, run_b, sides=("in A", "in B")) if both else []
+    differences = by_weight(run_differences(run_a, run_b, sides=("in A", "in B"))) if both else []
     return Comparison(a, b, metrics, rows, only_a, only_b, differences, tuple(axes))

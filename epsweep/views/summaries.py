@@ -101,9 +101,28 @@ def _metric_texts(values: Sequence[float | None], metric: str) -> list[str]:
     return [show_share(v) for v in values] if metric in SHARES else column(values, zeros=True)
 
 
-def compare_sheets(comparison) -> list[Sheet]:
+DIFFERENCE_LINES = 3  # at most this many terminal lines say how the runs differ
+
+
+def differences_note(differences: Sequence[str], width: int | None = None) -> str:
+    """``The runs differ: ...``: every difference (most decisive first), or at a terminal
+    ``width`` as many as fit :data:`DIFFERENCE_LINES` lines and how many more there are."""
+    head = "The runs differ: "
+    shown = list(differences)
+    while width is not None and len(shown) > 1:
+        left = len(differences) - len(shown)
+        tail = f"; and {left} more (-f json lists all)." if left else "."
+        if len(head + "; ".join(shown) + tail) <= DIFFERENCE_LINES * width:
+            return head + "; ".join(shown) + tail
+        shown.pop()
+    left = len(differences) - len(shown)
+    return head + "; ".join(shown) + (f"; and {left} more (-f json lists all)." if left else ".")
+
+
+def compare_sheets(comparison, width: int | None = None) -> list[Sheet]:
     """A :class:`~epsweep.results.compare.Comparison` as sheets: the shared settings (A, B and
-    B - A for each metric; the first metric's never left out), then those only in A or only in B."""
+    B - A for each metric; the first metric's never left out), then those only in A or only in B.
+    ``width``: the terminal's, to fit the note of how the runs differ (None: every difference)."""
     rows = comparison.rows
     a, b = comparison.a, comparison.b
     both = [*a.records, *b.records]  # one notation per axis over both sweeps
@@ -115,7 +134,7 @@ def compare_sheets(comparison) -> list[Sheet]:
         notes.append(f"A and B train different update rules (optimizer {rule['optimizer']}, convention "
                      f"{rule['convention']}): settings are matched by eps, decay, lr and momentum.")
     if comparison.differences:
-        notes.append("The runs differ: " + "; ".join(comparison.differences[:4]) + ".")
+        notes.append(differences_note(comparison.differences, width))
     if comparison.only_a or comparison.only_b:
         notes.append(f"{len(comparison.only_a)} setting{'s' * (len(comparison.only_a) != 1)} only in A, "
                      f"{len(comparison.only_b)} only in B (listed below).")
