@@ -166,6 +166,24 @@ def test_plot_draws_panels_and_heatmap(saved, tmp_path, capsys):
     assert (tmp_path / "one.svg").read_text().lstrip().startswith("<?xml")
 
 
+@pytest.mark.parametrize("lrs", [(1e-2,), LRS])
+def test_plot_wraps_a_long_title_within_the_figure(lrs):
+    """A long dataset name wraps (after a / or a space) instead of running off both sides,
+    with one panel as with several."""
+    pytest.importorskip("matplotlib")
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+
+    from epsweep.views.plot import make_figure
+
+    name = "/tmp/a_rather_long_folder_name/another_long_folder/regression_dataset_name.npz"
+    fig = make_figure({**META, "data": {**META["data"], "name": name}}, [r for r in RECORDS if r["lr"] in lrs])
+    FigureCanvasAgg(fig).draw()
+    title = fig._suptitle
+    box, page = title.get_window_extent(), fig.bbox
+    assert page.x0 <= box.x0 and box.x1 <= page.x1 and box.y1 <= page.y1
+    assert title.get_text().count("\n") >= 2 and name in title.get_text().replace("\n", "")
+
+
 def test_plot_names_with_control_characters_and_missing_glyphs(saved, tmp_path, capsys):
     """A name from the file is drawn as typed (``\\x1b`` written out); characters the font lacks
     are one epsweep warning, not matplotlib's own lines (with the raw name) on stderr."""

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import math
+import re
 import warnings
 from collections.abc import Sequence
 from pathlib import Path
@@ -36,6 +37,7 @@ MAX_PANELS = 24
 MAX_TICKS = 12  # labels on an axis or a colour bar; more are thinned out
 CELL_INCHES = 0.55  # a heatmap cell wide enough for "0.9677" at 7 points
 MISSING_MESSAGE = "plotting needs matplotlib, an optional extra: pip install 'epsweep[plot]'"
+TITLE_POINTS = 12.0  # the figure's title (matplotlib's "large")
 LITERAL = {"parse_math": False}  # user text: no mathtext ($...$), no TeX
 
 
@@ -113,9 +115,13 @@ def make_figure(meta: dict, records: Sequence[dict]):
     heat_width = heat_cols * (len(layout.eps_values) * CELL_INCHES + 1.4) + 1.0
     width = min(30.0, max(4.3 * ncols + 1.2, heat_width))
     heat_height = max(2.6, 0.32 * len(layout.lr_values) + 1.6)
-    fig = Figure(figsize=(width, 3.4 * curve_rows + heat_height * heat_rows + 0.9), layout="constrained")
+    height = 3.4 * curve_rows + heat_height * heat_rows + 0.9
+    fig = Figure(figsize=(width, height), layout="constrained")
     held = held_axes(records, [*layout.varying, "eps"] + (["lr"] if len(layout.lr_values) > 1 else []), meta)
-    fig.suptitle(visible(run_title(meta, records) + (f"\n{', '.join(held)}" if held else "")), **LITERAL)
+    title = visible(run_title(meta, records) + (f"\n{', '.join(held)}" if held else ""))
+    lines = _fitted(fig, title, TITLE_POINTS)
+    fig.set_size_inches(width, height + TITLE_POINTS / 72 * 1.2 * (len(lines) - len(title.split("\n"))))
+    fig.suptitle("\n".join(lines), fontsize=TITLE_POINTS, **LITERAL)
     if n_curve:
         top, bottom = fig.subfigures(2, 1, height_ratios=[3.4 * curve_rows, heat_height * heat_rows])
         _curves(top, layout, meta, colors, ScalarMappable, ncols)
@@ -125,6 +131,34 @@ def make_figure(meta: dict, records: Sequence[dict]):
     _heatmaps(bottom, layout, metric_of(records), colors, ScalarMappable, heat_cols, cell)
     fig.curve_panels, fig.heatmaps = n_curve, len(layout.rules)
     return fig
+
+
+def _fitted(fig, text: str, points: float) -> list[str]:
+    """The lines of ``text``, each broken (after a space or /, else anywhere) to fit the
+    width of ``fig`` when drawn at ``points``: a long title wraps instead of running off both sides."""
+    from matplotlib.backends.backend_agg import RendererAgg
+    from matplotlib.font_manager import FontProperties
+
+    renderer, font = RendererAgg(100, 100, 72), FontProperties(size=points)  # 72 dpi: widths in points
+    room = fig.get_size_inches()[0] * 72 * 0.96
+
+    def fits(line: str) -> bool:
+        with warnings.catch_warnings():  # a missing glyph is said once, when the figure is drawn
+            warnings.simplefilter("ignore", UserWarning)
+            return renderer.get_text_width_height_descent(line, font, ismath=False)[0] <= room
+
+    out = []
+    for line in text.split("\n"):
+        current = ""
+        for piece in re.findall(r"[^ /]*[ /]?", line):
+            for char in piece if not fits(piece) else [piece]:  # a piece wider than the figure: by characters
+                if current and not fits(current + char):
+                    out.append(current.rstrip())
+                    current = char.lstrip(" ")
+                else:
+                    current += char
+        out.append(current.rstrip())
+    return out
 
 
 def _curves(fig, layout: _Layout, meta: dict, colors, ScalarMappable, ncols: int) -> None:
