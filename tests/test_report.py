@@ -184,6 +184,23 @@ def test_plot_wraps_a_long_title_within_the_figure(lrs):
     assert title.get_text().count("\n") >= 2 and name in title.get_text().replace("\n", "")
 
 
+def test_plot_marks_settings_that_diverged_at_step_0():
+    """No loss to draw: each setting's x sits above the x axis at its step, the panel says why,
+    and no made-up y scale (or colour scale) is shown."""
+    pytest.importorskip("matplotlib")
+    from epsweep.views.plot import make_figure
+
+    nan = [{**r, "diverged": True, "diverged_step": 0, "final_loss": None, "val_loss": None, "val_accuracy": None,
+            "loss_curve": [None] * 10} for r in RECORDS]
+    fig = make_figure(META, nan)
+    panels = [ax for ax in fig.axes if ax.get_ylabel() == "training loss"]
+    assert len(panels) == 3 and all(ax.get_yticks().size == 0 for ax in panels)
+    for ax in panels:
+        assert [tuple(line.get_xdata()) for line in ax.lines if line.get_marker() == "x"] == [(1,)] * 3
+        assert [t.get_text() for t in ax.texts] == ["every setting diverged at step 0 (the first)"]
+    assert len(fig.axes) == 3 + 1 + 1  # the panels, the eps bar and the heatmap: no colour bar without values
+
+
 def test_plot_names_with_control_characters_and_missing_glyphs(saved, tmp_path, capsys):
     """A name from the file is drawn as typed (``\\x1b`` written out); characters the font lacks
     are one epsweep warning, not matplotlib's own lines (with the raw name) on stderr."""

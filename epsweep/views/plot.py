@@ -165,6 +165,7 @@ def _curves(fig, layout: _Layout, meta: dict, colors, ScalarMappable, ncols: int
     """A panel of training-loss curves per (other axes, update rule), coloured by eps; one
     y scale for all; an x where a setting diverged."""
     from matplotlib import colormaps
+    from matplotlib.ticker import MaxNLocator
 
     n = len(layout.eps_values)
     palette = [colormaps["viridis"](x) for x in (np.linspace(0, 0.9, n) if n > 1 else [0.4])]
@@ -183,6 +184,7 @@ def _curves(fig, layout: _Layout, meta: dict, colors, ScalarMappable, ncols: int
     for i, (key, group) in enumerate(order):
         ax = fig.add_subplot(rows, ncols, i + 1, sharey=axes[0] if axes else None)
         axes.append(ax)
+        marks = 0
         for record in sorted(group, key=lambda r: layout.eps_values.index(r.get("eps"))):
             curve = np.array([np.nan if v is None else v for v in (record.get("loss_curve") or [])], float)
             if curve.size == 0:
@@ -193,18 +195,43 @@ def _curves(fig, layout: _Layout, meta: dict, colors, ScalarMappable, ncols: int
             alive = np.flatnonzero(np.isfinite(curve))
             if record.get("diverged") and alive.size:
                 ax.plot(x[alive[-1]], curve[alive[-1]], "x", color=color, markersize=7)
+            elif record.get("diverged"):  # no loss to sit on: above the x axis, at the step it diverged
+                step = record.get("diverged_step")
+                at = step + 1 if steps and isinstance(step, int) and not isinstance(step, bool) else x[0]
+                ax.plot(at, 0.04 + 0.06 * marks, "x", color=color, markersize=7, clip_on=False,
+                        transform=ax.get_xaxis_transform())  # stacked: one per eps
+                marks += 1
+        if not any(np.isfinite(v) for r in group for v in (r.get("loss_curve") or []) if v is not None):
+            _nothing_drawn(ax, group, steps)
         if log_y and len(axes) == 1:
             ax.set_yscale("log")
             ax.yaxis.set_major_formatter(_formatter())
         ax.set_title(visible(layout.panel_title(key)), fontsize=10, **LITERAL)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps and curve points are whole
         ax.set_xlabel("step" if steps else "curve point")
         ax.set_ylabel("training loss")
         ax.grid(alpha=0.3)
+    if finite.size == 0:  # no loss anywhere: a y scale would be made up
+        axes[0].set_yticks([])
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9, aspect=30)
     ticks = _thin(n)
     bar.set_ticks(ticks, labels=layout.eps_labels(ticks))
     bar.ax.tick_params(labelsize=8)
     bar.set_label("eps")
+
+
+def _nothing_drawn(ax, group: Sequence[dict], steps: int | None) -> None:
+    """A panel with no finite loss to draw: the steps trained on its x axis, and why it is empty."""
+    if steps:
+        ax.set_xlim(0, steps + 0.5)
+    if all(r.get("diverged") for r in group):
+        at = {r.get("diverged_step") for r in group}
+        step = at.pop() if len(at) == 1 else None
+        why = "every setting diverged before its first recorded loss" if step is None else \
+            f"every setting diverged at step {step}" + (" (the first)" if step == 0 else "")
+    else:
+        why = "no loss recorded"
+    ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=9, color="#555555", transform=ax.transAxes)
 
 
 def _formatter():
@@ -280,6 +307,8 @@ def _heatmaps(fig, layout: _Layout, metric: str, colors, ScalarMappable, ncols: 
         ax.set_title(visible(title), fontsize=10, **LITERAL)
         if cell >= 0.4 and len(layout.lr_values) <= 16:
             _annotate(ax, grid, shade, norm, cmap)
+    if not values.size:
+        return  # every cell diverged: no scale to show
     bar = fig.colorbar(ScalarMappable(norm=norm, cmap=cmap), ax=axes, shrink=0.9, aspect=20)
     bar.set_label(f"{label(metric)}" + (" (colour: 1 − acc, log scale)" if higher else ""))
     if isinstance(norm, colors.LogNorm) and not higher:
