@@ -162,6 +162,11 @@ def make_files(d: Path) -> Path:
     damaged[200:240] = bytes(40)
     (d / "corrupt_deflate.npz").write_bytes(bytes(damaged))
     np.savez(d / "huge_values.npz", x=np.r_[rng.random(39), 1e300].reshape(10, 4), y=np.arange(10) % 2)
+    pixels = np.full((4, 8, 8), 100, np.int32)
+    pixels[0, 0, 0] = 280  # one value beyond 0..255: not 16-bit pixels
+    np.savez(d / "pixels_280.npz", x=pixels, y=np.arange(4) % 2)
+    pixels[0, 0, 0] = -5  # and one below 0
+    np.savez(d / "pixels_negative.npz", x=pixels, y=np.arange(4) % 2)
     np.savez(d / "uint16.npz", x=np.linspace(0, 65535, 4 * 8 * 8).astype(np.uint16).reshape(4, 8, 8),
              y=np.arange(4) % 2)
     (d / "bigimg" / "cats").mkdir(parents=True)

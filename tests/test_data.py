@@ -214,6 +214,13 @@ def test_integer_inputs_are_scaled_by_their_range(dtype, top, scale):
     np.testing.assert_allclose(as_images(x, "x"), np.array([[0, top // 2, top]]) / scale, rtol=1e-6)
 
 
+@pytest.mark.parametrize("dtype, top, scale", [(np.uint8, 16, 255), (np.int32, 255, 255), (np.uint16, 280, 65535)])
+def test_integer_pixels_mean_0_255_whatever_their_range(dtype, top, scale):
+    """Images (epsweep inception): a dark uint8 image stays dark, a uint16 array is 0..65535."""
+    x = np.array([[0, top // 2, top]], dtype)
+    np.testing.assert_allclose(as_images(x, "x", pixels=True), np.array([[0, top // 2, top]]) / scale, rtol=1e-6)
+
+
 @pytest.mark.parametrize("load", ["load_dataset", "load_any_dataset", "load_image_dataset"])
 def test_the_validation_fraction_is_checked_before_any_file_is_read(load):
     """A wrong --val-split is said at once, not after minutes of decoding images: the loaders

@@ -333,6 +333,8 @@ CASES = [
     # --- clear messages ---
     C("grid --dataset {d}/huge_values.npz", "inputs reach 1e+300, beyond float32's range (±3.4e+38)"),
     C("inception --dataset {d}/uint16.npz --image-size 75 --val-split 0.9", "has 4 examples: too few to hold out 0.9"),
+    C("inception --dataset {d}/pixels_280.npz", "pixels_280.npz: integer pixels run from 100 to 280; expected 0..255"),
+    C("inception --dataset {d}/pixels_negative.npz", "integer pixels run from -5 to 100; expected 0..255"),
     C("grid --eps -", "--eps: no values on standard input"),
     C("grid --eps - --lr - --steps 1", "only one option can read values from standard input ('-'); got --eps and --lr",
       stdin="{d}/stdin_values"),

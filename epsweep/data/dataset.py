@@ -242,13 +242,14 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     return Dataset(name, x[train], y[train], x[val], y[val], max(num_classes, 2))
 
 
-def as_images(x: np.ndarray, source: str) -> np.ndarray:
-    """Scale to float32: integer pixels by their range (0..16 for digits, 0..255, 0..65535 for
-    16-bit images, else the largest magnitude); add a channel axis to (N, H, W) arrays. Inputs
-    with no features, e.g. (N, 0), or beyond float32's range are refused."""
+def as_images(x: np.ndarray, source: str, *, pixels: bool = False) -> np.ndarray:
+    """Scale to float32: integer inputs by their range (0..16 for digits, 0..255, 0..65535 for
+    16-bit images, else the largest magnitude), or with ``pixels`` as pixels (see
+    :func:`integer_pixel_scale`); add a channel axis to (N, H, W) arrays. Inputs with no
+    features, e.g. (N, 0), or beyond float32's range are refused."""
     if x.dtype.kind in "iub":
         top = float(np.abs(x).max()) if x.size else 1.0
-        x = x.astype(np.float32) / _integer_scale(top)
+        x = x.astype(np.float32) / (integer_pixel_scale(x, source) if pixels else _integer_scale(top))
     elif x.dtype.kind == "f":
         if not np.all(np.isfinite(x)):
             raise UserError(f"{source}: inputs contain NaN or infinite values")
@@ -267,6 +268,20 @@ def as_images(x: np.ndarray, source: str) -> np.ndarray:
     if x[0].size == 0:
         raise UserError(f"{source}: inputs have no features (shape {given})")
     return x
+
+
+def integer_pixel_scale(x: np.ndarray, source: str) -> float:
+    """What integer pixels are divided by: 255 (0..255), 65535 for a uint16 array (0..65535),
+    1 for booleans (black and white). Values outside that range, negative ones included, are a
+    UserError naming ``source`` and the range found: never a scale guessed from the values."""
+    if x.dtype.kind == "b":
+        return 1.0
+    top = 65535 if x.dtype == np.uint16 else 255
+    low, high = (int(x.min()), int(x.max())) if x.size else (0, 0)
+    if low < 0 or high > top:
+        raise UserError(f"{source}: integer pixels run from {low:,} to {high:,}; expected 0..255 (or a uint16 "
+                        f"array, 0..65535)" + ("; negative values are not pixels" if low < 0 else ""))
+    return float(top)
 
 
 def _integer_scale(top: float) -> float:

@@ -200,5 +200,5 @@ def load_image_dataset(spec: str, size: int, val_split: float = 0.2, seed: int =
     if is_image_folder(spec):
         x, y, classes = load_image_folder(Path(spec), size, progress, warn)
         return split(str(Path(spec)), x, y, val_split, seed, num_classes=len(classes))
-    name, x, y = load_arrays(spec)
+    name, x, y = load_arrays(spec, pixels=True)  # integer pixels mean 0..255 (uint16: 0..65535), as documented
     return split(name, resize_arrays(x, size, progress, name), y, val_split, seed)

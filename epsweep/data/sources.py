@@ -151,9 +151,11 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f"{path}: .npz needs arrays x_train/y_train or x/y; found {', '.join(sorted(names)) or 'none'}")
 
 
-def load_arrays(spec: str, targets: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
-    """Resolve a dataset name or path to (name, inputs, labels), inputs scaled to float32;
-    with ``targets``, a file's second array is kept as float32 regression targets instead."""
+def load_arrays(spec: str, targets: bool = False, *, pixels: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
+    """Resolve a dataset name or path to (name, inputs, labels), inputs scaled to float32
+    (with ``pixels``, integer inputs are pixels: 0..255, uint16 0..65535; see
+    :func:`~epsweep.data.dataset.as_images`); with ``targets``, a file's second array is kept
+    as float32 regression targets instead."""
     if spec == "digits":
         x, y = digits()
         return "digits", x, y
@@ -178,7 +180,7 @@ def load_arrays(spec: str, targets: bool = False) -> tuple[str, np.ndarray, np.n
         raise UserError(f"{path}: inputs must have shape (N, features), (N, H, W) or (N, H, W, C); got a scalar")
     if len(x) == 0:
         raise UserError(f"{path}: dataset is empty")
-    x = as_images(x, str(path))
+    x = as_images(x, str(path), pixels=pixels)
     check = as_targets if targets else as_labels
     return str(path), x, check(np.asarray(y), len(x), str(path))
 
