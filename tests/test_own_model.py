@@ -625,6 +625,20 @@ def test_cli_model_errors_exit_2_with_one_line(args, message, model_dir, capsys,
     assert err.startswith("epsweep: error: ") and err.count("\n") == 1 and message in err, err
 
 
+def test_a_model_file_that_changes_directory_leaves_paths_as_typed(tmp_path, capsys, monkeypatch):
+    """An os.chdir as the file is imported is undone, with one warning: --dataset and --output
+    still name files where the command was typed (the error after the import shows the order)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "elsewhere").mkdir()
+    Path("mover.py").write_text("import os\n\nos.chdir('elsewhere')\n")
+    code = main(["grid", "--model", "mover.py:Net", "--steps", "2"])
+    warned, error = capsys.readouterr().err.splitlines()
+    assert code == 2 and Path.cwd() == tmp_path
+    assert warned == (f"epsweep: warning: importing mover.py changed the working directory to {tmp_path}/elsewhere; "
+                      f"it is changed back to {tmp_path}, so that relative paths mean what they meant before"), warned
+    assert error == "epsweep: error: --model: mover.py has no 'Net'"
+
+
 class Wide(nn.Module):
     @nn.compact
     def __call__(self, x):

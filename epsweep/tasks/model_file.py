@@ -7,6 +7,8 @@ from __future__ import annotations
 import hashlib
 import importlib
 import importlib.util
+import logging
+import os
 import stat
 import sys
 import traceback
@@ -21,6 +23,7 @@ from epsweep.tasks.own import flax_task
 from epsweep.tasks.scoring import CLASSIFICATION_LOSSES
 from epsweep.tasks.task import Task
 
+log = logging.getLogger(__name__)
 
 def _last_line(error: BaseException) -> str:
     """The last line Python prints for ``error`` (``ZeroDivisionError: division by zero``)."""
@@ -53,22 +56,51 @@ def _import_file(path: Path) -> ModuleType:
 
 
 def _import_module(name: str) -> ModuleType:
-    added = "" not in sys.path and str(Path.cwd()) not in sys.path
+    here = str(Path.cwd())  # once: the module may change directory as it is imported
+    added = "" not in sys.path and here not in sys.path
     if added:  # package.module from the current directory, as uvicorn does
-        sys.path.insert(0, str(Path.cwd()))
+        sys.path.insert(0, here)
     try:
         return importlib.import_module(name)
     except (Exception, SystemExit) as error:
         raise UserError(f"{param('model_spec')}: cannot import {name}: {_last_line(error)}") from None
     finally:
         if added:
-            sys.path.remove(str(Path.cwd()))
+            sys.path.remove(here)
+
+
+def _in_this_directory(where: str, load: Callable[[], ModuleType]) -> ModuleType:
+    """``load()``, then the working directory put back if importing ``where`` changed it (an
+    ``os.chdir`` at import time), with a warning: the paths the caller was given (the dataset,
+    the output, ...) keep the meaning they had when the command was typed."""
+    try:
+        before = os.getcwd()
+    except OSError:  # a working directory deleted under us: nothing to put back
+        return load()
+    try:
+        module = load()
+    finally:
+        try:
+            now = os.getcwd()
+        except OSError:
+            now = "a directory since deleted"
+        if now != before:
+            try:
+                os.chdir(before)
+            except OSError as e:
+                raise UserError(f"{param('model_spec')}: importing {where} changed the working directory to {now}, "
+                                f"and it cannot be changed back to {before} ({e.strerror or e})") from None
+    if now != before:
+        log.warning("importing %s changed the working directory to %s; it is changed back to %s, so that relative "
+                    "paths mean what they meant before", where, now, before)
+    return module
 
 
 def load_model(model_spec: str) -> tuple[Any, str]:
     """The object ``model_spec`` names, and NAME: ``FILE.py:NAME`` imports the file (its
     directory first on ``sys.path`` while it runs), ``package.module:NAME`` the module (from
-    the current directory too).
+    the current directory too). A working directory the import changes is changed back, with a
+    warning.
 
     Args:
         model_spec: ``FILE.py:NAME`` or ``package.module:NAME``.
@@ -80,7 +112,7 @@ def load_model(model_spec: str) -> tuple[Any, str]:
     if not colon or not where or not name or ".py:" in where:  # FILE.py:NAME:MORE names no file
         raise UserError(f"{param('model_spec')}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
     is_file = where.endswith(".py") or "/" in where or "\\" in where
-    module = _import_file(Path(where)) if is_file else _import_module(where)
+    module = _in_this_directory(where, lambda: _import_file(Path(where)) if is_file else _import_module(where))
     found: Any = module
     for part in name.split("."):
         if not hasattr(found, part):
