@@ -190,4 +190,9 @@ def make_files(d: Path) -> Path:
     (d / "x.meta.json").write_text(json.dumps({"format": "epsweep-stream/1", "task": "mlp"}))
     (d / "claimed.jsonl").write_text("")
     (d / "stdin_values").write_text("1e-8 1\n")
+    # model files: a syntax error; names that are files but not .py (good.txt would import good.py)
+    (d / "syn.py").write_text("import os\ndef f(:\n    pass\n")
+    (d / "good.py").write_text("raise SystemExit('good.py was run')\n")
+    (d / "good.txt").write_text("import flax.linen as nn\n")
+    (d / "noext").write_text("import flax.linen as nn\n")
     return d

@@ -34,7 +34,8 @@ class Case:
     """``args`` (one shell-quoted string; ``{d}``: the files' directory, ``{port}``: a free TCP
     port), the texts the one stderr line must hold, the exit code (0: the texts are looked for
     on stdout instead), standard input (a file; default: none) and output (a file, or "closed";
-    default: a pipe), and extra environment variables."""
+    default: a pipe), extra environment variables, and the working directory (default: the
+    tests')."""
 
     args: str
     messages: tuple[str, ...]
@@ -42,10 +43,11 @@ class Case:
     stdin: str | None = None
     stdout: str | None = None
     env: tuple[tuple[str, str], ...] = ()
+    cwd: str | None = None
 
 
-def C(args: str, *messages: str, code: int = 2, stdin=None, stdout=None, env=None) -> Case:
-    return Case(args, messages, code, stdin, stdout, tuple((env or {}).items()))
+def C(args: str, *messages: str, code: int = 2, stdin=None, stdout=None, env=None, cwd=None) -> Case:
+    return Case(args, messages, code, stdin, stdout, tuple((env or {}).items()), cwd)
 
 
 G = "grid --task quadratic --steps 5"
@@ -120,7 +122,10 @@ CASES = [
     C('grid --task toy --dataset synthetic', 'task toy takes no dataset (got --dataset synthetic)'),
     # your own model (more in test_own_model.py)
     C("grid --model {d}/missing.py:Net", "--model: {d}/missing.py: no such file"),
-    C("grid --model {d}/data.txt:Net", "--model: cannot import {d}/data.txt (not a Python file)"),
+    C("grid --model {d}/data.txt:Net", "--model: {d}/data.txt is not a Python file (.py)"),
+    C("grid --model good.txt:Net", "--model: good.txt is not a Python file (.py)", cwd="{d}"),  # good.py not run
+    C("grid --model noext:Net", "--model: noext is not a Python file (.py)", cwd="{d}"),
+    C("grid --model {d}/syn.py:Net", "--model: cannot import {d}/syn.py: {d}/syn.py:2: SyntaxError: "),
     C("grid --model {d}/:Net", "--model: {d} is not a file"),
     C("grid --model no_such_package.models:Net", "cannot import no_such_package.models: ModuleNotFoundError"),
     C("grid --model Net", "--model: 'Net' must look like FILE.py:NAME or package.module:NAME"),
@@ -371,7 +376,8 @@ def _run(case: Case, fill: dict[str, str]) -> subprocess.CompletedProcess:
     stdout = open(case.stdout, "w") if case.stdout and not closed else subprocess.PIPE
     command = ["bash", "-c", 'exec "$@" >&-', "bash", EXE, *argv] if closed else [EXE, *argv]
     try:
-        done = subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=300)
+        done = subprocess.run(command, stdin=stdin, stdout=stdout, stderr=subprocess.PIPE, env=env, timeout=300,
+                              cwd=_fill(case.cwd, fill) if case.cwd else None)
     finally:
         for f in (stdin, stdout):
             if hasattr(f, "close"):

@@ -25,8 +25,16 @@ from epsweep.tasks.task import Task
 
 log = logging.getLogger(__name__)
 
-def _last_line(error: BaseException) -> str:
-    """The last line Python prints for ``error`` (``ZeroDivisionError: division by zero``)."""
+
+def _last_line(error: BaseException, file: Path | None = None) -> str:
+    """The last line Python prints for ``error`` (``ZeroDivisionError: division by zero``); for
+    a syntax error, where it is first (``net.py:3: SyntaxError: invalid syntax``; ``file``, the
+    model file as the user named it, stands for its resolved path)."""
+    if isinstance(error, SyntaxError) and error.filename and error.lineno:
+        where = error.filename
+        if file is not None and Path(where) == file.resolve():
+            where = str(file)
+        return f"{where}:{error.lineno}: {type(error).__name__}: {error.msg}"
     lines = [line.strip() for line in traceback.format_exception_only(type(error), error) if line.strip()]
     return lines[-1] if lines else type(error).__name__
 
@@ -37,11 +45,13 @@ def _import_file(path: Path) -> ModuleType:
         raise UserError(f"{param('model_spec')}: {path}: no such file")
     if not stat.S_ISREG(status.st_mode):
         raise UserError(f"{param('model_spec')}: {path} is not a file")
+    if path.suffix != ".py":  # refused before anything runs
+        raise UserError(f"{param('model_spec')}: {path} is not a Python file (.py)")
     resolved = path.resolve()
     name = "epsweep_model_" + hashlib.blake2b(str(resolved).encode(), digest_size=6).hexdigest()
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
-        raise UserError(f"{param('model_spec')}: cannot import {path} (not a Python file)")
+        raise UserError(f"{param('model_spec')}: {path} is not a Python file (.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses (linen modules) look their module up while the file runs
     sys.path.insert(0, str(resolved.parent))  # its sibling modules import, as when run as a script
@@ -49,7 +59,7 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as error:
         sys.modules.pop(name, None)
-        raise UserError(f"{param('model_spec')}: cannot import {path}: {_last_line(error)}") from None
+        raise UserError(f"{param('model_spec')}: cannot import {path}: {_last_line(error, path)}") from None
     finally:
         sys.path.remove(str(resolved.parent))
     return module
@@ -111,7 +121,8 @@ def load_model(model_spec: str) -> tuple[Any, str]:
     where, colon, name = model_spec.rpartition(":")
     if not colon or not where or not name or ".py:" in where:  # FILE.py:NAME:MORE names no file
         raise UserError(f"{param('model_spec')}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
-    is_file = where.endswith(".py") or "/" in where or "\\" in where
+    # a file that is there (good.txt, noext) is the file, not a module: good.txt would import good.py
+    is_file = where.endswith(".py") or "/" in where or "\\" in where or os.path.isfile(where)
     module = _in_this_directory(where, lambda: _import_file(Path(where)) if is_file else _import_module(where))
     found: Any = module
     for part in name.split("."):
