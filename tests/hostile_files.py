@@ -195,4 +195,7 @@ def make_files(d: Path) -> Path:
     (d / "good.py").write_text("raise SystemExit('good.py was run')\n")
     (d / "good.txt").write_text("import flax.linen as nn\n")
     (d / "noext").write_text("import flax.linen as nn\n")
+    (d / "one.py").write_text("import flax.linen as nn\n\n\nclass One(nn.Module):\n    @nn.compact\n"
+                              "    def __call__(self, x):\n        return nn.Dense(1)(x)\n")
+    np.savez(d / "bad_probabilities.npz", x=rng.random((40, 4)), y=np.linspace(-0.5, 1.5, 40))
     return d

@@ -131,6 +131,9 @@ CASES = [
     C("grid --model Net", "--model: 'Net' must look like FILE.py:NAME or package.module:NAME"),
     C("grid --model models.py:Net:extra", "--model: 'models.py:Net:extra' must look like FILE.py:NAME or"),
     C("grid --metric none", "--metric applies to --model only"),
+    C("grid --model {d}/one.py:One --loss binary_cross_entropy --dataset {d}/bad_probabilities.npz",
+      "bad_probabilities.npz: --loss binary_cross_entropy needs targets in [0, 1] (0/1 labels or probabilities); "
+      "these run from -0.5 to 1.5"),
     # images for inception: a decompression bomb is skipped (here: nothing else to read); 0..1 or 0..255 only
     C("inception --dataset {d}/bombs --image-size 75 --steps 1 -q", 'none of the 1 images could be read'),
     C("inception --dataset {d}/standardised.npz --image-size 75 --steps 1 -q", 'expected 0..1 or 0..255'),

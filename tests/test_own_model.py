@@ -481,6 +481,7 @@ def model_dir(tmp_path_factory):
     rng = np.random.default_rng(0)
     np.savez(d / "data.npz", x=rng.random((48, 4, 4)).astype(np.float32), y=np.arange(48) % 3)
     np.savez(d / "targets.npz", x=rng.random((48, 5)).astype(np.float32), y=rng.normal(size=48))
+    np.savez(d / "probabilities.npz", x=rng.random((48, 5)).astype(np.float32), y=rng.random(48))
     (d / "photos" / "cats").mkdir(parents=True)
     (d / "printing.py").write_text(
         "import flax.linen as nn\nimport jax\n\n\nclass Loud(nn.Module):\n    @nn.compact\n"
@@ -518,6 +519,17 @@ def test_a_model_named_by_module_with_regression_targets_from_a_file(model_dir, 
                                                                                             np.float32, None)
     np.testing.assert_allclose(np.sort(np.r_[task.data.y_train, task.data.y_val]),
                                np.sort(np.load(model_dir / "targets.npz")["y"]), rtol=1e-6)
+
+
+def test_binary_cross_entropy_reads_probability_targets_from_a_file(model_dir, monkeypatch):
+    """As Dataset.from_arrays does: float targets in [0, 1] (not whole numbers) are kept as they are."""
+    from epsweep.tasks.model_file import model_task
+
+    monkeypatch.chdir(model_dir)
+    task = model_task("own_models.py:Regressor", "probabilities.npz", loss="binary_cross_entropy")
+    assert (task.data.num_classes, task.data.y_train.dtype, task.metric_name) == (None, np.float32, "accuracy")
+    np.testing.assert_array_equal(np.sort(np.r_[task.data.y_train, task.data.y_val]),
+                                  np.sort(np.load(model_dir / "probabilities.npz")["y"]).astype(np.float32))
 
 
 def test_a_model_that_calls_back_to_python_trains_as_without_the_call(model_dir, capsys, monkeypatch):

@@ -316,6 +316,15 @@ def as_labels(y: np.ndarray, n: int, source: str) -> np.ndarray:
     return y.astype(np.int32)
 
 
+def as_probabilities(y: np.ndarray, n: int, source: str) -> np.ndarray:
+    """Targets of binary cross-entropy read from ``source``: as :func:`as_targets`, each in [0, 1]."""
+    y = as_targets(y, n, source)
+    if y.size and (y.min() < 0 or y.max() > 1):
+        raise UserError(f"{source}: {param('loss')} binary_cross_entropy needs targets in [0, 1] (0/1 labels or "
+                        f"probabilities); these run from {float(y.min()):g} to {float(y.max()):g}")
+    return y
+
+
 def as_targets(y: np.ndarray, n: int, source: str) -> np.ndarray:
     """Regression targets read from ``source``: numbers, one (or one array) per input, finite, as float32."""
     if y.dtype.kind not in "biuf":

@@ -168,11 +168,12 @@ def is_image_folder(spec: str) -> bool:
 
 
 def load_any_dataset(spec: str, val_split: float = 0.2, seed: int = 0, *, targets: bool = False,
-                     image_size: int | None = None, progress: Progress | None = None,
+                     probabilities: bool = False, image_size: int | None = None, progress: Progress | None = None,
                      warn: Warn | None = None) -> Dataset:
     """Every format the tool reads, for a model of the user's: ``digits``, ``synthetic``, .npz,
     MNIST IDX, or an ImageFolder tree (its images resized to ``image_size`` and scaled to
-    float32 in [0, 1]). With ``targets`` a file's second array holds regression targets."""
+    float32 in [0, 1]). With ``targets`` a file's second array holds regression targets; with
+    ``probabilities`` (binary cross-entropy) it may hold float targets in [0, 1]."""
     check_val_split(val_split)
     if is_image_folder(spec):
         if targets:
@@ -188,7 +189,7 @@ def load_any_dataset(spec: str, val_split: float = 0.2, seed: int = 0, *, target
         return split(spec, x, y, val_split, seed, num_classes=len(classes))
     if image_size is not None:
         raise UserError(f"{param('image_size')} applies to ImageFolder directories only; {spec} is not one")
-    name, x, y = load_arrays(spec, targets=targets)
+    name, x, y = load_arrays(spec, targets=targets, probabilities=probabilities)
     return split(name, x, y, val_split, seed)
 
 

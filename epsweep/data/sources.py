@@ -15,7 +15,16 @@ from pathlib import Path
 
 import numpy as np
 
-from epsweep.data.dataset import Dataset, as_images, as_labels, as_targets, check_budget, check_val_split, split
+from epsweep.data.dataset import (
+    Dataset,
+    as_images,
+    as_labels,
+    as_probabilities,
+    as_targets,
+    check_budget,
+    check_val_split,
+    split,
+)
 from epsweep.errors import UserError, looked_up, param
 
 BUILTIN_DATASETS = ("digits", "synthetic")
@@ -151,11 +160,14 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     raise UserError(f"{path}: .npz needs arrays x_train/y_train or x/y; found {', '.join(sorted(names)) or 'none'}")
 
 
-def load_arrays(spec: str, targets: bool = False, *, pixels: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
+def load_arrays(spec: str, targets: bool = False, probabilities: bool = False, *,
+                pixels: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
     """Resolve a dataset name or path to (name, inputs, labels), inputs scaled to float32
     (with ``pixels``, integer inputs are pixels: 0..255, uint16 0..65535; see
     :func:`~epsweep.data.dataset.as_images`); with ``targets``, a file's second array is kept
-    as float32 regression targets instead."""
+    as float32 regression targets instead; with ``probabilities`` (binary cross-entropy), float
+    values that are not all whole numbers are kept as float32 targets, each in [0, 1] (whole
+    numbers stay labels)."""
     if spec == "digits":
         x, y = digits()
         return "digits", x, y
@@ -181,8 +193,11 @@ def load_arrays(spec: str, targets: bool = False, *, pixels: bool = False) -> tu
     if len(x) == 0:
         raise UserError(f"{path}: dataset is empty")
     x = as_images(x, str(path), pixels=pixels)
+    y = np.asarray(y)
     check = as_targets if targets else as_labels
-    return str(path), x, check(np.asarray(y), len(x), str(path))
+    if probabilities and y.dtype.kind == "f" and not np.all(y == np.round(y)):
+        check = as_probabilities
+    return str(path), x, check(y, len(x), str(path))
 
 
 def load_dataset(spec: str, val_split: float = 0.2, seed: int = 0) -> Dataset:

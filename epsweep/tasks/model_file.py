@@ -137,7 +137,8 @@ def model_task(model_spec: str, dataset: str = "digits", *, loss: str = "cross_e
                image_size: int | None = None, warn: Callable[[str], None] | None = None) -> Task:
     """:func:`~epsweep.tasks.own.flax_task` of the model ``model_spec`` names on ``dataset``
     (``digits``, ``synthetic``, .npz, MNIST IDX, or an ImageFolder tree resized to
-    ``image_size``); regression targets are read when ``loss`` is not a classification loss.
+    ``image_size``); regression targets are read when ``loss`` is not a classification loss, and
+    float targets in [0, 1] (probabilities) as well as 0/1 labels for ``binary_cross_entropy``.
 
     Args:
         model_spec: ``FILE.py:NAME`` or ``package.module:NAME`` (see :func:`load_model`).
@@ -154,5 +155,5 @@ def model_task(model_spec: str, dataset: str = "digits", *, loss: str = "cross_e
     """
     model, name = load_model(model_spec)
     data = load_any_dataset(dataset, val_split, data_seed, targets=loss not in CLASSIFICATION_LOSSES,
-                            image_size=image_size, warn=warn)
+                            probabilities=loss == "binary_cross_entropy", image_size=image_size, warn=warn)
     return flax_task(model, data, loss=loss, metric=metric, name=name)
