@@ -51,6 +51,11 @@ def make_files(d: Path) -> Path:
     np.savez(d / "no_features.npz", x=np.zeros((10, 0)), y=np.arange(10) % 2)
     np.savez(d / "no_pixels.npz", x=np.zeros((10, 0, 0)), y=np.arange(10) % 2)
     np.savez(d / "standardised.npz", x=rng.normal(size=(10, 8, 8)), y=np.arange(10) % 2)
+    np.savez(d / "two_pairs.npz", x=rng.random((10, 4)), y=np.arange(10) % 2, x_train=rng.random((8, 4)),
+             y_train=np.arange(8) % 2)
+    np.savez(d / "half_val.npz", x=rng.random((10, 4)), y=np.arange(10) % 2, y_val=np.arange(4) % 2)
+    np.savez(d / "wide_val.npz", x=rng.random((10, 4)), y=np.arange(10) % 2, x_val=rng.random((4, 5)),
+             y_val=np.arange(4) % 2)
     (d / "bombs" / "cats").mkdir(parents=True)
     (d / "bombs" / "cats" / "bomb.png").write_bytes(png_header(20_000, 20_000))  # 400 megapixels
     with zipfile.ZipFile(d / "pickled.npz", "w") as z:  # an object array needs pickle: refused

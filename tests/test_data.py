@@ -88,6 +88,28 @@ def test_keras_and_plain_npz(tmp_path):
     np.testing.assert_array_equal(yp, y)
 
 
+def test_an_npz_validation_pair_is_used_and_arrays_left_unread_are_named(tmp_path, monkeypatch):
+    """x_val/y_val are the validation set (nothing held out); x_test/y_test are not used, and a
+    warning says so rather than dropping them unsaid."""
+    from epsweep.data import sources
+
+    warned = []
+    monkeypatch.setattr(sources.log, "warning", lambda message, *args: warned.append(message % args))
+    rng = np.random.default_rng(0)
+    x, xv = rng.random((30, 4)), rng.random((10, 4))
+    np.savez(tmp_path / "given.npz", x_train=x, y_train=np.arange(30) % 3, x_val=xv, y_val=np.arange(10) % 4)
+    data = load_dataset(str(tmp_path / "given.npz"), 0.5)
+    assert (len(data.x_train), len(data.x_val), data.num_classes, warned) == (30, 10, 4, [])
+    np.testing.assert_array_equal(data.x_val, xv.astype(np.float32))
+    np.testing.assert_array_equal(data.y_val, np.arange(10) % 4)
+    np.savez(tmp_path / "keras.npz", x_train=x, y_train=np.arange(30) % 3, x_test=xv, y_test=np.arange(10) % 3)
+    data = load_dataset(str(tmp_path / "keras.npz"), 0.2)
+    assert (len(data.x_train), len(data.x_val)) == (24, 6)
+    assert warned == [f"{tmp_path}/keras.npz: ignoring arrays x_test, y_test (x_test/y_test is a test set: neither "
+                      f"trained nor validated on); epsweep trains on x_train/y_train or x/y and validates on "
+                      f"x_val/y_val when given, else on a part of the training examples it holds out"]
+
+
 @pytest.mark.parametrize("arrays, message", [
     (dict(a=np.zeros(3)), "needs arrays x_train/y_train or x/y"),
     (dict(x=np.zeros((4, 2)), y=np.zeros(3)), "4 inputs but 3 labels"),

@@ -145,10 +145,7 @@ class Dataset:
                             f"{x.shape[1:]}")
         if yv.shape[1:] != y.shape[1:] or (yv.dtype.kind == "f") != (y.dtype.kind == "f"):
             raise UserError(f"{param('y_val')} ({_kind(yv)}) does not match {param('y')} ({_kind(y)})")
-        classes = None
-        if y.dtype.kind != "f":
-            classes = max(2, int(max(y.max(), yv.max() if len(yv) else 0)) + 1)
-        return cls(name, x, y, xv, yv, classes)
+        return given_split(name, x, y, xv, yv)
 
 
 def _kind(y: np.ndarray) -> str:
@@ -240,6 +237,15 @@ def split(name: str, x: np.ndarray, y: np.ndarray, val_split: float, seed: int =
     if num_classes > MAX_CLASSES:
         raise UserError(f"dataset {name!r} has {num_classes:,} classes; at most {MAX_CLASSES:,} are supported")
     return Dataset(name, x[train], y[train], x[val], y[val], max(num_classes, 2))
+
+
+def given_split(name: str, x: np.ndarray, y: np.ndarray, x_val: np.ndarray, y_val: np.ndarray) -> Dataset:
+    """Checked arrays to train on and a validation set given with them (none held out): labels
+    of both count towards the classes (at least 2); floating ``y`` are regression targets."""
+    classes = None
+    if y.dtype.kind != "f":
+        classes = max(2, int(max(y.max() if len(y) else 0, y_val.max() if len(y_val) else 0)) + 1)
+    return Dataset(name, x, y, x_val, y_val, classes)
 
 
 def as_images(x: np.ndarray, source: str, *, pixels: bool = False) -> np.ndarray:

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 
 from epsweep.data.dataset import Dataset, check_budget, check_val_split, split
-from epsweep.data.sources import load_arrays
+from epsweep.data.sources import load_examples, split_examples
 from epsweep.errors import UserError, param
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
@@ -189,8 +189,8 @@ def load_any_dataset(spec: str, val_split: float = 0.2, seed: int = 0, *, target
         return split(spec, x, y, val_split, seed, num_classes=len(classes))
     if image_size is not None:
         raise UserError(f"{param('image_size')} applies to ImageFolder directories only; {spec} is not one")
-    name, x, y = load_arrays(spec, targets=targets, probabilities=probabilities)
-    return split(name, x, y, val_split, seed)
+    name, x, y, n_val = load_examples(spec, targets=targets, probabilities=probabilities)
+    return split_examples(name, x, y, n_val, val_split, seed)
 
 
 def load_image_dataset(spec: str, size: int, val_split: float = 0.2, seed: int = 0,
@@ -201,5 +201,5 @@ def load_image_dataset(spec: str, size: int, val_split: float = 0.2, seed: int =
     if is_image_folder(spec):
         x, y, classes = load_image_folder(Path(spec), size, progress, warn)
         return split(str(Path(spec)), x, y, val_split, seed, num_classes=len(classes))
-    name, x, y = load_arrays(spec, pixels=True)  # integer pixels mean 0..255 (uint16: 0..65535), as documented
-    return split(name, resize_arrays(x, size, progress, name), y, val_split, seed)
+    name, x, y, n_val = load_examples(spec, pixels=True)  # integer pixels mean 0..255 (uint16: 0..65535)
+    return split_examples(name, resize_arrays(x, size, progress, name), y, n_val, val_split, seed)

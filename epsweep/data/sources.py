@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import gzip
 import importlib.resources
+import logging
 import math
 import stat
 import struct
@@ -23,9 +24,12 @@ from epsweep.data.dataset import (
     as_targets,
     check_budget,
     check_val_split,
+    given_split,
     split,
 )
 from epsweep.errors import UserError, looked_up, param
+
+log = logging.getLogger(__name__)
 
 BUILTIN_DATASETS = ("digits", "synthetic")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -127,9 +131,40 @@ def _short(error: Exception) -> str:
     return text if len(text) > 12 else f"{type(error).__name__}: {text}".rstrip(": ")
 
 
-def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
-    """Keras-style ``x_train``/``y_train`` or plain ``x``/``y`` arrays; never unpickles. The
-    arrays' sizes are read from their headers and checked against the data budget first."""
+TRAIN_PAIRS = (("x_train", "y_train"), ("x", "y"))
+VAL_PAIR = ("x_val", "y_val")
+TEST_PAIR = ("x_test", "y_test")
+
+
+def _npz_pairs(path: Path, names: set[str]) -> tuple[tuple[str, str], tuple[str, str] | None]:
+    """The names of an .npz's training arrays and of its validation arrays (None: none given).
+    Two training pairs, or half of the validation pair, are refused: which to use is unclear."""
+    given = [pair for pair in TRAIN_PAIRS if set(pair) <= names]
+    if len(given) > 1:
+        raise UserError(f"{path}: holds both x/y and x_train/y_train, so which to train on is unclear; keep one "
+                        f"pair (add x_val/y_val for a validation set of your own)")
+    if not given:
+        raise UserError(f"{path}: .npz needs arrays x_train/y_train or x/y; found {', '.join(sorted(names)) or 'none'}")
+    if len(set(VAL_PAIR) & names) == 1:
+        have, missing = VAL_PAIR if VAL_PAIR[0] in names else VAL_PAIR[::-1]
+        raise UserError(f"{path}: has {have} but no {missing}; a validation set needs both")
+    return given[0], VAL_PAIR if VAL_PAIR[0] in names else None
+
+
+def _warn_unused(path: Path, unused: set[str]) -> None:
+    """One warning naming the arrays of an .npz that nothing reads (a test set among them)."""
+    if not unused:
+        return
+    test = " (x_test/y_test is a test set: neither trained nor validated on)" if unused & set(TEST_PAIR) else ""
+    log.warning("%s: ignoring array%s %s%s; epsweep trains on x_train/y_train or x/y and validates on x_val/y_val "
+                "when given, else on a part of the training examples it holds out", path, "s" * (len(unused) > 1),
+                ", ".join(sorted(unused)), test)
+
+
+def read_npz_split(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[np.ndarray, np.ndarray] | None]:
+    """Keras-style ``x_train``/``y_train`` or plain ``x``/``y`` arrays, and ``x_val``/``y_val``
+    when the file has them (else None); never unpickles. The arrays' sizes are read from their
+    headers and checked against the data budget first; any other array is warned about."""
     try:
         with open(path, "rb") as f:
             start = f.read(6)
@@ -144,11 +179,13 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
     try:
         with np.load(path, allow_pickle=False) as arrays:
             names = set(arrays.files)
-            for xk, yk in (("x_train", "y_train"), ("x", "y")):
-                if {xk, yk} <= names:
-                    check_budget(_npz_arrays_size(arrays, (xk, yk)) * 4, f"arrays {xk} and {yk} as float32",
-                                 str(path))
-                    return arrays[xk], arrays[yk]
+            train, val = _npz_pairs(path, names)
+            used = train + (val or ())
+            what = " and ".join((", ".join(used[:-1]), used[-1]))
+            check_budget(_npz_arrays_size(arrays, used) * 4, f"arrays {what} as float32", str(path))
+            _warn_unused(path, names - set(used))
+            x, y = arrays[train[0]], arrays[train[1]]
+            return x, y, (arrays[val[0]], arrays[val[1]]) if val else None
     except UserError:
         raise
     except ValueError as e:
@@ -157,31 +194,54 @@ def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
         raise UserError(f"{path}: not a readable .npz file ({_short(e)})") from None
     except Exception as e:  # noqa: BLE001 - a damaged archive makes zipfile, zlib and numpy raise almost anything
         raise UserError(f"{path}: not a readable .npz file ({_short(e)})") from None
-    raise UserError(f"{path}: .npz needs arrays x_train/y_train or x/y; found {', '.join(sorted(names)) or 'none'}")
 
 
-def load_arrays(spec: str, targets: bool = False, probabilities: bool = False, *,
-                pixels: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
-    """Resolve a dataset name or path to (name, inputs, labels), inputs scaled to float32
-    (with ``pixels``, integer inputs are pixels: 0..255, uint16 0..65535; see
-    :func:`~epsweep.data.dataset.as_images`); with ``targets``, a file's second array is kept
-    as float32 regression targets instead; with ``probabilities`` (binary cross-entropy), float
-    values that are not all whole numbers are kept as float32 targets, each in [0, 1] (whole
-    numbers stay labels)."""
+def read_npz(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """The training arrays of :func:`read_npz_split` (its validation arrays are left out)."""
+    x, y, _ = read_npz_split(path)
+    return x, y
+
+
+def _append_validation(path: Path, x: np.ndarray, y: np.ndarray, val) -> tuple[np.ndarray, np.ndarray]:
+    """``x`` and ``y`` with a file's validation examples after them, checked to match, so that
+    both parts are scaled and checked as one."""
+    xv, yv = (np.asarray(a) for a in val)
+    y = np.asarray(y)
+    if xv.ndim != x.ndim or xv.shape[1:] != x.shape[1:]:
+        raise UserError(f"{path}: x_val has examples of shape {xv.shape[1:]}, the training inputs of shape "
+                        f"{x.shape[1:]}")
+    if y.ndim == 0 or yv.ndim != y.ndim or yv.shape[1:] != y.shape[1:]:
+        raise UserError(f"{path}: y_val has labels of shape {yv.shape[1:]} per example, the training labels of "
+                        f"shape {y.shape[1:]}")
+    if len(xv) != len(yv):
+        raise UserError(f"{path}: {len(xv)} validation inputs (x_val) but {len(yv)} labels (y_val)")
+    return np.concatenate([x, xv]), np.concatenate([y, yv])
+
+
+def load_examples(spec: str, targets: bool = False, probabilities: bool = False, *,
+                  pixels: bool = False) -> tuple[str, np.ndarray, np.ndarray, int | None]:
+    """Resolve a dataset name or path to (name, inputs, labels, validation count), inputs
+    scaled to float32 (with ``pixels``, integer inputs are pixels: 0..255, uint16 0..65535; see
+    :func:`~epsweep.data.dataset.as_images`). The last ``validation count`` examples are a
+    validation set the file gave (an .npz's ``x_val``/``y_val``); None when it gave none. With ``targets``, a file's
+    labels are kept as float32 regression targets instead; with ``probabilities`` (binary
+    cross-entropy), float values that are not all whole numbers are kept as float32 targets,
+    each in [0, 1] (whole numbers stay labels)."""
     if spec == "digits":
         x, y = digits()
-        return "digits", x, y
+        return "digits", x, y, None
     if spec == "synthetic":
         x, y = synthetic()
-        return "synthetic", x, y
+        return "synthetic", x, y, None
     if not spec:  # Path("") is the current folder
         raise UserError(f"{param('dataset')}: an empty path (built in: {', '.join(BUILTIN_DATASETS)})")
     path = Path(spec)
     status = looked_up(path, f"dataset {spec!r}")
     if status is None:
         raise UserError(f"dataset {spec!r}: no such file or directory (built in: {', '.join(BUILTIN_DATASETS)})")
+    val = None
     if path.suffix == ".npz":
-        x, y = read_npz(path)
+        x, y, val = read_npz_split(path)
     elif stat.S_ISDIR(status.st_mode) or "idx" in path.name:
         images, labels = _idx_pair(path)
         x, y = read_idx(images), read_idx(labels)
@@ -192,16 +252,39 @@ def load_arrays(spec: str, targets: bool = False, probabilities: bool = False, *
         raise UserError(f"{path}: inputs must have shape (N, features), (N, H, W) or (N, H, W, C); got a scalar")
     if len(x) == 0:
         raise UserError(f"{path}: dataset is empty")
+    n_val = None
+    if val is not None:
+        n_val = len(val[0])
+        x, y = _append_validation(path, x, y, val)
     x = as_images(x, str(path), pixels=pixels)
     y = np.asarray(y)
     check = as_targets if targets else as_labels
     if probabilities and y.dtype.kind == "f" and not np.all(y == np.round(y)):
         check = as_probabilities
-    return str(path), x, check(y, len(x), str(path))
+    return str(path), x, check(y, len(x), str(path)), n_val
+
+
+def load_arrays(spec: str, targets: bool = False, probabilities: bool = False) -> tuple[str, np.ndarray, np.ndarray]:
+    """(name, inputs, labels) of :func:`load_examples`, the training examples only."""
+    name, x, y, n_val = load_examples(spec, targets, probabilities)
+    n = len(x) - (n_val or 0)
+    return name, x[:n], y[:n]
+
+
+def split_examples(name: str, x: np.ndarray, y: np.ndarray, n_val: int | None, val_split: float, seed: int = 0,
+                   num_classes: int | None = None) -> Dataset:
+    """:func:`~epsweep.data.dataset.split` of what :func:`load_examples` read, or, when the
+    file gave a validation set (``n_val``, the last examples), that set: nothing held out."""
+    if n_val is None:
+        return split(name, x, y, val_split, seed, num_classes)
+    check_val_split(val_split)
+    n = len(x) - n_val
+    return given_split(name, x[:n], y[:n], x[n:], y[n:])
 
 
 def load_dataset(spec: str, val_split: float = 0.2, seed: int = 0) -> Dataset:
-    """Load ``spec`` (``digits``, ``synthetic``, or a path) and split off validation data."""
+    """Load ``spec`` (``digits``, ``synthetic``, or a path) and split off validation data (or
+    use the validation set an .npz gives: ``x_val``/``y_val``)."""
     check_val_split(val_split)
-    name, x, y = load_arrays(spec)
-    return split(name, x, y, val_split, seed)
+    name, x, y, n_val = load_examples(spec)
+    return split_examples(name, x, y, n_val, val_split, seed)
