@@ -114,6 +114,8 @@ CASES = [
     C("grid --dataset {d}/pickled.npz", 'cannot load without unpickling'),
     C("grid --dataset {d}", 'truncated IDX header'),
     C("grid --dataset {d}/data.txt", 'unknown dataset format'),
+    C("grid --dataset {d}/bombs", "bombs: a folder of images (one sub-folder per class), which the built-in tasks do "
+      "not read: train a model of your own on it (--model FILE.py:NAME with --image-size PIXELS), or Inception-v3"),
     C("grid --task cnn --dataset {d}/fraction_labels.npz", 'labels must be whole numbers'),
     C("grid --dataset {d}/scalar.npz", 'scalar.npz: inputs must have shape (N, features), (N, H, W) or',
       '(N, H, W, C); got a scalar'),

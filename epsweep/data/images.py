@@ -17,10 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from epsweep.data.dataset import Dataset, check_budget, check_val_split, split
-from epsweep.data.sources import load_examples, split_examples
+from epsweep.data.sources import IMAGE_SUFFIXES, load_examples, split_examples
 from epsweep.errors import UserError, param
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 MAX_RESIZED_PIXELS = 4  # x size^2: an image resized whole may be up to 4:1 (beyond, only its square is)
 Progress = Callable[[int, int], None]
 Warn = Callable[[str], None]

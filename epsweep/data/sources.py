@@ -34,6 +34,7 @@ log = logging.getLogger(__name__)
 BUILTIN_DATASETS = ("digits", "synthetic")
 IDX_DTYPES = {0x08: ">u1", 0x09: ">i1", 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 MAX_IDX_DIMS = 8  # MNIST files have 1 (labels) or 3 (images)
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -93,6 +94,19 @@ def read_idx(path: Path) -> np.ndarray:
     return np.frombuffer(data, dtype).reshape(shape).astype(dtype.newbyteorder("="))
 
 
+def _holds_class_folders(path: Path) -> bool:
+    """Whether directory ``path`` looks like an ImageFolder tree: a sub-folder holding an image
+    (each sub-folder's own files are looked at until one is an image)."""
+    try:
+        for sub in path.iterdir():
+            if not sub.name.startswith(".") and sub.is_dir():
+                if any(f.suffix.lower() in IMAGE_SUFFIXES for f in sub.iterdir()):
+                    return True
+    except OSError:  # unreadable: not said to be one
+        return False
+    return False
+
+
 def _idx_pair(path: Path) -> tuple[Path, Path]:
     """Locate MNIST-style images and labels: a directory holding ``train-images-idx3-ubyte``
     and ``train-labels-idx1-ubyte`` (optionally .gz), or the images file itself."""
@@ -102,6 +116,10 @@ def _idx_pair(path: Path) -> tuple[Path, Path]:
             labels = path / f"train-labels-idx1-ubyte{suffix}"
             if images.exists() and labels.exists():
                 return images, labels
+        if _holds_class_folders(path):
+            raise UserError(f"{path}: a folder of images (one sub-folder per class), which the built-in tasks do "
+                            f"not read: train a model of your own on it ({param('model_spec')} FILE.py:NAME with "
+                            f"{param('image_size')} PIXELS), or Inception-v3 (epsweep inception)")
         raise UserError(f"{path}: directory has no train-images-idx3-ubyte / train-labels-idx1-ubyte pair")
     labels = path.with_name(path.name.replace("images-idx3", "labels-idx1"))
     if labels == path or not labels.exists():
