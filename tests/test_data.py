@@ -1,7 +1,9 @@
 """Dataset loaders on small files the tests write: IDX (plain and gzip), MNIST directories,
 Keras-style and plain .npz, and the malformed versions of each."""
 
+import errno
 import gzip
+import os
 import struct
 import subprocess
 import sys
@@ -176,6 +178,31 @@ def test_decompression_bomb_is_skipped_and_its_class_still_counts(tmp_path, monk
     assert data.num_classes == 3 and sorted(data.y_train.tolist()) == [0, 1]  # wasps: the last class, kept
     assert any("wasps/x.png" in w and "decompression bomb" in w for w in warnings), warnings
     assert any("class 'wasps' has no readable images" in w for w in warnings), warnings
+
+
+@pytest.mark.parametrize("error", [PermissionError(errno.EACCES, "Permission denied"),
+                                   OSError(errno.EIO, "Input/output error")])
+def test_a_folder_that_cannot_be_read_among_the_images_is_skipped_with_a_warning(tmp_path, monkeypatch, error):
+    """Not a traceback (rglob raised, or silently left out a folder it was refused)."""
+    from PIL import Image
+
+    from epsweep.data.images import load_image_dataset
+
+    for folder in ("ants", "bees", "bees/locked"):
+        (tmp_path / folder).mkdir()
+        Image.fromarray(np.zeros((4, 4, 3), np.uint8)).save(tmp_path / folder / "x.png")
+    scandir = os.scandir
+
+    def refusing(path="."):
+        if os.path.basename(path) == "locked":
+            raise type(error)(error.errno, error.strerror, str(path))
+        return scandir(path)
+
+    monkeypatch.setattr(os, "scandir", refusing)
+    warnings = []
+    data = load_image_dataset(str(tmp_path), 4, 0.0, warn=warnings.append)
+    assert sorted(data.y_train.tolist()) == [0, 1]
+    assert warnings == [f"skipping unreadable folder {tmp_path}/bees/locked: {error.strerror}"]
 
 
 @pytest.mark.parametrize("scale", [1.0, 255.0])

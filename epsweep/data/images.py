@@ -10,6 +10,7 @@ class folders, whether or not each has a readable image.
 from __future__ import annotations
 
 import math
+import os
 import warnings
 from collections.abc import Callable
 from pathlib import Path
@@ -66,17 +67,34 @@ def check_images_budget(count: int, size: int, source: str) -> None:
     check_budget(count * size * size * 3, f"{count:,} images of {size:,} x {size:,} pixels", source)
 
 
-def scan_image_folder(root: Path) -> tuple[list[Path], np.ndarray, list[str]]:
-    """Files and labels of an ImageFolder tree: one sub-folder per class, sorted by name."""
-    classes = sorted(p.name for p in root.iterdir() if p.is_dir() and not p.name.startswith("."))
+def _image_files(folder: Path, warn: Warn | None) -> list[Path]:
+    """The image files under ``folder`` (searched recursively, links to folders not followed),
+    sorted; a folder that cannot be read is reported through ``warn`` and skipped."""
+    def skipped(error: OSError) -> None:
+        if warn is not None:
+            warn(f"skipping unreadable folder {error.filename or folder}: {error.strerror or error}")
+
+    found = []
+    for parent, _, names in os.walk(folder, onerror=skipped):
+        found += [Path(parent, name) for name in names if Path(name).suffix.lower() in IMAGE_SUFFIXES]
+    return sorted(path for path in found if os.path.isfile(path))
+
+
+def scan_image_folder(root: Path, warn: Warn | None = None) -> tuple[list[Path], np.ndarray, list[str]]:
+    """Files and labels of an ImageFolder tree: one sub-folder per class, sorted by name. A
+    folder inside that cannot be read is reported through ``warn`` and skipped."""
+    try:
+        names = os.listdir(root)
+    except OSError as e:
+        raise UserError(f"{root}: cannot read ({e.strerror or e})") from None
+    classes = sorted(name for name in names if not name.startswith(".") and os.path.isdir(root / name))
     if not classes:
         raise UserError(f"{root}: no class sub-folders (expected ROOT/CLASS/IMAGE files)")
     files, labels = [], []
     for index, name in enumerate(classes):
-        for path in sorted((root / name).rglob("*")):
-            if path.is_file() and path.suffix.lower() in IMAGE_SUFFIXES:
-                files.append(path)
-                labels.append(index)
+        found = _image_files(root / name, warn)
+        files += found
+        labels += [index] * len(found)
     if not files:
         raise UserError(f"{root}: no image files ({', '.join(IMAGE_SUFFIXES)}) under its class folders")
     return files, np.asarray(labels, np.int32), classes
@@ -89,7 +107,7 @@ def load_image_folder(root: Path, size: int, progress: Progress | None = None,
     ``classes[i]``; a class left with no readable image is warned about and still counted."""
     from PIL import Image, UnidentifiedImageError
 
-    files, labels, classes = scan_image_folder(root)
+    files, labels, classes = scan_image_folder(root, warn)
     check_images_budget(len(files), size, str(root))
     images, kept = [], []
     for i, path in enumerate(files):
