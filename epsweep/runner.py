@@ -205,6 +205,9 @@ class Runner:
         settings = {rule: grid.settings(rule.optimizer) for rule in self.rules}
         order = [setting_key({**s, **rule._asdict()}) for rule in self.rules for s in settings[rule]]
         description = provenance.run_description(task, config, first)
+        if not devices.same_everywhere(repr((description, order))):  # else each trains its part of process 0's
+            raise UserError("the processes were given different sweeps (their grids, tasks, data or training "
+                            "settings differ); start every process with the same command")
         for writer in writers:  # claims its file; refuses to replace what is not this sweep's
             prepare = getattr(writer, "prepare", None)
             done = prepare(description, set(order)) if prepare is not None else None

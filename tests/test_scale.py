@@ -102,6 +102,24 @@ def test_two_processes_equal_one(mlp_task):
             assert float(row[name]) == pytest.approx(ref[name], rel=1e-5, abs=1e-6), name
 
 
+def test_processes_given_different_sweeps_stop_with_one_line_each():
+    """Each process trains its part of the global grid: one given other values would train
+    process 0's settings and drop its own without a word."""
+    port = _free_port()
+    args = ["grid", "--task", "quadratic", "--steps", "1", "--coordinator", f"127.0.0.1:{port}", "--num-processes",
+            "2", "--no-compile-cache"]
+    env = _env(XLA_FLAGS="--xla_force_host_platform_device_count=1")
+    grids = (["1e-8"], ["1e-8", "1"])
+    procs = [subprocess.Popen([EXE, *args, "--process-id", str(i), "--eps", *eps], stdout=subprocess.PIPE,
+                              stderr=subprocess.PIPE, text=True, env=env) for i, eps in enumerate(grids)]
+    for p in procs:
+        out, err = p.communicate(timeout=120)
+        assert p.returncode == 2 and out == "", err
+        assert err.splitlines()[-1] == ("epsweep: error: the processes were given different sweeps (their grids, "
+                                        "tasks, data or training settings differ); start every process with the same "
+                                        "command"), err
+
+
 def test_peak_bytes_counts_what_is_live_at_once_not_every_value():
     """A chain frees each value after its last use; a value read later stays; a called jaxpr's
     own peak counts while it runs; the inputs are the caller's (1,000 float32 = 4,000 bytes)."""

@@ -206,6 +206,21 @@ def agree(value: int) -> int:
         return int(multihost_utils.broadcast_one_to_all(np.int64(value)))
 
 
+def same_everywhere(text: str) -> bool:
+    """Whether every process holds the same ``text`` (compared by a hash of it); True in one
+    process."""
+    if jax.process_count() == 1:
+        return True
+    import hashlib
+
+    from jax.experimental import multihost_utils
+
+    digest = np.frombuffer(hashlib.sha256(text.encode()).digest()[:8], np.int64)
+    with _stdout_to_stderr():
+        every = np.asarray(multihost_utils.process_allgather(digest))
+    return bool(np.all(every == every[0]))
+
+
 def broadcast(tree: Any) -> Any:
     """Process 0's NumPy arrays in every process (one process: ``tree`` itself)."""
     if jax.process_count() == 1:
