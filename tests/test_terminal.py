@@ -233,7 +233,7 @@ def test_compare_says_every_difference_the_data_first_or_how_many_more():
     assert differences_note(phrases).count(";") == 7  # markdown, or no width: all of them
     note = differences_note(phrases, width=80)
     assert note.startswith("The runs differ: the data's contents differ; loss") and len(note) <= 240
-    assert note.endswith("more (-f json lists all).") and "model_fingerprint" not in note
+    assert note.endswith(" json lists all).") and "model_fingerprint" not in note
 
 
 def test_random_values_are_seeded_sorted_and_documented():

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
+from epsweep.errors import param
 from epsweep.numbers import column, show, show_share, span
 from epsweep.results.analysis import OTHER_AXES
 from epsweep.views.sheet import Column, Sheet
@@ -107,16 +108,15 @@ DIFFERENCE_LINES = 3  # at most this many terminal lines say how the runs differ
 def differences_note(differences: Sequence[str], width: int | None = None) -> str:
     """``The runs differ: ...``: every difference (most decisive first), or at a terminal
     ``width`` as many as fit :data:`DIFFERENCE_LINES` lines and how many more there are."""
-    head = "The runs differ: "
-    shown = list(differences)
-    while width is not None and len(shown) > 1:
+    def note(shown: list[str]) -> str:
         left = len(differences) - len(shown)
-        tail = f"; and {left} more (-f json lists all)." if left else "."
-        if len(head + "; ".join(shown) + tail) <= DIFFERENCE_LINES * width:
-            return head + "; ".join(shown) + tail
+        more = f"; and {left} more ({param('format')} json lists all)." if left else "."
+        return "The runs differ: " + "; ".join(shown) + more
+
+    shown = list(differences)
+    while width is not None and len(shown) > 1 and len(note(shown)) > DIFFERENCE_LINES * width:
         shown.pop()
-    left = len(differences) - len(shown)
-    return head + "; ".join(shown) + (f"; and {left} more (-f json lists all)." if left else ".")
+    return note(shown)
 
 
 def compare_sheets(comparison, width: int | None = None) -> list[Sheet]:
