@@ -123,7 +123,9 @@ def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equati
                 holds = True
         else:
             outputs = [any(inputs)] * len(equation.outvars)
-            weight = None if isinstance(equation.invars[-1], Literal) else source.get(equation.invars[-1])
+            # an equation may have no inputs at all (iota: jax.nn.one_hot's arange)
+            right = equation.invars[-1] if equation.invars else None
+            weight = None if right is None or isinstance(right, Literal) else source.get(right)
             if _is_data_product(equation, inputs) and weight is not None:
                 (_, rhs_contract), _ = equation.params["dimension_numbers"]
                 found.setdefault(weight, set()).add(len(rhs_contract))
