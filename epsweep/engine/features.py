@@ -149,7 +149,8 @@ def extract(features: Features, inputs: Sequence[np.ndarray], devices: Sequence[
 def _digest_array(digest: Any, array: Any) -> None:
     array = np.ascontiguousarray(np.asarray(array))
     digest.update(f"{array.dtype.str}{array.shape}".encode())
-    digest.update(memoryview(array).cast("B"))  # every byte: a changed image must change the key
+    if array.size:  # an empty array (no validation set) is its shape and dtype alone: no view to cast
+        digest.update(memoryview(array).cast("B"))  # every byte: a changed image must change the key
 
 
 def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | None:

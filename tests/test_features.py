@@ -1,0 +1,35 @@
+"""The frozen-features store without Inception: a tiny extractor (tanh(x W)) over a few rows,
+its features keyed (engine.features) and kept in an ArrayCache (results.cache)."""
+
+import dataclasses
+
+import jax.numpy as jnp
+import numpy as np
+
+from epsweep.data.dataset import Dataset
+from epsweep.engine.features import cache_key, on_features
+from epsweep.results.cache import ArrayCache
+from epsweep.tasks.task import Features, Task
+
+WEIGHTS = np.linspace(-1, 1, 12, dtype=np.float32).reshape(3, 4)
+
+
+def tiny_task(n_train=6, n_val=2, weights=WEIGHTS) -> Task:
+    """Features (N, 4) of inputs (N, 3); nothing here trains, so no loss or model."""
+    x = np.arange((n_train + n_val) * 3, dtype=np.float32).reshape(-1, 3) / 10
+    y = np.arange(n_train + n_val) % 2
+    data = Dataset("tiny", x[:n_train], y[:n_train], x[n_train:], y[n_train:], 2)
+    features = Features(lambda w, x: jnp.tanh(x @ w), weights, identity=("tanh", "test"), batch_size=4)
+    return Task("tiny", None, None, None, data, features=features)
+
+
+def test_the_key_of_inputs_without_a_validation_set_still_tells_their_shapes(tmp_path):
+    """--val-split 0: an empty validation array (memoryview cannot cast it) is keyed by its
+    shape and dtype, and its features are kept and found again."""
+    task = tiny_task(n_val=0)
+    store = ArrayCache(tmp_path)
+    assert [on_features(tiny_task(n_val=0), store=store)[1]["source"] for _ in range(2)] == ["computed", "store"]
+    key = cache_key(task)
+    assert key == cache_key(tiny_task(n_val=0)) and len(key) == 32
+    wider = dataclasses.replace(task.data, x_val=np.zeros((0, 5), np.float32))
+    assert cache_key(dataclasses.replace(task, data=wider)) != key
