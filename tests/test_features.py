@@ -2,9 +2,11 @@
 its features keyed (engine.features) and kept in an ArrayCache (results.cache)."""
 
 import dataclasses
+import logging
 
 import jax.numpy as jnp
 import numpy as np
+import pytest
 
 from epsweep.data.dataset import Dataset
 from epsweep.engine.features import cache_key, on_features
@@ -33,3 +35,31 @@ def test_the_key_of_inputs_without_a_validation_set_still_tells_their_shapes(tmp
     assert key == cache_key(tiny_task(n_val=0)) and len(key) == 32
     wider = dataclasses.replace(task.data, x_val=np.zeros((0, 5), np.float32))
     assert cache_key(dataclasses.replace(task, data=wider)) != key
+
+
+def save_npy(store, key, arrays):
+    with open(store.path(key), "wb") as f:
+        np.save(f, arrays["x_train"])
+
+
+DAMAGED = {  # how an entry is damaged: (store, key, the right arrays) -> None
+    "one .npy array": save_npy,
+    "features too narrow": lambda store, key, a: store.save(key, {k: v[:, :3] for k, v in a.items()}),
+    "1-D": lambda store, key, a: store.save(key, {k: v[:, 0] for k, v in a.items()}),
+    "(N, 4, 1)": lambda store, key, a: store.save(key, {k: v[..., None] for k, v in a.items()}),
+}
+
+
+@pytest.mark.parametrize("damage", DAMAGED.values(), ids=DAMAGED.keys())
+def test_a_damaged_entry_is_computed_again_and_replaced(tmp_path, caplog, damage):
+    """docs/inception.md: an unreadable entry, or one that does not fit the data, is a miss
+    (at most one warning), computed again and replaced."""
+    store = ArrayCache(tmp_path)
+    computed, info = on_features(tiny_task(), store=store)
+    assert info["source"] == "computed"
+    damage(store, cache_key(tiny_task()), {"x_train": computed.data.x_train, "x_val": computed.data.x_val})
+    with caplog.at_level(logging.WARNING):
+        again, info = on_features(tiny_task(), store=store)
+    assert info["source"] == "computed" and len(caplog.records) <= 1, caplog.records
+    np.testing.assert_array_equal(again.data.x_train, computed.data.x_train)
+    assert on_features(tiny_task(), store=store)[1]["source"] == "store"

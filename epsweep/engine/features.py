@@ -173,12 +173,15 @@ def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | 
     return digest.hexdigest()
 
 
-def _usable(arrays: dict[str, np.ndarray] | None, data: Dataset) -> bool:
-    """Whether stored arrays fit ``data``: one float row per input, finite."""
+def _usable(arrays: dict[str, np.ndarray] | None, features: Features, data: Dataset) -> bool:
+    """Whether stored arrays fit ``data``: one row per input, each of the shape ``features``
+    gives one input (traced, not computed), float, finite."""
     if arrays is None or set(arrays) != {"x_train", "x_val"}:
         return False
     train, val = arrays["x_train"], arrays["x_val"]
-    return (len(train) == len(data.x_train) and len(val) == len(data.x_val) and train.shape[1:] == val.shape[1:]
+    sample = jax.ShapeDtypeStruct((1, *data.x_train.shape[1:]), data.x_train.dtype)
+    row = jax.eval_shape(features.apply, features.constants, sample).shape[1:]
+    return (train.shape == (len(data.x_train), *row) and val.shape == (len(data.x_val), *row)
             and train.dtype == val.dtype and train.dtype.kind == "f"
             and bool(np.isfinite(train).all() and np.isfinite(val).all()))
 
@@ -207,7 +210,7 @@ def on_features(task: Task, devices: Sequence[jax.Device] | None = None, store: 
     started = time.perf_counter()
     key = cache_key(task, devices) if store is not None else None
     stored = store.load(key) if key is not None else None
-    source = "store" if _usable(stored, task.data) else "computed"
+    source = "store" if _usable(stored, task.features, task.data) else "computed"
     if source == "store":
         arrays = stored
     else:

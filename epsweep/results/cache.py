@@ -40,6 +40,15 @@ def default_directory() -> Path | None:
     return Path(base).expanduser() / "epsweep" / "features"
 
 
+def _read(path: Path) -> dict[str, np.ndarray]:
+    """The arrays of the ``.npz`` archive at ``path``; ValueError for anything else."""
+    loaded = np.load(path, allow_pickle=False)
+    if not isinstance(loaded, np.lib.npyio.NpzFile):  # one .npy array, saved in the archive's place
+        raise ValueError("one array, not an .npz archive of named arrays")
+    with loaded as stored:
+        return {name: stored[name] for name in stored.files}
+
+
 class ArrayCache:
     """Named NumPy arrays under hex keys in ``directory`` (made when first written).
 
@@ -70,8 +79,7 @@ class ArrayCache:
         """The arrays saved under ``key``, or None (absent, unreadable, or holding objects)."""
         path = self.path(key)
         try:
-            with np.load(path, allow_pickle=False) as stored:
-                arrays = {name: stored[name] for name in stored.files}
+            arrays = _read(path)
         except (FileNotFoundError, NotADirectoryError, IsADirectoryError, PermissionError):
             return None  # nothing there: saving says why, if it cannot keep them either
         except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:  # MemoryError: a header's shape
