@@ -47,6 +47,7 @@ DAMAGED = {  # how an entry is damaged: (store, key, the right arrays) -> None
     "features too narrow": lambda store, key, a: store.save(key, {k: v[:, :3] for k, v in a.items()}),
     "1-D": lambda store, key, a: store.save(key, {k: v[:, 0] for k, v in a.items()}),
     "(N, 4, 1)": lambda store, key, a: store.save(key, {k: v[..., None] for k, v in a.items()}),
+    "float16": lambda store, key, a: store.save(key, {k: v.astype(np.float16) for k, v in a.items()}),
 }
 
 
@@ -62,4 +63,20 @@ def test_a_damaged_entry_is_computed_again_and_replaced(tmp_path, caplog, damage
         again, info = on_features(tiny_task(), store=store)
     assert info["source"] == "computed" and len(caplog.records) <= 1, caplog.records
     np.testing.assert_array_equal(again.data.x_train, computed.data.x_train)
+    assert on_features(tiny_task(), store=store)[1]["source"] == "store"
+
+
+def test_an_entry_copied_over_another_keys_file_is_not_read_as_that_keys(tmp_path, caplog):
+    """Another weights' entry (same inputs, same shapes) copied under this key's name holds its
+    own key: a miss, one warning, computed again (it was read as this key's, wrong numbers)."""
+    store = ArrayCache(tmp_path)
+    other = tiny_task(weights=WEIGHTS[::-1].copy())
+    on_features(other, store=store)
+    key = cache_key(tiny_task())
+    store.path(cache_key(other)).rename(store.path(key))
+    with caplog.at_level(logging.WARNING):
+        realised, info = on_features(tiny_task(), store=store)
+    assert info["source"] == "computed" and len(caplog.records) == 1
+    assert "not saved under this key" in caplog.records[0].getMessage()
+    np.testing.assert_allclose(realised.data.x_train, np.tanh(tiny_task().data.x_train @ WEIGHTS), rtol=1e-6)
     assert on_features(tiny_task(), store=store)[1]["source"] == "store"

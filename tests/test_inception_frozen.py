@@ -244,8 +244,8 @@ def test_cache_key_follows_everything_the_features_depend_on(cached, data, files
 
 
 def test_array_cache_evicts_least_recently_used_and_ignores_bad_files(tmp_path):
-    cache = ArrayCache(tmp_path, max_bytes=2500)
-    block = {"x": np.zeros(200, np.float32)}  # about 1 kB on disk
+    cache = ArrayCache(tmp_path, max_bytes=3000)
+    block = {"x": np.zeros(200, np.float32)}  # about 1.4 kB on disk, with its key
     cache.save("aa" * 8, block)
     cache.save("bb" * 8, block)
     os.utime(tmp_path / f"{'aa' * 8}.npz", (1, 1))

@@ -38,7 +38,7 @@ from epsweep.tasks.task import Features, Task
 
 BATCH_AXIS = "batch"  # the mesh axis a batch of inputs is split across
 MAX_PROGRAMS = 4  # feature programs kept compiled in this process
-KEY_FORMAT = 1  # bump when what the stored arrays mean changes
+KEY_FORMAT = 2  # bump when what the stored arrays mean changes (2: an entry holds its key)
 _VERSIONED = ("epsweep", "jax", "jaxlib", "flax")
 
 
@@ -174,15 +174,15 @@ def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | 
 
 
 def _usable(arrays: dict[str, np.ndarray] | None, features: Features, data: Dataset) -> bool:
-    """Whether stored arrays fit ``data``: one row per input, each of the shape ``features``
-    gives one input (traced, not computed), float, finite."""
+    """Whether stored arrays fit ``data``: one row per input, each of the shape and dtype
+    ``features`` gives one input (traced, not computed), finite."""
     if arrays is None or set(arrays) != {"x_train", "x_val"}:
         return False
     train, val = arrays["x_train"], arrays["x_val"]
     sample = jax.ShapeDtypeStruct((1, *data.x_train.shape[1:]), data.x_train.dtype)
-    row = jax.eval_shape(features.apply, features.constants, sample).shape[1:]
-    return (train.shape == (len(data.x_train), *row) and val.shape == (len(data.x_val), *row)
-            and train.dtype == val.dtype and train.dtype.kind == "f"
+    row = jax.eval_shape(features.apply, features.constants, sample)
+    return (train.shape == (len(data.x_train), *row.shape[1:]) and val.shape == (len(data.x_val), *row.shape[1:])
+            and train.dtype == val.dtype == row.dtype
             and bool(np.isfinite(train).all() and np.isfinite(val).all()))
 
 

@@ -2,10 +2,11 @@
 :mod:`epsweep.engine.features`, one ``.npz`` per key in a directory bounded in size.
 
 Files are written whole and atomically (:func:`~epsweep.results.files.write_atomic`: never
-half a file under a key) and read with ``allow_pickle=False``. A file that cannot be read is
-a miss, never an error; so is a directory that cannot be written (nothing is kept). When the
-directory grows past ``max_bytes``, the files used longest ago go first (a hit counts as a
-use).
+half a file under a key) and read with ``allow_pickle=False``. Each holds its own key (the
+array ``KEY_ARRAY``), so that an entry copied or renamed over another key's file is not read as
+that key's. A file that cannot be read, or holds another key, is a miss, never an error; so
+is a directory that cannot be written (nothing is kept). When the directory grows past
+``max_bytes``, the files used longest ago go first (a hit counts as a use).
 """
 
 from __future__ import annotations
@@ -27,6 +28,7 @@ CACHE_ENV = "EPSWEEP_FEATURE_CACHE"
 MAX_BYTES = 4 * 1024**3
 _OFF = ("0", "off", "false", "no", "")
 _KEY = re.compile(r"^[0-9a-f]{8,128}$")
+KEY_ARRAY = "_key"  # the array in each file that holds the key it was saved under
 
 
 def default_directory() -> Path | None:
@@ -76,7 +78,8 @@ class ArrayCache:
         return self.directory / f"{key}.npz"
 
     def load(self, key: str) -> dict[str, np.ndarray] | None:
-        """The arrays saved under ``key``, or None (absent, unreadable, or holding objects)."""
+        """The arrays saved under ``key``, or None (absent, unreadable, holding objects, or
+        saved under another key)."""
         path = self.path(key)
         try:
             arrays = _read(path)
@@ -85,13 +88,21 @@ class ArrayCache:
         except (OSError, ValueError, EOFError, MemoryError, zipfile.BadZipFile) as e:  # MemoryError: a header's shape
             log.warning("ignoring unreadable cached features %s (%s)", path, e)
             return None
+        held = arrays.pop(KEY_ARRAY, None)
+        if held is None or held.shape != () or held.dtype.kind != "U" or str(held) != key:
+            log.warning("ignoring cached features %s: the entry was not saved under this key", path)
+            return None
         with contextlib.suppress(OSError):
             os.utime(path)  # used now: the last to be evicted
         return arrays
 
     def save(self, key: str, arrays: dict[str, np.ndarray]) -> None:
-        """Keep ``arrays`` under ``key`` (atomically); on a disk error, log it and keep nothing."""
+        """Keep ``arrays`` under ``key`` (atomically), with the key itself; on a disk error,
+        log it and keep nothing."""
         path = self.path(key)
+        if KEY_ARRAY in arrays:
+            raise ValueError(f"{KEY_ARRAY!r} is the store's own array name")
+        arrays = {**arrays, KEY_ARRAY: np.array(key)}
         try:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_atomic(path, lambda target: np.savez(target, **arrays))
