@@ -80,3 +80,16 @@ def test_an_entry_copied_over_another_keys_file_is_not_read_as_that_keys(tmp_pat
     assert "not saved under this key" in caplog.records[0].getMessage()
     np.testing.assert_allclose(realised.data.x_train, np.tanh(tiny_task().data.x_train @ WEIGHTS), rtol=1e-6)
     assert on_features(tiny_task(), store=store)[1]["source"] == "store"
+
+
+def test_features_that_are_not_finite_are_not_kept(tmp_path, caplog):
+    """Weights holding NaN: one warning, nothing written (every later run refused the entry and
+    wrote it again)."""
+    weights = WEIGHTS.copy()
+    weights[0, 0] = np.nan
+    with caplog.at_level(logging.WARNING):
+        _, info = on_features(tiny_task(weights=weights), store=ArrayCache(tmp_path))
+    assert info["source"] == "computed" and list(tmp_path.iterdir()) == []
+    assert [r.getMessage() for r in caplog.records] == [
+        "the features of these weights are not finite (NaN or infinity) for 8 of 8 inputs: not kept in the "
+        "feature store"]

@@ -18,6 +18,7 @@ from __future__ import annotations
 import collections
 import dataclasses
 import hashlib
+import logging
 import math
 import threading
 import time
@@ -35,6 +36,8 @@ from epsweep.engine import xla_options
 from epsweep.engine.devices import broadcast, is_primary
 from epsweep.engine.exports import package_version
 from epsweep.tasks.task import Features, Task
+
+log = logging.getLogger(__name__)
 
 BATCH_AXIS = "batch"  # the mesh axis a batch of inputs is split across
 MAX_PROGRAMS = 4  # feature programs kept compiled in this process
@@ -186,6 +189,18 @@ def _usable(arrays: dict[str, np.ndarray] | None, features: Features, data: Data
             and bool(np.isfinite(train).all() and np.isfinite(val).all()))
 
 
+def _keep(store: Store, key: str, arrays: dict[str, np.ndarray]) -> None:
+    """Hand computed features to ``store``, unless some are not finite: every later run would
+    refuse them (:func:`_usable`), compute them again and write them anew."""
+    rows = sum(len(a) for a in arrays.values())
+    bad = sum(int((~np.isfinite(a)).any(axis=tuple(range(1, a.ndim))).sum()) for a in arrays.values())
+    if bad:
+        log.warning("the features of these weights are not finite (NaN or infinity) for %d of %d inputs: "
+                    "not kept in the feature store", bad, rows)
+        return
+    store.save(key, arrays)
+
+
 def on_features(task: Task, devices: Sequence[jax.Device] | None = None, store: Store | None = None,
                 progress: Progress | None = None) -> tuple[Task, dict | None]:
     """``task`` as an ordinary task over its feature arrays, and what that cost.
@@ -218,7 +233,7 @@ def on_features(task: Task, devices: Sequence[jax.Device] | None = None, store: 
         arrays = {"x_train": train, "x_val": val}
     arrays = broadcast(arrays)  # every process trains on the same numbers (process 0's)
     if source == "computed" and key is not None and is_primary():
-        store.save(key, arrays)
+        _keep(store, key, arrays)
     data = dataclasses.replace(task.data, x_train=arrays["x_train"], x_val=arrays["x_val"])
     realised = dataclasses.replace(task, data=data, features=None)
     info = {"source": source, "seconds": round(time.perf_counter() - started, 3),
