@@ -3,6 +3,7 @@ its features keyed (engine.features) and kept in an ArrayCache (results.cache)."
 
 import dataclasses
 import logging
+import os
 
 import jax.numpy as jnp
 import numpy as np
@@ -93,3 +94,29 @@ def test_features_that_are_not_finite_are_not_kept(tmp_path, caplog):
     assert [r.getMessage() for r in caplog.records] == [
         "the features of these weights are not finite (NaN or infinity) for 8 of 8 inputs: not kept in the "
         "feature store"]
+
+
+def test_a_store_that_cannot_keep_features_names_what_is_in_the_way(tmp_path, caplog):
+    """The folder being a file, or a folder in an entry's place: the warning names it (it named
+    the folder, with 'File exists' or 'Is a directory')."""
+    (tmp_path / "file").write_bytes(b"")
+    blocked = ArrayCache(tmp_path / "blocked")
+    blocked.path("bb" * 8).mkdir(parents=True)
+    with caplog.at_level(logging.WARNING):
+        ArrayCache(tmp_path / "file").save("aa" * 8, {"x": np.zeros(2)})
+        blocked.save("bb" * 8, {"x": np.zeros(2)})
+    assert [r.getMessage() for r in caplog.records] == [
+        f"cannot keep features in {tmp_path / 'file'}: it is a file, not a folder",
+        f"cannot keep features in {blocked.path('bb' * 8)}: a folder is in the entry's place"]
+
+
+def test_eviction_skips_what_is_not_a_file(tmp_path):
+    """A dangling link named like an entry turned eviction off for good (the first failed stat
+    gave up); a folder so named is neither counted nor removed."""
+    store = ArrayCache(tmp_path, max_bytes=3000)  # two entries of about 1.4 kB
+    (tmp_path / f"{'00' * 8}.npz").symlink_to(tmp_path / "gone")
+    (tmp_path / f"{'01' * 8}.npz").mkdir()
+    for when, key in enumerate(("aa", "bb", "cc"), start=1):
+        store.save(key * 8, {"x": np.zeros(200, np.float32)})  # the third one evicts the first
+        os.utime(store.path(key * 8), (when, when))
+    assert sorted(p.name[:2] for p in tmp_path.iterdir()) == ["00", "01", "bb", "cc"]

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import os
 import re
+import stat
 import zipfile
 from pathlib import Path
 
@@ -107,17 +108,35 @@ class ArrayCache:
             self.directory.mkdir(parents=True, exist_ok=True)
             write_atomic(path, lambda target: np.savez(target, **arrays))
         except OSError as e:
-            log.warning("cannot keep features in %s (%s)", self.directory, e.strerror or e)
+            log.warning("cannot keep features in %s", self._unwritable(path, e))
             return
         self._evict(keep=path)
 
+    def _unwritable(self, path: Path, error: OSError) -> str:
+        """What is wrong where a save failed: the folder, the entry, or else the file named."""
+        with contextlib.suppress(OSError):
+            if self.directory.exists() and not self.directory.is_dir():
+                return f"{self.directory}: it is a file, not a folder"
+            if path.is_dir():
+                return f"{path}: a folder is in the entry's place"
+        named = Path(error.filename) if error.filename else self.directory
+        if named.name.startswith(f".{path.name}."):  # the temporary file beside the entry
+            named = self.directory
+        return f"{named} ({error.strerror or error})"
+
     def _evict(self, keep: Path) -> None:
-        """Remove the least recently used files until the directory holds at most max_bytes."""
+        """Remove the least recently used files until the directory holds at most max_bytes.
+        What is not a file (a folder, a link, dangling or not) is neither counted nor removed."""
         try:
-            entries = [(p.stat().st_mtime, p.stat().st_size, p) for p in self.directory.glob("*.npz")
-                       if not p.name.startswith(".")]  # not another writer's temporary file
+            paths = [p for p in self.directory.glob("*.npz") if not p.name.startswith(".")]  # not a temporary file
         except OSError:
             return
+        entries = []
+        for p in paths:
+            with contextlib.suppress(OSError):  # gone since, or refused: skipped
+                found = p.lstat()
+                if stat.S_ISREG(found.st_mode):
+                    entries.append((found.st_mtime, found.st_size, p))
         total = sum(size for _, size, _ in entries)
         for _, size, path in sorted(entries):
             if total <= self.max_bytes:
