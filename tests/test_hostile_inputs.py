@@ -335,6 +335,8 @@ CASES = [
     C("grid --coordinator nohost --num-processes 2", "--coordinator: 'nohost' is not host:port"),
     C(f"{Q} --process-id 1", "cannot join the other processes: no --coordinator given, and no cluster launcher"),
     C("grid --join-timeout 0", "--join-timeout: 0 must be a whole number of seconds from 1 to 86,400"),
+    C(f"{Q} --coordinator 127.0.0.1:{{port}}", "cannot join the other processes: no --num-processes given, and no "
+      "cluster launcher (Slurm, Open MPI, ...) says how many processes there are"),
     C(f"{Q} --coordinator 127.0.0.1:{{port}} --num-processes 2 --process-id 1 --join-timeout 1",
       "--coordinator: cannot reach 127.0.0.1:{port} within 1 s (Connection refused)"),
     C(f"{Q} --coordinator 127.0.0.1:{{port2}} --num-processes 2 --process-id 0 --join-timeout 1",

@@ -449,6 +449,19 @@ def test_bad_process_flags_are_user_errors(kwargs, message):
         runtime.Runtime(**kwargs)
 
 
+@pytest.mark.parametrize("host", ["", "127.0.0.1"])
+def test_process_0_refuses_a_port_something_else_listens_on(host):
+    """JAX would serve the others at [::]:port; gRPC fails to add a port that is taken, and the
+    process then crashes (a segmentation fault, exit 139): said first, in one line."""
+    from epsweep.engine.devices import check_coordinator_port
+
+    with socket.create_server((host, 0)) as taken:  # as `python3 -m http.server PORT` would
+        port = taken.getsockname()[1]
+        with pytest.raises(UserError, match=f"at localhost:{port} .*something else listens there"):
+            check_coordinator_port(f"localhost:{port}")
+    check_coordinator_port(f"localhost:{port}")  # free again
+
+
 def test_cli_refuses_bad_process_flags():
     r = subprocess.run([EXE, "grid", "--num-processes", "2", "--process-id", "5"], capture_output=True, text=True,
                        timeout=120, env=_env())

@@ -20,6 +20,7 @@ the order of calls does not matter unless other code starts JAX first:
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import os
 import resource
@@ -102,22 +103,65 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
         if started:
             raise UserError("several processes were asked for after JAX had started; call setup() first")
         jax.config.update("jax_cpu_collectives_implementation", "gloo")
-        if runtime.coordinator is not None and runtime.process_id not in (None, 0):
-            _wait_for_coordinator(runtime.coordinator, runtime.join_timeout_s)
-        try:
-            # JAX ends the whole process (a fatal error) when its own timeout passes: it is set a
-            # minute beyond join_timeout_s, so that a caller who watches the time (the CLI, with
-            # epsweep.cli.signals.deadline) can give up first, with one line
-            jax.distributed.initialize(
-                coordinator_address=runtime.coordinator, num_processes=runtime.num_processes,
-                process_id=runtime.process_id, initialization_timeout=runtime.join_timeout_s + 60,
-            )
-        except (RuntimeError, ValueError) as e:
-            if runtime.coordinator is None and "coordinator_address" in str(e):  # no cluster JAX knows
-                raise UserError(f"cannot join the other processes: no {param('coordinator')} given, and no cluster "
-                                "launcher (Slurm, Open MPI, ...) says where process 0 is") from None
-            raise UserError(f"cannot join the other processes: {' '.join(str(e).split())}") from None
+        _join(runtime)
     return runtime
+
+
+# JAX's words when neither the caller nor a cluster launcher gave it a value, and the parameter that gives it
+_NOT_GIVEN = {"coordinator_address should be defined": ("coordinator", "where process 0 is"),
+              "Number of processes must be defined": ("num_processes", "how many processes there are"),
+              "process id of the current process must be defined": ("process_id", "which process this is")}
+
+
+def _join(runtime: Runtime) -> None:
+    """``jax.distributed.initialize`` for ``runtime``: process 0 first checks that it can serve
+    the others at its port, the others wait until it does; JAX's errors become UserErrors."""
+    if runtime.coordinator is not None and runtime.process_id == 0:
+        check_coordinator_port(runtime.coordinator)
+    elif runtime.coordinator is not None and runtime.process_id is not None:
+        _wait_for_coordinator(runtime.coordinator, runtime.join_timeout_s)
+    try:
+        # JAX ends the whole process (a fatal error) when its own timeout passes: it is set a
+        # minute beyond join_timeout_s, so that a caller who watches the time (the CLI, with
+        # epsweep.cli.signals.deadline) can give up first, with one line
+        jax.distributed.initialize(
+            coordinator_address=runtime.coordinator, num_processes=runtime.num_processes,
+            process_id=runtime.process_id, initialization_timeout=runtime.join_timeout_s + 60,
+        )
+    except (RuntimeError, ValueError) as e:
+        for words, (name, what) in _NOT_GIVEN.items():
+            if words in str(e):  # no cluster JAX knows
+                raise UserError(f"cannot join the other processes: no {param(name)} given, and no cluster launcher "
+                                f"(Slurm, Open MPI, ...) says {what}") from None
+        raise UserError(f"cannot join the other processes: {' '.join(str(e).split())}") from None
+
+
+def check_coordinator_port(address: str) -> None:
+    """Refuse, with one line, to be process 0 at ``address`` ("host:port") when its port cannot be
+    bound: JAX serves the other processes on that port of every interface (or at
+    ``$JAX_COORDINATOR_BIND_ADDRESS``), and when something else listens there gRPC fails to add
+    the port and the process then crashes (a segmentation fault), saying nothing useful."""
+    bind = os.environ.get("JAX_COORDINATOR_BIND_ADDRESS")
+    try:
+        host, port = coordinator_address(bind) if bind else ("", coordinator_address(address)[1])
+    except ValueError:  # a bind address JAX will judge itself
+        return
+    host = "" if host == "::" else host
+    try:
+        if host:
+            family = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM)[0][0]
+            probe = socket.create_server((host, port), family=family)
+        elif socket.has_dualstack_ipv6():  # [::]:port, IPv4 included, as JAX binds it
+            probe = socket.create_server(("::", port), family=socket.AF_INET6, dualstack_ipv6=True)
+        else:
+            probe = socket.create_server(("", port))
+        probe.close()
+    except OSError as e:
+        where = f"{host}:{port}" if host else f"port {port}"
+        reason = ("something else listens there; stop it or choose another port" if e.errno == errno.EADDRINUSE
+                  else f"{e.strerror or e}")
+        raise UserError(f"{param('coordinator')}: process 0 cannot serve the other processes at {address} "
+                        f"(cannot listen on {where}: {reason})") from None
 
 
 def _wait_for_coordinator(address: str, timeout_s: float) -> None:
