@@ -69,6 +69,7 @@ def test_preset_fills_only_what_is_not_given():
     (["--image-size", "75", "--aux"], "needs --image-size >= 299"),
     (["--image-size", "75", "--freeze-base"], "--freeze-base needs --weights"),
     (["--image-size", "75", "--weights", "/no/such.safetensors"], "no such file"),
+    (["--image-size", "75", "--weights", "/"], "--weights: / is a directory, not a .safetensors file"),
     (["--image-size", "75", "--head", "conv"], "unknown head"),
     (["--image-size", "75", "--dtype", "float16"], "unknown dtype"),
     (["--image-size", "75", "--preset", "nope"], "unknown preset"),

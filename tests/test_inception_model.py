@@ -168,8 +168,15 @@ def test_load_keeps_fresh_head_for_other_classes(tmp_path, synthetic_state, head
             r"shape mismatch for Conv2d_1a_3x3.conv.weight file \(32, 3, 5, 5\) vs model \(32, 3, 3, 3\)",
         ),
         (dict(Mixed_8a__conv__weight=np.zeros((1,), np.float32)), "unexpected keys Mixed_8a.conv.weight"),
+        (dict(Conv2d_1a_3x3__conv__weight=np.full((32, 3, 3, 3), np.nan, np.float32)),
+         "NaN or infinite values in Conv2d_1a_3x3.conv.weight"),
+        (dict(Conv2d_2a_3x3__bn__running_var=np.full(32, np.inf, np.float32)),
+         "NaN or infinite values in Conv2d_2a_3x3.bn.running_var"),
+        (dict(Conv2d_1a_3x3__conv__weight=np.ones((32, 3, 3, 3), np.int8)),
+         "Conv2d_1a_3x3.conv.weight holds int8 values; weights must be floating point"),
+        (dict(Conv2d_1a_3x3__bn__weight=np.ones(32, bool)), "Conv2d_1a_3x3.bn.weight holds bool values"),
     ],
-    ids=["missing", "shape", "unexpected"],
+    ids=["missing", "shape", "unexpected", "nan", "inf", "int8", "bool"],
 )
 def test_load_errors_name_file_and_key(tmp_path, synthetic_state, change, message):
     model = InceptionV3(num_classes=SYNTHETIC_CLASSES, aux_logits=True)
@@ -177,6 +184,19 @@ def test_load_errors_name_file_and_key(tmp_path, synthetic_state, change, messag
     with pytest.raises(ValueError, match=message) as error:
         load_inception_safetensors(path, abstract_variables(model))
     assert str(path) in str(error.value) and "\n" not in str(error.value)
+
+
+def test_load_casts_half_bfloat16_and_double_weights(tmp_path, synthetic_state):
+    import ml_dtypes
+
+    model = InceptionV3(num_classes=SYNTHETIC_CLASSES, aux_logits=True)
+    path = save_variant(tmp_path, synthetic_state, Conv2d_1a_3x3__conv__weight=np.full((32, 3, 3, 3), 0.5, np.float16),
+                        Conv2d_1a_3x3__bn__weight=np.full(32, 1.5, ml_dtypes.bfloat16),
+                        Conv2d_1a_3x3__bn__bias=np.full(32, 0.25, np.float64))
+    variables, _ = load_inception_safetensors(path, abstract_variables(model))
+    block = variables["params"]["Conv2d_1a_3x3"]
+    for leaf, value in ((block["conv"]["kernel"], 0.5), (block["bn"]["scale"], 1.5), (block["bn"]["bias"], 0.25)):
+        assert leaf.dtype == np.float32 and np.all(leaf == value)
 
 
 def test_load_errors_on_unreadable_file_and_abstract_head(tmp_path, synthetic_state):

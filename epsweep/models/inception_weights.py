@@ -143,6 +143,20 @@ def _first(keys, limit: int = 3) -> str:
     return shown + (f" (+{len(keys) - limit} more)" if len(keys) > limit else "")
 
 
+def _check_values(path: Path, tensors: Mapping[str, np.ndarray]) -> None:
+    """Refuse the tensors that casting to the model's float type would turn into garbage: whole
+    numbers or bools (a quantised checkpoint, or not weights at all), and NaN or infinite values
+    (which would only show as every run diverging at step 0). float16, bfloat16 and float64 are
+    cast as they are."""
+    for key, array in tensors.items():
+        if array.dtype.kind in "biuc":  # bool, int, uint, complex; bfloat16 is kind "V"
+            raise UserError(f"{path}: {key} holds {array.dtype} values; weights must be floating point (float16, "
+                            "bfloat16, float32 or float64): a quantised checkpoint cannot be used as it is")
+    not_finite = [key for key, array in tensors.items() if not np.isfinite(array).all()]
+    if not_finite:
+        raise UserError(f"{path}: NaN or infinite values in {_first(not_finite)}")
+
+
 def load_inception_safetensors(
     path: str | Path, init_variables: Mapping[str, Any]
 ) -> tuple[dict[str, Any], LoadReport]:
@@ -163,6 +177,8 @@ def load_inception_safetensors(
         tensors = load_file(str(path))
     except FileNotFoundError:
         raise UserError(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise UserError(f"{path}: is a directory, not a .safetensors file") from None
     except Exception as error:  # safetensors raises its own error types for bad headers/dtypes
         detail = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise UserError(f"{path}: cannot read as safetensors ({detail})") from None
@@ -208,6 +224,7 @@ def load_inception_safetensors(
             f"{path}: {_first(abstract)} not loadable from the file and init_variables holds no "
             "initialised array for it; pass variables from model.init"
         )
+    _check_values(path, {key: tensors[key] for key in targets if key not in kept})
 
     merged = {
         collection: traverse_util.flatten_dict(dict(init_variables[collection]))

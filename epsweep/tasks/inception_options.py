@@ -40,6 +40,8 @@ class InceptionOptions:
             raise UserError(f"{param('freeze_base')} needs {param('weights')} (a frozen random base learns nothing)")
         if self.weights is not None:
             status = looked_up(self.weights, f"{param('weights')}: {self.weights}")
+            if status is not None and stat.S_ISDIR(status.st_mode):
+                raise UserError(f"{param('weights')}: {self.weights} is a directory, not a .safetensors file")
             if status is None or not stat.S_ISREG(status.st_mode):
                 raise UserError(f"{param('weights')}: {self.weights}: no such file")
 
