@@ -345,6 +345,8 @@ CASES = [
     C(Q, "JAX cannot start: Unable to initialize backend 'tpu'", env={"JAX_PLATFORMS": "tpu"}),
     C(Q, "JAX cannot start: Unable to initialize backend 'cpu'",
       env={"XLA_FLAGS": "--xla_force_host_platform_device_count=0"}),
+    C(Q, 'JAX cannot start: Invalid value "abc" for JAX flag jax_num_cpu_devices (from the environment variable '
+      'JAX_NUM_CPU_DEVICES)', env={"JAX_NUM_CPU_DEVICES": "abc"}),  # read as JAX is imported
     # --- clear messages ---
     C("grid --dataset {d}/huge_values.npz", "inputs reach 1e+300, beyond float32's range (±3.4e+38)"),
     C("inception --dataset {d}/uint16.npz --image-size 75 --val-split 0.9", "has 4 examples: too few to hold out 0.9"),

@@ -462,6 +462,20 @@ def test_process_0_refuses_a_port_something_else_listens_on(host):
     check_coordinator_port(f"localhost:{port}")  # free again
 
 
+def test_a_jax_environment_value_jax_refuses_is_one_line_naming_the_variable(monkeypatch):
+    from jax._src import config
+
+    monkeypatch.setenv("JAX_EPSWEEP_PROBE", "xyz")
+    for read, named in ((lambda: config.int_env("JAX_EPSWEEP_PROBE", 0), " (from the environment variable "
+                         "JAX_EPSWEEP_PROBE)"), (lambda: config.bool_env("JAX_EPSWEEP_PROBE", False), "")):
+        with pytest.raises(ValueError) as raised:  # as JAX raises it when it defines its flags
+            read()
+        error = runtime.jax_environment_error(raised.value)
+        assert isinstance(error, UserError) and str(error).startswith("JAX cannot start: ") and "'xyz'" in str(error)
+        assert str(error).endswith(named) and str(error).count("JAX_EPSWEEP_PROBE") == 1
+    assert runtime.jax_environment_error(ValueError("Invalid value \"x\" for JAX flag jax_x")) is None  # not JAX's
+
+
 def test_cli_refuses_bad_process_flags():
     r = subprocess.run([EXE, "grid", "--num-processes", "2", "--process-id", "5"], capture_output=True, text=True,
                        timeout=120, env=_env())

@@ -126,6 +126,13 @@ def _main(args: list[str] | None) -> int:
     except UserError as e:
         error_line(e.render(flag))
         return 2
+    except ValueError as e:  # JAX refused an environment variable's value when it read its flags
+        from epsweep.engine.runtime import jax_environment_error
+
+        if (error := jax_environment_error(e)) is None:
+            raise
+        error_line(error.render(flag))
+        return 2
     except ClickException as e:
         if type(e).__name__ == "NoArgsIsHelpError":
             sys.stdout.write(e.ctx.get_help() + "\n")

@@ -90,6 +90,30 @@ def launcher_process_count() -> int:
     return 1
 
 
+_JAX_FLAG = re.compile(r"for JAX flag (\w+)")
+
+
+def jax_environment_error(error: BaseException) -> UserError | None:
+    """JAX refusing the value of one of its environment variables (``JAX_NUM_CPU_DEVICES=abc``,
+    read when JAX defines its flags: at import, or at the first use of a module that defines
+    some) as a one-line UserError naming the variable; None for any other error."""
+    if not isinstance(error, ValueError) or isinstance(error, UserError):
+        return None
+    frames = [error.__traceback__]
+    while frames[-1] is not None and frames[-1].tb_next is not None:
+        frames.append(frames[-1].tb_next)
+    if frames[-1] is None or Path(frames[-1].tb_frame.f_code.co_filename).parts[-3:] != ("jax", "_src", "config.py"):
+        return None
+    message = " ".join(str(error).split()) or type(error).__name__
+    flag = _JAX_FLAG.search(message)
+    names = [flag.group(1).upper()] if flag else [  # else the variables whose value JAX quotes
+        name for name, value in sorted(os.environ.items())
+        if name.startswith("JAX_") and value and (repr(value) in message or f'"{value}"' in message)]
+    names = [name for name in names if name in os.environ and name not in message]
+    source = f" (from the environment variable {' or '.join(names)})" if names else ""
+    return UserError(f"JAX cannot start: {message}{source}")
+
+
 def default_cache_dir() -> Path | None:
     """The compilation cache directory the environment asks for, or None when it is turned off."""
     value = os.environ.get(CACHE_ENV)
