@@ -59,6 +59,22 @@ class UserError(ValueError):
         return self.render()
 
 
+SHOWN_CHARACTERS = 40  # of a value echoed in a message (a token of a megabyte makes no line to read)
+
+
+def quoted(value: object, limit: int = SHOWN_CHARACTERS) -> str:
+    """``repr(value)``, for text longer than ``limit`` characters its first ``limit`` and its length:
+    what a message echoes of a value the user gave (a whole line of standard input may be one).
+
+    Example:
+        >>> quoted("1e-8"), quoted("x" * 1000, limit=3)
+        ("'1e-8'", "'xxx'… (1,000 characters)")
+    """
+    if not isinstance(value, str) or len(value) <= limit:
+        return repr(value)
+    return f"{value[:limit]!r}… ({len(value):,} characters)"
+
+
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF)  # what ``Path.exists()`` calls "not there"
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 import numpy as np
 
-from epsweep.errors import UserError, param
+from epsweep.errors import UserError, param, quoted
 from epsweep.numbers import show
 from epsweep.vocabulary import AXIS_DEFAULTS, AXIS_ROLES, GRID_AXES, plain_scalar
 
@@ -39,9 +39,9 @@ def _parse_number(text: str, name: str) -> float:
     try:
         value = float(text)
     except ValueError:
-        raise UserError(f"{param(name)}: {text!r} is not a number") from None
+        raise UserError(f"{param(name)}: {quoted(text)} is not a number") from None
     if not math.isfinite(value):
-        raise UserError(f"{param(name)}: {text!r} is not a finite number")
+        raise UserError(f"{param(name)}: {quoted(text)} is not a finite number")
     return value
 
 
@@ -49,7 +49,7 @@ def _whole(text: str, what: str, token: str, name: str) -> int:
     try:
         return int(text)
     except ValueError:
-        raise UserError(f"{param(name)}: {what} {text!r} in {token!r} is not an integer") from None
+        raise UserError(f"{param(name)}: {what} {quoted(text)} in {quoted(token)} is not an integer") from None
 
 
 def _parse_range(token: str, name: str) -> list[float]:
@@ -59,22 +59,22 @@ def _parse_range(token: str, name: str) -> list[float]:
     if sample:
         kind, _, rest = rest.partition(":")
         if kind not in ("log", "lin"):
-            raise UserError(f"{param(name)}: {token!r} must look like rand:log:START:STOP:COUNT[:SEED] "
+            raise UserError(f"{param(name)}: {quoted(token)} must look like rand:log:START:STOP:COUNT[:SEED] "
                             f"or rand:lin:START:STOP:COUNT[:SEED]")
     parts = rest.split(":")
     if len(parts) != 3 and not (sample and len(parts) == 4):
         form = f"rand:{kind}:START:STOP:COUNT[:SEED]" if sample else f"{kind}:START:STOP:COUNT"
-        raise UserError(f"{param(name)}: {token!r} must look like {form}")
+        raise UserError(f"{param(name)}: {quoted(token)} must look like {form}")
     start, stop = (_parse_number(p, name) for p in parts[:2])
     count = _whole(parts[2], "count", token, name)
     if not 1 <= count <= MAX_RANGE_COUNT:
-        raise UserError(f"{param(name)}: count in {token!r} must be between 1 and {MAX_RANGE_COUNT}")
+        raise UserError(f"{param(name)}: count in {quoted(token)} must be between 1 and {MAX_RANGE_COUNT}")
     if kind == "log" and (start <= 0 or stop <= 0):
-        raise UserError(f"{param(name)}: log range {token!r} needs positive ends")
+        raise UserError(f"{param(name)}: log range {quoted(token)} needs positive ends")
     if sample:
         seed = _whole(parts[3], "seed", token, name) if len(parts) == 4 else 0
         if not 0 <= seed < 2**63:
-            raise UserError(f"{param(name)}: seed in {token!r} must be a whole number >= 0")
+            raise UserError(f"{param(name)}: seed in {quoted(token)} must be a whole number >= 0")
         unit = np.random.Generator(np.random.PCG64(seed)).random(count)
         if kind == "log":
             low, high = math.log10(start), math.log10(stop)
@@ -120,7 +120,7 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
         for piece in token.split(","):
             piece = piece.strip()
             if not piece:
-                raise UserError(f"{param(name)}: empty value in {token!r}")
+                raise UserError(f"{param(name)}: empty value in {quoted(token)}")
             if piece.startswith(("log:", "lin:", "rand:")):
                 values.extend(_parse_range(piece, name))
             else:
@@ -158,7 +158,8 @@ def _axis_values(axis: str, given: object) -> tuple[float, ...]:
     """An axis as floats: a sequence (or 1-d array) of real numbers, or one number alone; not
     text (``parse_values`` reads ``"1e-8,1"`` and ``"log:1e-8:1:5"``), not True/False."""
     if isinstance(given, (str, bytes)):
-        raise UserError(f"{param(axis)}: {given!r} is text; give numbers, e.g. (1e-8, 1.0) (parse_values reads text)")
+        raise UserError(f"{param(axis)}: {quoted(given)} is text; give numbers, e.g. (1e-8, 1.0) "
+                        "(parse_values reads text)")
     if hasattr(given, "__iter__") and not hasattr(given, "__array__"):  # a generator, a range: its items
         given = list(given)
     array = np.asarray(given, dtype=object)
@@ -167,7 +168,7 @@ def _axis_values(axis: str, given: object) -> tuple[float, ...]:
     values = []
     for value in map(plain_scalar, array.reshape(-1)):  # NumPy and JAX scalars as Python numbers
         if isinstance(value, str):
-            raise UserError(f"{param(axis)}: {value!r} is text; give numbers (parse_values reads text)")
+            raise UserError(f"{param(axis)}: {quoted(value)} is text; give numbers (parse_values reads text)")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise UserError(f"{param(axis)}: {value!r} is not a real number")
         values.append(float(value) + 0.0)  # + 0.0: -0.0 is 0.0

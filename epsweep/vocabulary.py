@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Any, NamedTuple
 
-from epsweep.errors import UserError, param
+from epsweep.errors import UserError, param, quoted
 
 GRID_AXES = ("eps", "decay", "lr", "momentum")
 """The numeric axes of a grid, in record order."""
@@ -155,7 +155,7 @@ def is_number(value: Any) -> bool:
 def check_convention(convention: str) -> str:
     """``convention`` if it names an RMSProp convention, else a :class:`UserError`."""
     if convention not in CONVENTION_NAMES:
-        raise UserError(f"{param('convention')}: unknown convention {convention!r}; "
+        raise UserError(f"{param('convention')}: unknown convention {quoted(convention)}; "
                         f"choose from {', '.join(CONVENTION_NAMES)}")
     return convention
 
@@ -163,5 +163,6 @@ def check_convention(convention: str) -> str:
 def check_optimizer(name: str) -> str:
     """``name`` if it names an optimizer, else a :class:`UserError`."""
     if name not in OPTIMIZER_NAMES:
-        raise UserError(f"{param('optimizer')}: unknown optimizer {name!r}; choose from {', '.join(OPTIMIZER_NAMES)}")
+        raise UserError(f"{param('optimizer')}: unknown optimizer {quoted(name)}; "
+                        f"choose from {', '.join(OPTIMIZER_NAMES)}")
     return name

@@ -87,6 +87,8 @@ def test_python_dash_m_and_quadratic_task():
     (["--output", "/no/such/dir/out.csv"], "does not exist"),
     (["--bogus"], "No such option"),
     (["--eps"], "requires an argument"),
+    (["--steps", "9x" * 1000], f"--steps: '{'9x' * 20}'… (2,000 characters) is not a whole number"),
+    (["--convention", "z" * 1000], f"--convention: unknown convention '{'z' * 40}'… (1,000 characters); choose"),
 ])
 def test_bad_input_exits_2_with_one_line(args, message, capsys):
     code = main(["grid", *args])

@@ -60,6 +60,26 @@ def test_malformed_values_are_user_errors(token, message):
         parse_values([token], "eps")
 
 
+NINES = "9" * 40
+
+
+@pytest.mark.parametrize("token, message", [
+    ("x" * 10**6, f"eps: '{'x' * 40}'… (1,000,000 characters) is not a number"),
+    (f"log:1:2:{NINES}{NINES}x", f"eps: count '{NINES}'… (81 characters) in 'log:1:2:{NINES[:32]}'… (89 characters) "
+     "is not an integer"),
+    ("1," * 5000 + ",", f"eps: empty value in '{'1,' * 20}'… (10,001 characters)"),
+])
+def test_a_long_value_is_shown_cut_to_a_readable_length(token, message):
+    """A whole line of standard input may be one token: the message shows its start and length."""
+    with pytest.raises(UserError) as raised:
+        parse_values([token], "eps")
+    assert str(raised.value) == message
+    if "," not in token:  # standard input's commas part values
+        with pytest.raises(UserError) as raised:
+            parse_values(["-"], "eps", read_stdin=lambda: token + "\n")
+        assert str(raised.value) == message
+
+
 def test_stdin_without_input_is_an_error():
     with pytest.raises(UserError, match="no values"):
         parse_values(["-"], "eps", read_stdin=lambda: "  \n")

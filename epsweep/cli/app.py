@@ -11,7 +11,7 @@ import typer
 
 from epsweep.cli import argv
 from epsweep.cli.options import flag
-from epsweep.errors import UserError
+from epsweep.errors import UserError, quoted
 
 try:  # Typer >= 0.20 bundles its own Click; its errors are not the standalone Click's
     from typer._click.exceptions import ClickException
@@ -90,7 +90,7 @@ def _click_message(error: ClickException) -> str:
     parameter, cause = getattr(error, "param", None), error.__cause__
     problems = cause.errors() if hasattr(cause, "errors") and callable(cause.errors) else []
     if parameter is not None and len(problems) == 1 and problems[0].get("type") in _NOT_PARSED:
-        return f"{_shown_name(parameter)}: {problems[0].get('input')!r} {_NOT_PARSED[problems[0]['type']]}"
+        return f"{_shown_name(parameter)}: {quoted(problems[0].get('input'))} {_NOT_PARSED[problems[0]['type']]}"
     if parameter is not None and type(error).__name__ == "BadParameter" and cause is None:  # ours (path_value)
         return f"{_shown_name(parameter)}: {error.message}"
     return error.format_message()

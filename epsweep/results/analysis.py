@@ -14,7 +14,7 @@ import re
 from collections.abc import Sequence
 from typing import Any
 
-from epsweep.errors import UserError, param
+from epsweep.errors import UserError, param, quoted
 from epsweep.numbers import listing, matches, show, span
 from epsweep.results.formats import dumps
 from epsweep.results.reading import Loaded
@@ -90,10 +90,11 @@ def _parse_value(text: str, field: str, where: str) -> Any:
         if field in ("optimizer", "convention"):
             return text
         if field.removeprefix("a_").removeprefix("b_") in FLAGS:
-            raise UserError(f"{param('where')}: {field} is true or false, not {text!r} (in {where!r})") from None
-        raise UserError(f"{param('where')}: {text!r} in {where!r} is not a number") from None
+            raise UserError(f"{param('where')}: {field} is true or false, not {quoted(text)} "
+                            f"(in {quoted(where)})") from None
+        raise UserError(f"{param('where')}: {quoted(text)} in {quoted(where)} is not a number") from None
     if not math.isfinite(value):
-        raise UserError(f"{param('where')}: {text!r} in {where!r} is not a finite number")
+        raise UserError(f"{param('where')}: {quoted(text)} in {quoted(where)} is not a finite number")
     return value
 
 
@@ -101,14 +102,14 @@ def parse_where(text: str, fields: Sequence[str]) -> Condition:
     """``lr=0.01``, ``eps<=1e-4``, ``convention=tf1,keras``, ``diverged=false``."""
     match = _WHERE.match(text)
     if not match or not match.group(3):
-        raise UserError(f"{param('where')}: {text!r} must look like FIELD=VALUE, FIELD<VALUE, ... (e.g. lr=0.01)")
+        raise UserError(f"{param('where')}: {quoted(text)} must look like FIELD=VALUE, FIELD<VALUE, ... (e.g. lr=0.01)")
     field, op, raw = match.group(1).replace("-", "_"), match.group(2), match.group(3)
     field = SORT_ALIASES.get(field, field)
     if field not in fields:
-        raise UserError(f"{param('where')}: unknown field {field!r}; fields: {', '.join(fields)}")
+        raise UserError(f"{param('where')}: unknown field {quoted(field)}; fields: {', '.join(fields)}")
     pieces = [p.strip() for p in raw.split(",")] if op in ("=", "==", "!=") else [raw]
     if any(not p for p in pieces):
-        raise UserError(f"{param('where')}: empty value in {text!r}")
+        raise UserError(f"{param('where')}: empty value in {quoted(text)}")
     return Condition(field, op, tuple(_parse_value(p, field, text) for p in pieces), tuple(pieces))
 
 
