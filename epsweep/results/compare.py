@@ -15,6 +15,7 @@ from collections.abc import Sequence
 from epsweep.errors import UserError, param
 from epsweep.results.analysis import metric_of, parse_where, record_fields
 from epsweep.results.formats import dumps, to_csv
+from epsweep.results.guard import by_weight
 from epsweep.results.guard import differences as run_differences
 from epsweep.results.reading import Loaded
 from epsweep.vocabulary import GRID_AXES, SETTING_AXES, SETTING_DEFAULTS, is_number
@@ -30,21 +31,6 @@ def match_key(record: dict, axes: Sequence[str] = SETTING_AXES) -> tuple:
         value = record.get(axis, SETTING_DEFAULTS.get(axis))
         key.append(float(f"{value:.12g}") if axis in GRID_AXES and is_number(value) else value)
     return tuple(key)
-
-
-# what a reader weighs first when two sweeps differ: the data, then what is measured (loss, metric),
-# then how it is trained (steps, batch size, clipping, seeds: any part not named here), then the model
-_WEIGHTS = {"data": 0, "the data's contents differ": 0, "loss": 1, "metric": 1, "task": 3, "model": 4,
-            "framework": 4, "parameters": 4, "model_shapes": 5, "model_fingerprint": 5}
-
-
-def by_weight(differences: list[str]) -> list[str]:
-    """Phrases of :func:`~epsweep.results.guard.differences` ordered by what decides most (data,
-    loss and metric, training; the model's name and fingerprints last), ties kept in order."""
-    def weight(phrase: str) -> int:
-        return _WEIGHTS.get(phrase, _WEIGHTS.get(phrase.split(" ", 1)[0].split(".", 1)[0], 2))
-
-    return sorted(differences, key=weight)
 
 
 @dataclasses.dataclass

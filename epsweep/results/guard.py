@@ -51,7 +51,7 @@ def replace_problem(existing: Loaded, run: dict | None, keys: Collection[Setting
         return None  # a header with no results yet: nothing to lose
     there = existing.meta.get("run")
     if there is not None and run is not None and there != run:
-        return f"holds another sweep's results ({'; '.join(differences(there, run)[:2])})"
+        return f"holds another sweep's results ({in_brief(there, run)})"
     lost = held - set(keys) if keys is not None else set()
     if lost:
         return f"holds {len(lost):,} setting{'s' * (len(lost) != 1)} this output would not keep"
@@ -93,6 +93,29 @@ def differences(there: Any, here: Any, path: str = "", sides: tuple[str, str] = 
         given, none = ("given", "none") if here is None else ("none", "given")
         return [f"{name} {given} {sides[0]}, {none} {sides[1]}"]
     return [f"{name} {short_json(plain(there))} {sides[0]}, {short_json(plain(here))} {sides[1]}"]
+
+
+# what a reader weighs first when two sweeps differ: the data, then what is measured (loss, metric),
+# then how it is trained (steps, batch size, clipping, seeds: any part not named here), then the model
+_WEIGHTS = {"data": 0, "the data's contents differ": 0, "loss": 1, "metric": 1, "task": 3, "model": 4,
+            "framework": 4, "parameters": 4, "model_shapes": 5, "model_fingerprint": 5}
+
+
+def by_weight(differences: list[str]) -> list[str]:
+    """Phrases of :func:`differences` ordered by what decides most (data,
+    loss and metric, training; the model's name and fingerprints last), ties kept in order."""
+    def weight(phrase: str) -> int:
+        return _WEIGHTS.get(phrase, _WEIGHTS.get(phrase.split(" ", 1)[0].split(".", 1)[0], 2))
+
+    return sorted(differences, key=weight)
+
+
+def in_brief(there: Any, here: Any, shown: int = 2) -> str:
+    """The ``shown`` most decisive :func:`differences` of two run descriptions, for one line,
+    and how many more there are."""
+    found = by_weight(differences(there, here))
+    more = f"; and {len(found) - shown} more" if len(found) > shown else ""
+    return "; ".join(found[:shown]) + more
 
 
 META_BYTES = 1 << 20  # a stream's meta is a few kB; a larger NAME.meta.json is something else

@@ -30,7 +30,7 @@ from typing import Any, Protocol, runtime_checkable
 from epsweep.errors import UserError, param
 from epsweep.results.files import WRITE_LOCK, FileClaim, check_writable, write_atomic, write_or_keep
 from epsweep.results.formats import dumps, render_machine
-from epsweep.results.guard import check_replace, differences, is_stream_meta_or_absent, refusal, replace_problem
+from epsweep.results.guard import check_replace, in_brief, is_stream_meta_or_absent, refusal, replace_problem
 from epsweep.results.meta import short_json
 from epsweep.results.reading import STREAM_FORMAT, Loaded, meta_path, read_stream
 from epsweep.results.records import SettingKey, resumed_records, setting_key
@@ -256,8 +256,8 @@ class JsonlWriter:
             raise UserError(f"{param('resume')}: {self.path} is a stream of format {short_json(found)}, which this "
                             f"epsweep cannot resume (it writes {STREAM_FORMAT})")
         if existing.meta.get("run") != run:
-            diff = differences(existing.meta.get("run"), run)
-            raise UserError(f"{param('resume')}: {self.path} comes from a different run ({'; '.join(diff[:2])})")
+            raise UserError(f"{param('resume')}: {self.path} comes from a different run "
+                            f"({in_brief(existing.meta.get('run'), run)})")
         self.existing = existing
         done, self._extras, differing = resumed_records(existing.records, keys)
         if differing:
