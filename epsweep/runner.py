@@ -55,13 +55,6 @@ def results_budget() -> int:
     return memory_budget() // 2
 
 
-def _is_out_of_memory(error: BaseException) -> bool:
-    from jax.errors import JaxRuntimeError
-
-    text = str(error)  # a GPU's allocator says RESOURCE_EXHAUSTED; XLA's CPU backend "Out of memory allocating"
-    return isinstance(error, JaxRuntimeError) and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
-
-
 class Runner:
     """One sweep: :meth:`run` trains it; :meth:`save_partial` keeps what has finished, from
     any thread. See the module docstring; :func:`run` is the usual way in.
@@ -235,7 +228,12 @@ class Runner:
         kept = self.save_partial()
         for writer in writers:
             writer.abort()
-        out_of_memory = _is_out_of_memory(error)
+        from epsweep.engine.devices import callback_failure, is_out_of_memory
+
+        out_of_memory = is_out_of_memory(error)
+        model_failed = callback_failure(error)
+        if model_failed is not None:  # the model's own Python code, called back while training, raised
+            raise SweepStopped(f"the model failed while training: {model_failed}", kept) from None
         if not isinstance(error, (KeyboardInterrupt, UserError)) and not out_of_memory:
             if kept.saved and kept.path is not None:
                 note = (f"{kept.saved} of {kept.total} settings had finished; they are in {kept.path} (resume it "

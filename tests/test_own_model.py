@@ -548,6 +548,34 @@ def test_a_model_that_calls_back_to_python_trains_as_without_the_call(model_dir,
     assert results["Echo"] == results["Net"]
 
 
+def test_a_model_whose_callback_raises_mid_sweep_is_one_line_and_keeps_what_finished(tmp_path, capsys,
+                                                                                      monkeypatch):
+    """The model's own Python code, called back while a program runs (``jax.debug.callback``),
+    raises in the second call of two: a user's error (exit 2, one epsweep line after JAX's log
+    of the model's traceback), the first call's settings kept in the stream."""
+    monkeypatch.chdir(tmp_path)
+    Path("cb.py").write_text(
+        "import flax.linen as nn\nimport jax\n\n\ndef count(_):\n    with open('calls', 'a') as f:\n"
+        "        f.write('x')\n    with open('calls') as f, open('limit') as g:\n"
+        "        if len(f.read()) > int(g.read()):\n            raise RuntimeError('exploded')\n\n\n"
+        "class Net(nn.Module):\n    @nn.compact\n    def __call__(self, x):\n"
+        "        y = nn.Dense(10)(x.reshape(len(x), -1))\n        jax.debug.callback(count, y.sum())\n"
+        "        return y\n")
+    per_call = jax.device_count()  # settings a call trains, one per device
+    args = ["grid", "--model", "cb.py:Net", "--steps", "1", "--chunk-size", "1", "-q", "-f", "jsonl", "--eps"]
+    Path("limit").write_text("1000000")
+    assert main([*args, *map(str, range(1, per_call + 1))]) == 0  # one call: how many callbacks it makes
+    Path("limit").write_text(str(len(Path("calls").read_text())))
+    Path("calls").unlink()
+    capsys.readouterr()
+    code = main([*args, *map(str, range(1, 2 * per_call + 1)), "-o", "out.jsonl"])
+    err = capsys.readouterr().err.strip().splitlines()
+    assert code == 2 and err[-1] == (f"epsweep: error: the model failed while training: RuntimeError: exploded; "
+                                     f"{per_call} of {2 * per_call} settings saved to out.jsonl (resume with "
+                                     f"--resume)"), err
+    assert len(Path("out.jsonl").read_text().splitlines()) == per_call
+
+
 def test_resume_refuses_the_results_of_an_edited_model_of_the_same_shapes(tmp_path, capsys, monkeypatch):
     """The run a results file belongs to includes what the model computes, not only its shapes."""
     monkeypatch.chdir(tmp_path)

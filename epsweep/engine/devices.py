@@ -285,6 +285,33 @@ def gather(tree: Any) -> Any:
         return jax.tree.map(np.asarray, multihost_utils.process_allgather(tree, tiled=True))
 
 
+def is_out_of_memory(error: BaseException) -> bool:
+    """Whether ``error`` is a device (or the CPU) running out of memory while a program ran."""
+    from jax.errors import JaxRuntimeError
+
+    text = str(error)  # a GPU's allocator says RESOURCE_EXHAUSTED; XLA's CPU backend "Out of memory allocating"
+    return isinstance(error, JaxRuntimeError) and ("RESOURCE_EXHAUSTED" in text or "out of memory" in text.lower())
+
+
+def callback_failure(error: BaseException) -> str | None:
+    """The last line of the exception a model's host callback (``jax.debug.callback``,
+    ``pure_callback``) raised while a program ran, or None for any other error. JAX keeps the
+    error to raise again at exit; it is collected here, so that it is said once."""
+    from jax.errors import JaxRuntimeError
+
+    text = str(error)
+    if not isinstance(error, JaxRuntimeError) or "callback" not in text.lower():  # CPU: "CpuCallback error"
+        return None
+    with contextlib.suppress(Exception):
+        jax.effects_barrier()
+    with contextlib.suppress(Exception):  # else the failed effect token raises it again at exit, twice
+        from jax._src import dispatch
+
+        dispatch.runtime_tokens.clear()
+    lines = [line.strip() for line in text.splitlines() if line.strip()]
+    return lines[-1] if lines else type(error).__name__
+
+
 def peak_memory() -> dict[str, float | None]:
     """Peak memory so far, in MiB: this process's resident set, and the most any local
     accelerator held (None on CPU, where it is part of the resident set)."""
