@@ -195,6 +195,11 @@ def test_a_saved_jsonl_is_one_row_per_setting_in_pandas(uninterrupted):
     pandas.testing.assert_frame_equal(ours.drop(columns="loss_curve"), frame.drop(columns="loss_curve"),
                                       check_dtype=False)
     assert result.to_pandas()["eps"].tolist() == frame["eps"].tolist()
+    from epsweep.results.formats import render_machine
+
+    as_csv = path.with_suffix(".csv")  # the same records as csv: the same columns of the same dtypes
+    as_csv.write_text(render_machine("csv", loaded.meta, loaded.records))
+    assert dict(read_results(as_csv).to_pandas().dtypes) == dict(ours.drop(columns="loss_curve").dtypes)
 
 
 def test_files_with_a_meta_first_line_still_read_and_resume(uninterrupted, quadratic_task, tmp_path):

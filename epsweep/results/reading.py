@@ -303,7 +303,7 @@ def _read_json(path: Path) -> Loaded:
     return Loaded(Path(path), meta, records, [])
 
 
-_CSV_INTS = ("diverged_seeds", "diverged_step", "seeds")
+_CSV_INTS = ("diverged_seeds", "diverged_step", "seeds", "collapsed_seeds")
 
 
 def _read_csv(path: Path) -> Loaded:
