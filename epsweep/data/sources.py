@@ -241,10 +241,10 @@ def load_examples(spec: str, targets: bool = False, probabilities: bool = False,
     """Resolve a dataset name or path to (name, inputs, labels, validation count), inputs
     scaled to float32 (with ``pixels``, integer inputs are pixels: 0..255, uint16 0..65535; see
     :func:`~epsweep.data.dataset.as_images`). The last ``validation count`` examples are a
-    validation set the file gave (an .npz's ``x_val``/``y_val``); None when it gave none. With ``targets``, a file's
-    labels are kept as float32 regression targets instead; with ``probabilities`` (binary
-    cross-entropy), float values that are not all whole numbers are kept as float32 targets,
-    each in [0, 1] (whole numbers stay labels)."""
+    validation set the file gave (an .npz's ``x_val``/``y_val``); None when it gave none. With
+    ``targets``, a file's labels are kept as float32 regression targets instead; with
+    ``probabilities`` (binary cross-entropy), float values that are not all whole numbers are
+    kept as float32 targets, each in [0, 1] (whole numbers stay labels)."""
     if spec == "digits":
         x, y = digits()
         return "digits", x, y, None
