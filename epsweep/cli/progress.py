@@ -1,29 +1,28 @@
 """The progress display on stderr (a terminal only): run-steps (settings x seeds x steps) trained
-of all, settings saved, elapsed time and what remains; while the programs compile (no step has
-run yet, so there is no rate to estimate from), a spinner and the elapsed timer keep ticking."""
+of all, settings finished and the time that remains, in 80 columns; while the programs compile
+(no step has run yet, so there is no rate to estimate from), a spinner keeps turning."""
 
 from __future__ import annotations
 
 from rich.console import Console
 from rich.progress import (
     BarColumn,
-    MofNCompleteColumn,
     Progress,
     SpinnerColumn,
     TextColumn,
-    TimeElapsedColumn,
     TimeRemainingColumn,
 )
 from rich.text import Text
 
 
 class _Remaining(TimeRemainingColumn):
-    """Time remaining, or ``-:--:--`` while compiling (the rate of the last rule says nothing)."""
+    """``eta`` and the time remaining, or ``-:--:--`` while compiling (the rate of the last
+    rule says nothing)."""
 
     def render(self, task):
         if task.fields.get("compiling"):
-            return Text("-:--:--", style="progress.remaining")
-        return super().render(task)
+            return Text("eta -:--:--", style="progress.remaining")
+        return Text("eta ").append(super().render(task))
 
 
 class ProgressDisplay:
@@ -40,10 +39,11 @@ class ProgressDisplay:
     def __enter__(self) -> ProgressDisplay:
         if self.enabled:
             self.bar = Progress(
-                SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), BarColumn(bar_width=24),
-                MofNCompleteColumn(),
-                TextColumn("{task.fields[unit]}"), TextColumn("{task.fields[saved]}"),
-                TimeElapsedColumn(), TextColumn("eta"), _Remaining(),
+                # 80 columns hold the widest line: "⠋ pytorch (compiling) ━━━━━━━━━━ 1500/1500 run-steps
+                # 24/30 finished eta -:--:--" (the time so far is in the closing line)
+                SpinnerColumn(finished_text=" "), TextColumn("{task.description}"), BarColumn(bar_width=10),
+                TextColumn("{task.completed}/{task.total} {task.fields[unit]}"), TextColumn("{task.fields[saved]}"),
+                _Remaining(),
                 console=self.console, transient=True, refresh_per_second=4,
             )
             self.bar.__enter__()
@@ -71,7 +71,7 @@ class ProgressDisplay:
             return
         task = self._task("sweep", event.total, "run-steps")
         what = f"{event.rule} (compiling)" if event.phase == "compiling" else event.rule
-        saved = f"saved {event.saved}/{event.settings} settings"
+        saved = f"{event.saved}/{event.settings} finished"  # settings whose records are done
         changed, self.shown = what != self.shown, what
         self.bar.update(task, completed=event.done, total=event.total, description=what, saved=saved,
                         compiling=event.phase == "compiling")
