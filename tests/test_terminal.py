@@ -233,7 +233,7 @@ def test_compare_says_every_difference_the_data_first_or_how_many_more():
     assert differences_note(phrases).count(";") == 7  # markdown, or no width: all of them
     note = differences_note(phrases, width=80)
     assert note.startswith("The runs differ: the data's contents differ; loss") and len(note) <= 240
-    assert note.endswith(" json lists all).") and "model_fingerprint" not in note
+    assert note.endswith("more (the json format lists all).") and "model_fingerprint" not in note
     from epsweep.results.guard import in_brief  # one error line (resume, a file not replaced): the first two
 
     assert in_brief(a, b) == 'the data\'s contents differ; loss "mse" in the file, "cross_entropy" now; and 6 more'

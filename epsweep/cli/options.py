@@ -42,7 +42,8 @@ COLUMNS_HELP = (
     "inf or NaN), collapsed (finite, but the final loss ended more than 5% above the curve's first point), at "
     "chance (val acc no "
     "better than always answering the most common class). The star marks the best setting that is none of these; "
-    "numbers show 4 significant digits, and --where matches a number as shown."
+    "numbers show 4 significant digits and shares (eps-dom) 3 decimals; the --where of report, plot and compare "
+    "matches a number as shown."
 )
 
 

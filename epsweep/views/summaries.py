@@ -5,7 +5,6 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from epsweep.errors import param
 from epsweep.numbers import column, show, show_share, span
 from epsweep.results.analysis import OTHER_AXES
 from epsweep.views.sheet import Column, Sheet
@@ -110,7 +109,7 @@ def differences_note(differences: Sequence[str], width: int | None = None) -> st
     ``width`` as many as fit :data:`DIFFERENCE_LINES` lines and how many more there are."""
     def note(shown: list[str]) -> str:
         left = len(differences) - len(shown)
-        more = f"; and {left} more ({param('format')} json lists all)." if left else "."
+        more = f"; and {left} more (the json format lists all)." if left else "."
         return "The runs differ: " + "; ".join(shown) + more
 
     shown = list(differences)
