@@ -42,7 +42,7 @@ from epsweep.results.cache import ArrayCache
 from epsweep.results.records import fold_seeds, named_metrics, results_bytes, setting_key
 from epsweep.results.writers import Writer, save_partial_stream
 from epsweep.tasks import Task, build_task
-from epsweep.vocabulary import METRICS
+from epsweep.vocabulary import GRID_AXES, METRICS, uses_axis
 
 log = logging.getLogger(__name__)
 
@@ -192,6 +192,11 @@ class Runner:
         specs = {rule: resolve_spec(task, config, rule, any(grid.values("momentum", rule.optimizer)))
                  for rule in self.rules}
         first = specs[self.rules[0]]
+        optimizers = list(dict.fromkeys(rule.optimizer for rule in self.rules))
+        for axis in GRID_AXES:  # values given for an axis no optimizer of the sweep reads
+            if getattr(grid, axis) is not None and not any(uses_axis(o, axis) for o in optimizers):
+                who = " and ".join(optimizers) + (" do" if len(optimizers) > 1 else " does")
+                log.warning("%s not use %s: the %s values given are ignored", who, axis, axis)
         if config.batch_size is not None and first.batch_size < config.batch_size:
             log.warning("batch size %d is more than the %d training examples: every step takes all %d",
                         config.batch_size, first.batch_size, first.batch_size)

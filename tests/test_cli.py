@@ -234,3 +234,12 @@ def test_a_batch_larger_than_the_training_set_is_said(tmp_path):
     assert f"epsweep: warning: batch size 64 is more than the {train} training examples: every step takes " \
            f"all {train}\n" in err
     assert json.loads(out)["meta"]["batch_size"] == train
+
+
+def test_values_of_an_axis_no_optimizer_reads_are_warned_about(capsys):
+    """sgd reads no eps: eps values given with it would vanish from the table without a word."""
+    args = ["grid", "--task", "quadratic", "--optimizer", "sgd", "--steps", "2", "-f", "csv"]
+    assert main([*args, "--eps", "1e-8", "1e-4"]) == 0
+    assert "epsweep: warning: sgd does not use eps: the eps values given are ignored" in capsys.readouterr().err
+    assert main(args) == 0
+    assert "warning" not in capsys.readouterr().err
