@@ -148,7 +148,8 @@ def show_report(result, fmt: str) -> None:
 def plot(
     file: o.ResultsFileArg,
     output: Annotated[Path, typer.Option("--output", "-o", metavar="FILE", parser=o.path_value,
-                                         help="Image to write: .png, .svg, .pdf, or another format matplotlib writes (.jpg, .eps, ...).",
+                                         help="Image to write: .png, .svg, .pdf, or another format "
+                                              "matplotlib writes (.jpg, .eps, ...).",
                                          show_default=False)],
     where: o.WhereOpt = None,
     quiet: o.QuietOpt = False,
