@@ -138,7 +138,9 @@ def show_report(result, fmt: str) -> None:
         write_stdout(text + (f"\n{markdown_text(result.summary)}\n" if result.summary else ""))
         return
     console = stdout_console()
-    for sheet in sheets:
+    for i, sheet in enumerate(sheets):
+        if i:  # a blank line before each table's title
+            console.print()
         console.print(rich_table(sheet, console.width))
     if result.summary:
         print_prose(console, result.summary)
@@ -214,7 +216,9 @@ def compare(
             return
         console = stdout_console()
         sheets = compare_sheets(result, console.width)
-        for sheet in sheets:
+        for i, sheet in enumerate(sheets):
+            if i:  # a blank line before each table's title
+                console.print()
             console.print(rich_table(sheet, console.width))
     except BrokenPipeError:
         raise reader_left() from None

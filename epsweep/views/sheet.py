@@ -224,8 +224,9 @@ def rich_table(sheet: Sheet, width: int | None = None) -> SheetTable:
 def _with_left_out(notes: list[str], left_out: list[str], width: int) -> list[str]:
     if not left_out:
         return notes
-    return [*notes, f"Left out at {width} columns: {', '.join(dict.fromkeys(left_out))} (a wider terminal "
-                    f"shows them; the json format holds every field)."]
+    names = list(dict.fromkeys(left_out))
+    return [*notes, f"Left out at {width} columns: {', '.join(names)} (a wider terminal shows "
+                    f"{'them' if len(names) > 1 else 'it'}; the json format holds every field)."]
 
 
 _MARKDOWN_SPECIAL = re.compile(r"([\\`*_\[\]<>|~$&])")
