@@ -277,3 +277,18 @@ def test_a_setting_read_twice_counts_once_as_resume_reads_it(tmp_path, capsys, f
     rows = list(csv.DictReader(io.StringIO(out)))
     assert len(rows) == len(RECORDS) and float(rows[0]["final_loss"]) > 0.001
     assert "skipped 2 later records" in err
+
+
+def test_the_sensitivity_sentence_names_only_what_tells_its_rows_apart():
+    """RMSProp's momentum 0 and Adam's none are no difference between the rows, and Adam has no
+    convention: neither is named."""
+    from epsweep.results.analysis import sensitivity_summary
+
+    def row(optimizer, convention, momentum, decay, spread):
+        return {"decay": decay, "lr": 1e-3, "momentum": momentum, "optimizer": optimizer, "convention": convention,
+                "metric": "final_loss", "eps_min": 1e-8, "eps_max": 1.0, "spread": spread, "diverged": 0}
+
+    rows = [row("rmsprop", "keras", 0.0, 0.9, 0.01), row("adam", "optax", None, 0.999, 0.03)]
+    text = sensitivity_summary(rows, ["eps", "decay", "momentum", "optimizer", "convention"])
+    assert text == ("Across eps 1e-8..1e0, final loss moves by up to 0.03000 (decay 0.999, optimizer adam) and by as "
+                    "little as 0.01000 (decay 0.9, optimizer rmsprop, convention keras).")

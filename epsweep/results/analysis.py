@@ -188,6 +188,7 @@ def sensitivity(records: Sequence[dict], metric: str) -> list[dict]:
 
 
 def _where_text(row: dict, axes: Sequence[str], notation: dict[str, bool]) -> str:
+    axes = [a for a in axes if a != "convention" or row.get("optimizer") in (None, "rmsprop")]  # RMSProp's alone
     return ", ".join(f"{a} {show(row[a], scientific=notation.get(a))}" if is_number(row[a]) else f"{a} {row[a]}"
                      for a in axes if row[a] is not None)  # None: an axis the row's optimizer does not use
 
@@ -201,7 +202,8 @@ def sensitivity_summary(rows: Sequence[dict], varying: Sequence[str], notation: 
     name = label(rows[0]["metric"])
     most = max(scored, key=lambda r: r["spread"])
     least = min(scored, key=lambda r: r["spread"])
-    axes = [a for a in OTHER_AXES if a in varying] or ["lr"]
+    # an axis only one optimizer reads (momentum 0 for RMSProp, none for Adam) tells the rows apart by no value
+    axes = [a for a in OTHER_AXES if a in varying and len({r[a] for r in rows if r[a] is not None}) > 1] or ["lr"]
     text = (f"Across eps {span(most['eps_min'], most['eps_max'])}, {name} moves by up to "
             f"{show(most['spread'], zeros=True)} ({_where_text(most, axes, notation)})")
     if least is not most:
