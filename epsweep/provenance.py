@@ -77,8 +77,7 @@ def run_description(task, config, spec) -> dict:
     if isinstance(data, dict):
         described["data"] = {k: v for k, v in data.items() if k != "name"}
     if task.fingerprint_at is not None:  # what the model computes at the batch sizes it trains and is evaluated on
-        described["model_fingerprint"] = task.fingerprint_at(spec.batch_size,
-                                                             task.validation_batch_size(spec.eval_batch_size))
+        described["model_fingerprint"] = task.fingerprint_for(spec.batch_size, spec.eval_batch_size)
     # the update rule is part of each setting; whether a momentum buffer is kept changes no number
     fixed = {k: v for k, v in dataclasses.asdict(spec).items() if k not in ("convention", "optimizer", "momentum")}
     fixed["centered"] = config.centered

@@ -114,8 +114,15 @@ class Task:
         the programs of another; None when that trace names an object's address."""
         if self.identity is None or self.fingerprint_at is None:
             return self.identity
-        at = self.fingerprint_at(batch_size, self.validation_batch_size(eval_batch_size))
+        at = self.fingerprint_for(batch_size, eval_batch_size)
         return None if at is None else (self.identity, at)
+
+    def fingerprint_for(self, batch_size: int, eval_batch_size: int) -> str | None:
+        """``fingerprint_at`` the programs' shapes (``batch_size`` training rows, validation
+        batches of ``eval_batch_size``); None without one."""
+        if self.fingerprint_at is None:
+            return None
+        return self.fingerprint_at(batch_size, self.validation_batch_size(eval_batch_size))
 
     def trainable_mask(self) -> Any:
         """Which parameters the optimizer may move (a pytree of Python bools), or None for all."""
