@@ -138,9 +138,15 @@ class Runner:
 
     def run(self) -> SweepResult:
         """Train the sweep; see the module docstring."""
-        from epsweep.engine import cache_loads, compile_count, compile_seconds, devices, ensure_setup
+        from epsweep.engine import devices, ensure_setup
 
         ensure_setup()
+        with devices.nan_markers_allowed():
+            return self._run()
+
+    def _run(self) -> SweepResult:
+        from epsweep.engine import cache_loads, compile_count, compile_seconds, devices
+
         if self.resume and devices.process_count() > 1:
             raise UserError(f"{param('resume')} works in a single process (every process must train the same "
                             f"settings)")

@@ -67,6 +67,20 @@ def test_divergence_is_isolated_and_reported(quadratic_task):
     np.testing.assert_allclose(out.curve[0, 0], alone.curve[0, 0], rtol=1e-6)
 
 
+def test_jax_nan_checks_are_off_while_training_and_restored_after(quadratic_task, caplog):
+    """JAX_DEBUG_NANS would stop every sweep at epsweep's own NaN markers: a sweep with a
+    diverging setting runs under it, says once that it is ignored, and leaves it set."""
+    jax.config.update("jax_debug_nans", True)
+    try:
+        with caplog.at_level("WARNING"):
+            result = sweep(quadratic_task, Grid(eps=(1e-8,), lr=(0.1, 1e30)), RunConfig(steps=20))
+        assert jax.config.jax_debug_nans
+    finally:
+        jax.config.update("jax_debug_nans", False)
+    assert [r["diverged"] for r in result.records] == [False, True]
+    assert [r.getMessage().split(" ignored")[0] for r in caplog.records] == ["JAX_DEBUG_NANS"]
+
+
 def test_one_compile_per_sweep_whatever_the_values(mlp_task):
     grid_a = Grid(eps=(1e-8, 1.0), lr=(1e-3,))
     grid_b = Grid(eps=(1e-6, 0.5), lr=(3e-2,), decay=(0.99,))

@@ -312,6 +312,25 @@ def callback_failure(error: BaseException) -> str | None:
     return lines[-1] if lines else type(error).__name__
 
 
+@contextlib.contextmanager
+def nan_markers_allowed() -> Iterator[None]:
+    """Run epsweep's programs with JAX's NaN and Inf checks (``JAX_DEBUG_NANS``,
+    ``JAX_DEBUG_INFS``) off, restoring them after: the programs mark a value not reached yet
+    (a divergence step, a loss after divergence) with NaN, which those checks would stop at
+    every sweep. Divergence is reported per setting instead; one warning says so."""
+    names = [name for name in ("jax_debug_nans", "jax_debug_infs") if getattr(jax.config, name, False)]
+    if names:
+        log.warning("%s ignored while training: epsweep marks values not reached with NaN and reports each "
+                    "setting's divergence itself", " and ".join(name.upper() for name in names))
+    for name in names:
+        jax.config.update(name, False)
+    try:
+        yield
+    finally:
+        for name in names:
+            jax.config.update(name, True)
+
+
 def peak_memory() -> dict[str, float | None]:
     """Peak memory so far, in MiB: this process's resident set, and the most any local
     accelerator held (None on CPU, where it is part of the resident set)."""
