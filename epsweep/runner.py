@@ -25,7 +25,7 @@ import numpy as np
 from epsweep import provenance
 from epsweep.config import RunConfig
 from epsweep.data.dataset import format_bytes
-from epsweep.engine.spec import resolve_spec
+from epsweep.engine.spec import by_program, resolve_spec
 from epsweep.errors import UserError, param
 from epsweep.grid import Grid
 from epsweep.outcome import (
@@ -284,10 +284,7 @@ class Runner:
                 for rule in self.rules}
         total_steps = sum(len(todo[r]) * specs[r].steps for r in self.rules) * len(seeds)
         steps_before = 0
-        for rule in self.rules:
-            chosen, spec = todo[rule], specs[rule]
-            if not chosen:
-                continue
+        for rule, spec, chosen in by_program(todo, specs):
             # an axis the optimizer does not use is None in its settings: any number will do
             hparams = {name: np.array([0.0 if s[name] is None else s[name] for s in chosen]) for name in HPARAMS}
 

@@ -1,7 +1,7 @@
 """A setting's numbers do not depend on the rest of the grid: at a chaotic setting (MLP, eps
 1e-8, lr 0.1, where a change in float rounding grows to a different final loss), the run is
-bitwise the same in grids of 1, 3, 17 and 64 settings, next to another convention, among 5
-seeds or alone, streamed or not."""
+bitwise the same in grids of 1, 3, 17 and 64 settings, next to another convention or a momentum,
+among 5 seeds or alone, streamed or not."""
 
 import numpy as np
 import pytest
@@ -12,7 +12,7 @@ from epsweep.results.writers import JsonlWriter
 from epsweep.runner import run, sweep
 
 STEPS = 100
-TARGET = {"eps": 1e-8, "lr": 0.1, "convention": "optax"}
+TARGET = {"eps": 1e-8, "lr": 0.1, "momentum": 0.0, "convention": "optax"}
 
 
 def target_of(result, seed=0):
@@ -48,6 +48,8 @@ def test_other_conventions_seeds_and_streaming_never_change_them(mlp_task, alone
     grid = Grid(eps=(1e-8, 1e-2), lr=(0.1,))
     two_conventions = sweep(mlp_task, grid, RunConfig(steps=STEPS, conventions=("pytorch", "optax")))
     assert numbers(two_conventions) == numbers(alone)
+    with_momentum = sweep(mlp_task, Grid(eps=grid.eps, lr=grid.lr, momentum=(0.0, 0.9)), RunConfig(steps=STEPS))
+    assert numbers(with_momentum) == numbers(alone)  # momentum 0 keeps its buffer-free program
     five_seeds = sweep(mlp_task, grid, RunConfig(steps=STEPS, seeds=5))
     assert numbers(five_seeds)[:5] == numbers(alone)[:5]  # seed 0's run, among four other seeds
     streamed = run(mlp_task, grid, RunConfig(steps=STEPS), writers=[JsonlWriter(tmp_path / "s.jsonl")])

@@ -125,3 +125,19 @@ def resolve_spec(task: Task, config: RunConfig, rule: UpdateRule, momentum: bool
         curve_points=config.curve_points, clip_norm=config.clip_norm, lr_decay_rate=config.lr_decay_rate,
         eval_batch_size=task.eval_batch_size, lr_decay_steps=decay_steps, momentum=momentum,
     )
+
+
+def by_program(todo: dict, specs: dict) -> list[tuple]:
+    """(rule, spec, settings) per program: a rule's settings with momentum 0 train without a
+    momentum buffer even when others of the sweep have one, so that their numbers are bitwise
+    those of a sweep without momentum (m = 0*m + u is u, but XLA rounds the two programs
+    differently)."""
+    groups = []
+    for rule, chosen in todo.items():
+        spec = specs[rule]
+        if spec.momentum:
+            zero = [s for s in chosen if not s["momentum"]]
+            groups.append((rule, dataclasses.replace(spec, momentum=False), zero))
+            chosen = [s for s in chosen if s["momentum"]]
+        groups.append((rule, spec, chosen))
+    return [group for group in groups if group[2]]
