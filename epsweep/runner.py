@@ -276,7 +276,7 @@ class Runner:
     def _train(self, task: Task, specs: dict, settings: dict, per_call: int, runs: list[dict],
                writers: Sequence[Writer]) -> None:
         from epsweep.engine.driver import train_runs
-        from epsweep.engine.spec import HPARAMS
+        from epsweep.vocabulary import GRID_AXES
 
         seeds = np.asarray(self.config.seed_list, dtype=np.uint32)
         chance = (self.meta.get("chance") or {}).get("threshold")
@@ -286,7 +286,7 @@ class Runner:
         steps_before = 0
         for rule, spec, chosen in by_program(todo, specs):
             # an axis the optimizer does not use is None in its settings: any number will do
-            hparams = {name: np.array([0.0 if s[name] is None else s[name] for s in chosen]) for name in HPARAMS}
+            hparams = {name: np.array([0.0 if s[name] is None else s[name] for s in chosen]) for name in GRID_AXES}
 
             def finish_chunk(start: int, stop: int, out, chosen=chosen, rule=rule) -> None:
                 chunk = []

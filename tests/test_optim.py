@@ -86,6 +86,8 @@ def bfloat16_reference(convention, eps, decay, momentum, centered, grads, p0):
     p, v, gbar and m rounded to bfloat16, as PyTorch keeps its state in the parameter's dtype."""
     f32 = np.float32
     rho, eps, mu, lr = f32(decay), f32(eps), f32(momentum), f32(LR)
+    # 1 - rho: TF's kernel takes it from float32 rho; the others from the double, rounded once
+    one_minus = f32(1) - rho if convention == "tf1" else f32(1 - decay)
 
     def stored(x):
         return np.asarray(x, f32).astype(jnp.bfloat16).astype(f32)
@@ -96,8 +98,8 @@ def bfloat16_reference(convention, eps, decay, momentum, centered, grads, p0):
     trajectory, second_moments = [], []
     for g in grads:
         g = stored(g)
-        v = (f32(1) - rho) * (g * g) + rho * v
-        gbar = (f32(1) - rho) * g + rho * gbar
+        v = one_minus * (g * g) + rho * v
+        gbar = one_minus * g + rho * gbar
         var = v - gbar * gbar if centered else v
         if convention == "pytorch":
             m = mu * m + g / (np.sqrt(var) + eps)
@@ -139,6 +141,48 @@ def test_bfloat16_parameters_keep_bfloat16_statistics_and_exact_hyperparameters(
     # equal today; one bfloat16 rounding step of slack for XLA's freedom to keep excess precision
     np.testing.assert_allclose(np.asarray(trajectory, np.float32), ref_trajectory, rtol=2**-8, atol=0)
     np.testing.assert_allclose(np.asarray(nu, np.float32), ref_nu, rtol=2**-8, atol=0)
+
+
+NEAR_ONE = (0.999, 0.99999, 0.9999999)
+
+
+@pytest.mark.parametrize("decay", NEAR_ONE)
+@pytest.mark.parametrize("convention", ["optax", "pytorch", "keras"])
+def test_a_decay_near_1_is_the_frameworks_decay(convention, decay):
+    """optax, PyTorch and Keras take 1 - rho of a Python float in double and round it once;
+    1 - float32(rho) is 19% larger at rho = 0.9999999. The first update, g = 3, lr 0.01,
+    eps 1e-8, against the float32 rounding of the frameworks' formula: lr*g/sqrt((1-rho)*g^2)."""
+    opt = rmsprop(LR, decay, 1e-8, convention=convention)
+    params = jnp.zeros(1, jnp.float32)
+    updates, _ = opt.update(jnp.array([3.0], jnp.float32), opt.init(params), params)
+    f32 = np.float32
+    v = f32(1 - decay) * f32(9)
+    expected = f32(LR) * f32(3) / (np.sqrt(v) + f32(1e-8)) if convention == "pytorch" else (
+        f32(3) / np.sqrt(v + f32(1e-8)) * f32(LR))
+    np.testing.assert_allclose(-float(updates[0]), expected, rtol=1e-6)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="PyTorch not installed")
+def test_a_sweep_near_decay_1_follows_torch():
+    """The engine's programs get 1 - decay from the grid's double (spec.program_hyperparameters):
+    the quadratic task, three steps of torch.optim.RMSprop at rho 0.99999 and 0.9999999."""
+    import torch
+
+    from epsweep import Grid, RunConfig, sweep
+
+    result = sweep("quadratic", Grid(eps=(1e-8,), decay=NEAR_ONE[1:], lr=(1e-3,)),
+                   RunConfig(steps=3, conventions=("pytorch",)))
+    for record in result.records:
+        p = torch.tensor([-4.5, 4.5], requires_grad=True)
+        opt = torch.optim.RMSprop([p], lr=1e-3, alpha=record["decay"], eps=1e-8)
+        losses = []
+        for _ in range(3):
+            opt.zero_grad()
+            loss = p[0] ** 2 + 0.5 * p[1] ** 2
+            loss.backward()
+            losses.append(loss.item())
+            opt.step()
+        np.testing.assert_allclose(record["loss_curve"], losses, rtol=1e-6)
 
 
 def test_a_hyperparameter_set_in_the_state_as_optax_documents_is_used():

@@ -23,7 +23,7 @@ from epsweep.engine.compiled import CONFIG_AXIS, compiled_programs
 from epsweep.engine.devices import agree, config_devices, ensure_setup, gather
 from epsweep.engine.features import on_features
 from epsweep.engine.memory import check_fits, plan_width, tree_bytes
-from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
+from epsweep.engine.spec import RunOutputs, TrainSpec, program_hyperparameters
 from epsweep.engine.state import program_input, with_measures
 from epsweep.tasks.task import Task
 
@@ -83,6 +83,7 @@ def train_runs(
     memory only).
     """
     total = len(hparams["eps"])
+    hyperparameters = program_hyperparameters(hparams)
     ensure_setup()
     devices = config_devices(devices)
     task = on_features(task, devices)[0]  # frozen features: computed once (or kept from before)
@@ -135,7 +136,7 @@ def train_runs(
     pending = None
     for item, (start, k) in enumerate(items):
         index = np.minimum(np.arange(start, start + chunk), total - 1)
-        h = {name: _global_array(np.asarray(hparams[name], np.float32)[index], by_config) for name in HPARAMS}
+        h = {name: _global_array(value[index], by_config) for name, value in hyperparameters.items()}
         seed = seed_arrays[k]
         warned = item == 0 and check_fits(task, devices, chunk, programs, resident, ("init",))
         state = programs.init(h, seed, constants)

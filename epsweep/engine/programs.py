@@ -119,7 +119,8 @@ class _Plan:
         spec = self.spec
         return make_optimizer(spec.optimizer, hc["lr"], hc["decay"], hc["eps"],
                               momentum=hc["momentum"] if spec.momentum else None,
-                              convention=spec.convention, centered=spec.centered)
+                              convention=spec.convention, centered=spec.centered,
+                              one_minus_decay=hc["one_minus_decay"])
 
 
 def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tuple[Callable, ...]:

@@ -13,7 +13,7 @@ from epsweep.errors import UserError, param
 from epsweep.tasks.task import Task
 from epsweep.vocabulary import GRID_AXES, UpdateRule, check_convention, check_optimizer
 
-HPARAMS = GRID_AXES  # the traced hyperparameters, one value per setting
+HPARAMS = (*GRID_AXES, "one_minus_decay")  # the traced hyperparameters, one value per setting
 MAX_STEPS = 10_000_000  # step indices and curve buckets stay exact in int32 below this
 MAX_CURVE_POINTS = 200
 DIAGNOSTIC_POINTS = 50  # steps at which the eps-dominated share is measured (evenly spaced, last included)
@@ -86,6 +86,15 @@ class RunOutputs(NamedTuple):
     eps_dominated: np.ndarray  # share with eps term > gradient-statistics term after the last step
     eps_dominated_mean: np.ndarray  # that share averaged over the steps trained (before any divergence)
     effective_lr: np.ndarray  # median of lr / denominator after the last step
+
+
+def program_hyperparameters(hparams: dict) -> dict[str, np.ndarray]:
+    """The programs' float32 :data:`HPARAMS` from the grid's values (float64 arrays by axis):
+    each rounded to float32, and 1 - decay taken in double first, as optax, PyTorch and Keras
+    take it from a Python float (from float32 decay it is 3e-5 off at 0.999)."""
+    values = {name: np.asarray(hparams[name], np.float64) for name in GRID_AXES}
+    values["one_minus_decay"] = 1.0 - values["decay"]
+    return {name: value.astype(np.float32) for name, value in values.items()}
 
 
 def program_shape(task: Task, spec: TrainSpec) -> tuple:

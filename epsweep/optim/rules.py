@@ -25,38 +25,70 @@ def _momentum(momentum) -> optax.GradientTransformation:
     return optax.identity() if momentum is None else optax.trace(decay=momentum)
 
 
-def _optax_rule(learning_rate, decay, eps, momentum, centered):
+def _scale_by_moments(decay, one_minus_decay, eps, eps_in_sqrt: bool, centered: bool) -> optax.GradientTransformation:
+    """optax.scale_by_rms (centered: optax.scale_by_stddev), the same operations in the same
+    order and the same states, v0 = 0, with 1 - rho given apart: v = rho*v + (1-rho)*g^2,
+    gbar = rho*gbar + (1-rho)*g; u = g/sqrt(v - gbar^2 + eps) or g/(sqrt(v - gbar^2) + eps).
+
+    optax, PyTorch and Keras, given rho as a Python float, take 1 - rho in double precision
+    and round it to float32. Taken in the program from float32 rho, it is 1 - float32(rho):
+    3e-5 off at rho = 0.999, 19% at 0.9999999."""
+
+    def moment(g, t, order):
+        return one_minus_decay * g**order + decay * t
+
+    def init(params):
+        nu = optax.tree.zeros_like(params)
+        return optax.ScaleByRStdDevState(mu=optax.tree.zeros_like(params), nu=nu) if centered else (
+            optax.ScaleByRmsState(nu=nu))
+
+    def update(updates, state, params=None):
+        del params
+        nu = jax.tree.map(lambda g, t: moment(g, t, 2), updates, state.nu)
+        mu = jax.tree.map(lambda g, t: moment(g, t, 1), updates, state.mu) if centered else None
+        var = nu if mu is None else jax.tree.map(lambda m, n: n - m * m, mu, nu)
+        if eps_in_sqrt:
+            scaling = jax.tree.map(lambda n: jax.lax.rsqrt(n + eps), var)
+        else:
+            scaling = jax.tree.map(lambda n: 1 / (jnp.sqrt(n) + eps), var)
+        updates = jax.tree.map(lambda s, g: s * g, scaling, updates)
+        return updates, optax.ScaleByRStdDevState(mu=mu, nu=nu) if centered else optax.ScaleByRmsState(nu=nu)
+
+    return optax.GradientTransformation(init, update)
+
+
+def _optax_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay):
     """optax.rmsprop: v0 = 0; v = rho*v + (1-rho)*g^2; u = lr*g/sqrt(v + eps);
     m = mu*m + u; p -= m.  Eps inside the root; momentum accumulates lr-scaled steps."""
-    scale = (optax.scale_by_stddev if centered else optax.scale_by_rms)(decay=decay, eps=eps, initial_scale=0.0)
+    scale = _scale_by_moments(decay, one_minus_decay, eps, eps_in_sqrt=True, centered=centered)
     return optax.chain(scale, optax.scale_by_learning_rate(learning_rate), _momentum(momentum))
 
 
-def _pytorch_rule(learning_rate, decay, eps, momentum, centered):
+def _pytorch_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay):
     """torch.optim.RMSprop: v0 = 0; v = rho*v + (1-rho)*g^2; m = mu*m + g/(sqrt(v) + eps);
     p -= lr*m.  Eps outside the root; lr applied outside the momentum buffer.
     Centered: sqrt(v - gbar^2) + eps with gbar = rho*gbar + (1-rho)*g."""
-    scale = (optax.scale_by_stddev if centered else optax.scale_by_rms)(
-        decay=decay, eps=eps, initial_scale=0.0, eps_in_sqrt=False
-    )
+    scale = _scale_by_moments(decay, one_minus_decay, eps, eps_in_sqrt=False, centered=centered)
     return optax.chain(scale, _momentum(momentum), optax.scale_by_learning_rate(learning_rate))
 
 
-def _tf1_rule(learning_rate, decay, eps, momentum, centered):
+def _tf1_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay):
     """tf.train.RMSPropOptimizer (kernel ApplyRMSProp) and timm's RMSpropTF: v0 = 1;
     v = rho*v + (1-rho)*g^2; m = mu*m + lr*g/sqrt(v + eps); p -= m.  Eps inside the root,
     lr inside the momentum buffer. Centered: sqrt(v - gbar^2 + eps), gbar0 = 0. The Inception-v3
-    paper's optimizer."""
+    paper's optimizer. 1 - rho is taken from float32 rho, as TF's kernel does (timm's
+    RMSpropTF takes it in double: the two differ from rho = 0.9999 on)."""
+    del one_minus_decay
     scale = (optax.scale_by_stddev if centered else optax.scale_by_rms)(decay=decay, eps=eps, initial_scale=1.0)
     return optax.chain(scale, optax.scale_by_learning_rate(learning_rate), _momentum(momentum))
 
 
-def _keras_rule(learning_rate, decay, eps, momentum, centered):
+def _keras_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay):
     """keras.optimizers.RMSprop (Keras 3): v0 = 0; v = rho*v + (1-rho)*g^2;
     inc = lr*g/sqrt(v + eps); m = mu*m + inc; p -= m (p -= inc when mu = 0).
     Centered: sqrt(v - gbar^2 + eps).  The same rule as optax's; Keras differs only in its
     default eps (1e-7), which callers pass explicitly here."""
-    return _optax_rule(learning_rate, decay, eps, momentum, centered)
+    return _optax_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay)
 
 
 CONVENTIONS: dict[str, Callable[..., optax.GradientTransformation]] = {
@@ -112,14 +144,15 @@ def rmsprop(
     convention: str = "optax",
     momentum: float | jnp.ndarray = 0.0,
     centered: bool = False,
+    one_minus_decay: float | jnp.ndarray | None = None,
 ) -> optax.GradientTransformation:
     """RMSProp with the update rule of ``convention`` ("optax", "pytorch", "tf1", "keras").
 
-    ``learning_rate``, ``decay``, ``eps`` and ``momentum`` become traced hyperparameters in
-    the optimizer state (``state.hyperparams``); ``learning_rate`` may be a schedule of the
-    step count. See each ``_<convention>_rule`` for the exact update. The statistics keep the
-    parameters' dtype: for bfloat16 parameters each step computes in float32 and stores them
-    rounded back to bfloat16.
+    ``learning_rate``, ``decay``, ``eps``, ``momentum`` and ``one_minus_decay`` become traced
+    hyperparameters in the optimizer state (``state.hyperparams``); ``learning_rate`` may be a
+    schedule of the step count. See each ``_<convention>_rule`` for the exact update. The
+    statistics keep the parameters' dtype: for bfloat16 parameters each step computes in
+    float32 and stores them rounded back to bfloat16.
 
     Args:
         learning_rate: lr, or a schedule of the step count.
@@ -128,6 +161,8 @@ def rmsprop(
         convention: whose update rule: "optax", "pytorch", "tf1" (also timm's RMSpropTF) or "keras".
         momentum: mu (0: none; None: no momentum buffer at all).
         centered: divide by the running standard deviation instead.
+        one_minus_decay: 1 - rho (default: ``1 - decay``, in double precision for a Python
+            float, as the frameworks take it; tf1 takes it from float32 rho, as TF does).
 
     Returns:
         An ``optax.GradientTransformation``.
@@ -140,7 +175,9 @@ def rmsprop(
         -0.1319
     """
     rule = CONVENTIONS[check_convention(convention)]
-    return _injected(rule)(learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=centered)
+    one_minus_decay = 1 - decay if one_minus_decay is None else one_minus_decay
+    return _injected(rule)(learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum, centered=centered,
+                           one_minus_decay=one_minus_decay)
 
 
 # --- baselines: the grid's eps, decay, lr and momentum mapped onto other optimizers ----------
@@ -149,31 +186,31 @@ ADAM_B1 = 0.9  # Adam's first-moment decay, fixed: the grid's decay is Adam's b2
 ADAGRAD_INITIAL_ACCUMULATOR = 0.1  # optax.adagrad's default starting value of the sum of squares
 
 
-def _adam_rule(learning_rate, decay, eps, momentum, centered):
+def _adam_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay):
     """optax.adam and torch.optim.Adam (amsgrad off, no weight decay), b2 = decay, b1 = 0.9:
     m = b1*m + (1-b1)*g; v = b2*v + (1-b2)*g^2 (m0 = v0 = 0); m^ = m/(1-b1^t);
     v^ = v/(1-b2^t); p -= lr*m^/(sqrt(v^) + eps).  Eps outside the root, added after the bias
     correction.  ``momentum`` and ``centered`` do not apply."""
-    del momentum, centered
+    del momentum, centered, one_minus_decay  # torch's, and ours: 1 - b2 and 1 - b2^t both from b2
     return optax.chain(optax.scale_by_adam(b1=ADAM_B1, b2=decay, eps=eps), optax.scale_by_learning_rate(learning_rate))
 
 
-def _adagrad_rule(learning_rate, decay, eps, momentum, centered):
+def _adagrad_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay):
     """optax.adagrad: s0 = 0.1; s = s + g^2; p -= lr*g/sqrt(s + eps).  Eps inside the root;
     no decay: the step size only shrinks as s grows.  (torch.optim.Adagrad differs: s0 = 0 by
     default and eps outside the root, lr*g/(sqrt(s) + eps); the two agree at eps = 0 with
     torch's initial_accumulator_value=0.1.)  ``decay``, ``momentum``, ``centered`` do not apply."""
-    del decay, momentum, centered
+    del decay, momentum, centered, one_minus_decay
     return optax.chain(
         optax.scale_by_rss(initial_accumulator_value=ADAGRAD_INITIAL_ACCUMULATOR, eps=eps),
         optax.scale_by_learning_rate(learning_rate),
     )
 
 
-def _sgd_rule(learning_rate, decay, eps, momentum, centered):
+def _sgd_rule(learning_rate, decay, eps, momentum, centered, one_minus_decay):
     """optax.sgd and torch.optim.SGD (dampening 0, no Nesterov, no weight decay):
     m = mu*m + g (m0 = 0); p -= lr*m.  No denominator: ``eps`` and ``decay`` do not apply."""
-    del decay, eps, centered
+    del decay, eps, centered, one_minus_decay
     return optax.chain(_momentum(momentum), optax.scale_by_learning_rate(learning_rate))
 
 
@@ -197,12 +234,13 @@ def make_optimizer(
     momentum: float | jnp.ndarray | None = 0.0,
     convention: str = "optax",
     centered: bool = False,
+    one_minus_decay: float | jnp.ndarray | None = None,
 ) -> optax.GradientTransformation:
     """The optimizer ``name`` ("rmsprop", "adam", "adagrad", "sgd") with the grid's axes mapped
     onto it: rmsprop as :func:`rmsprop`; adam: b2 = decay, b1 = 0.9; adagrad: decay unused;
     sgd: momentum, eps and decay unused.  ``convention`` and ``centered`` apply to rmsprop
     only.  Every optimizer carries the same traced hyperparameters (``learning_rate``,
-    ``decay``, ``eps``, ``momentum``), so one engine serves them all.
+    ``decay``, ``eps``, ``momentum``, ``one_minus_decay``), so one engine serves them all.
 
     Args:
         name: "rmsprop", "adam", "adagrad" or "sgd".
@@ -212,6 +250,7 @@ def make_optimizer(
         momentum: rmsprop's and sgd's momentum; None keeps no momentum buffer at all.
         convention: rmsprop's framework convention.
         centered: centered rmsprop.
+        one_minus_decay: 1 - decay, as :func:`rmsprop` takes it (unused by the others).
 
     Returns:
         An ``optax.GradientTransformation`` with injected hyperparameters.
@@ -219,9 +258,11 @@ def make_optimizer(
     Example:
         >>> opt = make_optimizer("adam", 1e-3, 0.999, 1e-8)
         >>> sorted(opt.init({"w": 0.0}).hyperparams)
-        ['decay', 'eps', 'learning_rate', 'momentum']
+        ['decay', 'eps', 'learning_rate', 'momentum', 'one_minus_decay']
     """
+    one_minus_decay = 1 - decay if one_minus_decay is None else one_minus_decay
     if check_optimizer(name) == "rmsprop":
-        return rmsprop(learning_rate, decay, eps, convention=convention, momentum=momentum, centered=centered)
+        return rmsprop(learning_rate, decay, eps, convention=convention, momentum=momentum, centered=centered,
+                       one_minus_decay=one_minus_decay)
     return _injected(BASELINES[name])(learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum,
-                                      centered=False)
+                                      centered=False, one_minus_decay=one_minus_decay)
