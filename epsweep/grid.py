@@ -24,7 +24,6 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from epsweep.errors import UserError, param, quoted
-from epsweep.numbers import show
 from epsweep.vocabulary import AXIS_DEFAULTS, AXIS_ROLES, GRID_AXES, plain_scalar
 
 MAX_RANGE_COUNT = 100_000
@@ -134,7 +133,7 @@ def parse_values(tokens: Iterable[str], name: str, read_stdin: Callable[[], str]
 def _check(name: str, values: Sequence[float], ok: Callable[[float], bool], rule: str) -> None:
     for value in values:
         if not ok(value):
-            raise UserError(f"{param(name)}: {show(value)} is out of range ({rule})")
+            raise UserError(f"{param(name)}: {repr(value).removesuffix('.0')} is out of range ({rule})")
 
 
 def _check_float32(name: str, values: Sequence[float], below_one: bool = False) -> None:
@@ -148,7 +147,9 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
                             f"use at most {FLOAT32_MAX:.8g}")
         if value != 0 and abs(single) < FLOAT32_TINY:
             least = f"at least {FLOAT32_TINY:.8g}" if name == "lr" else f"0 or at least {FLOAT32_TINY:.8g}"
-            raise UserError(f"{param(name)}: {value!r} becomes 0 in float32, which the engine trains in; use {least}")
+            what = ("becomes 0 in float32, which the engine trains in" if single == 0 else
+                    "is a subnormal float32, which the engine flushes to 0")
+            raise UserError(f"{param(name)}: {value!r} {what}; use {least}")
         if below_one and single >= 1:
             raise UserError(f"{param(name)}: {value!r} rounds to 1 in float32, which the engine trains in; "
                             f"use at most {BELOW_ONE:.8g}")

@@ -100,7 +100,7 @@ def test_grid_rejects_out_of_range_values(kwargs, message):
     (dict(eps=(1e-50,)), r"eps: 1e-50 becomes 0 in float32.*use 0 or at least 1.1754944e-38"),
     (dict(eps=(1e-40,)), "eps: 1e-40 becomes 0"),  # a subnormal: the engine flushes it to 0
     (dict(lr=(1e300,)), r"lr: 1e\+300 overflows float32.*at most 3.4028235e\+38"),
-    (dict(lr=(1e-45,)), "lr: 1e-45 becomes 0 in float32, which the engine trains in; use at least 1.17"),
+    (dict(lr=(1e-45,)), "lr: 1e-45 is a subnormal float32, which the engine flushes to 0; use at least 1.17"),
     (dict(eps=(1e39,)), "eps: 1e\\+39 overflows float32"),
 ])
 def test_grid_rejects_values_float32_would_change(kwargs, message):

@@ -85,7 +85,8 @@ CASES = [
     C('grid --eps 1e-50', '--eps: 1e-50 becomes 0 in float32'),
     C('grid --eps 1e-40', 'use 0 or at least 1.1754944e-38'),
     C('grid --lr 1e300', '--lr: 1e+300 overflows float32'),
-    C('grid --lr 1e-45', '--lr: 1e-45 becomes 0 in float32'),
+    C('grid --lr 1e-45', '--lr: 1e-45 is a subnormal float32, which the engine flushes to 0'),
+    C('grid --decay 1.0000001', '--decay: 1.0000001 is out of range (0 <= decay < 1)'),  # the value as typed
     # empty or huge grids
     C("grid --eps ''", "--eps: empty value in ''"),
     C('grid --eps ,', "--eps: empty value in ','"),

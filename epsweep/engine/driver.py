@@ -82,8 +82,7 @@ def train_runs(
     frozen :class:`~epsweep.tasks.task.Features` trains on them (:func:`on_features`, kept in
     memory only).
     """
-    total = len(hparams["eps"])
-    hyperparameters = program_hyperparameters(hparams)
+    total, hyperparameters = len(hparams["eps"]), program_hyperparameters(hparams)
     ensure_setup()
     devices = config_devices(devices)
     task = on_features(task, devices)[0]  # frozen features: computed once (or kept from before)
