@@ -98,7 +98,7 @@ def test_grid_rejects_out_of_range_values(kwargs, message):
     (dict(decay=(0.999999999999,)), r"decay: 0.999999999999 rounds to 1 in float32.*use at most 0.99999994"),
     (dict(momentum=(0.99999999,)), "momentum: 0.99999999 rounds to 1 in float32"),
     (dict(eps=(1e-50,)), r"eps: 1e-50 becomes 0 in float32.*use 0 or at least 1.1754944e-38"),
-    (dict(eps=(1e-40,)), "eps: 1e-40 becomes 0"),  # a subnormal: the engine flushes it to 0
+    (dict(eps=(1e-40,)), "eps: 1e-40 is a subnormal float32, which the engine flushes to 0"),
     (dict(lr=(1e300,)), r"lr: 1e\+300 overflows float32.*at most 3.4028235e\+38"),
     (dict(lr=(1e-45,)), "lr: 1e-45 is a subnormal float32, which the engine flushes to 0; use at least 1.17"),
     (dict(eps=(1e39,)), "eps: 1e\\+39 overflows float32"),
