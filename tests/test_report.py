@@ -244,6 +244,32 @@ def test_where_orders_only_numbers(tmp_path):
     assert [r["note"] for r in report.records] == [1]
 
 
+def test_a_csv_saved_by_a_spreadsheet_reads_its_flags(tmp_path):
+    """Excel writes TRUE and FALSE; pandas may write flags as 1 and 0."""
+    rows = [{**r, "loss_curve": None} for r in RECORDS[:2]]
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(rows[0]))
+    writer.writeheader()
+    writer.writerows(rows)
+    lines = text.getvalue().splitlines()
+    excel = [lines[0], lines[1].replace("False", "FALSE"), lines[2].replace("False", "0")]
+    (tmp_path / "excel.csv").write_text("\r\n".join(excel) + "\r\n")
+    assert [r["diverged"] for r in read_results(tmp_path / "excel.csv").records] == [False, False]
+
+
+def test_a_damaged_stream_meta_is_left_out_with_a_note(tmp_path, capsys):
+    """A cut copy of NAME.meta.json: the records still report, untitled, saying why."""
+    path = tmp_path / "s.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in RECORDS))
+    (tmp_path / "s.meta.json").write_text('{"format": "epsweep-stream/1", "title": "cut')
+    loaded = read_results(path)
+    assert loaded.meta == {} and len(loaded.records) == len(RECORDS)
+    assert loaded.notes == [f"ignored {tmp_path / 's.meta.json'}: not valid JSON (Unterminated string starting "
+                            f"at: line 1 column 41 (char 40))"]
+    assert main(["report", str(path)]) == 0
+    assert "epsweep: warning: ignored" in capsys.readouterr().err
+
+
 def test_extreme_but_allowed_numbers_report_and_plot(tmp_path, capsys):
     path = tmp_path / "extreme.json"
     extreme = [{**RECORDS[i], "val_accuracy": None, "val_loss": None, "final_loss": v, "diverged": False,

@@ -8,6 +8,7 @@ naming the file and line. Meta keys of the wrong type are dropped with a note.
 from __future__ import annotations
 
 import codecs
+import contextlib
 import csv
 import dataclasses
 import io
@@ -68,10 +69,8 @@ def _json_loads(text: str) -> Any:
         value = json.loads(text, parse_constant=_reject_constant)
     except RecursionError:
         raise NotReadable(f"nested more than {MAX_JSON_DEPTH} levels deep") from None
-    if isinstance(value, (dict, list)):
-        problem = _json_problem(value)
-        if problem:
-            raise NotReadable(problem)
+    if isinstance(value, (dict, list)) and (problem := _json_problem(value)):
+        raise NotReadable(problem)
     return value
 
 
@@ -113,8 +112,7 @@ def check_record(record: Any, where: str) -> dict:
     optional setting fields older or other files may lack."""
     if not isinstance(record, dict):
         raise UserError(f"{where}: a record must be a JSON object, not {type(record).__name__}")
-    missing = [k for k in REQUIRED_FIELDS if k not in record]
-    if missing:
+    if missing := [k for k in REQUIRED_FIELDS if k not in record]:
         raise UserError(f"{where}: record has no {', '.join(missing)}")
     for key, default in SETTING_DEFAULTS.items():
         record.setdefault(key, default)
@@ -188,11 +186,10 @@ def _read_meta_file(path: Path) -> dict:
     return meta
 
 
-def _has_file(path: Path) -> bool:
-    try:
+def _has_file(path: Path) -> bool:  # a name too long for the system (NAME.meta.json is 4 bytes longer): none
+    with contextlib.suppress(OSError):
         return path.is_file()
-    except OSError:  # a name too long for the system (NAME.meta.json is 4 bytes longer): none there
-        return False
+    return False
 
 
 def read_stream(path: Path) -> Loaded:
@@ -238,12 +235,15 @@ def read_stream(path: Path) -> Loaded:
             continue
         records.append(check_record(value, where))
     if not meta_line and _has_file(meta_path(path)):
-        meta = _read_meta_file(meta_path(path))
+        try:
+            meta = _read_meta_file(meta_path(path))
+        except UserError as e:  # the records still read; a damaged meta (a cut copy) is left out, saying why
+            notes.append(f"ignored {e.message}")
     return Loaded(Path(path), meta, records, notes, valid_bytes=offset, meta_line=meta_line,
                   newline_missing=newline_missing)
 
 
-def _short(error: Exception) -> str:
+def _short(error: Exception) -> str:  # the first line of an error's text, at most 120 characters
     return str(error).split("\n")[0][:120]
 
 
@@ -304,6 +304,7 @@ def _read_json(path: Path) -> Loaded:
 
 
 _CSV_INTS = ("diverged_seeds", "diverged_step", "seeds", "collapsed_seeds")
+_CSV_FLAGS = ("diverged", "collapsed", "at_chance")  # true or false, in any case, or 1 or 0
 
 
 def _read_csv(path: Path) -> Loaded:
@@ -348,8 +349,8 @@ def _csv_value(name: str, cell: str, where: str) -> Any:
         return cell
     if name == "loss_curve" and cell.startswith("["):  # as pandas writes a list: [2.3, 1.1, nan]
         return _parse_json(re.sub(r"-?\b(?:nan|None|inf)\b", "null", cell).encode(), f"{where}: {name}")
-    if cell in ("True", "False", "true", "false"):
-        return cell.lower() == "true"
+    if cell.lower() in ("true", "false") or (name in _CSV_FLAGS and cell in ("0", "1")):  # Excel: TRUE, FALSE
+        return cell.lower() in ("true", "1")
     try:
         value = float(cell)
     except ValueError:
