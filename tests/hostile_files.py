@@ -195,6 +195,7 @@ def make_files(d: Path) -> Path:
     (d / "x.meta.json").write_text(json.dumps({"format": "epsweep-stream/1", "task": "mlp"}))
     (d / "claimed.jsonl").write_text("")
     (d / "stdin_values").write_text("1e-8 1\n")
+    (d / "stdin_bom").write_bytes(b"\xef\xbb\xbf0.25\r\n")  # as PowerShell pipes text
     # model files: a syntax error; names that are files but not .py (good.txt would import good.py)
     (d / "syn.py").write_text("import os\ndef f(:\n    pass\n")
     (d / "good.py").write_text("raise SystemExit('good.py was run')\n")

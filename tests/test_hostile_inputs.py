@@ -354,6 +354,8 @@ CASES = [
     C("inception --dataset {d}/pixels_280.npz", "pixels_280.npz: integer pixels run from 100 to 280; expected 0..255"),
     C("inception --dataset {d}/pixels_negative.npz", "integer pixels run from -5 to 100; expected 0..255"),
     C("grid --eps -", "--eps: no values on standard input"),
+    C(f"{Q} --eps - -f csv", "0.25,", code=0, stdin="{d}/stdin_bom"),  # a byte-order mark before the values
+    C("grid -o -", "--output: - names no file: results go to standard output without --output"),
     C("grid --eps - --lr - --steps 1", "only one option can read values from standard input ('-'); got --eps and --lr",
       stdin="{d}/stdin_values"),
 ]

@@ -61,7 +61,7 @@ def _stdin_text() -> str:
     if len(data) > MAX_STDIN_BYTES:
         raise UserError(f"standard input holds more than {MAX_STDIN_BYTES >> 20} MiB; values for '-' must be "
                         f"less (a grid never needs that much)")
-    _stdin_cache.append(data.decode("utf-8", "replace"))
+    _stdin_cache.append(data.decode("utf-8", "replace").removeprefix("\ufeff"))  # PowerShell writes a BOM
     return _stdin_cache[0]
 
 
