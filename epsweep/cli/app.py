@@ -149,5 +149,11 @@ def _main(args: list[str] | None) -> int:
 
 
 def main_exit() -> None:
-    """Console-script wrapper: exit with :func:`main`'s code."""
-    sys.exit(main())
+    """Console-script wrapper: exit with :func:`main`'s code. Ctrl-C before training (while JAX
+    imports, say) exits at once with code 130 and ``epsweep: interrupted``: a KeyboardInterrupt
+    raised inside an extension's initialisation could abort the process or be swallowed."""
+    from epsweep.cli.signals import exit_on_interrupt
+
+    with exit_on_interrupt(lambda: "interrupted"):
+        code = main()
+    sys.exit(code)

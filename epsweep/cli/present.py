@@ -115,8 +115,7 @@ def output_format(fmt: str | None, output: Path | None) -> tuple[str, str | None
 
 
 def stdout_console() -> Console:
-    results_stdout()  # refuses a closed standard output
-    return _Console()
+    return _Console(file=WholeWrites(results_stdout()))  # refuses a closed standard output
 
 
 def print_prose(console: Console, text: str) -> None:
@@ -235,10 +234,43 @@ def results_stdout():
     return sys.stdout
 
 
+class WholeWrites(io.TextIOBase):
+    """``stream`` (standard output) writing the whole of every text or raising OSError.
+    Python's buffered stdout drops what a partial write left (a full disk, ``ulimit -f``, a
+    reader gone mid-way) without a word, and results would end cut, with exit code 0: here
+    each text is encoded as ``stream`` encodes and written with :func:`write_all`. A stream
+    that is no file (a test's capture) is written as it is."""
+
+    def __init__(self, stream) -> None:
+        self.stream = stream
+
+    def writable(self) -> bool:
+        return True
+
+    def isatty(self) -> bool:
+        return self.stream.isatty()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", None) or "utf-8"
+
+    def write(self, text: str) -> int:
+        from epsweep.results.files import write_all
+
+        try:
+            fd = self.stream.fileno()
+        except (AttributeError, OSError, ValueError):  # io.UnsupportedOperation is an OSError
+            return self.stream.write(text)
+        self.stream.flush()
+        write_all(fd, text.encode(self.encoding, getattr(self.stream, "errors", None) or "strict"))
+        return len(text)
+
+    def flush(self) -> None:
+        self.stream.flush()
+
+
 def write_stdout(text: str) -> None:
-    out = results_stdout()
-    out.write(text)
-    out.flush()
+    WholeWrites(results_stdout()).write(text)
 
 
 def reader_left() -> Exception:
@@ -269,6 +301,18 @@ def stdout_failed(error: OSError, kept: Path | str | None = None, keep: Callable
     if saved is None:
         return UserError(f"{reason}; the results could not be saved elsewhere either")
     return UserError(f"{reason}; the results were saved to {saved}")
+
+
+def kept_text(result, kept: Path | None) -> str:
+    """Where ``result``'s records are, for a line saying that they did not all reach standard
+    output: ``kept`` (a file holding them already), else a temporary file they are saved to now."""
+    from epsweep.results.files import keep_elsewhere
+    from epsweep.results.formats import render_machine
+
+    if kept is not None:
+        return f"the results are in {kept}"
+    saved = keep_elsewhere(render_machine("json", result.meta, result.records), "json")
+    return "the results could not be saved" if saved is None else f"the results were saved to {saved}"
 
 
 def present_records(result, fmt: str, kept: Path | None = None) -> None:

@@ -19,8 +19,8 @@ from epsweep.views.sheet import visible_line
 def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | None = None) -> Iterator[None]:
     """For command-line use: on SIGINT (or SIGTERM, or SIGHUP: the terminal or ssh session
     closed), exit the process at once with code 130 (143, 129), printing ``epsweep:
-    <message()>`` on stderr, even while a compiled program runs. A SIGHUP that the process
-    ignores (``nohup``) stays ignored.
+    <message()>`` on stderr, even while a compiled program runs. A signal that the process
+    ignores stays ignored (SIGHUP under ``nohup``; SIGINT in a script's background job).
 
     A compiled XLA call does not return to Python until it finishes, so the usual
     KeyboardInterrupt would wait for the whole chunk. Here the signal wakes a thread instead,
@@ -33,9 +33,8 @@ def exit_on_interrupt(message: Callable[[], str], cleanup: Callable[[], None] | 
         return
     read_fd, write_fd = os.pipe()
     os.set_blocking(write_fd, False)
-    hangup = getattr(signal, "SIGHUP", None)  # not on Windows
-    signals = (signal.SIGINT, signal.SIGTERM,
-               *((hangup,) if hangup is not None and signal.getsignal(hangup) != signal.SIG_IGN else ()))
+    candidates = (signal.SIGINT, signal.SIGTERM, getattr(signal, "SIGHUP", None))  # no SIGHUP on Windows
+    signals = tuple(s for s in candidates if s is not None and signal.getsignal(s) != signal.SIG_IGN)
     previous = {s: signal.getsignal(s) for s in signals}
 
     def watch() -> None:

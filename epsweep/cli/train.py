@@ -14,6 +14,7 @@ from epsweep.cli import options as o
 from epsweep.cli.app import app
 from epsweep.cli.argv import stdin_for
 from epsweep.cli.present import (
+    kept_text,
     log,
     log_summary,
     output_format,
@@ -116,7 +117,9 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     saved = output if output is not None and file_fmt else None
     if saved is not None and not quiet:
         log(_saved_text(result, output, writers[0].others_kept if resume else 0))
-    present_records(result, out_fmt, kept=saved)
+    unread = "interrupted while the results went to standard output; {}"
+    with exit_on_interrupt(lambda: unread.format(kept_text(result, saved))):  # a slow reader (`| less`)
+        present_records(result, out_fmt, kept=saved)
 
 
 def _saved_text(result: Any, output: Path, others: int) -> str:

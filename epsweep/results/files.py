@@ -25,22 +25,36 @@ def _umask() -> int:
     return mask
 
 
+def write_all(fd: int, payload: bytes) -> None:
+    """Write every byte of ``payload`` to ``fd``, or raise OSError. (A buffered Python file
+    returns a short count and drops the rest when a write goes through in part: a full disk,
+    ``ulimit -f``, a reader gone; the next ``os.write`` raises instead.)"""
+    view = memoryview(payload)
+    while view:
+        view = view[os.write(fd, view):]
+
+
 def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None:
     """Write ``path`` all at once: a temporary file beside it, flushed to disk, then renamed
     over it. ``data`` is the text or bytes, or a function that writes a given path.
 
     Raises OSError; the target is never left half-written. A symbolic link is followed (the
-    file it points to is replaced); a device or pipe (``/dev/stdout``) is simply written to.
+    file it points to is replaced); a device or pipe (``/dev/stdout``) is simply written to,
+    by the name given (a pipe's real path names no file).
     """
-    path = Path(os.path.realpath(path))
-    if path.exists() and not path.is_file():
+    given = Path(path)
+    if given.exists() and not given.is_file():
         with WRITE_LOCK:
             if callable(data):
-                data(path)
+                data(given)
             else:
-                with open(path, "wb") as f:
-                    f.write(data.encode() if isinstance(data, str) else data)
+                fd = os.open(given, os.O_WRONLY)
+                try:
+                    write_all(fd, data.encode() if isinstance(data, str) else data)
+                finally:
+                    os.close(fd)
         return
+    path = Path(os.path.realpath(given))
     with WRITE_LOCK:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=f".tmp{path.suffix}")
         try:
@@ -50,10 +64,7 @@ def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None
                 data(Path(tmp))
                 fd = os.open(tmp, os.O_RDONLY)
             else:
-                payload = data.encode() if isinstance(data, str) else data
-                view = memoryview(payload)
-                while view:
-                    view = view[os.write(fd, view):]
+                write_all(fd, data.encode() if isinstance(data, str) else data)
             os.fsync(fd)
             os.close(fd)
             fd = -1
@@ -73,10 +84,16 @@ def keep_elsewhere(text: str, fmt: str) -> Path | None:
     even that fails."""
     try:
         fd, fallback = tempfile.mkstemp(prefix="epsweep-results-", suffix=f".{fmt}")
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
     except OSError:
         return None
+    try:
+        write_all(fd, text.encode())
+    except OSError:  # nothing half-written is left to pass for results
+        with contextlib.suppress(OSError):
+            os.unlink(fallback)
+        return None
+    finally:
+        os.close(fd)
     return Path(fallback)
 
 
@@ -90,7 +107,8 @@ def write_or_keep(path: Path, text: str, fmt: str, option: str = "output") -> No
         reason = e.strerror or str(e)
         fallback = keep_elsewhere(text, fmt)
         if fallback is None:
-            raise UserError(f"{param(option)}: cannot write {path}: {reason}") from None
+            raise UserError(f"{param(option)}: cannot write {path}: {reason}; the results could not be saved "
+                            f"elsewhere either") from None
         raise UserError(f"{param(option)}: cannot write {path}: {reason}; "
                         f"the results were saved to {fallback}") from None
 
@@ -104,6 +122,9 @@ def check_writable(path: Path, option: str = "output") -> None:
 
 
 def _check_writable(path: Path, option: str) -> None:
+    if str(path) == "-":  # "-" reads standard input for a value; for a file it would be a file named -
+        raise UserError(f"{param(option)}: - names no file: results go to standard output without "
+                        f"{param(option)} (a file named - is ./-)")
     if path.is_dir():
         raise UserError(f"{param(option)}: {path} is a directory")
     if path.exists() and not path.is_file():  # a device or pipe such as /dev/stdout
