@@ -5,7 +5,6 @@ is one line and exit code 130, never a traceback or an abort. Through the instal
 
 import os
 import re
-import resource
 import shutil
 import signal
 import subprocess
@@ -34,8 +33,10 @@ def kept(stderr: str, pattern: str) -> Path:
     return Path(found.group(1))
 
 
-def limit_file_size(limit: int):
-    return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+def limited(limit: int, *command: str) -> list[str]:
+    """``command`` run with files limited to ``limit`` bytes (``ulimit -f``; no preexec_fn,
+    which forks the test process, JAX's threads and all)."""
+    return ["bash", "-c", f'ulimit -f {limit // 1024}; exec "$@"', "bash", *command]
 
 
 def test_a_stdout_write_cut_short_by_a_size_limit_raises(tmp_path):
@@ -43,16 +44,16 @@ def test_a_stdout_write_cut_short_by_a_size_limit_raises(tmp_path):
     the results' writer raises (the CLI then keeps them elsewhere and says where)."""
     code = "from epsweep.cli.present import write_stdout; write_stdout('x' * 300_000)"
     with open(tmp_path / "out.txt", "w") as out:
-        done = subprocess.run([sys.executable, "-c", code], stdout=out, stderr=subprocess.PIPE, text=True,
-                              timeout=120, preexec_fn=limit_file_size(64 * 1024))
+        done = subprocess.run(limited(64 * 1024, sys.executable, "-c", code), stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=120)
     assert done.returncode == 1 and done.stderr.rstrip().endswith("OSError: [Errno 27] File too large"), done.stderr
     assert (tmp_path / "out.txt").stat().st_size == 64 * 1024
 
 
 def test_a_results_file_that_cannot_be_kept_anywhere_says_so_and_leaves_nothing(tmp_path):
     """The output and its fallback in the temporary directory both hit the size limit."""
-    done = subprocess.run([EXE, *MANY, "-o", str(tmp_path / "out.csv")], capture_output=True, text=True,
-                          env=env(tmp_path), timeout=300, preexec_fn=limit_file_size(16 * 1024))
+    done = subprocess.run(limited(16 * 1024, EXE, *MANY, "-o", str(tmp_path / "out.csv")), capture_output=True,
+                          text=True, env=env(tmp_path), timeout=300)
     assert done.returncode == 2
     assert done.stderr == (f"epsweep: error: --output: cannot write {tmp_path / 'out.csv'}: File too large; the "
                            f"results could not be saved elsewhere either\n")
@@ -100,9 +101,9 @@ def test_ctrl_c_before_training_is_one_line(delay, tmp_path):
 
 def test_an_ignored_ctrl_c_stays_ignored(tmp_path):
     """A script's background job starts with SIGINT ignored (POSIX), and epsweep leaves it so."""
-    proc = subprocess.Popen([EXE, "grid", "--task", "quadratic", "--steps", "3", "--eps", "1e-8", "-f", "csv"],
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env(tmp_path),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_IGN))
+    command = [EXE, "grid", "--task", "quadratic", "--steps", "3", "--eps", "1e-8", "-f", "csv"]
+    proc = subprocess.Popen(["bash", "-c", 'trap "" INT; exec "$@"', "bash", *command], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env(tmp_path))
     for _ in range(5):
         time.sleep(0.3)
         if proc.poll() is None:

@@ -289,30 +289,21 @@ def stdout_failed(error: OSError, kept: Path | str | None = None, keep: Callable
     terminal): they are ``kept`` in a file already, or ``keep()`` gives their text (JSON),
     saved to a temporary file that the message names. Standard output is pointed at
     /dev/null, so that Python's flush at exit does not fail again."""
-    from epsweep.results.files import keep_elsewhere
-
     if not isinstance(sys.stdout, ClosedStdout):
         with open(os.devnull, "w") as devnull:
             os.dup2(devnull.fileno(), sys.stdout.fileno())
-    reason = f"cannot write to standard output: {error.strerror or error}"
-    if kept is not None:
-        return UserError(f"{reason}; the results are in {kept}")
-    saved = keep_elsewhere(keep(), "json") if keep is not None else None
-    if saved is None:
-        return UserError(f"{reason}; the results could not be saved elsewhere either")
-    return UserError(f"{reason}; the results were saved to {saved}")
+    return UserError(f"cannot write to standard output: {error.strerror or error}; {kept_text(kept, keep)}")
 
 
-def kept_text(result, kept: Path | None) -> str:
-    """Where ``result``'s records are, for a line saying that they did not all reach standard
-    output: ``kept`` (a file holding them already), else a temporary file they are saved to now."""
+def kept_text(kept: Path | str | None, keep: Callable[[], str] | None) -> str:
+    """Where results that did not all reach standard output are: ``kept`` (a file holding them
+    already), else a temporary file that ``keep()``'s text (JSON) is saved to now."""
     from epsweep.results.files import keep_elsewhere
-    from epsweep.results.formats import render_machine
 
     if kept is not None:
         return f"the results are in {kept}"
-    saved = keep_elsewhere(render_machine("json", result.meta, result.records), "json")
-    return "the results could not be saved" if saved is None else f"the results were saved to {saved}"
+    saved = keep_elsewhere(keep(), "json") if keep is not None else None
+    return "the results could not be saved elsewhere either" if saved is None else f"the results were saved to {saved}"
 
 
 def present_records(result, fmt: str, kept: Path | None = None) -> None:

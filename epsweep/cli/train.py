@@ -4,6 +4,7 @@ call the runner, present. Everything they share is :func:`run_training`."""
 from __future__ import annotations
 
 import contextlib
+import functools
 import sys
 from pathlib import Path
 from typing import Annotated, Any, Optional
@@ -90,6 +91,7 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     """
     from epsweep.cli.signals import exit_on_interrupt
     from epsweep.engine.devices import is_primary
+    from epsweep.results.formats import render_machine
     from epsweep.results.writers import writer_for
     from epsweep.runner import Runner, SweepInterrupted, SweepStopped, WriteFailed
 
@@ -118,7 +120,8 @@ def run_training(runtime, task, grid, config, *, out_fmt: str, output: Path | No
     if saved is not None and not quiet:
         log(_saved_text(result, output, writers[0].others_kept if resume else 0))
     unread = "interrupted while the results went to standard output; {}"
-    with exit_on_interrupt(lambda: unread.format(kept_text(result, saved))):  # a slow reader (`| less`)
+    as_json = functools.partial(render_machine, "json", result.meta, result.records)
+    with exit_on_interrupt(lambda: unread.format(kept_text(saved, as_json))):  # a slow reader (`| less`)
         present_records(result, out_fmt, kept=saved)
 
 

@@ -32,7 +32,7 @@ def _scale_by_moments(decay, one_minus_decay, eps, eps_in_sqrt: bool, centered: 
 
     optax, PyTorch and Keras, given rho as a Python float, take 1 - rho in double precision
     and round it to float32. Taken in the program from float32 rho, it is 1 - float32(rho):
-    3e-5 off at rho = 0.999, 19% at 0.9999999."""
+    1.3e-5 off at rho = 0.999, 1.4e-3 at 0.99999, 19% at 0.9999999."""
 
     def moment(g, t, order):
         return one_minus_decay * g**order + decay * t
