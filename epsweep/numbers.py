@@ -133,13 +133,14 @@ def listing(values: Sequence[float], limit: int = 8) -> str:
     return ", ".join(shown) + (", ..." if len(values) > limit else "")
 
 
-def resolution(text: str, digits: int = DIGITS) -> float | None:
+def resolution(text: str, digits: int = DIGITS, decimals: int | None = None) -> float | None:
     """Half a unit in the last digit ``text`` shows, counting at least ``digits`` significant
-    digits (a table shows ``1e-8`` for 1.000e-8); None when ``text`` is no plain number
-    (``inf``, ``0x10``) or is zero.
+    digits (a table shows ``1e-8`` for 1.000e-8), or with ``decimals``, at least that many
+    decimals (a share: ``1`` is 1.000); None when ``text`` is no plain number (``inf``,
+    ``0x10``) or is zero.
 
     Example:
-        >>> resolution("0.2683"), resolution("1e-8"), resolution("0.26834"), resolution("0.020", digits=1)
+        >>> resolution("0.2683"), resolution("1e-8"), resolution("0.26834"), resolution("1", decimals=3)
         (5e-05, 5e-12, 5e-06, 0.0005)
     """
     match = _NUMBER.match(text.strip())
@@ -151,23 +152,26 @@ def resolution(text: str, digits: int = DIGITS) -> float | None:
     value = abs(float(text))
     leading = math.floor(math.log10(value))  # place of the first significant digit
     last = -len(fraction) + exponent  # place of the last digit written
-    last = min(last, leading - (digits - 1))
+    last = min(last, -decimals if decimals is not None else leading - (digits - 1))
     return float(f"5e{last - 1}")
 
 
 def matches(text: str, value: float, *, share: bool = False) -> bool:
     """Whether a number typed as ``text`` (copied from a table, a summary, a message)
-    selects ``value``: equal, or within half a unit of the last digit shown (``share``: a
-    share shown with 3 decimals, where ``0.020`` stands for 0.0195 to 0.0205).
+    selects ``value``: equal, or within half a unit of the last digit shown, of ``text`` and of
+    ``value`` (0.9996 shows as ``0.9996``, not ``1``; ``share``: a share shown with 3
+    decimals, where ``0.020`` stands for 0.0195 to 0.0205 and ``1`` for 0.9995 to 1).
 
     Example:
-        >>> matches("0.2683", 0.26834712), matches("0.2683", 0.2684), matches("1e-8", 1e-8 * (1 + 1e-15))
-        (True, False, True)
+        >>> matches("0.2683", 0.26834712), matches("0.2683", 0.2684), matches("1", 0.9996), matches("1", 0.99996)
+        (True, False, False, True)
     """
     want = float(text)
     if want == value:
         return True
-    tolerance = resolution(text, digits=1 if share else DIGITS)
+    tolerance = resolution(text, decimals=3) if share else resolution(text)
     if tolerance is None or not math.isfinite(value):
         return False
+    if not share and value != 0:  # below a power of ten a value shows one decimal more
+        tolerance = min(tolerance, 0.5 * 10.0 ** (math.floor(math.log10(abs(value))) - (DIGITS - 1)))
     return abs(value - want) <= tolerance * (1 + 1e-9)

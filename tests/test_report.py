@@ -6,6 +6,7 @@ import io
 import json
 import sys
 
+import numpy as np
 import pytest
 
 from epsweep.cli import main
@@ -235,6 +236,37 @@ def test_titles_leave_out_meta_of_the_wrong_type():
     assert _title({"data": {"name": "x.npz"}, "steps": 10}) == "RMSProp sweep: data x.npz, 10 steps"
     title = records_table(RECORDS, {"title": 5, "task": "mlp"}).title_text
     assert title == "RMSProp (optax) sweep: task mlp; decay 0.9"
+
+
+WHERE_CASES = [  # (condition, the field's values, which are kept): numbers match to the digits shown
+    ("eps_dominated_mean=1", [0.699, 0.9996, 1.0], [0.9996, 1.0]),  # a share shows 3 decimals
+    ("eps_dominated_mean<1", [0.699, 0.785, 0.9996], [0.699, 0.785]),
+    ("eps_dominated_mean<0.8", [0.772, 0.785, 0.8004], [0.772, 0.785]),
+    ("val_accuracy<1", [0.9996, 0.9999, 0.99996], [0.9996, 0.9999]),  # shown as 0.9996, 0.9999, 1.000
+    ("val_accuracy=1", [0.9996, 0.99996, 1.0004], [0.99996, 1.0004]),
+    ("lr=0.1", [0.09996, 0.099996, 0.10004], [0.099996, 0.10004]),
+]
+
+
+@pytest.mark.parametrize("condition, values, kept", WHERE_CASES, ids=[c[0] for c in WHERE_CASES])
+def test_where_matches_numbers_to_the_digits_the_tables_show(condition, values, kept, tmp_path):
+    field = condition.split("=")[0].split("<")[0]
+    path = tmp_path / "w.json"
+    path.write_text(json.dumps([{**RECORDS[i], field: v} for i, v in enumerate(values)]))
+    assert [r[field] for r in build_report(read_results(path), where=[condition]).records] == kept
+
+
+def test_seeds_fold_in_float64():
+    """A float32 loss above 1.8e19 overflows when squared, two above 1.7e38 when summed."""
+    from epsweep.results.records import fold_seeds
+
+    def folded(losses):
+        losses = np.array(losses, np.float32)
+        return fold_seeds(dict(RECORDS[0]), {"final_loss": losses}, np.full(len(losses), -1),
+                          np.ones((len(losses), 2), np.float32))
+
+    assert folded([1e20, 3e20, 2e20])["final_loss_std"] == pytest.approx(1e20, rel=1e-6)
+    assert folded([2e38, 3e38])["final_loss"] == pytest.approx(2.5e38, rel=1e-6)
 
 
 def test_where_orders_only_numbers(tmp_path):

@@ -126,14 +126,15 @@ def fold_seeds(setting: dict, metrics: dict[str, np.ndarray], diverged_step: np.
     """One record from a setting's per-seed arrays (each of shape (seeds,), curve (seeds, points)),
     ``metrics`` keyed by record field (:func:`named_metrics`).
 
-    Means and sample standard deviations are taken over the seeds that did not diverge.
+    Means and sample standard deviations are taken over the seeds that did not diverge, in
+    float64 (a float32 loss above 1.8e19 squared overflows).
     ``chance`` is the accuracy at or below which the setting is ``at_chance``
     (:func:`chance_level`'s threshold).
     """
     alive = diverged_step < 0
     record = dict(setting)
     for name in metrics:
-        values = metrics[name][alive]
+        values = np.asarray(metrics[name], np.float64)[alive]
         values = values[np.isfinite(values)]
         record[name] = _number(values.mean()) if len(values) else None
         record[f"{name}_std"] = _number(values.std(ddof=1)) if len(values) > 1 else None
@@ -147,6 +148,7 @@ def fold_seeds(setting: dict, metrics: dict[str, np.ndarray], diverged_step: np.
     record["at_chance"] = bool(chance is not None and accuracy is not None and accuracy <= chance)
     record["seeds"] = int(len(diverged_step))
     with np.errstate(all="ignore"):
+        curve = np.asarray(curve, np.float64)
         mean_curve = np.nanmean(np.where(alive[:, None], curve, np.nan), axis=0) if alive.any() else curve[0]
     record["loss_curve"] = [_number(v) for v in mean_curve]
     return record
