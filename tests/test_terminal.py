@@ -364,6 +364,10 @@ def test_collapsed_and_chance_settings_are_flagged_and_never_starred(tmp_path):
     assert "No setting beats chance (guessing the most common class scores 0.1003); nothing is starred." in \
         " ".join(out.stdout.split())
     assert "all 1 diverged, collapsed or at chance" in out.stdout  # best per axis value: none usable
+    beaten = [record(eps=1e-8, acc=0.8, collapsed=True, collapsed_seeds=1), none[1]]  # a collapsed one beats it
+    out = run("report", write(tmp_path / "beaten.jsonl", beaten), columns=100)
+    assert "No setting trained without diverging, collapsing or ending at chance; nothing is starred." in \
+        " ".join(out.stdout.split())
 
 
 def test_collapse_and_chance_rules():

@@ -149,9 +149,9 @@ def _no_star_note(records: Sequence[dict], meta: dict) -> str | None:
     """Why nothing is starred, when nothing is."""
     if best_index(records) is not None or not records:
         return None
-    finite = [r for r in records if not r.get("diverged") and not r.get("collapsed")]
+    scored = [r for r in records if r.get("val_accuracy") is not None]  # collapsed ones too: they may beat chance
     chance = meta.get("chance") if isinstance(meta.get("chance"), dict) else {}
-    if finite and all(r.get("at_chance") for r in finite):
+    if scored and all(r.get("at_chance") for r in scored):
         guess = chance.get("accuracy")
         scores = f" (guessing the most common class scores {show(guess, zeros=True)})" if guess is not None else ""
         return f"No setting beats chance{scores}; nothing is starred."
