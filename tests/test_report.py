@@ -90,6 +90,16 @@ def test_sort_top_and_where(saved):
         build_report(loaded, where=["lr=0.5"])
 
 
+def test_the_star_marks_the_best_of_the_selection_not_of_the_rows_a_top_cut_kept(saved, capsys, monkeypatch):
+    monkeypatch.setenv("COLUMNS", "150")
+    assert main(["report", str(saved), "--sort", "lr", "--top", "3"]) == 0  # lr 1e-3 only: the best is cut
+    out = capsys.readouterr().out
+    assert "★" not in out and "nothing is starred" not in out
+    assert main(["report", str(saved), "--sort", "lr", "--reverse", "--top", "6"]) == 0
+    (starred,) = [line for line in capsys.readouterr().out.splitlines() if "★" in line]
+    assert "★ 1e-4" in starred and "0.01" in starred  # the sweep's best, val acc 0.95
+
+
 def test_report_table_csv_and_json(saved, capsys, monkeypatch):
     monkeypatch.setenv("COLUMNS", "120")  # as on a wide terminal; at 80 the curve column is left out
     assert main(["report", str(saved)]) == 0

@@ -128,7 +128,7 @@ def show_report(result, fmt: str) -> None:
 
     notation = axis_notation(result.records, result.meta)
     rows, note = table_rows(result)
-    sheets = [records_sheet(rows, result.meta, sparklines=fmt == "table", note=note)]
+    sheets = [records_sheet(rows, result.meta, sparklines=fmt == "table", note=note, best=result.best)]
     if result.best_per_axis:
         sheets.append(best_per_axis_sheet(result.best_per_axis, notation))
     if result.sensitivity:

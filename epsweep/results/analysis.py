@@ -18,7 +18,7 @@ from epsweep.errors import UserError, param, quoted
 from epsweep.numbers import listing, matches, show, span
 from epsweep.results.formats import dumps
 from epsweep.results.reading import Loaded
-from epsweep.results.records import FLAGS, axis_notation, rank_key, usable
+from epsweep.results.records import FLAGS, axis_notation, best_index, rank_key, usable
 from epsweep.vocabulary import HIGHER_IS_BETTER, SETTING_AXES, SHARES, is_number, label
 
 AXES = SETTING_AXES
@@ -229,6 +229,7 @@ class Report:
     shown_of: tuple[int, int]  # (rows shown, records in the file)
     notes: list[str]
     ordered: bool = False  # rows are sorted (a sort or top was asked for), not in file order
+    best: dict | None = None  # the best setting where every condition holds, shown or cut by top
 
     def to_json(self) -> str:
         document = {"meta": self.meta, "results": self.records, "metric": self.metric,
@@ -325,8 +326,9 @@ def build_report(
     if top is not None:
         shown = shown[:top]
     summary = sensitivity_summary(sens, varying, axis_notation(selected, loaded.meta))
+    best = best_index(selected)
     return Report(loaded.meta, shown, metric, per_axis, sens, summary, (len(shown), len(records)), list(loaded.notes),
-                  ordered=field is not None)
+                  ordered=field is not None, best=None if best is None else selected[best])
 
 
 def _listing(records: Sequence[dict], field: str, limit: int = 8) -> str:

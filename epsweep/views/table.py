@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 from rich.table import Table
@@ -158,9 +159,13 @@ def _no_star_note(records: Sequence[dict], meta: dict) -> str | None:
     return "No setting trained without diverging, collapsing or ending at chance; nothing is starred."
 
 
+_AMONG_THEM = object()
+
+
 def records_sheet(records: Sequence[dict], meta: dict | None = None, *, sparklines: bool = False,
-                  note: str | None = None) -> Sheet:
-    """The table of ``records`` as a :class:`~epsweep.views.sheet.Sheet`."""
+                  note: str | None = None, best: Any = _AMONG_THEM) -> Sheet:
+    """The table of ``records`` as a :class:`~epsweep.views.sheet.Sheet`, starring the best of
+    them, or ``best`` (a record: the best of more than are shown, starred if shown; None: none)."""
     meta = meta or {}
     records = list(records)
     shown = shown_axes(records)
@@ -188,13 +193,14 @@ def records_sheet(records: Sequence[dict], meta: dict | None = None, *, sparklin
     if any(statuses):
         columns.append(Column("status", statuses, justify="left", short=[status_of(r, short=True) for r in records],
                               shorten=60, drop=40, squeeze=True))
-    best = best_index(records)
+    none_usable = best_index(records) is None if best is _AMONG_THEM else best is None  # say why
+    best = best_index(records) if best is _AMONG_THEM else next((i for i, r in enumerate(records) if r is best), None)
     if best is not None:
         columns[0].cells[best] = "★ " + columns[0].cells[best]
     styles = ["bold green" if i == best else ("red" if r.get("diverged") else
                                               ("yellow" if r.get("collapsed") or r.get("at_chance") else None))
               for i, r in enumerate(records)]
-    notes = [n for n in [_no_star_note(records, meta)] if n]
+    notes = [n for n in [_no_star_note(records, meta) if none_usable else None] if n]
     parts = run_parts(meta) + ([note] if note else [])
     return Sheet(title_head(meta, records), parts, columns, styles, held_axes(records, shown, meta), notes)
 
