@@ -266,6 +266,18 @@ def test_where_matches_numbers_to_the_digits_the_tables_show(condition, values, 
     assert [r[field] for r in build_report(read_results(path), where=[condition]).records] == kept
 
 
+def test_compare_where_keeps_a_setting_both_have_when_either_passes():
+    """A metric condition tested per file made a setting both hold read as only in one."""
+    from epsweep.results.compare import compare
+    from epsweep.results.reading import Loaded
+
+    rows = [{**RECORDS[0], "val_accuracy": 0.7}, {**RECORDS[1], "val_accuracy": 0.5}]
+    other = [{**RECORDS[i], "val_accuracy": acc} for i, acc in enumerate((0.9, 0.6, 0.95))]
+    c = compare(Loaded("a", {}, rows, []), Loaded("b", {}, other, []), where=["val_accuracy>0.8"])
+    assert [(r["a_val_accuracy"], r["b_val_accuracy"]) for r in c.rows] == [(0.7, 0.9)]
+    assert c.only_a == [] and [r["val_accuracy"] for r in c.only_b] == [0.95]
+
+
 def test_seeds_fold_in_float64():
     """A float32 loss above 1.8e19 overflows when squared, two above 1.7e38 when summed."""
     from epsweep.results.records import fold_seeds

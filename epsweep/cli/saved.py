@@ -190,7 +190,8 @@ def compare(
     quiet: o.QuietOpt = False,
 ) -> None:
     """Compare two saved sweeps: for every setting both have, each metric in A and in B and
-    the difference B - A; then the settings only one of them has. --where filters both.
+    the difference B - A; then the settings only one of them has. --where filters both (a
+    setting both have stays when it passes in either).
 
     Example: epsweep compare optax.jsonl tf1.jsonl --where lr=0.01
     """

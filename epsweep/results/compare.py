@@ -71,7 +71,8 @@ class Comparison:
 
 
 def compare(a: Loaded, b: Loaded, *, where: Sequence[str] = ()) -> Comparison:
-    """The settings of ``a`` and ``b`` matched up (both filtered by ``where``, as in report).
+    """The settings of ``a`` and ``b`` matched up, filtered by ``where`` as in report (a
+    setting both have stays when it passes in either).
 
     Example:
         >>> from epsweep.results.reading import Loaded
@@ -85,12 +86,12 @@ def compare(a: Loaded, b: Loaded, *, where: Sequence[str] = ()) -> Comparison:
     for side in (a, b):
         if not side.records:
             raise UserError(f"{side.path}: no results in the file yet")
-    records = []
-    for side in (a, b):
-        fields = record_fields(side.records)
-        conditions = [parse_where(w, fields) for w in where]
-        records.append([r for r in side.records if all(c.test(r) for c in conditions)])
-    left, right = records
+    conditions = [[parse_where(w, record_fields(side.records)) for w in where] for side in (a, b)]
+
+    def kept(side: int, record: dict) -> bool:
+        return all(c.test(record) for c in conditions[side])
+
+    left, right = ([r for r in side.records if kept(i, r)] for i, side in enumerate((a, b)))
     if where and not left and not right:  # as report says it: nothing to compare is not a comparison
         raise UserError(f"{param('where')}: no settings match in either file ({'; '.join(where)})")
     metric = metric_of(left + right)
@@ -101,17 +102,20 @@ def compare(a: Loaded, b: Loaded, *, where: Sequence[str] = ()) -> Comparison:
     rules = [{(r.get("optimizer"), r.get("convention")) for r in side} for side in (left, right)]
     axes = GRID_AXES if len(rules[0]) == 1 and len(rules[1]) == 1 and rules[0] != rules[1] else SETTING_AXES
     by_key = {}
-    for record in right:
+    for record in b.records:  # a setting both have is compared when either passes the conditions
         by_key.setdefault(match_key(record, axes), record)
     seen = set()
     rows, only_a = [], []
-    for record in left:
+    for record in a.records:
         key = match_key(record, axes)
         other = by_key.get(key)
         if other is None or key in seen:
-            only_a.append(record)
+            if kept(0, record):
+                only_a.append(record)
             continue
         seen.add(key)
+        if not (kept(0, record) or kept(1, other)):
+            continue
         row = {axis: record.get(axis) for axis in GRID_AXES}
         for axis in ("optimizer", "convention"):
             row[axis] = record.get(axis) if record.get(axis) == other.get(axis) else \
