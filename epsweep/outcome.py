@@ -88,7 +88,8 @@ class OutOfMemory(SweepStopped):
 @dataclasses.dataclass
 class SweepResult:
     """``records``: one dict per setting (means over seeds), in grid order; ``runs``: one per
-    (setting, seed) trained by this call; ``meta``: the run's provenance and costs.
+    (setting, seed) trained by this call (a seed that diverged has NaN for every metric);
+    ``meta``: the run's provenance and costs.
 
     Example:
         >>> from epsweep import Grid, RunConfig, sweep

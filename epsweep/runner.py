@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import math
 import threading
 import time
 from collections.abc import Iterable, Mapping, Sequence
@@ -296,8 +297,10 @@ class Runner:
                                             self.task.metric_name)
                     chunk.append(fold_seeds(setting, metrics, out.diverged_step[:, j], out.curve[:, j],
                                             chance=chance))
-                    for k, seed in enumerate(seeds):
-                        runs.append({**setting, "seed": int(seed), **{m: metrics[m][k].item() for m in metrics},
+                    for k, seed in enumerate(seeds):  # a diverged seed's numbers are not its own: NaN
+                        gone = out.diverged_step[k, j] >= 0
+                        runs.append({**setting, "seed": int(seed), **{m: math.nan if gone else metrics[m][k].item()
+                                                                       for m in metrics},
                                      "diverged_step": int(out.diverged_step[k, j])})
                 with self._lock:  # first: a writer that fails cannot cost these records
                     for record in chunk:

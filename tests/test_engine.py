@@ -67,6 +67,15 @@ def test_divergence_is_isolated_and_reported(quadratic_task):
     np.testing.assert_allclose(out.curve[0, 0], alone.curve[0, 0], rtol=1e-6)
 
 
+def test_a_diverged_seeds_run_carries_no_numbers(mlp_task):
+    """Its parameters went on with NaN: the validation numbers they give are no result."""
+    result = sweep(mlp_task, Grid(eps=(1e-8,), lr=(1e-2, 1e30)), RunConfig(steps=5, batch_size=16))
+    ok, gone = result.runs
+    assert gone["diverged_step"] >= 0 and ok["diverged_step"] == -1
+    assert all(np.isnan(gone[m]) for m in ("final_loss", "val_loss", "val_accuracy", "eps_dominated"))
+    assert all(np.isfinite(ok[m]) for m in ("final_loss", "val_loss", "val_accuracy", "eps_dominated"))
+
+
 def test_jax_nan_checks_are_off_while_training_and_restored_after(quadratic_task, caplog):
     """JAX_DEBUG_NANS would stop every sweep at epsweep's own NaN markers: a sweep with a
     diverging setting runs under it, says once that it is ignored, and leaves it set."""
