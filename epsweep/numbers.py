@@ -30,14 +30,17 @@ PLAIN_RANGE = (1e-3, 1e5)
 _NUMBER = re.compile(r"^[+-]?(\d*)(?:\.(\d*))?(?:[eE]([+-]?\d+))?$")
 
 
-def needs_scientific(value: float) -> bool:
-    """Whether ``value`` alone would be shown in scientific notation.
+def needs_scientific(value: float, digits: int = DIGITS) -> bool:
+    """Whether ``value`` alone would be shown in scientific notation: whether it lies outside
+    the plain range once rounded to ``digits`` significant digits (99999.6 shows as 1.000e5).
 
     Example:
-        >>> needs_scientific(1e-8), needs_scientific(0.001), needs_scientific(0.0), needs_scientific(1e5)
+        >>> needs_scientific(1e-8), needs_scientific(0.001), needs_scientific(0.0), needs_scientific(99999.6)
         (True, False, False, True)
     """
-    return math.isfinite(value) and value != 0 and not PLAIN_RANGE[0] <= abs(value) < PLAIN_RANGE[1]
+    if not math.isfinite(value) or value == 0:
+        return False
+    return not PLAIN_RANGE[0] <= abs(float(f"{value:.{digits - 1}e}")) < PLAIN_RANGE[1]
 
 
 def show(value: float | None, *, digits: int = DIGITS, zeros: bool = False, scientific: bool | None = None) -> str:
@@ -55,6 +58,8 @@ def show(value: float | None, *, digits: int = DIGITS, zeros: bool = False, scie
     Example:
         >>> show(7.19686e-08), show(0.268347), show(1e-4), show(0.95, zeros=True), show(660000.0)
         ('7.197e-8', '0.2683', '1e-4', '0.9500', '6.6e5')
+        >>> show(99999.6), show(99999.6, zeros=True)  # rounded up into the next decade: its notation
+        ('1e5', '1.000e5')
     """
     if value is None:
         return "—"
@@ -64,7 +69,7 @@ def show(value: float | None, *, digits: int = DIGITS, zeros: bool = False, scie
     if value == 0:
         return "0" if not zeros else "0." + "0" * (digits - 1)
     if scientific is None:
-        scientific = needs_scientific(value)
+        scientific = needs_scientific(value, digits)
     if scientific:
         mantissa, exponent = f"{value:.{digits - 1}e}".split("e")
         if not zeros and "." in mantissa:

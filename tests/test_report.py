@@ -278,6 +278,17 @@ def test_compare_where_keeps_a_setting_both_have_when_either_passes():
     assert c.only_a == [] and [r["val_accuracy"] for r in c.only_b] == [0.95]
 
 
+def test_the_numbers_modules_examples_run():
+    """epsweep.numbers is the one number format of every table and message: its examples are
+    its specification (99999.6 shows as 1e5, a share's 1 means 0.9995 to 1, ...)."""
+    import doctest
+
+    import epsweep.numbers
+
+    failed, tried = doctest.testmod(epsweep.numbers)
+    assert failed == 0 and tried >= 9
+
+
 def test_seeds_fold_in_float64():
     """A float32 loss above 1.8e19 overflows when squared, two above 1.7e38 when summed."""
     from epsweep.results.records import fold_seeds
