@@ -289,6 +289,13 @@ def test_the_numbers_modules_examples_run():
     assert failed == 0 and tried >= 9
 
 
+def test_compare_differences_that_round_to_zero_have_no_sign():
+    from epsweep.views.summaries import _signed
+
+    assert _signed(["-0.000", "0.000", "0.001", "-0.011", "—", "0", "-2.5e-3"]) == \
+        ["0.000", "0.000", "+0.001", "-0.011", "—", "0", "-2.5e-3"]
+
+
 def test_seeds_fold_in_float64():
     """A float32 loss above 1.8e19 overflows when squared, two above 1.7e38 when summed."""
     from epsweep.results.records import fold_seeds

@@ -85,7 +85,13 @@ def sensitivity_sheet(rows: Sequence[dict], notation: dict[str, bool]) -> Sheet:
 
 
 def _signed(texts: list[str]) -> list[str]:
-    return [t if t.startswith("-") or t in ("—", "0", "0.000") else "+" + t for t in texts]
+    """Differences with their sign; one that rounds to zero (``-0.000``, ``0.000``) has none."""
+    def signed(text: str) -> str:
+        if text == "—" or not text.strip("-+0."):  # none, or zero as rounded (-0.000)
+            return text.lstrip("-")
+        return text if text.startswith("-") else "+" + text
+
+    return [signed(t) for t in texts]
 
 
 def _setting_columns(records: Sequence[dict], meta: dict) -> tuple[list[Column], list[str]]:
