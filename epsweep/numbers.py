@@ -24,6 +24,9 @@ DIGITS = 4
 STD_DIGITS = 2
 """Significant digits of a standard deviation."""
 
+SHARE_DECIMALS = 3
+"""Decimals of a share from 0 to 1 (eps-dom)."""
+
 PLAIN_RANGE = (1e-3, 1e5)
 """Magnitudes shown as plain decimals; smaller or larger ones in scientific notation."""
 
@@ -123,7 +126,7 @@ def show_share(value: float | None) -> str:
         >>> show_share(0.01971), show_share(3.9e-5), show_share(1.0)
         ('0.020', '0.000', '1.000')
     """
-    return "—" if value is None else f"{value:.3f}"
+    return "—" if value is None else f"{value:.{SHARE_DECIMALS}f}"
 
 
 def span(low: float, high: float) -> str:
@@ -174,7 +177,7 @@ def matches(text: str, value: float, *, share: bool = False) -> bool:
     want = float(text)
     if want == value:
         return True
-    tolerance = resolution(text, decimals=3) if share else resolution(text)
+    tolerance = resolution(text, decimals=SHARE_DECIMALS) if share else resolution(text)
     if tolerance is None or not math.isfinite(value):
         return False
     if not share and value != 0:  # below a power of ten a value shows one decimal more

@@ -119,10 +119,20 @@ def table_rows(result) -> tuple[list[dict], str | None]:
     return ordered[:MAX_TABLE_ROWS], "; ".join(filter(None, [note, cut]))
 
 
+def print_sheets(console, sheets) -> None:
+    """Tables fitted to the console, a blank line before each one's title but the first's."""
+    from epsweep.views.sheet import rich_table
+
+    for i, sheet in enumerate(sheets):
+        if i:
+            console.print()
+        console.print(rich_table(sheet, console.width))
+
+
 def show_report(result, fmt: str) -> None:
     """The report's tables and summary for people: Rich tables fitted to the terminal, or markdown."""
     from epsweep.results.records import axis_notation
-    from epsweep.views.sheet import markdown, markdown_text, rich_table
+    from epsweep.views.sheet import markdown, markdown_text
     from epsweep.views.summaries import best_per_axis_sheet, sensitivity_sheet
     from epsweep.views.table import records_sheet
 
@@ -138,10 +148,7 @@ def show_report(result, fmt: str) -> None:
         write_stdout(text + (f"\n{markdown_text(result.summary)}\n" if result.summary else ""))
         return
     console = stdout_console()
-    for i, sheet in enumerate(sheets):
-        if i:  # a blank line before each table's title
-            console.print()
-        console.print(rich_table(sheet, console.width))
+    print_sheets(console, sheets)
     if result.summary:
         print_prose(console, result.summary)
 
@@ -199,7 +206,7 @@ def compare(
     from epsweep.results.compare import compare as compare_results
     from epsweep.results.formats import MACHINE_FORMATS
     from epsweep.results.reading import read_results
-    from epsweep.views.sheet import markdown, rich_table
+    from epsweep.views.sheet import markdown
     from epsweep.views.summaries import compare_sheets
 
     out_fmt, _ = output_format(fmt, None)
@@ -216,11 +223,7 @@ def compare(
             write_stdout("\n".join(markdown(sheet) for sheet in compare_sheets(result)))
             return
         console = stdout_console()
-        sheets = compare_sheets(result, console.width)
-        for i, sheet in enumerate(sheets):
-            if i:  # a blank line before each table's title
-                console.print()
-            console.print(rich_table(sheet, console.width))
+        print_sheets(console, compare_sheets(result, console.width))
     except BrokenPipeError:
         raise reader_left() from None
     except OSError as error:

@@ -43,6 +43,7 @@ def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None
     by the name given (a pipe's real path names no file).
     """
     given = Path(path)
+    payload = data.encode() if isinstance(data, str) else data
     if given.exists() and not given.is_file():
         with WRITE_LOCK:
             if callable(data):
@@ -50,7 +51,7 @@ def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None
             else:
                 fd = os.open(given, os.O_WRONLY)
                 try:
-                    write_all(fd, data.encode() if isinstance(data, str) else data)
+                    write_all(fd, payload)
                 finally:
                     os.close(fd)
         return
@@ -64,7 +65,7 @@ def write_atomic(path: Path, data: str | bytes | Callable[[Path], None]) -> None
                 data(Path(tmp))
                 fd = os.open(tmp, os.O_RDONLY)
             else:
-                write_all(fd, data.encode() if isinstance(data, str) else data)
+                write_all(fd, payload)
             os.fsync(fd)
             os.close(fd)
             fd = -1
