@@ -20,9 +20,13 @@ median time of a setting after the first, times G. Medians, because this machine
 moves single timings by 10-30%.
 
 FLOPs are counted analytically: a training step of one setting is forward + backward of the
-two dense layers, 3 x 2 x batch x (64 x 128 + 128 x 10) = 1,818,624 FLOP at batch 32 (the
-backward pass is two matrix products per layer, twice the forward's one). The machine's
-matmul peak is the best of a jitted 2048 x 2048 float32 matmul in JAX.
+two dense layers, 2 x batch x (2 x (64 x 128 + 128 x 10) + 128 x 10) = 1,294,336 FLOP at batch
+32: the forward pass is one matrix product per layer, the backward pass the weight gradient of
+both layers and the input gradient of the second only (the first layer's input is the data,
+whose gradient nobody computes: 5 products in the gradient's jaxpr, not 6). XLA's own cost
+analysis of the compiled gradient counts 1,321,366 with the elementwise work. The machine's
+matmul peak is the best of a jitted 2048 x 2048 float32 matmul in JAX (at JAX's default
+precision: TF32 on an NVIDIA GPU).
 
     python benchmarks/bench_sweep.py                   # table on stdout
     python benchmarks/bench_sweep.py --json            # one JSON object on stdout
@@ -34,9 +38,11 @@ fresh caches; the contenders of a grid interleaved, in a fixed order) and each r
 median run (the lower middle one for an even N), with every run's wall time beside it; the two
 steady-state figures are likewise the median over N processes each.
 
-A contender whose framework is not installed is skipped with a message. Loops that would take
-longer than --subset-above settings are timed on --subset settings and extrapolated linearly
-(a sequential loop costs the same per setting); such rows are marked "extrapolated".
+A contender whose framework is not installed is skipped with a message. Loops over more than
+--subset-above settings are timed on --subset settings and extrapolated: start-up, then the
+first setting as measured (it carries the loop's one-off costs: PyTorch's first backward pass,
+CUDA's start), then every other setting at the mean of the measured ones after the first. Such
+rows are marked "extrapolated".
 """
 
 from __future__ import annotations
@@ -56,7 +62,8 @@ STEPS = 500
 BATCH = 32
 LR, DECAY = 1e-3, 0.9
 HIDDEN, INPUTS, CLASSES = 128, 64, 10
-FLOP_PER_SETTING_STEP = 3 * 2 * BATCH * (INPUTS * HIDDEN + HIDDEN * CLASSES)
+# forward: one product per layer; backward: both weight gradients and the second layer's input gradient
+FLOP_PER_SETTING_STEP = 2 * BATCH * (2 * (INPUTS * HIDDEN + HIDDEN * CLASSES) + HIDDEN * CLASSES)  # 1,294,336
 PARAMS = INPUTS * HIDDEN + HIDDEN + HIDDEN * CLASSES + CLASSES  # 9,610
 # RMSProp's update moves at least: read g; read and write v; read and write p (float32)
 OPTIMIZER_BYTES_PER_SETTING_STEP = 5 * 4 * PARAMS
@@ -88,6 +95,11 @@ def minibatch_order(n_train: int, steps: int = STEPS, batch: int = BATCH, seed: 
 
 
 # --- workers: each runs in its own process ------------------------------------------------
+
+
+def _gaps(start: float, finished: list[float]) -> list[float]:
+    """Each setting's own time, from the end of the one before (the first: from the loop's start)."""
+    return [b - a for a, b in zip([start, *finished], finished, strict=False)]
 
 
 def _done(started: float, loop_s: float, settings: int, results: list, **extra) -> None:
@@ -139,6 +151,7 @@ def worker_jax_loop(args) -> None:
     gaps = [b - a for a, b in zip(finished, finished[1:], strict=False)]
     steady = statistics.median(gaps) if gaps else None
     _done(started, end - loop_start, len(results), results, steady_per_setting_s=steady,
+          setting_s=_gaps(loop_start, finished),
           compilations=compiled.compile_count(), compile_s=compiled.compile_seconds())
 
 
@@ -155,7 +168,7 @@ def worker_torch(args) -> None:
     x_val = torch.from_numpy(data["x_val"].reshape(len(data["x_val"]), -1)).to(device)
     y_val = torch.from_numpy(data["y_val"].astype(np.int64)).to(device)
     order = torch.from_numpy(minibatch_order(len(x))).to(device)
-    results = []
+    results, finished = [], []
     loop_start = time.perf_counter()
     for eps in eps_values(args.grid)[: args.settings]:
         torch.manual_seed(0)
@@ -173,8 +186,9 @@ def worker_torch(args) -> None:
             val_loss = nn.functional.cross_entropy(logits, y_val).item()
             accuracy = (logits.argmax(-1) == y_val).float().mean().item()
         results.append([torch.stack(losses[-STEPS // 50:]).mean().item(), val_loss, accuracy])
+        finished.append(time.perf_counter())
     _done(started, time.perf_counter() - loop_start, len(results), results, threads=torch.get_num_threads(),
-          device=device)
+          device=device, setting_s=_gaps(loop_start, finished))
 
 
 def worker_keras(args) -> None:
@@ -192,7 +206,7 @@ def worker_keras(args) -> None:
     data = np.load(args.data)
     order = minibatch_order(len(data["x_train"])).ravel()
     x_seq, y_seq = data["x_train"][order], data["y_train"][order]  # exactly STEPS batches, in order
-    results = []
+    results, finished = [], []
     loop_start = time.perf_counter()
     for eps in eps_values(args.grid)[: args.settings]:
         keras.utils.set_random_seed(0)
@@ -205,8 +219,9 @@ def worker_keras(args) -> None:
         history = model.fit(x_seq, y_seq, batch_size=BATCH, epochs=1, shuffle=False, verbose=0)
         val_loss, accuracy = model.evaluate(data["x_val"], data["y_val"], batch_size=512, verbose=0)
         results.append([float(history.history["loss"][-1]), float(val_loss), float(accuracy)])
+        finished.append(time.perf_counter())
     _done(started, time.perf_counter() - loop_start, len(results), results, backend=keras.backend.backend(),
-          compilations=compiles[0] if keras.backend.backend() == "jax" else None)
+          compilations=compiles[0] if keras.backend.backend() == "jax" else None, setting_s=_gaps(loop_start, finished))
 
 
 def worker_epsweep_steady(args) -> None:
@@ -325,9 +340,12 @@ def measure(args) -> dict:
                                  "lr": LR, "decay": DECAY, "flop_per_setting_step": FLOP_PER_SETTING_STEP},
                     "load_before": load_before, "machine": machine(), "rows": [], "steady": []}
     peak = run_process(_worker_cmd("peak", 1, 1, data_path))
+    _check(peak, "the matmul peak")
     report["matmul_peak"] = _last_json(peak["stdout"])
     _log(f"matmul peak: {report['matmul_peak']['peak_gflops']:.1f} GFLOP/s")
-    report["memory"] = _last_json(run_process(_worker_cmd("bandwidth", 1, 1, data_path))["stdout"])
+    bandwidth = run_process(_worker_cmd("bandwidth", 1, 1, data_path))
+    _check(bandwidth, "the memory bandwidth")
+    report["memory"] = _last_json(bandwidth["stdout"])
     _log(f"memory bandwidth: {report['memory']['bandwidth_gbs']:.1f} GB/s")
     skip = set(args.skip)
     for name, module in (("torch", "torch"), ("keras", "keras")):
@@ -362,12 +380,13 @@ def measure(args) -> dict:
                 r = run_process(_worker_cmd(name, grid, settings, data_path), extra_env)
                 _check(r, label)
                 w = _last_json(r["stdout"])
+                settings = w["settings_timed"]  # what the worker trained: a subset larger than the grid is the grid
                 startup = r["wall_s"] - w["loop_s"]
-                wall = startup + w["loop_s"] * grid / settings
+                wall = startup + extrapolated_loop_s(w["setting_s"], w["loop_s"], grid)
                 row = {"grid": grid, "contender": label, "wall_s": wall, "peak_rss_mib": r["peak_rss_mib"],
                        "compilations": w.get("compilations"), "compile_s": w.get("compile_s"),
                        "settings_timed": settings, "extrapolated": settings < grid,
-                       "measured_wall_s": r["wall_s"], "startup_s": startup}
+                       "measured_wall_s": r["wall_s"], "startup_s": startup, "setting_s": w["setting_s"]}
                 if name == "keras":
                     row["backend"] = w["backend"]
                 if name == "torch":
@@ -392,9 +411,24 @@ def measure(args) -> dict:
         report["steady"].append({"grid": grid, "contender": "epsweep", "train_s": w["loop_s"],
                                  "compilations": w["compilations"], "devices": w["devices"],
                                  "train_s_attempts": [a["loop_s"] for a in steady]})
+        if args.output:  # a run cut short (a GPU lease's limit) keeps the grids it finished
+            args.output.write_text(json.dumps({**report, "partial": True}, indent=2) + "\n")
     report["load_after"] = os.getloadavg()
     shutil.rmtree(work, ignore_errors=True)
     return report
+
+
+def extrapolated_loop_s(setting_s: list[float], loop_s: float, grid: int) -> float:
+    """A sequential loop's time for ``grid`` settings from the settings it trained: the loop as
+    measured when it trained them all; else the first setting as measured (it carries the
+    one-off costs) plus every other at the mean of the measured ones after the first.
+
+    >>> extrapolated_loop_s([1.0, 0.2, 0.4], 1.6, 3), extrapolated_loop_s([1.0, 0.2, 0.4], 1.6, 11)
+    (1.6, 4.0)
+    """
+    if len(setting_s) >= grid:
+        return loop_s
+    return setting_s[0] + (grid - 1) * statistics.fmean(setting_s[1:])
 
 
 def median_run(attempts: list[dict]) -> dict:
@@ -567,6 +601,8 @@ def main(argv: list[str] | None = None) -> None:
     args = parser.parse_args(argv)
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
+    if args.subset < 2:  # the first setting carries the one-off costs: one more is needed for the rest
+        parser.error("--subset must be at least 2")
     if args.worker:
         WORKERS[args.worker](args)
         return
