@@ -11,6 +11,7 @@ import numbers
 from collections.abc import Sequence
 
 from epsweep.errors import UserError, param
+from epsweep.grid import FLOAT32_MAX, FLOAT32_TINY
 from epsweep.vocabulary import UpdateRule, check_convention, check_optimizer, plain_scalar
 
 MAX_SEEDS = 10_000
@@ -19,9 +20,18 @@ MAX_CURVE_POINTS = 200
 MAX_CHUNK_SIZE = 1_000_000
 
 
-def _finite(name: str, value: float | None) -> None:
-    if value is not None and not (isinstance(value, (int, float)) and math.isfinite(value)):
+def _real(name: str, value: object) -> float | None:
+    """A real-number option as a Python float (NumPy and JAX scalars too), or None; the engine
+    trains in float32, so a positive value must be a normal float32 (not 0 or inf there)."""
+    value = plain_scalar(value)
+    if value is None:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
         raise UserError(f"{param(name)}: {value!r} is not a finite number")
+    if 0 < value < FLOAT32_TINY or value > FLOAT32_MAX:
+        raise UserError(f"{param(name)}: {value!r} is {'0' if value < 1 else 'inf'} in float32, which the engine "
+                        f"trains in; use a value from {FLOAT32_TINY:.8g} to {FLOAT32_MAX:.8g}")
+    return float(value)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -31,6 +41,9 @@ class RunConfig:
     Give ``steps`` or ``epochs`` (not both); with neither, the task's default applies. Seeds
     are ``first_seed, first_seed + 1, ...``; every setting is trained once per seed and update
     rule: ``optimizers`` times ``conventions`` (RMSProp only; other optimizers follow optax).
+    ``curve_points``: the loss curve's points, each the mean loss over its 1/curve_points of
+    training; the final loss is the last point's (so it depends on them: 50 by default, as the
+    command line's "last 1/50").
 
     Example:
         >>> RunConfig(steps=100, seeds=3, conventions=("optax", "tf1")).update_rules()
@@ -84,7 +97,7 @@ class RunConfig:
         if not self.curve_points <= MAX_CURVE_POINTS:
             raise UserError(f"{param('curve_points')}: {self.curve_points} is more than {MAX_CURVE_POINTS}")
         for name in ("clip_norm", "lr_decay_rate", "lr_decay_epochs"):
-            _finite(name, getattr(self, name))
+            object.__setattr__(self, name, _real(name, getattr(self, name)))
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise UserError(f"{param('clip_norm')}: {self.clip_norm:g} must be > 0")
         if self.lr_decay_rate is not None and not 0 < self.lr_decay_rate <= 1:

@@ -155,6 +155,19 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
                             f"use at most {BELOW_ONE:.8g}")
 
 
+_NARROW_FLOATS = ("float32", "float16", "bfloat16")
+
+
+def _as_typed(value: object) -> object:
+    """A float32, float16 or bfloat16 scalar (NumPy, JAX) as the shortest decimal that is the
+    same number in its own type: ``np.float32(1e-8)`` is 1e-08, not its float64 expansion
+    9.99999993922529e-09, so the setting is named as it was typed, and is the same setting as
+    the plain float 1e-8 in records, resumes and pandas. Anything else as it is."""
+    if str(getattr(value, "dtype", "")) in _NARROW_FLOATS and getattr(value, "ndim", None) == 0:
+        return float(str(np.asarray(value)))  # NumPy prints the shortest decimal of the value's own type
+    return value
+
+
 def _axis_values(axis: str, given: object) -> tuple[float, ...]:
     """An axis as floats: a sequence (or 1-d array) of real numbers, or one number alone; not
     text (``parse_values`` reads ``"1e-8,1"`` and ``"log:1e-8:1:5"``), not True/False."""
@@ -163,11 +176,13 @@ def _axis_values(axis: str, given: object) -> tuple[float, ...]:
                         "(parse_values reads text)")
     if hasattr(given, "__iter__") and not hasattr(given, "__array__"):  # a generator, a range: its items
         given = list(given)
+    elif str(getattr(given, "dtype", "")) in _NARROW_FLOATS and getattr(given, "ndim", 0) > 0:
+        given = [_as_typed(value) for value in np.asarray(given).reshape(-1)]  # each as typed
     array = np.asarray(given, dtype=object)
     if array.ndim > 1:
         raise UserError(f"{param(axis)}: a flat sequence of numbers, not an array of shape {array.shape}")
     values = []
-    for value in map(plain_scalar, array.reshape(-1)):  # NumPy and JAX scalars as Python numbers
+    for value in map(plain_scalar, map(_as_typed, array.reshape(-1))):  # NumPy and JAX scalars as Python numbers
         if isinstance(value, str):
             raise UserError(f"{param(axis)}: {quoted(value)} is text; give numbers (parse_values reads text)")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):

@@ -178,14 +178,17 @@ class Runner:
             "finished_at": provenance.finished_at(),
         })
         result = SweepResult(self.meta, [self._done.get(k) or self._new[k] for k in order], runs)
-        failure = None
+        failure: Exception | None = None
         for writer in writers:
             try:
                 writer.close(result)
-            except UserError as error:  # the others still get their results
+            except Exception as error:  # the others still get their results, and release their files
                 failure = failure or error
-        if failure is not None:
-            raise WriteFailed(failure.message, result)
+        if failure is not None:  # the records travel with the error: training is not lost
+            message = failure.message if isinstance(failure, UserError) else (
+                f"an output could not be written ({type(failure).__name__}: {failure}); "
+                f"the error's result holds every record")
+            raise WriteFailed(message, result) from failure
         return result
 
     def _plan(self, writers: Sequence[Writer]) -> tuple[Task, dict, dict, list, int]:

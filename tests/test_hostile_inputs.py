@@ -526,6 +526,11 @@ LIBRARY_CASES = [  # an expression (names from _library_names) and what the User
     ("RunConfig(steps='10')", "steps: '10' must be a whole number"),
     ("RunConfig(centered='no')", "centered: 'no' must be True or False"),
     ("RunConfig(conventions='tf2')", "unknown convention 'tf2'"),  # one name, not its letters
+    ("RunConfig(clip_norm=1e-50)", "clip_norm: 1e-50 is 0 in float32, which the engine trains in"),
+    ("RunConfig(clip_norm=1e300)", "clip_norm: 1e+300 is inf in float32"),
+    ("RunConfig(lr_decay_rate=1e-45)", "lr_decay_rate: 1e-45 is 0 in float32"),
+    ("RunConfig(clip_norm=True)", "clip_norm: True is not a finite number"),
+    ("epsweep.make_optimizer('rmsprop', 0.1, None, 1e-8)", "decay: rmsprop needs a value, not None"),
     ("epsweep.sweep(3)", "task: a Task or a task's name, not int 3"),
     ("epsweep.sweep('quadratic', [1e-8])", "grid: a Grid or a dict of its fields, not list"),
     ("epsweep.sweep('quadratic', {'epsilon': [1e-8]})", "grid: unknown field 'epsilon'; Grid has decay, eps"),
@@ -541,6 +546,8 @@ LIBRARY_CASES = [  # an expression (names from _library_names) and what the User
     ("epsweep.run('quadratic', None, QUICK, writers=[JsonlWriter('r.jsonl', resume=True)])", "only when the run is"),
     ("epsweep.flax_task(None, Dataset.from_arrays(*XY), metric=accuracy)", "your function 'accuracy' would be"),
     ("JsonlWriter('out.csv')", "out.csv: JsonlWriter writes JSON lines (.jsonl); CsvWriter and JsonWriter write .csv"),
+    ("epsweep.CsvWriter('out.jsonl')", "out.jsonl: CsvWriter writes .csv; JsonlWriter writes .jsonl"),
+    ("epsweep.JsonWriter('out.CSV')", "out.CSV: JsonWriter writes .json; CsvWriter writes .csv"),
 ]
 
 

@@ -290,3 +290,16 @@ def test_keras_convention_matches_keras3_rmsprop(case):
         ref.append(np.asarray(variable.numpy()).copy())
     ours = run_epsweep({**case, "convention": "keras"}, grads, p0)
     np.testing.assert_allclose(ours, np.array(ref), rtol=5e-4, atol=5e-6)
+
+
+@pytest.mark.parametrize(("name", "decay", "eps"), [("sgd", None, None), ("adagrad", None, 1e-8)])
+def test_an_optimizer_takes_none_for_an_axis_it_does_not_use(name, decay, eps):
+    from epsweep.optim import make_optimizer
+
+    params, grads = {"w": jnp.ones(3)}, {"w": jnp.asarray([0.5, -1.0, 2.0])}
+    given, reference = make_optimizer(name, 0.1, decay, eps), make_optimizer(name, 0.1, 0.9, 1e-8)
+    state, reference_state = given.init(params), reference.init(params)
+    for _ in range(3):
+        updates, state = given.update(grads, state, params)
+        expected, reference_state = reference.update(grads, reference_state, params)
+        np.testing.assert_array_equal(updates["w"], expected["w"])

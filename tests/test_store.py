@@ -573,3 +573,37 @@ def test_an_interrupted_sweep_says_what_it_kept_in_words():
     assert str(stopped) == ("interrupted: 2 of 6 settings had finished; they are in a.partial.jsonl (resume it "
                             "to finish)")
     assert str(SweepInterrupted(StopReport(0, 6, None, False))) == "interrupted: 0 of 6 settings had finished"
+
+
+class ClosingFails(MemoryWriter):
+    """A writer of the user's own whose close fails with an error of its own (not a UserError)."""
+
+    def close(self, result):
+        raise OSError("the share went away")
+
+
+def test_a_writer_failing_to_close_leaves_the_other_outputs_written_and_the_records_in_the_error(tmp_path):
+    """Training is done when the writers close: one writer's own error must not cost the
+    others their files (nor leave their claim on the path), and the records travel with it."""
+    from epsweep.outcome import WriteFailed
+    from epsweep.results.writers import JsonWriter
+
+    config = RunConfig(steps=5)
+    with pytest.raises(WriteFailed, match="OSError: the share went away") as failed:
+        run("quadratic", Grid(eps=(1e-8, 1.0)), config, writers=[ClosingFails(), JsonWriter(tmp_path / "out.json")])
+    assert isinstance(failed.value.__cause__, OSError)
+    assert [r["eps"] for r in failed.value.result.records] == [1e-8, 1.0]
+    assert [r["eps"] for r in read_results(tmp_path / "out.json").records] == [1e-8, 1.0]
+    again = run("quadratic", Grid(eps=(1e-8, 1.0)), config, writers=[JsonWriter(tmp_path / "out.json")])
+    assert len(again.records) == 2  # the path was released
+
+
+def test_a_float32_grid_resumed_by_the_same_values_as_floats_trains_nothing_again(tmp_path):
+    path = tmp_path / "sweep.jsonl"
+    config = RunConfig(steps=5)
+    stream_sweep("quadratic", Grid(eps=np.array([1e-8, 1e-3], np.float32)), config, path)
+    resumed = stream_sweep("quadratic", Grid(eps=(1e-8, 1e-3, 1.0)), config, path, resume=True)
+    assert (resumed.meta["resumed"], resumed.meta["trained"]) == (2, 1)
+    assert [r["eps"] for r in read_results(path).records] == [1e-8, 1e-3, 1.0]
+    for fmt in ("JSONL", ".jsonl"):  # the format named as a user might write it
+        assert read_results(path, fmt=fmt).records == read_results(path).records

@@ -14,7 +14,8 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from epsweep.vocabulary import CONVENTION_NAMES, OPTIMIZER_NAMES, check_convention, check_optimizer
+from epsweep.errors import UserError, param
+from epsweep.vocabulary import AXIS_ROLES, CONVENTION_NAMES, OPTIMIZER_NAMES, check_convention, check_optimizer
 
 Schedule = Callable[[jnp.ndarray], jnp.ndarray]
 
@@ -245,8 +246,8 @@ def make_optimizer(
     Args:
         name: "rmsprop", "adam", "adagrad" or "sgd".
         learning_rate: lr, or a schedule of the step count.
-        decay: rmsprop's rho; adam's b2; unused by adagrad and sgd.
-        eps: epsilon (unused by sgd).
+        decay: rmsprop's rho; adam's b2; unused by adagrad and sgd (None there is fine).
+        eps: epsilon (unused by sgd: None there is fine).
         momentum: rmsprop's and sgd's momentum; None keeps no momentum buffer at all.
         convention: rmsprop's framework convention.
         centered: centered rmsprop.
@@ -260,6 +261,11 @@ def make_optimizer(
         >>> sorted(opt.init({"w": 0.0}).hyperparams)
         ['decay', 'eps', 'learning_rate', 'momentum', 'one_minus_decay']
     """
+    for axis, value in (("decay", decay), ("eps", eps)):
+        if value is None and axis in AXIS_ROLES[check_optimizer(name)]:
+            raise UserError(f"{param(axis)}: {name} needs a value, not None")
+    decay = 0.0 if decay is None else decay  # unused by this optimizer: a placeholder for its traced slot
+    eps = 0.0 if eps is None else eps
     one_minus_decay = 1 - decay if one_minus_decay is None else one_minus_decay
     if check_optimizer(name) == "rmsprop":
         return rmsprop(learning_rate, decay, eps, convention=convention, momentum=momentum, centered=centered,

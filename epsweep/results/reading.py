@@ -386,7 +386,7 @@ def read_results(path: Path, fmt: str | None = None) -> Loaded:
     """
     path = _path(path)
     _check_file(path)  # missing or a directory: say so before anything about its format
-    suffix = f".{fmt}" if fmt else path.suffix.lower()
+    suffix = "." + str(fmt).lower().lstrip(".") if fmt else path.suffix.lower()  # "JSONL", ".jsonl": jsonl
     if suffix == ".jsonl":
         loaded = read_stream(path)
         if not loaded.records and not loaded.meta:

@@ -91,6 +91,10 @@ class _WholeFileWriter:
 
     def __init__(self, path: Path | str, *, force: bool = False, option: str = "output"):
         self.path = Path(path)
+        suffix = self.path.suffix.lower()
+        if suffix in (".csv", ".json", ".jsonl") and suffix != f".{self.fmt}":  # read back as that, it would not parse
+            writer = {".csv": "CsvWriter", ".json": "JsonWriter", ".jsonl": "JsonlWriter"}[suffix]
+            raise UserError(f"{self.path}: {type(self).__name__} writes .{self.fmt}; {writer} writes {suffix}")
         self.force = force
         self.option = option
         self._claim: FileClaim | None = None
