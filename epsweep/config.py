@@ -10,9 +10,16 @@ import math
 import numbers
 from collections.abc import Sequence
 
-from epsweep.errors import UserError, param
-from epsweep.grid import FLOAT32_MAX, FLOAT32_TINY
-from epsweep.vocabulary import UpdateRule, check_convention, check_optimizer, plain_scalar
+from epsweep.errors import UserError, param, quoted
+from epsweep.vocabulary import (
+    FLOAT32_MAX,
+    FLOAT32_TINY,
+    UpdateRule,
+    as_float32,
+    check_convention,
+    check_optimizer,
+    plain_scalar,
+)
 
 MAX_SEEDS = 10_000
 MAX_STEPS = 10_000_000  # step indices and curve buckets stay exact in int32 below this (engine.spec)
@@ -20,18 +27,29 @@ MAX_CURVE_POINTS = 200
 MAX_CHUNK_SIZE = 1_000_000
 
 
-def _real(name: str, value: object) -> float | None:
-    """A real-number option as a Python float (NumPy and JAX scalars too), or None; the engine
-    trains in float32, so a positive value must be a normal float32 (not 0 or inf there)."""
+def _real(name: str, value: object, in_float32: bool = True) -> float | None:
+    """A real-number option as a Python float (NumPy and JAX scalars as typed), or None; one the
+    engine takes ``in_float32`` must stay itself there (not overflow, not flush to 0)."""
     value = plain_scalar(value)
     if value is None:
         return None
-    if isinstance(value, bool) or not isinstance(value, numbers.Real) or not math.isfinite(value):
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
         raise UserError(f"{param(name)}: {value!r} is not a finite number")
-    if 0 < value < FLOAT32_TINY or value > FLOAT32_MAX:
-        raise UserError(f"{param(name)}: {value!r} is {'0' if value < 1 else 'inf'} in float32, which the engine "
-                        f"trains in; use a value from {FLOAT32_TINY:.8g} to {FLOAT32_MAX:.8g}")
-    return float(value)
+    try:
+        number = float(value)
+    except OverflowError:  # an int past float64's range
+        number = math.inf
+    if not math.isfinite(number):
+        raise UserError(f"{param(name)}: {quoted(str(value))} is not a finite number")
+    if in_float32:
+        single = as_float32(number)
+        if math.isinf(single):
+            raise UserError(f"{param(name)}: {number!r} overflows float32, which the engine trains in; "
+                            f"use at most {FLOAT32_MAX:.8g}")
+        if number != 0 and abs(single) < FLOAT32_TINY:
+            what = "becomes 0 in float32" if single == 0 else "is a subnormal float32, which the engine flushes to 0"
+            raise UserError(f"{param(name)}: {number!r} {what}; use at least {FLOAT32_TINY:.8g}")
+    return number
 
 
 @dataclasses.dataclass(frozen=True)
@@ -96,8 +114,8 @@ class RunConfig:
             raise UserError(f"{param('chunk_size')}: {self.chunk_size} is more than {MAX_CHUNK_SIZE:,}")
         if not self.curve_points <= MAX_CURVE_POINTS:
             raise UserError(f"{param('curve_points')}: {self.curve_points} is more than {MAX_CURVE_POINTS}")
-        for name in ("clip_norm", "lr_decay_rate", "lr_decay_epochs"):
-            object.__setattr__(self, name, _real(name, getattr(self, name)))
+        for name in ("clip_norm", "lr_decay_rate", "lr_decay_epochs"):  # the epochs become a whole step count
+            object.__setattr__(self, name, _real(name, getattr(self, name), in_float32=name != "lr_decay_epochs"))
         if self.clip_norm is not None and not self.clip_norm > 0:
             raise UserError(f"{param('clip_norm')}: {self.clip_norm:g} must be > 0")
         if self.lr_decay_rate is not None and not 0 < self.lr_decay_rate <= 1:

@@ -24,13 +24,18 @@ from collections.abc import Callable, Iterable, Sequence
 import numpy as np
 
 from epsweep.errors import UserError, param, quoted
-from epsweep.vocabulary import AXIS_DEFAULTS, AXIS_ROLES, GRID_AXES, plain_scalar
+from epsweep.vocabulary import (
+    AXIS_DEFAULTS,
+    AXIS_ROLES,
+    FLOAT32_MAX,
+    FLOAT32_TINY,
+    GRID_AXES,
+    NARROW_FLOATS,
+    plain_scalar,
+)
 
 MAX_RANGE_COUNT = 100_000
 MAX_GRID_SIZE = 1_000_000
-# The engine trains in float32 and flushes subnormal numbers to zero (XLA on CPU does).
-FLOAT32_TINY = float(np.finfo(np.float32).tiny)  # 1.1754944e-38, the smallest normal float32
-FLOAT32_MAX = float(np.finfo(np.float32).max)  # 3.4028235e+38
 BELOW_ONE = float(np.nextafter(np.float32(1), np.float32(0)))  # 0.99999994, the largest float32 < 1
 
 
@@ -155,19 +160,6 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
                             f"use at most {BELOW_ONE:.8g}")
 
 
-_NARROW_FLOATS = ("float32", "float16", "bfloat16")
-
-
-def _as_typed(value: object) -> object:
-    """A float32, float16 or bfloat16 scalar (NumPy, JAX) as the shortest decimal that is the
-    same number in its own type: ``np.float32(1e-8)`` is 1e-08, not its float64 expansion
-    9.99999993922529e-09, so the setting is named as it was typed, and is the same setting as
-    the plain float 1e-8 in records, resumes and pandas. Anything else as it is."""
-    if str(getattr(value, "dtype", "")) in _NARROW_FLOATS and getattr(value, "ndim", None) == 0:
-        return float(str(np.asarray(value)))  # NumPy prints the shortest decimal of the value's own type
-    return value
-
-
 def _axis_values(axis: str, given: object) -> tuple[float, ...]:
     """An axis as floats: a sequence (or 1-d array) of real numbers, or one number alone; not
     text (``parse_values`` reads ``"1e-8,1"`` and ``"log:1e-8:1:5"``), not True/False."""
@@ -176,17 +168,21 @@ def _axis_values(axis: str, given: object) -> tuple[float, ...]:
                         "(parse_values reads text)")
     if hasattr(given, "__iter__") and not hasattr(given, "__array__"):  # a generator, a range: its items
         given = list(given)
-    elif str(getattr(given, "dtype", "")) in _NARROW_FLOATS and getattr(given, "ndim", 0) > 0:
-        given = [_as_typed(value) for value in np.asarray(given).reshape(-1)]  # each as typed
+    elif str(getattr(given, "dtype", "")) in NARROW_FLOATS and getattr(given, "ndim", 2) <= 1:
+        given = [plain_scalar(value) for value in np.asarray(given).reshape(-1)]  # as typed (an object
+        # array of them would hold their float64 expansions: np.float32(1e-8) is 1e-08, not 9.99999993922529e-09)
     array = np.asarray(given, dtype=object)
     if array.ndim > 1:
         raise UserError(f"{param(axis)}: a flat sequence of numbers, not an array of shape {array.shape}")
     values = []
-    for value in map(plain_scalar, map(_as_typed, array.reshape(-1))):  # NumPy and JAX scalars as Python numbers
+    for value in map(plain_scalar, array.reshape(-1)):  # NumPy and JAX scalars as Python numbers
         if isinstance(value, str):
             raise UserError(f"{param(axis)}: {quoted(value)} is text; give numbers (parse_values reads text)")
         if isinstance(value, bool) or not isinstance(value, numbers.Real):
             raise UserError(f"{param(axis)}: {value!r} is not a real number")
+        if isinstance(value, numbers.Integral) and abs(value) > FLOAT32_MAX:  # 10**400 has no float
+            raise UserError(f"{param(axis)}: {quoted(str(value))} overflows float32, which the engine trains in; "
+                            f"use at most {FLOAT32_MAX:.8g}")
         values.append(float(value) + 0.0)  # + 0.0: -0.0 is 0.0
     return tuple(values)
 

@@ -186,8 +186,7 @@ class Runner:
                 failure = failure or error
         if failure is not None:  # the records travel with the error: training is not lost
             message = failure.message if isinstance(failure, UserError) else (
-                f"an output could not be written ({type(failure).__name__}: {failure}); "
-                f"the error's result holds every record")
+                f"an output could not be written ({type(failure).__name__}: {failure})")
             raise WriteFailed(message, result) from failure
         return result
 

@@ -8,9 +8,15 @@ before it starts anything heavy.
 
 from __future__ import annotations
 
+import math
+import struct
 from typing import Any, NamedTuple
 
 from epsweep.errors import UserError, param, quoted
+
+# The engine trains in float32 and flushes subnormal numbers to zero (XLA on CPU does).
+FLOAT32_TINY = 1.1754943508222875e-38  # 2**-126, the smallest normal float32 (np.finfo(np.float32).tiny)
+FLOAT32_MAX = 3.4028234663852886e38  # (2 - 2**-23) * 2**127, the largest (np.finfo(np.float32).max)
 
 GRID_AXES = ("eps", "decay", "lr", "momentum")
 """The numeric axes of a grid, in record order."""
@@ -131,15 +137,49 @@ def label(field: str) -> str:
     return LABELS.get(field, field.replace("_", " "))
 
 
+NARROW_FLOATS = ("float32", "float16", "bfloat16")
+
+
+def as_float32(value: float) -> float:
+    """``value`` rounded to the nearest float32 (as the engine takes it), inf beyond its range.
+
+    Example:
+        >>> as_float32(0.1), as_float32(1e39)
+        (0.10000000149011612, inf)
+    """
+    try:
+        single = struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # where a Python raises rather than rounding to inf
+        return math.copysign(math.inf, value)
+    return single
+
+
 def plain_scalar(value: Any) -> Any:
-    """A NumPy or JAX scalar (a 0-d array) as its Python value; anything else as it is.
+    """A NumPy or JAX scalar (a 0-d array) as its Python value, and one of a narrower float
+    type (:data:`NARROW_FLOATS`) as the shortest decimal that is the same number in its own
+    type: ``np.float32(0.1)`` is 0.1, the value as typed, not its float64 expansion
+    0.10000000149011612 (which would name another setting than a plain 0.1); anything else as
+    it is.
 
     Example:
         >>> import numpy as np
-        >>> plain_scalar(np.int64(3)), plain_scalar(np.array(0.5)), plain_scalar([1])
-        (3, 0.5, [1])
+        >>> plain_scalar(np.int64(3)), plain_scalar(np.array(0.5)), plain_scalar([1]), plain_scalar(np.float32(0.1))
+        (3, 0.5, [1], 0.1)
     """
-    return value.item() if hasattr(value, "__array__") and getattr(value, "ndim", None) == 0 else value
+    if not (hasattr(value, "__array__") and getattr(value, "ndim", None) == 0):
+        return value
+    if str(value.dtype) not in NARROW_FLOATS:
+        return value.item()
+    import numpy as np
+
+    value = np.asarray(value)
+    exact = float(value)
+    with np.errstate(over="ignore"):  # a rounded-up candidate past the type's largest reads back as inf
+        for digits in range(1, 10):  # 9 significant digits tell every float32 apart
+            shortest = float(f"{exact:.{digits - 1}e}")
+            if np.asarray(shortest).astype(value.dtype) == value:  # the type reads it back as the same number
+                return shortest
+    return exact  # NaN, which equals nothing
 
 
 def is_number(value: Any) -> bool:

@@ -481,3 +481,16 @@ def test_cli_refuses_bad_process_flags():
                        timeout=120, env=_env())
     assert r.returncode == 2 and r.stdout == ""
     assert r.stderr.strip().splitlines() == ["epsweep: error: --process-id: 5 must be below --num-processes 2"]
+
+
+def test_a_device_count_asked_for_too_late_is_said_not_dropped_silently(caplog):
+    import logging
+
+    import epsweep
+
+    have = len(jax.devices("cpu"))  # JAX has started: its device count is fixed
+    with caplog.at_level(logging.WARNING, logger="epsweep.engine.devices"):
+        epsweep.setup(cpu_devices=have)  # what it has: nothing to say
+        assert not caplog.records
+        epsweep.setup(cpu_devices=have + 1)
+    assert f"cpu_devices={have + 1} is not applied" in caplog.text

@@ -607,3 +607,13 @@ def test_a_float32_grid_resumed_by_the_same_values_as_floats_trains_nothing_agai
     assert [r["eps"] for r in read_results(path).records] == [1e-8, 1e-3, 1.0]
     for fmt in ("JSONL", ".jsonl"):  # the format named as a user might write it
         assert read_results(path, fmt=fmt).records == read_results(path).records
+
+
+def test_a_file_naming_a_setting_by_its_float32_expansion_is_resumed_by_the_typed_value(tmp_path):
+    """Files written before values were taken as typed name np.float32(1e-8) 9.99999993922529e-09:
+    one float32 with 1e-8, so one setting, found on resume rather than trained and written again."""
+    path = tmp_path / "sweep.jsonl"
+    stream_sweep("quadratic", Grid(eps=(9.99999993922529e-09,)), RunConfig(steps=5), path)
+    resumed = stream_sweep("quadratic", Grid(eps=(1e-8, 1.0)), RunConfig(steps=5), path, resume=True)
+    assert (resumed.meta["resumed"], resumed.meta["trained"]) == (1, 1)
+    assert len(read_results(path).records) == 2

@@ -61,6 +61,11 @@ def _backends_started() -> bool:
         return False
 
 
+def _cpu_devices_now() -> int:
+    """The CPU devices JAX has (once started) or will make (as configured; -1: its default)."""
+    return len(jax.devices("cpu")) if _backends_started() else jax.config.jax_num_cpu_devices
+
+
 def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
     """Configure JAX for this process (see the module docstring); ``kwargs`` are Runtime fields.
 
@@ -88,6 +93,10 @@ def setup(runtime: Runtime | None = None, **kwargs: Any) -> Runtime:
     _cache_path = set_compile_cache(runtime.compile_cache)
     first = _applied is None
     _applied = runtime
+    if runtime.cpu_devices is not None and (not first or _backends_started()) \
+            and runtime.cpu_devices != _cpu_devices_now():  # asked for, and too late to give
+        log.warning("cpu_devices=%d is not applied: CPU devices are set once a process, before JAX starts "
+                    "(call epsweep.setup first)", runtime.cpu_devices)
     if not first:
         if runtime.distributed and jax.process_count() == 1:
             raise UserError("several processes were asked for after JAX had started; call setup() first")

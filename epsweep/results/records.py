@@ -27,7 +27,7 @@ import numpy as np
 
 from epsweep.errors import UserError
 from epsweep.numbers import needs_scientific
-from epsweep.vocabulary import GRID_AXES, SETTING_AXES, SETTING_DEFAULTS, is_number
+from epsweep.vocabulary import GRID_AXES, SETTING_AXES, SETTING_DEFAULTS, as_float32, is_number
 
 FIELDS = (
     *SETTING_AXES,
@@ -81,8 +81,19 @@ def csv_fields(records: Sequence[dict]) -> list[str]:
 
 
 def setting_key(record: dict) -> SettingKey:
-    """What identifies a setting within a sweep: its axes, optimizer and convention."""
-    return tuple(record.get(k, SETTING_DEFAULTS.get(k)) for k in SETTING_AXES)
+    """What identifies a setting within a sweep: its axes, optimizer and convention; each axis
+    as the float32 the engine trains on, so that two decimals of one float32 (1e-08, and
+    9.99999993922529e-09 in a file written from a float32 array) are one setting, as in a Grid."""
+    return tuple(_as_trained(record.get(k, SETTING_DEFAULTS.get(k))) for k in SETTING_AXES)
+
+
+def _as_trained(value: object) -> object:
+    """A float axis value as the float32 it is trained as; anything else (None, names, and a
+    value beyond float32, which no sweep trains) as it is."""
+    if type(value) is not float:
+        return value
+    single = as_float32(value)
+    return value if math.isinf(single) else single
 
 
 def _number(value: float) -> float | None:
