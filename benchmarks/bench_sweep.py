@@ -24,7 +24,7 @@ two dense layers, 2 x batch x (2 x (64 x 128 + 128 x 10) + 128 x 10) = 1,294,336
 32: the forward pass is one matrix product per layer, the backward pass the weight gradient of
 both layers and the input gradient of the second only (the first layer's input is the data,
 whose gradient nobody computes: 5 products in the gradient's jaxpr, not 6). XLA's own cost
-analysis of the compiled gradient counts 1,321,366 with the elementwise work. The machine's
+analysis of the compiled gradient counts about 1.32 million with the elementwise work. The machine's
 matmul peak is the best of a jitted 2048 x 2048 float32 matmul in JAX (at JAX's default
 precision: TF32 on an NVIDIA GPU).
 

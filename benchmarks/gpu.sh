@@ -25,6 +25,7 @@ export PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 export EPSWEEP_COMPILE_CACHE="$OUT/gpu-cache"
 started=$(date +%s)
 BUDGET_S=${BUDGET_S:-570}
+[[ $BUDGET_S =~ ^[0-9]+$ ]] && [ "$BUDGET_S" -ge 120 ] || { echo "gpu.sh: BUDGET_S must be whole seconds, at least 120" >&2; exit 2; }
 failed=0
 trap 'rm -rf "$OUT/gpu-cache" "$OUT/gpu-cache-exports" "$OUT"/*.safetensors "$OUT"/*.rss' EXIT
 log() { echo "[gpu.sh $(( $(date +%s) - started ))s] $*" >&2; }
@@ -82,7 +83,7 @@ fi
 
 log "MLP comparison"
 mlp_limit=$(left 330)
-[ "$mlp_limit" = 0 ] && mlp_limit=1
+[ "$mlp_limit" = 0 ] && { log "MLP comparison and the rest: skipped, the budget is spent"; exit $((failed + 6)); }
 timeout "$mlp_limit" $PY benchmarks/bench_sweep.py --grids 1 256 1024 4096 --skip keras --subset 8 \
     --output "$OUT/gpu-mlp.json" > "$OUT/gpu-mlp.txt" 2> "$OUT/gpu-mlp.log" || { log "MLP comparison: exit $?"; failed=$((failed + 1)); }
 cat "$OUT/gpu-mlp.txt"
@@ -95,7 +96,7 @@ timed gpu-inception-64 90 $PY -m epsweep inception --dataset synthetic --image-s
 
 log "Inception-v3 bf16 299x299, frozen base (random weights in the torchvision/timm layout)"
 weights_limit=$(left 60)
-[ "$weights_limit" = 0 ] && weights_limit=1  # timeout 0 would mean no limit
+[ "$weights_limit" = 0 ] && { log "weights and the frozen-base runs: skipped, the budget is spent"; exit $((failed + 3)); }
 timeout "$weights_limit" $PY - "$OUT/gpu-inception-weights.safetensors" <<'PY' || { log "weights: exit $?"; failed=$((failed + 1)); }
 import sys, safetensors.torch, timm
 safetensors.torch.save_file(timm.create_model("inception_v3", pretrained=False).state_dict(), sys.argv[1])
