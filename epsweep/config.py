@@ -40,7 +40,8 @@ def _real(name: str, value: object, in_float32: bool = True) -> float | None:
     except OverflowError:  # an int past float64's range
         number = math.inf
     if not math.isfinite(number):
-        raise UserError(f"{param(name)}: {quoted(str(value))} is not a finite number")
+        shown = quoted(str(value)) if isinstance(value, numbers.Integral) else repr(value)  # an int may be 10**400
+        raise UserError(f"{param(name)}: {shown} is not a finite number")
     if in_float32:
         single = as_float32(number)
         if math.isinf(single):
