@@ -148,10 +148,10 @@ def worker_jax_loop(args) -> None:
     end = time.perf_counter()
     # steady state: the median time of a setting after the first (which compiles); the median
     # is robust to the machine's other work, as epsweep's median of three sweeps is
-    gaps = [b - a for a, b in zip(finished, finished[1:], strict=False)]
-    steady = statistics.median(gaps) if gaps else None
+    setting_s = _gaps(loop_start, finished)
+    steady = statistics.median(setting_s[1:]) if len(setting_s) > 1 else None
     _done(started, end - loop_start, len(results), results, steady_per_setting_s=steady,
-          setting_s=_gaps(loop_start, finished),
+          setting_s=setting_s,
           compilations=compiled.compile_count(), compile_s=compiled.compile_seconds())
 
 

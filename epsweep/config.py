@@ -15,9 +15,9 @@ from epsweep.vocabulary import (
     FLOAT32_MAX,
     FLOAT32_TINY,
     UpdateRule,
-    as_float32,
     check_convention,
     check_optimizer,
+    float32_change,
     plain_scalar,
 )
 
@@ -42,14 +42,13 @@ def _real(name: str, value: object, in_float32: bool = True) -> float | None:
     if not math.isfinite(number):
         shown = quoted(str(value)) if isinstance(value, numbers.Integral) else repr(value)  # an int may be 10**400
         raise UserError(f"{param(name)}: {shown} is not a finite number")
-    if in_float32:
-        single = as_float32(number)
-        if math.isinf(single):
-            raise UserError(f"{param(name)}: {number!r} overflows float32, which the engine trains in; "
-                            f"use at most {FLOAT32_MAX:.8g}")
-        if number != 0 and abs(single) < FLOAT32_TINY:
-            what = "becomes 0 in float32" if single == 0 else "is a subnormal float32, which the engine flushes to 0"
-            raise UserError(f"{param(name)}: {number!r} {what}; use at least {FLOAT32_TINY:.8g}")
+    change = float32_change(number) if in_float32 else None
+    if change == "overflow":
+        raise UserError(f"{param(name)}: {number!r} overflows float32, which the engine trains in; "
+                        f"use at most {FLOAT32_MAX:.8g}")
+    if change is not None:
+        what = "becomes 0 in float32" if change == "zero" else "is a subnormal float32, which the engine flushes to 0"
+        raise UserError(f"{param(name)}: {number!r} {what}; use at least {FLOAT32_TINY:.8g}")
     return number
 
 

@@ -31,6 +31,8 @@ from epsweep.vocabulary import (
     FLOAT32_TINY,
     GRID_AXES,
     NARROW_FLOATS,
+    as_float32,
+    float32_change,
     plain_scalar,
 )
 
@@ -145,17 +147,16 @@ def _check_float32(name: str, values: Sequence[float], below_one: bool = False) 
     """The engine sees each value as a float32: refuse one that would silently change there
     (overflow to inf, a non-zero value flushed to 0, a value just below 1 rounded to 1)."""
     for value in values:
-        with np.errstate(over="ignore"):
-            single = float(np.float32(value))
-        if abs(single) > FLOAT32_MAX:
+        change = float32_change(value)
+        if change == "overflow":
             raise UserError(f"{param(name)}: {value!r} overflows float32, which the engine trains in; "
                             f"use at most {FLOAT32_MAX:.8g}")
-        if value != 0 and abs(single) < FLOAT32_TINY:
+        if change is not None:
             least = f"at least {FLOAT32_TINY:.8g}" if name == "lr" else f"0 or at least {FLOAT32_TINY:.8g}"
-            what = ("becomes 0 in float32, which the engine trains in" if single == 0 else
+            what = ("becomes 0 in float32, which the engine trains in" if change == "zero" else
                     "is a subnormal float32, which the engine flushes to 0")
             raise UserError(f"{param(name)}: {value!r} {what}; use {least}")
-        if below_one and single >= 1:
+        if below_one and as_float32(value) >= 1:
             raise UserError(f"{param(name)}: {value!r} rounds to 1 in float32, which the engine trains in; "
                             f"use at most {BELOW_ONE:.8g}")
 
@@ -193,7 +194,7 @@ def _unique_in_float32(values: tuple[float, ...]) -> tuple[float, ...]:
     would be one setting trained twice under two names. The first is kept."""
     first: dict[float, float] = {}
     for value in values:
-        first.setdefault(float(np.float32(value)), value)
+        first.setdefault(as_float32(value), value)
     return tuple(first.values())
 
 

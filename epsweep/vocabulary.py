@@ -154,6 +154,22 @@ def as_float32(value: float) -> float:
     return single
 
 
+def float32_change(value: float) -> str | None:
+    """How the engine's float32 changes a finite ``value``: "overflow" (to inf), "zero" (it
+    rounds to 0), "subnormal" (which XLA on CPU flushes to 0), or None (it holds it).
+
+    Example:
+        >>> float32_change(1e39), float32_change(1e-50), float32_change(1e-40), float32_change(0.1)
+        ('overflow', 'zero', 'subnormal', None)
+    """
+    single = as_float32(value)
+    if math.isinf(single):
+        return "overflow"
+    if value != 0 and abs(single) < FLOAT32_TINY:
+        return "zero" if single == 0 else "subnormal"
+    return None
+
+
 def plain_scalar(value: Any) -> Any:
     """A NumPy or JAX scalar (a 0-d array) as its Python value, and one of a narrower float
     type (:data:`NARROW_FLOATS`) as the shortest decimal that is the same number in its own

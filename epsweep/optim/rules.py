@@ -261,13 +261,14 @@ def make_optimizer(
         >>> sorted(opt.init({"w": 0.0}).hyperparams)
         ['decay', 'eps', 'learning_rate', 'momentum', 'one_minus_decay']
     """
+    check_optimizer(name)
     for axis, value in (("decay", decay), ("eps", eps)):
-        if value is None and axis in AXIS_ROLES[check_optimizer(name)]:
+        if value is None and axis in AXIS_ROLES[name]:
             raise UserError(f"{param(axis)}: {name} needs a value, not None")
     decay = 0.0 if decay is None else decay  # unused by this optimizer: a placeholder for its traced slot
     eps = 0.0 if eps is None else eps
     one_minus_decay = 1 - decay if one_minus_decay is None else one_minus_decay
-    if check_optimizer(name) == "rmsprop":
+    if name == "rmsprop":
         return rmsprop(learning_rate, decay, eps, convention=convention, momentum=momentum, centered=centered,
                        one_minus_decay=one_minus_decay)
     return _injected(BASELINES[name])(learning_rate=learning_rate, decay=decay, eps=eps, momentum=momentum,
