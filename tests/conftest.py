@@ -14,6 +14,7 @@ _CACHE = tempfile.mkdtemp(prefix="epsweep-test-cache-")
 os.environ["EPSWEEP_COMPILE_CACHE"] = _CACHE
 os.environ["EPSWEEP_FEATURE_CACHE"] = "off"  # frozen-base features: never the user's cache; tests set their own
 atexit.register(shutil.rmtree, _CACHE, ignore_errors=True)
+atexit.register(shutil.rmtree, f"{_CACHE}-exports", ignore_errors=True)  # the exported programs beside it
 
 import pytest  # noqa: E402
 
