@@ -276,6 +276,53 @@ def _cache_run(cache, *extra, tmp=None, results=False):
     return (r.stderr.splitlines(), out["meta"], *((out["results"],) if results else ()))
 
 
+@dataclasses.dataclass(frozen=True)
+class FilledCache:
+    """The quadratic task's compilation cache filled once per module, kept as two snapshots:
+    ``plain`` by one run (its meta ``first``, its rows ``rows``), ``both`` by that run and
+    one of 4 settings a call (``other_train``: the name of that width's train entry)."""
+
+    path: Path
+    snapshots: Path
+    first: dict
+    rows: list
+    other_train: str
+
+    def restore(self, which: str) -> Path:
+        """``path`` holding the ``plain`` or ``both`` snapshot again, for a test to damage. The
+        path never changes: JAX's key of a program holds its cache directory's path."""
+        for cache in (self.path, _exports(self.path)):
+            shutil.rmtree(cache, ignore_errors=True)
+        shutil.copytree(self.snapshots / which, self.path)
+        shutil.copytree(_exports(self.snapshots / which), _exports(self.path))
+        return self.path
+
+
+def _exports(cache: Path) -> Path:
+    """Where the cache's exported programs lie (a program traced anew instead of loaded from
+    its export is another entry)."""
+    return cache.with_name(f"{cache.name}-exports")
+
+
+@pytest.fixture(scope="module")
+def filled_cache(tmp_path_factory):
+    root = tmp_path_factory.mktemp("caches")
+    path, snapshots = root / "cache", root / "snapshots"
+
+    def snapshot(which: str) -> None:
+        shutil.copytree(path, snapshots / which)
+        shutil.copytree(_exports(path), _exports(snapshots / which))
+
+    _, first, rows = _cache_run(path, results=True)
+    snapshot("plain")
+    plain = set(path.glob("*-cache"))
+    _, other = _cache_run(path, "--chunk-size", "4")  # the same programs, 4 settings a call
+    assert other["compilations"] > 0
+    snapshot("both")
+    (other_train,) = set(path.glob("jit_epsweep_train-*-cache")) - plain
+    return FilledCache(path, snapshots, first, rows, other_train.name)
+
+
 def _unwritable_directory(tmp_path):
     """A directory that exists but cannot be written, even by root (who ignores permissions)."""
     locked = tmp_path / "read-only"
@@ -327,9 +374,8 @@ def test_a_quiet_run_does_not_use_up_the_once_only_warning(tmp_path):
     assert len(err) == 1, err
 
 
-def test_a_corrupt_cache_entry_is_replaced_after_one_warning(tmp_path):
-    cache = tmp_path / "cache"
-    _, first = _cache_run(cache)
+def test_a_corrupt_cache_entry_is_replaced_after_one_warning(filled_cache):
+    cache, first = filled_cache.restore("plain"), filled_cache.first
     entries = sorted(cache.glob("*-cache"))
     assert first["compilations"] == len(entries) > 0
     entries[0].write_bytes(b"not a compiled program")  # a corrupt entry, as a crash mid-write leaves one
@@ -343,12 +389,11 @@ def test_a_corrupt_cache_entry_is_replaced_after_one_warning(tmp_path):
     assert third["compilations"] == 0 and third["compile_cache_loads"] == len(entries)
 
 
-def test_entries_swapped_between_programs_are_replaced_after_one_warning(tmp_path):
+def test_entries_swapped_between_programs_are_replaced_after_one_warning(filled_cache):
     """An entry holding another program (files renamed or copied over each other) is not
     loaded: JAX would fail on it with an AssertionError and a traceback. Both entries go,
     once, with one warning; the run's numbers are those of a run from scratch."""
-    cache = tmp_path / "cache"
-    _, first, rows = _cache_run(cache, results=True)
+    cache, first, rows = filled_cache.restore("plain"), filled_cache.first, filled_cache.rows
     (init,), (train,) = cache.glob("jit_epsweep_init-*-cache"), cache.glob("jit_epsweep_train-*-cache")
     init_bytes = init.read_bytes()
     init.write_bytes(train.read_bytes())
@@ -363,20 +408,16 @@ def test_entries_swapped_between_programs_are_replaced_after_one_warning(tmp_pat
 
 
 @pytest.mark.parametrize("damage", ["decompresses, does not load", "a directory", "its access time a directory"])
-def test_an_unreadable_cache_entry_goes_alone(tmp_path, damage):
+def test_an_unreadable_cache_entry_goes_alone(damage, filled_cache):
     """One program's entry that cannot be read (data that decompresses but does not load,
     a directory in place of the entry or of its access time) is the only entry removed:
     the same program at another width keeps its own, and every run after the next compiles
     nothing."""
     from jax._src.compilation_cache import compress_executable, decompress_executable
 
-    cache = tmp_path / "cache"
-    _cache_run(cache)
-    first = set(cache.glob("jit_epsweep_train-*-cache"))
-    _, other = _cache_run(cache, "--chunk-size", "4")  # the same programs, 4 settings a call
-    assert other["compilations"] > 0
-    (entry,) = first
-    (kept,) = set(cache.glob("jit_epsweep_train-*-cache")) - first
+    cache = filled_cache.restore("both")
+    kept = cache / filled_cache.other_train  # the train program at 4 settings a call
+    (entry,) = set(cache.glob("jit_epsweep_train-*-cache")) - {kept}
     entries = len(list(cache.glob("*-cache")))
     if damage == "a directory":
         entry.unlink()
