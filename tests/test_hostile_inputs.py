@@ -1,9 +1,13 @@
-"""Hostile inputs, through the installed ``epsweep`` executable: each case exits with code 2 and
-one plain line on stderr naming the problem (never a traceback, never a result lost), or, where
-it says so, succeeds and shows the hostile text literally. A new case is one line of CASES.
+"""Hostile inputs: each case exits with code 2 and one plain line on stderr naming the problem
+(never a traceback, never a result lost), or, where it says so, succeeds and shows the hostile
+text literally. A new case is one line of CASES.
 
-Almost all fail before any training; the cases run two at a time (the machine's cores), in a
-fixture that starts every selected case at once."""
+A case that needs a process of its own (standard input or output, the environment, a working
+directory, several processes) runs through the installed ``epsweep`` executable, as does every
+eighth of the others; the rest run in-process through ``epsweep.cli.main``, each line and exit
+code held to the same rules (a Python warning counts as a line on stderr, as a process prints
+it). Almost all fail before any training. The executable's cases run two at a time (the
+machine's cores), in a fixture that starts every selected case at once."""
 
 import concurrent.futures
 import dataclasses
@@ -16,6 +20,7 @@ import socket
 import subprocess
 import sys
 import time
+import warnings
 from pathlib import Path
 
 import pytest
@@ -398,20 +403,55 @@ def _run(case: Case, fill: dict[str, str]) -> subprocess.CompletedProcess:
             if hasattr(f, "close"):
                 f.close()
     out = (done.stdout or b"").decode("utf-8", "replace")
-    err = done.stderr.decode("utf-8", "replace")
+    return _done(argv, done.returncode, out, done.stderr.decode("utf-8", "replace"))
+
+
+def _run_in_process(case: Case, fill: dict[str, str], capsys) -> subprocess.CompletedProcess:
+    """``case`` through ``epsweep.cli.main`` in this process; a warning Python would print is a
+    line of its stderr (the categories a process shows by default)."""
+    argv = [_fill(a, fill) for a in shlex.split(case.args)]
+    capsys.readouterr()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(argv)
+    out, err = capsys.readouterr()
+    hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
+    err += "".join(f"{w.category.__name__}: {w.message}\n" for w in caught if not issubclass(w.category, hidden))
+    return _done(argv, code, out, err)
+
+
+def _done(argv: list[str], code: int, out: str, err: str) -> subprocess.CompletedProcess:
+    """The outcome, after removing the results a failed write saved to a temporary file."""
     for saved in re.findall(r"saved to (/\S+?\.(?:json|jsonl|csv))(?=[ ;]|$)", err, re.M):
         if Path(saved).parent == Path(os.environ.get("TMPDIR", "/tmp")) or "epsweep-" in Path(saved).name:
             for leftover in (Path(saved), meta_path(Path(saved))):
                 leftover.unlink(missing_ok=True)
-    return subprocess.CompletedProcess(argv, done.returncode, out, err)
+    return subprocess.CompletedProcess(argv, code, out, err)
+
+
+def _needs_process(case: Case) -> bool:
+    """Standard input or output, the environment, a working directory or several processes:
+    what only a process of its own has."""
+    return bool(case.stdin or case.stdout or case.env or case.cwd
+                or re.search(r"\{port|--coordinator|--num-processes|--process-id", case.args)
+                or {"-", "/dev/stdin"} & set(shlex.split(case.args)))
+
+
+# (case, how it runs): every case a process needs through the executable, every eighth of the
+# others both ways, the rest in-process
+RUNS = [(case, "executable") for case in CASES if _needs_process(case)] + [
+    (case, how) for i, case in enumerate(c for c in CASES if not _needs_process(c))
+    for how in (("in-process", "executable") if i % 8 == 0 else ("in-process",))]
 
 
 @pytest.fixture(scope="module")
 def outcomes(files, request):
-    """Every selected case run, two at a time: ({case: CompletedProcess}, the {d} and {port} values)."""
+    """Every selected case that runs through the executable, two at a time: ({case:
+    CompletedProcess}, the {d} and {port} values)."""
     assert EXE, "the epsweep executable is not installed"
     selected = {item.callspec.params["case"] for item in request.session.items
-                if item.originalname == "test_hostile_input" and hasattr(item, "callspec")}
+                if item.originalname == "test_hostile_input" and hasattr(item, "callspec")
+                and item.callspec.params["how"] == "executable"}
     port, port2 = _free_ports(2)
     fill = {"d": str(files), "port": str(port), "port2": str(port2)}
     with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:
@@ -420,10 +460,10 @@ def outcomes(files, request):
     return results, fill
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, id=c.args[:70]) for c in CASES])
-def test_hostile_input(case, files, outcomes):
+@pytest.mark.parametrize(("case", "how"), [pytest.param(c, how, id=f"{how}: {c.args[:70]}") for c, how in RUNS])
+def test_hostile_input(case, how, files, outcomes, capsys):
     results, fill = outcomes
-    done = results[case]
+    done = results[case] if how == "executable" else _run_in_process(case, fill, capsys)
     expected = [_fill(m, fill) for m in case.messages]
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
     assert done.returncode == case.code, done.stderr
@@ -437,6 +477,7 @@ def test_hostile_input(case, files, outcomes):
 
 def test_there_are_at_least_60_distinct_cases():
     assert len(set(CASES)) == len(CASES) >= 60  # args, input, output and environment: each case differs
+    assert {case for case, _ in RUNS} == set(CASES) and len({case for case, how in RUNS if how == "executable"}) > 50
 
 
 BAD_META = [
