@@ -604,6 +604,44 @@ def test_a_models_own_prints_go_to_stderr_and_stdout_holds_only_results(model_di
     assert "tracing\n" in done.stderr and "mean " in done.stderr, done.stderr
 
 
+LEAVING = """import atexit, sys, threading, time
+from pathlib import Path
+
+import flax.linen as nn
+
+atexit.register(lambda: print("said at exit", file=sys.stderr))
+
+
+def _late():
+    time.sleep(0.5)
+    Path("late.txt").write_text("written by a thread the exit waits for")
+
+
+threading.Thread(target=_late).start()
+
+
+class Net(nn.Module):
+    @nn.compact
+    def __call__(self, x):
+        return nn.Dense(3)(x.reshape(len(x), -1))
+"""
+
+
+def test_the_executable_exits_as_python_would_without_its_teardown(model_dir):
+    """The executable ends without the interpreter's teardown (epsweep.cli.app.exit_without_teardown),
+    but as Python would otherwise: a model file's exit function runs and prints, the thread it
+    started finishes its file, and every result is on stdout."""
+    (model_dir / "leaving.py").write_text(LEAVING)
+    (model_dir / "late.txt").unlink(missing_ok=True)
+    done = subprocess.run([EXE, "grid", "--model", "leaving.py:Net", "--dataset", "data.npz", "--steps", "3",
+                           "--eps", "1e-8", "1", "-q", "-f", "jsonl"], capture_output=True, text=True, timeout=300,
+                          cwd=model_dir, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdin=subprocess.DEVNULL)
+    assert done.returncode == 0, done.stderr
+    assert [json.loads(line)["eps"] for line in done.stdout.splitlines()] == [1e-8, 1.0], done.stdout
+    assert done.stderr.splitlines()[-1] == "said at exit", done.stderr
+    assert (model_dir / "late.txt").read_text() == "written by a thread the exit waits for"
+
+
 def test_with_standard_output_closed_a_model_that_prints_still_trains(model_dir, capsys, monkeypatch):
     """Started with stdout closed (``>&-``, Python's sys.stdout is None), a model's own prints
     go to stderr as always; the results, which cannot go to stdout, are in the file the error
