@@ -1,5 +1,6 @@
 """The CLI end to end, through the installed ``epsweep`` executable and in-process."""
 
+import contextlib
 import csv
 import dataclasses
 import io
@@ -243,3 +244,44 @@ def test_values_of_an_axis_no_optimizer_reads_are_warned_about(capsys):
     assert "epsweep: warning: sgd does not use eps: the eps values given are ignored" in capsys.readouterr().err
     assert main(args) == 0
     assert "warning" not in capsys.readouterr().err
+
+
+EXITING = """import atexit, concurrent.futures, ctypes, sys, threading
+from pathlib import Path
+
+from epsweep.__main__ import exit_without_teardown
+
+atexit.register(lambda: print("said at exit", file=sys.stderr))
+pool = concurrent.futures.ThreadPoolExecutor(1)  # never shut down
+pool.submit(lambda: 1)
+
+
+def late():
+    threading.main_thread().join()
+    Path(sys.argv[1]).write_text("after the main thread")
+
+
+threading.Thread(target=late).start()
+print("buffered", end="")
+ctypes.CDLL(None).printf(b"from C")  # C's own buffer, on a pipe
+exit_without_teardown(3)
+"""
+
+
+@pytest.mark.parametrize("stdout", ["pipe", "full"])
+def test_the_executable_exit_without_teardown_ends_as_python_would(stdout, tmp_path):
+    """epsweep/__main__.exit_without_teardown: pools stopped, threads joined (one waits for
+    the main thread), exit functions run, Python's and C's buffers flushed, the code kept; a
+    standard output that cannot be flushed (a full disk) takes Python's own exit, which says so."""
+    script = tmp_path / "exiting.py"
+    script.write_text(EXITING)
+    late = tmp_path / "late.txt"
+    with open("/dev/full", "w") if stdout == "full" else contextlib.nullcontext(subprocess.PIPE) as out:
+        done = subprocess.run([sys.executable, str(script), str(late)], stdout=out, stderr=subprocess.PIPE,
+                              text=True, timeout=60, env={**os.environ, "PYTHONUNBUFFERED": ""})
+    assert late.read_text() == "after the main thread"
+    assert "said at exit" in done.stderr, done.stderr
+    if stdout == "pipe":
+        assert done.returncode == 3 and done.stdout == "bufferedfrom C", (done.stdout, done.stderr)
+    else:
+        assert done.returncode == 120 and "No space left on device" in done.stderr, done.stderr

@@ -604,16 +604,20 @@ def test_a_models_own_prints_go_to_stderr_and_stdout_holds_only_results(model_di
     assert "tracing\n" in done.stderr and "mean " in done.stderr, done.stderr
 
 
-LEAVING = """import atexit, sys, threading, time
+LEAVING = """import atexit, concurrent.futures, sys, threading
 from pathlib import Path
 
 import flax.linen as nn
 
 atexit.register(lambda: print("said at exit", file=sys.stderr))
+POOL = concurrent.futures.ThreadPoolExecutor(1)  # never shut down: Python's exit stops it
+POOL.submit(lambda: 1)
+LOG = open("unclosed.log", "w")  # never closed: Python's exit flushes it
+LOG.write("written, never closed")
 
 
 def _late():
-    time.sleep(0.5)
+    threading.main_thread().join()  # until the main thread is done
     Path("late.txt").write_text("written by a thread the exit waits for")
 
 
@@ -627,12 +631,13 @@ class Net(nn.Module):
 """
 
 
-def test_the_executable_exits_as_python_would_without_its_teardown(model_dir):
-    """The executable ends without the interpreter's teardown (epsweep.cli.app.exit_without_teardown),
-    but as Python would otherwise: a model file's exit function runs and prints, the thread it
-    started finishes its file, and every result is on stdout."""
+def test_a_model_files_threads_pools_files_and_exit_functions_end_as_python_ends_them(model_dir):
+    """The executable skips the interpreter's teardown only when none of the user's code ran
+    (epsweep/__main__.py): a model file's pool, its thread waiting for the main thread, its
+    unclosed file and its exit function all end as Python ends them, and every result is out."""
     (model_dir / "leaving.py").write_text(LEAVING)
-    (model_dir / "late.txt").unlink(missing_ok=True)
+    for name in ("late.txt", "unclosed.log"):
+        (model_dir / name).unlink(missing_ok=True)
     done = subprocess.run([EXE, "grid", "--model", "leaving.py:Net", "--dataset", "data.npz", "--steps", "3",
                            "--eps", "1e-8", "1", "-q", "-f", "jsonl"], capture_output=True, text=True, timeout=300,
                           cwd=model_dir, env={**os.environ, "JAX_PLATFORMS": "cpu"}, stdin=subprocess.DEVNULL)
@@ -640,6 +645,7 @@ def test_the_executable_exits_as_python_would_without_its_teardown(model_dir):
     assert [json.loads(line)["eps"] for line in done.stdout.splitlines()] == [1e-8, 1.0], done.stdout
     assert done.stderr.splitlines()[-1] == "said at exit", done.stderr
     assert (model_dir / "late.txt").read_text() == "written by a thread the exit waits for"
+    assert (model_dir / "unclosed.log").read_text() == "written, never closed"
 
 
 def test_with_standard_output_closed_a_model_that_prints_still_trains(model_dir, capsys, monkeypatch):

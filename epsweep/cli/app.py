@@ -3,7 +3,6 @@ every error a user can cause into exit code 2 and one line on stderr."""
 
 from __future__ import annotations
 
-import contextlib
 import os
 import sys
 from typing import Annotated
@@ -157,33 +156,4 @@ def main_exit() -> None:
 
     with exit_on_interrupt(lambda: "interrupted"):
         code = main()
-    exit_without_teardown(code)
-
-
-def exit_without_teardown(code: int) -> None:
-    """End the process with ``code`` as the interpreter would, less its teardown: the
-    standard streams are flushed, non-daemon threads joined and the exit functions run
-    (``atexit``: JAX's, logging's, temporary directories'), then the process ends without
-    destroying every module and XLA's programs, devices and thread pools one by one (about
-    0.35 s of every command that imported JAX, docs/performance.md). A standard stream that
-    cannot be flushed takes the interpreter's own way out, which reports it."""
-    import atexit
-    import threading
-
-    try:
-        for stream in (sys.stdout, sys.stderr):
-            if stream is not None:
-                stream.flush()
-    except (OSError, ValueError):
-        sys.exit(code)
-    for thread in threading.enumerate():
-        if thread is not threading.main_thread() and not thread.daemon:
-            thread.join()
-    run_exit_functions = getattr(atexit, "_run_exitfuncs", None)
-    if run_exit_functions is None:  # pragma: no cover - an interpreter without it
-        sys.exit(code)
-    run_exit_functions()
-    for stream in (sys.stdout, sys.stderr):  # what the exit functions wrote
-        with contextlib.suppress(OSError, ValueError, AttributeError):
-            stream.flush()
-    os._exit(code)
+    sys.exit(code)

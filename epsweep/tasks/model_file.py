@@ -106,6 +106,9 @@ def _in_this_directory(where: str, load: Callable[[], ModuleType]) -> ModuleType
     return module
 
 
+IMPORTED: list[str] = []  # the users' files and modules this process imported (their code ran here)
+
+
 def load_model(model_spec: str) -> tuple[Any, str]:
     """The object ``model_spec`` names, and NAME: ``FILE.py:NAME`` imports the file (its
     directory first on ``sys.path`` while it runs), ``package.module:NAME`` the module (from
@@ -123,6 +126,7 @@ def load_model(model_spec: str) -> tuple[Any, str]:
         raise UserError(f"{param('model_spec')}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
     # a file that is there (good.txt, noext) is the file, not a module: good.txt would import good.py
     is_file = where.endswith(".py") or "/" in where or "\\" in where or os.path.isfile(where)
+    IMPORTED.append(where)
     module = _in_this_directory(where, lambda: _import_file(Path(where)) if is_file else _import_module(where))
     found: Any = module
     for part in name.split("."):
