@@ -12,6 +12,7 @@ machine's cores), in a fixture that starts every selected case at once."""
 import concurrent.futures
 import dataclasses
 import json
+import logging
 import os
 import re
 import shlex
@@ -39,8 +40,9 @@ class Case:
     """``args`` (one shell-quoted string; ``{d}``: the files' directory, ``{port}``: a free TCP
     port), the texts the one stderr line must hold, the exit code (0: the texts are looked for
     on stdout instead), standard input (a file; default: none) and output (a file, or "closed";
-    default: a pipe), extra environment variables, and the working directory (default: the
-    tests')."""
+    default: a pipe), extra environment variables, the working directory (default: the
+    tests'), and ``alone``: only in a process of its own (a memory bomb, whose refusal could
+    regress into allocating; a limit the interpreter holds for the whole process)."""
 
     args: str
     messages: tuple[str, ...]
@@ -49,10 +51,11 @@ class Case:
     stdout: str | None = None
     env: tuple[tuple[str, str], ...] = ()
     cwd: str | None = None
+    alone: bool = False
 
 
-def C(args: str, *messages: str, code: int = 2, stdin=None, stdout=None, env=None, cwd=None) -> Case:
-    return Case(args, messages, code, stdin, stdout, tuple((env or {}).items()), cwd)
+def C(args: str, *messages: str, code: int = 2, stdin=None, stdout=None, env=None, cwd=None, alone=False) -> Case:
+    return Case(args, messages, code, stdin, stdout, tuple((env or {}).items()), cwd, alone)
 
 
 G = "grid --task quadratic --steps 5"
@@ -146,7 +149,7 @@ CASES = [
       "bad_probabilities.npz: --loss binary_cross_entropy needs targets in [0, 1] (0/1 labels or probabilities); "
       "these run from -0.5 to 1.5"),
     # images for inception: a decompression bomb is skipped (here: nothing else to read); 0..1 or 0..255 only
-    C("inception --dataset {d}/bombs --image-size 75 --steps 1 -q", 'none of the 1 images could be read'),
+    C("inception --dataset {d}/bombs --image-size 75 --steps 1 -q", 'none of the 1 images could be read', alone=True),
     C("inception --dataset {d}/standardised.npz --image-size 75 --steps 1 -q", 'expected 0..1 or 0..255'),
     # unwritable output paths (a parent that is a file works even for root)
     C("grid --output {d}/a_file/out.jsonl", '--output: {d}/a_file is not a directory'),
@@ -192,7 +195,7 @@ CASES = [
     C("report {d}/excel.csv", "0.5", code=0),  # Excel's "CSV UTF-8" starts with a byte-order mark
     C("report {d}/bom.jsonl -f csv", "0.5", code=0),
     C("report {d}/bom_meta.jsonl", "from an editor", code=0),
-    C("report {d}/long_number.jsonl", "long_number.jsonl, line 1: a number of more than 4,300 digits"),
+    C("report {d}/long_number.jsonl", "long_number.jsonl, line 1: a number of more than 4,300 digits", alone=True),
     C("report {d}/pandas.csv -f jsonl", '{"eps": 1e-08, "decay"', '"loss_curve": [1.0, null, null, null, 0.5]',
       code=0),  # DataFrame.to_csv(): its index column left out, its list of a curve read back
     C("report {d}/bom.json -f csv", "0.5", code=0),
@@ -312,29 +315,34 @@ CASES = [
     C("report {d}/x.meta.json", "the meta of a streamed sweep; read its .jsonl file (the records) instead"),
     # --- memory bombs: refused before anything is allocated, the budget said ---
     C("inception --image-size 1000000", "digits: 1,797 images of 1,000,000 x 1,000,000 pixels would take",
-      "more than the data budget of"),
-    C("inception --image-size 99999999999999999999", "more than the data budget of"),
-    C("grid --dataset {d}/idx_big", "the IDX header's 100,000 x 1,000 x 1,000 values as float32 would take 372.5 GiB"),
-    C("grid --dataset {d}/gzbomb", "IDX file holds more data than the 40 bytes its header announces"),
+      "more than the data budget of", alone=True),
+    C("inception --image-size 99999999999999999999", "more than the data budget of", alone=True),
+    C("grid --dataset {d}/idx_big", "the IDX header's 100,000 x 1,000 x 1,000 values as float32 would take 372.5 GiB",
+      alone=True),
+    C("grid --dataset {d}/gzbomb", "IDX file holds more data than the 40 bytes its header announces", alone=True),
     C("grid --dataset {d}/zero", "not an IDX file (bad magic number)"),
-    C("grid --dataset {d}/npz_bomb.npz", "arrays x and y as float32 would take 29.1 TiB in memory, more than the data"),
+    C("grid --dataset {d}/npz_bomb.npz", "arrays x and y as float32 would take 29.1 TiB in memory, more than the data",
+      alone=True),
     C("grid --eps -", "standard input holds more than 16 MiB", stdin="/dev/zero"),
     C("grid --eps log:1e-10:1:1000 --lr log:1e-4:1:1000 --seeds 10000 --convention optax tf1 pytorch keras "
       "--optimizer rmsprop adam", "the sweep has 50,000,000,000 runs (5,000,000 settings over 5 update rules x "
-      "10,000 seeds): their results would take about", "more than the budget of"),
-    C("inception --dataset {d}/bigimg --image-size 75 --steps 1 -q", "none of the 1 images could be read"),
+      "10,000 seeds): their results would take about", "more than the budget of", alone=True),
+    C("inception --dataset {d}/bigimg --image-size 75 --steps 1 -q", "none of the 1 images could be read", alone=True),
     # --- no traceback before training ---
     C("grid --dataset {d}/renamed.npz", "renamed.npz: a NumPy .npy file (one array), not an .npz of inputs and labels"),
     C("grid --dataset {d}/corrupt_deflate.npz", "corrupt_deflate.npz: not a readable .npz file ("),
     C("grid --dataset {d}/idx_ndim", "IDX header says 255 dimensions; at most 8 are supported"),
-    C("grid --dataset {d}/idx_overflow", "4,294,967,295 x 4,294,967,295 x 4,294,967,295 x 4,294,967,295 values"),
-    C("grid --dataset {d}/idx_wraps", "the IDX header's 65,536 x 65,536 x 65,536 x 65,536 values as float32"),
+    C("grid --dataset {d}/idx_overflow", "4,294,967,295 x 4,294,967,295 x 4,294,967,295 x 4,294,967,295 values",
+      alone=True),
+    C("grid --dataset {d}/idx_wraps", "the IDX header's 65,536 x 65,536 x 65,536 x 65,536 values as float32",
+      alone=True),
     C("grid --dataset {d}/idx_short", "IDX file holds 39 bytes of data, not the 40 bytes its header announces"),
     C("grid --dataset {d}/idx_long", "IDX file holds more data than the 40 bytes its header announces"),
     C("grid --dataset {d}/deflate", "cannot read IDX file (Error -3 while decompressing data"),
     C("grid --eps lin:0:1:100000 --decay lin:0:0.5:100000 --lr lin:0.1:1:100000 --momentum lin:0:0.5:100000",
-      "the grid has 100,000,000,000,000,000,000 settings; the limit is 1,000,000"),
-    C("report {d}/bigcell.csv", "bigcell.csv, line 2: not readable as CSV (field larger than field limit (131072))"),
+      "the grid has 100,000,000,000,000,000,000 settings; the limit is 1,000,000", alone=True),
+    C("report {d}/bigcell.csv", "bigcell.csv, line 2: not readable as CSV (field larger than field limit (131072))",
+      alone=True),
     C("report {d}/notes.csv", "notes.csv: the header row has no eps, decay, lr, final_loss, diverged columns"),
     # --- several processes: a bad address, nobody there ---
     C("grid --coordinator 127.0.0.1:99999 --num-processes 2 --process-id 0", "port 99999 is not a TCP port"),
@@ -406,18 +414,37 @@ def _run(case: Case, fill: dict[str, str]) -> subprocess.CompletedProcess:
     return _done(argv, done.returncode, out, done.stderr.decode("utf-8", "replace"))
 
 
-def _run_in_process(case: Case, fill: dict[str, str], capsys) -> subprocess.CompletedProcess:
-    """``case`` through ``epsweep.cli.main`` in this process; a warning Python would print is a
-    line of its stderr (the categories a process shows by default)."""
+def _run_in_process(case: Case, fill: dict[str, str], capfd) -> subprocess.CompletedProcess:
+    """``case`` through ``epsweep.cli.main`` in this process, its standard streams captured at
+    the file descriptors (a native library's output too). What a process would also print on
+    stderr is added to it as lines: a warning Python shows by default, and a warning another
+    library logs (a process prints those through logging's last resort)."""
     argv = [_fill(a, fill) for a in shlex.split(case.args)]
-    capsys.readouterr()
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        code = main(argv)
-    out, err = capsys.readouterr()
+    capfd.readouterr()
+    logged = _Kept(logging.WARNING)
+    logging.getLogger().addHandler(logged)
+    try:
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            code = main(argv)
+    finally:
+        logging.getLogger().removeHandler(logged)
+    out, err = capfd.readouterr()
     hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
     err += "".join(f"{w.category.__name__}: {w.message}\n" for w in caught if not issubclass(w.category, hidden))
+    err += "".join(f"{r.name}: {r.getMessage()}\n" for r in logged.records if not r.name.startswith("epsweep"))
     return _done(argv, code, out, err)
+
+
+class _Kept(logging.Handler):
+    """Keeps the records it is given."""
+
+    def __init__(self, level: int) -> None:
+        super().__init__(level)
+        self.records: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.records.append(record)
 
 
 def _done(argv: list[str], code: int, out: str, err: str) -> subprocess.CompletedProcess:
@@ -430,9 +457,9 @@ def _done(argv: list[str], code: int, out: str, err: str) -> subprocess.Complete
 
 
 def _needs_process(case: Case) -> bool:
-    """Standard input or output, the environment, a working directory or several processes:
-    what only a process of its own has."""
-    return bool(case.stdin or case.stdout or case.env or case.cwd
+    """Standard input or output, the environment, a working directory or several processes
+    (what only a process of its own has), or ``alone``."""
+    return bool(case.alone or case.stdin or case.stdout or case.env or case.cwd
                 or re.search(r"\{port|--coordinator|--num-processes|--process-id", case.args)
                 or {"-", "/dev/stdin"} & set(shlex.split(case.args)))
 
@@ -461,9 +488,9 @@ def outcomes(files, request):
 
 
 @pytest.mark.parametrize(("case", "how"), [pytest.param(c, how, id=f"{how}: {c.args[:70]}") for c, how in RUNS])
-def test_hostile_input(case, how, files, outcomes, capsys):
+def test_hostile_input(case, how, files, outcomes, capfd):
     results, fill = outcomes
-    done = results[case] if how == "executable" else _run_in_process(case, fill, capsys)
+    done = results[case] if how == "executable" else _run_in_process(case, fill, capfd)
     expected = [_fill(m, fill) for m in case.messages]
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
     assert done.returncode == case.code, done.stderr

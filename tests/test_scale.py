@@ -19,6 +19,7 @@ import pytest
 from epsweep.config import RunConfig
 from epsweep.engine import compiled, driver, memory, runtime
 from epsweep.engine.driver import train_runs
+from epsweep.engine.exports import exports_beside
 from epsweep.engine.spec import HPARAMS, RunOutputs, TrainSpec
 from epsweep.engine.state import program_input
 from epsweep.errors import UserError
@@ -291,17 +292,11 @@ class FilledCache:
     def restore(self, which: str) -> Path:
         """``path`` holding the ``plain`` or ``both`` snapshot again, for a test to damage. The
         path never changes: JAX's key of a program holds its cache directory's path."""
-        for cache in (self.path, _exports(self.path)):
+        for cache in (self.path, exports_beside(self.path)):
             shutil.rmtree(cache, ignore_errors=True)
         shutil.copytree(self.snapshots / which, self.path)
-        shutil.copytree(_exports(self.snapshots / which), _exports(self.path))
+        shutil.copytree(exports_beside(self.snapshots / which), exports_beside(self.path))
         return self.path
-
-
-def _exports(cache: Path) -> Path:
-    """Where the cache's exported programs lie (a program traced anew instead of loaded from
-    its export is another entry)."""
-    return cache.with_name(f"{cache.name}-exports")
 
 
 @pytest.fixture(scope="module")
@@ -311,7 +306,7 @@ def filled_cache(tmp_path_factory):
 
     def snapshot(which: str) -> None:
         shutil.copytree(path, snapshots / which)
-        shutil.copytree(_exports(path), _exports(snapshots / which))
+        shutil.copytree(exports_beside(path), exports_beside(snapshots / which))
 
     _, first, rows = _cache_run(path, results=True)
     snapshot("plain")

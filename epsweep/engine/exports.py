@@ -56,7 +56,12 @@ def export_dir() -> Path | None:
     from epsweep.engine.devices import compile_cache_dir
 
     cache = compile_cache_dir()
-    return None if cache is None else cache.parent / f"{cache.name}-exports"
+    return None if cache is None else exports_beside(cache)
+
+
+def exports_beside(cache: Path) -> Path:
+    """The directory of exported programs that goes with the compilation cache ``cache``."""
+    return cache.parent / f"{cache.name}-exports"
 
 
 @functools.cache
