@@ -414,37 +414,23 @@ def _run(case: Case, fill: dict[str, str]) -> subprocess.CompletedProcess:
     return _done(argv, done.returncode, out, done.stderr.decode("utf-8", "replace"))
 
 
-def _run_in_process(case: Case, fill: dict[str, str], capfd) -> subprocess.CompletedProcess:
+def _run_in_process(case: Case, fill: dict[str, str], capfd, caplog) -> subprocess.CompletedProcess:
     """``case`` through ``epsweep.cli.main`` in this process, its standard streams captured at
     the file descriptors (a native library's output too). What a process would also print on
     stderr is added to it as lines: a warning Python shows by default, and a warning another
     library logs (a process prints those through logging's last resort)."""
     argv = [_fill(a, fill) for a in shlex.split(case.args)]
     capfd.readouterr()
-    logged = _Kept(logging.WARNING)
-    logging.getLogger().addHandler(logged)
-    try:
-        with warnings.catch_warnings(record=True) as caught:
-            warnings.simplefilter("always")
-            code = main(argv)
-    finally:
-        logging.getLogger().removeHandler(logged)
+    caplog.clear()
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        code = main(argv)
     out, err = capfd.readouterr()
     hidden = (DeprecationWarning, PendingDeprecationWarning, ImportWarning, ResourceWarning)
     err += "".join(f"{w.category.__name__}: {w.message}\n" for w in caught if not issubclass(w.category, hidden))
-    err += "".join(f"{r.name}: {r.getMessage()}\n" for r in logged.records if not r.name.startswith("epsweep"))
+    err += "".join(f"{r.name}: {r.getMessage()}\n" for r in caplog.records
+                   if r.levelno >= logging.WARNING and not r.name.startswith("epsweep"))
     return _done(argv, code, out, err)
-
-
-class _Kept(logging.Handler):
-    """Keeps the records it is given."""
-
-    def __init__(self, level: int) -> None:
-        super().__init__(level)
-        self.records: list[logging.LogRecord] = []
-
-    def emit(self, record: logging.LogRecord) -> None:
-        self.records.append(record)
 
 
 def _done(argv: list[str], code: int, out: str, err: str) -> subprocess.CompletedProcess:
@@ -488,9 +474,9 @@ def outcomes(files, request):
 
 
 @pytest.mark.parametrize(("case", "how"), [pytest.param(c, how, id=f"{how}: {c.args[:70]}") for c, how in RUNS])
-def test_hostile_input(case, how, files, outcomes, capfd):
+def test_hostile_input(case, how, files, outcomes, capfd, caplog):
     results, fill = outcomes
-    done = results[case] if how == "executable" else _run_in_process(case, fill, capfd)
+    done = results[case] if how == "executable" else _run_in_process(case, fill, capfd, caplog)
     expected = [_fill(m, fill) for m in case.messages]
     assert "Traceback" not in done.stderr and "Warning" not in done.stderr, done.stderr
     assert done.returncode == case.code, done.stderr
