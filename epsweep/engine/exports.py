@@ -40,6 +40,7 @@ from jax import export
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from epsweep.engine.collector import while_tracing
 from epsweep.engine.spec import HPARAMS, TrainSpec, program_shape
 from epsweep.engine.state import program_input
 from epsweep.tasks.task import Task
@@ -311,6 +312,7 @@ def _is_file(path: Path) -> bool:
         return False
 
 
+@while_tracing  # the programs' traces, or the exported modules read back
 def load_or_export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: int,
                    on_program: OnProgram | None = None) -> tuple[dict[str, export.Exported], bool]:
     """The exported programs, read from the disk cache when it holds them (second value True),

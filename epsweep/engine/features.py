@@ -33,6 +33,7 @@ from jax.sharding import PartitionSpec as P
 
 from epsweep.data.dataset import Dataset
 from epsweep.engine import xla_options
+from epsweep.engine.collector import while_tracing
 from epsweep.engine.devices import broadcast, is_primary
 from epsweep.engine.exports import package_version
 from epsweep.tasks.task import Features, Task
@@ -113,6 +114,7 @@ def batch_width(features: Features, devices: Sequence[jax.Device] | None = None)
     return math.ceil(features.batch_size / n) * n
 
 
+@while_tracing  # the first batch traces the frozen base
 def extract(features: Features, inputs: Sequence[np.ndarray], devices: Sequence[jax.Device] | None = None,
             progress: Progress | None = None) -> list[np.ndarray]:
     """``features.apply(constants, x)`` for every row of every array in ``inputs``, as float
