@@ -136,7 +136,9 @@ def call_shapes(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], widt
     if init is None:
         return shapes
     state = jax.tree.unflatten(init.out_tree, init.out_avals)  # a TrainState, placed as init places it:
-    state = type(state)(runs=jax.tree.map(lambda a: _sds(a.shape, a.dtype, runs), state.runs),  # (S, G, ...)
+    # (S, G, ...) blocks split by setting; an empty one (sgd's mask of moving parameters) comes back
+    # replicated, and declared split it sent every call of train and finish to a second compile
+    state = type(state)(runs=jax.tree.map(lambda a: _sds(a.shape, a.dtype, runs if a.size else replicated), state.runs),
                         order=_sds(state.order.shape, state.order.dtype, replicated))
     if task.data is not None:
         x_train = _sds(task.data.x_train.shape, task.data.x_train.dtype, replicated)
