@@ -18,6 +18,7 @@ PACKAGE = ROOT / "epsweep"
 # layer -> what it may import (besides itself), as in docs/architecture.md
 ALLOWED = {
     "errors": set(),
+    "collector": set(),
     "lazy": set(),
     "numbers": set(),
     "vocabulary": {"errors"},
@@ -27,12 +28,12 @@ ALLOWED = {
     "optim": {"vocabulary", "errors"},
     "data": {"errors"},
     "models": {"lazy", "errors"},
-    "tasks": {"data", "models", "optim", "vocabulary", "lazy", "errors"},
+    "tasks": {"data", "models", "optim", "vocabulary", "lazy", "collector", "errors"},
     "results": {"vocabulary", "numbers", "errors"},
-    "engine": {"tasks", "data", "optim", "config", "vocabulary", "numbers", "errors"},
+    "engine": {"tasks", "data", "optim", "config", "vocabulary", "numbers", "collector", "errors"},
     "provenance": {"results", "vocabulary", "numbers", "errors"},
     "runner": {"outcome", "provenance", "engine", "results", "tasks", "data", "models", "optim", "grid", "config",
-               "presets", "vocabulary", "numbers", "errors"},
+               "presets", "vocabulary", "numbers", "collector", "errors"},
     "outcome": {"results", "vocabulary", "numbers", "errors"},
     "views": {"results", "vocabulary", "numbers", "errors"},
 }

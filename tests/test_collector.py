@@ -1,7 +1,7 @@
-"""The garbage collector held back while the engine traces (engine.collector): raised inside,
-restored after the last trace in the process ends, a collector the user turned off left off,
-and every place the engine traces a model (memory estimate, exported programs, frozen
-features) runs under it."""
+"""The garbage collector held back while a model is traced (epsweep.collector): raised inside,
+restored after the last trace in the process ends unless changed meanwhile, a collector the
+user turned off left off, and every trace of a model a sweep makes (its checks and
+fingerprint, the memory estimate, the exported programs, frozen features) runs under it."""
 
 import gc
 import threading
@@ -11,7 +11,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from epsweep.engine import collector, exports, features, memory
+from epsweep import collector
+from epsweep.engine import exports, features, memory
 from epsweep.engine.spec import TrainSpec
 from epsweep.tasks.own import flax_task
 from epsweep.tasks.task import Features
@@ -89,18 +90,32 @@ def test_a_disabled_collector_stays_disabled(thresholds):
     assert not gc.isenabled()
 
 
+def test_a_threshold_changed_inside_is_kept(thresholds):
+    """Something else that sets the thresholds while a trace runs (a model's own code, another
+    thread) has the last word: they are not set back over it."""
+    with collector.deferred_collection():
+        gc.set_threshold(0, 10, 10)  # automatic collection off
+    assert gc.get_threshold() == (0, 10, 10)
+
+
 def test_garbage_cycles_made_inside_are_still_collected(thresholds):
-    """Deferred, not switched off: cycles made while tracing go at the next collection."""
+    """Deferred, not switched off: a cycle made while tracing goes at the next collection of
+    the young generation, after TRACE_THRESHOLD allocations, with no explicit collect."""
+    import weakref
+
     class Node:
         pass
 
     with collector.deferred_collection():
         node = Node()
         node.self = node
-        ref = __import__("weakref").ref(node)
+        ref = weakref.ref(node)
         del node
-        gc.collect()
+        kept = [[] for _ in range(RAISED // 10)]
+        assert ref() is not None  # not yet: fewer allocations than the threshold
+        kept += [[] for _ in range(RAISED)]
         assert ref() is None
+    del kept
 
 
 _SEEN: list = []  # a module's field would be frozen into a tuple by Flax
@@ -115,20 +130,23 @@ class _Recording(nn.Module):
         return nn.Dense(10)(x.reshape(len(x), -1))
 
 
-def test_the_engines_traces_of_a_model_run_with_collection_deferred(mlp_task, thresholds, tmp_path, monkeypatch):
-    monkeypatch.setattr(exports, "export_dir", lambda: tmp_path)
-    task = flax_task(_Recording(), mlp_task.data)  # which probes the model: not the engine's trace
-    seen = _SEEN
-    seen.clear()
-    spec = TrainSpec(steps=2, batch_size=8, curve_points=1)
-    memory.estimate(task, spec)
-    assert seen and set(seen) == {RAISED}, "memory estimate"
-    seen.clear()
-    import jax
+def test_every_trace_of_an_own_model_in_a_sweep_runs_with_collection_deferred(mlp_task, thresholds, tmp_path,
+                                                                               monkeypatch):
+    """Built and swept as a user does (flax_task checks and fingerprints the model; the sweep
+    describes it, estimates its memory and exports its programs): every trace of the model."""
+    from epsweep import Grid, RunConfig
+    from epsweep.runner import sweep
 
-    exports.load_or_export(task, spec, jax.devices()[:1], 1)
-    assert seen and set(seen) == {RAISED}, "exported programs"
+    monkeypatch.setattr(exports, "export_dir", lambda: tmp_path)
+    _SEEN.clear()
+    task = flax_task(_Recording(), mlp_task.data)
+    built = len(_SEEN)
+    sweep(task, Grid(eps=[1e-8]), RunConfig(steps=2, batch_size=8, curve_points=1))
+    assert built and len(_SEEN) > built and set(_SEEN) == {RAISED}
     assert gc.get_threshold() == (700, 10, 10)
+    _SEEN.clear()
+    memory.estimate(task, TrainSpec(steps=3, batch_size=4, curve_points=1))  # another spec: traced again
+    assert _SEEN and set(_SEEN) == {RAISED}
 
 
 def test_frozen_features_are_traced_with_collection_deferred(thresholds):

@@ -202,6 +202,46 @@ def test_loop_free_sgd_trains_like_the_looped_program(name, caplog):
     assert "through jit" not in caplog.text
 
 
+def test_a_program_compiled_ahead_takes_an_empty_array_however_it_is_placed():
+    """An empty array has nothing to place: given split where the program takes it replicated
+    (or the other way round), the call still goes to the program compiled ahead, not to a
+    second compile through jit; any other array placed otherwise still does."""
+    from jax.sharding import Mesh, NamedSharding
+    from jax.sharding import PartitionSpec as P
+
+    from epsweep.engine.compiled import CompiledAhead
+
+    devices = jax.devices()[:2]
+    if len(devices) < 2:
+        pytest.skip("one device: every placement is the same")
+    mesh = Mesh(np.array(devices), ("config",))
+    split, replicated = NamedSharding(mesh, P(None, "config")), NamedSharding(mesh, P())
+    through_jit = []
+
+    class Recorded:
+        def __init__(self):
+            self.jitted = jax.jit(lambda mask, x: (mask, x * 2))
+
+        def lower(self, *args):
+            return self.jitted.lower(*args)
+
+        def __call__(self, *args):
+            through_jit.append(args)
+            return self.jitted(*args)
+
+    def abstract(shape, dtype, sharding):
+        return jax.ShapeDtypeStruct(shape, dtype, sharding=sharding)
+
+    x = jax.device_put(np.arange(2, dtype=np.float32).reshape(1, 2), split)
+    for declared, given in ((split, replicated), (replicated, split)):
+        ahead = CompiledAhead(Recorded(), (abstract((1, 2, 0), bool, declared), abstract((1, 2), np.float32, split)))
+        mask, doubled = ahead(jax.device_put(np.zeros((1, 2, 0), bool), given), x)
+        assert mask.shape == (1, 2, 0) and doubled.tolist() == [[0.0, 2.0]]
+        assert not through_jit, (declared, given)
+    ahead(jax.device_put(np.zeros((1, 2, 0), bool), replicated), jax.device_put(np.asarray(x), replicated))
+    assert len(through_jit) == 1  # a non-empty array placed otherwise: the program of its placement
+
+
 def test_loop_free_programs_train_like_the_looped_one(mlp_task):
     """On CPU, convolutional tasks take one step per compiled call (XLA runs convolutions in
     loops slowly), their eps diagnostics measured by a program of their own after the sampled

@@ -313,8 +313,30 @@ class CompiledAhead:
         try:
             return self._compiled(*args)
         except (TypeError, ValueError) as mismatch:  # raised before running: other shapes or shardings
+            placed = self._empty_arrays_placed(args)
+            if placed is not None:
+                with contextlib.suppress(TypeError, ValueError):  # other arrays differ too
+                    return self._compiled(*placed)
             log.debug("calling %s through jit: %s", self.jitted, mismatch)
             return self.jitted(*args)
+
+    def _empty_arrays_placed(self, args: tuple) -> tuple | None:
+        """``args`` with every empty array moved to the sharding the compiled program takes it
+        in, when only those differ; else None. An empty array has no elements to place, and
+        XLA returns one replicated whatever its program declared (CPU; ``exports.call_shapes``
+        declares them so), so a backend that kept them split would otherwise compile again."""
+        try:
+            wanted = jax.tree.leaves(self._compiled.input_shardings[0])
+            given = jax.tree.leaves(args)
+        except Exception:  # noqa: BLE001 - a backend that does not say: the call goes through jit
+            return None
+        if len(wanted) != len(given):
+            return None
+        moved = [jax.device_put(a, s) if isinstance(a, jax.Array) and a.size == 0 and a.sharding != s else a
+                 for a, s in zip(given, wanted, strict=True)]
+        if all(m is a for m, a in zip(moved, given, strict=True)):
+            return None
+        return jax.tree.unflatten(jax.tree.structure(args), moved)
 
 
 def cached_program_sets() -> int:

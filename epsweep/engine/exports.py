@@ -40,7 +40,7 @@ from jax import export
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from epsweep.engine.collector import while_tracing
+from epsweep.collector import while_tracing
 from epsweep.engine.spec import HPARAMS, TrainSpec, program_shape
 from epsweep.engine.state import program_input
 from epsweep.tasks.task import Task

@@ -31,9 +31,9 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
+from epsweep.collector import while_tracing
 from epsweep.data.dataset import Dataset
 from epsweep.engine import xla_options
-from epsweep.engine.collector import while_tracing
 from epsweep.engine.devices import broadcast, is_primary
 from epsweep.engine.exports import package_version
 from epsweep.tasks.task import Features, Task
@@ -114,7 +114,7 @@ def batch_width(features: Features, devices: Sequence[jax.Device] | None = None)
     return math.ceil(features.batch_size / n) * n
 
 
-@while_tracing  # the first batch traces the frozen base
+@while_tracing  # the first batch traces the frozen base (the rest allocates little)
 def extract(features: Features, inputs: Sequence[np.ndarray], devices: Sequence[jax.Device] | None = None,
             progress: Progress | None = None) -> list[np.ndarray]:
     """``features.apply(constants, x)`` for every row of every array in ``inputs``, as float
@@ -178,6 +178,7 @@ def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | 
     return digest.hexdigest()
 
 
+@while_tracing  # the frozen base's trace, for its output's shape
 def _usable(arrays: dict[str, np.ndarray] | None, features: Features, data: Dataset) -> bool:
     """Whether stored arrays fit ``data``: one row per input, each of the shape and dtype
     ``features`` gives one input (traced, not computed), finite."""

@@ -33,7 +33,7 @@ from typing import Any
 import jax
 import numpy as np
 
-from epsweep.engine.collector import while_tracing
+from epsweep.collector import while_tracing
 from epsweep.engine.devices import available_cores
 from epsweep.optim import make_optimizer
 from epsweep.optim.diagnostics import moving_mask_size
@@ -111,7 +111,7 @@ class Estimate:
 _estimates: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()  # task -> {spec: Estimate}
 
 
-@while_tracing  # the model's trace (and an own model's fingerprint, in its key)
+@while_tracing  # the model's trace
 def estimate(task: Any, spec: Any) -> Estimate:
     """The memory the engine's program needs for ``task`` trained with ``spec`` (a
     :class:`~epsweep.engine.spec.TrainSpec`), kept per task and spec."""

@@ -28,6 +28,7 @@ import numpy as np
 import optax
 from flax import traverse_util
 
+from epsweep.collector import while_tracing
 from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError, param
 from epsweep.models import inception as inception_model
@@ -45,6 +46,7 @@ def _preprocess(x: jax.Array) -> jax.Array:
     return x.astype(jnp.float32) * (2.0 / 255.0) - 1.0
 
 
+@while_tracing  # the whole model's init, for its shapes
 def _pretrained(model: InceptionV3, sample: jax.Array, path: Path) -> tuple[dict, dict]:
     """(variables from the file, static tree of bools: True where a leaf came from the file)."""
     from epsweep.models.inception_weights import load_inception_safetensors, torch_key

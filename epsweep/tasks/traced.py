@@ -10,6 +10,7 @@ import re
 
 import numpy as np
 
+from epsweep.collector import while_tracing
 from epsweep.errors import UserError
 from epsweep.tasks.task import Task
 
@@ -53,6 +54,7 @@ def _check_parameters(params, name: str) -> int:
     return count
 
 
+@while_tracing
 def check_task(task: Task, name: str) -> dict:
     """Trace ``task``'s functions on shapes alone (nothing runs, no JAX backend starts): the
     model must accept the data's inputs, its outputs must fit the loss and metric, and its
@@ -71,6 +73,7 @@ def check_task(task: Task, name: str) -> dict:
             "fingerprint": _digest(shapes, (init, step, evaluate))}
 
 
+@while_tracing
 def fingerprint(task: Task, batch: int, eval_batch: int) -> str | None:
     """A hash of ``task``'s traced computations: init, the loss and its gradient on ``batch``
     rows, the evaluation on ``eval_batch`` rows (none at 0). The same in every process for the
