@@ -26,8 +26,7 @@ TRACE_THRESHOLD = 100_000  # allocations between collections of the youngest gen
 
 _lock = threading.RLock()  # reentrant: a finalizer that a collection runs may trace too
 _depth = 0  # traces running now, in every thread
-_saved: tuple[int, ...] | None = None  # the thresholds before the first of them
-_ours: tuple[int, ...] | None = None  # the thresholds set for them (None: left as they were)
+_saved: tuple[int, ...] | None = None  # the thresholds before the first of them, when it raised them
 
 F = TypeVar("F", bound=Callable[..., Any])
 
@@ -36,16 +35,15 @@ F = TypeVar("F", bound=Callable[..., Any])
 def deferred_collection() -> Iterator[None]:
     """The first generation's threshold at least :data:`TRACE_THRESHOLD` inside (nested and
     concurrent uses count); after the last, the thresholds as they were, unless changed since."""
-    global _depth, _saved, _ours
+    global _depth, _saved
     entered = False
     try:
         with _lock:
             if _depth == 0:
-                _saved = gc.get_threshold()
-                _ours = None
-                if 0 < _saved[0] < TRACE_THRESHOLD:  # 0: automatic collection is off
-                    _ours = (TRACE_THRESHOLD, *_saved[1:])
-                    gc.set_threshold(*_ours)
+                before = gc.get_threshold()
+                if 0 < before[0] < TRACE_THRESHOLD:  # 0: automatic collection is off
+                    _saved = before
+                    gc.set_threshold(TRACE_THRESHOLD, *before[1:])
             _depth += 1
             entered = True
         yield
@@ -53,10 +51,10 @@ def deferred_collection() -> Iterator[None]:
         if entered:
             with _lock:
                 _depth -= 1
-                if _depth == 0:
-                    if _ours is not None and gc.get_threshold() == _ours:
+                if _depth == 0 and _saved is not None:
+                    if gc.get_threshold() == (TRACE_THRESHOLD, *_saved[1:]):  # still ours
                         gc.set_threshold(*_saved)
-                    _saved = _ours = None
+                    _saved = None
 
 
 def while_tracing(function: F) -> F:

@@ -322,7 +322,7 @@ class CompiledAhead:
 
     def _empty_arrays_placed(self, args: tuple) -> tuple | None:
         """``args`` with every empty array moved to the sharding the compiled program takes it
-        in, when only those differ; else None. An empty array has no elements to place, and
+        in; None when no empty array is placed otherwise. An empty array has no elements to place, and
         XLA returns one replicated whatever its program declared (CPU; ``exports.call_shapes``
         declares them so), so a backend that kept them split would otherwise compile again."""
         try:
