@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from epsweep.engine import xla_options
+from epsweep.engine import replicas, xla_options
 from epsweep.engine.memory import tree_bytes
 from epsweep.engine.programs import build_programs
 from epsweep.engine.spec import RunOutputs, TrainSpec, program_shape
@@ -158,30 +158,43 @@ def _train_donate_argnums(loop_free: bool) -> tuple[int, ...]:
     return () if loop_free else (0,)
 
 
+def program_specs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]) -> dict[str, tuple[tuple, Any]]:
+    """How each program's arguments and results lie on the ``config`` mesh, as ``(in_specs,
+    out_specs)`` by name: (S, G, ...) blocks of runs and (G,) hyperparameters split by setting,
+    everything else (data, seeds, the minibatch order, step numbers) on every device."""
+    runs, config = P(None, CONFIG_AXIS), P(CONFIG_AXIS)
+    state = TrainState(runs, P())  # the minibatch order is per seed: every device holds it
+    specs = {
+        "init": ((config, P(), P()), state),
+        "train": ((state, config, P(), P(), P(), P(), P()), (state, P())),
+        "evaluate": ((runs, runs, runs, P(), P(), P()), (runs, runs)),
+        "finish": ((runs, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields))),
+        "measure": ((runs,), (runs, runs, runs)),
+    }
+    return specs if _loop_free(task, devices) else {k: v for k, v in specs.items() if k != "measure"}
+
+
 def sharded_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]) -> dict[str, Callable]:
     """The programs of :mod:`epsweep.engine.programs`, each ``jax.jit`` of a ``shard_map``
     over a one-axis mesh (``config``) of ``devices``: every device trains its share of the
-    settings with the single-device program, data and seeds replicated, nothing communicated.
-    Shape-generic (any width); :func:`compiled_programs` fixes the shapes."""
+    settings with the single-device program, data and seeds replicated, nothing communicated
+    (:func:`program_specs`). Shape-generic (any width); :func:`compiled_programs` fixes the shapes."""
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
-    runs, config = P(None, CONFIG_AXIS), P(CONFIG_AXIS)  # (S, G, ...) blocks; (G,) hyperparameters
-    state = TrainState(runs, P())  # the minibatch order is per seed: every device holds it
-
-    def sharded(function, in_specs, out_specs):
-        return jax.shard_map(function, mesh=mesh, in_specs=in_specs, out_specs=out_specs, check_vma=False)
-
     loop_free = _loop_free(task, devices)
-    init, train, evaluate, finish, measure = build_programs(task, spec, loop_free)
-    programs = {
-        "init": jax.jit(sharded(init, (config, P(), P()), state)),
-        "train": jax.jit(sharded(train, (state, config, P(), P(), P(), P(), P()), (state, P())),
-                         donate_argnums=_train_donate_argnums(loop_free)),
-        "evaluate": jax.jit(sharded(evaluate, (runs, runs, runs, P(), P(), P()), (runs, runs))),
-        "finish": jax.jit(sharded(finish, (runs, runs, runs, P()), RunOutputs(*[runs] * len(RunOutputs._fields)))),
-    }
-    if measure is not None:
-        programs["measure"] = jax.jit(sharded(measure, (runs,), (runs, runs, runs)))
+    functions = dict(zip(("init", "train", "evaluate", "finish", "measure"), build_programs(task, spec, loop_free),
+                         strict=True))
+    programs = {}
+    for name, (in_specs, out_specs) in program_specs(task, spec, devices).items():
+        if functions[name] is not None:
+            sharded = jax.shard_map(functions[name], mesh=mesh, in_specs=in_specs, out_specs=out_specs,
+                                    check_vma=False)
+            donate = _train_donate_argnums(loop_free) if name == "train" else ()
+            programs[name] = jax.jit(sharded, donate_argnums=donate)
     return programs
+
+
+class _NotReplicable(Exception):
+    """A program that cannot run as replicas (one that calls back to Python, not exported)."""
 
 
 def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device] | None = None,
@@ -194,6 +207,10 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
     the exported module, so a program read back from the disk cache (:mod:`.exports`, beside
     the persistent compilation cache) is the very module a fresh trace gives, and a warm start
     traces nothing. XLA then compiles the module (or loads it from the compilation cache).
+    On several CPU devices of this process the module is the single-device program at the
+    per-device width, compiled once and run on every device as a replica (:mod:`.replicas`:
+    no SPMD partitioner); elsewhere, and for a model that calls back to Python (not exported;
+    traced again for the mesh then), it is :func:`sharded_programs`' program over the mesh.
     """
     from epsweep.engine import exports
 
@@ -204,7 +221,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         if key in _programs:
             _programs.move_to_end(key)
             return _programs[key]
-    ahead: dict[str, CompiledAhead] = {}
+    ahead: dict[str, CompiledAhead | replicas.Replicated] = {}
     loop_free = _loop_free(task, devices)
 
     def start(name: str, program: Any, args: tuple) -> None:
@@ -222,7 +239,29 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         ahead[name] = CompiledAhead(jitted, args, fallback=fallback)
         ahead[name].lowered.wait()
 
-    exports.load_or_export(task, spec, devices, width, on_program=start)
+    def replica(name: str, program: Any, args: tuple) -> None:
+        """Like ``start``, for the single-device ``program`` run as one replica per device."""
+        if isinstance(program, exports.Unexported):
+            raise _NotReplicable(name)
+        init_options = _init_compiler_options(devices[:1], tree_bytes(program.out_avals)) if name == "init" else None
+        options = {**xla_options.cpu_options(devices), **(init_options or {})}
+        donate = _train_donate_argnums(loop_free) if name == "train" else ()
+        ahead[name] = replicas.Replicated(program, args, devices, CONFIG_AXIS, *specs[name], name, options,
+                                          init_options or {}, donate)
+        ahead[name].lowered.wait()
+
+    specs = program_specs(task, spec, devices)
+    replicated = replicas.available(devices)
+    if replicated:  # the single-device programs at the per-device width
+        try:
+            per_device = replicas.call_width(width, len(devices))
+            exports.load_or_export(task, spec, devices[:1], per_device, on_program=replica)
+        except _NotReplicable as which:
+            log.debug("%s calls back to Python: compiled for the device mesh", which)
+            ahead.clear()
+            replicated = False
+    if not replicated:
+        exports.load_or_export(task, spec, devices, width, on_program=start)
     programs = Programs(
         init=ahead["init"],
         train=ahead["train"],

@@ -1,0 +1,180 @@
+"""One device's program, compiled once and run on every CPU device as a replica.
+
+A sweep's programs split the settings across the devices and communicate nothing (every
+device trains its share with the same code), so the program each device runs is the
+single-device program at the per-device width. Compiled as an XLA SPMD program over the
+device mesh (``jax.jit`` of a ``shard_map``), XLA's partitioner (Shardy's propagation, then
+the partitioning) walks the whole module first: 3-4 s of CPU of Inception-v3's ``train``
+on a 2-core CPU. Compiled instead with one replica per device (``num_replicas``, the way
+``pmap`` once compiled), XLA compiles the single-device module once, skips the partitioner,
+and runs it on every device with that device's blocks of the arguments.
+
+The arrays stay the sweep's global arrays, placed on the ``config`` mesh as before: a call
+passes each array's per-device blocks to the replica on that device (JAX's own argument
+handling, which places a host value or an array placed otherwise as the program takes it) and
+assembles the replicas' outputs into global arrays (JAX's result handlers), so the driver
+cannot tell the two apart. A replica's numbers are those of the single-device program.
+
+Used on CPU with every device in this process; elsewhere (GPU, TPU, several processes) the
+SPMD program runs as before (:mod:`epsweep.engine.compiled`). This module calls JAX's own
+internals (the compiler entry and the argument and result handlers that ``jit`` uses): a JAX
+without them makes :func:`available` False, and the SPMD program runs.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+from collections.abc import Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from jax.sharding import Mesh, NamedSharding
+from jax.sharding import PartitionSpec as P
+
+from epsweep.engine import xla_options
+
+log = logging.getLogger(__name__)
+
+try:  # what jit itself compiles and calls with
+    from jax._src import compiler as _compiler
+    from jax._src import dispatch as _dispatch
+    from jax._src import xla_bridge as _xla_bridge
+    from jax._src.interpreters import pxla as _pxla
+    from jax._src.lib import xla_client as _xc
+
+    _INTERNALS = all(hasattr(m, a) for m, a in (
+        (_compiler, "compile_or_get_cached"), (_compiler, "get_compile_options"),
+        (_compiler, "use_detailed_logging"), (_dispatch, "log_elapsed_time"),
+        (_dispatch, "BACKEND_COMPILE_EVENT"), (_pxla, "shard_args"),
+        (_pxla, "global_avals_to_results_handler"), (_xc, "ArrayCopySemantics"), (_xc, "DeviceList")))
+except ImportError:  # pragma: no cover - another JAX
+    _INTERNALS = False
+
+
+def available(devices: Sequence[jax.Device]) -> bool:
+    """Whether the programs for ``devices`` run as replicas: several CPU devices, all of
+    this process, and a JAX with the internals this module uses."""
+    return (_INTERNALS and len(devices) > 1 and all(d.platform == "cpu" for d in devices)
+            and all(d.process_index == jax.process_index() for d in devices))
+
+
+def global_aval(aval: Any, spec: P, count: int) -> jax.ShapeDtypeStruct:
+    """The whole array whose per-device block is ``aval``, split by ``spec`` over ``count``
+    devices along one mesh axis: each dimension that ``spec`` names is ``count`` times longer."""
+    shape = [n * count if i < len(spec) and spec[i] is not None else n for i, n in enumerate(aval.shape)]
+    return jax.ShapeDtypeStruct(tuple(shape), aval.dtype)
+
+
+def leaf_specs(specs: Any, tree: Any) -> list[P]:
+    """``specs`` (a prefix of ``tree``: one spec for a whole subtree) given to every leaf of ``tree``."""
+    return jax.tree.leaves(jax.tree_util.tree_broadcast(specs, tree, is_leaf=lambda x: isinstance(x, P)),
+                           is_leaf=lambda x: isinstance(x, P))
+
+
+class Replicated:
+    """``program`` (an exported single-device program, called with ``args``: its per-device
+    abstract arguments), compiled for one replica per device of ``devices`` in a thread of its
+    own as soon as it is made, then called with global arrays placed by ``in_specs`` on the
+    mesh ``(config,)`` of ``devices``, returning global arrays placed by ``out_specs``. The
+    counterpart of :class:`~epsweep.engine.compiled.CompiledAhead` (``lowered``, ``memory_stats``
+    and calls alike). ``options``: XLA's compiler options, ``fallback_options`` those it compiles
+    with if XLA refuses those of :mod:`.xla_options`; ``donate``: the arguments the program may update
+    in place."""
+
+    def __init__(self, program: Any, args: tuple, devices: Sequence[jax.Device], axis: str,
+                 in_specs: tuple, out_specs: Any, name: str, options: dict, fallback_options: dict,
+                 donate: tuple[int, ...] = ()) -> None:
+        mesh = Mesh(np.array(devices), (axis,))
+        count = len(devices)
+        self.name = name
+        self.lowered = threading.Event()
+        self._done = threading.Event()
+        self._devices = tuple(devices)
+        self._executable: Any = None
+        self._error: BaseException | None = None
+        self._memory: Any = None
+        self._memory_asked = False
+        specs = leaf_specs(in_specs, args)
+        self._in_tree = jax.tree.structure(args)
+        self._in_shardings = [NamedSharding(mesh, s) for s in specs]
+        self._in_shapes = [global_aval(a, s, count).shape for a, s in zip(jax.tree.leaves(args), specs, strict=True)]
+        outs = jax.tree.unflatten(program.out_tree, program.out_avals)
+        out_leaf_specs = leaf_specs(out_specs, outs)
+        self._out_tree = jax.tree.structure(outs)
+        out_avals = [jax.core.ShapedArray(g.shape, g.dtype) for g in
+                     (global_aval(a, s, count) for a, s in zip(program.out_avals, out_leaf_specs, strict=True))]
+        out_shardings = [NamedSharding(mesh, s) for s in out_leaf_specs]
+        self._handlers = _pxla.global_avals_to_results_handler(out_avals, out_shardings, committed=True).handlers
+        self._copy = [_xc.ArrayCopySemantics.REUSE_INPUT] * len(specs)
+        threading.Thread(target=self._compile, args=(program, args, options, fallback_options, donate),
+                         name="epsweep-compile", daemon=False).start()  # not a daemon: see CompiledAhead
+
+    def _compile(self, program: Any, args: tuple, options: dict, fallback_options: dict,
+                 donate: tuple[int, ...]) -> None:
+        try:
+            def named(*a: Any) -> Any:
+                return program.call(*a)
+
+            named.__name__ = named.__qualname__ = f"epsweep_{self.name}"
+            module = jax.jit(named, keep_unused=True, donate_argnums=donate).lower(*args).compiler_ir("stablehlo")
+            self.lowered.set()
+            self._executable = xla_options.or_without_options(lambda: self._compile_module(module, options),
+                                                              lambda: self._compile_module(module, fallback_options))
+        except BaseException as error:  # noqa: BLE001 - raised again by the first call
+            self._error = error
+        finally:
+            self.lowered.set()
+            self._done.set()
+
+    def _compile_module(self, module: Any, options: dict) -> Any:
+        """XLA's executable of ``module`` with one replica per device, through JAX's compiler
+        entry (its persistent cache, its compile-time event) as ``jit`` compiles."""
+        backend = _xla_bridge.get_backend(self._devices[0].platform)
+        assignment = np.array(self._devices, dtype=object)[:, None]  # (replicas, partitions)
+        compile_options = _compiler.get_compile_options(
+            num_replicas=len(self._devices), num_partitions=1, device_assignment=assignment,
+            env_options_overrides=dict(options) or None, detailed_logging=_compiler.use_detailed_logging(module),
+            backend=backend)
+        compile_options.executable_build_options.use_spmd_partitioning = False
+        with _dispatch.log_elapsed_time("Finished XLA compilation of {fun_name} in {elapsed_time:.9f} sec",
+                                        fun_name=f"jit(epsweep_{self.name})", event=_dispatch.BACKEND_COMPILE_EVENT):
+            return _compiler.compile_or_get_cached(backend, module, assignment, compile_options, [],
+                                                   _xc.DeviceList(self._devices))
+
+    def memory_stats(self) -> Any:
+        """XLA's buffer assignment of one call on each device (argument, output, alias and
+        temp sizes in bytes); None when the compile failed or the backend does not say."""
+        self._done.wait()
+        if not self._memory_asked:
+            self._memory_asked = True
+            if self._executable is not None:
+                with contextlib.suppress(NotImplementedError, jax.errors.JaxRuntimeError):
+                    self._memory = self._executable.get_compiled_memory_stats()
+        return self._memory
+
+    def __call__(self, *args: Any) -> Any:
+        self._done.wait()
+        if self._error is not None:
+            raise self._error
+        leaves, tree = jax.tree.flatten(args)
+        if tree != self._in_tree:
+            raise TypeError(f"epsweep_{self.name}: called with {tree}, compiled for {self._in_tree}")
+        shapes = [np.shape(a) for a in leaves]
+        if shapes != self._in_shapes:
+            wrong = next(i for i, (s, e) in enumerate(zip(shapes, self._in_shapes, strict=True)) if s != e)
+            raise TypeError(f"epsweep_{self.name}: argument {wrong} has shape {shapes[wrong]}, "
+                            f"compiled for {self._in_shapes[wrong]}")
+        placed = _pxla.shard_args(self._in_shardings, [None] * len(leaves), self._copy, leaves)
+        results = self._executable.execute_sharded(placed)
+        return jax.tree.unflatten(self._out_tree, results.consume_with_handlers(self._handlers))
+
+
+def call_width(width: int, count: int) -> int:
+    """The settings one device's program takes of a call of ``width`` over ``count`` devices."""
+    if width % count:
+        raise ValueError(f"a call of {width} settings does not split over {count} devices")
+    return width // count
+
