@@ -209,8 +209,10 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
     traces nothing. XLA then compiles the module (or loads it from the compilation cache).
     On several CPU devices of this process the module is the single-device program at the
     per-device width, compiled once and run on every device as a replica (:mod:`.replicas`:
-    no SPMD partitioner); elsewhere, and for a model that calls back to Python (not exported;
-    traced again for the mesh then), it is :func:`sharded_programs`' program over the mesh.
+    no SPMD partitioner); elsewhere it is :func:`sharded_programs`' program over the mesh, as
+    it is for a program that calls back to Python (not exported) and those traced after it:
+    the model is then traced a second time, for the mesh, and the programs before it stay
+    replicas (they take and give the same global arrays).
     """
     from epsweep.engine import exports
 
@@ -239,9 +241,13 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         ahead[name] = CompiledAhead(jitted, args, fallback=fallback)
         ahead[name].lowered.wait()
 
+    def start_missing(name: str, program: Any, args: tuple) -> None:
+        if name not in ahead:  # programs already compiling as replicas stay: they take the same arrays
+            start(name, program, args)
+
     def replica(name: str, program: Any, args: tuple) -> None:
         """Like ``start``, for the single-device ``program`` run as one replica per device."""
-        if isinstance(program, exports.Unexported):
+        if isinstance(program, exports.Unexported) or program.ordered_effects or program.unordered_effects:
             raise _NotReplicable(name)
         init_options = _init_compiler_options(devices[:1], tree_bytes(program.out_avals)) if name == "init" else None
         options = {**xla_options.cpu_options(devices), **(init_options or {})}
@@ -257,11 +263,10 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
             per_device = replicas.call_width(width, len(devices))
             exports.load_or_export(task, spec, devices[:1], per_device, on_program=replica)
         except _NotReplicable as which:
-            log.debug("%s calls back to Python: compiled for the device mesh", which)
-            ahead.clear()
+            log.debug("%s calls back to Python: it and the programs after it compiled for the device mesh", which)
             replicated = False
     if not replicated:
-        exports.load_or_export(task, spec, devices, width, on_program=start)
+        exports.load_or_export(task, spec, devices, width, on_program=start_missing)
     programs = Programs(
         init=ahead["init"],
         train=ahead["train"],

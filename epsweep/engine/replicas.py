@@ -11,14 +11,16 @@ and runs it on every device with that device's blocks of the arguments.
 
 The arrays stay the sweep's global arrays, placed on the ``config`` mesh as before: a call
 passes each array's per-device blocks to the replica on that device (JAX's own argument
-handling, which places a host value or an array placed otherwise as the program takes it) and
-assembles the replicas' outputs into global arrays (JAX's result handlers), so the driver
-cannot tell the two apart. A replica's numbers are those of the single-device program.
+handling, which places a host value or an array placed otherwise where the program takes it;
+shapes and dtypes must be those it was compiled for, nothing is converted) and assembles the
+replicas' outputs into global arrays (JAX's result handlers), so the driver cannot tell the
+two apart. A replica's numbers are those of the single-device program.
 
 Used on CPU with every device in this process; elsewhere (GPU, TPU, several processes) the
 SPMD program runs as before (:mod:`epsweep.engine.compiled`). This module calls JAX's own
-internals (the compiler entry and the argument and result handlers that ``jit`` uses): a JAX
-without them makes :func:`available` False, and the SPMD program runs.
+internals (the compiler entry and the argument and result handlers that ``jit`` uses), which
+JAX may change in any release: only the JAX releases in :data:`TESTED_JAX` use them, and with
+any other :func:`available` is False and the SPMD program runs.
 """
 
 from __future__ import annotations
@@ -38,6 +40,15 @@ from epsweep.engine import xla_options
 
 log = logging.getLogger(__name__)
 
+TESTED_JAX = ((0, 10),)  # (major, minor) releases whose internals this module is tested with
+
+
+def _release(version: str) -> tuple[int, ...]:
+    """(major, minor) of a version string; () when it does not start with two numbers."""
+    parts = version.split(".")[:2]
+    return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else ()
+
+
 try:  # what jit itself compiles and calls with
     from jax._src import compiler as _compiler
     from jax._src import dispatch as _dispatch
@@ -45,7 +56,7 @@ try:  # what jit itself compiles and calls with
     from jax._src.interpreters import pxla as _pxla
     from jax._src.lib import xla_client as _xc
 
-    _INTERNALS = all(hasattr(m, a) for m, a in (
+    _INTERNALS = _release(jax.__version__) in TESTED_JAX and all(hasattr(m, a) for m, a in (
         (_compiler, "compile_or_get_cached"), (_compiler, "get_compile_options"),
         (_compiler, "use_detailed_logging"), (_dispatch, "log_elapsed_time"),
         (_dispatch, "BACKEND_COMPILE_EVENT"), (_pxla, "shard_args"),
@@ -80,9 +91,10 @@ class Replicated:
     own as soon as it is made, then called with global arrays placed by ``in_specs`` on the
     mesh ``(config,)`` of ``devices``, returning global arrays placed by ``out_specs``. The
     counterpart of :class:`~epsweep.engine.compiled.CompiledAhead` (``lowered``, ``memory_stats``
-    and calls alike). ``options``: XLA's compiler options, ``fallback_options`` those it compiles
-    with if XLA refuses those of :mod:`.xla_options`; ``donate``: the arguments the program may update
-    in place."""
+    and calls alike, except that a call of other shapes or dtypes than it was compiled for is
+    refused with a TypeError, not compiled again). ``options``: XLA's compiler options,
+    ``fallback_options`` those it compiles with if XLA refuses those of :mod:`.xla_options`;
+    ``donate``: the arguments the program may update in place."""
 
     def __init__(self, program: Any, args: tuple, devices: Sequence[jax.Device], axis: str,
                  in_specs: tuple, out_specs: Any, name: str, options: dict, fallback_options: dict,
@@ -101,6 +113,7 @@ class Replicated:
         self._in_tree = jax.tree.structure(args)
         self._in_shardings = [NamedSharding(mesh, s) for s in specs]
         self._in_shapes = [global_aval(a, s, count).shape for a, s in zip(jax.tree.leaves(args), specs, strict=True)]
+        self._in_dtypes = [jax.dtypes.canonicalize_dtype(a.dtype) for a in jax.tree.leaves(args)]
         outs = jax.tree.unflatten(program.out_tree, program.out_avals)
         out_leaf_specs = leaf_specs(out_specs, outs)
         self._out_tree = jax.tree.structure(outs)
@@ -162,14 +175,26 @@ class Replicated:
         leaves, tree = jax.tree.flatten(args)
         if tree != self._in_tree:
             raise TypeError(f"epsweep_{self.name}: called with {tree}, compiled for {self._in_tree}")
-        shapes = [np.shape(a) for a in leaves]
-        if shapes != self._in_shapes:
-            wrong = next(i for i, (s, e) in enumerate(zip(shapes, self._in_shapes, strict=True)) if s != e)
-            raise TypeError(f"epsweep_{self.name}: argument {wrong} has shape {shapes[wrong]}, "
-                            f"compiled for {self._in_shapes[wrong]}")
+        self._check("shape", [np.shape(a) for a in leaves], self._in_shapes)
+        self._check("dtype", [_dtype(a) for a in leaves], self._in_dtypes)
         placed = _pxla.shard_args(self._in_shardings, [None] * len(leaves), self._copy, leaves)
         results = self._executable.execute_sharded(placed)
         return jax.tree.unflatten(self._out_tree, results.consume_with_handlers(self._handlers))
+
+
+    def _check(self, what: str, given: list, compiled: list) -> None:
+        """Raise TypeError naming the first argument whose ``what`` is not the compiled one."""
+        if given != compiled:
+            wrong = next(i for i, (g, c) in enumerate(zip(given, compiled, strict=True)) if g != c)
+            raise TypeError(f"epsweep_{self.name}: argument {wrong} has {what} {given[wrong]}, "
+                            f"compiled for {compiled[wrong]}")
+
+
+def _dtype(value: Any) -> np.dtype:
+    """The dtype JAX gives ``value`` (an array's own; a Python or NumPy scalar's, canonicalised)."""
+    if isinstance(value, jax.Array):
+        return value.dtype
+    return jax.dtypes.canonicalize_dtype(np.result_type(value))
 
 
 def call_width(width: int, count: int) -> int:
