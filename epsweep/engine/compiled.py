@@ -252,8 +252,8 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         init_options = _init_compiler_options(devices[:1], tree_bytes(program.out_avals)) if name == "init" else None
         options = {**xla_options.cpu_options(devices), **(init_options or {})}
         donate = _train_donate_argnums(loop_free) if name == "train" else ()
-        ahead[name] = replicas.Replicated(program, args, devices, CONFIG_AXIS, *specs[name], name, options,
-                                          init_options or {}, donate)
+        ahead[name] = replicas.Replicated(program, _named(program.call, name), args, devices, CONFIG_AXIS,
+                                          *specs[name], options, init_options or {}, donate)
         ahead[name].lowered.wait()
 
     specs = program_specs(task, spec, devices)

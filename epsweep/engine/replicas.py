@@ -86,8 +86,9 @@ def leaf_specs(specs: Any, tree: Any) -> list[P]:
 
 
 class Replicated:
-    """``program`` (an exported single-device program, called with ``args``: its per-device
-    abstract arguments), compiled for one replica per device of ``devices`` in a thread of its
+    """``program`` (an exported single-device program, called through ``call``, its ``call``
+    under the name XLA's module takes, with ``args``: its per-device abstract arguments),
+    compiled for one replica per device of ``devices`` in a thread of its
     own as soon as it is made, then called with global arrays placed by ``in_specs`` on the
     mesh ``(config,)`` of ``devices``, returning global arrays placed by ``out_specs``. The
     counterpart of :class:`~epsweep.engine.compiled.CompiledAhead` (``lowered``, ``memory_stats``
@@ -96,12 +97,12 @@ class Replicated:
     ``fallback_options`` those it compiles with if XLA refuses those of :mod:`.xla_options`;
     ``donate``: the arguments the program may update in place."""
 
-    def __init__(self, program: Any, args: tuple, devices: Sequence[jax.Device], axis: str,
-                 in_specs: tuple, out_specs: Any, name: str, options: dict, fallback_options: dict,
+    def __init__(self, program: Any, call: Any, args: tuple, devices: Sequence[jax.Device], axis: str,
+                 in_specs: tuple, out_specs: Any, options: dict, fallback_options: dict,
                  donate: tuple[int, ...] = ()) -> None:
         mesh = Mesh(np.array(devices), (axis,))
         count = len(devices)
-        self.name = name
+        self.name = call.__name__  # epsweep_<program>
         self.lowered = threading.Event()
         self._done = threading.Event()
         self._devices = tuple(devices)
@@ -122,17 +123,13 @@ class Replicated:
         out_shardings = [NamedSharding(mesh, s) for s in out_leaf_specs]
         self._handlers = _pxla.global_avals_to_results_handler(out_avals, out_shardings, committed=True).handlers
         self._copy = [_xc.ArrayCopySemantics.REUSE_INPUT] * len(specs)
-        threading.Thread(target=self._compile, args=(program, args, options, fallback_options, donate),
+        threading.Thread(target=self._compile, args=(call, args, options, fallback_options, donate),
                          name="epsweep-compile", daemon=False).start()  # not a daemon: see CompiledAhead
 
-    def _compile(self, program: Any, args: tuple, options: dict, fallback_options: dict,
+    def _compile(self, call: Any, args: tuple, options: dict, fallback_options: dict,
                  donate: tuple[int, ...]) -> None:
         try:
-            def named(*a: Any) -> Any:
-                return program.call(*a)
-
-            named.__name__ = named.__qualname__ = f"epsweep_{self.name}"
-            module = jax.jit(named, keep_unused=True, donate_argnums=donate).lower(*args).compiler_ir("stablehlo")
+            module = jax.jit(call, keep_unused=True, donate_argnums=donate).lower(*args).compiler_ir("stablehlo")
             self.lowered.set()
             self._executable = xla_options.or_without_options(lambda: self._compile_module(module, options),
                                                               lambda: self._compile_module(module, fallback_options))
@@ -153,7 +150,7 @@ class Replicated:
             backend=backend)
         compile_options.executable_build_options.use_spmd_partitioning = False
         with _dispatch.log_elapsed_time("Finished XLA compilation of {fun_name} in {elapsed_time:.9f} sec",
-                                        fun_name=f"jit(epsweep_{self.name})", event=_dispatch.BACKEND_COMPILE_EVENT):
+                                        fun_name=f"jit({self.name})", event=_dispatch.BACKEND_COMPILE_EVENT):
             return _compiler.compile_or_get_cached(backend, module, assignment, compile_options, [],
                                                    _xc.DeviceList(self._devices))
 
@@ -174,19 +171,18 @@ class Replicated:
             raise self._error
         leaves, tree = jax.tree.flatten(args)
         if tree != self._in_tree:
-            raise TypeError(f"epsweep_{self.name}: called with {tree}, compiled for {self._in_tree}")
+            raise TypeError(f"{self.name}: called with {tree}, compiled for {self._in_tree}")
         self._check("shape", [np.shape(a) for a in leaves], self._in_shapes)
         self._check("dtype", [_dtype(a) for a in leaves], self._in_dtypes)
         placed = _pxla.shard_args(self._in_shardings, [None] * len(leaves), self._copy, leaves)
         results = self._executable.execute_sharded(placed)
         return jax.tree.unflatten(self._out_tree, results.consume_with_handlers(self._handlers))
 
-
     def _check(self, what: str, given: list, compiled: list) -> None:
         """Raise TypeError naming the first argument whose ``what`` is not the compiled one."""
         if given != compiled:
             wrong = next(i for i, (g, c) in enumerate(zip(given, compiled, strict=True)) if g != c)
-            raise TypeError(f"epsweep_{self.name}: argument {wrong} has {what} {given[wrong]}, "
+            raise TypeError(f"{self.name}: argument {wrong} has {what} {given[wrong]}, "
                             f"compiled for {compiled[wrong]}")
 
 
