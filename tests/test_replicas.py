@@ -9,6 +9,7 @@ from types import SimpleNamespace
 import jax
 import numpy as np
 import pytest
+from test_engine import hparams
 
 from epsweep import engine
 from epsweep.engine import compiled, replicas
@@ -17,12 +18,6 @@ from epsweep.engine.spec import TrainSpec, program_hyperparameters
 
 CPU = jax.devices("cpu")
 two_devices = pytest.mark.skipif(len(CPU) < 2, reason="one CPU device: nothing to replicate")
-
-
-def hparams(eps, lr=None):
-    n = len(eps)
-    lr = np.full(n, 1e-2) if lr is None else np.asarray(lr, float)
-    return {"eps": np.asarray(eps, float), "lr": lr, "decay": np.full(n, 0.9), "momentum": np.zeros(n)}
 
 
 @two_devices

@@ -193,6 +193,17 @@ def sharded_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device])
     return programs
 
 
+def _compile_options(name: str, program: Any, devices: Sequence[jax.Device],
+                     loop_free: bool) -> tuple[dict, dict, tuple[int, ...]]:
+    """For the exported program ``name`` spanning ``devices`` (one device: a replica's
+    program): XLA's options for it, those it compiles with should XLA refuse :mod:`.xla_options`'
+    (XLA's defaults, but ``init``'s level), and the arguments it donates."""
+    init_options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
+    options = {**xla_options.cpu_options(devices), **(init_options or {})}
+    donate = _train_donate_argnums(loop_free) if name == "train" else ()
+    return options, init_options or {}, donate
+
+
 class _NotReplicable(Exception):
     """A program that cannot run as replicas (one that calls back to Python, not exported)."""
 
@@ -231,13 +242,10 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         once it is lowered: lowering holds Python's lock, and lowered while the next program
         traced, the train program reached XLA's compiler 0.2-0.3 s later (the MLP's cold
         G = 256 run, 5.54-5.59 s against 5.27-5.37 s when each is lowered before the next traces)."""
-        init_options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
-        options = {**xla_options.cpu_options(devices), **(init_options or {})}
-        donate = _train_donate_argnums(loop_free) if name == "train" else ()
+        options, fallback_options, donate = _compile_options(name, program, devices, loop_free)
         call = _named(program.call, name)
         jitted = jax.jit(call, compiler_options=options or None, donate_argnums=donate)
-        # should XLA refuse our options: its defaults
-        fallback = jax.jit(call, compiler_options=init_options, donate_argnums=donate)
+        fallback = jax.jit(call, compiler_options=fallback_options or None, donate_argnums=donate)
         ahead[name] = CompiledAhead(jitted, args, fallback=fallback)
         ahead[name].lowered.wait()
 
@@ -249,11 +257,9 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         """Like ``start``, for the single-device ``program`` run as one replica per device."""
         if isinstance(program, exports.Unexported) or program.ordered_effects or program.unordered_effects:
             raise _NotReplicable(name)
-        init_options = _init_compiler_options(devices[:1], tree_bytes(program.out_avals)) if name == "init" else None
-        options = {**xla_options.cpu_options(devices), **(init_options or {})}
-        donate = _train_donate_argnums(loop_free) if name == "train" else ()
+        options, fallback_options, donate = _compile_options(name, program, devices[:1], loop_free)
         ahead[name] = replicas.Replicated(program, _named(program.call, name), args, devices, CONFIG_AXIS,
-                                          *specs[name], options, init_options or {}, donate)
+                                          *specs[name], options, fallback_options, donate)
         ahead[name].lowered.wait()
 
     specs = program_specs(task, spec, devices)

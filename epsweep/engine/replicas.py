@@ -122,6 +122,7 @@ class Replicated:
                      (global_aval(a, s, count) for a, s in zip(program.out_avals, out_leaf_specs, strict=True))]
         out_shardings = [NamedSharding(mesh, s) for s in out_leaf_specs]
         self._handlers = _pxla.global_avals_to_results_handler(out_avals, out_shardings, committed=True).handlers
+        self._layouts = [None] * len(specs)  # XLA's default layouts
         self._copy = [_xc.ArrayCopySemantics.REUSE_INPUT] * len(specs)
         threading.Thread(target=self._compile, args=(call, args, options, fallback_options, donate),
                          name="epsweep-compile", daemon=False).start()  # not a daemon: see CompiledAhead
@@ -174,7 +175,7 @@ class Replicated:
             raise TypeError(f"{self.name}: called with {tree}, compiled for {self._in_tree}")
         self._check("shape", [np.shape(a) for a in leaves], self._in_shapes)
         self._check("dtype", [_dtype(a) for a in leaves], self._in_dtypes)
-        placed = _pxla.shard_args(self._in_shardings, [None] * len(leaves), self._copy, leaves)
+        placed = _pxla.shard_args(self._in_shardings, self._layouts, self._copy, leaves)
         results = self._executable.execute_sharded(placed)
         return jax.tree.unflatten(self._out_tree, results.consume_with_handlers(self._handlers))
 
