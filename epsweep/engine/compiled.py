@@ -20,7 +20,7 @@ import numpy as np
 from jax.sharding import Mesh
 from jax.sharding import PartitionSpec as P
 
-from epsweep.engine import replicas, xla_options
+from epsweep.engine import lapack, replicas, xla_options
 from epsweep.engine.memory import tree_bytes
 from epsweep.engine.programs import build_programs
 from epsweep.engine.spec import RunOutputs, TrainSpec, program_shape
@@ -246,7 +246,7 @@ def compiled_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device]
         call = _named(program.call, name)
         jitted = jax.jit(call, compiler_options=options or None, donate_argnums=donate)
         fallback = jax.jit(call, compiler_options=fallback_options or None, donate_argnums=donate)
-        ahead[name] = CompiledAhead(jitted, args, fallback=fallback)
+        ahead[name] = CompiledAhead(jitted, args, fallback=fallback, exported=program)
         ahead[name].lowered.wait()
 
     def start_missing(name: str, program: Any, args: tuple) -> None:
@@ -312,10 +312,12 @@ class CompiledAhead:
     dispatch and lowering. A call whose arguments differ from ``args`` (in shape, dtype or
     sharding) goes through the jitted function as before. ``lowered`` is set once the program
     is lowered (or failed to), when XLA's compiler takes over. ``fallback``, the same program
-    without :mod:`.xla_options`, replaces ``jitted`` if XLA refuses those options."""
+    without :mod:`.xla_options`, replaces ``jitted`` if XLA refuses those options. ``exported``:
+    the exported program ``jitted`` calls, if any (:func:`.lapack.lowering`)."""
 
-    def __init__(self, jitted: Callable, args: tuple, fallback: Callable | None = None) -> None:
+    def __init__(self, jitted: Callable, args: tuple, fallback: Callable | None = None, exported: Any = None) -> None:
         self.jitted = jitted
+        self._exported = exported
         self._fallback = fallback
         self._done = threading.Event()
         self.lowered = threading.Event()
@@ -328,7 +330,8 @@ class CompiledAhead:
 
     def _compile(self, args: tuple) -> None:
         try:
-            lowered = self.jitted.lower(*args)
+            with lapack.lowering(self._exported):
+                lowered = self.jitted.lower(*args)
             self.lowered.set()
             if self._fallback is None:
                 self._compiled = lowered.compile()
@@ -342,7 +345,9 @@ class CompiledAhead:
 
     def _compile_fallback(self, args: tuple) -> Any:
         self.jitted = self._fallback  # calls of other shapes too
-        return self.jitted.lower(*args).compile()
+        with lapack.lowering(self._exported):
+            lowered = self.jitted.lower(*args)
+        return lowered.compile()
 
     def memory_stats(self) -> Any:
         """XLA's buffer assignment of one call on each device (``memory_analysis()``: argument,

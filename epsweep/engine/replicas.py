@@ -36,7 +36,7 @@ import numpy as np
 from jax.sharding import Mesh, NamedSharding
 from jax.sharding import PartitionSpec as P
 
-from epsweep.engine import xla_options
+from epsweep.engine import lapack, xla_options
 
 log = logging.getLogger(__name__)
 
@@ -49,6 +49,12 @@ def _release(version: str) -> tuple[int, ...]:
     return tuple(int(p) for p in parts) if len(parts) == 2 and all(p.isdigit() for p in parts) else ()
 
 
+def tested_jax() -> bool:
+    """Whether this JAX is one of the releases in :data:`TESTED_JAX`: the only ones in which
+    epsweep relies on JAX's internals (here, and in :mod:`.lapack`)."""
+    return _release(jax.__version__) in TESTED_JAX
+
+
 try:  # what jit itself compiles and calls with
     from jax._src import compiler as _compiler
     from jax._src import dispatch as _dispatch
@@ -56,7 +62,7 @@ try:  # what jit itself compiles and calls with
     from jax._src.interpreters import pxla as _pxla
     from jax._src.lib import xla_client as _xc
 
-    _INTERNALS = _release(jax.__version__) in TESTED_JAX and all(hasattr(m, a) for m, a in (
+    _INTERNALS = tested_jax() and all(hasattr(m, a) for m, a in (
         (_compiler, "compile_or_get_cached"), (_compiler, "get_compile_options"),
         (_compiler, "use_detailed_logging"), (_dispatch, "log_elapsed_time"),
         (_dispatch, "BACKEND_COMPILE_EVENT"), (_pxla, "shard_args"),
@@ -124,13 +130,14 @@ class Replicated:
         self._handlers = _pxla.global_avals_to_results_handler(out_avals, out_shardings, committed=True).handlers
         self._layouts = [None] * len(specs)  # XLA's default layouts
         self._copy = [_xc.ArrayCopySemantics.REUSE_INPUT] * len(specs)
-        threading.Thread(target=self._compile, args=(call, args, options, fallback_options, donate),
+        threading.Thread(target=self._compile, args=(program, call, args, options, fallback_options, donate),
                          name="epsweep-compile", daemon=False).start()  # not a daemon: see CompiledAhead
 
-    def _compile(self, call: Any, args: tuple, options: dict, fallback_options: dict,
+    def _compile(self, program: Any, call: Any, args: tuple, options: dict, fallback_options: dict,
                  donate: tuple[int, ...]) -> None:
         try:
-            module = jax.jit(call, keep_unused=True, donate_argnums=donate).lower(*args).compiler_ir("stablehlo")
+            with lapack.lowering(program):
+                module = jax.jit(call, keep_unused=True, donate_argnums=donate).lower(*args).compiler_ir("stablehlo")
             self.lowered.set()
             self._executable = xla_options.or_without_options(lambda: self._compile_module(module, options),
                                                               lambda: self._compile_module(module, fallback_options))
