@@ -47,7 +47,7 @@ def _targets() -> tuple[bytes, ...] | None:
     return names or None
 
 
-def calls_lapack(serialized: bytes) -> bool:
+def calls_lapack(serialized: bytes | bytearray) -> bool:
     """Whether a serialized module (``Exported.mlir_module_serialized``) may call one of
     jaxlib's LAPACK kernels: True when it names one of their targets, or when they are unknown."""
     targets = _targets()
@@ -85,7 +85,7 @@ def lowering(program: Any) -> Iterator[None]:
     else: then nothing changes): in it JAX leaves LAPACK's set-up out if the module calls no
     LAPACK kernel. Applies to this thread only."""
     serialized = getattr(program, "mlir_module_serialized", None)
-    skip = isinstance(serialized, bytes) and not calls_lapack(serialized) and _install()
+    skip = isinstance(serialized, bytes | bytearray) and not calls_lapack(serialized) and _install()
     previous = getattr(_state, "skip", False)
     _state.skip = skip
     try:
