@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from epsweep.engine.compiled import _init_compiler_options
+from epsweep.engine import xla_options
+from epsweep.engine.compiled import LARGE_INIT_BYTES, _init_compiler_options
 from epsweep.engine.draws import batched_draws
 
 
@@ -92,6 +93,16 @@ def test_batched_draws_give_the_same_bits(name, options):
     assert len(alone) == len(together)
     for a, b in zip(alone, together, strict=True):
         assert a.dtype == b.dtype and a.shape == b.shape
+        np.testing.assert_array_equal(a, b)
+
+
+@pytest.mark.parametrize("name", CASES)
+def test_a_large_states_init_options_draw_the_bits_of_xlas_defaults(name):
+    """The older fusion emitters (a large state's init, compiled faster) give the same weights."""
+    large = _init_compiler_options(jax.devices(), LARGE_INIT_BYTES * len(jax.devices()))
+    assert large == {xla_options.EMITTERS_OPTION: False}
+    by_default, older = _run(batched_draws(CASES[name]), None), _run(batched_draws(CASES[name]), large)
+    for a, b in zip(by_default, older, strict=True):
         np.testing.assert_array_equal(a, b)
 
 

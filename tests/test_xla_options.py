@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from epsweep.engine import compiled, features, xla_options
+from epsweep.engine import compiled, exports, features, xla_options
 from epsweep.engine.driver import train_runs
 from epsweep.engine.spec import TrainSpec
 from epsweep.tasks.task import Features
@@ -42,6 +42,7 @@ def dense(a, b):
 def options_not_refused(monkeypatch):
     """A process in which XLA has not refused the options yet (and is left so afterwards)."""
     monkeypatch.setattr(xla_options, "_refused", threading.Event())
+    monkeypatch.setattr(xla_options, "_emitters_refused", threading.Event())
     monkeypatch.delenv("XLA_FLAGS", raising=False)
 
 
@@ -61,9 +62,25 @@ def test_the_options_are_off_the_cpu_and_when_xla_flags_name_them(monkeypatch, o
     class Accelerator:
         platform = "gpu"
 
-    assert xla_options.cpu_options([Accelerator()]) == {}
+    assert xla_options.cpu_options([Accelerator()]) == {} == xla_options.older_emitters([Accelerator()])
+    assert xla_options.older_emitters(CPU) == {xla_options.EMITTERS_OPTION: False}
     monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.YNN_FUSION_OPTION}=LIBRARY_FUSION_TYPE_INDIVIDUAL_CONVOLUTION")
     assert xla_options.cpu_options(CPU) == {}
+    assert xla_options.older_emitters(CPU) == {xla_options.EMITTERS_OPTION: False}  # each option on its own
+    monkeypatch.setenv("XLA_FLAGS", f"--{xla_options.EMITTERS_OPTION}=true")
+    assert xla_options.older_emitters(CPU) == {}
+
+
+def test_only_a_large_states_init_compiles_with_the_older_emitters(mlp_task, monkeypatch, options_not_refused):
+    """The MLP's init (a small state, at low optimisation, where the older emitters would move
+    its weights by a float step) and the other programs keep XLA's emitters."""
+    programs = exports.load_or_export(mlp_task, TrainSpec(steps=3, batch_size=5, curve_points=3), CPU[:1], 1)[0]
+    options = {name: compiled._compile_options(name, program, CPU[:1], False) for name, program in programs.items()}
+    assert all(xla_options.EMITTERS_OPTION not in o and xla_options.EMITTERS_OPTION not in f
+               for o, f, _ in options.values())
+    monkeypatch.setattr(compiled, "LARGE_INIT_BYTES", 1)  # every state is large
+    init, fallback, _ = compiled._compile_options("init", programs["init"], CPU[:1], False)
+    assert init == {**xla_options.cpu_options(CPU), xla_options.EMITTERS_OPTION: False} and fallback == {}
 
 
 def test_every_program_of_a_sweep_compiles_with_the_options(mlp_task, monkeypatch, options_not_refused):
@@ -127,3 +144,23 @@ def test_frozen_features_compile_with_the_options_and_without_them_when_refused(
     (got,) = features.extract(extractor, [x], CPU[:1])
     np.testing.assert_allclose(got, expected, rtol=1e-6)
     assert xla_options.cpu_options(CPU) == {}
+
+
+def test_an_xla_that_refuses_the_older_emitters_compiles_init_with_its_own(mlp_task, monkeypatch, options_not_refused):
+    """A large state's init whose emitters option XLA does not know: the same numbers as XLA's
+    own emitters give, the refused compile taken back from the count (as for YNNPACK's option
+    above), and the option left out from then on."""
+    h = {"eps": np.array([1e-8, 1.0]), "lr": np.full(2, 1e-2), "decay": np.full(2, 0.9), "momentum": np.zeros(2)}
+    spec = TrainSpec(steps=4, batch_size=7, curve_points=2, eval_batch_size=333)  # programs of its own
+    monkeypatch.setattr(compiled, "LARGE_INIT_BYTES", 1)  # init compiled as a large state's
+    monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())
+    monkeypatch.setattr(xla_options, "EMITTERS_OPTION", "xla_cpu_no_such_emitters_option")
+    refusals = xla_options.refusals()
+    refused = train_runs(mlp_task, spec, h, np.array([0]))
+    assert xla_options.refusals() == refusals + 1  # init's first compile, alone
+    assert xla_options.older_emitters(CPU) == {} and xla_options.cpu_options(CPU)  # YNNPACK's option stays
+    monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())
+    monkeypatch.setattr(xla_options, "older_emitters", lambda devices: {})
+    plain = train_runs(mlp_task, spec, h, np.array([0]))
+    for name in ("final_loss", "val_loss", "val_accuracy", "curve", "effective_lr"):
+        np.testing.assert_array_equal(getattr(refused, name), getattr(plain, name), err_msg=name)

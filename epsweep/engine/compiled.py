@@ -137,9 +137,14 @@ def _init_compiler_options(devices: Sequence[jax.Device], state_bytes: int) -> d
     large state (at least LARGE_INIT_BYTES a device) is compiled at the default level: its
     random draws then run in 2.0 s instead of 5.0 s for Inception-v3 (187 MiB a setting), once
     per chunk in every run, warm or cold, for 2.4 s more compiling once (13.5 s against 11.1 s,
-    in parallel with ``train``'s much longer compile; this project's Intel Xeon, a slow day)."""
-    if devices[0].platform != "cpu" or state_bytes >= LARGE_INIT_BYTES * len(devices):
+    in parallel with ``train``'s much longer compile; this project's Intel Xeon, a slow day);
+    and with XLA's older fusion emitters (:func:`.xla_options.older_emitters`: its hundreds of
+    small kernels compile faster, to the same numbers). Not at low optimisation, where the
+    older emitters moved the MLP's weights by a float step."""
+    if devices[0].platform != "cpu":
         return None
+    if state_bytes >= LARGE_INIT_BYTES * len(devices):
+        return xla_options.older_emitters(devices) or None
     return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
@@ -200,8 +205,9 @@ def _compile_options(name: str, program: Any, devices: Sequence[jax.Device],
     (XLA's defaults, but ``init``'s level), and the arguments it donates."""
     init_options = _init_compiler_options(devices, tree_bytes(program.out_avals)) if name == "init" else None
     options = {**xla_options.cpu_options(devices), **(init_options or {})}
+    fallback_options = {k: v for k, v in (init_options or {}).items() if k != xla_options.EMITTERS_OPTION}
     donate = _train_donate_argnums(loop_free) if name == "train" else ()
-    return options, init_options or {}, donate
+    return options, fallback_options, donate
 
 
 class _NotReplicable(Exception):

@@ -1,5 +1,6 @@
 """The XLA options every program of a sweep compiles with on CPU: YNNPACK for single dot
-products and reductions, but not for convolutions.
+products and reductions, but not for convolutions; and XLA's older fusion emitters for a
+program made of hundreds of small kernels (:func:`older_emitters`).
 
 jaxlib 0.10's CPU backend gives all three to YNNPACK by default (``xla_cpu_experimental_ynn_fusion_type``
 = INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION). On this project's 2-core Intel Xeon,
@@ -7,9 +8,9 @@ YNNPACK's convolutions made Inception-v3's training step at 299 x 299 about 1.5 
 slow, its compile longer and its warm start slower (docs/performance.md, twelfth stop). A
 model without convolutions compiles to the same program either way.
 
-``XLA_FLAGS`` naming the option wins (read at each compile; XLA itself reads it once, when
-its backend starts), and an XLA that no longer knows the option (:func:`rejected`) compiles
-with its own defaults.
+``XLA_FLAGS`` naming an option wins (read at each compile; XLA itself reads it once, when
+its backend starts), and an XLA that no longer knows an option (:func:`rejected`) compiles
+with its own defaults, and leaves that option out from then on.
 """
 
 from __future__ import annotations
@@ -24,20 +25,22 @@ import jax
 
 YNN_FUSION_OPTION = "xla_cpu_experimental_ynn_fusion_type"
 YNN_FUSION_TYPES = "LIBRARY_FUSION_TYPE_INDIVIDUAL_DOT,LIBRARY_FUSION_TYPE_REDUCE"
+EMITTERS_OPTION = "xla_cpu_use_fusion_emitters"  # False: XLA's older (LLVM IR) fusion emitters
 
 log = logging.getLogger(__name__)
 T = TypeVar("T")
 
-_refused = threading.Event()  # set once XLA refused the option: every later program goes without it
+_refused = threading.Event()  # set once XLA refused the YNNPACK option: every later program goes without it
+_emitters_refused = threading.Event()  # the same, for EMITTERS_OPTION
 _refusals = 0  # compiles XLA refused (each still reported a compilation)
 _refusals_lock = threading.Lock()
 
 
-def _user_value() -> str | None:
-    """The option's value in ``XLA_FLAGS`` ("" when named without one); None when not named."""
+def _user_value(option: str = YNN_FUSION_OPTION) -> str | None:
+    """``option``'s value in ``XLA_FLAGS`` ("" when named without one); None when not named."""
     for flag in os.environ.get("XLA_FLAGS", "").split():
         name, _, value = flag.lstrip("-").partition("=")
-        if name == YNN_FUSION_OPTION:
+        if name == option:
             return value
     return None
 
@@ -48,6 +51,22 @@ def cpu_options(devices: Sequence[jax.Device]) -> dict[str, Any]:
     if devices[0].platform != "cpu" or _refused.is_set() or _user_value() is not None:
         return {}
     return {YNN_FUSION_OPTION: YNN_FUSION_TYPES}
+
+
+def older_emitters(devices: Sequence[jax.Device]) -> dict[str, Any]:
+    """The option that compiles a program with XLA's older fusion emitters, for a program of
+    hundreds of small kernels: {} off CPU, when ``XLA_FLAGS`` sets it, or once XLA has refused it.
+
+    jaxlib 0.10's CPU backend compiles each kernel through its newer (MLIR) emitters, about
+    13 ms a kernel however small on this project's 2-core CPU (200 broadcasts: 3.1 s; 1.1 s
+    with the older emitters). Inception-v3's ``init`` is about 490 such kernels (random draws
+    turned into weights, broadcast zeros and ones): 5.2-5.3 s to compile instead of 6.8-8.0 s,
+    running as fast, with the same numbers (at XLA's default optimisation level; tests/test_draws.py).
+    Programs of large kernels compile no faster with them (Inception-v3's ``train``: 15.1 s
+    against 11.7 s)."""
+    if devices[0].platform != "cpu" or _emitters_refused.is_set() or _user_value(EMITTERS_OPTION) is not None:
+        return {}
+    return {EMITTERS_OPTION: False}
 
 
 def in_effect(devices: Sequence[jax.Device]) -> str | None:
@@ -61,31 +80,35 @@ def in_effect(devices: Sequence[jax.Device]) -> str | None:
 
 
 def rejected(error: BaseException) -> bool:
-    """Whether ``error`` is XLA refusing the option (an XLA that renamed or dropped it, or its
-    values); if so, later calls of :func:`cpu_options` leave it out, and it counts in
-    :func:`refusals`."""
+    """Whether ``error`` is XLA refusing one of these options (an XLA that renamed or dropped
+    it, or its values); if so, later calls of :func:`cpu_options` or :func:`older_emitters`
+    leave it out, and it counts in :func:`refusals`."""
     global _refusals
-    if isinstance(error, jax.errors.JaxRuntimeError) and YNN_FUSION_OPTION in str(error):
-        _refused.set()
+    if not isinstance(error, jax.errors.JaxRuntimeError):
+        return False
+    refused = [event for option, event in ((YNN_FUSION_OPTION, _refused), (EMITTERS_OPTION, _emitters_refused))
+               if option in str(error)]
+    for event in refused:
+        event.set()
+    if refused:
         with _refusals_lock:
             _refusals += 1
-        return True
-    return False
+    return bool(refused)
 
 
 def refusals() -> int:
-    """How many compiles XLA refused for the option in this process. XLA reports each as a
+    """How many compiles XLA refused for these options in this process. XLA reports each as a
     compilation too, which the compile count takes back."""
     return _refusals
 
 
 def or_without_options(attempt: Callable[[], T], without_options: Callable[[], T]) -> T:
-    """``attempt()`` (which compiles with :func:`cpu_options`), or ``without_options()`` if XLA
-    refuses those options."""
+    """``attempt()`` (which compiles with these options), or ``without_options()`` if XLA
+    refuses them."""
     try:
         return attempt()
     except jax.errors.JaxRuntimeError as error:
         if not rejected(error):
             raise
-        log.debug("XLA refused %s; compiling with its defaults: %s", YNN_FUSION_OPTION, error)
+        log.debug("XLA refused an option; compiling with its defaults: %s", error)
         return without_options()
