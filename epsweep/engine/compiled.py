@@ -336,8 +336,7 @@ class CompiledAhead:
 
     def _compile(self, args: tuple) -> None:
         try:
-            with lapack.lowering(self._exported):
-                lowered = self.jitted.lower(*args)
+            lowered = self._lower(args)
             self.lowered.set()
             if self._fallback is None:
                 self._compiled = lowered.compile()
@@ -349,11 +348,13 @@ class CompiledAhead:
             self.lowered.set()
             self._done.set()
 
+    def _lower(self, args: tuple) -> Any:
+        with lapack.lowering(self._exported):
+            return self.jitted.lower(*args)
+
     def _compile_fallback(self, args: tuple) -> Any:
         self.jitted = self._fallback  # calls of other shapes too
-        with lapack.lowering(self._exported):
-            lowered = self.jitted.lower(*args)
-        return lowered.compile()
+        return self._lower(args).compile()
 
     def memory_stats(self) -> Any:
         """XLA's buffer assignment of one call on each device (``memory_analysis()``: argument,

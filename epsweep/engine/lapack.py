@@ -6,7 +6,8 @@ the module calls them: jaxlib then imports SciPy's BLAS and LAPACK wrappers
 (``scipy.linalg.cython_blas``, about 145 modules, 0.11-0.14 s on this project's 2-core CPU),
 once per process, before the first program can compile or load: on the critical path of every
 start, warm ones included. A sweep's modules call no LAPACK kernel unless the model does
-linear algebra (``jnp.linalg``).
+linear algebra (``jnp.linalg``'s decompositions and solves, or an orthogonal initializer, which
+takes a QR decomposition).
 
 :func:`lowering` gives the context to lower a program's call in: without the set-up when the
 module names none of jaxlib's LAPACK custom-call targets (its serialized bytes hold each
@@ -14,7 +15,10 @@ target's name), with it otherwise, and always with it outside the context (JAX's
 behaviour, for every other caller in the process). This changes a JAX internal
 (``jax._src.export._export._ensure_backends_initialized``), so only the JAX releases that
 :func:`epsweep.engine.replicas.tested_jax` names leave the set-up out; any other JAX sets
-LAPACK up as it always does.
+LAPACK up as it always does. After a sweep, the process has LAPACK set up only if one of its
+programs needed it: code of your own that runs a LAPACK kernel without lowering it first (an
+executable deserialized with ``jax.experimental.serialize_executable``) must set it up itself,
+as it would in a process without epsweep.
 """
 
 from __future__ import annotations
@@ -49,13 +53,19 @@ def _targets() -> tuple[bytes, ...] | None:
 
 def calls_lapack(serialized: bytes | bytearray) -> bool:
     """Whether a serialized module (``Exported.mlir_module_serialized``) may call one of
-    jaxlib's LAPACK kernels: True when it names one of their targets, or when they are unknown."""
+    jaxlib's LAPACK kernels: True when it names one of their targets, or when they are unknown.
+    Every target's name ends in ``_ffi``: a module without that suffix is read once, not once a target."""
     targets = _targets()
-    return targets is None or any(name in serialized for name in targets)
+    if targets is None:
+        return True
+    if all(name.endswith(b"_ffi") for name in targets) and b"_ffi" not in serialized:
+        return False
+    return any(name in serialized for name in targets)
 
 
 def _install() -> bool:
-    """Make JAX's set-up skippable (once per process); False where this JAX is not one tested."""
+    """Make JAX's set-up skippable (once per process); False where this JAX is not one tested,
+    or lacks the function this replaces."""
     global _installed
     with _install_lock:
         if _installed is None:
@@ -81,9 +91,9 @@ def _install() -> bool:
 
 @contextlib.contextmanager
 def lowering(program: Any) -> Iterator[None]:
-    """The context in which to lower a call of ``program`` (an exported program, or anything
-    else: then nothing changes): in it JAX leaves LAPACK's set-up out if the module calls no
-    LAPACK kernel. Applies to this thread only."""
+    """The context in which to lower a call of ``program``: in it JAX leaves LAPACK's set-up
+    out if ``program`` is an exported program whose module calls no LAPACK kernel; otherwise
+    JAX sets LAPACK up as usual, whatever an enclosing context chose. Applies to this thread only."""
     serialized = getattr(program, "mlir_module_serialized", None)
     skip = isinstance(serialized, bytes | bytearray) and not calls_lapack(serialized) and _install()
     previous = getattr(_state, "skip", False)

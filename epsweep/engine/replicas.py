@@ -40,7 +40,7 @@ from epsweep.engine import lapack, xla_options
 
 log = logging.getLogger(__name__)
 
-TESTED_JAX = ((0, 10),)  # (major, minor) releases whose internals this module is tested with
+TESTED_JAX = ((0, 10),)  # (major, minor) releases whose internals this module and .lapack are tested with
 
 
 def _release(version: str) -> tuple[int, ...]:
@@ -50,8 +50,8 @@ def _release(version: str) -> tuple[int, ...]:
 
 
 def tested_jax() -> bool:
-    """Whether this JAX is one of the releases in :data:`TESTED_JAX`: the only ones in which
-    epsweep relies on JAX's internals (here, and in :mod:`.lapack`)."""
+    """Whether this JAX is one of the releases in :data:`TESTED_JAX`, whose internals this
+    module and :mod:`.lapack` are tested with (elsewhere they leave JAX as it is)."""
     return _release(jax.__version__) in TESTED_JAX
 
 

@@ -60,10 +60,10 @@ def older_emitters(devices: Sequence[jax.Device]) -> dict[str, Any]:
     jaxlib 0.10's CPU backend compiles each kernel through its newer (MLIR) emitters, about
     13 ms a kernel however small on this project's 2-core CPU (200 broadcasts: 3.1 s; 1.1 s
     with the older emitters). Inception-v3's ``init`` is about 490 such kernels (random draws
-    turned into weights, broadcast zeros and ones): 5.2-5.3 s to compile instead of 6.8-8.0 s,
-    running as fast, with the same numbers (at XLA's default optimisation level; tests/test_draws.py).
-    Programs of large kernels compile no faster with them (Inception-v3's ``train``: 15.1 s
-    against 11.7 s)."""
+    turned into weights, broadcast zeros and ones): 5.2-5.4 s to compile instead of 6.8-8.0 s,
+    running as fast, with the same numbers in every case tested (at XLA's default optimisation
+    level; tests/test_draws.py). Programs of large kernels compile slower with them
+    (Inception-v3's ``train``: 15.1 s against 11.7 s)."""
     if devices[0].platform != "cpu" or _emitters_refused.is_set() or _user_value(EMITTERS_OPTION) is not None:
         return {}
     return {EMITTERS_OPTION: False}
