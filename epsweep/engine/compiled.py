@@ -306,9 +306,6 @@ def _named(call: Callable, name: str) -> Callable:
     return named
 
 
-_UNASKED = object()
-
-
 class CompiledAhead:
     """A jitted program whose compilation (or load from the persistent cache) starts at once,
     in a thread of its own, for the call shapes ``args``. The programs of a sweep then
@@ -329,7 +326,7 @@ class CompiledAhead:
         self.lowered = threading.Event()
         self._compiled: Any = None
         self._error: BaseException | None = None
-        self._memory: Any = _UNASKED  # memory_stats(), once asked
+        self._memory: Any = replicas.UNASKED  # memory_stats(), once asked
         # not a daemon: Python ends daemon threads abruptly at exit, and one inside XLA's compiler
         # then aborts the process; an exit waits for a compilation still running instead
         threading.Thread(target=self._compile, args=(args,), name="epsweep-compile", daemon=False).start()
@@ -361,11 +358,8 @@ class CompiledAhead:
         output, alias and temp sizes in bytes). Waits for the compilation; None when it failed
         or the backend does not say. Asked once (Inception-v3's ``init``: 77 ms a call), then kept."""
         self._done.wait()
-        if self._memory is _UNASKED:
-            self._memory = None
-            if self._compiled is not None:
-                with contextlib.suppress(NotImplementedError, jax.errors.JaxRuntimeError):  # backend-specific
-                    self._memory = self._compiled.memory_analysis()
+        if self._memory is replicas.UNASKED:
+            self._memory = replicas.memory_of(self._compiled, "memory_analysis")
         return self._memory
 
     def __call__(self, *args: Any) -> Any:

@@ -78,6 +78,18 @@ def available(devices: Sequence[jax.Device]) -> bool:
             and all(d.process_index == jax.process_index() for d in devices))
 
 
+UNASKED = object()  # a program's memory_stats() not asked for yet
+
+
+def memory_of(executable: Any, method: str) -> Any:
+    """``executable.method()``, XLA's buffer assignment of a compiled program; None when there
+    is no executable (the compile failed) or the backend does not say."""
+    if executable is not None:
+        with contextlib.suppress(NotImplementedError, jax.errors.JaxRuntimeError):  # backend-specific
+            return getattr(executable, method)()
+    return None
+
+
 def global_aval(aval: Any, spec: P, count: int) -> jax.ShapeDtypeStruct:
     """The whole array whose per-device block is ``aval``, split by ``spec`` over ``count``
     devices along one mesh axis: each dimension that ``spec`` names is ``count`` times longer."""
@@ -114,8 +126,7 @@ class Replicated:
         self._devices = tuple(devices)
         self._executable: Any = None
         self._error: BaseException | None = None
-        self._memory: Any = None
-        self._memory_asked = False
+        self._memory: Any = UNASKED  # memory_stats(), once asked
         specs = leaf_specs(in_specs, args)
         self._in_tree = jax.tree.structure(args)
         self._in_shardings = [NamedSharding(mesh, s) for s in specs]
@@ -166,11 +177,8 @@ class Replicated:
         """XLA's buffer assignment of one call on each device (argument, output, alias and
         temp sizes in bytes); None when the compile failed or the backend does not say."""
         self._done.wait()
-        if not self._memory_asked:
-            self._memory_asked = True
-            if self._executable is not None:
-                with contextlib.suppress(NotImplementedError, jax.errors.JaxRuntimeError):
-                    self._memory = self._executable.get_compiled_memory_stats()
+        if self._memory is UNASKED:
+            self._memory = memory_of(self._executable, "get_compiled_memory_stats")
         return self._memory
 
     def __call__(self, *args: Any) -> Any:
