@@ -56,6 +56,34 @@ def test_a_data_product_has_the_plain_products_value_and_gradients(x_shape, w_sh
         np.testing.assert_allclose(ours[1], x.T @ cotangent, rtol=1e-5, atol=1e-5)
 
 
+# x shape, w shape: a dense layer with few outputs on activations
+NARROW = [((5, 3), (3, 4)), ((2, 5, 3), (3, 4)), ((6, 8), (8, 1))]
+
+
+@pytest.mark.parametrize("x_shape, w_shape", NARROW)
+def test_a_narrow_product_has_the_plain_products_value_and_gradients(x_shape, w_shape):
+    """Against the closed form: y = x W, dL/dx = g W^T, dL/dW = x^T g (rows flattened), one
+    setting and three under vmap (the loop's case)."""
+    x = RNG.normal(size=(3, *x_shape)).astype(np.float32)
+    w = RNG.normal(size=(3, *w_shape)).astype(np.float32)
+    product = products.narrow_product(product_equation(x[0], w[0], ((len(x_shape) - 1,), (0,))))
+    y = np.einsum("s...i,sio->s...o", x, w)
+    cotangent = RNG.normal(size=y.shape).astype(np.float32)
+
+    def grads(a, b, c):
+        return jax.grad(lambda a_, b_: jnp.sum(product(a_, b_) * c), argnums=(0, 1))(a, b)
+
+    np.testing.assert_allclose(product(x[0], w[0]), y[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(jax.vmap(product)(x, w), y, rtol=1e-5, atol=1e-5)
+    for one, (dx, dw) in [(True, grads(x[0], w[0], cotangent[0])), (False, jax.vmap(grads)(x, w, cotangent))]:
+        settings = [0] if one else range(3)
+        for s in settings:
+            dx_s, dw_s = (dx, dw) if one else (dx[s], dw[s])
+            rows, g = x[s].reshape(-1, w_shape[0]), cotangent[s].reshape(-1, w_shape[1])
+            np.testing.assert_allclose(dx_s, (g @ w[s].T).reshape(x_shape), rtol=1e-5, atol=1e-5)
+            np.testing.assert_allclose(dw_s, rows.T @ g, rtol=1e-5, atol=1e-5)
+
+
 class MLP(nn.Module):
     @nn.compact
     def __call__(self, x):
@@ -76,12 +104,39 @@ def mlp():
     return params, x, y
 
 
-def test_the_first_layer_is_a_data_product_and_the_second_is_not(mlp):
+@pytest.mark.parametrize("narrow", [False, True])
+def test_the_first_layer_is_a_data_product_and_the_second_a_narrow_one(mlp, narrow):
     params, x, y = mlp
-    found = products.find_data_products(mlp_loss, params, {}, x, y, jax.random.key(1))
+    found = products.find_data_products(mlp_loss, params, {}, x, y, jax.random.key(1), narrow=narrow)
     paths = [jax.tree_util.keystr(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
     assert {paths[i]: k for i, k in found.contracted.items()} == {"['Dense_0']['kernel']": 1}
     assert len(found.equations) == 1
+    assert len(found.narrow) == narrow  # Dense(3) on 6 rows
+
+
+def two_layers(n, second):
+    """A loss of weights {"a": (4, 4), "b": (4, n)} whose second product is ``second(h, b)``,
+    h = x a depending on the weights."""
+    return lambda w, x: jnp.sum(second(x @ w["a"], w["b"]))
+
+
+@pytest.mark.parametrize("n, rows, second, expected", [
+    (3, 6, lambda h, b: h @ b, 1),
+    (3, 6, lambda h, b: jax.jit(lambda u, v: u @ v)(h, b), 1),  # inside a nested jit
+    (15, 20, lambda h, b: h @ b, 1),
+    (16, 20, lambda h, b: h @ b, 0),  # as many outputs as NARROW_OUTPUTS
+    (5, 4, lambda h, b: h @ b, 0),  # more outputs than rows
+    (3, 6, lambda h, b: h @ (2 * b), 0),  # not the weight itself
+    (3, 6, lambda h, b: (h @ b.reshape(3, 4).T), 0),  # the weight's trailing dimension contracted
+    (3, 6, lambda h, b: jax.lax.dot_general(h, b, (((1,), (0,)), ((), ())),
+                                            precision=(jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT)), 0),
+])
+def test_which_products_count_as_narrow(n, rows, second, expected):
+    w = {"a": RNG.normal(size=(4, 4)).astype(np.float32), "b": RNG.normal(size=(4, n)).astype(np.float32)}
+    x = RNG.normal(size=(rows, 4)).astype(np.float32)
+    found = products.find_data_products(two_layers(n, second), w, x, narrow=True)
+    assert len(found.narrow) == expected
+    assert not products.find_data_products(two_layers(n, second), w, x).narrow  # only when asked
 
 
 @pytest.mark.parametrize("w_shape, loss, expected", [
@@ -105,12 +160,14 @@ def smoothed_loss(params, state, x, y, key):
     return optax.softmax_cross_entropy(MLP().apply({"params": params}, x), targets).mean(), state
 
 
+@pytest.mark.parametrize("narrow", [False, True], ids=["data products", "and narrow"])
 @pytest.mark.parametrize("loss", [mlp_loss, smoothed_loss], ids=["integer labels", "label smoothing"])
-def test_the_rewritten_loss_has_the_losss_value_and_gradient(mlp, loss):
+def test_the_rewritten_loss_has_the_losss_value_and_gradient(mlp, loss, narrow):
     params, x, y = mlp
     key = jax.random.key(1)
-    found = products.find_data_products(loss, params, {}, x, y, key)
+    found = products.find_data_products(loss, params, {}, x, y, key, narrow=narrow)
     assert list(found.contracted.values()) == [1]  # the first layer's kernel
+    assert len(found.narrow) == narrow
     (value, _), grads = jax.value_and_grad(lambda p: products.evaluate(found, p, {}, x, y, key), has_aux=True)(params)
     (expected, _), expected_grads = jax.value_and_grad(loss, has_aux=True)(params, {}, x, y, key)
     np.testing.assert_allclose(value, expected, rtol=1e-6)
@@ -150,6 +207,27 @@ def test_the_looped_mlp_trains_as_the_loop_free_program_which_keeps_the_models_l
     loop_free = dataclasses.replace(mlp_task, loop_free_on_cpu=True)
     looped = train_runs(mlp_task, settings, h, np.array([0, 3]))
     stepped = train_runs(loop_free, settings, h, np.array([0, 3]))
+    for name in looped._fields:
+        np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)
+
+
+def test_the_loops_narrow_last_layer_trains_as_the_loop_free_program(mlp_task, monkeypatch):
+    """On CPU the loop takes the MLP's last layer (10 classes on a batch of 16) as a narrow
+    product; the loop-free program takes it as the model writes it."""
+    taken = []
+
+    def counted(equation):
+        taken.append(equation)
+        return narrow_product(equation)
+
+    narrow_product = products.narrow_product
+    monkeypatch.setattr(products, "narrow_product", counted)
+    settings = TrainSpec(steps=11, batch_size=16, curve_points=4)
+    h = {"eps": np.array([1e-8, 1e-3, 1.0]), "lr": np.array([1e-2, 3e-3, 1e-2]), "decay": np.full(3, 0.9),
+         "momentum": np.zeros(3)}
+    looped = train_runs(mlp_task, settings, h, np.array([0, 3]))
+    assert taken  # traced here: no other test trains these settings
+    stepped = train_runs(dataclasses.replace(mlp_task, loop_free_on_cpu=True), settings, h, np.array([0, 3]))
     for name in looped._fields:
         np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)
 

@@ -186,8 +186,9 @@ def sharded_programs(task: Task, spec: TrainSpec, devices: Sequence[jax.Device])
     (:func:`program_specs`). Shape-generic (any width); :func:`compiled_programs` fixes the shapes."""
     mesh = Mesh(np.array(devices), (CONFIG_AXIS,))
     loop_free = _loop_free(task, devices)
-    functions = dict(zip(("init", "train", "evaluate", "finish", "measure"), build_programs(task, spec, loop_free),
-                         strict=True))
+    narrow = devices[0].platform == "cpu"  # products.narrow_product: measured on CPU only
+    functions = dict(zip(("init", "train", "evaluate", "finish", "measure"),
+                         build_programs(task, spec, loop_free, narrow), strict=True))
     programs = {}
     for name, (in_specs, out_specs) in program_specs(task, spec, devices).items():
         if functions[name] is not None:

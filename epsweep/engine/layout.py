@@ -117,15 +117,15 @@ def swap_kernels(tree: Any, lead: int = 0) -> Any:
     return LoopLayout()._map(tree, lead, lambda leaf, k: leaf, lambda leaf: jnp.swapaxes(leaf, -1, -2))
 
 
-def loop_layout(loss, runs: Any, xb, yb) -> LoopLayout:
+def loop_layout(loss, runs: Any, xb, yb, narrow: bool = False) -> LoopLayout:
     """The loop's layout for ``runs`` (S, G, ...) trained on ``loss``, traced once for one run
-    (on a minibatch shaped as ``xb``, ``yb``; None without data) to find its data products. The
-    loop replays that trace (:func:`epsweep.engine.products.evaluate`) rather than trace the
-    loss a second time."""
+    (on a minibatch shaped as ``xb``, ``yb``; None without data) to find its data products (and
+    with ``narrow``, its narrow products: on CPU). The loop replays that trace
+    (:func:`epsweep.engine.products.evaluate`) rather than trace the loss a second time."""
     one_run = jax.tree.map(lambda leaf: jax.ShapeDtypeStruct(jnp.shape(leaf)[2:], leaf.dtype),
                            (runs.params, runs.model_state))
     batch = [None if b is None else jax.ShapeDtypeStruct(jnp.shape(b), b.dtype) for b in (xb, yb)]
-    found = products.find_data_products(loss, *one_run, *batch, jax.random.key(0))
+    found = products.find_data_products(loss, *one_run, *batch, jax.random.key(0), narrow=narrow)
     weights = jax.tree.leaves(one_run[0])
     data = {i: (k, tuple(weights[i].shape)) for i, k in found.contracted.items()}
     return LoopLayout(jax.tree.structure(one_run[0]), data, found)

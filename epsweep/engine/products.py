@@ -17,10 +17,18 @@ Here the weight gradient of such a product is taken as x^T dL/dy (:func:`data_pr
 left operand does not depend on the weights and whose right operand is a weight array
 contracted over its leading dimensions; :func:`evaluate` runs the loss with those products
 replaced.
+
+A last layer with few outputs (a classifier's classes) reads its input per setting: h (rows,
+in) times W (in, n), n small. XLA's CPU backend computes the settings' products one by one,
+each with n as the output's minor dimension, which its matrix kernels fill poorly. On CPU
+the loop takes such a product as (W^T h^T)^T and its weight gradient as (g^T h)^T
+(:func:`narrow_product`): the rows become the minor dimension, and the kernel is read as the
+loop keeps it, (n, in).
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, NamedTuple
 
 import jax
@@ -34,12 +42,14 @@ class DataProducts(NamedTuple):
     ``contracted``: for each weight array (by its index in ``jax.tree.leaves(weights)``) that is
     the right operand of such a product, how many of its leading dimensions the product
     contracts (1 for a dense kernel (in, out)). ``equations``: ids of those products' equations
-    in ``jaxpr`` or in a ``jit`` inside it, and of every ``jit`` equation that holds one."""
+    in ``jaxpr`` or in a ``jit`` inside it, and of every ``jit`` equation that holds one or a
+    narrow product. ``narrow``: ids of the narrow products' equations (:func:`narrow_product`)."""
 
     jaxpr: ClosedJaxpr
     out_tree: Any
     contracted: dict[int, int]
     equations: frozenset[int]
+    narrow: frozenset[int] = frozenset()
 
 
 def data_product(equation) -> Any:
@@ -79,18 +89,75 @@ def data_product(equation) -> Any:
     return product
 
 
-def find_data_products(loss, weights, *rest) -> DataProducts:
+def narrow_product(equation) -> Any:
+    """The ``dot_general`` ``equation``, h (..., in) by a weight w (in, n) (a dense layer), as a
+    function of (h, w) computed as (w^T h^T)^T, with w's gradient (g^T h)^T and h's g w^T.
+
+    With n below a vector of floats, XLA's CPU products of h by w (one per setting under
+    ``vmap``) run faster with h's rows as the output's minor dimension; an optimization barrier
+    keeps XLA from turning each product back. Forward and backward of one such layer, 32
+    settings on one core of this project's AMD EPYC: 0.63-0.92 of the time for n = 2 to 10 and
+    8 to 256 rows, 0.92-0.99 for n = 16 to 32 with 32 rows, 1.04-1.06 for n = 32 to 64 with 64
+    to 128 rows (docs/performance.md, twenty-eighth stop)."""
+    params = equation.params
+
+    def dot(a, b, contract):
+        return jax.lax.dot_general(a, b, (contract, ((), ())), precision=params.get("precision"),
+                                   preferred_element_type=params.get("preferred_element_type"))
+
+    @jax.custom_vjp
+    def product(h, w):
+        return equation.primitive.bind(h, w, **params)
+
+    def product_fwd(h, w):
+        transposed = dot(w.T, h, ((1,), (h.ndim - 1,)))  # (n, rows...)
+        return jnp.moveaxis(jax.lax.optimization_barrier(transposed), 0, -1), (h, w)
+
+    def product_bwd(residuals, g):
+        h, w = residuals
+        dh = dot(g, w.T, ((g.ndim - 1,), (0,)))
+        g_transposed = jax.lax.optimization_barrier(jnp.moveaxis(g, -1, 0))  # (n, rows...)
+        rows = tuple(range(h.ndim - 1))
+        dw_transposed = dot(g_transposed, h, (tuple(r + 1 for r in rows), rows))  # (n, in)
+        return dh.astype(h.dtype), dw_transposed.T.astype(w.dtype)
+
+    product.defvjp(product_fwd, product_bwd)
+    return product
+
+
+NARROW_OUTPUTS = 16  # a product is narrow with fewer outputs than this (and than its rows)
+
+
+def _is_narrow_product(equation, weighted: list[bool]) -> bool:
+    """A dense layer on activations (dependent on the weights) whose kernel (in, n) has fewer
+    outputs n than NARROW_OUTPUTS and than the activations have rows."""
+    if equation.primitive.name != "dot_general" or not weighted[0]:
+        return False
+    (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = equation.params["dimension_numbers"]
+    h_shape, w_shape = (var.aval.shape for var in equation.invars)
+    precision = equation.params.get("precision")
+    return (not lhs_batch and not rhs_batch and len(w_shape) == 2 and len(h_shape) >= 2
+            and tuple(lhs_contract) == (len(h_shape) - 1,) and tuple(rhs_contract) == (0,)
+            and w_shape[1] < min(NARROW_OUTPUTS, math.prod(h_shape[:-1]))
+            and not (isinstance(precision, tuple) and precision[0] != precision[1])
+            and equation.params.get("out_sharding") is None)
+
+
+def find_data_products(loss, weights, *rest, narrow: bool = False) -> DataProducts:
     """Trace ``loss(weights, *rest)`` (arrays or ``jax.ShapeDtypeStruct``) and find its products
-    of data by weights (see the module's docstring)."""
+    of data by weights (see the module's docstring), and with ``narrow`` its narrow products
+    (:func:`narrow_product`)."""
     closed, out_shape = jax.make_jaxpr(loss, return_shape=True)(weights, *rest)
     n_weights = len(jax.tree.leaves(weights))
     n_args = len(jax.tree.leaves((weights, *rest)))
     found: dict[int, set[int]] = {}
     equations: set[int] = set()
+    narrow_equations: set[int] | None = set() if narrow else None
     _scan(closed.jaxpr, [i < n_weights for i in range(n_args)],
-          [i if i < n_weights else None for i in range(n_args)], found, equations)
+          [i if i < n_weights else None for i in range(n_args)], found, equations, narrow_equations)
     contracted = {i: next(iter(k)) for i, k in found.items() if len(k) == 1}
-    return DataProducts(closed, jax.tree.structure(out_shape), contracted, frozenset(equations))
+    return DataProducts(closed, jax.tree.structure(out_shape), contracted, frozenset(equations),
+                        frozenset(narrow_equations or ()))
 
 
 def _is_data_product(equation, weighted: list[bool]) -> bool:
@@ -101,11 +168,12 @@ def _is_data_product(equation, weighted: list[bool]) -> bool:
             and len(rhs_contract) > 0 and tuple(rhs_contract) == tuple(range(len(rhs_contract))))
 
 
-def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equations: set) -> tuple[list[bool], bool]:
-    """Mark ``jaxpr``'s data products, and the ``jit`` equations that hold one (descending into
-    them); ``weighted``: which inputs depend on the weights, ``sources``: which are a weight
-    array itself (its index) or None. Returns which outputs depend on the weights, and whether
-    ``jaxpr`` holds a data product."""
+def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equations: set,
+          narrow: set | None = None) -> tuple[list[bool], bool]:
+    """Mark ``jaxpr``'s data products (and, ``narrow`` a set, its narrow products), and the
+    ``jit`` equations that hold one (descending into them); ``weighted``: which inputs depend on
+    the weights, ``sources``: which are a weight array itself (its index) or None. Returns which
+    outputs depend on the weights, and whether ``jaxpr`` holds a product to replace."""
     depends = dict(zip(jaxpr.invars, weighted, strict=True))
     source = dict(zip(jaxpr.invars, sources, strict=True))
 
@@ -117,7 +185,8 @@ def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equati
         inputs = [weighted_var(var) for var in equation.invars]
         if equation.primitive.name == "jit":
             inner_sources = [None if isinstance(var, Literal) else source.get(var) for var in equation.invars]
-            outputs, inner_holds = _scan(equation.params["jaxpr"].jaxpr, inputs, inner_sources, found, equations)
+            outputs, inner_holds = _scan(equation.params["jaxpr"].jaxpr, inputs, inner_sources, found, equations,
+                                         narrow)
             if inner_holds:  # evaluate inlines it
                 equations.add(id(equation))
                 holds = True
@@ -131,19 +200,23 @@ def _scan(jaxpr: Jaxpr, weighted: list[bool], sources: list, found: dict, equati
                 found.setdefault(weight, set()).add(len(rhs_contract))
                 equations.add(id(equation))
                 holds = True
+            elif narrow is not None and weight is not None and _is_narrow_product(equation, inputs):
+                narrow.add(id(equation))
+                holds = True
         for var, output in zip(equation.outvars, outputs, strict=True):
             depends[var] = output
     return [weighted_var(var) for var in jaxpr.outvars], holds
 
 
 def evaluate(products: DataProducts, *args) -> Any:
-    """The traced loss on ``args``, its data products taken by :func:`data_product`."""
+    """The traced loss on ``args``, its data products taken by :func:`data_product` and its
+    narrow products by :func:`narrow_product`."""
     closed = products.jaxpr
-    outs = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args), products.equations)
+    outs = _evaluate(closed.jaxpr, closed.consts, jax.tree.leaves(args), products.equations, products.narrow)
     return jax.tree.unflatten(products.out_tree, outs)
 
 
-def _evaluate(jaxpr: Jaxpr, consts, args, equations: frozenset[int]) -> list:
+def _evaluate(jaxpr: Jaxpr, consts, args, equations: frozenset[int], narrow: frozenset[int]) -> list:
     env: dict = {}
 
     def read(var):
@@ -155,7 +228,9 @@ def _evaluate(jaxpr: Jaxpr, consts, args, equations: frozenset[int]) -> list:
         values = [read(var) for var in equation.invars]
         if equation.primitive.name == "jit" and id(equation) in equations:
             inner = equation.params["jaxpr"]
-            outs = _evaluate(inner.jaxpr, inner.consts, values, equations)
+            outs = _evaluate(inner.jaxpr, inner.consts, values, equations, narrow)
+        elif id(equation) in narrow:
+            outs = [narrow_product(equation)(*values)]
         elif id(equation) in equations:
             outs = [data_product(equation)(*values)]
         else:

@@ -73,6 +73,7 @@ class _Plan:
     n_train: int
     batches_per_epoch: int
     layout: LoopLayout = dataclasses.field(default_factory=LoopLayout)  # in the loop: see _train
+    narrow_products: bool = False  # the loop takes narrow products transposed (products.narrow_product): on CPU
 
     @property
     def kernels_swapped(self) -> bool:
@@ -123,7 +124,8 @@ class _Plan:
                               one_minus_decay=hc["one_minus_decay"])
 
 
-def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tuple[Callable, ...]:
+def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False,
+                   narrow_products: bool = False) -> tuple[Callable, ...]:
     """The pure functions behind :class:`~epsweep.engine.compiled.Programs` (unjitted,
     unsharded): init, train, evaluate, finish and measure (None unless loop-free with a
     denominator), with the task and spec bound.
@@ -138,12 +140,16 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False) -> tupl
     as the body of a one-iteration ``fori_loop``), so on CPU the engine drives models with
     convolutions one step per call (``Task.loop_free_on_cpu``), and measures the eps
     diagnostics with ``measure``. Everything else is the same program, and so are the numbers.
+
+    ``narrow_products``: the training loop computes a dense layer with few outputs transposed
+    (:func:`~epsweep.engine.products.narrow_product`), faster on CPU; its numbers differ at
+    float rounding.
     """
     if task.features is not None:
         raise ValueError(f"task {task.name} has frozen features: train it on them (engine.features.on_features)")
     n_train = len(task.data.x_train) if task.data is not None else 1
     plan = _Plan(
-        task=task, spec=spec, loop_free=loop_free,
+        task=task, spec=spec, loop_free=loop_free, narrow_products=narrow_products,
         update_rule=make_optimizer(spec.optimizer, 0.0, 0.0, 0.0, momentum=0.0 if spec.momentum else None,
                                    convention=spec.convention, centered=spec.centered),
         trainable=task.trainable_mask(), n_train=n_train,
@@ -268,7 +274,8 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     if not plan.loop_free:
         batch = [jax.ShapeDtypeStruct((plan.spec.batch_size, *a.shape[1:]), a.dtype) if plan.has_data else None
                  for a in (x_train, y_train)]
-        plan = dataclasses.replace(plan, layout=loop_layout(plan.task.loss, state.runs, *batch))
+        plan = dataclasses.replace(plan, layout=loop_layout(plan.task.loss, state.runs, *batch,
+                                                            narrow=plan.narrow_products))
     spec, n_train, layout = plan.spec, plan.n_train, plan.layout
     grad_axes = layout.run_axes(state.runs.params)
     run_axes = jax.tree.map(lambda _: 0, state.runs)._replace(params=grad_axes,
