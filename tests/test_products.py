@@ -126,6 +126,8 @@ def two_layers(n, second):
     (15, 20, lambda h, b: h @ b, 1),
     (16, 20, lambda h, b: h @ b, 0),  # as many outputs as NARROW_OUTPUTS
     (5, 4, lambda h, b: h @ b, 0),  # more outputs than rows
+    (3, 4096, lambda h, b: h @ b, 1),  # an input of 16,384 elements
+    (3, 4097, lambda h, b: h @ b, 0),  # ... and one more row
     (3, 6, lambda h, b: h @ (2 * b), 0),  # not the weight itself
     (3, 6, lambda h, b: (h @ b.reshape(3, 4).T), 0),  # the weight's trailing dimension contracted
     (3, 6, lambda h, b: jax.lax.dot_general(h, b, (((1,), (0,)), ((), ())),

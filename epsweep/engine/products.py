@@ -96,9 +96,10 @@ def narrow_product(equation) -> Any:
     With n below a vector of floats, XLA's CPU products of h by w (one per setting under
     ``vmap``) run faster with h's rows as the output's minor dimension; an optimization barrier
     keeps XLA from turning each product back. Forward and backward of one such layer, 32
-    settings on one core of this project's AMD EPYC: 0.63-0.92 of the time for n = 2 to 10 and
-    8 to 256 rows, 0.92-0.99 for n = 16 to 32 with 32 rows, 1.04-1.06 for n = 32 to 64 with 64
-    to 128 rows (docs/performance.md, twenty-eighth stop)."""
+    settings on one core of this project's AMD EPYC: 0.63-0.95 of the time for n = 2 to 10 and
+    inputs of 1,024 to 16,384 elements (rows x in), 0.92-0.99 for n = 16 to 32 (32 x 128),
+    1.04-1.06 for n = 32 to 64 (64 to 128 x 128), and mostly 1.07-1.42 for inputs of 24,576 to
+    65,536 elements (docs/performance.md, twenty-eighth stop)."""
     params = equation.params
 
     def dot(a, b, contract):
@@ -125,12 +126,14 @@ def narrow_product(equation) -> Any:
     return product
 
 
-NARROW_OUTPUTS = 16  # a product is narrow with fewer outputs than this (and than its rows)
+NARROW_OUTPUTS = 16  # a narrow product has fewer outputs than this and than its input's rows,
+NARROW_INPUT = 1 << 14  # and an input of at most this many elements (rows x in)
 
 
 def _is_narrow_product(equation, weighted: list[bool]) -> bool:
     """A dense layer on activations (dependent on the weights) whose kernel (in, n) has fewer
-    outputs n than NARROW_OUTPUTS and than the activations have rows."""
+    outputs n than NARROW_OUTPUTS and than the activations have rows, the activations at most
+    NARROW_INPUT elements."""
     if equation.primitive.name != "dot_general" or not weighted[0]:
         return False
     (lhs_contract, rhs_contract), (lhs_batch, rhs_batch) = equation.params["dimension_numbers"]
@@ -138,7 +141,7 @@ def _is_narrow_product(equation, weighted: list[bool]) -> bool:
     precision = equation.params.get("precision")
     return (not lhs_batch and not rhs_batch and len(w_shape) == 2 and len(h_shape) >= 2
             and tuple(lhs_contract) == (len(h_shape) - 1,) and tuple(rhs_contract) == (0,)
-            and w_shape[1] < min(NARROW_OUTPUTS, math.prod(h_shape[:-1]))
+            and w_shape[1] < min(NARROW_OUTPUTS, math.prod(h_shape[:-1])) and math.prod(h_shape) <= NARROW_INPUT
             and not (isinstance(precision, tuple) and precision[0] != precision[1])
             and equation.params.get("out_sharding") is None)
 
