@@ -62,26 +62,50 @@ NARROW = [((5, 3), (3, 4)), ((2, 5, 3), (3, 4)), ((6, 8), (8, 1))]
 
 @pytest.mark.parametrize("x_shape, w_shape", NARROW)
 def test_a_narrow_product_has_the_plain_products_value_and_gradients(x_shape, w_shape):
-    """Against the closed form: y = x W, dL/dx = g W^T, dL/dW = x^T g (rows flattened), one
-    setting and three under vmap (the loop's case)."""
+    """Against the closed form, y = x W and with L = sum(c sin y), g = c cos y: dL/dx = g W^T,
+    dL/dW = x^T g (rows flattened); one setting and three under vmap (the loop's case). The
+    value is taken through jax.vjp, which runs the transposed forward (a plain call runs the
+    custom_vjp's primal), and the loss is not linear, so the gradients depend on it too."""
     x = RNG.normal(size=(3, *x_shape)).astype(np.float32)
     w = RNG.normal(size=(3, *w_shape)).astype(np.float32)
     product = products.narrow_product(product_equation(x[0], w[0], ((len(x_shape) - 1,), (0,))))
     y = np.einsum("s...i,sio->s...o", x, w)
-    cotangent = RNG.normal(size=y.shape).astype(np.float32)
+    c = RNG.normal(size=y.shape).astype(np.float32)
 
-    def grads(a, b, c):
-        return jax.grad(lambda a_, b_: jnp.sum(product(a_, b_) * c), argnums=(0, 1))(a, b)
+    def value_and_grads(a, b, c_):
+        value = jax.vjp(product, a, b)[0]
+        return value, jax.grad(lambda a_, b_: jnp.sum(c_ * jnp.sin(product(a_, b_))), argnums=(0, 1))(a, b)
 
-    np.testing.assert_allclose(product(x[0], w[0]), y[0], rtol=1e-5, atol=1e-5)
-    np.testing.assert_allclose(jax.vmap(product)(x, w), y, rtol=1e-5, atol=1e-5)
-    for one, (dx, dw) in [(True, grads(x[0], w[0], cotangent[0])), (False, jax.vmap(grads)(x, w, cotangent))]:
-        settings = [0] if one else range(3)
-        for s in settings:
-            dx_s, dw_s = (dx, dw) if one else (dx[s], dw[s])
-            rows, g = x[s].reshape(-1, w_shape[0]), cotangent[s].reshape(-1, w_shape[1])
-            np.testing.assert_allclose(dx_s, (g @ w[s].T).reshape(x_shape), rtol=1e-5, atol=1e-5)
-            np.testing.assert_allclose(dw_s, rows.T @ g, rtol=1e-5, atol=1e-5)
+    one = value_and_grads(x[0], w[0], c[0])
+    mapped = jax.vmap(value_and_grads)(x, w, c)
+    for s, (value, (dx, dw)) in [(0, one)] + [(s, jax.tree.map(lambda a, s=s: a[s], mapped)) for s in range(3)]:
+        g = c[s] * np.cos(y[s])
+        np.testing.assert_allclose(value, y[s], rtol=1e-5, atol=1e-5)
+        np.testing.assert_allclose(dx, np.einsum("...o,io->...i", g, w[s]), rtol=1e-4, atol=1e-5)
+        rows, g_rows = x[s].reshape(-1, w_shape[0]), g.reshape(-1, w_shape[1])
+        np.testing.assert_allclose(dw, rows.T @ g_rows, rtol=1e-4, atol=1e-5)
+
+
+@pytest.fixture
+def narrow_calls(monkeypatch):
+    """The narrow products built from now on (their equations), each counted once it has run:
+    a product that failed while tracing (the loop would then fall back to the plain loss) is
+    not counted."""
+    taken = []
+    build = products.narrow_product
+
+    def counted(equation):
+        product = build(equation)
+
+        def run(*args):
+            out = product(*args)
+            taken.append(equation)
+            return out
+
+        return run
+
+    monkeypatch.setattr(products, "narrow_product", counted)
+    return taken
 
 
 class MLP(nn.Module):
@@ -133,11 +157,16 @@ def two_layers(n, second):
     (3, 6, lambda h, b: jax.lax.dot_general(h, b, (((1,), (0,)), ((), ())),
                                             precision=(jax.lax.Precision.HIGHEST, jax.lax.Precision.DEFAULT)), 0),
 ])
-def test_which_products_count_as_narrow(n, rows, second, expected):
+def test_which_products_count_as_narrow(n, rows, second, expected, narrow_calls):
     w = {"a": RNG.normal(size=(4, 4)).astype(np.float32), "b": RNG.normal(size=(4, n)).astype(np.float32)}
     x = RNG.normal(size=(rows, 4)).astype(np.float32)
     found = products.find_data_products(two_layers(n, second), w, x, narrow=True)
     assert len(found.narrow) == expected
+    value, grads = jax.value_and_grad(lambda w_: products.evaluate(found, w_, x))(w)  # a nested jit is inlined
+    assert len(narrow_calls) == expected
+    expected_value, expected_grads = jax.value_and_grad(two_layers(n, second))(w, x)
+    np.testing.assert_allclose(value, expected_value, rtol=1e-5)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-4), grads, expected_grads)
     assert not products.find_data_products(two_layers(n, second), w, x).narrow  # only when asked
 
 
@@ -213,22 +242,14 @@ def test_the_looped_mlp_trains_as_the_loop_free_program_which_keeps_the_models_l
         np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)
 
 
-def test_the_loops_narrow_last_layer_trains_as_the_loop_free_program(mlp_task, monkeypatch):
+def test_the_loops_narrow_last_layer_trains_as_the_loop_free_program(mlp_task, narrow_calls):
     """On CPU the loop takes the MLP's last layer (10 classes on a batch of 16) as a narrow
     product; the loop-free program takes it as the model writes it."""
-    taken = []
-
-    def counted(equation):
-        taken.append(equation)
-        return narrow_product(equation)
-
-    narrow_product = products.narrow_product
-    monkeypatch.setattr(products, "narrow_product", counted)
     settings = TrainSpec(steps=11, batch_size=16, curve_points=4)
     h = {"eps": np.array([1e-8, 1e-3, 1.0]), "lr": np.array([1e-2, 3e-3, 1e-2]), "decay": np.full(3, 0.9),
          "momentum": np.zeros(3)}
     looped = train_runs(mlp_task, settings, h, np.array([0, 3]))
-    assert taken  # traced here: no other test trains these settings
+    assert narrow_calls  # traced here (no other test trains these settings), without falling back
     stepped = train_runs(dataclasses.replace(mlp_task, loop_free_on_cpu=True), settings, h, np.array([0, 3]))
     for name in looped._fields:
         np.testing.assert_allclose(getattr(looped, name), getattr(stepped, name), rtol=1e-5, atol=1e-6, err_msg=name)

@@ -22,8 +22,8 @@ A last layer with few outputs (a classifier's classes) reads its input per setti
 in) times W (in, n), n small. XLA's CPU backend computes the settings' products one by one,
 each with n as the output's minor dimension, which its matrix kernels fill poorly. On CPU
 the loop takes such a product as (W^T h^T)^T and its weight gradient as (g^T h)^T
-(:func:`narrow_product`): the rows become the minor dimension, and the kernel is read as the
-loop keeps it, (n, in).
+(:func:`narrow_product`): the rows become the minor dimension, and a dense kernel (a weight
+named ``kernel``) is read as the loop keeps it, (n, in).
 """
 
 from __future__ import annotations
@@ -99,7 +99,9 @@ def narrow_product(equation) -> Any:
     settings on one core of this project's AMD EPYC: 0.63-0.95 of the time for n = 2 to 10 and
     inputs of 1,024 to 16,384 elements (rows x in), 0.92-0.99 for n = 16 to 32 (32 x 128),
     1.04-1.06 for n = 32 to 64 (64 to 128 x 128), and mostly 1.07-1.42 for inputs of 24,576 to
-    65,536 elements (docs/performance.md, twenty-eighth stop)."""
+    65,536 elements (docs/performance.md, twenty-eighth stop). At one setting per call XLA
+    compiles it differently: a width of one gives numbers that differ at float rounding from a
+    wider call's (the plain product's do not), as the loop-free programs' already do."""
     params = equation.params
 
     def dot(a, b, contract):
