@@ -100,8 +100,8 @@ def narrow_product(equation) -> Any:
     inputs of 1,024 to 16,384 elements (rows x in), 0.92-0.99 for n = 16 to 32 (32 x 128),
     1.04-1.06 for n = 32 to 64 (64 to 128 x 128), and mostly 1.07-1.42 for inputs of 24,576 to
     65,536 elements (docs/performance.md, twenty-eighth stop). At one setting per call XLA
-    compiles it differently: a width of one gives numbers that differ at float rounding from a
-    wider call's (the plain product's do not), as the loop-free programs' already do."""
+    compiles it differently: a width of one rounds otherwise than a wider call (so, in one case
+    measured, did the plain product's forward, not its gradients)."""
     params = equation.params
 
     def dot(a, b, contract):
