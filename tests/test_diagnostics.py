@@ -25,6 +25,7 @@ from epsweep.optim import (
     make_optimizer,
     moving_parameters,
 )
+from epsweep.optim.diagnostics import EXACT_FLOAT_COUNT, selected_and_dominated
 from epsweep.runner import sweep
 
 LR = 0.01
@@ -142,6 +143,22 @@ TERM_CASES = [
 
 def term_id(case):
     return "{optimizer}-{convention}-{c}".format(**case, c="centered" if case["centered"] else "plain")
+
+
+@pytest.mark.parametrize("size", [1000, EXACT_FLOAT_COUNT - 1, EXACT_FLOAT_COUNT + 3])
+def test_the_counts_of_selected_and_eps_dominated_parameters_are_exact(size):
+    """One float32 sum below 2^24 elements, int32 sums from there: a float32 sum of 2^24 + 3 ones
+    cannot be exact (float32 has no odd integers above 2^24), and neither count may be off by one."""
+    rng = np.random.default_rng(size)
+    stat = rng.random(size, dtype=np.float32)
+    selected = np.ones(size, bool)
+    selected[rng.integers(0, size, 7)] = False  # a few not selected, some of them dominated
+    selected[:3] = True
+    got = jax.jit(selected_and_dominated)(stat, jnp.float32(0.5), selected)
+    assert got.dtype == jnp.int32
+    assert got.tolist() == [int(selected.sum()), int(((0.5 > stat) & selected).sum())]
+    all_ones = jax.jit(selected_and_dominated)(stat, jnp.float32(2.0), np.ones(size, bool))
+    assert all_ones.tolist() == [size, size]
 
 
 @pytest.mark.parametrize("case", TERM_CASES, ids=term_id)

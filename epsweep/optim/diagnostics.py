@@ -141,12 +141,32 @@ def moving_mask_size(params: Any, optimizer: str) -> int:
     return 0 if optimizer == "sgd" else sum(int(np.prod(np.shape(leaf))) for leaf in jax.tree.leaves(params))
 
 
+EXACT_FLOAT_COUNT = 1 << 24  # float32 holds every integer up to 2^24 exactly
+
+
+def selected_and_dominated(stat: jax.Array, eps: jax.Array, selected: jax.Array) -> jax.Array:
+    """int32 [how many parameters ``selected`` marks, how many of them have eps > stat].
+
+    Both counts are one float32 sum of a (2, size) array of ones and zeros, exact below
+    EXACT_FLOAT_COUNT elements (every partial sum is an integer float32 holds), int32 sums
+    from there. XLA's CPU backend sums int32 through trees of windowed reductions, and two
+    separate sums each read the mask: in the training loop the diagnostics of the default
+    MLP's measured steps took 190-229 us a step this way, 115 us as one float32 sum
+    (docs/performance.md, twenty-eighth stop)."""
+    dominated = (eps > stat) & selected
+    if selected.size >= EXACT_FLOAT_COUNT:
+        return jnp.stack([jnp.sum(selected, dtype=jnp.int32), jnp.sum(dominated, dtype=jnp.int32)])
+    ones = jnp.stack([jnp.where(selected, jnp.float32(1), jnp.float32(0)),
+                      jnp.where(dominated, jnp.float32(1), jnp.float32(0))])
+    return jnp.sum(ones.reshape(2, -1), axis=1).astype(jnp.int32)
+
+
 def eps_dominated_share(terms: DenominatorTerms, where: Any = None) -> jax.Array:
     """Share of the parameters selected by ``where`` (all by default) whose eps term exceeds
     their gradient-statistics term, eps > stat; NaN when none is selected."""
     stats, masks = _selected(terms.stat, where)
-    count = sum(jnp.sum((terms.eps > s) & m) for s, m in zip(stats, masks, strict=False))
-    total = sum(jnp.sum(m) for m in masks)
+    total, count = sum((selected_and_dominated(s, terms.eps, m) for s, m in zip(stats, masks, strict=False)),
+                       jnp.zeros(2, jnp.int32))
     return (count / total).astype(jnp.float32)
 
 
