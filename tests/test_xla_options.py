@@ -71,16 +71,42 @@ def test_the_options_are_off_the_cpu_and_when_xla_flags_name_them(monkeypatch, o
     assert xla_options.older_emitters(CPU) == {}
 
 
-def test_only_a_large_states_init_compiles_with_the_older_emitters(mlp_task, monkeypatch, options_not_refused):
+def test_the_older_emitters_go_to_a_large_states_init_and_a_small_states_evaluate_and_finish(
+        mlp_task, monkeypatch, options_not_refused):
     """The MLP's init (a small state, at low optimisation, where the older emitters would move
-    its weights by a float step) and the other programs keep XLA's emitters."""
+    its weights by a float step), train and measure keep XLA's emitters; its evaluate and
+    finish (small kernels) take the older ones. A large state's init takes them, its evaluate
+    and finish (large kernels) keep XLA's."""
     programs = exports.load_or_export(mlp_task, TrainSpec(steps=3, batch_size=5, curve_points=3), CPU[:1], 1)[0]
-    options = {name: compiled._compile_options(name, program, CPU[:1], False) for name, program in programs.items()}
-    assert all(xla_options.EMITTERS_OPTION not in o and xla_options.EMITTERS_OPTION not in f
-               for o, f, _ in options.values())
+    older = {**xla_options.cpu_options(CPU), xla_options.EMITTERS_OPTION: False}
+
+    def with_older_emitters() -> set[str]:
+        options = {name: compiled._compile_options(name, program, CPU[:1], False) for name, program in programs.items()}
+        assert all(xla_options.EMITTERS_OPTION not in fallback for _, fallback, _ in options.values())
+        assert all(o in (older, {**xla_options.cpu_options(CPU), **(compiled._init_compiler_options(CPU[:1], 0) or {})},
+                         xla_options.cpu_options(CPU)) for o, _, _ in options.values())
+        return {name for name, (o, _, _) in options.items() if xla_options.EMITTERS_OPTION in o}
+
+    assert with_older_emitters() == {"evaluate", "finish"} and {"init", "train"} <= set(programs)
     monkeypatch.setattr(compiled, "LARGE_INIT_BYTES", 1)  # every state is large
-    init, fallback, _ = compiled._compile_options("init", programs["init"], CPU[:1], False)
-    assert init == {**xla_options.cpu_options(CPU), xla_options.EMITTERS_OPTION: False} and fallback == {}
+    assert with_older_emitters() == {"init"}
+
+
+def test_evaluate_and_finish_give_the_same_numbers_with_the_older_emitters(mlp_task, monkeypatch, options_not_refused):
+    """A small state's evaluate and finish compiled with XLA's older emitters and with its own:
+    the same bits in every output (every validation batch, padded or not, and the median of
+    the effective step sizes)."""
+    h = {"eps": np.array([1e-8, 1e-3, 1.0]), "lr": np.full(3, 1e-2), "decay": np.array([0.9, 0.99, 0.0]),
+         "momentum": np.zeros(3)}
+    spec = TrainSpec(steps=5, batch_size=6, curve_points=5, eval_batch_size=100)  # programs of its own
+    runs = {}
+    for emitters in ("older", "XLA's"):
+        monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())
+        if emitters == "XLA's":
+            monkeypatch.setattr(xla_options, "older_emitters", lambda devices: {})
+        runs[emitters] = train_runs(mlp_task, spec, h, np.array([0, 1]))
+    for name in runs["older"]._fields:
+        np.testing.assert_array_equal(getattr(runs["older"], name), getattr(runs["XLA's"], name), err_msg=name)
 
 
 def test_every_program_of_a_sweep_compiles_with_the_options(mlp_task, monkeypatch, options_not_refused):

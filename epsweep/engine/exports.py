@@ -186,11 +186,12 @@ def _export(task: Task, spec: TrainSpec, devices: Sequence[jax.Device], width: i
 class Unexported(NamedTuple):
     """A program that ``jax.export`` cannot serialize (a model that calls back to Python:
     ``jax.debug.print``, ``pure_callback``), called as it is traced: the exported module's
-    ``call``, ``out_tree`` and ``out_avals``, nothing to store."""
+    ``call``, ``out_tree``, ``in_avals`` and ``out_avals``, nothing to store."""
 
     call: Callable
     out_tree: Any
     out_avals: tuple
+    in_avals: tuple = ()
 
 
 def _export_one(program: Callable, args: tuple) -> export.Exported | Unexported:
@@ -201,7 +202,11 @@ def _export_one(program: Callable, args: tuple) -> export.Exported | Unexported:
             raise
         log.debug("not exporting %s: %s", program, error)
         avals, out_tree = jax.tree.flatten(jax.eval_shape(program, *args))
-        return Unexported(program, out_tree, tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in avals))
+        return Unexported(program, out_tree, _shapes(avals), _shapes(jax.tree.leaves(args)))
+
+
+def _shapes(arrays: Sequence[Any]) -> tuple:
+    return tuple(jax.ShapeDtypeStruct(a.shape, a.dtype) for a in arrays)
 
 
 def _namedtuple_types(treedef: Any, found: dict[str, type]) -> None:

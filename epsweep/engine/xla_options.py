@@ -1,6 +1,6 @@
 """The XLA options every program of a sweep compiles with on CPU: YNNPACK for single dot
 products and reductions, but not for convolutions; and XLA's older fusion emitters for a
-program made of hundreds of small kernels (:func:`older_emitters`).
+program made of many small kernels (:func:`older_emitters`).
 
 jaxlib 0.10's CPU backend gives all three to YNNPACK by default (``xla_cpu_experimental_ynn_fusion_type``
 = INDIVIDUAL_DOT, REDUCE, INDIVIDUAL_CONVOLUTION). On this project's 2-core Intel Xeon,
@@ -55,14 +55,15 @@ def cpu_options(devices: Sequence[jax.Device]) -> dict[str, Any]:
 
 def older_emitters(devices: Sequence[jax.Device]) -> dict[str, Any]:
     """The option that compiles a program with XLA's older fusion emitters, for a program of
-    hundreds of small kernels: {} off CPU, when ``XLA_FLAGS`` sets it, or once XLA has refused it.
+    many small kernels: {} off CPU, when ``XLA_FLAGS`` sets it, or once XLA has refused it.
 
     jaxlib 0.10's CPU backend compiles each kernel through its newer (MLIR) emitters, about
     13 ms a kernel however small on this project's 2-core CPU (200 broadcasts: 3.1 s; 1.1 s
     with the older emitters). Inception-v3's ``init`` is about 490 such kernels (random draws
     turned into weights, broadcast zeros and ones): 5.2-5.4 s to compile instead of 6.8-8.0 s,
     running as fast, with the same numbers in every case tested (at XLA's default optimisation
-    level; tests/test_draws.py). Programs of large kernels compile slower with them
+    level; tests/test_draws.py); a small model's ``evaluate`` and ``finish`` (dozens of small
+    kernels) in about half the time. Programs of large kernels compile slower with them
     (Inception-v3's ``train``: 15.1 s against 11.7 s)."""
     if devices[0].platform != "cpu" or _emitters_refused.is_set() or _user_value(EMITTERS_OPTION) is not None:
         return {}
