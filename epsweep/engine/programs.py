@@ -37,7 +37,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from epsweep.engine import products, trees
+from epsweep.engine import orders, products, trees
 from epsweep.engine.draws import batched_draws
 from epsweep.engine.layout import LoopLayout, loop_layout, vmap_or_call
 from epsweep.engine.spec import RunOutputs, TrainSpec
@@ -53,12 +53,6 @@ log = logging.getLogger(__name__)
 # the loop's layout (engine.layout) are gathered across settings (the MLP: 0.6 ms a measurement
 # for 32 settings against 0.1 ms). More arrays, one flat sum: compile time (Inception-v3 has 472).
 PER_ARRAY_SHARE_UP_TO = 16
-
-
-def _epoch_order(seed: jax.Array, epoch: jax.Array, n_train: int) -> jax.Array:
-    """The order in which epoch ``epoch`` of seed ``seed`` visits the training examples."""
-    key = jax.random.fold_in(jax.random.key(seed), 1)
-    return jax.random.permutation(jax.random.fold_in(key, epoch), n_train).astype(jnp.int32)
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
@@ -106,6 +100,14 @@ class _Plan:
     @property
     def has_data(self) -> bool:
         return self.task.data is not None
+
+    @property
+    def epochs(self) -> int:  # that a run starts (the last one perhaps in part)
+        return -(-self.spec.steps // self.batches_per_epoch)
+
+    @property
+    def orders_ahead(self) -> bool:  # init draws every epoch's minibatch order (engine.orders)
+        return self.has_data and orders.orders_ahead(self.epochs, self.n_train)
 
     @property
     def has_denominator(self) -> bool:
@@ -161,7 +163,8 @@ def build_programs(task: Task, spec: TrainSpec, loop_free: bool = False,
 
 def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
     """Initial weights per seed (shared by its settings; keys and draws made together: :mod:`.draws`),
-    optimizer states per setting, and the first epoch's minibatch order per seed."""
+    optimizer states per setting, and the minibatch orders per seed: every epoch's, (S, epochs,
+    n_train), or (``plan.orders_ahead`` false) the first epoch's, (S, n_train)."""
     task, points = plan.task, plan.spec.points
 
     def init_run(seed, h, constants):
@@ -177,7 +180,10 @@ def _init(plan: _Plan, h, seeds, constants=None) -> TrainState:
         return plan.vmap(init_config)(h)
 
     runs = plan.vmap(init_run, in_axes=(0, None, None))(seeds, h, constants)
-    order = plan.vmap(_epoch_order, in_axes=(0, None, None))(seeds, jnp.int32(0), plan.n_train)
+    if plan.orders_ahead:
+        order = plan.vmap(orders.epoch_orders, in_axes=(0, None, None))(seeds, plan.epochs, plan.n_train)
+    else:
+        order = plan.vmap(orders.epoch_order, in_axes=(0, None, None))(seeds, jnp.int32(0), plan.n_train)
     return TrainState(runs, order)
 
 
@@ -283,7 +289,13 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
 
     def new_order(t, order):
         epoch = t // plan.batches_per_epoch
-        return jax.vmap(_epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train)
+        return jax.vmap(orders.epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train)
+
+    def order_of(t, order):
+        """Step ``t``'s epoch's order (S, n_train): drawn in ``init``, or in the loop at its start."""
+        if not plan.orders_ahead:
+            return order
+        return jax.lax.dynamic_index_in_dim(order, t // plan.batches_per_epoch, axis=1, keepdims=False)
 
     def step(t, carry):
         """One step of every run; loop-free, with the epoch's new order and the diagnostics
@@ -291,9 +303,9 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         (runs, order), _ = carry
         if plan.has_data:
             position = t % plan.batches_per_epoch
-            if plan.loop_free:  # a new epoch: a new order (shared predicate, a real branch)
+            if plan.loop_free and not plan.orders_ahead:  # a new epoch: a new order (shared predicate, a real branch)
                 order = jax.lax.cond((position == 0) & (t > 0), lambda: new_order(t, order), lambda: order)
-            index = jax.lax.dynamic_slice_in_dim(order, position * spec.batch_size, spec.batch_size, 1)
+            index = jax.lax.dynamic_slice_in_dim(order_of(t, order), position * spec.batch_size, spec.batch_size, 1)
         else:
             index = jnp.zeros((seeds.shape[0], 1), jnp.int32)
 
@@ -332,7 +344,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         measured = spec.next_measured(t)
         epoch_end = (t // per_epoch + 1) * per_epoch
         stop = jnp.minimum(jnp.minimum(measured + 1, epoch_end), t1)
-        if plan.has_data:  # the block starts a new epoch: its order, once
+        if plan.has_data and not plan.orders_ahead:  # the block starts a new epoch: its order, once
             state = jax.lax.cond((t % per_epoch == 0) & (t > 0),
                                  lambda s: TrainState(s.runs, new_order(t, s.order)), lambda s: s, state)
         state, grads = jax.lax.fori_loop(t, stop, step, (state, grads))

@@ -26,7 +26,7 @@ class TrainState(NamedTuple):
     """What the ``train`` program carries from one call to the next."""
 
     runs: Carry  # (S, G, ...)
-    order: jax.Array  # (S, n_train): the current epoch's example order, per seed
+    order: jax.Array  # per seed, every epoch's example order (S, epochs, n_train) or the current one's (S, n_train)
 
 
 # The fields of the runs that each program other than init and train reads.

@@ -1,0 +1,34 @@
+"""The order in which each epoch of a seed visits the training examples (its minibatches).
+
+``init`` draws the orders of every epoch of a run when they take at most ORDERS_AHEAD_BYTES a
+seed (the default MLP: 69 KiB), so that ``train`` holds no random draw and no sort: drawn inside
+``train`` at each epoch's start, they made about 40 of the default MLP's 115 kernels there, and
+its ``train`` compiled in 1.47-1.64 s instead of 1.27-1.31 s on this project's 2-core AMD EPYC,
+the longest compile of a cold run (docs/performance.md, twenty-ninth stop). Beyond that (a long
+run on a large dataset), ``train`` draws each epoch's order as the epoch starts. The orders are
+the same either way, bit for bit.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+ORDERS_AHEAD_BYTES = 16 * 1024**2
+
+
+def epoch_order(seed: jax.Array, epoch: jax.Array, n_train: int) -> jax.Array:
+    """The order in which epoch ``epoch`` of seed ``seed`` visits the training examples."""
+    key = jax.random.fold_in(jax.random.key(seed), 1)
+    return jax.random.permutation(jax.random.fold_in(key, epoch), n_train).astype(jnp.int32)
+
+
+def epoch_orders(seed: jax.Array, epochs: int, n_train: int) -> jax.Array:
+    """The orders of epochs 0 .. ``epochs`` - 1 of seed ``seed``, (epochs, n_train): row e is
+    ``epoch_order(seed, e, n_train)``."""
+    return jax.vmap(epoch_order, in_axes=(None, 0, None))(seed, jnp.arange(epochs, dtype=jnp.int32), n_train)
+
+
+def orders_ahead(epochs: int, n_train: int) -> bool:
+    """Whether ``init`` draws the orders of all ``epochs`` of ``n_train`` examples."""
+    return epochs * n_train * jnp.dtype(jnp.int32).itemsize <= ORDERS_AHEAD_BYTES
