@@ -32,3 +32,9 @@ def epoch_orders(seed: jax.Array, epochs: int, n_train: int) -> jax.Array:
 def orders_ahead(epochs: int, n_train: int) -> bool:
     """Whether ``init`` draws the orders of all ``epochs`` of ``n_train`` examples."""
     return epochs * n_train * jnp.dtype(jnp.int32).itemsize <= ORDERS_AHEAD_BYTES
+
+
+def order_at(order: jax.Array, epoch: jax.Array, ahead: bool) -> jax.Array:
+    """The order of epoch ``epoch``, (S, n_train), from the state's ``order``: every epoch's,
+    (S, epochs, n_train), when drawn ``ahead``; else the epoch's own, drawn as it started."""
+    return jax.lax.dynamic_index_in_dim(order, epoch, axis=1, keepdims=False) if ahead else order

@@ -288,14 +288,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
                                                               opt_state=layout.run_axes(state.runs.opt_state))
 
     def new_order(t, order):
-        epoch = t // plan.batches_per_epoch
-        return jax.vmap(orders.epoch_order, in_axes=(0, None, None))(seeds, epoch, n_train)
-
-    def order_of(t, order):
-        """Step ``t``'s epoch's order (S, n_train): drawn in ``init``, or in the loop at its start."""
-        if not plan.orders_ahead:
-            return order
-        return jax.lax.dynamic_index_in_dim(order, t // plan.batches_per_epoch, axis=1, keepdims=False)
+        return jax.vmap(orders.epoch_order, in_axes=(0, None, None))(seeds, t // plan.batches_per_epoch, n_train)
 
     def step(t, carry):
         """One step of every run; loop-free, with the epoch's new order and the diagnostics
@@ -305,7 +298,8 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
             position = t % plan.batches_per_epoch
             if plan.loop_free and not plan.orders_ahead:  # a new epoch: a new order (shared predicate, a real branch)
                 order = jax.lax.cond((position == 0) & (t > 0), lambda: new_order(t, order), lambda: order)
-            index = jax.lax.dynamic_slice_in_dim(order_of(t, order), position * spec.batch_size, spec.batch_size, 1)
+            order_now = orders.order_at(order, t // plan.batches_per_epoch, plan.orders_ahead)
+            index = jax.lax.dynamic_slice_in_dim(order_now, position * spec.batch_size, spec.batch_size, 1)
         else:
             index = jnp.zeros((seeds.shape[0], 1), jnp.int32)
 
