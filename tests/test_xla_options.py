@@ -99,12 +99,13 @@ def test_evaluate_and_finish_give_the_same_numbers_with_the_older_emitters(mlp_t
     h = {"eps": np.array([1e-8, 1e-3, 1.0]), "lr": np.full(3, 1e-2), "decay": np.array([0.9, 0.99, 0.0]),
          "momentum": np.zeros(3)}
     spec = TrainSpec(steps=5, batch_size=6, curve_points=5, eval_batch_size=100)  # programs of its own
-    runs = {}
+    runs, refusals = {}, xla_options.refusals()
     for emitters in ("older", "XLA's"):
         monkeypatch.setattr(compiled, "_programs", type(compiled._programs)())
         if emitters == "XLA's":
             monkeypatch.setattr(xla_options, "older_emitters", lambda devices: {})
         runs[emitters] = train_runs(mlp_task, spec, h, np.array([0, 1]))
+    assert xla_options.refusals() == refusals  # compiled with the older emitters, not without them
     for name in runs["older"]._fields:
         np.testing.assert_array_equal(getattr(runs["older"], name), getattr(runs["XLA's"], name), err_msg=name)
 

@@ -218,7 +218,8 @@ def _compile_options(name: str, program: Any, devices: Sequence[jax.Device],
     program): XLA's options for it, those it compiles with should XLA refuse :mod:`.xla_options`'
     (XLA's defaults, but ``init``'s level), and the arguments it donates."""
     if name == "init":
-        own_options = _init_compiler_options(devices, tree_bytes(program.out_avals))
+        runs = jax.tree.unflatten(program.out_tree, program.out_avals).runs  # not the minibatch orders
+        own_options = _init_compiler_options(devices, tree_bytes(runs))
     elif name in AFTER_TRAINING:
         own_options = _after_training_options(devices, tree_bytes(program.in_avals))
     else:

@@ -191,7 +191,7 @@ class Unexported(NamedTuple):
     call: Callable
     out_tree: Any
     out_avals: tuple
-    in_avals: tuple = ()
+    in_avals: tuple
 
 
 def _export_one(program: Callable, args: tuple) -> export.Exported | Unexported:

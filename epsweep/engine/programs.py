@@ -7,8 +7,8 @@ over settings, a ``lax.fori_loop`` over steps. Everything that depends only on t
 seed's settings, so differences between them come from the hyperparameters alone; sharing the
 minibatch also turns the first layer of every setting into one wide matrix product.
 
-- ``init``: initial weights per seed, optimizer states per setting, the first epoch's
-  minibatch order;
+- ``init``: initial weights per seed, optimizer states per setting, the minibatch orders
+  (every epoch's, or the first one's: :mod:`.orders`);
 - ``train``: steps ``t0 .. t1 - 1`` of every run at once (its state donated, except
   loop-free, and returned);
 - ``evaluate``: one validation batch, added to running sums;
@@ -107,7 +107,7 @@ class _Plan:
 
     @property
     def orders_ahead(self) -> bool:  # init draws every epoch's minibatch order (engine.orders)
-        return self.has_data and orders.orders_ahead(self.epochs, self.n_train)
+        return self.has_data and orders.orders_ahead(self.epochs, self.n_train, self.loop_free)
 
     @property
     def has_denominator(self) -> bool:
@@ -291,8 +291,9 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         return jax.vmap(orders.epoch_order, in_axes=(0, None, None))(seeds, t // plan.batches_per_epoch, n_train)
 
     def step(t, carry):
-        """One step of every run; loop-free, with the epoch's new order and the diagnostics
-        (branches on the shared step), which the loop below takes care of between steps."""
+        """One step of every run; loop-free, with the diagnostics and, unless drawn ahead, the
+        epoch's new order (branches on the shared step), which the loop below takes care of
+        between steps."""
         (runs, order), _ = carry
         if plan.has_data:
             position = t % plan.batches_per_epoch
