@@ -128,35 +128,36 @@ _programs_lock = threading.Lock()
 
 
 LARGE_INIT_BYTES = 32 * 1024**2  # initial state per device from which init is compiled as optimised as the rest
-AFTER_TRAINING = ("evaluate", "finish")  # programs that run once a chunk, after its training
+
+
+def _large_state(devices: Sequence[jax.Device], state_bytes: int) -> bool:  # at least LARGE_INIT_BYTES a device
+    return state_bytes >= LARGE_INIT_BYTES * len(devices)
 
 
 def _init_compiler_options(devices: Sequence[jax.Device], state_bytes: int) -> dict | None:
-    """XLA options for the ``init`` program, whose outputs (the initial training state) take
-    ``state_bytes``. On CPU, for a small state, a quick compile at low optimisation: the MLP's
-    compiles in 0.9 s instead of 1.5 s at the default level, and runs in 10 ms either way. A
-    large state (at least LARGE_INIT_BYTES a device) is compiled at the default level: its
-    random draws then run in 2.0 s instead of 5.0 s for Inception-v3 (187 MiB a setting), once
-    per chunk in every run, warm or cold, for 2.4 s more compiling once (13.5 s against 11.1 s,
-    in parallel with ``train``'s much longer compile; this project's Intel Xeon, a slow day);
-    and with XLA's older fusion emitters (:func:`.xla_options.older_emitters`: its hundreds of
-    small kernels compile faster, to the same numbers). Not at low optimisation, where the
-    older emitters moved the MLP's weights by a float step."""
+    """XLA options for the ``init`` program, whose outputs (the runs' initial state) take ``state_bytes``.
+    On CPU, for a small state, a quick compile at low optimisation: the MLP's compiles in 0.9 s instead
+    of 1.5 s at the default level, and runs in 10 ms either way. A large state (at least
+    LARGE_INIT_BYTES a device) is compiled at the default level: its random draws then run in 2.0 s
+    instead of 5.0 s for Inception-v3 (187 MiB a setting), once per chunk in every run, warm or cold,
+    for 2.4 s more compiling once (13.5 s against 11.1 s, in parallel with ``train``'s much longer
+    compile; this project's Intel Xeon, a slow day); and with XLA's older fusion emitters
+    (:func:`.xla_options.older_emitters`: its hundreds of small kernels compile faster, to the same
+    numbers). Not at low optimisation, where the older emitters moved the MLP's weights by a float step."""
     if devices[0].platform != "cpu":
         return None
-    if state_bytes >= LARGE_INIT_BYTES * len(devices):
+    if _large_state(devices, state_bytes):
         return xla_options.older_emitters(devices) or None
     return {"xla_backend_optimization_level": 0, "xla_llvm_disable_expensive_passes": True}
 
 
 def _after_training_options(devices: Sequence[jax.Device], input_bytes: int) -> dict | None:
-    """XLA options for ``evaluate`` and ``finish``, whose inputs take ``input_bytes``. On CPU,
-    for a small state (below LARGE_INIT_BYTES a device), XLA's older fusion emitters: their
-    small kernels compile in about half the time, to the same numbers, beside ``train``'s
-    compile (the default MLP, G = 256, this project's AMD EPYC: ``evaluate`` 0.25-0.39 s
-    against 0.55-0.74 s, ``finish`` 0.52-0.67 s against 0.88-1.54 s; docs/performance.md,
-    twenty-ninth stop). A large state's kernels compile slower with them: XLA's own."""
-    if devices[0].platform != "cpu" or input_bytes >= LARGE_INIT_BYTES * len(devices):
+    """XLA options for ``evaluate`` and ``finish`` (once a chunk, after training), whose inputs take
+    ``input_bytes``. On CPU, for a small state, XLA's older fusion emitters: their small kernels compile in
+    about half the time, to the same numbers, beside ``train``'s compile (the default MLP, G = 256, this
+    project's AMD EPYC: ``evaluate`` 0.25-0.39 s against 0.55-0.74 s, ``finish`` 0.52-0.67 s against
+    0.88-1.54 s; docs/performance.md, twenty-ninth stop). A large state's compile slower: XLA's own."""
+    if devices[0].platform != "cpu" or _large_state(devices, input_bytes):
         return None
     return xla_options.older_emitters(devices) or None
 
@@ -217,13 +218,12 @@ def _compile_options(name: str, program: Any, devices: Sequence[jax.Device],
     """For the exported program ``name`` spanning ``devices`` (one device: a replica's
     program): XLA's options for it, those it compiles with should XLA refuse :mod:`.xla_options`'
     (XLA's defaults, but ``init``'s level), and the arguments it donates."""
-    if name == "init":
-        runs = jax.tree.unflatten(program.out_tree, program.out_avals).runs  # not the minibatch orders
+    own_options = None
+    if name == "init":  # sized by the runs' state, not by the minibatch orders
+        runs = jax.tree.unflatten(program.out_tree, program.out_avals).runs
         own_options = _init_compiler_options(devices, tree_bytes(runs))
-    elif name in AFTER_TRAINING:
+    elif name in ("evaluate", "finish"):
         own_options = _after_training_options(devices, tree_bytes(program.in_avals))
-    else:
-        own_options = None
     options = {**xla_options.cpu_options(devices), **(own_options or {})}
     fallback_options = {k: v for k, v in (own_options or {}).items() if k != xla_options.EMITTERS_OPTION}
     donate = _train_donate_argnums(loop_free) if name == "train" else ()

@@ -156,8 +156,7 @@ def selected_and_dominated(stat: jax.Array, eps: jax.Array, selected: jax.Array)
     dominated = (eps > stat) & selected
     if selected.size >= EXACT_FLOAT_COUNT:
         return jnp.stack([jnp.sum(selected, dtype=jnp.int32), jnp.sum(dominated, dtype=jnp.int32)])
-    ones = jnp.stack([jnp.where(selected, jnp.float32(1), jnp.float32(0)),
-                      jnp.where(dominated, jnp.float32(1), jnp.float32(0))])
+    ones = jnp.stack([selected, dominated]).astype(jnp.float32)
     return jnp.sum(ones.reshape(2, -1), axis=1).astype(jnp.int32)
 
 
