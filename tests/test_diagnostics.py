@@ -16,7 +16,10 @@ import pytest
 
 from epsweep.cli import main
 from epsweep.config import RunConfig
-from epsweep.engine import DIAGNOSTIC_POINTS
+from epsweep.engine import DIAGNOSTIC_POINTS, trees
+from epsweep.engine.programs import build_programs
+from epsweep.engine.spec import TrainSpec, program_hyperparameters
+from epsweep.engine.state import program_input
 from epsweep.grid import Grid
 from epsweep.optim import (
     CONVENTIONS,
@@ -496,3 +499,51 @@ def test_unknown_optimizer_is_a_one_line_error(capsys):
     assert main(["grid", "--optimizer", "lion"]) == 2
     err = capsys.readouterr().err
     assert "unknown optimizer 'lion'" in err and err.count("\n") == 1
+
+
+@pytest.mark.parametrize("convention", ["optax", "pytorch"])
+def test_the_effective_lr_is_the_median_of_lr_over_each_denominator_to_the_bit(mlp_task, convention):
+    """``finish`` divides lr by each parameter's denominator as float32 division does, on the
+    moments it flattens first (one kernel, not one per array): XLA would otherwise rewrite
+    lr / sqrt(v + eps) as lr * rsqrt(v + eps), a rounding more (1 ulp off in about a quarter of
+    the values). The reference: NumPy's float32 over the trained state's second moments."""
+    spec = TrainSpec(steps=9, batch_size=16, curve_points=3, convention=convention)
+    init, train, _, finish, _ = build_programs(mlp_task, spec)
+    eps = np.array([1e-8, 1e-4, 0.3, 1.0, 2.5])
+    h = program_hyperparameters({"eps": eps, "lr": np.geomspace(1e-4, 0.3, 5), "decay": np.full(5, 0.9),
+                                 "momentum": np.zeros(5)})
+    seeds = jnp.asarray([3, 4], jnp.uint32)
+    data = mlp_task.data
+    state = jax.jit(init)(h, seeds, mlp_task.constants)
+    state, _ = jax.jit(train)(state, h, seeds, 0, spec.steps, data.x_train, data.y_train)
+    zeros = jnp.zeros((2, 5), jnp.float32)
+    got = np.asarray(jax.jit(finish)(program_input("finish", state), zeros, zeros, jnp.float32(1)).effective_lr)
+    runs = state.runs
+    nus = [np.asarray(leaf) for leaf in jax.tree.leaves(runs.opt_state.inner_state[0].nu)]
+    for s, j in itertools.product(range(2), range(5)):
+        nu = np.concatenate([leaf[s, j].ravel() for leaf in nus])
+        eps32 = np.float32(h["eps"][j])
+        denominator = np.sqrt(nu) + eps32 if convention == "pytorch" else np.sqrt(nu + eps32)
+        values = np.sort((np.float32(h["lr"][j]) / denominator)[np.asarray(runs.moving[s, j])])
+        middle = (len(values) - 1) // 2
+        low, high = values[middle], values[len(values) // 2]
+        expected = low if len(values) % 2 else np.float32(0.5) * low + np.float32(0.5) * high
+        assert got[s, j] == expected, (s, j, got[s, j], expected)
+
+
+def test_flat_like_flattens_the_moments_and_nothing_else():
+    params = {"w": jnp.ones((2, 3)), "b": jnp.full(3, 2.0)}
+    opt = make_optimizer("rmsprop", 0.1, 0.9, 1e-4, momentum=0.5, centered=True)
+    state = opt.init(params)
+    flat = trees.flat_like(state, params)
+    moments = optax.ScaleByRStdDevState, optax.TraceState
+    for before, after in zip(jax.tree.leaves(state, is_leaf=lambda n: isinstance(n, moments)),
+                             jax.tree.leaves(flat, is_leaf=lambda n: isinstance(n, moments)), strict=True):
+        if isinstance(before, moments):  # every field an array per parameter array, now one vector
+            assert all(np.array_equal(trees.flat(b), a) for b, a in zip(before, after, strict=True))
+        else:  # hyperparameters and counts as they were
+            assert np.shape(before) == np.shape(after) and np.array_equal(before, after)
+    assert jax.tree.structure(trees.flat_like(state, {"w": jnp.ones(6), "b": jnp.ones(3)})) == jax.tree.structure(state)
+    one = opt.init(jnp.float32(1.0))  # a bare scalar: the counts and hyperparameters look like it
+    assert [np.shape(x) for x in jax.tree.leaves(trees.flat_like(one, jnp.float32(1.0)))] == [
+        np.shape(x) for x in jax.tree.leaves(one)]

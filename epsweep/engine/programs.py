@@ -236,7 +236,8 @@ def _measured_after(plan: _Plan, carry: Carry, moving, flat: bool) -> Carry:
     a pytree like the params) from the optimizer's statistics after it; the run kept the step
     exactly when it is still alive. ``flat``: the share sums one vector of each, else array by array."""
     spec = plan.spec
-    terms = denominator_terms(carry.opt_state, spec.optimizer, spec.convention)
+    opt_state = trees.flat_like(carry.opt_state, moving) if flat else carry.opt_state
+    terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
     if flat:
         moving, terms = trees.flat(moving), terms._replace(stat=trees.flat(terms.stat))
     eps_dom = _measure(carry, moving, terms, carry.diverged_step < 0)
@@ -376,12 +377,13 @@ def _evaluate(plan: _Plan, runs: Carry, loss_sum, metric_sum, xb, yb, mb):
     return loss_sum + losses, metric_sum + metric
 
 
-def _effective_lr(plan: _Plan, opt_state, moving) -> jax.Array:
+def _effective_lr(plan: _Plan, params, opt_state, moving) -> jax.Array:
     """Median lr / denominator of one run over the ``moving`` parameters (flat, or a pytree
     like the params)."""
     spec = plan.spec
-    terms = denominator_terms(opt_state, spec.optimizer, spec.convention)
-    terms = terms._replace(denominator=trees.flat(terms.denominator))
+    terms = denominator_terms(trees.flat_like(opt_state, params), spec.optimizer, spec.convention)
+    # kept apart from the division below, which XLA would otherwise rewrite as lr * rsqrt(...): a rounding more
+    terms = terms._replace(denominator=jax.lax.optimization_barrier(trees.flat(terms.denominator)))
     return effective_lr_median(terms, opt_state.hyperparams["learning_rate"], trees.flat(moving))
 
 
@@ -406,7 +408,7 @@ def _finish(plan: _Plan, runs: Carry, loss_sum, metric_sum, count) -> RunOutputs
         # the last step's median lr / denominator over the parameters it moved, for a run that kept
         # that step (its diverged_step, before the final-parameters check above, is still -1)
         effective_lr = jnp.where(kept_last_step, plan.vmap(plan.vmap(
-            functools.partial(_effective_lr, plan)))(runs.opt_state, runs.moving), jnp.nan)
+            functools.partial(_effective_lr, plan)))(runs.params, runs.opt_state, runs.moving), jnp.nan)
         eps_dominated = runs.eps_dom_last
         eps_dominated_mean = runs.eps_dom_sum / runs.eps_dom_steps
     else:

@@ -25,3 +25,20 @@ def all_finite(tree: Any) -> jax.Array:
     """Whether every element of a pytree is finite: one reduction over :func:`flat` (a
     reduction per leaf took Inception-v3's finish program 1 s to trace and longer to compile)."""
     return jnp.all(jnp.isfinite(flat(tree)))
+
+
+def flat_like(tree: Any, like: Any) -> Any:
+    """``tree`` with every subtree shaped like ``like`` (the same structure and leaf shapes:
+    an optimizer state's moments, shaped like the params) replaced by its :func:`flat`
+    vector, so that per-parameter arithmetic on them compiles to one kernel, not one per
+    array (Inception-v3's ``finish``: 52 kernels instead of 336). ``tree`` as it is when
+    ``like`` is a single array, which every leaf would look like."""
+    leaves, structure = jax.tree.flatten(like)
+    shapes = [jnp.shape(leaf) for leaf in leaves]
+    if len(leaves) < 2:
+        return tree
+
+    def is_like(node: Any) -> bool:
+        return jax.tree.structure(node) == structure and [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes
+
+    return jax.tree.map(lambda node: flat(node) if is_like(node) else node, tree, is_leaf=is_like)
