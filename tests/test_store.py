@@ -559,10 +559,13 @@ def test_ctrl_c_ends_a_sweep_blocked_on_an_output_no_one_reads(tmp_path):
     env = {**os.environ, "JAX_PLATFORMS": "cpu"}
     proc = subprocess.Popen([EXE, "grid", "--task", "quadratic", "--steps", "3", "-q", "-o", str(fifo)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
-    time.sleep(6)  # started, planned, and (all but surely) blocked opening the FIFO
-    assert proc.poll() is None
-    proc.send_signal(signal.SIGINT)
-    stdout, stderr = proc.communicate(timeout=20)
+    try:
+        time.sleep(6)  # started, planned, and (all but surely) blocked opening the FIFO
+        assert proc.poll() is None
+        proc.send_signal(signal.SIGINT)
+        stdout, stderr = proc.communicate(timeout=20)
+    finally:  # not left blocked on the FIFO when the test fails
+        proc.kill()
     assert proc.returncode == 130 and stdout == "" and stderr.startswith("epsweep: interrupted"), stderr
 
 
