@@ -544,6 +544,8 @@ def test_flat_like_flattens_the_moments_and_nothing_else():
         else:  # hyperparameters and counts as they were
             assert np.shape(before) == np.shape(after) and np.array_equal(before, after)
     assert jax.tree.structure(trees.flat_like(state, {"w": jnp.ones(6), "b": jnp.ones(3)})) == jax.tree.structure(state)
+    mixed = opt.init({"w": jnp.ones((2, 3), jnp.bfloat16), "b": jnp.ones(3)})  # as they are: one dtype would change
+    assert jax.tree.structure(trees.flat_like(mixed, params)) == jax.tree.structure(mixed)
     one = opt.init(jnp.float32(1.0))  # a bare scalar: the counts and hyperparameters look like it
     assert [np.shape(x) for x in jax.tree.leaves(trees.flat_like(one, jnp.float32(1.0)))] == [
         np.shape(x) for x in jax.tree.leaves(one)]

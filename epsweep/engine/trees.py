@@ -29,16 +29,19 @@ def all_finite(tree: Any) -> jax.Array:
 
 def flat_like(tree: Any, like: Any) -> Any:
     """``tree`` with every subtree shaped like ``like`` (the same structure and leaf shapes:
-    an optimizer state's moments, shaped like the params) replaced by its :func:`flat`
-    vector, so that per-parameter arithmetic on them compiles to one kernel, not one per
-    array (Inception-v3's ``finish``: 52 kernels instead of 336). ``tree`` as it is when
-    ``like`` is a single array, which every leaf would look like."""
+    an optimizer state's moments, shaped like the params) and of one dtype replaced by its
+    :func:`flat` vector, so that per-parameter arithmetic on them compiles to one kernel, not
+    one per array (Inception-v3's ``finish``: 52 kernels instead of 336), in the same dtype.
+    ``tree`` as it is when ``like`` is a single array, which every leaf would look like."""
     leaves, structure = jax.tree.flatten(like)
     shapes = [jnp.shape(leaf) for leaf in leaves]
     if len(leaves) < 2:
         return tree
 
     def is_like(node: Any) -> bool:
-        return jax.tree.structure(node) == structure and [jnp.shape(x) for x in jax.tree.leaves(node)] == shapes
+        if jax.tree.structure(node) != structure:
+            return False
+        nodes = jax.tree.leaves(node)
+        return [jnp.shape(x) for x in nodes] == shapes and len({jnp.result_type(x) for x in nodes}) == 1
 
     return jax.tree.map(lambda node: flat(node) if is_like(node) else node, tree, is_leaf=is_like)
