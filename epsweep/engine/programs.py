@@ -288,7 +288,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
     run_axes = jax.tree.map(lambda _: 0, state.runs)._replace(params=grad_axes,
                                                               opt_state=layout.run_axes(state.runs.opt_state))
 
-    def new_order(t, order):
+    def new_order(t):
         return jax.vmap(orders.epoch_order, in_axes=(0, None, None))(seeds, t // plan.batches_per_epoch, n_train)
 
     def step(t, carry):
@@ -299,7 +299,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         if plan.has_data:
             position = t % plan.batches_per_epoch
             if plan.loop_free and not plan.orders_ahead:  # a new epoch: a new order (shared predicate, a real branch)
-                order = jax.lax.cond((position == 0) & (t > 0), lambda: new_order(t, order), lambda: order)
+                order = jax.lax.cond((position == 0) & (t > 0), lambda: new_order(t), lambda: order)
             order_now = orders.order_at(order, t // plan.batches_per_epoch, plan.orders_ahead)
             index = jax.lax.dynamic_slice_in_dim(order_now, position * spec.batch_size, spec.batch_size, 1)
         else:
@@ -342,7 +342,7 @@ def _train(plan: _Plan, state: TrainState, h, seeds, t0, t1, x_train, y_train):
         stop = jnp.minimum(jnp.minimum(measured + 1, epoch_end), t1)
         if plan.has_data and not plan.orders_ahead:  # the block starts a new epoch: its order, once
             state = jax.lax.cond((t % per_epoch == 0) & (t > 0),
-                                 lambda s: TrainState(s.runs, new_order(t, s.order)), lambda s: s, state)
+                                 lambda s: TrainState(s.runs, new_order(t)), lambda s: s, state)
         state, grads = jax.lax.fori_loop(t, stop, step, (state, grads))
         if plan.has_denominator:
             state = jax.lax.cond(stop == measured + 1, lambda s: measured_after(s, grads), lambda s: s, state)

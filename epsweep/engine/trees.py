@@ -34,9 +34,9 @@ def flat_like(tree: Any, like: Any) -> Any:
     one per array (Inception-v3's ``finish``: 52 kernels instead of 336), in the same dtype.
     ``tree`` as it is when ``like`` is a single array, which every leaf would look like."""
     leaves, structure = jax.tree.flatten(like)
-    shapes = [jnp.shape(leaf) for leaf in leaves]
     if len(leaves) < 2:
         return tree
+    shapes = [jnp.shape(leaf) for leaf in leaves]
 
     def is_like(node: Any) -> bool:
         if jax.tree.structure(node) != structure:
