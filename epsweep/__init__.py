@@ -8,7 +8,9 @@ Library API::
         print(record["eps"], record["val_accuracy"])
 
 Your own Flax model: ``epsweep.flax_task(model, epsweep.Dataset.from_arrays(x, y))`` is a task
-like ``"mlp"``. ``epsweep.run(task, grid, config, writers=[epsweep.JsonlWriter("sweep.jsonl")])`` streams
+like ``"mlp"`` (``features=epsweep.Features(apply, constants)``: a frozen extractor in front of
+it, whose features a sweep computes once).
+``epsweep.run(task, grid, config, writers=[epsweep.JsonlWriter("sweep.jsonl")])`` streams
 records to files as they finish (and resumes); ``epsweep.setup()`` chooses devices, the
 compilation cache and processes (optional: a sweep applies the defaults). The optimizers on
 their own: ``epsweep.rmsprop(lr, decay, eps, convention=...)``, ``epsweep.make_optimizer``;
@@ -30,7 +32,7 @@ _EXPORTS = {
     "run": "epsweep.runner", "sweep": "epsweep.runner", "Runner": "epsweep.runner",
     "SweepResult": "epsweep.outcome", "ProgressEvent": "epsweep.outcome",
     "setup": "epsweep.engine.devices", "Runtime": "epsweep.engine.runtime",
-    "Task": "epsweep.tasks", "build_task": "epsweep.tasks", "flax_task": "epsweep.tasks",
+    "Task": "epsweep.tasks", "build_task": "epsweep.tasks", "flax_task": "epsweep.tasks", "Features": "epsweep.tasks",
     "Dataset": "epsweep.data",
     "CONVENTIONS": "epsweep.optim", "OPTIMIZERS": "epsweep.optim", "denominator_terms": "epsweep.optim",
     "eps_diagnostics": "epsweep.optim", "make_optimizer": "epsweep.optim", "rmsprop": "epsweep.optim",

@@ -3,6 +3,7 @@ training loop of the same model (same initial weights, minibatches and dropout k
 by setting; a closed form for regression; the command line with a model file; hostile input."""
 
 import functools
+import importlib.util
 import io
 import json
 import os
@@ -377,6 +378,53 @@ def test_dataset_from_arrays_checks_what_it_is_given():
             epsweep.Dataset.from_arrays(**kwargs)
 
 
+FROZEN = np.random.default_rng(2).normal(size=(6, 5)).astype(np.float32)  # a frozen extractor's weights
+
+
+def frozen_tanh(w, x):
+    return jnp.tanh(x @ w)
+
+
+def test_a_head_behind_a_frozen_extractor_trains_as_a_plain_loop_on_the_features_computed_once():
+    """flax_task(head, data, features=...): the sweep equals the plain optax loop of the head on
+    the features of every input (issue 13: the frozen-base mechanism for a user's model)."""
+    data = classification_data()
+    extractor = epsweep.Features(frozen_tanh, FROZEN, batch_size=16)  # no identity: kept in memory only
+    task = epsweep.flax_task(MLP(3), data, features=extractor)
+    assert task.data is data and task.features.apply is frozen_tanh  # the raw inputs; a sweep computes the features
+    described = task.describe()
+    assert described["data"]["input_shape"] == [6] and described["parameters"] == 5 * 16 + 16 + 16 * 3 + 3
+    assert described["frozen_features"]["shape"] == [5] and described["frozen_features"]["dtype"] == "float32"
+    f_train, f_val = (np.asarray(jax.jit(frozen_tanh)(FROZEN, x)) for x in (data.x_train, data.x_val))
+    np.testing.assert_allclose(f_train, np.tanh(data.x_train.astype(np.float32) @ FROZEN), rtol=1e-5, atol=1e-6)
+    on_features = epsweep.Dataset.from_arrays(f_train, data.y_train, x_val=f_val, y_val=data.y_val, name="f")
+    seed = 3
+    config = epsweep.RunConfig(steps=STEPS, batch_size=BATCH, curve_points=STEPS, first_seed=seed)
+    first = epsweep.sweep(task, GRID, config)
+    assert first.meta["features"]["source"] == "computed" and first.meta["features"]["shape"] == [5]
+    assert_matches(first.records, reference_linen(MLP(3), on_features, seed, cross_entropy, False))
+    again = epsweep.sweep(task, epsweep.Grid(eps=(1e-8,), lr=(3e-3,), decay=(0.9,)), config)
+    assert again.meta["features"]["source"] == "memory"  # the same task: nothing computed again
+    assert again.records[0]["loss_curve"] == first.records[0]["loss_curve"]
+    other = epsweep.flax_task(MLP(3), data, features=epsweep.Features(lambda w, x: jnp.sin(x @ w), FROZEN))
+    assert other.describe()["frozen_features"]["fingerprint"] != described["frozen_features"]["fingerprint"]
+
+
+def test_stored_features_are_read_back_under_their_identity_and_never_for_an_edited_extractor(tmp_path,
+                                                                                              monkeypatch):
+    monkeypatch.setenv("EPSWEEP_FEATURE_CACHE", str(tmp_path))
+    data, grid = classification_data(), epsweep.Grid(eps=(1e-8,))
+    config = epsweep.RunConfig(steps=5, batch_size=BATCH)
+
+    def source(apply, constants=FROZEN):
+        task = epsweep.flax_task(MLP(3), data, features=epsweep.Features(apply, constants, identity="my base v1"))
+        return epsweep.sweep(task, grid, config).meta["features"]["source"]
+
+    assert [source(frozen_tanh), source(frozen_tanh)] == ["computed", "store"]  # a new task object: from disk
+    assert source(lambda w, x: jnp.sin(x @ w)) == "computed"  # the same identity, another computation
+    assert source(frozen_tanh, FROZEN + 1) == "computed"  # other weights
+
+
 def test_flax_task_refuses_what_cannot_train():
     data = classification_data()
     regression = epsweep.Dataset.from_arrays(np.ones((8, 6)), np.ones(8))
@@ -391,6 +439,17 @@ def test_flax_task_refuses_what_cannot_train():
         (lambda: epsweep.flax_task(nn.Dense(3), data.x_train), "expected an epsweep.Dataset"),
         (lambda: epsweep.flax_task("MLP", data), "expected a Flax linen or NNX module"),
         (lambda: epsweep.flax_task(CNN(), data), r"model CNN fails on inputs of shape \(1, 6\): "),
+        (lambda: epsweep.flax_task(MLP(3), data, features=frozen_tanh), "features: expected an epsweep.Features"),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(frozen_tanh, np.ones((7, 5)))),
+         r"the feature extractor fails on inputs of shape \(2, 6\): TypeError: "),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(lambda w, x: (x, x), None)),
+         r"one real floating-point array with a row per input; on inputs of shape \(2, 6\) it returns tuple"),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(lambda w, x: x.sum(0), None)),
+         r"a row per input; on inputs of shape \(2, 6\) it returns float\d+ of shape \(6,\)"),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(lambda w, x: x > 0, None)),
+         r"a row per input; on inputs of shape \(2, 6\) it returns bool of shape \(2, 6\)"),
+        (lambda: epsweep.flax_task(CNN(), data, features=epsweep.Features(frozen_tanh, FROZEN)),
+         r"model CNN fails on inputs of shape \(1, 5\): "),
     ]
     for build, message in cases:
         with pytest.raises(UserError, match=message):
@@ -463,6 +522,13 @@ class Rounded(nn.Module):  # integer outputs: no gradient reaches the parameters
         return jnp.round(nn.Dense(3)(x.reshape(len(x), -1))).astype(jnp.int32)
 
 
+import epsweep
+
+WEIGHTS = np.random.default_rng(5).normal(size=(16, 6)).astype(np.float32)
+frozen = epsweep.Features(lambda w, x: jnp.tanh(x.reshape(len(x), -1) @ w), WEIGHTS, batch_size=8)
+not_features = frozen.apply
+
+
 class Callback(nn.Module):  # traces alone, but not under vmap (a pure_callback without vmap_method)
 
     @nn.compact
@@ -508,6 +574,29 @@ def test_cli_trains_a_model_file_and_a_rerun_with_new_eps_compiles_nothing(model
     assert all(0 <= r["val_accuracy"] <= 1 for r in first["results"])
     again = run_cli([*args, "--eps", "1e-4", "0.1", "0.5"], model_dir)
     assert again["meta"]["compilations"] == 0 and [r["eps"] for r in again["results"]] == [1e-4, 0.1, 0.5]
+
+
+def test_cli_trains_a_model_file_behind_the_frozen_extractor_it_declares(model_dir):
+    """--features names an epsweep.Features in the model's file (imported once): the model sees the
+    extractor's features, computed once, and trains as the library's flax_task(..., features=) does."""
+    args = ["grid", "--model", "own_models.py:Net", "--features", "own_models.py:frozen", "--dataset", "data.npz",
+            "--steps", "20", "--batch-size", "8", "--eps", "1e-8", "1", "-f", "json", "-q"]
+    done = run_cli(args, model_dir)
+    assert done["meta"]["features"]["source"] == "computed" and done["meta"]["features"]["shape"] == [6]
+    assert done["meta"]["frozen_features"]["shape"] == [6] and done["meta"]["data"]["input_shape"] == [4, 4, 1]
+    assert done["meta"]["parameters"] == 6 * 8 + 8 + 8 * 3 + 3  # the head on 6 features, not on 16 pixels
+    from epsweep.data.images import load_any_dataset
+
+    spec = importlib.util.spec_from_file_location("own_models_again", model_dir / "own_models.py")
+    models = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(models)
+    data = load_any_dataset(str(model_dir / "data.npz"), 0.2, 0)  # as grid reads --dataset
+    task = epsweep.flax_task(models.Net(3), data, name="Net", features=models.frozen)
+    config = epsweep.RunConfig(steps=20, batch_size=8)
+    library = epsweep.sweep(task, epsweep.Grid(eps=(1e-8, 1.0)), config).records
+    for record, expected in zip(done["results"], library, strict=True):
+        assert record["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-6)
+        assert record["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
 
 
 def test_a_model_named_by_module_with_regression_targets_from_a_file(model_dir, monkeypatch):
@@ -697,6 +786,12 @@ CLI_CASES = [
     (["--model", "own_models.py:Net", "--dataset", "photos"], "photos is an ImageFolder directory: give --image-size"),
     (["--model", "own_models.py:Net", "--image-size", "8"], "--image-size applies to ImageFolder directories only"),
     (["--loss", "mse"], "--loss applies to --model only"),
+    (["--features", "own_models.py:frozen"], "--features applies to --model only"),
+    (["--model", "own_models.py:Net", "--features", "own_models.py:not_features"],
+     "--features: own_models.py:not_features is a function, not an epsweep.Features(apply, constants)"),
+    (["--model", "own_models.py:Net", "--features", "own_models.py:Nope"], "--features: own_models.py has no 'Nope'"),
+    (["--model", "own_models.py:Net", "--features", "missing.py:frozen"], "--features: missing.py: no such file"),
+    (["--model", "own_models.py:Net", "--features", "own_models.py"], "--features: 'own_models.py' must look like"),
 ]
 
 

@@ -26,6 +26,7 @@ FLAG_NAMES = {
     "optimizers": "--optimizer",
     "aux": "--aux",
     "model_spec": "--model",
+    "features_spec": "--features",
     "join_timeout_s": "--join-timeout",
 }
 

@@ -135,13 +135,14 @@ def _saved_text(result: Any, output: Path, others: int) -> str:
 
 
 def _grid_task(task: str | None, model: str | None, dataset: str, val_split: float, loss: str | None,
-               metric: str | None, image_size: int | None, quiet: bool):
-    """A built-in ``task``, or the user's ``model`` (with ``loss``, ``metric``, ``image_size``)."""
+               metric: str | None, image_size: int | None, quiet: bool, features: str | None = None):
+    """A built-in ``task``, or the user's ``model`` (with ``loss``, ``metric``, ``image_size``,
+    and a frozen extractor, ``features``, in front of it)."""
     if model is None:
         from epsweep.tasks import build_task
 
-        given = [o.flag(name) for name, value in (("loss", loss), ("metric", metric), ("image_size", image_size))
-                 if value is not None]
+        given = [o.flag(name) for name, value in (("loss", loss), ("metric", metric), ("image_size", image_size),
+                                                  ("features_spec", features)) if value is not None]
         if given:
             raise UserError(f"{', '.join(given)} {'applies' if len(given) == 1 else 'apply'} to {o.flag('model')} only")
         return build_task(task or "mlp", dataset, val_split)
@@ -159,7 +160,7 @@ def _grid_task(task: str | None, model: str | None, dataset: str, val_split: flo
         raise UserError(f"{o.flag('metric')}: unknown metric {metric!r}; choose accuracy or none")
     warn = None if quiet else warning
     return model_task(model, dataset, loss=loss, metric=None if metric == "none" else metric, val_split=val_split,
-                      image_size=image_size, warn=warn)
+                      image_size=image_size, warn=warn, features_spec=features)
 
 
 @app.command(short_help="Train a grid of settings at once: a row of results per setting.")
@@ -177,6 +178,10 @@ def grid(
     model: Annotated[Optional[str], typer.Option(
         "--model", metavar="FILE.py:NAME", help="Your own Flax model instead of --task: a linen module or class, "
         "an NNX module class or a factory, NAME in FILE.py or package.module (docs/own-model.md).")] = None,
+    features: Annotated[Optional[str], typer.Option(
+        "--features", metavar="FILE.py:NAME", help="With --model: a frozen feature extractor in front of it, an "
+        "epsweep.Features NAME in FILE.py or package.module; every input's features are computed once and the "
+        "model trains on them (docs/own-model.md).")] = None,
     loss: Annotated[Optional[str], typer.Option(
         "--loss", metavar="NAME", help="With --model: cross_entropy, binary_cross_entropy or mse "
         "[default: cross_entropy].")] = None,
@@ -226,7 +231,7 @@ def grid(
         optimizers=_names(optimizer, "rmsprop"),
     )
     with prints_to_stderr():  # a model file may print as it is imported and traced
-        the_task = _grid_task(task, model, dataset, val_split, loss, metric, image_size, quiet)
+        the_task = _grid_task(task, model, dataset, val_split, loss, metric, image_size, quiet, features)
     run_training(runtime, the_task, the_grid, config, out_fmt=out_fmt, output=output, file_fmt=file_fmt, quiet=quiet,
                  resume=resume, force=force)
 

@@ -21,7 +21,7 @@ from epsweep.data.images import load_any_dataset
 from epsweep.errors import UserError, looked_up, param
 from epsweep.tasks.own import flax_task
 from epsweep.tasks.scoring import CLASSIFICATION_LOSSES
-from epsweep.tasks.task import Task
+from epsweep.tasks.task import Features, Task
 
 log = logging.getLogger(__name__)
 
@@ -39,19 +39,19 @@ def _last_line(error: BaseException, file: Path | None = None) -> str:
     return lines[-1] if lines else type(error).__name__
 
 
-def _import_file(path: Path) -> ModuleType:
-    status = looked_up(path, f"{param('model_spec')}: {path}")
+def _import_file(path: Path, option: str) -> ModuleType:
+    status = looked_up(path, f"{param(option)}: {path}")
     if status is None:
-        raise UserError(f"{param('model_spec')}: {path}: no such file")
+        raise UserError(f"{param(option)}: {path}: no such file")
     if not stat.S_ISREG(status.st_mode):
-        raise UserError(f"{param('model_spec')}: {path} is not a file")
+        raise UserError(f"{param(option)}: {path} is not a file")
     if path.suffix != ".py":  # refused before anything runs
-        raise UserError(f"{param('model_spec')}: {path} is not a Python file (.py)")
+        raise UserError(f"{param(option)}: {path} is not a Python file (.py)")
     resolved = path.resolve()
     name = "epsweep_model_" + hashlib.blake2b(str(resolved).encode(), digest_size=6).hexdigest()
     spec = importlib.util.spec_from_file_location(name, resolved)
     if spec is None or spec.loader is None:
-        raise UserError(f"{param('model_spec')}: {path} is not a Python file (.py)")
+        raise UserError(f"{param(option)}: {path} is not a Python file (.py)")
     module = importlib.util.module_from_spec(spec)
     sys.modules[name] = module  # dataclasses (linen modules) look their module up while the file runs
     sys.path.insert(0, str(resolved.parent))  # its sibling modules import, as when run as a script
@@ -59,13 +59,13 @@ def _import_file(path: Path) -> ModuleType:
         spec.loader.exec_module(module)
     except (Exception, SystemExit) as error:
         sys.modules.pop(name, None)
-        raise UserError(f"{param('model_spec')}: cannot import {path}: {_last_line(error, path)}") from None
+        raise UserError(f"{param(option)}: cannot import {path}: {_last_line(error, path)}") from None
     finally:
         sys.path.remove(str(resolved.parent))
     return module
 
 
-def _import_module(name: str) -> ModuleType:
+def _import_module(name: str, option: str) -> ModuleType:
     here = str(Path.cwd())  # once: the module may change directory as it is imported
     added = "" not in sys.path and here not in sys.path
     if added:  # package.module from the current directory, as uvicorn does
@@ -73,13 +73,13 @@ def _import_module(name: str) -> ModuleType:
     try:
         return importlib.import_module(name)
     except (Exception, SystemExit) as error:
-        raise UserError(f"{param('model_spec')}: cannot import {name}: {_last_line(error)}") from None
+        raise UserError(f"{param(option)}: cannot import {name}: {_last_line(error)}") from None
     finally:
         if added:
             sys.path.remove(here)
 
 
-def _in_this_directory(where: str, load: Callable[[], ModuleType]) -> ModuleType:
+def _in_this_directory(where: str, load: Callable[[], ModuleType], option: str) -> ModuleType:
     """``load()``, then the working directory put back if importing ``where`` changed it (an
     ``os.chdir`` at import time), with a warning: the paths the caller was given (the dataset,
     the output, ...) keep the meaning they had when the command was typed."""
@@ -98,7 +98,7 @@ def _in_this_directory(where: str, load: Callable[[], ModuleType]) -> ModuleType
             try:
                 os.chdir(before)
             except OSError as e:
-                raise UserError(f"{param('model_spec')}: importing {where} changed the working directory to {now}, "
+                raise UserError(f"{param(option)}: importing {where} changed the working directory to {now}, "
                                 f"and it cannot be changed back to {before} ({e.strerror or e})") from None
     if now != before:
         log.warning("importing %s changed the working directory to %s; it is changed back to %s, so that relative "
@@ -109,7 +109,8 @@ def _in_this_directory(where: str, load: Callable[[], ModuleType]) -> ModuleType
 IMPORTED: list[str] = []  # the users' files and modules this process imported (their code ran here)
 
 
-def load_model(model_spec: str) -> tuple[Any, str]:
+def load_model(model_spec: str, option: str = "model_spec",
+               imported: dict[str, ModuleType] | None = None) -> tuple[Any, str]:
     """The object ``model_spec`` names, and NAME: ``FILE.py:NAME`` imports the file (its
     directory first on ``sys.path`` while it runs), ``package.module:NAME`` the module (from
     the current directory too). A working directory the import changes is changed back, with a
@@ -117,28 +118,37 @@ def load_model(model_spec: str) -> tuple[Any, str]:
 
     Args:
         model_spec: ``FILE.py:NAME`` or ``package.module:NAME``.
+        option: the parameter the errors name (``model_spec``: ``--model``).
+        imported: files and modules already imported by this caller, by the name given: one
+            named again is not run again (and one imported here is added).
 
     Returns:
         (the object, its NAME).
     """
     where, colon, name = model_spec.rpartition(":")
     if not colon or not where or not name or ".py:" in where:  # FILE.py:NAME:MORE names no file
-        raise UserError(f"{param('model_spec')}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
+        raise UserError(f"{param(option)}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
     # a file that is there (good.txt, noext) is the file, not a module: good.txt would import good.py
     is_file = where.endswith(".py") or "/" in where or "\\" in where or os.path.isfile(where)
-    IMPORTED.append(where)
-    module = _in_this_directory(where, lambda: _import_file(Path(where)) if is_file else _import_module(where))
+    module = (imported or {}).get(where)
+    if module is None:
+        IMPORTED.append(where)
+        module = _in_this_directory(where, lambda: _import_file(Path(where), option) if is_file
+                                    else _import_module(where, option), option)
+        if imported is not None:
+            imported[where] = module
     found: Any = module
     for part in name.split("."):
         if not hasattr(found, part):
-            raise UserError(f"{param('model_spec')}: {where} has no {name!r}")
+            raise UserError(f"{param(option)}: {where} has no {name!r}")
         found = getattr(found, part)
     return found, name
 
 
 def model_task(model_spec: str, dataset: str = "digits", *, loss: str = "cross_entropy",
                metric: str | None = "accuracy", val_split: float = 0.2, data_seed: int = 0,
-               image_size: int | None = None, warn: Callable[[str], None] | None = None) -> Task:
+               image_size: int | None = None, warn: Callable[[str], None] | None = None,
+               features_spec: str | None = None) -> Task:
     """:func:`~epsweep.tasks.own.flax_task` of the model ``model_spec`` names on ``dataset``
     (``digits``, ``synthetic``, .npz, MNIST IDX, or an ImageFolder tree resized to
     ``image_size``); regression targets are read when ``loss`` is not a classification loss, and
@@ -153,11 +163,20 @@ def model_task(model_spec: str, dataset: str = "digits", *, loss: str = "cross_e
         data_seed: the seed of the train/validation split.
         image_size: for an ImageFolder tree: the square its images are resized to.
         warn: called with a line for each unreadable image skipped.
+        features_spec: ``FILE.py:NAME`` or ``package.module:NAME`` of an
+            :class:`~epsweep.tasks.Features`, a frozen extractor in front of the model.
 
     Returns:
         The :class:`~epsweep.tasks.Task`.
     """
-    model, name = load_model(model_spec)
+    imported: dict[str, ModuleType] = {}  # a file that holds both the model and the extractor runs once
+    model, name = load_model(model_spec, imported=imported)
+    features = None
+    if features_spec is not None:
+        features = load_model(features_spec, "features_spec", imported)[0]
+        if not isinstance(features, Features):
+            raise UserError(f"{param('features_spec')}: {features_spec} is a {type(features).__name__}, not an "
+                            f"epsweep.Features(apply, constants)")
     data = load_any_dataset(dataset, val_split, data_seed, targets=loss not in CLASSIFICATION_LOSSES,
                             probabilities=loss == "binary_cross_entropy", image_size=image_size, warn=warn)
-    return flax_task(model, data, loss=loss, metric=metric, name=name)
+    return flax_task(model, data, loss=loss, metric=metric, name=name, features=features)

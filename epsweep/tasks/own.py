@@ -33,8 +33,8 @@ import numpy as np
 from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError, param
 from epsweep.tasks.scoring import Scoring, scoring
-from epsweep.tasks.task import Task
-from epsweep.tasks.traced import check_task, fingerprint
+from epsweep.tasks.task import Features, Task
+from epsweep.tasks.traced import check_task, fingerprint, trace_extractor
 
 DROPPED_COLLECTIONS = ("intermediates",)  # sown values: not state (they grow at every call)
 
@@ -221,7 +221,8 @@ def adapt_model(model, data: Dataset, name: str):
 
 
 def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entropy",
-              metric: str | Callable | None = "accuracy", name: str | None = None) -> Task:
+              metric: str | Callable | None = "accuracy", name: str | None = None,
+              features: Features | None = None) -> Task:
     """A task that trains your Flax model on your data, for :func:`epsweep.sweep` and
     :func:`epsweep.run`, with everything the built-in tasks have (seeds, conventions, eps
     diagnostics, divergence isolation, streaming and resume).
@@ -244,6 +245,12 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
         metric: ``"accuracy"``, ``None`` (records then hold null), or a function
             (outputs, y) -> per-example value, reported as ``val_<its name>``.
         name: the task's name in results (default: the model's class or function name).
+        features: a frozen feature extractor in front of the model,
+            ``epsweep.Features(apply, constants, identity=...)``: ``model`` is then the head, and
+            sees ``apply(constants, x)`` (a pure function: inference mode, no key) in place of
+            each input ``x``. A sweep computes every input's features once, not once per
+            setting and step, and trains the head on them (kept on disk for later sweeps when
+            ``identity`` names what ``apply`` computes; see docs/own-model.md).
 
     Returns:
         The :class:`~epsweep.tasks.Task`. Its compiled programs are shared by every task that
@@ -271,13 +278,14 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
         raise UserError(f"{param('data')}: expected an epsweep.Dataset (e.g. Dataset.from_arrays(x, y)); got "
                         f"{type(data).__name__}")
     name = name or _model_name(model)
-    score = scoring(loss, metric, data)
-    adapter = adapt_model(model, data, name)
-    task = _task(adapter, score, data, name)
+    seen, frozen, features = (data, {}, None) if features is None else _behind(features, data)  # the model's view
+    score = scoring(loss, metric, seen)
+    adapter = adapt_model(model, seen, name)
+    task = _task(adapter, score, seen, name)
     checked = check_task(task, name)
     details = {"model": name, "framework": adapter.framework, "parameters": checked["parameters"],
                "model_shapes": checked["shapes"], "model_fingerprint": checked["fingerprint"],
-               "loss": score.loss_name, "metric": score.metric_name}
+               "loss": score.loss_name, "metric": score.metric_name, **frozen}
     # the programs are keyed by what the functions compute: the same model, loss and metric share
     # them (in this process and, via the fingerprint's text, in others); a change to any never does
     identity = ("flax_task", checked["fingerprint"] or _Unshared(), score.loss_name, score.metric_name,
@@ -286,7 +294,31 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
     task = dataclasses.replace(task, details=details, loop_free_on_cpu=checked["convolves"], identity=identity,
                                settings_per_cpu_device=1 if checked["convolves"] else None)
     at = functools.lru_cache(maxsize=8)(functools.partial(fingerprint, task))  # traced once per batch sizes
-    return dataclasses.replace(task, fingerprint_at=at)
+    # with an extractor: the raw inputs, which a sweep turns into features first (engine.on_features)
+    return dataclasses.replace(task, fingerprint_at=at, data=data, features=features)
+
+
+def _behind(features: Features, data: Dataset) -> tuple[Dataset, dict, Features]:
+    """``data`` as a model behind the frozen extractor ``features`` is given it, for tracing:
+    inputs of the features' shape and dtype (zeros of stride 0: nothing computed or held), the
+    targets as they are; what the task's details record of the extractor; and the extractor,
+    its ``identity`` (the feature store's key) completed by the fingerprint of what ``apply``
+    computes, so that an edited extractor under the same identity never reads stored features."""
+    if not isinstance(features, Features):
+        raise UserError(f"{param('features')}: expected an epsweep.Features(apply, constants); got "
+                        f"{type(features).__name__}")
+
+    def fails(error: BaseException) -> UserError:
+        return UserError(f"the feature extractor fails on inputs of shape {(2, *data.input_shape)}: "
+                         f"{_first_line(error)}")
+
+    shape, dtype, traced = trace_extractor(features, data, fails)
+    x_train, x_val = (np.broadcast_to(np.zeros((), dtype), (len(x), *shape)) for x in (data.x_train, data.x_val))
+    described = {"shape": list(shape), "dtype": str(dtype), "fingerprint": traced,
+                 "identity": None if features.identity is None else repr(features.identity)}
+    if features.identity is not None and traced is not None:
+        features = dataclasses.replace(features, identity=(features.identity, traced))
+    return dataclasses.replace(data, x_train=x_train, x_val=x_val), {"frozen_features": described}, features
 
 
 class _Unshared:

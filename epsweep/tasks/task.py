@@ -37,7 +37,22 @@ class Features:
     (e.g. the pretrained weights of a frozen base) are passed as a program argument.
     ``identity``: a hashable value that, with the inputs and the constants, determines
     ``apply``'s output (the model and its options, the dtype); features are cached on disk
-    only when it is given. ``batch_size``: inputs per compiled call.
+    only when it is given. ``batch_size``: inputs per compiled call. Give it to
+    :func:`~epsweep.tasks.own.flax_task` (``features=``) to train a model of yours as the head
+    behind it.
+
+    Example:
+        >>> import numpy as np
+        >>> import flax.linen as nn
+        >>> import jax.numpy as jnp
+        >>> import epsweep
+        >>> base = np.random.default_rng(0).normal(size=(5, 8)).astype(np.float32)  # frozen weights
+        >>> extractor = epsweep.Features(lambda w, x: jnp.tanh(x @ w), base, identity="tanh base v1")
+        >>> rng = np.random.default_rng(1)
+        >>> data = epsweep.Dataset.from_arrays(rng.normal(size=(40, 5)), rng.integers(0, 2, 40))
+        >>> task = epsweep.flax_task(nn.Dense(2), data, features=extractor)  # the head sees 8 features
+        >>> task.details["parameters"], task.details["frozen_features"]["shape"]
+        (18, [8])
     """
 
     apply: Callable[[Any, Any], Any]

@@ -1,18 +1,20 @@
 """A task's functions traced on shapes alone (nothing runs, no JAX backend starts): the checks
-:func:`~epsweep.tasks.own.flax_task` makes of a model, and the fingerprint of what it computes
-that keys its compiled programs."""
+:func:`~epsweep.tasks.own.flax_task` makes of a model (and of a frozen feature extractor in
+front of it), and the fingerprint of what it computes that keys its compiled programs."""
 
 from __future__ import annotations
 
 import hashlib
 import math
 import re
+from collections.abc import Callable
 
 import numpy as np
 
 from epsweep.collector import while_tracing
+from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError
-from epsweep.tasks.task import Task
+from epsweep.tasks.task import Features, Task
 
 _ADDRESS = re.compile(r"0x[0-9a-fA-F]{6,}")  # an object's address: its text differs between processes
 
@@ -121,3 +123,27 @@ def _digest(shapes: tuple, jaxprs: tuple) -> str | None:
             const = np.asarray(const)
             digest.update(f"{const.dtype}{const.shape}".encode() + const.tobytes())
     return digest.hexdigest()[:32]
+
+
+@while_tracing
+def trace_extractor(features: Features, data: Dataset, fails: Callable[[BaseException], UserError]) -> tuple:
+    """``features.apply(constants, x)`` traced on two of ``data``'s inputs (nothing runs): the
+    shape and dtype of one input's features, and a fingerprint of what the extractor computes
+    (None when its text names an object's address). It must give one real floating-point array
+    with a row per input; ``fails(error)`` is the UserError for an extractor that raises."""
+    import jax
+    import jax.numpy as jnp
+
+    sample = jax.ShapeDtypeStruct((2, *data.input_shape), data.x_train.dtype)
+    try:
+        jaxpr, out = jax.make_jaxpr(features.apply, return_shape=True)(features.constants, sample)
+    except UserError:
+        raise
+    except (Exception, SystemExit) as error:  # the extractor's own failure, whatever it is
+        raise fails(error) from None
+    one = isinstance(out, jax.ShapeDtypeStruct)
+    if not one or out.shape[:1] != (2,) or not jnp.issubdtype(out.dtype, jnp.floating):
+        given = f"{out.dtype} of shape {out.shape}" if one else type(out).__name__
+        raise UserError(f"the feature extractor must return one real floating-point array with a row per input; on "
+                        f"inputs of shape {sample.shape} it returns {given}")
+    return out.shape[1:], out.dtype, _digest((), (jaxpr,))
