@@ -5,12 +5,14 @@ import dataclasses
 import logging
 import os
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from epsweep.data.dataset import Dataset
 from epsweep.engine.features import cache_key, on_features
+from epsweep.errors import UserError
 from epsweep.results.cache import ArrayCache
 from epsweep.tasks.task import Features, Task
 
@@ -92,8 +94,54 @@ def test_features_that_are_not_finite_are_not_kept(tmp_path, caplog):
         _, info = on_features(tiny_task(weights=weights), store=ArrayCache(tmp_path))
     assert info["source"] == "computed" and list(tmp_path.iterdir()) == []
     assert [r.getMessage() for r in caplog.records] == [
-        "the features of these weights are not finite (NaN or infinity) for 8 of 8 inputs: not kept in the "
-        "feature store"]
+        "the frozen features are not finite (NaN or infinity) for 8 of 8 inputs: not kept in the feature store"]
+    caplog.clear()
+    with caplog.at_level(logging.WARNING):  # no store: still said (every run would read as diverged)
+        on_features(tiny_task(weights=weights))
+    assert [r.getMessage() for r in caplog.records] == [
+        "the frozen features are not finite (NaN or infinity) for 8 of 8 inputs"]
+
+
+def with_apply(apply, identity=("tanh", "test")) -> Task:
+    task = tiny_task()
+    return dataclasses.replace(task, features=dataclasses.replace(task.features, apply=apply, identity=identity))
+
+
+def test_bfloat16_features_are_stored_widened_and_read_back_as_they_were(tmp_path):
+    store = ArrayCache(tmp_path)
+    task = with_apply(lambda w, x: jnp.tanh(x @ w).astype(jnp.bfloat16), ("tanh", "bfloat16"))
+    computed, info = on_features(task, store=store)
+    again, info_again = on_features(with_apply(task.features.apply, ("tanh", "bfloat16")), store=store)
+    assert (info["source"], info_again["source"]) == ("computed", "store")  # npz holds bfloat16 as raw bytes
+    assert again.data.x_train.dtype == computed.data.x_train.dtype == jnp.bfloat16
+    assert np.array_equal(again.data.x_train.astype(np.float32), computed.data.x_train.astype(np.float32))
+
+
+FAILING = {  # extractors that fail on a batch (each device applies it to its rows), or as they run
+    "one row for any batch": (lambda w, x: jnp.tanh(x[:1] @ w), r"returns [12] rows? for a batch of 4 inputs"),
+    "a callback that raises": (
+        lambda w, x: jax.pure_callback(lambda a: 1 / 0 * a, jax.ShapeDtypeStruct((len(x), 4), jnp.float32), x @ w),
+        "computing the frozen features failed: ZeroDivisionError: division by zero"),
+}
+
+
+@pytest.mark.parametrize("case", FAILING.values(), ids=FAILING.keys())
+def test_an_extractor_that_fails_on_a_batch_is_one_line(case):
+    apply, message = case
+    with pytest.raises(UserError, match=message) as raised:
+        on_features(with_apply(apply, None))
+    assert "\n" not in str(raised.value)
+
+
+def test_an_entry_is_read_back_for_an_extractor_that_traces_only_at_its_batch_width(tmp_path):
+    """The store's check traces the extractor at the batch it runs at, not on one input (a
+    squeeze that needs more than one row failed there with a traceback on every later run)."""
+    def squeezed(w, x):
+        f = jnp.squeeze(jnp.tanh(x @ w))
+        return f.reshape(f.shape[0], 4)
+
+    store = ArrayCache(tmp_path)
+    assert [on_features(with_apply(squeezed), store=store)[1]["source"] for _ in range(2)] == ["computed", "store"]
 
 
 def test_a_store_that_cannot_keep_features_names_what_is_in_the_way(tmp_path, caplog):

@@ -450,6 +450,10 @@ def test_flax_task_refuses_what_cannot_train():
          r"a row per input; on inputs of shape \(2, 6\) it returns bool of shape \(2, 6\)"),
         (lambda: epsweep.flax_task(CNN(), data, features=epsweep.Features(frozen_tanh, FROZEN)),
          r"model CNN fails on inputs of shape \(1, 5\): "),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(frozen_tanh, FROZEN, batch_size=0)),
+         "features: batch_size must be a whole number of inputs, at least 1; got 0"),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(frozen_tanh, FROZEN, identity={"v": 1})),
+         "features: identity must be hashable"),
     ]
     for build, message in cases:
         with pytest.raises(UserError, match=message):
@@ -579,7 +583,7 @@ def test_cli_trains_a_model_file_and_a_rerun_with_new_eps_compiles_nothing(model
 def test_cli_trains_a_model_file_behind_the_frozen_extractor_it_declares(model_dir):
     """--features names an epsweep.Features in the model's file (imported once): the model sees the
     extractor's features, computed once, and trains as the library's flax_task(..., features=) does."""
-    args = ["grid", "--model", "own_models.py:Net", "--features", "own_models.py:frozen", "--dataset", "data.npz",
+    args = ["grid", "--model", "own_models.py:Net", "--features", "./own_models.py:frozen", "--dataset", "data.npz",
             "--steps", "20", "--batch-size", "8", "--eps", "1e-8", "1", "-f", "json", "-q"]
     done = run_cli(args, model_dir)
     assert done["meta"]["features"]["source"] == "computed" and done["meta"]["features"]["shape"] == [6]
@@ -597,6 +601,15 @@ def test_cli_trains_a_model_file_behind_the_frozen_extractor_it_declares(model_d
     for record, expected in zip(done["results"], library, strict=True):
         assert record["final_loss"] == pytest.approx(expected["final_loss"], rel=1e-6)
         assert record["val_loss"] == pytest.approx(expected["val_loss"], rel=1e-6)
+
+
+def test_a_file_named_by_model_and_features_runs_once_however_it_is_written(model_dir, monkeypatch):
+    from epsweep.tasks import model_file
+
+    monkeypatch.chdir(model_dir)
+    before = len(model_file.IMPORTED)
+    task = model_file.model_task("own_models.py:Net", "data.npz", features_spec="./own_models.py:frozen")
+    assert model_file.IMPORTED[before:] == ["own_models.py"] and task.describe()["frozen_features"]["shape"] == [6]
 
 
 def test_a_model_named_by_module_with_regression_targets_from_a_file(model_dir, monkeypatch):
@@ -789,6 +802,8 @@ CLI_CASES = [
     (["--features", "own_models.py:frozen"], "--features applies to --model only"),
     (["--model", "own_models.py:Net", "--features", "own_models.py:not_features"],
      "--features: own_models.py:not_features is a function, not an epsweep.Features(apply, constants)"),
+    (["--model", "own_models.py:Net", "--features", "own_models.py:Net"],
+     "--features: own_models.py:Net is a class, not an epsweep.Features(apply, constants)"),
     (["--model", "own_models.py:Net", "--features", "own_models.py:Nope"], "--features: own_models.py has no 'Nope'"),
     (["--model", "own_models.py:Net", "--features", "missing.py:frozen"], "--features: missing.py: no such file"),
     (["--model", "own_models.py:Net", "--features", "own_models.py"], "--features: 'own_models.py' must look like"),

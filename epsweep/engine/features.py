@@ -34,8 +34,9 @@ from jax.sharding import PartitionSpec as P
 from epsweep.collector import while_tracing
 from epsweep.data.dataset import Dataset
 from epsweep.engine import xla_options
-from epsweep.engine.devices import broadcast, is_primary
+from epsweep.engine.devices import broadcast, callback_failure, is_primary
 from epsweep.engine.exports import package_version
+from epsweep.errors import UserError
 from epsweep.tasks.task import Features, Task
 
 log = logging.getLogger(__name__)
@@ -87,14 +88,19 @@ def _program(features: Features, devices: list[jax.Device]) -> tuple[Callable, M
 
 
 def _jit(features: Features, mesh: Mesh, options: dict) -> Callable:
-    """``features.apply`` jitted with the batch split across the mesh, compiled with ``options``
-    (:mod:`.xla_options`); without them if XLA refuses them."""
+    """``features.apply`` jitted with the batch split across the mesh, each device applying it to
+    its own rows (``shard_map``: nothing communicated, so a host callback in the extractor that
+    raises fails its call, where a partitioned program's other devices waited for it until XLA
+    aborted the process), compiled with ``options`` (:mod:`.xla_options`); without them if XLA
+    refuses them."""
+    per_device = jax.shard_map(features.apply, mesh=mesh, in_specs=(P(), P(BATCH_AXIS)), out_specs=P(BATCH_AXIS),
+                               check_vma=False)
     shardings = {"in_shardings": (NamedSharding(mesh, P()), NamedSharding(mesh, P(BATCH_AXIS))),
                  "out_shardings": NamedSharding(mesh, P(BATCH_AXIS))}
-    program = jax.jit(features.apply, compiler_options=options or None, **shardings)
+    program = jax.jit(per_device, compiler_options=options or None, **shardings)
     if not options:
         return program
-    plain = jax.jit(features.apply, **shardings)
+    plain = jax.jit(per_device, **shardings)
 
     def without_options(constants: Any, x: Any) -> Any:
         nonlocal program
@@ -140,6 +146,10 @@ def extract(features: Features, inputs: Sequence[np.ndarray], devices: Sequence[
             if len(batch) < width:
                 batch = np.concatenate([batch, np.zeros((width - len(batch), *x.shape[1:]), x.dtype)])
             out = program(constants, jax.device_put(batch, batch_sharding))
+            if out.shape[:1] != (width,):  # e.g. a reshape that fits two inputs but not a whole batch
+                rows = out.shape[0] if out.ndim else 0
+                raise UserError(f"the feature extractor returns {rows} row{'s' * (rows != 1)} for a batch of {width} "
+                                f"inputs (output shape {out.shape}); it must return one row per input")
             if pending is not None:
                 parts.append(np.asarray(pending))
             pending = out
@@ -178,30 +188,62 @@ def cache_key(task: Task, devices: Sequence[jax.Device] | None = None) -> str | 
     return digest.hexdigest()
 
 
+def _storable(dtype: np.dtype) -> bool:
+    """Whether NumPy's .npz files hold ``dtype`` as itself: not the ml_dtypes types (bfloat16,
+    float8), which come back as raw bytes (``V2``); those are stored widened to float32 (exact)."""
+    return np.dtype(dtype).isbuiltin == 1  # ml_dtypes' types are user-defined ones (2), kind V
+
+
 @while_tracing  # the frozen base's trace, for its output's shape
-def _usable(arrays: dict[str, np.ndarray] | None, features: Features, data: Dataset) -> bool:
-    """Whether stored arrays fit ``data``: one row per input, each of the shape and dtype
-    ``features`` gives one input (traced, not computed), finite."""
+def _stored_features(arrays: dict[str, np.ndarray] | None, features: Features, data: Dataset,
+                     width: int) -> dict[str, np.ndarray] | None:
+    """Stored arrays, if they fit ``data``: one row per input, each of the shape and dtype
+    ``features`` gives a batch of ``width`` inputs (traced, not computed; an extractor that
+    cannot be traced so, or gives no row per input, is computed as usual, and fails there),
+    finite; a dtype stored widened (:func:`_storable`) narrowed back. None if they do not."""
     if arrays is None or set(arrays) != {"x_train", "x_val"}:
-        return False
+        return None
+    sample = jax.ShapeDtypeStruct((width, *data.x_train.shape[1:]), data.x_train.dtype)
+    try:
+        rows = jax.eval_shape(features.apply, features.constants, sample)
+    except Exception:  # noqa: BLE001 - computing the features says what is wrong, in one line
+        return None
+    if not isinstance(rows, jax.ShapeDtypeStruct) or rows.shape[:1] != (width,):
+        return None
+    stored_as = rows.dtype if _storable(rows.dtype) else np.dtype(np.float32)
     train, val = arrays["x_train"], arrays["x_val"]
-    sample = jax.ShapeDtypeStruct((1, *data.x_train.shape[1:]), data.x_train.dtype)
-    row = jax.eval_shape(features.apply, features.constants, sample)
-    return (train.shape == (len(data.x_train), *row.shape[1:]) and val.shape == (len(data.x_val), *row.shape[1:])
-            and train.dtype == val.dtype == row.dtype
-            and bool(np.isfinite(train).all() and np.isfinite(val).all()))
+    if not (train.shape == (len(data.x_train), *rows.shape[1:]) and val.shape == (len(data.x_val), *rows.shape[1:])
+            and train.dtype == val.dtype == stored_as and np.isfinite(train).all() and np.isfinite(val).all()):
+        return None
+    return {"x_train": train.astype(rows.dtype, copy=False), "x_val": val.astype(rows.dtype, copy=False)}
 
 
-def _keep(store: Store, key: str, arrays: dict[str, np.ndarray]) -> None:
-    """Hand computed features to ``store``, unless some are not finite: every later run would
-    refuse them (:func:`_usable`), compute them again and write them anew."""
+def _not_finite(arrays: dict[str, np.ndarray], kept: bool) -> bool:
+    """Whether some computed features are NaN or infinite, said in one warning: the head's
+    loss then is too (every run reads as diverged), and a store would refuse them on every later
+    run (:func:`_stored_features`), so they are not kept."""
     rows = sum(len(a) for a in arrays.values())
     bad = sum(int((~np.isfinite(a)).any(axis=tuple(range(1, a.ndim))).sum()) for a in arrays.values())
-    if bad:
-        log.warning("the features of these weights are not finite (NaN or infinity) for %d of %d inputs: "
-                    "not kept in the feature store", bad, rows)
-        return
-    store.save(key, arrays)
+    if bad and is_primary():  # one warning, not one a process
+        log.warning("the frozen features are not finite (NaN or infinity) for %d of %d inputs%s", bad, rows,
+                    ": not kept in the feature store" if kept else "")
+    return bool(bad)
+
+
+def _extracted(task: Task, devices: Sequence[jax.Device] | None, progress: Progress | None) -> list[np.ndarray]:
+    """The features of the training and validation inputs (:func:`extract`); a failure of the
+    extractor's own (a callback that raises, an XLA error) is one UserError line: nothing has
+    trained yet, so nothing is lost."""
+    try:
+        return extract(task.features, [task.data.x_train, task.data.x_val], devices, progress)
+    except (UserError, KeyboardInterrupt, MemoryError):
+        raise
+    except Exception as error:  # noqa: BLE001 - whatever the user's extractor raises, said in one line
+        said = callback_failure(error)  # a host callback's own exception, collected so it is said once
+        if said is None:
+            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+            said = type(error).__name__ + (f": {lines[0]}" if lines else "")
+        raise UserError(f"computing the frozen features failed: {said[:300]}") from None
 
 
 def on_features(task: Task, devices: Sequence[jax.Device] | None = None, store: Store | None = None,
@@ -228,15 +270,13 @@ def on_features(task: Task, devices: Sequence[jax.Device] | None = None, store: 
     started = time.perf_counter()
     key = cache_key(task, devices) if store is not None else None
     stored = store.load(key) if key is not None else None
-    source = "store" if _usable(stored, task.features, task.data) else "computed"
-    if source == "store":
-        arrays = stored
-    else:
-        train, val = extract(task.features, [task.data.x_train, task.data.x_val], devices, progress)
-        arrays = {"x_train": train, "x_val": val}
+    arrays = _stored_features(stored, task.features, task.data, batch_width(task.features, devices))
+    source = "computed" if arrays is None else "store"
+    if arrays is None:
+        arrays = dict(zip(("x_train", "x_val"), _extracted(task, devices, progress), strict=True))
     arrays = broadcast(arrays)  # every process trains on the same numbers (process 0's)
-    if source == "computed" and key is not None and is_primary():
-        _keep(store, key, arrays)
+    if source == "computed" and not _not_finite(arrays, kept=key is not None) and key is not None and is_primary():
+        store.save(key, {k: a if _storable(a.dtype) else a.astype(np.float32) for k, a in arrays.items()})
     data = dataclasses.replace(task.data, x_train=arrays["x_train"], x_val=arrays["x_val"])
     realised = dataclasses.replace(task, data=data, features=None)
     info = {"source": source, "seconds": round(time.perf_counter() - started, 3),

@@ -4,9 +4,11 @@ it on a dataset in any format the tool reads."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import importlib
 import importlib.util
+import inspect
 import logging
 import os
 import stat
@@ -106,6 +108,15 @@ def _in_this_directory(where: str, load: Callable[[], ModuleType], option: str) 
     return module
 
 
+def _kind(value: Any) -> str:
+    """What ``value`` is, for a message: a class, a function, a module, or an object of its type."""
+    if isinstance(value, type):
+        return "a class"
+    if isinstance(value, ModuleType):
+        return "a module"
+    return "a function" if inspect.isroutine(value) else f"an object of type {type(value).__name__}"
+
+
 IMPORTED: list[str] = []  # the users' files and modules this process imported (their code ran here)
 
 
@@ -130,13 +141,17 @@ def load_model(model_spec: str, option: str = "model_spec",
         raise UserError(f"{param(option)}: {model_spec!r} must look like FILE.py:NAME or package.module:NAME")
     # a file that is there (good.txt, noext) is the file, not a module: good.txt would import good.py
     is_file = where.endswith(".py") or "/" in where or "\\" in where or os.path.isfile(where)
-    module = (imported or {}).get(where)
+    known = where
+    if is_file:  # ./net.py and net.py: one file, run once
+        with contextlib.suppress(OSError, RuntimeError):  # a deleted working directory, a link loop
+            known = str(Path(where).resolve())
+    module = (imported or {}).get(known)
     if module is None:
         IMPORTED.append(where)
         module = _in_this_directory(where, lambda: _import_file(Path(where), option) if is_file
                                     else _import_module(where, option), option)
         if imported is not None:
-            imported[where] = module
+            imported[known] = module
     found: Any = module
     for part in name.split("."):
         if not hasattr(found, part):
@@ -175,7 +190,7 @@ def model_task(model_spec: str, dataset: str = "digits", *, loss: str = "cross_e
     if features_spec is not None:
         features = load_model(features_spec, "features_spec", imported)[0]
         if not isinstance(features, Features):
-            raise UserError(f"{param('features_spec')}: {features_spec} is a {type(features).__name__}, not an "
+            raise UserError(f"{param('features_spec')}: {features_spec} is {_kind(features)}, not an "
                             f"epsweep.Features(apply, constants)")
     data = load_any_dataset(dataset, val_split, data_seed, targets=loss not in CLASSIFICATION_LOSSES,
                             probabilities=loss == "binary_cross_entropy", image_size=image_size, warn=warn)

@@ -31,7 +31,7 @@ from typing import Any
 import numpy as np
 
 from epsweep.data.dataset import Dataset
-from epsweep.errors import UserError, param
+from epsweep.errors import UserError, param, quoted
 from epsweep.tasks.scoring import Scoring, scoring
 from epsweep.tasks.task import Features, Task
 from epsweep.tasks.traced import check_task, fingerprint, trace_extractor
@@ -307,6 +307,14 @@ def _behind(features: Features, data: Dataset) -> tuple[Dataset, dict, Features]
     if not isinstance(features, Features):
         raise UserError(f"{param('features')}: expected an epsweep.Features(apply, constants); got "
                         f"{type(features).__name__}")
+    if type(features.batch_size) is not int or features.batch_size < 1:
+        raise UserError(f"{param('features')}: batch_size must be a whole number of inputs, at least 1; got "
+                        f"{quoted(features.batch_size)}")
+    try:
+        hash(features.identity)
+    except TypeError:
+        raise UserError(f"{param('features')}: identity must be hashable (a string or a tuple); got "
+                        f"{type(features.identity).__name__}") from None
 
     def fails(error: BaseException) -> UserError:
         return UserError(f"the feature extractor fails on inputs of shape {(2, *data.input_shape)}: "
