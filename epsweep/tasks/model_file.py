@@ -130,8 +130,8 @@ def load_model(model_spec: str, option: str = "model_spec",
     Args:
         model_spec: ``FILE.py:NAME`` or ``package.module:NAME``.
         option: the parameter the errors name (``model_spec``: ``--model``).
-        imported: files and modules already imported by this caller, by the name given: one
-            named again is not run again (and one imported here is added).
+        imported: files (by resolved path) and modules (by name) this caller imported already:
+            one named again, however its path is written, is not run again; one imported here is added.
 
     Returns:
         (the object, its NAME).
