@@ -133,6 +133,14 @@ def test_an_extractor_that_fails_on_a_batch_is_one_line(case):
     assert "\n" not in str(raised.value)
 
 
+def test_a_batch_size_beyond_the_data_is_cut_to_it():
+    """A billion inputs a call would be 12 GB of padding for 6 images (a million took 0.9 GB)."""
+    task = tiny_task()
+    huge = dataclasses.replace(task, features=dataclasses.replace(task.features, batch_size=10**9))
+    realised = on_features(huge)[0]
+    np.testing.assert_allclose(realised.data.x_train, np.tanh(task.data.x_train @ WEIGHTS), rtol=1e-6)
+
+
 def test_an_entry_is_read_back_for_an_extractor_that_traces_only_at_its_batch_width(tmp_path):
     """The store's check traces the extractor at the batch it runs at, not on one input (a
     squeeze that needs more than one row failed there with a traceback on every later run)."""

@@ -449,7 +449,13 @@ def test_flax_task_refuses_what_cannot_train():
         (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(lambda w, x: x > 0, None)),
          r"a row per input; on inputs of shape \(2, 6\) it returns bool of shape \(2, 6\)"),
         (lambda: epsweep.flax_task(CNN(), data, features=epsweep.Features(frozen_tanh, FROZEN)),
-         r"model CNN fails on inputs of shape \(1, 5\): "),
+         r"model CNN fails on inputs of shape \(1, 5\): .*\(the model is given the feature extractor's output: "
+         r"float32, \(5,\) per input\)$"),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(frozen_tanh, FROZEN, identity=frozen_tanh)),
+         r"features: identity '<function frozen_tanh at 0x.*' names an object by its address, which changes"),
+        (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(frozen_tanh, FROZEN, identity=("v", data))),
+         r"features: identity must be hashable \(a string or a tuple\); got tuple \(unhashable type: "
+         r"'numpy.ndarray'\)"),  # a Dataset holds arrays
         (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(frozen_tanh, FROZEN, batch_size=0)),
          "features: batch_size must be a whole number of inputs, at least 1; got 0"),
         (lambda: epsweep.flax_task(MLP(3), data, features=epsweep.Features(frozen_tanh, FROZEN, identity={"v": 1})),

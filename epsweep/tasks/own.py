@@ -34,7 +34,7 @@ from epsweep.data.dataset import Dataset
 from epsweep.errors import UserError, param, quoted
 from epsweep.tasks.scoring import Scoring, scoring
 from epsweep.tasks.task import Features, Task
-from epsweep.tasks.traced import check_task, fingerprint, trace_extractor
+from epsweep.tasks.traced import check_task, fingerprint, names_an_address, trace_extractor
 
 DROPPED_COLLECTIONS = ("intermediates",)  # sown values: not state (they grow at every call)
 
@@ -280,9 +280,16 @@ def flax_task(model: Any, data: Dataset, *, loss: str | Callable = "cross_entrop
     name = name or _model_name(model)
     seen, frozen, features = (data, {}, None) if features is None else _behind(features, data)  # the model's view
     score = scoring(loss, metric, seen)
-    adapter = adapt_model(model, seen, name)
-    task = _task(adapter, score, seen, name)
-    checked = check_task(task, name)
+    try:
+        adapter = adapt_model(model, seen, name)
+        task = _task(adapter, score, seen, name)
+        checked = check_task(task, name)
+    except UserError as error:
+        if features is None:
+            raise
+        given = frozen["frozen_features"]
+        raise UserError(f"{error.message} (the model is given the feature extractor's output: {given['dtype']}, "
+                        f"{tuple(given['shape'])} per input)") from None
     details = {"model": name, "framework": adapter.framework, "parameters": checked["parameters"],
                "model_shapes": checked["shapes"], "model_fingerprint": checked["fingerprint"],
                "loss": score.loss_name, "metric": score.metric_name, **frozen}
@@ -312,9 +319,13 @@ def _behind(features: Features, data: Dataset) -> tuple[Dataset, dict, Features]
                         f"{quoted(features.batch_size)}")
     try:
         hash(features.identity)
-    except TypeError:
+    except TypeError as error:
         raise UserError(f"{param('features')}: identity must be hashable (a string or a tuple); got "
-                        f"{type(features.identity).__name__}") from None
+                        f"{type(features.identity).__name__} ({error})") from None
+    if names_an_address(repr(features.identity)):  # the store's key and the run's description hold its repr
+        raise UserError(f"{param('features')}: identity {quoted(repr(features.identity))} names an object by its "
+                        f"address, which changes from run to run; give strings and numbers (e.g. the base's name "
+                        f"and version)")
 
     def fails(error: BaseException) -> UserError:
         return UserError(f"the feature extractor fails on inputs of shape {(2, *data.input_shape)}: "

@@ -112,9 +112,15 @@ def _trace_steps(task: Task, params, state, key, batch: int, eval_batch: int) ->
     return step, new_state, evaluate
 
 
+def names_an_address(text: str) -> bool:
+    """Whether ``text`` (a repr, a traced computation) holds an object's address, which is not
+    the same from process to process."""
+    return bool(_ADDRESS.search(text))
+
+
 def _digest(shapes: tuple, jaxprs: tuple) -> str | None:
     jaxprs = [jaxpr for jaxpr in jaxprs if jaxpr is not None]
-    if any(_ADDRESS.search(str(jaxpr)) for jaxpr in jaxprs):
+    if any(names_an_address(str(jaxpr)) for jaxpr in jaxprs):
         return None
     digest = hashlib.sha256(repr(shapes).encode())
     for jaxpr in jaxprs:
