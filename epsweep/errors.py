@@ -75,6 +75,19 @@ def quoted(value: object, limit: int = SHOWN_CHARACTERS) -> str:
     return f"{value[:limit]!r}… ({len(value):,} characters)"
 
 
+def first_line(error: BaseException, limit: int = 300) -> str:
+    """``Type: first line`` of an exception a user's code raised, at most ``limit`` characters:
+    what a one-line message says of it.
+
+    Example:
+        >>> first_line(ValueError("bad shape\\nmore detail")), first_line(KeyError())
+        ('ValueError: bad shape', 'KeyError')
+    """
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
+    return text if len(text) <= limit else text[:limit - 3] + "..."
+
+
 _ABSENT = (errno.ENOENT, errno.ENOTDIR, errno.ELOOP, errno.EBADF)  # what ``Path.exists()`` calls "not there"
 
 

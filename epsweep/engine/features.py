@@ -36,7 +36,7 @@ from epsweep.data.dataset import Dataset
 from epsweep.engine import xla_options
 from epsweep.engine.devices import broadcast, callback_failure, is_primary
 from epsweep.engine.exports import package_version
-from epsweep.errors import UserError
+from epsweep.errors import UserError, first_line
 from epsweep.tasks.task import Features, Task
 
 log = logging.getLogger(__name__)
@@ -247,10 +247,7 @@ def _extracted(task: Task, devices: Sequence[jax.Device] | None, progress: Progr
         raise
     except Exception as error:  # noqa: BLE001 - whatever the user's extractor raises, said in one line
         said = callback_failure(error)  # a host callback's own exception, collected so it is said once
-        if said is None:
-            lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-            said = type(error).__name__ + (f": {lines[0]}" if lines else "")
-        raise UserError(f"computing the frozen features failed: {said[:300]}") from None
+        raise UserError(f"computing the frozen features failed: {(said or first_line(error))[:300]}") from None
 
 
 def on_features(task: Task, devices: Sequence[jax.Device] | None = None, store: Store | None = None,

@@ -31,18 +31,12 @@ from typing import Any
 import numpy as np
 
 from epsweep.data.dataset import Dataset
-from epsweep.errors import UserError, param, quoted
+from epsweep.errors import UserError, first_line, param, quoted
 from epsweep.tasks.scoring import Scoring, scoring
 from epsweep.tasks.task import Features, Task
 from epsweep.tasks.traced import check_task, fingerprint, names_an_address, trace_extractor
 
 DROPPED_COLLECTIONS = ("intermediates",)  # sown values: not state (they grow at every call)
-
-
-def _first_line(error: BaseException) -> str:
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    text = f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
-    return text if len(text) <= 300 else text[:297] + "..."
 
 
 class _Guard:
@@ -58,7 +52,7 @@ class _Guard:
             raise
         except (Exception, SystemExit) as error:  # the model's own failure, whatever it is (an exit too)
             where = f" on inputs of shape {tuple(shape)}" if shape is not None else ""
-            raise UserError(f"{what or 'model ' + self.name} fails{where}: {_first_line(error)}") from None
+            raise UserError(f"{what or 'model ' + self.name} fails{where}: {first_line(error)}") from None
 
 
 def _accepts(function: Callable, name: str) -> bool:
@@ -326,12 +320,8 @@ def _behind(features: Features, data: Dataset) -> tuple[Dataset, dict, Features]
         raise UserError(f"{param('features')}: identity {quoted(repr(features.identity))} names an object by its "
                         f"address, which changes from run to run; give strings and numbers (e.g. the base's name "
                         f"and version)")
-
-    def fails(error: BaseException) -> UserError:
-        return UserError(f"the feature extractor fails on inputs of shape {(2, *data.input_shape)}: "
-                         f"{_first_line(error)}")
-
-    shape, dtype, traced = trace_extractor(features, data, fails)
+    shape, dtype, traced = _Guard("").call(trace_extractor, features, data, shape=(2, *data.input_shape),
+                                           what="the feature extractor")
     x_train, x_val = (np.broadcast_to(np.zeros((), dtype), (len(x), *shape)) for x in (data.x_train, data.x_val))
     described = {"shape": list(shape), "dtype": str(dtype), "fingerprint": traced,
                  "identity": None if features.identity is None else repr(features.identity)}

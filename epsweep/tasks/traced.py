@@ -7,7 +7,6 @@ from __future__ import annotations
 import hashlib
 import math
 import re
-from collections.abc import Callable
 
 import numpy as np
 
@@ -132,21 +131,16 @@ def _digest(shapes: tuple, jaxprs: tuple) -> str | None:
 
 
 @while_tracing
-def trace_extractor(features: Features, data: Dataset, fails: Callable[[BaseException], UserError]) -> tuple:
+def trace_extractor(features: Features, data: Dataset) -> tuple:
     """``features.apply(constants, x)`` traced on two of ``data``'s inputs (nothing runs): the
     shape and dtype of one input's features, and a fingerprint of what the extractor computes
     (None when its text names an object's address). It must give one real floating-point array
-    with a row per input; ``fails(error)`` is the UserError for an extractor that raises."""
+    with a row per input (else a UserError); what the extractor raises itself passes through."""
     import jax
     import jax.numpy as jnp
 
     sample = jax.ShapeDtypeStruct((2, *data.input_shape), data.x_train.dtype)
-    try:
-        jaxpr, out = jax.make_jaxpr(features.apply, return_shape=True)(features.constants, sample)
-    except UserError:
-        raise
-    except (Exception, SystemExit) as error:  # the extractor's own failure, whatever it is
-        raise fails(error) from None
+    jaxpr, out = jax.make_jaxpr(features.apply, return_shape=True)(features.constants, sample)
     one = isinstance(out, jax.ShapeDtypeStruct)
     if not one or out.shape[:1] != (2,) or not jnp.issubdtype(out.dtype, jnp.floating):
         given = f"{out.dtype} of shape {out.shape}" if one else type(out).__name__
